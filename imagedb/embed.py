@@ -1,0 +1,126 @@
+"""CLIP embeddings with open_clip. torch is imported here only, when a model is first loaded."""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from imagedb.errors import InvalidInput, ModelUnavailable
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+_SCHEMAS = ("hf-hub:", "local-dir:")
+_CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model's identity: an open_clip architecture plus a pretrained tag or an absolute checkpoint path."""
+
+    name: str
+    pretrained: str
+
+    @classmethod
+    def parse(cls, spec: str) -> ModelSpec:
+        """`NAME`, `NAME:TAG`, `NAME:/path/to/checkpoint`, or an open_clip `hf-hub:`/`local-dir:` name."""
+        spec = spec.strip()
+        if not spec:
+            raise InvalidInput("empty model name: use NAME[:PRETRAINED], e.g. ViT-B-32:laion2b_s34b_b79k")
+        if spec.startswith(_SCHEMAS):
+            if spec.startswith("local-dir:"):
+                return cls("local-dir:" + str(Path(spec[len("local-dir:") :]).expanduser().resolve()), "")
+            return cls(spec, "")
+        name, _, pretrained = spec.partition(":")
+        if _looks_like_path(pretrained):
+            pretrained = str(Path(pretrained).expanduser().resolve())
+        return cls(name, pretrained)
+
+    def __str__(self) -> str:
+        return f"{self.name}:{self.pretrained}" if self.pretrained else self.name
+
+    @property
+    def checkpoint(self) -> Path | None:
+        return Path(self.pretrained) if _looks_like_path(self.pretrained) else None
+
+
+def _looks_like_path(value: str) -> bool:
+    return "/" in value or os.sep in value or value.endswith(_CHECKPOINT_SUFFIXES)
+
+
+class Embedder:
+    """Turns images and texts into L2-normalised vectors of one model."""
+
+    def __init__(self, spec: ModelSpec, device: str | None = None) -> None:
+        import open_clip
+        import torch
+
+        torch.set_num_threads(os.cpu_count() or 1)
+        self.spec = spec
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self._register_config_beside_checkpoint(open_clip)
+        try:
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                spec.name, pretrained=spec.pretrained or None, device=self.device
+            )
+            self._tokenizer = open_clip.get_tokenizer(spec.name)
+        except Exception as exc:  # open_clip raises RuntimeError, OSError, hub errors, KeyError...
+            raise ModelUnavailable(self._failure_message(exc)) from exc
+        model.eval()
+        self._model = model
+        self._preprocess = preprocess
+        self._torch = torch
+        with torch.inference_mode():
+            probe = self._tokenizer(["a"]).to(self.device)
+            self.dim = int(model.encode_text(probe).shape[-1])
+
+    def _register_config_beside_checkpoint(self, open_clip: Any) -> None:
+        # A custom architecture travels as NAME.json next to its checkpoint; built-in names need nothing.
+        checkpoint = self.spec.checkpoint
+        if checkpoint is None:
+            return
+        if not checkpoint.is_file():
+            raise ModelUnavailable(f"checkpoint file not found: {checkpoint}")
+        config = checkpoint.with_name(f"{self.spec.name}.json")
+        if self.spec.name not in open_clip.list_models() and config.is_file():
+            open_clip.add_model_config(config)
+
+    def _failure_message(self, exc: Exception) -> str:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if self.spec.checkpoint is not None:
+            return f"cannot load model {self.spec}: {reason}"
+        return (
+            f"cannot load model {self.spec}: {reason}. If the weights cannot be downloaded here, pass a local"
+            f" checkpoint: --model {self.spec.name}:/path/to/open_clip_model.safetensors"
+        )
+
+    def preprocess(self, image: Image.Image) -> Any:
+        """The model's resize, crop and normalisation; thread-safe, so decode workers can run it."""
+        return self._preprocess(image)
+
+    def encode_images(self, tensors: Sequence[Any]) -> np.ndarray:
+        with self._torch.inference_mode():
+            batch = self._torch.stack(list(tensors)).to(self.device)
+            return _normalise(self._model.encode_image(batch))
+
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        with self._torch.inference_mode():
+            return _normalise(self._model.encode_text(self._tokenizer(list(texts)).to(self.device)))
+
+
+def _normalise(features: Any) -> np.ndarray:
+    array = features.float().cpu().numpy()
+    norms = np.linalg.norm(array, axis=1, keepdims=True)
+    return array / np.maximum(norms, 1e-12)
+
+
+@functools.cache
+def load(spec: ModelSpec) -> Embedder:
+    """One Embedder per model per process: loading weights takes seconds."""
+    return Embedder(spec)

@@ -1,0 +1,29 @@
+"""Exceptions the library raises. Each message is one line that says what happened and what to do next."""
+
+
+class ImagedbError(Exception):
+    """Base class: the CLI prints the message of any of these and exits non-zero, with no traceback."""
+
+
+class DatabaseUnavailable(ImagedbError):
+    """The database cannot be reached or started."""
+
+
+class SchemaOutOfDate(ImagedbError):
+    """The database schema is behind (or ahead of) the code."""
+
+
+class ModelUnavailable(ImagedbError):
+    """The embedding model or its weights cannot be loaded."""
+
+
+class ModelMismatch(ImagedbError):
+    """A collection is used with a model other than the one it was created with."""
+
+
+class NotFound(ImagedbError):
+    """A collection, image or path that does not exist."""
+
+
+class InvalidInput(ImagedbError):
+    """A query, option or value that makes no sense."""

@@ -1,0 +1,125 @@
+"""`imagedb ingest`: find images, decode each once, embed new content, store everything batch by batch."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from imagedb import collection as collections
+from imagedb import embed
+from imagedb.config import DEFAULT_COLLECTION
+from imagedb.embed import Embedder, ModelSpec
+from imagedb.images import BadImage, Decoded, decode, file_mtime, find_images
+from imagedb.store import Store
+
+
+@dataclass
+class IngestSummary:
+    collection: str
+    run_id: int | None
+    added: int = 0  # stored with a freshly computed embedding
+    reused: int = 0  # stored with the embedding of identical content already in the database
+    skipped: int = 0  # unchanged since the last run (same path, size and mtime)
+    failed: int = 0
+    seconds: float = 0.0
+    errors: list[tuple[str, str]] = field(default_factory=list)
+
+
+# What a decode worker hands back: the decoded image and its model input, or the reason it failed.
+_Prepared = tuple[Path, Decoded | None, object | None, str | None]
+
+
+def ingest(
+    store: Store,
+    paths: Sequence[str | os.PathLike[str]],
+    *,
+    collection: str = DEFAULT_COLLECTION,
+    model: ModelSpec | None = None,
+    batch_size: int = 32,
+    keep_gps: bool = False,
+    on_progress: Callable[[int], None] | None = None,
+) -> IngestSummary:
+    """Store every image under `paths` in `collection`; rerunning adds only what is new or changed.
+
+    Bad files are recorded in ingest_errors and counted, never raised: one broken photo must not stop a
+    library of thousands. Each batch is committed on its own.
+    """
+    started = time.perf_counter()
+    files = find_images(paths)
+    target = collections.get_or_create(store, collection, model)
+    summary = IngestSummary(collection=target.name, run_id=None)
+    todo = _changed_files(files, store.file_states(target.id))
+    summary.skipped = len(files) - len(todo)
+    summary.run_id = store.start_run(target.id)
+    if todo:
+        embedder = embed.load(collections.model_of(target))
+        with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+            for prepared in _prefetched(pool, todo, batch_size, embedder, keep_gps):
+                _store_batch(store, target.id, target.model_id, summary, prepared, embedder)
+                if on_progress:
+                    on_progress(len(prepared))
+    summary.seconds = time.perf_counter() - started
+    store.finish_run(summary.run_id, summary.added, summary.skipped, summary.reused, summary.failed)
+    return summary
+
+
+def _changed_files(files: list[Path], known: dict[str, tuple[int, object]]) -> list[Path]:
+    todo = []
+    for path in files:
+        try:
+            stat = path.stat()
+        except OSError:
+            todo.append(path)  # decode() records why it cannot be read
+            continue
+        if known.get(str(path)) != (stat.st_size, file_mtime(stat)):
+            todo.append(path)
+    return todo
+
+
+def _prefetched(
+    pool: ThreadPoolExecutor, files: list[Path], batch_size: int, embedder: Embedder, keep_gps: bool
+) -> Iterator[list[_Prepared]]:
+    """Batches of decoded files; the next batch decodes in the pool while the caller embeds this one."""
+
+    def prepare(path: Path) -> _Prepared:
+        try:
+            decoded = decode(path, keep_gps=keep_gps)
+            return path, decoded, embedder.preprocess(decoded.pixels), None
+        except BadImage as exc:
+            return path, None, None, str(exc)
+        except Exception as exc:  # a bug or an exotic file must not end the run; keep the reason
+            return path, None, None, f"unexpected error: {type(exc).__name__}: {exc}"
+
+    batches = [files[i : i + batch_size] for i in range(0, len(files), batch_size)]
+    pending: list[Future[_Prepared]] = [pool.submit(prepare, p) for p in batches[0]]
+    for following in [*batches[1:], None]:
+        current = [f.result() for f in pending]
+        pending = [pool.submit(prepare, p) for p in following] if following else []
+        yield current
+
+
+def _store_batch(
+    store: Store, collection_id: int, model_id: int, summary: IngestSummary, batch: list[_Prepared], embedder: Embedder
+) -> None:
+    errors = [(str(path), reason) for path, _, _, reason in batch if reason is not None]
+    good = [(decoded, tensor) for _, decoded, tensor, _ in batch if decoded is not None]
+    known = store.vectors_by_sha256(model_id, [d.record.sha256 for d, _ in good])
+    # Identical files within the batch are embedded once.
+    fresh: dict[str, object] = {}
+    for decoded, tensor in good:
+        if decoded.record.sha256 not in known:
+            fresh.setdefault(decoded.record.sha256, tensor)
+    if fresh:
+        known.update(zip(fresh, embedder.encode_images(list(fresh.values()))))
+    vectors: list[np.ndarray] = [known[d.record.sha256] for d, _ in good]
+    store.write_batch(collection_id, model_id, summary.run_id or 0, [d.record for d, _ in good], vectors, errors)
+    summary.added += len(fresh)
+    summary.reused += len(good) - len(fresh)
+    summary.failed += len(errors)
+    summary.errors.extend(errors)

@@ -1,0 +1,117 @@
+"""The schema as SQLAlchemy tables: alembic's target for `alembic revision --autogenerate`.
+
+The running code does not use the ORM; every statement lives in store.py. A test compares these tables with a
+migrated database, so the migrations and this file cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from pgvector.sqlalchemy import HALFVEC
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    Column,
+    DateTime,
+    ForeignKey,
+    Identity,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    SmallInteger,
+    Table,
+    Text,
+    UniqueConstraint,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+
+metadata = MetaData()
+
+embedding_models = Table(
+    "embedding_models",
+    metadata,
+    Column("id", Integer, Identity(), primary_key=True),
+    Column("name", Text, nullable=False),
+    # A pretrained tag ("laion2b_s34b_b79k"), an absolute checkpoint path, or "" for the hub/local-dir schemas.
+    Column("pretrained", Text, nullable=False),
+    Column("dim", Integer, CheckConstraint("dim > 0", name="embedding_models_dim_check"), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    UniqueConstraint("name", "pretrained", name="embedding_models_name_pretrained_key"),
+)
+
+collections = Table(
+    "collections",
+    metadata,
+    Column("id", Integer, Identity(), primary_key=True),
+    Column("name", Text, nullable=False, unique=True),
+    Column("model_id", Integer, ForeignKey("embedding_models.id"), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
+images = Table(
+    "images",
+    metadata,
+    Column("id", BigInteger, Identity(), primary_key=True),
+    Column("collection_id", Integer, ForeignKey("collections.id", ondelete="CASCADE"), nullable=False),
+    Column("path", Text, nullable=False),
+    Column("sha256", Text, nullable=False),
+    Column("size_bytes", BigInteger, nullable=False),
+    Column("mtime", DateTime(timezone=True), nullable=False),
+    Column("width", Integer, nullable=False),
+    Column("height", Integer, nullable=False),
+    Column("format", Text, nullable=False),
+    Column("taken_at", DateTime(timezone=False)),
+    Column("camera_make", Text),
+    Column("camera_model", Text),
+    Column("orientation", SmallInteger),
+    Column("exif", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
+    Column("attributes", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
+    Column("ingested_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    UniqueConstraint("collection_id", "path", name="images_collection_id_path_key"),
+    Index("images_sha256_idx", "sha256"),
+)
+
+embeddings = Table(
+    "embeddings",
+    metadata,
+    Column("image_id", BigInteger, ForeignKey("images.id", ondelete="CASCADE"), primary_key=True),
+    Column("model_id", Integer, ForeignKey("embedding_models.id"), primary_key=True),
+    # No fixed dimension: models of different sizes share the table, and each model gets its own partial
+    # HNSW index on embedding::halfvec(dim) (created by store.Store.ensure_model).
+    Column("embedding", HALFVEC(), nullable=False),
+)
+
+thumbnails = Table(
+    "thumbnails",
+    metadata,
+    Column("image_id", BigInteger, ForeignKey("images.id", ondelete="CASCADE"), primary_key=True),
+    Column("jpeg", LargeBinary, nullable=False),
+    Column("width", Integer, nullable=False),
+    Column("height", Integer, nullable=False),
+)
+
+ingest_runs = Table(
+    "ingest_runs",
+    metadata,
+    Column("id", BigInteger, Identity(), primary_key=True),
+    Column("collection_id", Integer, ForeignKey("collections.id", ondelete="CASCADE"), nullable=False),
+    Column("started_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("finished_at", DateTime(timezone=True)),
+    Column("added", Integer, nullable=False, server_default=text("0")),
+    Column("skipped", Integer, nullable=False, server_default=text("0")),
+    Column("reused", Integer, nullable=False, server_default=text("0")),
+    Column("failed", Integer, nullable=False, server_default=text("0")),
+)
+
+ingest_errors = Table(
+    "ingest_errors",
+    metadata,
+    Column("id", BigInteger, Identity(), primary_key=True),
+    Column("run_id", BigInteger, ForeignKey("ingest_runs.id", ondelete="CASCADE"), nullable=False),
+    Column("path", Text, nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Index("ingest_errors_run_id_idx", "run_id"),
+)

@@ -1,0 +1,34 @@
+"""Alembic environment. imagedb runs it with an open connection (db.upgrade); `alembic upgrade head` from a
+checkout uses IMAGEDB_DATABASE_URL, or sqlalchemy.url in alembic.ini."""
+
+from __future__ import annotations
+
+from alembic import context
+from sqlalchemy import create_engine, text
+
+from imagedb import db
+from imagedb.models import metadata
+
+# Two imagedb processes may start on a fresh embedded database at once: one migrates, the other waits.
+MIGRATION_LOCK_KEY = 0x1A6EDB
+
+
+def include_object(obj, name, type_, reflected, compare_to) -> bool:  # type: ignore[no-untyped-def]
+    # Per-model HNSW indexes are created at run time, not by migrations.
+    return not (type_ == "index" and name is not None and name.startswith(db.HNSW_INDEX_PREFIX))
+
+
+def run(connection) -> None:  # type: ignore[no-untyped-def]
+    context.configure(connection=connection, target_metadata=metadata, include_object=include_object)
+    with context.begin_transaction():
+        connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
+        context.run_migrations()
+
+
+connection = context.config.attributes.get("connection")
+if connection is not None:
+    run(connection)
+else:
+    url = db.sqlalchemy_url(context.config.get_main_option("sqlalchemy.url") or db.resolve_url(None))
+    with create_engine(url).connect() as conn:
+        run(conn)
