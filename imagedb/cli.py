@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -44,10 +45,16 @@ class _Group(click.Group):
     type=click.Path(file_okay=False),
     help="Folder of the embedded server's data [env IMAGEDB_HOME].",
 )
+@click.option("--verbose", "-v", is_flag=True, help="Show the log messages of imagedb and the libraries it uses.")
 @click.version_option(package_name="imagedb")
 @click.pass_context
-def main(ctx: click.Context, database_url: str | None, home: str | None) -> None:
+def main(ctx: click.Context, database_url: str | None, home: str | None, verbose: bool) -> None:
     """imagedb: search your images by text or by image, in PostgreSQL + pgvector."""
+    if verbose:
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    else:
+        # open_clip and the hub client log each retry and failure; the error the user sees says it in one line.
+        logging.disable(logging.ERROR)
     ctx.obj = {"database_url": database_url, "home": home}
 
 

@@ -92,12 +92,15 @@ class Embedder:
             open_clip.add_model_config(config)
 
     def _failure_message(self, exc: Exception) -> str:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        # open_clip's messages run to several sentences (hub retries, cache hints): the first one says it.
+        text = str(exc).strip()
+        reason = text.splitlines()[0].split(". ")[0].rstrip(".") if text else type(exc).__name__
         if self.spec.checkpoint is not None:
             return f"cannot load model {self.spec}: {reason}"
         return (
             f"cannot load model {self.spec}: {reason}. If the weights cannot be downloaded here, pass a local"
-            f" checkpoint: --model {self.spec.name}:/path/to/open_clip_model.safetensors"
+            f" checkpoint: --model {self.spec.name}:/path/to/open_clip_model.safetensors (HF_HUB_OFFLINE=1 skips"
+            " the download attempts)"
         )
 
     def preprocess(self, image: Image.Image) -> Any:

@@ -1,0 +1,106 @@
+"""Fixtures: a real PostgreSQL with pgvector, a fresh migrated database per test, the tiny CLIP, real photos.
+
+The server is the embedded one in a temporary folder, unless IMAGEDB_TEST_DATABASE_URL names an existing
+server (the user needs CREATEDB) or IMAGEDB_TEST_DOCKER=1 asks for a testcontainers pgvector container.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+
+# No test may reach the network; set before huggingface_hub is imported, which reads it once.
+os.environ["HF_HUB_OFFLINE"] = "1"
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import numpy as np
+import psycopg
+import pytest
+from PIL import Image
+
+from imagedb import db
+from imagedb.store import Store
+from tiny_model import make_tiny_model
+
+TEMPLATE_DB = "imagedb_test_template"
+_counter = itertools.count()
+
+
+def with_database(url: str, name: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path=f"/{name}"))
+
+
+@pytest.fixture(scope="session")
+def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    if os.environ.get("IMAGEDB_TEST_DATABASE_URL"):
+        yield os.environ["IMAGEDB_TEST_DATABASE_URL"]
+    elif os.environ.get("IMAGEDB_TEST_DOCKER") == "1":
+        from testcontainers.postgres import PostgresContainer
+
+        with PostgresContainer("pgvector/pgvector:pg17", driver=None) as container:
+            yield container.get_connection_url()
+    else:
+        home = tmp_path_factory.mktemp("imagedb-home")
+        yield db.embedded_url(home)
+        db.stop_embedded(home)
+
+
+@pytest.fixture(scope="session")
+def template_url(server_url: str) -> str:
+    """A database migrated to head once; each test copies it, which takes milliseconds."""
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {TEMPLATE_DB}")
+        conn.execute(f"CREATE DATABASE {TEMPLATE_DB}")
+    url = with_database(server_url, TEMPLATE_DB)
+    db.upgrade(url)
+    return url
+
+
+@pytest.fixture
+def database_url(server_url: str, template_url: str) -> Iterator[str]:
+    name = f"imagedb_test_{os.getpid()}_{next(_counter)}"
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name} TEMPLATE {TEMPLATE_DB}")
+    yield with_database(server_url, name)
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture
+def store(database_url: str) -> Iterator[Store]:
+    s = Store(db.open_connection(database_url))
+    yield s
+    s.close()
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The --model value of a tiny random CLIP checkpoint (see tiny_model.py)."""
+    return make_tiny_model(tmp_path_factory.mktemp("model"))
+
+
+@pytest.fixture(scope="session")
+def photo_source(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Real photographs shipped by scikit-image, plus a few synthetic ones, as JPEG files."""
+    import skimage.data
+
+    folder = tmp_path_factory.mktemp("photo-source")
+    for name in ("astronaut", "coffee", "chelsea", "rocket", "camera", "hubble_deep_field", "immunohistochemistry"):
+        Image.fromarray(getattr(skimage.data, name)()).save(folder / f"{name}.jpg", quality=90)
+    rng = np.random.default_rng(7)
+    for i in range(5):
+        pixels = (rng.random((96, 128, 3)) * 255).astype("uint8")
+        Image.fromarray(pixels).save(folder / f"noise_{i}.png")
+    return folder
+
+
+@pytest.fixture
+def photos(photo_source: Path, tmp_path: Path) -> Path:
+    """A private copy of the photos, so a test may add, change or break files."""
+    folder = tmp_path / "photos"
+    shutil.copytree(photo_source, folder)
+    return folder

@@ -1,0 +1,33 @@
+"""Synthetic rows for tests that need many vectors but no image files."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import numpy as np
+
+from imagedb.store import Collection, ImageRecord, Store
+
+
+def fill_synthetic(store: Store, count: int, dim: int = 32, name: str = "synthetic", seed: int = 0) -> Collection:
+    """A collection of `count` images with random unit vectors, written through Store.write_batch."""
+    model_id = store.ensure_model(name, "", dim)
+    collection = store.create_collection(name, model_id)
+    run_id = store.start_run(collection.id)
+    rng = np.random.default_rng(seed)
+    vectors = rng.standard_normal((count, dim)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    now = datetime.now(timezone.utc)
+    for start in range(0, count, 500):
+        records = [
+            ImageRecord(
+                path=f"/synthetic/{i:06d}.jpg", sha256=f"{i:064x}", size_bytes=1, mtime=now, width=1, height=1,
+                format="JPEG", taken_at=None, camera_make=None, camera_model=None, orientation=None, exif={},
+                thumbnail=b"", thumbnail_size=(1, 1),
+            )
+            for i in range(start, min(start + 500, count))
+        ]
+        store.write_batch(collection.id, model_id, run_id, records, list(vectors[start : start + 500]), [])
+    store.conn.execute("ANALYZE")
+    store.conn.commit()
+    return collection

@@ -1,0 +1,125 @@
+"""Bad files never stop a run: each is skipped, recorded with a reason, and nothing stored is touched."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from imagedb.embed import ModelSpec
+from imagedb.errors import InvalidInput, ModelMismatch, ModelUnavailable, NotFound
+from imagedb.ingest import ingest
+from imagedb.search import search
+from imagedb.store import Store
+
+
+def _make_bad_files(folder: Path) -> dict[str, str]:
+    """file name -> a word the recorded reason must contain."""
+    folder.mkdir()
+    good = folder / "good.jpg"
+    Image.new("RGB", (300, 200), (90, 90, 20)).save(good, quality=95)
+    data = good.read_bytes()
+    (folder / "truncated.jpg").write_bytes(data[: len(data) // 2])
+    (folder / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + os.urandom(300))
+    (folder / "empty.jpg").write_bytes(b"")
+    (folder / "letter.jpg").write_text("Dear reader, this is text with an image extension.")
+    # 12000 x 12000 one-bit pixels: a few kB on disk, 144 megapixels once decoded.
+    Image.new("1", (12000, 12000)).save(folder / "bomb.png")
+    os.symlink(folder / "gone.jpg", folder / "dangling.jpg")
+    return {
+        "truncated.jpg": "decode",
+        "corrupt.png": "image",
+        "empty.jpg": "empty",
+        "letter.jpg": "not an image",
+        "bomb.png": "decompression bomb",
+        "dangling.jpg": "cannot read",
+    }
+
+
+def test_bad_files_are_recorded_and_the_run_goes_on(
+    store: Store, photos: Path, tmp_path: Path, tiny_model: str
+) -> None:
+    spec = ModelSpec.parse(tiny_model)
+    ingest(store, [photos], model=spec)
+    before = store.conn.execute("SELECT id, sha256 FROM images ORDER BY id").fetchall()
+
+    expected = _make_bad_files(tmp_path / "bad")
+    summary = ingest(store, [tmp_path / "bad"])
+    assert (summary.added, summary.failed) == (1, len(expected))
+    recorded = dict(store.run_errors(summary.run_id))
+    assert {Path(p).name for p in recorded} == set(expected)
+    for path, reason in recorded.items():
+        assert expected[Path(path).name] in reason, (path, reason)
+
+    after = store.conn.execute("SELECT id, sha256 FROM images ORDER BY id").fetchall()
+    assert after[: len(before)] == before and len(after) == len(before) + 1
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their permissions")
+def test_unreadable_file_is_recorded(store: Store, tmp_path: Path, tiny_model: str) -> None:
+    folder = tmp_path / "locked"
+    folder.mkdir()
+    Image.new("RGB", (10, 10)).save(folder / "secret.png")
+    (folder / "secret.png").chmod(0)
+    summary = ingest(store, [folder], model=ModelSpec.parse(tiny_model))
+    assert summary.failed == 1 and "cannot read" in summary.errors[0][1]
+
+
+def test_missing_path_is_refused_before_anything_runs(store: Store, tiny_model: str) -> None:
+    with pytest.raises(NotFound, match="no such file or folder"):
+        ingest(store, ["/no/such/folder"], model=ModelSpec.parse(tiny_model))
+    assert store.get_collection("default") is None
+
+
+def test_a_collection_refuses_another_model(store: Store, photos: Path, tiny_model: str, tmp_path: Path) -> None:
+    ingest(store, [photos / "coffee.jpg"], model=ModelSpec.parse(tiny_model))
+    other = ModelSpec.parse("ViT-B-32:laion2b_s34b_b79k")
+    with pytest.raises(ModelMismatch, match="was created with model imagedb-tiny-clip"):
+        ingest(store, [photos], model=other)
+    with pytest.raises(ModelMismatch):
+        search(store, text="coffee", model=other)
+    assert store.conn.execute("SELECT count(*) FROM images").fetchone()[0] == 1
+
+
+def test_unloadable_models_give_one_clear_message(store: Store, photos: Path, tmp_path: Path) -> None:
+    with pytest.raises(ModelUnavailable, match="checkpoint file not found"):
+        ingest(store, [photos], model=ModelSpec.parse(f"ViT-B-32:{tmp_path}/missing.pt"))
+    with pytest.raises(ModelUnavailable, match="pass a local checkpoint"):
+        ingest(store, [photos], model=ModelSpec.parse("ViT-B-32:no_such_tag"))
+    broken = tmp_path / "broken.pt"
+    broken.write_bytes(b"not a checkpoint")
+    with pytest.raises(ModelUnavailable, match="cannot load model"):
+        ingest(store, [photos], model=ModelSpec.parse(f"ViT-B-32:{broken}"))
+    assert store.get_collection("default") is None
+
+
+def test_unreachable_weights_name_the_model_and_the_way_out(store: Store, photos: Path) -> None:
+    # The real download path; conftest sets HF_HUB_OFFLINE so the hub client fails at once instead of retrying.
+    with pytest.raises(ModelUnavailable) as info:
+        ingest(store, [photos], model=ModelSpec.parse("ViT-B-32:laion2b_s34b_b79k"))
+    message = str(info.value)
+    assert "ViT-B-32:laion2b_s34b_b79k" in message and "--model ViT-B-32:/path/to/" in message
+    assert "\n" not in message
+
+
+def test_bad_search_queries(store: Store, photos: Path, tiny_model: str, tmp_path: Path) -> None:
+    ingest(store, [photos / "coffee.jpg"], model=ModelSpec.parse(tiny_model))
+    with pytest.raises(InvalidInput, match="exactly one query"):
+        search(store)
+    with pytest.raises(InvalidInput, match="exactly one query"):
+        search(store, text="a", like=1)
+    with pytest.raises(InvalidInput, match="empty"):
+        search(store, text="   ")
+    with pytest.raises(InvalidInput, match="limit"):
+        search(store, text="a", limit=0)
+    with pytest.raises(NotFound, match="no stored image with id 999"):
+        search(store, like=999)
+    with pytest.raises(NotFound, match="no collection named 'nope'"):
+        search(store, text="a", collection="nope")
+    with pytest.raises(NotFound, match="no such image file"):
+        search(store, image=tmp_path / "nothing.jpg")
+    (tmp_path / "fake.jpg").write_text("hello")
+    with pytest.raises(InvalidInput, match="cannot use"):
+        search(store, image=tmp_path / "fake.jpg")
