@@ -1,0 +1,44 @@
+"""The README's SQL is the contract for SQL users: run it, and check that it reads the HNSW index."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+from pgvector import HalfVector
+
+from helpers import fill_synthetic
+from imagedb import db
+from imagedb.store import Store
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def _readme_queries() -> list[str]:
+    blocks = re.findall(r"```sql\n(.*?)```", README.read_text(), flags=re.S)
+    return [b.strip().rstrip(";") for b in blocks if "ORDER BY" in b and "<=>" in b]
+
+
+def test_readme_nearest_neighbour_queries_use_the_index_and_agree_with_imagedb(store: Store) -> None:
+    queries = _readme_queries()
+    assert len(queries) == 2
+    collection = fill_synthetic(store, 3000)
+    ids, matrix = store.all_vectors(collection)
+    target_id, target = ids[42], matrix[42]
+    expected = [h.image_id for h in store.nearest(collection, target, 10, ef_search=None)]
+    index = f"{db.HNSW_INDEX_PREFIX}{collection.model_id}"
+    for query in queries:
+        # The README is written for ViT-B-32 (512 dimensions) and model 1; the synthetic model differs.
+        sql = (
+            query.replace("halfvec(512)", f"halfvec({collection.dim})")
+            .replace("model_id = 1", f"model_id = {collection.model_id}")
+            .replace("image_id = 42", f"image_id = {target_id}")
+            .replace("$1", "%(q)s")
+        )
+        params = {"q": HalfVector(target)}
+        plan = "\n".join(r[0] for r in store.conn.execute("EXPLAIN " + sql, params).fetchall())
+        assert f"Index Scan using {index}" in plan, plan
+        assert [r[0] for r in store.conn.execute(sql, params).fetchall()] == expected
+        store.conn.rollback()
+    assert np.allclose(np.linalg.norm(matrix, axis=1), 1.0, atol=1e-2)
