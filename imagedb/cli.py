@@ -6,6 +6,7 @@ import json
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import click
@@ -94,9 +95,20 @@ _model_option = click.option(
 @_model_option
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1, 4096), help="Images per batch.")
 @click.option("--keep-gps", is_flag=True, help="Store GPS coordinates from EXIF (off by default, for privacy).")
+@click.option(
+    "--metadata",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="CSV or JSON Lines of user attributes, one row per image, keyed by a 'path' or 'filename' column.",
+)
 @click.pass_context
 def ingest(
-    ctx: click.Context, paths: tuple[str, ...], collection: str, model: str | None, batch_size: int, keep_gps: bool
+    ctx: click.Context,
+    paths: tuple[str, ...],
+    collection: str,
+    model: str | None,
+    batch_size: int,
+    keep_gps: bool,
+    metadata: Path | None,
 ) -> None:
     """Add the images in PATHS (files or folders, recursive) to a collection.
 
@@ -104,10 +116,13 @@ def ingest(
     """
     from tqdm import tqdm
 
+    from imagedb.attributes import read_rows
     from imagedb.images import find_images
     from imagedb.ingest import ingest as run_ingest
 
-    find_images(paths)  # a wrong path fails here, before the database or the model is touched
+    find_images(paths)  # a wrong path or metadata file fails here, before the database or the model is touched
+    if metadata:
+        read_rows(metadata)
     with _store(ctx) as store, tqdm(unit="img", desc="ingest", disable=None, leave=False) as bar:
         summary = run_ingest(
             store,
@@ -116,12 +131,18 @@ def ingest(
             model=_model(model),
             batch_size=batch_size,
             keep_gps=keep_gps,
+            metadata=metadata,
             on_progress=bar.update,
         )
     for path, reason in summary.errors[:20]:
         click.echo(f"failed: {path}: {reason}", err=True)
     if len(summary.errors) > 20:
         click.echo(f"... and {len(summary.errors) - 20} more (see the ingest_errors table)", err=True)
+    if metadata:
+        click.echo(
+            f"metadata: {summary.metadata_matched} row(s) attached, {len(summary.metadata_unmatched)} matched"
+            " no image" + "".join(f"\n  unmatched: {key}" for key in summary.metadata_unmatched[:20])
+        )
     stored = summary.added + summary.reused
     rate = f" ({stored / summary.seconds:.1f} images/s)" if stored and summary.seconds else ""
     click.echo(
@@ -130,55 +151,135 @@ def ingest(
     )
 
 
+_DATE = click.DateTime(["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S"])
+
+
 @main.command()
-@click.argument("text", required=False)
-@click.option("--image", "-i", type=click.Path(), help="Find images similar to this image file.")
-@click.option("--like", "-l", type=int, help="Find images similar to the stored image with this id.")
+@click.argument("query", nargs=-1)
+@click.option("--image", "-i", "images", multiple=True, type=click.Path(), help="Add an image file to the query.")
+@click.option("--like", "-l", "likes", multiple=True, type=int, help="Add a stored image (by id) to the query.")
 @_collection_option
 @_model_option
 @click.option("--limit", "-k", default=10, show_default=True, type=click.IntRange(1, 1000), help="Results to show.")
+@click.option("--offset", default=0, show_default=True, type=click.IntRange(0), help="Skip this many (paging).")
+@click.option("--after", type=_DATE, help="Taken (else file time) on or after this date, YYYY-MM-DD[ HH:MM:SS].")
+@click.option("--before", type=_DATE, help="Taken (else file time) before this date.")
+@click.option("--camera", help="Camera make or model contains this text (any case).")
+@click.option("--format", "image_format", help="File format: JPEG, PNG, WEBP, GIF, BMP, TIFF.")
+@click.option("--min-width", type=click.IntRange(1), help="At least this many pixels wide.")
+@click.option("--min-height", type=click.IntRange(1), help="At least this many pixels high.")
+@click.option("--path", "path_glob", help="Path matches this glob (* and ?), e.g. '*/holidays/*'.")
+@click.option("--attr", "attrs", multiple=True, metavar="KEY=VALUE", help="User attribute equals value; repeatable.")
+@click.option("--min-score", type=click.FloatRange(-1, 1), help="Drop results below this cosine similarity.")
+@click.option("--sort", type=click.Choice(["score", "date"]), default="score", show_default=True)
 @click.option(
     "--ef-search",
     type=click.IntRange(1, 1000),
     help="HNSW candidate list size: higher is more exact and slower (pgvector default 40).",
 )
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@click.option("--paths", "as_paths", is_flag=True, help="Only the paths, one per line (for piping).")
 @click.pass_context
 def search(
     ctx: click.Context,
-    text: str | None,
-    image: str | None,
-    like: int | None,
+    query: tuple[str, ...],
+    images: tuple[str, ...],
+    likes: tuple[int, ...],
     collection: str,
     model: str | None,
     limit: int,
+    offset: int,
+    after: Any,
+    before: Any,
+    camera: str | None,
+    image_format: str | None,
+    min_width: int | None,
+    min_height: int | None,
+    path_glob: str | None,
+    attrs: tuple[str, ...],
+    min_score: float | None,
+    sort: str,
     ef_search: int | None,
     as_json: bool,
+    as_paths: bool,
 ) -> None:
-    """Find the images nearest to TEXT, to --image PATH, or to --like ID."""
-    from imagedb.search import search as run_search
+    """Find the images nearest to QUERY: texts, image paths and id:N, joined by + and -, with W: weights.
 
+    \b
+      imagedb search a dog on a beach
+      imagedb search beach + sunset - people
+      imagedb search 2:"red dress" + ./shoe.jpg --format jpeg --after 2024-01-01
+    """
+    from imagedb.attributes import parse_pairs
+    from imagedb.query import parse
+    from imagedb.search import search as run_search
+    from imagedb.store import Filters
+
+    tokens = list(query)
+    for extra in [*images, *(f"id:{n}" for n in likes)]:
+        tokens += ["+", extra] if tokens else [extra]
+    terms = parse(tokens)
+    filters = Filters(
+        after=after,
+        before=before,
+        camera=camera,
+        format=image_format,
+        min_width=min_width,
+        min_height=min_height,
+        path=path_glob,
+        attributes=tuple(parse_pairs(list(attrs)).items()),
+    )
     with _store(ctx) as store:
         results = run_search(
             store,
-            text=text,
-            image=image,
-            like=like,
+            terms,
             collection=collection,
             model=_model(model),
             limit=limit,
+            offset=offset,
             ef_search=ef_search,
+            filters=filters,
+            min_score=min_score,
+            sort=sort,  # type: ignore[arg-type]
         )
-    if as_json:
+    if as_paths:
         for r in results:
-            click.echo(json.dumps({"rank": r.rank, "score": round(r.score, 6), "id": r.image_id, "path": r.path}))
-        return
-    if not results:
+            click.echo(r.path)
+    elif as_json:
+        for r in results:
+            click.echo(
+                json.dumps(
+                    {
+                        "rank": r.rank,
+                        "score": round(r.score, 6),
+                        "id": r.image_id,
+                        "path": r.path,
+                        "date": r.date.isoformat(),
+                    }
+                )
+            )
+    elif not results:
         click.echo("no results", err=True)
-        return
-    click.echo(f"{'rank':>4}  {'score':>6}  {'id':>8}  path")
-    for r in results:
-        click.echo(f"{r.rank:>4}  {r.score:>6.3f}  {r.image_id:>8}  {r.path}")
+    else:
+        click.echo(f"{'rank':>4}  {'score':>6}  {'id':>8}  {'date':<10}  path")
+        for r in results:
+            click.echo(f"{r.rank:>4}  {r.score:>6.3f}  {r.image_id:>8}  {r.date:%Y-%m-%d}  {r.path}")
+
+
+@main.command()
+@click.argument("image")
+@click.argument("pairs", nargs=-1, required=True, metavar="KEY=VALUE...")
+@_collection_option
+@click.pass_context
+def tag(ctx: click.Context, image: str, pairs: tuple[str, ...], collection: str) -> None:
+    """Set user attributes on IMAGE (an id, a path, or a file name)."""
+    from imagedb.attributes import parse_pairs
+    from imagedb.attributes import tag as run_tag
+
+    attributes = parse_pairs(list(pairs))
+    with _store(ctx) as store:
+        ids = run_tag(store, collection, image, attributes)
+    click.echo(f"tagged {len(ids)} image(s): {', '.join(map(str, ids))}")
 
 
 @main.group()

@@ -27,7 +27,9 @@ def check_model(collection: Collection, requested: ModelSpec | None) -> ModelSpe
 def get(store: Store, name: str, requested: ModelSpec | None = None) -> Collection:
     collection = store.get_collection(name)
     if collection is None:
-        raise NotFound(f"no collection named {name!r}: ingest images into it first (imagedb ingest PATH --collection {name})")
+        raise NotFound(
+            f"no collection named {name!r}: ingest images into it first (imagedb ingest PATH --collection {name})"
+        )
     check_model(collection, requested)
     return collection
 

@@ -13,6 +13,7 @@ import numpy as np
 
 from imagedb import collection as collections
 from imagedb import embed
+from imagedb.attributes import read_rows
 from imagedb.config import DEFAULT_COLLECTION
 from imagedb.embed import Embedder, ModelSpec
 from imagedb.images import BadImage, Decoded, decode, file_mtime, find_images
@@ -29,6 +30,8 @@ class IngestSummary:
     failed: int = 0
     seconds: float = 0.0
     errors: list[tuple[str, str]] = field(default_factory=list)
+    metadata_matched: int = 0  # rows of the --metadata file attached to images
+    metadata_unmatched: list[str] = field(default_factory=list)  # their keys, for rows that matched no image
 
 
 # What a decode worker hands back: the decoded image and its model input, or the reason it failed.
@@ -43,15 +46,18 @@ def ingest(
     model: ModelSpec | None = None,
     batch_size: int = 32,
     keep_gps: bool = False,
+    metadata: Path | None = None,
     on_progress: Callable[[int], None] | None = None,
 ) -> IngestSummary:
     """Store every image under `paths` in `collection`; rerunning adds only what is new or changed.
 
     Bad files are recorded in ingest_errors and counted, never raised: one broken photo must not stop a
-    library of thousands. Each batch is committed on its own.
+    library of thousands. Each batch is committed on its own. `metadata` (CSV or JSON Lines) attaches user
+    attributes once the images are stored.
     """
     started = time.perf_counter()
     files = find_images(paths)
+    attribute_rows = read_rows(metadata) if metadata else []  # a bad file fails before anything is stored
     target = collections.get_or_create(store, collection, model)
     summary = IngestSummary(collection=target.name, run_id=None)
     todo = _changed_files(files, store.file_states(target.id))
@@ -64,6 +70,10 @@ def ingest(
                 _store_batch(store, target.id, target.model_id, summary, prepared, embedder)
                 if on_progress:
                     on_progress(len(prepared))
+    if attribute_rows:
+        unmatched = store.attach_attributes(target.id, attribute_rows)
+        summary.metadata_unmatched = sorted(unmatched)
+        summary.metadata_matched = sum(1 for key, _ in attribute_rows if key not in unmatched)
     summary.seconds = time.perf_counter() - started
     store.finish_run(summary.run_id, summary.added, summary.skipped, summary.reused, summary.failed)
     return summary
@@ -116,7 +126,7 @@ def _store_batch(
         if decoded.record.sha256 not in known:
             fresh.setdefault(decoded.record.sha256, tensor)
     if fresh:
-        known.update(zip(fresh, embedder.encode_images(list(fresh.values()))))
+        known.update(zip(fresh, embedder.encode_images(list(fresh.values())), strict=True))
     vectors: list[np.ndarray] = [known[d.record.sha256] for d, _ in good]
     store.write_batch(collection_id, model_id, summary.run_id or 0, [d.record for d, _ in good], vectors, errors)
     summary.added += len(fresh)

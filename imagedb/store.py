@@ -18,6 +18,9 @@ from imagedb.db import HNSW_INDEX_PREFIX
 
 DEFAULT_HNSW_M = 16
 DEFAULT_HNSW_EF_CONSTRUCTION = 64
+# How far an iterative index scan may read for a selective filter before giving up (pgvector's default is
+# 20,000): enough for a 1% filter to fill a page of results on a million images.
+MAX_SCAN_TUPLES = 100_000
 
 
 @dataclass(frozen=True)
@@ -55,18 +58,81 @@ class Hit:
     image_id: int
     path: str
     score: float
+    date: datetime  # when taken, else the file's time
 
 
-def _nearest_query(collection: Collection, query: np.ndarray, limit: int) -> tuple[sql.Composed, dict[str, Any]]:
+@dataclass(frozen=True)
+class Filters:
+    """Metadata conditions a search result must meet; every value reaches SQL as a bound parameter."""
+
+    after: datetime | None = None  # taken_at (or file time) on or after
+    before: datetime | None = None  # ... strictly before
+    camera: str | None = None  # substring of "make model", any case
+    format: str | None = None  # JPEG, PNG, ...
+    min_width: int | None = None
+    min_height: int | None = None
+    path: str | None = None  # glob: * any characters, ? one character
+    attributes: tuple[tuple[str, str], ...] = ()  # user attribute key = value (as text)
+
+
+# Photos carry the time they were taken; other images fall back to the file's time (in UTC).
+_IMAGE_DATE = "COALESCE(i.taken_at, i.mtime AT TIME ZONE 'UTC')"
+
+
+def _like_escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def _glob_to_like(glob: str) -> str:
+    return _like_escape(glob).replace("*", "%").replace("?", "_")
+
+
+def _filter_clauses(filters: Filters) -> tuple[list[str], dict[str, Any]]:
+    clauses: list[str] = []
+    params: dict[str, Any] = {}
+    if filters.after is not None:
+        clauses.append(f"{_IMAGE_DATE} >= %(after)s")
+        params["after"] = filters.after
+    if filters.before is not None:
+        clauses.append(f"{_IMAGE_DATE} < %(before)s")
+        params["before"] = filters.before
+    if filters.camera is not None:
+        clauses.append("concat_ws(' ', i.camera_make, i.camera_model) ILIKE %(camera)s")
+        params["camera"] = f"%{_like_escape(filters.camera)}%"
+    if filters.format is not None:
+        clauses.append("i.format = %(format)s")
+        params["format"] = filters.format
+    if filters.min_width is not None:
+        clauses.append("i.width >= %(min_width)s")
+        params["min_width"] = filters.min_width
+    if filters.min_height is not None:
+        clauses.append("i.height >= %(min_height)s")
+        params["min_height"] = filters.min_height
+    if filters.path is not None:
+        clauses.append("i.path LIKE %(path)s")
+        params["path"] = _glob_to_like(filters.path)
+    for n, (key, value) in enumerate(filters.attributes):
+        clauses.append(f"i.attributes ->> %(attr_key_{n})s = %(attr_value_{n})s")
+        params[f"attr_key_{n}"], params[f"attr_value_{n}"] = key, value
+    return clauses, params
+
+
+def _nearest_query(
+    collection: Collection, query: np.ndarray, limit: int, offset: int, filters: Filters
+) -> tuple[sql.Composed, dict[str, Any]]:
     # The cast to the model's dimension is what matches the expression of the model's partial HNSW index.
     vector = sql.SQL("e.embedding::halfvec({})").format(sql.Literal(collection.dim))
+    clauses, params = _filter_clauses(filters)
+    where = sql.SQL("").join(sql.SQL(" AND " + c) for c in clauses)
     statement = sql.SQL(
-        "SELECT i.id, i.path, 1 - ({vector} <=> %(q)s) AS score"
+        "SELECT i.id, i.path, 1 - ({vector} <=> %(q)s) AS score, " + _IMAGE_DATE + " AS image_date"
         " FROM embeddings e JOIN images i ON i.id = e.image_id"
-        " WHERE e.model_id = %(model_id)s AND i.collection_id = %(collection_id)s"
-        " ORDER BY {vector} <=> %(q)s LIMIT %(limit)s"
-    ).format(vector=vector)
-    params = {"q": HalfVector(query), "model_id": collection.model_id, "collection_id": collection.id, "limit": limit}
+        " WHERE e.model_id = %(model_id)s AND i.collection_id = %(collection_id)s{where}"
+        " ORDER BY {vector} <=> %(q)s LIMIT %(limit)s OFFSET %(offset)s"
+    ).format(vector=vector, where=where)
+    params.update(
+        q=HalfVector(query), model_id=collection.model_id, collection_id=collection.id, limit=limit, offset=offset
+    )
     return statement, params
 
 
@@ -180,19 +246,33 @@ class Store:
     ) -> None:
         """Store one batch in one transaction: a crash loses at most this batch, never half an image."""
         with self.conn.transaction(), self.conn.cursor() as cur:
-            # A file that changed since the last run is replaced whole, with everything derived from it.
+            # A file that changed since the last run is replaced whole, with everything derived from it,
+            # but the attributes a user gave it stay.
             cur.execute(
-                "DELETE FROM images WHERE collection_id = %s AND path = ANY(%s)",
+                "DELETE FROM images WHERE collection_id = %s AND path = ANY(%s) RETURNING path, attributes",
                 (collection_id, [r.path for r in records]),
             )
+            kept = dict(cur.fetchall())
             cur.executemany(
                 "INSERT INTO images (collection_id, path, sha256, size_bytes, mtime, width, height, format,"
-                " taken_at, camera_make, camera_model, orientation, exif)"
-                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING id",
+                " taken_at, camera_make, camera_model, orientation, exif, attributes)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING id",
                 [
                     (
-                        collection_id, r.path, r.sha256, r.size_bytes, r.mtime, r.width, r.height, r.format,
-                        r.taken_at, r.camera_make, r.camera_model, r.orientation, Jsonb(r.exif),
+                        collection_id,
+                        r.path,
+                        r.sha256,
+                        r.size_bytes,
+                        r.mtime,
+                        r.width,
+                        r.height,
+                        r.format,
+                        r.taken_at,
+                        r.camera_make,
+                        r.camera_model,
+                        r.orientation,
+                        Jsonb(r.exif),
+                        Jsonb(kept.get(r.path, {})),
                     )
                     for r in records
                 ],
@@ -205,11 +285,11 @@ class Store:
                     break
             with cur.copy("COPY embeddings (image_id, model_id, embedding) FROM STDIN WITH (FORMAT BINARY)") as copy:
                 copy.set_types(["bigint", "integer", "halfvec"])
-                for image_id, vector in zip(ids, vectors):
+                for image_id, vector in zip(ids, vectors, strict=True):
                     copy.write_row((image_id, model_id, HalfVector(vector)))
             with cur.copy("COPY thumbnails (image_id, jpeg, width, height) FROM STDIN WITH (FORMAT BINARY)") as copy:
                 copy.set_types(["bigint", "bytea", "integer", "integer"])
-                for image_id, r in zip(ids, records):
+                for image_id, r in zip(ids, records, strict=True):
                     copy.write_row((image_id, r.thumbnail, *r.thumbnail_size))
             cur.executemany(
                 "INSERT INTO ingest_errors (run_id, path, reason) VALUES (%s, %s, %s)",
@@ -231,6 +311,55 @@ class Store:
         self.conn.commit()
         return [(path, reason) for path, reason in rows]
 
+    # -- user attributes -------------------------------------------------------------------------------------
+
+    def attribute_keys(self, collection_id: int) -> set[str]:
+        rows = self.conn.execute(
+            "SELECT DISTINCT jsonb_object_keys(attributes) FROM images WHERE collection_id = %s", (collection_id,)
+        ).fetchall()
+        self.conn.commit()
+        return {r[0] for r in rows}
+
+    def image_ids(self, collection_id: int, ref: str) -> list[int]:
+        """Images named by an id, an absolute path, or a file name."""
+        rows = self.conn.execute(
+            "SELECT id FROM images WHERE collection_id = %(c)s"
+            " AND (id::text = %(ref)s OR path = %(ref)s OR regexp_replace(path, '^.*/', '') = %(ref)s)"
+            " ORDER BY id",
+            {"c": collection_id, "ref": ref},
+        ).fetchall()
+        self.conn.commit()
+        return [r[0] for r in rows]
+
+    def merge_attributes(self, image_ids: Sequence[int], attributes: dict[str, Any]) -> None:
+        with self.conn.transaction():
+            self.conn.execute(
+                "UPDATE images SET attributes = attributes || %s WHERE id = ANY(%s)",
+                (Jsonb(attributes), list(image_ids)),
+            )
+
+    def attach_attributes(self, collection_id: int, rows: Sequence[tuple[str, dict[str, Any]]]) -> set[str]:
+        """Merge attributes into images matched by absolute path, or by file name for keys without a folder.
+        Returns the keys that matched no image."""
+        paths = [(k, v) for k, v in rows if "/" in k]
+        names = [(k, v) for k, v in rows if "/" not in k]
+        matched: set[str] = set()
+        with self.conn.transaction():
+            for column, chosen in (("i.path", paths), ("regexp_replace(i.path, '^.*/', '')", names)):
+                if not chosen:
+                    continue
+                # One statement for the whole file: a hash join, not a query per row.
+                found = self.conn.execute(
+                    sql.SQL(
+                        "WITH m AS (SELECT * FROM unnest(%s::text[], %s::jsonb[]) AS m(key, attrs))"
+                        " UPDATE images i SET attributes = i.attributes || m.attrs FROM m"
+                        " WHERE i.collection_id = %s AND {} = m.key RETURNING m.key"
+                    ).format(sql.SQL(column)),
+                    ([k for k, _ in chosen], [Jsonb(v) for _, v in chosen], collection_id),
+                ).fetchall()
+                matched.update(r[0] for r in found)
+        return {k for k, _ in rows} - matched
+
     # -- search ----------------------------------------------------------------------------------------------
 
     def image_vector(self, image_id: int, model_id: int) -> np.ndarray | None:
@@ -240,21 +369,33 @@ class Store:
         self.conn.commit()
         return row[0].to_numpy().astype(np.float32) if row else None
 
-    def nearest(self, collection: Collection, query: np.ndarray, limit: int, ef_search: int | None) -> list[Hit]:
-        """The `limit` images nearest to `query` by cosine distance, through the model's HNSW index."""
-        statement, params = _nearest_query(collection, query, limit)
+    def nearest(
+        self,
+        collection: Collection,
+        query: np.ndarray,
+        limit: int,
+        ef_search: int | None = None,
+        *,
+        offset: int = 0,
+        filters: Filters = Filters(),
+    ) -> list[Hit]:
+        """The images nearest to `query` by cosine distance that pass `filters`, through the HNSW index."""
+        statement, params = _nearest_query(collection, query, limit, offset, filters)
         with self.conn.transaction():
-            # Other collections sharing the model are filtered out after the index scan; an iterative scan
-            # keeps reading the index until `limit` rows of this collection are found.
+            # Filters (and other collections sharing the model) drop rows after the index scan; an iterative
+            # scan keeps reading the index until enough rows pass, up to max_scan_tuples.
             self.conn.execute("SELECT set_config('hnsw.iterative_scan', 'strict_order', true)")
+            self.conn.execute("SELECT set_config('hnsw.max_scan_tuples', %s, true)", (str(MAX_SCAN_TUPLES),))
             if ef_search is not None:
                 self.conn.execute("SELECT set_config('hnsw.ef_search', %s, true)", (str(ef_search),))
             rows = self.conn.execute(statement, params).fetchall()
-        return [Hit(int(image_id), path, float(score)) for image_id, path, score in rows]
+        return [Hit(int(image_id), path, float(score), date) for image_id, path, score, date in rows]
 
-    def explain_nearest(self, collection: Collection, query: np.ndarray, limit: int) -> str:
+    def explain_nearest(
+        self, collection: Collection, query: np.ndarray, limit: int, filters: Filters = Filters()
+    ) -> str:
         """EXPLAIN of the query nearest() runs: tests assert that it reads the HNSW index."""
-        statement, params = _nearest_query(collection, query, limit)
+        statement, params = _nearest_query(collection, query, limit, 0, filters)
         rows = self.conn.execute(sql.SQL("EXPLAIN ") + statement, params).fetchall()
         self.conn.commit()
         return "\n".join(r[0] for r in rows)
@@ -275,8 +416,7 @@ class Store:
 
     def server_versions(self) -> tuple[str, str]:
         row = self.conn.execute(
-            "SELECT current_setting('server_version'),"
-            " (SELECT extversion FROM pg_extension WHERE extname = 'vector')"
+            "SELECT current_setting('server_version'), (SELECT extversion FROM pg_extension WHERE extname = 'vector')"
         ).fetchone()
         self.conn.commit()
         return row[0], row[1]  # type: ignore[index]
@@ -292,4 +432,4 @@ class Store:
         ).fetchall()
         self.conn.commit()
         keys = ("collection", "model", "pretrained", "dim", "images", "embeddings", "errors")
-        return [dict(zip(keys, r)) for r in rows]
+        return [dict(zip(keys, r, strict=True)) for r in rows]

@@ -23,6 +23,7 @@ from PIL import Image
 
 from imagedb import db
 from imagedb.store import Store
+
 from tiny_model import make_tiny_model
 
 TEMPLATE_DB = "imagedb_test_template"

@@ -21,9 +21,20 @@ def fill_synthetic(store: Store, count: int, dim: int = 32, name: str = "synthet
     for start in range(0, count, 500):
         records = [
             ImageRecord(
-                path=f"/synthetic/{i:06d}.jpg", sha256=f"{i:064x}", size_bytes=1, mtime=now, width=1, height=1,
-                format="JPEG", taken_at=None, camera_make=None, camera_model=None, orientation=None, exif={},
-                thumbnail=b"", thumbnail_size=(1, 1),
+                path=f"/synthetic/{i:06d}.jpg",
+                sha256=f"{i:064x}",
+                size_bytes=1,
+                mtime=now,
+                width=1,
+                height=1,
+                format="JPEG",
+                taken_at=None,
+                camera_make=None,
+                camera_model=None,
+                orientation=None,
+                exif={},
+                thumbnail=b"",
+                thumbnail_size=(1, 1),
             )
             for i in range(start, min(start + 500, count))
         ]

@@ -11,6 +11,7 @@ from PIL import Image
 from imagedb.embed import ModelSpec
 from imagedb.errors import InvalidInput, ModelMismatch, ModelUnavailable, NotFound
 from imagedb.ingest import ingest
+from imagedb.query import parse
 from imagedb.search import search
 from imagedb.store import Store
 
@@ -79,7 +80,7 @@ def test_a_collection_refuses_another_model(store: Store, photos: Path, tiny_mod
     with pytest.raises(ModelMismatch, match="was created with model imagedb-tiny-clip"):
         ingest(store, [photos], model=other)
     with pytest.raises(ModelMismatch):
-        search(store, text="coffee", model=other)
+        search(store, parse(["coffee"]), model=other)
     assert store.conn.execute("SELECT count(*) FROM images").fetchone()[0] == 1
 
 
@@ -106,20 +107,18 @@ def test_unreachable_weights_name_the_model_and_the_way_out(store: Store, photos
 
 def test_bad_search_queries(store: Store, photos: Path, tiny_model: str, tmp_path: Path) -> None:
     ingest(store, [photos / "coffee.jpg"], model=ModelSpec.parse(tiny_model))
-    with pytest.raises(InvalidInput, match="exactly one query"):
-        search(store)
-    with pytest.raises(InvalidInput, match="exactly one query"):
-        search(store, text="a", like=1)
-    with pytest.raises(InvalidInput, match="empty"):
-        search(store, text="   ")
+    with pytest.raises(InvalidInput, match="the query is empty"):
+        search(store, [])
     with pytest.raises(InvalidInput, match="limit"):
-        search(store, text="a", limit=0)
+        search(store, parse(["a"]), limit=0)
+    with pytest.raises(InvalidInput, match="min_score"):
+        search(store, parse(["a"]), min_score=2)
     with pytest.raises(NotFound, match="no stored image with id 999"):
-        search(store, like=999)
+        search(store, parse(["id:999"]))
     with pytest.raises(NotFound, match="no collection named 'nope'"):
-        search(store, text="a", collection="nope")
-    with pytest.raises(NotFound, match="no such image file"):
-        search(store, image=tmp_path / "nothing.jpg")
+        search(store, parse(["a"]), collection="nope")
     (tmp_path / "fake.jpg").write_text("hello")
     with pytest.raises(InvalidInput, match="cannot use"):
-        search(store, image=tmp_path / "fake.jpg")
+        search(store, parse([str(tmp_path / "fake.jpg")]))
+    with pytest.raises(InvalidInput, match="cancel each other out"):
+        search(store, parse(["a cat", "-", "a cat"]))

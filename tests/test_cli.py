@@ -41,7 +41,7 @@ def test_ingest_then_search_as_table_and_json(run, photos: Path, tiny_model: str
     result = run("search", "a rocket", "--limit", "3")
     assert result.exit_code == 0
     lines = result.output.splitlines()
-    assert lines[0].split() == ["rank", "score", "id", "path"] and len(lines) == 4
+    assert lines[0].split() == ["rank", "score", "id", "date", "path"] and len(lines) == 4
 
     result = run("search", "--image", photos / "coffee.jpg", "--json", "-k", "2")
     rows = [json.loads(line) for line in result.output.splitlines()]
@@ -70,7 +70,7 @@ def test_failures_are_listed_and_the_exit_code_is_zero(run, tmp_path: Path, tiny
     [
         (("ingest", "/no/such/dir"), "no such file or folder: /no/such/dir"),
         (("search", "x", "--collection", "missing"), "no collection named 'missing'"),
-        (("search",), "give exactly one query"),
+        (("search",), "the query is empty"),
         (("search", "x", "--limit", "0"), "Invalid value for '--limit'"),
         (("search", "x", "--bogus"), "No such option '--bogus'"),
         (("db", "reindex", "--m", "32", "--ef-construction", "40"), "must be at least 2 * m = 64"),
@@ -112,7 +112,9 @@ def test_installed_executable_end_to_end(database_url: str, photos: Path, tiny_m
     assert "added 12" in ingest.stdout
     found = subprocess.run(
         [executable, "search", "--image", str(photos / "rocket.jpg"), "--json", "-k", "1"],
-        env=env, capture_output=True, text=True,
+        env=env,
+        capture_output=True,
+        text=True,
     )
     assert found.returncode == 0, found.stderr
     assert json.loads(found.stdout)["path"] == str(photos / "rocket.jpg")

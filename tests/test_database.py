@@ -11,11 +11,12 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import create_engine
 
-from helpers import fill_synthetic
 from imagedb import db
 from imagedb.errors import DatabaseUnavailable, SchemaOutOfDate
 from imagedb.models import metadata
 from imagedb.store import ImageRecord, Store
+
+from helpers import fill_synthetic
 
 NOW = datetime.now(timezone.utc)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 from datetime import datetime
@@ -14,6 +15,7 @@ from PIL import Image
 
 from imagedb.embed import ModelSpec
 from imagedb.ingest import ingest
+from imagedb.query import parse
 from imagedb.search import search
 from imagedb.store import Store
 
@@ -37,17 +39,17 @@ def test_round_trip_text_image_and_like(store: Store, photos: Path, tiny_model: 
     assert (summary.added, summary.reused, summary.skipped, summary.failed) == (12, 0, 0, 0)
     assert _count(store, "images") == _count(store, "embeddings") == _count(store, "thumbnails") == 12
 
-    by_text = search(store, text="a cat sitting on a sofa", limit=12)
+    by_text = search(store, parse(["a cat sitting on a sofa"]), limit=12)
     assert len(by_text) == 12
     assert [r.rank for r in by_text] == list(range(1, 13))
-    assert all(a.score >= b.score for a, b in zip(by_text, by_text[1:]))
+    assert all(a.score >= b.score for a, b in itertools.pairwise(by_text))
 
-    by_image = search(store, image=photos / "rocket.jpg", limit=3)
+    by_image = search(store, parse([str(photos / "rocket.jpg")]), limit=3)
     assert by_image[0].path == str(photos / "rocket.jpg")
     assert by_image[0].score == pytest.approx(1.0, abs=1e-3)
 
     rocket_id = by_image[0].image_id
-    by_like = search(store, like=rocket_id, limit=3)
+    by_like = search(store, parse([f"id:{rocket_id}"]), limit=3)
     assert by_like[0].image_id == rocket_id
 
 
@@ -55,13 +57,13 @@ def test_results_equal_exact_cosine_ranking(store: Store, photos: Path, tiny_mod
     ingest(store, [photos], model=ModelSpec.parse(tiny_model))
     collection = store.get_collection("default")
     ids, matrix = store.all_vectors(collection)
-    for image_id, vector in zip(ids, matrix):
-        got = [r.image_id for r in search(store, like=image_id, limit=len(ids))]
+    for image_id, vector in zip(ids, matrix, strict=True):
+        got = [r.image_id for r in search(store, parse([f"id:{image_id}"]), limit=len(ids))]
         assert got == _exact_ranking(store, vector)
     from imagedb import embed
 
     text_vector = embed.load(ModelSpec.parse(tiny_model)).encode_texts(["a red rocket"])[0]
-    got = [r.image_id for r in search(store, text="a red rocket", limit=len(ids))]
+    got = [r.image_id for r in search(store, parse(["a red rocket"]), limit=len(ids))]
     assert got == _exact_ranking(store, text_vector)
 
 
@@ -91,7 +93,7 @@ def test_identical_content_at_a_new_path_reuses_the_embedding(
     rows = store.conn.execute(
         "SELECT count(DISTINCT e.embedding::text) FROM embeddings e JOIN images i ON i.id = e.image_id"
         " WHERE i.path LIKE %s",
-        (f"%coffee%",),
+        ("%coffee%",),
     ).fetchone()
     assert rows[0] == 1
 
@@ -179,8 +181,8 @@ def test_search_can_pass_a_single_file_and_collections_are_separate(
     spec = ModelSpec.parse(tiny_model)
     ingest(store, [photos / "coffee.jpg"], collection="one", model=spec)
     ingest(store, [photos], collection="two", model=spec)
-    assert [r.path for r in search(store, text="x", collection="one")] == [str(photos / "coffee.jpg")]
-    assert len(search(store, text="x", collection="two", limit=50)) == 12
+    assert [r.path for r in search(store, parse(["x"]), collection="one")] == [str(photos / "coffee.jpg")]
+    assert len(search(store, parse(["x"]), collection="two", limit=50)) == 12
 
 
 def test_mtime_is_stored_exactly(store: Store, photos: Path, tiny_model: str) -> None:

@@ -8,9 +8,10 @@ from pathlib import Path
 import numpy as np
 from pgvector import HalfVector
 
-from helpers import fill_synthetic
 from imagedb import db
 from imagedb.store import Store
+
+from helpers import fill_synthetic
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

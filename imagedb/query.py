@@ -1,0 +1,94 @@
+"""The search query language: text, image files and stored images, added and subtracted with weights.
+
+    beach + sunset - people          (shell: imagedb search beach + sunset - people)
+    2:"red dress" + ./shoe.jpg       a weight W: before a term scales it
+    id:123 - "text overlay"          a stored image by id
+
+Tokens are what a shell passes as arguments; `parse_string` splits one string the way a shell would. Bare
+words next to each other form one text ("a dog on a beach"), so quoting is optional.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from imagedb.errors import InvalidInput
+from imagedb.images import SUPPORTED_SUFFIXES
+
+_WEIGHT = re.compile(r"^(\d+(?:\.\d+)?):(.+)$", re.S)
+_ID = re.compile(r"^id:(.*)$", re.S)
+
+
+@dataclass(frozen=True)
+class Term:
+    kind: Literal["text", "image", "id"]
+    value: str
+    weight: float  # negative for a subtracted term
+
+
+def parse(tokens: Sequence[str]) -> list[Term]:
+    """Terms of a query; raises InvalidInput, saying where, for anything malformed."""
+    terms: list[Term] = []
+    sign: float | None = 1.0  # None: an operator is required before the next term
+    merge_text = False  # the previous term is bare text that the next bare word extends
+    for position, token in enumerate(tokens, start=1):
+        if token in ("+", "-"):
+            if sign is not None:
+                where = "start with" if not terms else "have two operators in a row at"
+                raise InvalidInput(f"a query cannot {where} {token!r} (term {position})")
+            sign, merge_text = (1.0 if token == "+" else -1.0), False
+            continue
+        weight, body = _weight(token)
+        term = _term(body, weight)
+        if sign is None:
+            if merge_text and term.kind == "text" and weight is None:
+                last = terms[-1]
+                terms[-1] = Term("text", f"{last.value} {term.value}", last.weight)
+                continue
+            raise InvalidInput(f"put + or - between the terms {terms[-1].value!r} and {body!r}")
+        terms.append(Term(term.kind, term.value, sign * term.weight))
+        sign, merge_text = None, term.kind == "text" and weight is None
+    if not terms:
+        raise InvalidInput("the query is empty: give a text, an image path or id:N")
+    if sign is not None:
+        raise InvalidInput("a query cannot end with an operator")
+    return terms
+
+
+def parse_string(query: str) -> list[Term]:
+    try:
+        return parse(shlex.split(query))
+    except ValueError as exc:  # unbalanced quotes
+        raise InvalidInput(f"cannot read the query: {exc}") from exc
+
+
+def _weight(token: str) -> tuple[float | None, str]:
+    match = _WEIGHT.match(token)
+    if not match:
+        return None, token
+    weight = float(match.group(1))
+    if weight <= 0:
+        raise InvalidInput(f"a weight must be above 0: {token!r}")
+    return weight, match.group(2)
+
+
+def _term(body: str, weight: float | None) -> Term:
+    w = 1.0 if weight is None else weight
+    if not body.strip():
+        raise InvalidInput("a term is empty")
+    if match := _ID.match(body):
+        if not match.group(1).isdigit():
+            raise InvalidInput(f"id: needs a number, not {match.group(1)!r}")
+        return Term("id", match.group(1), w)
+    path = Path(body).expanduser()
+    if path.is_file():
+        return Term("image", str(path), w)
+    if path.suffix.lower() in SUPPORTED_SUFFIXES or body.startswith(("./", "../", "/", "~", f".{os.sep}")):
+        raise InvalidInput(f"no such image file: {body}")
+    return Term("text", body, w)
