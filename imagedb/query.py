@@ -21,7 +21,7 @@ from typing import Literal
 from imagedb.errors import InvalidInput
 from imagedb.images import SUPPORTED_SUFFIXES
 
-_WEIGHT = re.compile(r"^(\d+(?:\.\d+)?):(.+)$", re.S)
+_WEIGHT = re.compile(r"^(\d+(?:\.\d+)?):(.*)$", re.S)
 _ID = re.compile(r"^id:(.*)$", re.S)
 
 

@@ -388,7 +388,9 @@ class Store:
             self.conn.execute("SELECT set_config('hnsw.max_scan_tuples', %s, true)", (str(MAX_SCAN_TUPLES),))
             if ef_search is not None:
                 self.conn.execute("SELECT set_config('hnsw.ef_search', %s, true)", (str(ef_search),))
-            rows = self.conn.execute(statement, params).fetchall()
+            # Not prepared: after five runs PostgreSQL may switch a prepared statement to a generic plan, chosen
+            # without the LIMIT and filter values, which need not read the index.
+            rows = self.conn.execute(statement, params, prepare=False).fetchall()
         return [Hit(int(image_id), path, float(score), date) for image_id, path, score, date in rows]
 
     def explain_nearest(

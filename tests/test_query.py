@@ -1,0 +1,61 @@
+"""The query language parser: no database, no model."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from imagedb.errors import InvalidInput
+from imagedb.query import Term, parse, parse_string
+
+
+def test_terms_operators_and_weights(tmp_path: Path) -> None:
+    shoe = tmp_path / "shoe.jpg"
+    shoe.write_bytes(b"x")
+    assert parse(["beach", "+", "sunset", "-", "people"]) == [
+        Term("text", "beach", 1.0),
+        Term("text", "sunset", 1.0),
+        Term("text", "people", -1.0),
+    ]
+    assert parse(["2:red dress", "+", str(shoe), "-", "0.5:id:12"]) == [
+        Term("text", "red dress", 2.0),
+        Term("image", str(shoe), 1.0),
+        Term("id", "12", -0.5),
+    ]
+
+
+def test_bare_words_form_one_text() -> None:
+    assert parse(["a", "dog", "on", "a", "beach"]) == [Term("text", "a dog on a beach", 1.0)]
+    assert parse(["red", "car", "-", "night", "time"]) == [Term("text", "red car", 1.0), Term("text", "night time", -1.0)]
+
+
+def test_parse_string_splits_like_a_shell() -> None:
+    assert parse_string('2:"red dress" + "at night"') == [Term("text", "red dress", 2.0), Term("text", "at night", 1.0)]
+
+
+@pytest.mark.parametrize(
+    "tokens, message",
+    [
+        ([], "the query is empty"),
+        (["+", "a"], "cannot start with '+'"),
+        (["-", "a"], "cannot start with '-'"),
+        (["a", "+"], "cannot end with an operator"),
+        (["a", "+", "-", "b"], "two operators in a row"),
+        (["0:a"], "weight must be above 0"),
+        (["id:abc"], "id: needs a number"),
+        (["id:3", "b"], "put + or - between"),
+        (["./missing.jpg"], "no such image file"),
+        (["holiday.png"], "no such image file"),
+        (["2:"], "a term is empty"),
+    ],
+)
+def test_malformed_queries(tokens: list[str], message: str) -> None:
+    with pytest.raises(InvalidInput, match=re.escape(message)):
+        parse(tokens)
+
+
+def test_unbalanced_quotes() -> None:
+    with pytest.raises(InvalidInput, match="cannot read the query"):
+        parse_string('"red dress')
