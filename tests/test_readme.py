@@ -18,7 +18,7 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 
 def _readme_queries() -> list[str]:
     blocks = re.findall(r"```sql\n(.*?)```", README.read_text(), flags=re.S)
-    return [b.strip().rstrip(";") for b in blocks if "ORDER BY" in b and "<=>" in b]
+    return [b.strip().rstrip(";") for b in blocks if "ORDER BY" in b and "<=>" in b and "imagedb_" not in b]
 
 
 def test_readme_nearest_neighbour_queries_use_the_index_and_agree_with_imagedb(store: Store) -> None:
@@ -43,3 +43,20 @@ def test_readme_nearest_neighbour_queries_use_the_index_and_agree_with_imagedb(s
         assert [r[0] for r in store.conn.execute(sql, params).fetchall()] == expected
         store.conn.rollback()
     assert np.allclose(np.linalg.norm(matrix, axis=1), 1.0, atol=1e-2)
+
+
+def test_readme_sql_functions_run(store: Store) -> None:
+    collection = fill_synthetic(store, 300)
+    ids, matrix = store.all_vectors(collection)
+    text = README.read_text()
+    block = re.findall(r"```sql\n(SELECT \* FROM imagedb_similar.*?)```", text, flags=re.DOTALL)[0]
+    similar, nearest = [line.split(";")[0] for line in block.strip().splitlines()]
+    expected = [h.image_id for h in store.nearest(collection, matrix[42], 11)]
+    rows = store.conn.execute(
+        similar.replace("42", str(ids[42])),
+    ).fetchall()
+    assert [r[0] for r in rows] == [i for i in expected if i != ids[42]][:10]
+    rows = store.conn.execute(
+        nearest.replace("$1", "%s").replace("'default'", "'synthetic'"), (HalfVector(matrix[42]),)
+    ).fetchall()
+    assert [r[0] for r in rows] == expected[:10]
