@@ -128,8 +128,12 @@ def _store_batch(
     if fresh:
         known.update(zip(fresh, embedder.encode_images(list(fresh.values())), strict=True))
     vectors: list[np.ndarray] = [known[d.record.sha256] for d, _ in good]
-    store.write_batch(collection_id, model_id, summary.run_id or 0, [d.record for d, _ in good], vectors, errors)
-    summary.added += len(fresh)
-    summary.reused += len(good) - len(fresh)
+    records = [d.record for d, _ in good]
+    already = store.write_batch(collection_id, model_id, summary.run_id or 0, records, vectors, errors)
+    # Another ingest of this collection may have stored some of these files first: they count as unchanged.
+    fresh_written = {r.sha256 for r in records if r.path not in already} & fresh.keys()
+    summary.added += len(fresh_written)
+    summary.reused += len(records) - len(already) - len(fresh_written)
+    summary.skipped += len(already)
     summary.failed += len(errors)
     summary.errors.extend(errors)

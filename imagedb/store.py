@@ -21,6 +21,7 @@ DEFAULT_HNSW_EF_CONSTRUCTION = 64
 # How far an iterative index scan may read for a selective filter before giving up (pgvector's default is
 # 20,000): enough for a 1% filter to fill a page of results on a million images.
 MAX_SCAN_TUPLES = 100_000
+_WRITE_LOCK = 0x1A6E  # advisory lock class for batch writes; the second key is the collection id
 
 
 @dataclass(frozen=True)
@@ -243,58 +244,77 @@ class Store:
         records: Sequence[ImageRecord],
         vectors: Sequence[np.ndarray],
         errors: Iterable[tuple[str, str]],
-    ) -> None:
-        """Store one batch in one transaction: a crash loses at most this batch, never half an image."""
+    ) -> set[str]:
+        """Store one batch in one transaction: a crash loses at most this batch, never half an image.
+
+        Returns the paths it left alone because another ingest of the same collection stored them first.
+        """
         with self.conn.transaction(), self.conn.cursor() as cur:
-            # A file that changed since the last run is replaced whole, with everything derived from it,
-            # but the attributes a user gave it stay.
+            # Concurrent ingests of one collection write one batch at a time, so the check below is reliable.
+            cur.execute("SELECT pg_advisory_xact_lock(%s, %s)", (_WRITE_LOCK, collection_id))
             cur.execute(
-                "DELETE FROM images WHERE collection_id = %s AND path = ANY(%s) RETURNING path, attributes",
+                "SELECT path, size_bytes, mtime, attributes FROM images WHERE collection_id = %s AND path = ANY(%s)",
                 (collection_id, [r.path for r in records]),
             )
-            kept = dict(cur.fetchall())
-            cur.executemany(
-                "INSERT INTO images (collection_id, path, sha256, size_bytes, mtime, width, height, format,"
-                " taken_at, camera_make, camera_model, orientation, exif, attributes)"
-                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING id",
-                [
-                    (
-                        collection_id,
-                        r.path,
-                        r.sha256,
-                        r.size_bytes,
-                        r.mtime,
-                        r.width,
-                        r.height,
-                        r.format,
-                        r.taken_at,
-                        r.camera_make,
-                        r.camera_model,
-                        r.orientation,
-                        Jsonb(r.exif),
-                        Jsonb(kept.get(r.path, {})),
-                    )
-                    for r in records
-                ],
-                returning=True,
-            )
-            ids = []
-            while True:
-                ids.append(cur.fetchone()[0])  # type: ignore[index]
-                if not cur.nextset():
-                    break
-            with cur.copy("COPY embeddings (image_id, model_id, embedding) FROM STDIN WITH (FORMAT BINARY)") as copy:
-                copy.set_types(["bigint", "integer", "halfvec"])
-                for image_id, vector in zip(ids, vectors, strict=True):
-                    copy.write_row((image_id, model_id, HalfVector(vector)))
-            with cur.copy("COPY thumbnails (image_id, jpeg, width, height) FROM STDIN WITH (FORMAT BINARY)") as copy:
-                copy.set_types(["bigint", "bytea", "integer", "integer"])
-                for image_id, r in zip(ids, records, strict=True):
-                    copy.write_row((image_id, r.thumbnail, *r.thumbnail_size))
+            stored = {path: (size, mtime, attributes) for path, size, mtime, attributes in cur.fetchall()}
+            done = {r.path for r in records if stored.get(r.path, (None, None, None))[:2] == (r.size_bytes, r.mtime)}
+            todo = [(r, v) for r, v in zip(records, vectors, strict=True) if r.path not in done]
+            if todo:
+                self._insert_images(cur, collection_id, model_id, todo, stored)
             cur.executemany(
                 "INSERT INTO ingest_errors (run_id, path, reason) VALUES (%s, %s, %s)",
                 [(run_id, path, reason) for path, reason in errors],
             )
+        return done
+
+    @staticmethod
+    def _insert_images(
+        cur: psycopg.Cursor,
+        collection_id: int,
+        model_id: int,
+        todo: list[tuple[ImageRecord, np.ndarray]],
+        stored: dict[str, tuple[int, datetime, dict[str, Any]]],
+    ) -> None:
+        # A file that changed since the last run is replaced whole, with everything derived from it,
+        # but the attributes a user gave it stay.
+        cur.execute(
+            "DELETE FROM images WHERE collection_id = %s AND path = ANY(%s)",
+            (collection_id, [r.path for r, _ in todo if r.path in stored]),
+        )
+        cur.executemany(
+            "INSERT INTO images (collection_id, path, sha256, size_bytes, mtime, width, height, format,"
+            " taken_at, camera_make, camera_model, orientation, exif, attributes)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING id",
+            [
+                (
+                    collection_id,
+                    r.path,
+                    r.sha256,
+                    r.size_bytes,
+                    r.mtime,
+                    r.width,
+                    r.height,
+                    r.format,
+                    r.taken_at,
+                    r.camera_make,
+                    r.camera_model,
+                    r.orientation,
+                    Jsonb(r.exif),
+                    Jsonb(stored[r.path][2] if r.path in stored else {}),
+                )
+                for r, _ in todo
+            ],
+            returning=True,
+        )
+        ids = [row[0] for _ in cur.results() for row in cur.fetchall()]
+        with cur.copy("COPY embeddings (image_id, model_id, embedding) FROM STDIN WITH (FORMAT BINARY)") as copy:
+            copy.set_types(["bigint", "integer", "halfvec"])
+            for image_id, (_, vector) in zip(ids, todo, strict=True):
+                copy.write_row((image_id, model_id, HalfVector(vector)))
+        with cur.copy("COPY thumbnails (image_id, jpeg, width, height) FROM STDIN WITH (FORMAT BINARY)") as copy:
+            copy.set_types(["bigint", "bytea", "integer", "integer"])
+            for image_id, (r, _) in zip(ids, todo, strict=True):
+                copy.write_row((image_id, r.thumbnail, *r.thumbnail_size))
 
     def finish_run(self, run_id: int, added: int, skipped: int, reused: int, failed: int) -> None:
         with self.conn.transaction():
