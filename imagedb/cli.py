@@ -282,6 +282,113 @@ def tag(ctx: click.Context, image: str, pairs: tuple[str, ...], collection: str)
     click.echo(f"tagged {len(ids)} image(s): {', '.join(map(str, ids))}")
 
 
+@main.command()
+@_collection_option
+@click.option(
+    "--method",
+    type=click.Choice(["hash", "clip", "both"]),
+    default="hash",
+    show_default=True,
+    help="Perceptual hash (copies: resized, recompressed, watermarked), CLIP (look-alikes), or both.",
+)
+@click.option(
+    "--max-distance",
+    type=click.IntRange(0, 64),
+    default=config.DEFAULT_MAX_HASH_DISTANCE,
+    show_default=True,
+    help="Hash: at most this many of 64 bits differ.",
+)
+@click.option(
+    "--min-similarity",
+    type=click.FloatRange(-1, 1),
+    default=config.DEFAULT_MIN_CLIP_SIMILARITY,
+    show_default=True,
+    help="CLIP: at least this cosine similarity.",
+)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per group.")
+@click.pass_context
+def dupes(
+    ctx: click.Context, collection: str, method: str, max_distance: int, min_similarity: float, as_json: bool
+) -> None:
+    """Find groups of duplicate and near-duplicate images (saved in the duplicate_groups table)."""
+    from imagedb.dupes import find_duplicates
+
+    with _store(ctx) as store:
+        groups = find_duplicates(
+            store,
+            collection=collection,
+            method=method,  # type: ignore[arg-type]
+            max_distance=max_distance,
+            min_similarity=min_similarity,
+        )
+    for group in groups:
+        if as_json:
+            click.echo(json.dumps({"group": group.number, "members": [m.__dict__ for m in group.members]}))
+            continue
+        click.echo(f"group {group.number} ({len(group.members)} images)")
+        for m in group.members:
+            how = "" if m.matched_image_id is None else f"  {m.rule} {m.distance:g} to {m.matched_image_id}"
+            click.echo(f"  {m.image_id:>8}  {m.path}{how}")
+    if not as_json:
+        images = sum(len(g.members) for g in groups)
+        click.echo(f"{len(groups)} group(s), {images} image(s)", err=True)
+
+
+@main.group()
+def watch() -> None:
+    """A watch list for copy detection: later ingests record and NOTIFY copies of watched images."""
+
+
+@watch.command("add")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--label", help="A name for these images, e.g. the rights holder.")
+@click.option(
+    "--max-distance",
+    type=click.IntRange(0, 64),
+    default=config.DEFAULT_WATCH_MAX_DISTANCE,
+    show_default=True,
+    help="At most this many of 64 hash bits may differ.",
+)
+@click.pass_context
+def watch_add(ctx: click.Context, paths: tuple[Path, ...], label: str | None, max_distance: int) -> None:
+    """Watch PATHS (image files): copies ingested later, also mirrored or turned, become hits."""
+    from imagedb.dupes import add_watches
+
+    with _store(ctx) as store:
+        ids = add_watches(store, list(paths), label, max_distance)
+    click.echo(f"watching {len(ids)} image(s): {', '.join(map(str, ids))}")
+
+
+@watch.command("list")
+@click.pass_context
+def watch_list(ctx: click.Context) -> None:
+    """Show the watched images."""
+    with _store(ctx) as store:
+        rows = store.watches()
+    for r in rows:
+        click.echo(
+            f"{r['id']:>5}  {r['label'] or '-':<16}  max {r['max_distance']:>2}  {r['hits']:>5} hit(s)  {r['path']}"
+        )
+
+
+@watch.command("hits")
+@click.option("--watch", "watch_id", type=int, help="Only the hits of this watch id.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@click.pass_context
+def watch_hits(ctx: click.Context, watch_id: int | None, as_json: bool) -> None:
+    """Show stored images that look like a watched one."""
+    with _store(ctx) as store:
+        rows = store.watch_hits(watch_id)
+    for r in rows:
+        if as_json:
+            click.echo(json.dumps({**r, "found_at": r["found_at"].isoformat()}))
+        else:
+            click.echo(
+                f"watch {r['watch_id']} ({r['label'] or '-'}): image {r['image_id']} {r['path']}"
+                f"  distance {r['distance']}"
+            )
+
+
 @main.group()
 def db() -> None:
     """The database: its URL, state, schema and server."""
@@ -334,9 +441,16 @@ def upgrade(ctx: click.Context) -> None:
 @click.option(
     "--ef-construction", default=64, show_default=True, type=click.IntRange(4, 1000), help="HNSW build candidate list."
 )
+@click.option("--hashes", is_flag=True, help="Instead: compute missing perceptual hashes from stored thumbnails.")
 @click.pass_context
-def reindex(ctx: click.Context, m: int, ef_construction: int) -> None:
-    """Rebuild every model's HNSW index with new build parameters."""
+def reindex(ctx: click.Context, m: int, ef_construction: int, hashes: bool) -> None:
+    """Rebuild every model's HNSW index with new build parameters (or, with --hashes, backfill hashes)."""
+    if hashes:
+        from imagedb.dupes import backfill_hashes
+
+        with _store(ctx) as store:
+            click.echo(f"computed {backfill_hashes(store)} perceptual hash(es)")
+        return
     if ef_construction < 2 * m:
         raise click.BadParameter(f"must be at least 2 * m = {2 * m}", param_hint="--ef-construction")
     with _store(ctx) as store:

@@ -12,6 +12,11 @@ import platformdirs
 
 DEFAULT_MODEL = "ViT-B-32:laion2b_s34b_b79k"
 DEFAULT_COLLECTION = "default"
+# Near-duplicate thresholds, chosen from the measured quality table in the README (bench/dupes_quality.py).
+DEFAULT_MAX_HASH_DISTANCE = 10
+# A watched image is compared in eight orientations, so eight times the chances of a false match: stricter.
+DEFAULT_WATCH_MAX_DISTANCE = 8
+DEFAULT_MIN_CLIP_SIMILARITY = 0.95
 
 
 def home(explicit: str | os.PathLike[str] | None = None) -> Path:

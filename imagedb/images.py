@@ -88,10 +88,7 @@ def decode(path: Path, *, keep_gps: bool = False, min_side: int = 224) -> Decode
         pixels = _to_rgb(upright)
     except Exception as exc:  # truncated data, bad EXIF, unsupported modes...
         raise BadImage(f"cannot decode image: {exc}") from exc
-    thumb = pixels.copy()
-    thumb.thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE))
-    buf = io.BytesIO()
-    thumb.save(buf, "JPEG", quality=85)
+    thumbnail, thumbnail_size = make_thumbnail(pixels)
     tags = exif_dict(exif, keep_gps=keep_gps)
     record = ImageRecord(
         path=str(path),
@@ -106,10 +103,32 @@ def decode(path: Path, *, keep_gps: bool = False, min_side: int = 224) -> Decode
         camera_model=_text(tags.get("Model")),
         orientation=tags.get("Orientation") if isinstance(tags.get("Orientation"), int) else None,
         exif=tags,
-        thumbnail=buf.getvalue(),
-        thumbnail_size=thumb.size,
+        thumbnail=thumbnail,
+        thumbnail_size=thumbnail_size,
+        dhash=perceptual_hash(thumbnail),
     )
     return Decoded(record, pixels)
+
+
+def make_thumbnail(pixels: Image.Image) -> tuple[bytes, tuple[int, int]]:
+    thumb = pixels.copy()
+    thumb.thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE))
+    buf = io.BytesIO()
+    thumb.save(buf, "JPEG", quality=85)
+    return buf.getvalue(), thumb.size
+
+
+def perceptual_hash(thumbnail_jpeg: bytes) -> str:
+    """64-bit difference hash (imagehash.dhash) as a string of 0 and 1, pgvector's bit(64) text form.
+
+    Taken from the stored thumbnail, not the original, so that `imagedb db reindex --hashes` can compute the same
+    value for old rows without the files.
+    """
+    import imagehash
+
+    with Image.open(io.BytesIO(thumbnail_jpeg)) as thumb:
+        bits = imagehash.dhash(thumb).hash.flatten()
+    return "".join("1" if b else "0" for b in bits)
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:

@@ -6,12 +6,13 @@ migrated database, so the migrations and this file cannot drift apart.
 
 from __future__ import annotations
 
-from pgvector.sqlalchemy import HALFVEC
+from pgvector.sqlalchemy import BIT, HALFVEC
 from sqlalchemy import (
     BigInteger,
     CheckConstraint,
     Column,
     DateTime,
+    Float,
     ForeignKey,
     Identity,
     Index,
@@ -69,8 +70,10 @@ images = Table(
     Column("exif", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
     Column("attributes", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
     Column("ingested_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("dhash", BIT(64)),
     UniqueConstraint("collection_id", "path", name="images_collection_id_path_key"),
     Index("images_sha256_idx", "sha256"),
+    Index("images_dhash_hnsw", "dhash", postgresql_using="hnsw", postgresql_ops={"dhash": "bit_hamming_ops"}),
 )
 
 embeddings = Table(
@@ -114,4 +117,58 @@ ingest_errors = Table(
     Column("reason", Text, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Index("ingest_errors_run_id_idx", "run_id"),
+)
+
+duplicate_groups = Table(
+    "duplicate_groups",
+    metadata,
+    Column("collection_id", Integer, ForeignKey("collections.id", ondelete="CASCADE"), primary_key=True),
+    Column("group_no", Integer, nullable=False),
+    Column("image_id", BigInteger, ForeignKey("images.id", ondelete="CASCADE"), primary_key=True),
+    Column("matched_image_id", BigInteger, ForeignKey("images.id", ondelete="CASCADE")),
+    Column(
+        "rule",
+        Text,
+        CheckConstraint("rule IN ('sha256', 'hash', 'clip', 'first')", name="duplicate_groups_rule_check"),
+        nullable=False,
+    ),
+    Column("distance", Float(53)),
+    Column("found_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Index("duplicate_groups_group_idx", "collection_id", "group_no"),
+)
+
+watches = Table(
+    "watches",
+    metadata,
+    Column("id", Integer, Identity(), primary_key=True),
+    Column("label", Text),
+    Column("path", Text, nullable=False),
+    Column("sha256", Text, nullable=False),
+    Column(
+        "max_distance",
+        Integer,
+        CheckConstraint("max_distance BETWEEN 0 AND 64", name="watches_max_distance_check"),
+        nullable=False,
+    ),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
+watch_hashes = Table(
+    "watch_hashes",
+    metadata,
+    Column("watch_id", Integer, ForeignKey("watches.id", ondelete="CASCADE"), primary_key=True),
+    Column("variant", SmallInteger, primary_key=True),
+    Column("hash", BIT(64), nullable=False),
+    Index("watch_hashes_hnsw", "hash", postgresql_using="hnsw", postgresql_ops={"hash": "bit_hamming_ops"}),
+)
+
+watch_hits = Table(
+    "watch_hits",
+    metadata,
+    Column("id", BigInteger, Identity(), primary_key=True),
+    Column("watch_id", Integer, ForeignKey("watches.id", ondelete="CASCADE"), nullable=False),
+    Column("image_id", BigInteger, ForeignKey("images.id", ondelete="CASCADE"), nullable=False),
+    Column("distance", Integer, nullable=False),
+    Column("found_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    UniqueConstraint("watch_id", "image_id", name="watch_hits_watch_id_image_id_key"),
 )

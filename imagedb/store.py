@@ -21,6 +21,14 @@ DEFAULT_HNSW_EF_CONSTRUCTION = 64
 # How far an iterative index scan may read for a selective filter before giving up (pgvector's default is
 # 20,000): enough for a 1% filter to fill a page of results on a million images.
 MAX_SCAN_TUPLES = 100_000
+# Each image's nearest hashes by Hamming distance; the LATERAL subquery reads the HNSW index once per image.
+HASH_EDGES_SQL = (
+    "SELECT i.id, n.id, n.distance FROM images i CROSS JOIN LATERAL ("
+    "  SELECT j.id, (j.dhash <~> i.dhash) AS distance FROM images j"
+    "  WHERE j.collection_id = i.collection_id AND j.id <> i.id AND j.dhash IS NOT NULL"
+    "  ORDER BY j.dhash <~> i.dhash LIMIT %(k)s) n"
+    " WHERE i.collection_id = %(c)s AND i.dhash IS NOT NULL AND n.distance <= %(max)s"
+)
 _WRITE_LOCK = 0x1A6E  # advisory lock class for batch writes; the second key is the collection id
 
 
@@ -52,6 +60,7 @@ class ImageRecord:
     exif: dict[str, Any]
     thumbnail: bytes
     thumbnail_size: tuple[int, int]
+    dhash: str | None = None  # 64 characters of 0 and 1
 
 
 @dataclass(frozen=True)
@@ -283,8 +292,8 @@ class Store:
         )
         cur.executemany(
             "INSERT INTO images (collection_id, path, sha256, size_bytes, mtime, width, height, format,"
-            " taken_at, camera_make, camera_model, orientation, exif, attributes)"
-            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING id",
+            " taken_at, camera_make, camera_model, orientation, exif, attributes, dhash)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s::bit(64)) RETURNING id",
             [
                 (
                     collection_id,
@@ -301,6 +310,7 @@ class Store:
                     r.orientation,
                     Jsonb(r.exif),
                     Jsonb(stored[r.path][2] if r.path in stored else {}),
+                    r.dhash,
                 )
                 for r, _ in todo
             ],
@@ -315,6 +325,21 @@ class Store:
             copy.set_types(["bigint", "bytea", "integer", "integer"])
             for image_id, (r, _) in zip(ids, todo, strict=True):
                 copy.write_row((image_id, r.thumbnail, *r.thumbnail_size))
+        # New images that look like a watched one are recorded, and announced to LISTENers when this commits.
+        cur.execute(
+            "WITH hits AS ("
+            "  INSERT INTO watch_hits (watch_id, image_id, distance)"
+            "  SELECT n.watch_id, i.id, min(n.distance) FROM images i CROSS JOIN LATERAL ("
+            "   SELECT h.watch_id, (h.hash <~> i.dhash)::integer AS distance FROM watch_hashes h"
+            "   ORDER BY h.hash <~> i.dhash LIMIT 64) n"
+            "  JOIN watches w ON w.id = n.watch_id"
+            "  WHERE i.id = ANY(%s) AND i.dhash IS NOT NULL AND n.distance <= w.max_distance"
+            "  GROUP BY n.watch_id, i.id"
+            "  ON CONFLICT DO NOTHING RETURNING watch_id, image_id, distance)"
+            " SELECT pg_notify('imagedb_watch', json_build_object("
+            "  'watch_id', watch_id, 'image_id', image_id, 'distance', distance)::text) FROM hits",
+            (ids,),
+        )
 
     def finish_run(self, run_id: int, added: int, skipped: int, reused: int, failed: int) -> None:
         with self.conn.transaction():
@@ -433,6 +458,108 @@ class Store:
         ids = [int(r[0]) for r in rows]
         matrix = np.array([r[1].to_numpy() for r in rows], dtype=np.float32).reshape(len(rows), collection.dim)
         return ids, matrix
+
+    # -- duplicates and the watch list -----------------------------------------------------------------------
+
+    def hash_edges(self, collection_id: int, max_distance: int, neighbours: int) -> list[tuple[int, int, float]]:
+        """(image, near image, Hamming distance) for each image's nearest hashes, through the HNSW index."""
+        return self._edges(HASH_EDGES_SQL, {"c": collection_id, "k": neighbours, "max": max_distance})
+
+    def clip_edges(self, collection: Collection, max_distance: float, neighbours: int) -> list[tuple[int, int, float]]:
+        """(image, near image, cosine distance) for each image's nearest embeddings, through the HNSW index."""
+        vector = sql.SQL("embedding::halfvec({})").format(sql.Literal(collection.dim))
+        statement = sql.SQL(
+            "SELECT a.image_id, n.image_id, n.distance FROM embeddings a"
+            " JOIN images ai ON ai.id = a.image_id AND ai.collection_id = %(c)s"
+            " CROSS JOIN LATERAL ("
+            "  SELECT e.image_id, (e.{v} <=> a.{v}) AS distance FROM embeddings e JOIN images i ON i.id = e.image_id"
+            "  WHERE e.model_id = %(m)s AND i.collection_id = %(c)s AND e.image_id <> a.image_id"
+            "  ORDER BY e.{v} <=> a.{v} LIMIT %(k)s) n"
+            " WHERE a.model_id = %(m)s AND n.distance <= %(max)s"
+        ).format(v=vector)
+        return self._edges(
+            statement, {"c": collection.id, "m": collection.model_id, "k": neighbours, "max": max_distance}
+        )
+
+    def sha256_edges(self, collection_id: int) -> list[tuple[int, int, float]]:
+        """Identical files: each image linked to the first image with the same content."""
+        return self._edges(
+            "SELECT id, first_value(id) OVER (PARTITION BY sha256 ORDER BY id), 0 FROM images"
+            " WHERE collection_id = %(c)s AND sha256 IN ("
+            "  SELECT sha256 FROM images WHERE collection_id = %(c)s GROUP BY sha256 HAVING count(*) > 1)",
+            {"c": collection_id},
+        )
+
+    def _edges(self, statement: str | sql.Composed, params: dict[str, Any]) -> list[tuple[int, int, float]]:
+        with self.conn.transaction():
+            self.conn.execute("SELECT set_config('hnsw.iterative_scan', 'strict_order', true)")
+            rows = self.conn.execute(statement, params, prepare=False).fetchall()
+        return [(int(a), int(b), float(d)) for a, b, d in rows if a != b]
+
+    def save_duplicate_groups(
+        self, collection_id: int, rows: Sequence[tuple[int, int, int | None, str, float | None]]
+    ) -> None:
+        """Replace the collection's duplicate groups: (group_no, image_id, matched_image_id, rule, distance)."""
+        with self.conn.transaction(), self.conn.cursor() as cur:
+            cur.execute("DELETE FROM duplicate_groups WHERE collection_id = %s", (collection_id,))
+            with cur.copy(
+                "COPY duplicate_groups (collection_id, group_no, image_id, matched_image_id, rule, distance) FROM STDIN"
+            ) as copy:
+                for row in rows:
+                    copy.write_row((collection_id, *row))
+
+    def paths(self, image_ids: Iterable[int]) -> dict[int, str]:
+        rows = self.conn.execute("SELECT id, path FROM images WHERE id = ANY(%s)", (list(image_ids),)).fetchall()
+        self.conn.commit()
+        return dict(rows)
+
+    def missing_hashes(self, limit: int) -> list[tuple[int, bytes]]:
+        """(image id, thumbnail) of images stored before perceptual hashes existed."""
+        rows = self.conn.execute(
+            "SELECT i.id, t.jpeg FROM images i JOIN thumbnails t ON t.image_id = i.id WHERE i.dhash IS NULL"
+            " ORDER BY i.id LIMIT %s",
+            (limit,),
+        ).fetchall()
+        self.conn.commit()
+        return [(int(i), bytes(j)) for i, j in rows]
+
+    def set_hashes(self, hashes: Sequence[tuple[int, str]]) -> None:
+        with self.conn.transaction(), self.conn.cursor() as cur:
+            cur.executemany("UPDATE images SET dhash = %s::bit(64) WHERE id = %s", [(h, i) for i, h in hashes])
+
+    def add_watch(self, label: str | None, path: str, sha256: str, max_distance: int, hashes: Sequence[str]) -> int:
+        with self.conn.transaction(), self.conn.cursor() as cur:
+            cur.execute(
+                "INSERT INTO watches (label, path, sha256, max_distance) VALUES (%s, %s, %s, %s) RETURNING id",
+                (label, path, sha256, max_distance),
+            )
+            watch_id = int(cur.fetchone()[0])  # type: ignore[index]
+            cur.executemany(
+                "INSERT INTO watch_hashes (watch_id, variant, hash) VALUES (%s, %s, %s::bit(64))"
+                " ON CONFLICT DO NOTHING",
+                [(watch_id, n, h) for n, h in enumerate(hashes)],
+            )
+        return watch_id
+
+    def watches(self) -> list[dict[str, Any]]:
+        cur = self.conn.execute(
+            "SELECT w.id, w.label, w.path, w.max_distance, w.created_at,"
+            " (SELECT count(*) FROM watch_hits h WHERE h.watch_id = w.id) AS hits FROM watches w ORDER BY w.id"
+        )
+        rows = [dict(zip([c.name for c in cur.description or []], r, strict=True)) for r in cur.fetchall()]
+        self.conn.commit()
+        return rows
+
+    def watch_hits(self, watch_id: int | None = None) -> list[dict[str, Any]]:
+        cur = self.conn.execute(
+            "SELECT h.id, h.watch_id, w.label, w.path AS watched_path, h.image_id, i.path, h.distance, h.found_at"
+            " FROM watch_hits h JOIN watches w ON w.id = h.watch_id JOIN images i ON i.id = h.image_id"
+            " WHERE %(w)s::integer IS NULL OR h.watch_id = %(w)s ORDER BY h.id",
+            {"w": watch_id},
+        )
+        rows = [dict(zip([c.name for c in cur.description or []], r, strict=True)) for r in cur.fetchall()]
+        self.conn.commit()
+        return rows
 
     # -- information -----------------------------------------------------------------------------------------
 

@@ -28,7 +28,10 @@ def test_terms_operators_and_weights(tmp_path: Path) -> None:
 
 def test_bare_words_form_one_text() -> None:
     assert parse(["a", "dog", "on", "a", "beach"]) == [Term("text", "a dog on a beach", 1.0)]
-    assert parse(["red", "car", "-", "night", "time"]) == [Term("text", "red car", 1.0), Term("text", "night time", -1.0)]
+    assert parse(["red", "car", "-", "night", "time"]) == [
+        Term("text", "red car", 1.0),
+        Term("text", "night time", -1.0),
+    ]
 
 
 def test_parse_string_splits_like_a_shell() -> None:

@@ -1,0 +1,133 @@
+"""Near-duplicate quality of the perceptual hash (dHash), per transform and threshold, on real photographs.
+
+Copies of scikit-image's photographs are made with each transform, written to files, and read back through
+imagedb's own decode path (images.decode -> thumbnail -> dhash), the code ingest runs. A positive pair is a photo
+and its copy; a negative pair is a photo and a copy of another photo. Recall: positives within the threshold.
+Precision: positives within the threshold over all pairs within it. The watch list row hashes the original in all
+eight orientations and takes the nearest, as `imagedb watch` does.
+
+    python bench/dupes_quality.py            # prints a Markdown table, writes bench/results/dupes_quality.json
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import skimage.data
+from PIL import Image, ImageDraw, ImageEnhance, ImageFont, ImageOps
+
+from imagedb.dupes import watch_hashes
+from imagedb.images import decode
+
+# Every photograph scikit-image ships without a download (chelsea and cat are the same picture). Its synthetic
+# graphics are left out: the Shepp-Logan phantom, nearly black and symmetric, has no stable hash.
+PHOTOS = [
+    "astronaut", "brick", "camera", "chelsea", "clock", "coffee", "coins", "grass", "gravel", "horse",
+    "hubble_deep_field", "immunohistochemistry", "moon", "page", "retina", "rocket", "text", "cell", "microaneurysms",
+]
+THRESHOLDS = [4, 6, 8, 10, 12, 14, 16]
+# The copies the default must catch: recall >= 0.95 at precision >= 0.99.
+REQUIRED = ["resize 50%", "resize 25%", "JPEG quality 30", "brightness +20%", "brightness -20%", "text watermark"]
+
+
+def _watermark(image: Image.Image) -> Image.Image:
+    marked = image.convert("RGBA")
+    layer = Image.new("RGBA", marked.size, (0, 0, 0, 0))
+    draw = ImageDraw.Draw(layer)
+    font = ImageFont.load_default(size=max(12, marked.width // 12))
+    draw.text((marked.width * 0.05, marked.height * 0.8), "© imagedb 2026", font=font, fill=(255, 255, 255, 160))
+    return Image.alpha_composite(marked, layer).convert("RGB")
+
+
+def _crop(image: Image.Image) -> Image.Image:
+    w, h = image.size  # 10% of the area gone: 5% from each side, about
+    dx, dy = int(w * 0.026), int(h * 0.026)
+    return image.crop((dx, dy, w - dx, h - dy))
+
+
+TRANSFORMS: dict[str, tuple[Callable[[Image.Image], Image.Image], int]] = {
+    # name: (transform, JPEG quality of the copy)
+    "resize 50%": (lambda im: im.resize((im.width // 2, im.height // 2), Image.Resampling.LANCZOS), 90),
+    "resize 25%": (lambda im: im.resize((im.width // 4, im.height // 4), Image.Resampling.LANCZOS), 90),
+    "JPEG quality 30": (lambda im: im, 30),
+    "brightness +20%": (lambda im: ImageEnhance.Brightness(im).enhance(1.2), 90),
+    "brightness -20%": (lambda im: ImageEnhance.Brightness(im).enhance(0.8), 90),
+    "text watermark": (_watermark, 90),
+    "crop 10%": (_crop, 90),
+    "grayscale": (lambda im: ImageOps.grayscale(im).convert("RGB"), 90),
+    "horizontal flip": (lambda im: im.transpose(Image.Transpose.FLIP_LEFT_RIGHT), 90),
+    "rotate 90°": (lambda im: im.transpose(Image.Transpose.ROTATE_90), 90),
+}
+
+
+def _bits(text: str) -> np.ndarray:
+    return np.frombuffer(text.encode(), dtype=np.uint8) == ord("1")
+
+
+def main() -> None:
+    folder = Path(tempfile.mkdtemp(prefix="dupes-quality-"))
+    originals: list[np.ndarray] = []
+    watch: list[np.ndarray] = []  # photos x 8 orientations x 64 bits
+    copies: dict[str, list[np.ndarray]] = {t: [] for t in TRANSFORMS}
+    for name in PHOTOS:
+        pixels = getattr(skimage.data, name)()
+        image = Image.fromarray(pixels).convert("RGB")
+        original = folder / f"{name}.png"
+        image.save(original)
+        originals.append(_bits(decode(original).record.dhash or ""))
+        watch.append(np.array([_bits(h) for h in watch_hashes(original)[1]]))
+        for transform, (fn, quality) in TRANSFORMS.items():
+            copy = folder / f"{name}-{transform.replace(' ', '_').replace('%', '')}.jpg"
+            fn(image).save(copy, quality=quality)
+            copies[transform].append(_bits(decode(copy).record.dhash or ""))
+    orig = np.array(originals)
+    watched = np.array(watch)
+    results = []
+    for transform, hashes in copies.items():
+        c = np.array(hashes)
+        plain = (orig[:, None, :] != c[None, :, :]).sum(-1)  # photo i vs copy j
+        oriented = (watched[:, :, None, :] != c[None, None, :, :]).sum(-1).min(1)
+        for rule, distances in (("hash", plain), ("hash, watch list (8 orientations)", oriented)):
+            positives = np.diag(distances)
+            negatives = distances[~np.eye(len(PHOTOS), dtype=bool)]
+            for threshold in THRESHOLDS:
+                tp = int((positives <= threshold).sum())
+                fp = int((negatives <= threshold).sum())
+                results.append({
+                    "transform": transform, "rule": rule, "threshold": threshold,
+                    "recall": tp / len(positives), "precision": tp / (tp + fp) if tp + fp else 1.0,
+                    "true_positives": tp, "false_positives": fp,
+                    "median_positive_distance": float(np.median(positives)),
+                    "min_negative_distance": int(negatives.min()),
+                })
+    out = Path(__file__).parent / "results" / "dupes_quality.json"
+    out.write_text(json.dumps({"photos": PHOTOS, "thresholds": THRESHOLDS, "results": results}, indent=1))
+    _print_table(results)
+    meets = [
+        t for t in THRESHOLDS
+        if all(r["recall"] >= 0.95 and r["precision"] >= 0.99
+               for r in results if r["rule"] == "hash" and r["threshold"] == t and r["transform"] in REQUIRED)
+    ]
+    print(f"\nsmallest max distance with recall >= 0.95 at precision >= 0.99 on {', '.join(REQUIRED)}:"
+          f" {meets[0] if meets else 'none'}")
+    print(f"wrote {out}", file=sys.stderr)
+
+
+def _print_table(results: list[dict]) -> None:  # type: ignore[type-arg]
+    for rule in ("hash", "hash, watch list (8 orientations)"):
+        print(f"\n{rule}: recall / precision at max distance\n")
+        print("| transform | median distance | " + " | ".join(f"<= {t}" for t in THRESHOLDS) + " |")
+        print("|---|---|" + "---|" * len(THRESHOLDS))
+        for transform in TRANSFORMS:
+            rows = [r for r in results if r["rule"] == rule and r["transform"] == transform]
+            cells = [f"{r['recall']:.2f} / {r['precision']:.2f}" for r in rows]
+            print(f"| {transform} | {rows[0]['median_positive_distance']:g} | " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()

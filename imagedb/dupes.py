@@ -1,0 +1,159 @@
+"""`imagedb dupes` and the watch list: near-duplicates by perceptual hash and by CLIP, found in the database.
+
+Candidate pairs come from index-backed nearest-neighbour queries (one SQL statement per rule); groups are the
+connected components of those pairs. Nothing compares all pairs.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict, deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from PIL import Image
+
+from imagedb import collection as collections
+from imagedb.config import (
+    DEFAULT_COLLECTION,
+    DEFAULT_MAX_HASH_DISTANCE,
+    DEFAULT_MIN_CLIP_SIMILARITY,
+    DEFAULT_WATCH_MAX_DISTANCE,
+)
+from imagedb.errors import InvalidInput
+from imagedb.images import BadImage, decode, make_thumbnail, perceptual_hash
+from imagedb.store import Store
+
+Method = Literal["hash", "clip", "both"]
+METHODS: tuple[str, ...] = ("hash", "clip", "both")
+NEIGHBOURS = 10  # candidates per image per rule; chains link larger groups
+_RULE_ORDER = {"sha256": 0, "hash": 1, "clip": 2}
+# Every flip and quarter turn of a square: the dihedral group of eight.
+_VARIANTS: tuple[Image.Transpose | None, ...] = (
+    None,
+    Image.Transpose.ROTATE_90,
+    Image.Transpose.ROTATE_180,
+    Image.Transpose.ROTATE_270,
+    Image.Transpose.FLIP_LEFT_RIGHT,
+    Image.Transpose.FLIP_TOP_BOTTOM,
+    Image.Transpose.TRANSPOSE,
+    Image.Transpose.TRANSVERSE,
+)
+
+
+@dataclass(frozen=True)
+class Member:
+    image_id: int
+    path: str
+    matched_image_id: int | None  # the member it was linked through; None for the group's first image
+    rule: str  # sha256, hash, clip, or "first"
+    distance: float | None  # Hamming bits for hash, cosine distance for clip, 0 for sha256
+
+
+@dataclass(frozen=True)
+class DuplicateGroup:
+    number: int
+    members: list[Member]
+
+
+def check_thresholds(method: str, max_distance: int, min_similarity: float) -> None:
+    if method not in METHODS:
+        raise InvalidInput(f"unknown method {method!r}: use one of {', '.join(METHODS)}")
+    if not 0 <= max_distance <= 64:
+        raise InvalidInput(f"max distance is a number of differing hash bits, 0 to 64, not {max_distance}")
+    if not -1 <= min_similarity <= 1:
+        raise InvalidInput(f"min similarity is a cosine similarity, -1 to 1, not {min_similarity}")
+
+
+def find_duplicates(
+    store: Store,
+    *,
+    collection: str = DEFAULT_COLLECTION,
+    method: Method = "hash",
+    max_distance: int = DEFAULT_MAX_HASH_DISTANCE,
+    min_similarity: float = DEFAULT_MIN_CLIP_SIMILARITY,
+) -> list[DuplicateGroup]:
+    """Groups of near-duplicate images, saved to duplicate_groups (replacing the collection's previous result).
+
+    Identical files (same SHA-256) always form one group, whatever the method.
+    """
+    check_thresholds(method, max_distance, min_similarity)
+    target = collections.get(store, collection)
+    edges = [(a, b, d, "sha256") for a, b, d in store.sha256_edges(target.id)]
+    if method in ("hash", "both"):
+        edges += [(a, b, d, "hash") for a, b, d in store.hash_edges(target.id, max_distance, NEIGHBOURS)]
+    if method in ("clip", "both"):
+        edges += [(a, b, d, "clip") for a, b, d in store.clip_edges(target, 1.0 - min_similarity, NEIGHBOURS)]
+    groups = _components(edges)
+    paths = store.paths(m for group in groups for m, *_ in group)
+    result = [
+        DuplicateGroup(n, [Member(i, paths[i], matched, rule, dist) for i, matched, rule, dist in group])
+        for n, group in enumerate(groups, start=1)
+    ]
+    store.save_duplicate_groups(
+        target.id,
+        [(g.number, m.image_id, m.matched_image_id, m.rule, m.distance) for g in result for m in g.members],
+    )
+    return result
+
+
+def _components(
+    edges: list[tuple[int, int, float, str]],
+) -> list[list[tuple[int, int | None, str, float | None]]]:
+    """Connected components, each as a tree from its smallest id: (image, linked through, rule, distance)."""
+    adjacent: dict[int, list[tuple[int, float, str]]] = defaultdict(list)
+    for a, b, distance, rule in sorted(edges, key=lambda e: (_RULE_ORDER[e[3]], e[2])):
+        adjacent[a].append((b, distance, rule))
+        adjacent[b].append((a, distance, rule))
+    seen: set[int] = set()
+    groups = []
+    for root in sorted(adjacent):
+        if root in seen:
+            continue
+        seen.add(root)
+        group: list[tuple[int, int | None, str, float | None]] = [(root, None, "first", None)]
+        queue = deque([root])
+        while queue:  # breadth first, best rule first: each member keeps the strongest link that reached it
+            node = queue.popleft()
+            for other, distance, rule in adjacent[node]:
+                if other not in seen:
+                    seen.add(other)
+                    group.append((other, node, rule, distance))
+                    queue.append(other)
+        groups.append(sorted(group))
+    return groups
+
+
+def watch_hashes(path: Path) -> tuple[str, list[str]]:
+    """SHA-256 and the perceptual hashes of an image in all eight orientations; InvalidInput if not an image."""
+    try:
+        decoded = decode(path)
+    except BadImage as exc:
+        raise InvalidInput(f"cannot watch {path}: {exc}") from exc
+    hashes = []
+    for variant in _VARIANTS:
+        turned = decoded.pixels if variant is None else decoded.pixels.transpose(variant)
+        hashes.append(perceptual_hash(make_thumbnail(turned)[0]))
+    return decoded.record.sha256, hashes
+
+
+def add_watches(
+    store: Store, paths: list[Path], label: str | None = None, max_distance: int = DEFAULT_WATCH_MAX_DISTANCE
+) -> list[int]:
+    """Put images on the watch list; later ingests record and announce copies of them."""
+    check_thresholds("hash", max_distance, 0.0)
+    prepared = []
+    for path in paths:  # all are checked before any is stored
+        if not path.is_file():
+            raise InvalidInput(f"cannot watch {path}: no such file")
+        prepared.append((path, *watch_hashes(path)))
+    return [store.add_watch(label, str(path.resolve()), sha, max_distance, hashes) for path, sha, hashes in prepared]
+
+
+def backfill_hashes(store: Store, batch_size: int = 500) -> int:
+    """Perceptual hashes for images stored before they existed, from the stored thumbnails (no files, no model)."""
+    done = 0
+    while batch := store.missing_hashes(batch_size):
+        store.set_hashes([(image_id, perceptual_hash(jpeg)) for image_id, jpeg in batch])
+        done += len(batch)
+    return done
