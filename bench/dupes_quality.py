@@ -27,8 +27,25 @@ from imagedb.images import decode
 # Every photograph scikit-image ships without a download (chelsea and cat are the same picture). Its synthetic
 # graphics are left out: the Shepp-Logan phantom, nearly black and symmetric, has no stable hash.
 PHOTOS = [
-    "astronaut", "brick", "camera", "chelsea", "clock", "coffee", "coins", "grass", "gravel", "horse",
-    "hubble_deep_field", "immunohistochemistry", "moon", "page", "retina", "rocket", "text", "cell", "microaneurysms",
+    "astronaut",
+    "brick",
+    "camera",
+    "chelsea",
+    "clock",
+    "coffee",
+    "coins",
+    "grass",
+    "gravel",
+    "horse",
+    "hubble_deep_field",
+    "immunohistochemistry",
+    "moon",
+    "page",
+    "retina",
+    "rocket",
+    "text",
+    "cell",
+    "microaneurysms",
 ]
 THRESHOLDS = [4, 6, 8, 10, 12, 14, 16]
 # The copies the default must catch: recall >= 0.95 at precision >= 0.99.
@@ -98,23 +115,35 @@ def main() -> None:
             for threshold in THRESHOLDS:
                 tp = int((positives <= threshold).sum())
                 fp = int((negatives <= threshold).sum())
-                results.append({
-                    "transform": transform, "rule": rule, "threshold": threshold,
-                    "recall": tp / len(positives), "precision": tp / (tp + fp) if tp + fp else 1.0,
-                    "true_positives": tp, "false_positives": fp,
-                    "median_positive_distance": float(np.median(positives)),
-                    "min_negative_distance": int(negatives.min()),
-                })
+                results.append(
+                    {
+                        "transform": transform,
+                        "rule": rule,
+                        "threshold": threshold,
+                        "recall": tp / len(positives),
+                        "precision": tp / (tp + fp) if tp + fp else 1.0,
+                        "true_positives": tp,
+                        "false_positives": fp,
+                        "median_positive_distance": float(np.median(positives)),
+                        "min_negative_distance": int(negatives.min()),
+                    }
+                )
     out = Path(__file__).parent / "results" / "dupes_quality.json"
     out.write_text(json.dumps({"photos": PHOTOS, "thresholds": THRESHOLDS, "results": results}, indent=1))
     _print_table(results)
     meets = [
-        t for t in THRESHOLDS
-        if all(r["recall"] >= 0.95 and r["precision"] >= 0.99
-               for r in results if r["rule"] == "hash" and r["threshold"] == t and r["transform"] in REQUIRED)
+        t
+        for t in THRESHOLDS
+        if all(
+            r["recall"] >= 0.95 and r["precision"] >= 0.99
+            for r in results
+            if r["rule"] == "hash" and r["threshold"] == t and r["transform"] in REQUIRED
+        )
     ]
-    print(f"\nsmallest max distance with recall >= 0.95 at precision >= 0.99 on {', '.join(REQUIRED)}:"
-          f" {meets[0] if meets else 'none'}")
+    print(
+        f"\nsmallest max distance with recall >= 0.95 at precision >= 0.99 on {', '.join(REQUIRED)}:"
+        f" {meets[0] if meets else 'none'}"
+    )
     print(f"wrote {out}", file=sys.stderr)
 
 

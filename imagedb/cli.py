@@ -389,6 +389,56 @@ def watch_hits(ctx: click.Context, watch_id: int | None, as_json: bool) -> None:
             )
 
 
+@main.command()
+@click.argument("images", nargs=-1, required=True)
+@_collection_option
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.pass_context
+def forget(ctx: click.Context, images: tuple[str, ...], collection: str, yes: bool) -> None:
+    """Delete IMAGES (ids, paths or file names) and everything derived from them: embeddings, hashes,
+    thumbnail, duplicate-group and watch-hit rows."""
+    from imagedb.access import forget as run_forget
+
+    if not yes:
+        click.confirm(f"Forget {len(images)} image reference(s) in {collection!r} for good?", abort=True)
+    refs = [str(Path(i).expanduser().resolve()) if "/" in i else i for i in images]
+    with _store(ctx) as store:
+        ids = run_forget(store, collection, refs)
+    click.echo(f"forgot {len(ids)} image(s): {', '.join(map(str, ids))}")
+
+
+_password_option = click.option(
+    "--password", envvar="IMAGEDB_ROLE_PASSWORD", help="Set the role's password [env IMAGEDB_ROLE_PASSWORD]."
+)
+
+
+@main.command("grant-reader")
+@click.argument("role")
+@_password_option
+@click.pass_context
+def grant_reader(ctx: click.Context, role: str, password: str | None) -> None:
+    """Let ROLE (created if missing) read the BI views only: no vectors, thumbnails, EXIF or GPS."""
+    from imagedb.access import READER_VIEWS
+    from imagedb.access import grant_reader as run_grant
+
+    with _store(ctx) as store:
+        created = run_grant(store, role, password)
+    click.echo(f"{'created' if created else 'updated'} role {role}: SELECT on {', '.join(READER_VIEWS)}")
+
+
+@main.command("grant-writer")
+@click.argument("role")
+@_password_option
+@click.pass_context
+def grant_writer(ctx: click.Context, role: str, password: str | None) -> None:
+    """Let ROLE (created if missing) ingest, tag, search and find duplicates in existing collections."""
+    from imagedb.access import grant_writer as run_grant
+
+    with _store(ctx) as store:
+        created = run_grant(store, role, password)
+    click.echo(f"{'created' if created else 'updated'} role {role}: read and write imagedb's tables")
+
+
 @main.group()
 def db() -> None:
     """The database: its URL, state, schema and server."""
@@ -456,6 +506,44 @@ def reindex(ctx: click.Context, m: int, ef_construction: int, hashes: bool) -> N
     with _store(ctx) as store:
         names = store.rebuild_indexes(m, ef_construction)
     click.echo(f"rebuilt {len(names)} index(es) with m={m}, ef_construction={ef_construction}")
+
+
+@db.command()
+@click.pass_context
+def check(ctx: click.Context) -> None:
+    """Check the stored data: embeddings, thumbnails, hashes, indexes. Exit code 1 when something is wrong."""
+    with _store(ctx) as store:
+        problems = store.problems()
+    if problems:
+        raise click.ClickException("; ".join(problems))
+    click.echo("ok: every image has its embedding, thumbnail and hash, and every index is valid")
+
+
+@db.command()
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.pass_context
+def dump(ctx: click.Context, file: Path) -> None:
+    """Back up the whole database to FILE (pg_dump custom format)."""
+    from imagedb.db import dump as run_dump
+    from imagedb.db import resolve_url
+
+    run_dump(resolve_url(ctx.obj["database_url"], ctx.obj["home"]), file)
+    click.echo(f"wrote {file} ({file.stat().st_size / 1e6:.1f} MB)")
+
+
+@db.command()
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.pass_context
+def restore(ctx: click.Context, file: Path, yes: bool) -> None:
+    """Replace the database's contents by a backup made with `imagedb db dump`."""
+    from imagedb.db import resolve_url
+    from imagedb.db import restore as run_restore
+
+    if not yes:
+        click.confirm("Replace everything in the database by the backup?", abort=True)
+    run_restore(resolve_url(ctx.obj["database_url"], ctx.obj["home"]), file)
+    click.echo(f"restored {file}")
 
 
 @db.command()

@@ -9,7 +9,7 @@ import psycopg
 from pgvector.psycopg import register_vector
 
 from imagedb import config
-from imagedb.errors import DatabaseUnavailable, SchemaOutOfDate
+from imagedb.errors import DatabaseUnavailable, NotFound, SchemaOutOfDate
 
 EMBEDDED_DBNAME = "imagedb"
 HNSW_INDEX_PREFIX = "embeddings_hnsw_"
@@ -58,6 +58,35 @@ def stop_embedded(home: Path) -> bool:
 
     pgexec("pg_ctl", ("-w", "-D", str(pgdata), "stop"), bin_path=server.bin_path, user=server.system_user)
     return True
+
+
+def _postgres_program(name: str) -> str:
+    """A client program of the PostgreSQL bundled with the embedded server (pg_dump 18 reads older servers)."""
+    pgserver = _pgserver()
+    return str(pgserver.postgres_server.POSTGRES_VERSIONS[pgserver.TARGET_POSTGRES_VERSION] / name)
+
+
+def _run_client(name: str, args: list[str]) -> None:
+    import subprocess
+
+    done = subprocess.run([_postgres_program(name), *args], capture_output=True, text=True)
+    if done.returncode != 0:
+        lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
+        raise DatabaseUnavailable(f"{name} failed: {lines[0] if lines else f'exit code {done.returncode}'}")
+
+
+def dump(url: str, file: Path) -> None:
+    """Write the whole database to `file` in pg_dump's custom format."""
+    _run_client("pg_dump", ["--format=custom", f"--file={file}", f"--dbname={url}"])
+
+
+def restore(url: str, file: Path) -> None:
+    """Replace the database's objects by those in a dump made with dump()."""
+    if not file.is_file():
+        raise NotFound(f"no such dump file: {file}")
+    _run_client(
+        "pg_restore", ["--clean", "--if-exists", "--no-owner", "--single-transaction", f"--dbname={url}", str(file)]
+    )
 
 
 def resolve_url(explicit: str | None, home: str | Path | None = None) -> str:

@@ -23,6 +23,8 @@ THUMBNAIL_SIZE = 256
 MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
 # Pillow only warns between MAX_IMAGE_PIXELS and twice that; an error stops the decode instead.
 warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
+# Broken EXIF is kept out of the record anyway (see _read_exif); Pillow's warning would only be noise on stderr.
+warnings.filterwarnings("ignore", message="Corrupt EXIF data", category=UserWarning)
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _EXIF_SKIP = {"MakerNote", "UserComment", "PrintImageMatching", "ExifOffset", "GPSInfo", "InterColorProfile"}
@@ -79,17 +81,15 @@ def decode(path: Path, *, keep_gps: bool = False, min_side: int = 224) -> Decode
     if width * height > MAX_PIXELS:
         raise BadImage(f"refused as a decompression bomb: {width}x{height} pixels exceeds {MAX_PIXELS}")
     fmt = image.format or path.suffix.lstrip(".").upper()
+    tags = _read_exif(image, keep_gps)
     try:
-        exif = image.getexif()
         # JPEG can decode at 1/2, 1/4 or 1/8 scale for free; keep at least what the thumbnail and model need.
         image.draft("RGB", (max(min_side, THUMBNAIL_SIZE),) * 2)
         image.load()
-        upright = ImageOps.exif_transpose(image)
-        pixels = _to_rgb(upright)
-    except Exception as exc:  # truncated data, bad EXIF, unsupported modes...
+        pixels = _to_rgb(_upright(image))
+    except Exception as exc:  # truncated data, unsupported modes...
         raise BadImage(f"cannot decode image: {exc}") from exc
     thumbnail, thumbnail_size = make_thumbnail(pixels)
-    tags = exif_dict(exif, keep_gps=keep_gps)
     record = ImageRecord(
         path=str(path),
         sha256=hashlib.sha256(data).hexdigest(),
@@ -108,6 +108,21 @@ def decode(path: Path, *, keep_gps: bool = False, min_side: int = 224) -> Decode
         dhash=perceptual_hash(thumbnail),
     )
     return Decoded(record, pixels)
+
+
+def _read_exif(image: Image.Image, keep_gps: bool) -> dict[str, Any]:
+    # Broken EXIF is common (editors, phones, strippers) and says nothing about the pixels: keep the image.
+    try:
+        return exif_dict(image.getexif(), keep_gps=keep_gps)
+    except Exception:
+        return {}
+
+
+def _upright(image: Image.Image) -> Image.Image:
+    try:
+        return ImageOps.exif_transpose(image)
+    except Exception:  # an orientation tag that cannot be applied: the pixels as stored
+        return image
 
 
 def make_thumbnail(pixels: Image.Image) -> tuple[bytes, tuple[int, int]]:

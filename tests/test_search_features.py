@@ -12,8 +12,8 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from helpers import fill_synthetic
-from imagedb import embed, store as store_module
+from imagedb import embed
+from imagedb import store as store_module
 from imagedb.attributes import tag
 from imagedb.cli import main
 from imagedb.embed import ModelSpec
@@ -22,6 +22,8 @@ from imagedb.ingest import ingest
 from imagedb.query import parse
 from imagedb.search import search
 from imagedb.store import Filters, Store
+
+from helpers import fill_synthetic
 
 HOSTILE = ["'; DROP TABLE images; --", 'a"b', "%", "_", "\\", "ünïcødé ✓ 写真", "1 OR 1=1", "$$", "*/ --"]
 

@@ -1,0 +1,160 @@
+"""Roles for BI tools and ingest, forgetting images for good, backups, and the integrity check."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from imagedb import db
+from imagedb.access import forget, grant_reader, grant_writer
+from imagedb.cli import main
+from imagedb.dupes import add_watches, find_duplicates
+from imagedb.embed import ModelSpec
+from imagedb.errors import NotFound
+from imagedb.ingest import ingest
+from imagedb.query import parse
+from imagedb.search import search
+from imagedb.store import Store
+
+
+def _as_role(url: str, role: str) -> str:
+    parts = urlsplit(url)
+    host = parts.netloc.split("@")[-1]
+    return urlunsplit(parts._replace(netloc=f"{role}@{host}"))
+
+
+def test_reader_sees_the_bi_views_and_nothing_else(
+    store: Store, database_url: str, photos: Path, tiny_model: str
+) -> None:
+    ingest(store, [photos], model=ModelSpec.parse(tiny_model))
+    role = f"bi_reader_{os.getpid()}"
+    assert grant_reader(store, role) is True
+    assert grant_reader(store, role) is False  # again: updated, not created
+    with psycopg.connect(_as_role(database_url, role), autocommit=True) as conn:
+        assert conn.execute("SELECT count(*) FROM image_catalog").fetchone()[0] == 12
+        assert conn.execute("SELECT images FROM collection_stats").fetchone()[0] == 12
+        conn.execute("SELECT * FROM duplicate_report")
+        for table in ("images", "embeddings", "thumbnails", "watch_hits", "ingest_errors"):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute(f"SELECT * FROM {table} LIMIT 1")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("CREATE TABLE mine (x int)")
+
+
+def test_writer_can_ingest_and_search_but_not_change_the_schema(
+    store: Store, database_url: str, photos: Path, tiny_model: str, tmp_path: Path
+) -> None:
+    spec = ModelSpec.parse(tiny_model)
+    ingest(store, [photos / "coffee.jpg"], model=spec)
+    role = f"ingester_{os.getpid()}"
+    grant_writer(store, role)
+    writer = Store(db.open_connection(_as_role(database_url, role)))
+    try:
+        summary = ingest(writer, [photos], model=spec)
+        assert (summary.added, summary.skipped, summary.failed) == (11, 1, 0)
+        assert search(writer, parse([str(photos / "rocket.jpg")]), limit=1)[0].path == str(photos / "rocket.jpg")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            writer.conn.execute("DROP TABLE images")
+    finally:
+        writer.close()
+
+
+def test_forget_leaves_nothing_behind(store: Store, photos: Path, tmp_path: Path, tiny_model: str) -> None:
+    copy = tmp_path / "copy-of-rocket.jpg"
+    Image.open(photos / "rocket.jpg").save(copy, quality=60)
+    ingest(store, [photos, copy], model=ModelSpec.parse(tiny_model))
+    add_watches(store, [photos / "coffee.jpg"])
+    shutil.copy(photos / "coffee.jpg", tmp_path / "coffee-again.jpg")
+    ingest(store, [tmp_path / "coffee-again.jpg"])
+    find_duplicates(store)
+    ids = forget(store, "default", [str(copy), "coffee-again.jpg"])
+    assert len(ids) == 2
+    for table, column in [
+        ("images", "id"),
+        ("embeddings", "image_id"),
+        ("thumbnails", "image_id"),
+        ("duplicate_groups", "image_id"),
+        ("duplicate_groups", "matched_image_id"),
+        ("watch_hits", "image_id"),
+        ("image_catalog", "image_id"),
+    ]:
+        count = store.conn.execute(f"SELECT count(*) FROM {table} WHERE {column} = ANY(%s)", (ids,)).fetchone()[0]
+        assert count == 0, table
+    leftover = store.conn.execute(
+        "SELECT count(*) FROM images WHERE path LIKE '%copy-of-rocket%' OR path LIKE '%coffee-again%'"
+    ).fetchone()[0]
+    assert leftover == 0
+    with pytest.raises(NotFound):
+        forget(store, "default", ["no-such-image.jpg"])
+
+
+def test_dump_and_restore_round_trip(
+    store: Store, database_url: str, photos: Path, tmp_path: Path, tiny_model: str
+) -> None:
+    ingest(store, [photos], model=ModelSpec.parse(tiny_model))
+    rocket = str(photos / "rocket.jpg")
+    before = [r.image_id for r in search(store, parse([rocket]), limit=12)]
+    backup = tmp_path / "backup.dump"
+    db.dump(database_url, backup)
+    forget(store, "default", ["rocket.jpg"])
+    store.close()
+    db.restore(database_url, backup)
+    restored = Store(db.open_connection(database_url))
+    try:
+        assert [r.image_id for r in search(restored, parse([rocket]), limit=12)] == before
+        assert restored.problems() == []
+    finally:
+        restored.close()
+    with pytest.raises(NotFound):
+        db.restore(database_url, tmp_path / "missing.dump")
+
+
+def test_check_reports_what_is_wrong(
+    store: Store, database_url: str, photos: Path, tiny_model: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ingest(store, [photos], model=ModelSpec.parse(tiny_model))
+    monkeypatch.setenv("IMAGEDB_DATABASE_URL", database_url)
+    result = CliRunner().invoke(main, ["db", "check"])
+    assert result.exit_code == 0 and result.output.startswith("ok")
+    store.conn.execute("DELETE FROM thumbnails WHERE image_id = (SELECT min(id) FROM images)")
+    store.conn.execute("UPDATE images SET dhash = NULL WHERE id = (SELECT max(id) FROM images)")
+    store.conn.execute("DELETE FROM embeddings WHERE image_id = (SELECT max(id) FROM images)")
+    store.conn.commit()
+    result = CliRunner().invoke(main, ["db", "check"])
+    assert result.exit_code == 1
+    for words in (
+        "1 images without a thumbnail",
+        "1 images without a perceptual hash",
+        "1 images without an embedding",
+    ):
+        assert words in result.output
+    store.rebuild_indexes(16, 64)
+    store.conn.execute(f"DROP INDEX {db.HNSW_INDEX_PREFIX}1")
+    store.conn.commit()
+    assert "models without their HNSW index" in CliRunner().invoke(main, ["db", "check"]).output
+
+
+def test_cli_forget_grant_dump(
+    database_url: str, monkeypatch: pytest.MonkeyPatch, photos: Path, tiny_model: str, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("IMAGEDB_DATABASE_URL", database_url)
+    runner = CliRunner()
+    assert runner.invoke(main, ["ingest", str(photos), "-m", tiny_model]).exit_code == 0
+    result = runner.invoke(main, ["forget", "coffee.jpg"], input="n\n")
+    assert result.exit_code == 1 and "Aborted" in result.output
+    result = runner.invoke(main, ["forget", "coffee.jpg", "--yes"])
+    assert result.exit_code == 0 and "forgot 1 image(s)" in result.output
+    assert "no image" in runner.invoke(main, ["forget", "coffee.jpg", "--yes"]).output
+    role = f"cli_reader_{os.getpid()}"
+    assert f"created role {role}" in runner.invoke(main, ["grant-reader", role]).output
+    assert "cannot" not in runner.invoke(main, ["grant-writer", f"cli_writer_{os.getpid()}"]).output
+    result = runner.invoke(main, ["db", "dump", str(tmp_path / "b.dump")])
+    assert result.exit_code == 0 and (tmp_path / "b.dump").stat().st_size > 0
+    assert runner.invoke(main, ["db", "restore", str(tmp_path / "b.dump"), "--yes"]).exit_code == 0
