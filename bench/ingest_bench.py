@@ -105,9 +105,14 @@ def main() -> None:
     db.stop_embedded(work / "home")
 
     rows = {
-        "images": len(files), "batch_size": args.batch_size, "threads": os.cpu_count(),
-        "model_only_images_per_s": model_only, "ingest_images_per_s": end_to_end, "naive_images_per_s": naive,
-        "ingest_vs_model_only": end_to_end / model_only, "ingest_vs_naive": end_to_end / naive,
+        "images": len(files),
+        "batch_size": args.batch_size,
+        "threads": os.cpu_count(),
+        "model_only_images_per_s": model_only,
+        "ingest_images_per_s": end_to_end,
+        "naive_images_per_s": naive,
+        "ingest_vs_model_only": end_to_end / model_only,
+        "ingest_vs_naive": end_to_end / naive,
     }
     print(f"{'model only':>12}  {'imagedb ingest':>14}  {'naive loop':>10}  {'ingest/model':>12}  {'ingest/naive':>12}")
     print(

@@ -134,14 +134,24 @@ def _nearest_query(
     vector = sql.SQL("e.embedding::halfvec({})").format(sql.Literal(collection.dim))
     clauses, params = _filter_clauses(filters)
     where = sql.SQL("").join(sql.SQL(" AND " + c) for c in clauses)
+    # A relaxed iterative scan may return rows slightly out of order (for better recall, as pgvector documents):
+    # the outer query puts them in order.
     statement = sql.SQL(
-        "SELECT i.id, i.path, 1 - ({vector} <=> %(q)s) AS score, " + _IMAGE_DATE + " AS image_date"
+        "WITH nearest AS MATERIALIZED ("
+        " SELECT i.id, i.path, {vector} <=> %(q)s AS distance, " + _IMAGE_DATE + " AS image_date"
         " FROM embeddings e JOIN images i ON i.id = e.image_id"
         " WHERE e.model_id = %(model_id)s AND i.collection_id = %(collection_id)s{where}"
-        " ORDER BY {vector} <=> %(q)s LIMIT %(limit)s OFFSET %(offset)s"
+        " ORDER BY {vector} <=> %(q)s LIMIT %(depth)s)"
+        " SELECT id, path, 1 - distance AS score, image_date FROM nearest"
+        " ORDER BY distance LIMIT %(limit)s OFFSET %(offset)s"
     ).format(vector=vector, where=where)
     params.update(
-        q=HalfVector(query), model_id=collection.model_id, collection_id=collection.id, limit=limit, offset=offset
+        q=HalfVector(query),
+        model_id=collection.model_id,
+        collection_id=collection.id,
+        depth=limit + offset,
+        limit=limit,
+        offset=offset,
     )
     return statement, params
 
@@ -434,7 +444,7 @@ class Store:
         with self.conn.transaction():
             # Filters (and other collections sharing the model) drop rows after the index scan; an iterative
             # scan keeps reading the index until enough rows pass, up to max_scan_tuples.
-            self.conn.execute("SELECT set_config('hnsw.iterative_scan', 'strict_order', true)")
+            self.conn.execute("SELECT set_config('hnsw.iterative_scan', 'relaxed_order', true)")
             self.conn.execute("SELECT set_config('hnsw.max_scan_tuples', %s, true)", (str(MAX_SCAN_TUPLES),))
             if ef_search is not None:
                 self.conn.execute("SELECT set_config('hnsw.ef_search', %s, true)", (str(ef_search),))
@@ -497,7 +507,7 @@ class Store:
 
     def _edges(self, statement: str | sql.Composed, params: dict[str, Any]) -> list[tuple[int, int, float]]:
         with self.conn.transaction():
-            self.conn.execute("SELECT set_config('hnsw.iterative_scan', 'strict_order', true)")
+            self.conn.execute("SELECT set_config('hnsw.iterative_scan', 'relaxed_order', true)")
             rows = self.conn.execute(statement, params, prepare=False).fetchall()
         return [(int(a), int(b), float(d)) for a, b, d in rows if a != b]
 

@@ -30,12 +30,16 @@ def upgrade() -> None:
             IF NOT FOUND THEN
                 RAISE EXCEPTION 'imagedb_nearest: no collection named %', collection_name;
             END IF;
-            PERFORM set_config('hnsw.iterative_scan', 'strict_order', true);
+            -- Relaxed iterative scans find more of the true neighbours behind a filter; the outer ORDER BY
+            -- restores the exact order.
+            PERFORM set_config('hnsw.iterative_scan', 'relaxed_order', true);
             RETURN QUERY EXECUTE format(
-                'SELECT e.image_id, i.path, (1 - (e.embedding::halfvec(%1$s) <=> $1::halfvec(%1$s)))::float8'
+                'WITH nearest AS MATERIALIZED ('
+                ' SELECT e.image_id, i.path, (e.embedding::halfvec(%1$s) <=> $1::halfvec(%1$s))::float8 AS distance'
                 ' FROM embeddings e JOIN images i ON i.id = e.image_id'
                 ' WHERE e.model_id = $2 AND i.collection_id = $3'
-                ' ORDER BY e.embedding::halfvec(%1$s) <=> $1::halfvec(%1$s) LIMIT $4', c.dim)
+                ' ORDER BY e.embedding::halfvec(%1$s) <=> $1::halfvec(%1$s) LIMIT $4)'
+                ' SELECT n.image_id, n.path, 1 - n.distance FROM nearest n ORDER BY n.distance', c.dim)
             USING query, c.model_id, c.id, k;
         END
         $$;
