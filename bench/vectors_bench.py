@@ -362,7 +362,7 @@ def _plot(sweep: list[dict[str, object]], path: Path, n: int) -> None:
     ax.set_xlabel("recall@10")
     ax.set_ylabel("queries per second, 1 client")
     ax.set_yscale("log")
-    ax.set_title(f"{n:,} x {DIM} clustered vectors, HNSW m=16 ef_construction=64, 2 cores")
+    ax.set_title(f"{n:,} x {DIM} clustered vectors\nHNSW m=16, ef_construction=64, 2 cores", fontsize=10)
     ax.grid(True, alpha=0.3)
     ax.legend()
     fig.tight_layout()

@@ -34,6 +34,9 @@ class IngestSummary:
     metadata_unmatched: list[str] = field(default_factory=list)  # their keys, for rows that matched no image
 
 
+# From this many new images on (and more than are indexed already), the HNSW index is built after the load.
+BULK_THRESHOLD = 5000
+
 # What a decode worker hands back: the decoded image and its model input, or the reason it failed.
 _Prepared = tuple[Path, Decoded | None, object | None, str | None]
 
@@ -48,6 +51,7 @@ def ingest(
     keep_gps: bool = False,
     metadata: Path | None = None,
     on_progress: Callable[[int], None] | None = None,
+    bulk_threshold: int = BULK_THRESHOLD,
 ) -> IngestSummary:
     """Store every image under `paths` in `collection`; rerunning adds only what is new or changed.
 
@@ -63,13 +67,24 @@ def ingest(
     todo = _changed_files(files, store.file_states(target.id))
     summary.skipped = len(files) - len(todo)
     summary.run_id = store.start_run(target.id)
-    if todo:
-        embedder = embed.load(collections.model_of(target))
-        with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-            for prepared in _prefetched(pool, todo, batch_size, embedder, keep_gps):
-                _store_batch(store, target.id, target.model_id, summary, prepared, embedder)
-                if on_progress:
-                    on_progress(len(prepared))
+    # A large load into a small index: inserting row by row into HNSW costs 100x a COPY, and building the
+    # index afterwards is faster than both together (bench/results/vectors_100000.txt). A run killed in between
+    # leaves no index; the next run builds it (restore_hnsw_index is a no-op when it exists).
+    bulk = len(todo) >= bulk_threshold and len(todo) > store.embedding_count(target.model_id)
+    index_definition = store.drop_hnsw_index(target.model_id) if bulk else None
+    try:
+        if todo:
+            embedder = embed.load(collections.model_of(target))
+            with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+                for prepared in _prefetched(pool, todo, batch_size, embedder, keep_gps):
+                    _store_batch(store, target.id, target.model_id, summary, prepared, embedder)
+                    if on_progress:
+                        on_progress(len(prepared))
+    finally:
+        if store.conn.closed or store.conn.broken:
+            pass  # the database went away: the next run builds the index
+        else:
+            store.restore_hnsw_index(target.model_id, target.dim, index_definition)
     if attribute_rows:
         unmatched = store.attach_attributes(target.id, attribute_rows)
         summary.metadata_unmatched = sorted(unmatched)

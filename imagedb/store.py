@@ -21,6 +21,7 @@ DEFAULT_HNSW_EF_CONSTRUCTION = 64
 # How far an iterative index scan may read for a selective filter before giving up (pgvector's default is
 # 20,000): enough for a 1% filter to fill a page of results on a million images.
 MAX_SCAN_TUPLES = 100_000
+BUILD_MEMORY = "1GB"
 # Each image's nearest hashes by Hamming distance; the LATERAL subquery reads the HNSW index once per image.
 HASH_EDGES_SQL = (
     "SELECT i.id, n.id, n.distance FROM images i CROSS JOIN LATERAL ("
@@ -183,6 +184,8 @@ class Store:
         return int(model_id)
 
     def _create_hnsw_index(self, model_id: int, dim: int, m: int, ef_construction: int) -> None:
+        # Measured (bench/vectors_bench.py): the build's graph must fit in maintenance_work_mem to stay fast.
+        self.conn.execute("SELECT set_config('maintenance_work_mem', %s, true)", (BUILD_MEMORY,))
         self.conn.execute(
             sql.SQL(
                 "CREATE INDEX IF NOT EXISTS {name} ON embeddings"
@@ -196,6 +199,32 @@ class Store:
                 model_id=sql.Literal(model_id),
             )
         )
+
+    def drop_hnsw_index(self, model_id: int) -> str | None:
+        """Drop a model's HNSW index before a bulk load; returns its definition, to build it again after."""
+        name = f"{HNSW_INDEX_PREFIX}{model_id}"
+        with self.conn.transaction():
+            row = self.conn.execute("SELECT indexdef FROM pg_indexes WHERE indexname = %s", (name,)).fetchone()
+            self.conn.execute(sql.SQL("DROP INDEX IF EXISTS {}").format(sql.Identifier(name)))
+        return row[0] if row else None
+
+    def restore_hnsw_index(self, model_id: int, dim: int, definition: str | None) -> None:
+        """Build the model's HNSW index if it is missing: from a saved definition, else with the defaults."""
+        with self.conn.transaction():
+            name = f"{HNSW_INDEX_PREFIX}{model_id}"
+            if self.conn.execute("SELECT to_regclass(%s)", (name,)).fetchone()[0] is not None:  # type: ignore[index]
+                return
+            if definition is None:
+                self._create_hnsw_index(model_id, dim, DEFAULT_HNSW_M, DEFAULT_HNSW_EF_CONSTRUCTION)
+                return
+            self.conn.execute("SELECT set_config('maintenance_work_mem', %s, true)", (BUILD_MEMORY,))
+            # PostgreSQL's own text of the index drop_hnsw_index removed: it keeps custom m / ef_construction.
+            self.conn.execute(definition.encode())
+
+    def embedding_count(self, model_id: int) -> int:
+        row = self.conn.execute("SELECT count(*) FROM embeddings WHERE model_id = %s", (model_id,)).fetchone()
+        self.conn.commit()
+        return int(row[0])  # type: ignore[index]
 
     def rebuild_indexes(self, m: int, ef_construction: int) -> list[str]:
         """Recreate every model's HNSW index with new build parameters; returns the index names."""

@@ -190,3 +190,22 @@ def test_mtime_is_stored_exactly(store: Store, photos: Path, tiny_model: str) ->
     os.utime(target, ns=(1_700_000_000_123_456_789, 1_700_000_000_123_456_789))
     ingest(store, [target], model=ModelSpec.parse(tiny_model))
     assert ingest(store, [target]).skipped == 1
+
+
+def test_bulk_load_builds_the_index_after_and_keeps_its_parameters(
+    store: Store, photos: Path, tiny_model: str, tmp_path: Path
+) -> None:
+    spec = ModelSpec.parse(tiny_model)
+    ingest(store, [photos / "coffee.jpg"], model=spec)
+    store.rebuild_indexes(m=8, ef_construction=40)
+    summary = ingest(store, [photos], bulk_threshold=5)
+    assert summary.added == 11
+    definition = store.conn.execute(
+        "SELECT indexdef FROM pg_indexes WHERE indexname LIKE 'embeddings_hnsw_%'"
+    ).fetchone()[0]
+    assert "m='8'" in definition and "ef_construction='40'" in definition
+    assert store.problems() == []
+    # A bulk run that died in between left no index: the next run builds one.
+    store.drop_hnsw_index(1)
+    ingest(store, [photos])
+    assert store.problems() == []
