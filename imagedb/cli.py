@@ -6,6 +6,7 @@ import json
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -27,11 +28,17 @@ class _Group(click.Group):
             raise click.UsageError(str(exc), ctx) from exc
         except ImagedbError as exc:
             raise click.ClickException(str(exc)) from exc
-        except psycopg.Error as exc:
-            first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        except psycopg.OperationalError as exc:  # the server went away or refused us mid-command
             raise click.ClickException(
-                f"database error: {first_line}. Data already committed is intact; rerun when the database is back."
+                f"database error: {_first_line(exc)}. Data already committed is intact;"
+                " rerun when the database is back."
             ) from exc
+        except psycopg.Error as exc:
+            raise click.ClickException(f"database error: {_first_line(exc)}") from exc
+
+
+def _first_line(exc: Exception) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -175,7 +182,9 @@ _DATE = click.DateTime(["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S"])
 @click.option(
     "--ef-search",
     type=click.IntRange(1, 1000),
-    help="HNSW candidate list size: higher is more exact and slower (pgvector default 40).",
+    default=config.DEFAULT_EF_SEARCH,
+    show_default=True,
+    help="HNSW candidate list size: higher is more exact and slower.",
 )
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 @click.option("--paths", "as_paths", is_flag=True, help="Only the paths, one per line (for piping).")
@@ -199,7 +208,7 @@ def search(
     attrs: tuple[str, ...],
     min_score: float | None,
     sort: str,
-    ef_search: int | None,
+    ef_search: int,
     as_json: bool,
     as_paths: bool,
 ) -> None:
@@ -323,7 +332,7 @@ def dupes(
         )
     for group in groups:
         if as_json:
-            click.echo(json.dumps({"group": group.number, "members": [m.__dict__ for m in group.members]}))
+            click.echo(json.dumps({"group": group.number, "members": [asdict(m) for m in group.members]}))
             continue
         click.echo(f"group {group.number} ({len(group.members)} images)")
         for m in group.members:
@@ -437,6 +446,28 @@ def grant_writer(ctx: click.Context, role: str, password: str | None) -> None:
     with _store(ctx) as store:
         created = run_grant(store, role, password)
     click.echo(f"{'created' if created else 'updated'} role {role}: read and write imagedb's tables")
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (loopback only by default).")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
+@click.option(
+    "--token",
+    envvar="IMAGEDB_API_TOKEN",
+    help="Require Authorization: Bearer TOKEN on the API [env IMAGEDB_API_TOKEN].",
+)
+@click.pass_context
+def serve(ctx: click.Context, host: str, port: int, token: str | None) -> None:
+    """Serve the web page and the JSON API (OpenAPI schema at /openapi.json)."""
+    import uvicorn
+
+    from imagedb.server import create_app
+
+    if host not in ("127.0.0.1", "localhost", "::1") and not token:
+        click.echo(f"warning: listening on {host} without --token: anyone who reaches it can search", err=True)
+    app = create_app(ctx.obj["database_url"], ctx.obj["home"], token)
+    click.echo(f"imagedb on http://{host}:{port}/", err=True)
+    uvicorn.run(app, host=host, port=port, log_level="warning")
 
 
 @main.group()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from imagedb import embed
 from imagedb.config import DEFAULT_MODEL
 from imagedb.embed import ModelSpec
-from imagedb.errors import ModelMismatch, NotFound
+from imagedb.errors import InvalidInput, ModelMismatch, NotFound
 from imagedb.store import Collection, Store
 
 
@@ -24,8 +24,14 @@ def check_model(collection: Collection, requested: ModelSpec | None) -> ModelSpe
     return bound
 
 
+def _checked_name(name: str) -> str:
+    if not name.strip() or "\x00" in name:
+        raise InvalidInput(f"{name!r} is not a collection name")
+    return name
+
+
 def get(store: Store, name: str, requested: ModelSpec | None = None) -> Collection:
-    collection = store.get_collection(name)
+    collection = store.get_collection(_checked_name(name))
     if collection is None:
         raise NotFound(
             f"no collection named {name!r}: ingest images into it first (imagedb ingest PATH --collection {name})"
@@ -36,7 +42,7 @@ def get(store: Store, name: str, requested: ModelSpec | None = None) -> Collecti
 
 def get_or_create(store: Store, name: str, requested: ModelSpec | None) -> Collection:
     """The named collection; a new one is bound to the requested model, or the default one."""
-    collection = store.get_collection(name)
+    collection = store.get_collection(_checked_name(name))
     if collection is not None:
         check_model(collection, requested)
         return collection

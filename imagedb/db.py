@@ -7,6 +7,7 @@ from pathlib import Path
 
 import psycopg
 from pgvector.psycopg import register_vector
+from psycopg import sql
 
 from imagedb import config
 from imagedb.errors import DatabaseUnavailable, NotFound, SchemaOutOfDate
@@ -38,7 +39,10 @@ def embedded_url(home: Path) -> str:
         admin_url = server.get_uri()
         with psycopg.connect(admin_url, autocommit=True) as conn:
             if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (EMBEDDED_DBNAME,)).fetchone():
-                conn.execute(f'CREATE DATABASE "{EMBEDDED_DBNAME}"')
+                try:
+                    conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(EMBEDDED_DBNAME)))
+                except psycopg.errors.DuplicateDatabase:
+                    pass  # another imagedb command created it a moment ago
         return str(server.get_uri(database=EMBEDDED_DBNAME))
     except Exception as exc:  # the wheel raises bare RuntimeError/CalledProcessError/OSError
         raise DatabaseUnavailable(

@@ -23,7 +23,7 @@ from imagedb.store import Store
 @dataclass
 class IngestSummary:
     collection: str
-    run_id: int | None
+    run_id: int
     added: int = 0  # stored with a freshly computed embedding
     reused: int = 0  # stored with the embedding of identical content already in the database
     skipped: int = 0  # unchanged since the last run (same path, size and mtime)
@@ -63,10 +63,9 @@ def ingest(
     files = find_images(paths)
     attribute_rows = read_rows(metadata) if metadata else []  # a bad file fails before anything is stored
     target = collections.get_or_create(store, collection, model)
-    summary = IngestSummary(collection=target.name, run_id=None)
+    summary = IngestSummary(collection=target.name, run_id=store.start_run(target.id))
     todo = _changed_files(files, store.file_states(target.id))
     summary.skipped = len(files) - len(todo)
-    summary.run_id = store.start_run(target.id)
     # A large load into a small index: inserting row by row into HNSW costs 100x a COPY, and building the
     # index afterwards is faster than both together (bench/results/vectors_100000.txt). A run killed in between
     # leaves no index; the next run builds it (restore_hnsw_index is a no-op when it exists).
@@ -81,9 +80,7 @@ def ingest(
                     if on_progress:
                         on_progress(len(prepared))
     finally:
-        if store.conn.closed or store.conn.broken:
-            pass  # the database went away: the next run builds the index
-        else:
+        if not (store.conn.closed or store.conn.broken):  # else the database went away: the next run builds it
             store.restore_hnsw_index(target.model_id, target.dim, index_definition)
     if attribute_rows:
         unmatched = store.attach_attributes(target.id, attribute_rows)
@@ -144,7 +141,7 @@ def _store_batch(
         known.update(zip(fresh, embedder.encode_images(list(fresh.values())), strict=True))
     vectors: list[np.ndarray] = [known[d.record.sha256] for d, _ in good]
     records = [d.record for d, _ in good]
-    already = store.write_batch(collection_id, model_id, summary.run_id or 0, records, vectors, errors)
+    already = store.write_batch(collection_id, model_id, summary.run_id, records, vectors, errors)
     # Another ingest of this collection may have stored some of these files first: they count as unchanged.
     fresh_written = {r.sha256 for r in records if r.path not in already} & fresh.keys()
     summary.added += len(fresh_written)

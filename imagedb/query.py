@@ -32,8 +32,11 @@ class Term:
     weight: float  # negative for a subtracted term
 
 
-def parse(tokens: Sequence[str]) -> list[Term]:
-    """Terms of a query; raises InvalidInput, saying where, for anything malformed."""
+def parse(tokens: Sequence[str], *, files: bool = True) -> list[Term]:
+    """Terms of a query; raises InvalidInput, saying where, for anything malformed.
+
+    files=False refuses image paths without looking at the filesystem: for queries from the network.
+    """
     terms: list[Term] = []
     sign: float | None = 1.0  # None: an operator is required before the next term
     merge_text = False  # the previous term is bare text that the next bare word extends
@@ -45,7 +48,7 @@ def parse(tokens: Sequence[str]) -> list[Term]:
             sign, merge_text = (1.0 if token == "+" else -1.0), False
             continue
         weight, body = _weight(token)
-        term = _term(body, weight)
+        term = _term(body, weight, files)
         if sign is None:
             if merge_text and term.kind == "text" and weight is None:
                 last = terms[-1]
@@ -61,9 +64,9 @@ def parse(tokens: Sequence[str]) -> list[Term]:
     return terms
 
 
-def parse_string(query: str) -> list[Term]:
+def parse_string(query: str, *, files: bool = True) -> list[Term]:
     try:
-        return parse(shlex.split(query))
+        return parse(shlex.split(query), files=files)
     except ValueError as exc:  # unbalanced quotes
         raise InvalidInput(f"cannot read the query: {exc}") from exc
 
@@ -78,7 +81,7 @@ def _weight(token: str) -> tuple[float | None, str]:
     return weight, match.group(2)
 
 
-def _term(body: str, weight: float | None) -> Term:
+def _term(body: str, weight: float | None, files: bool) -> Term:
     w = 1.0 if weight is None else weight
     if not body.strip():
         raise InvalidInput("a term is empty")
@@ -86,9 +89,16 @@ def _term(body: str, weight: float | None) -> Term:
         if not match.group(1).isdigit():
             raise InvalidInput(f"id: needs a number, not {match.group(1)!r}")
         return Term("id", match.group(1), w)
+    looks_like_path = Path(body).suffix.lower() in SUPPORTED_SUFFIXES or body.startswith(
+        ("./", "../", "/", "~", f".{os.sep}")
+    )
+    if not files:
+        if looks_like_path:
+            raise InvalidInput(f"image paths are not accepted here ({body}): upload the image instead")
+        return Term("text", body, w)
     path = Path(body).expanduser()
     if path.is_file():
         return Term("image", str(path), w)
-    if path.suffix.lower() in SUPPORTED_SUFFIXES or body.startswith(("./", "../", "/", "~", f".{os.sep}")):
+    if looks_like_path:
         raise InvalidInput(f"no such image file: {body}")
     return Term("text", body, w)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Literal
@@ -12,7 +12,7 @@ import numpy as np
 
 from imagedb import collection as collections
 from imagedb import embed
-from imagedb.config import DEFAULT_COLLECTION
+from imagedb.config import DEFAULT_COLLECTION, DEFAULT_EF_SEARCH
 from imagedb.embed import ModelSpec
 from imagedb.errors import InvalidInput, NotFound
 from imagedb.images import BadImage, decode
@@ -41,7 +41,7 @@ def search(
     model: ModelSpec | None = None,
     limit: int = 10,
     offset: int = 0,
-    ef_search: int | None = None,
+    ef_search: int = DEFAULT_EF_SEARCH,
     filters: Filters = Filters(),
     min_score: float | None = None,
     sort: Literal["score", "date"] = "score",
@@ -56,7 +56,7 @@ def search(
         raise InvalidInput(f"limit must be between 1 and {MAX_LIMIT}, not {limit}")
     if offset < 0:
         raise InvalidInput(f"offset cannot be negative: {offset}")
-    if ef_search is not None and not 1 <= ef_search <= MAX_EF_SEARCH:
+    if not 1 <= ef_search <= MAX_EF_SEARCH:
         raise InvalidInput(f"ef_search must be between 1 and {MAX_EF_SEARCH}, not {ef_search}")
     if min_score is not None and not -1.0 <= min_score <= 1.0:
         raise InvalidInput(f"min_score is a cosine similarity, between -1 and 1, not {min_score}")
@@ -75,6 +75,9 @@ def search(
 
 
 def _checked(store: Store, target: Collection, filters: Filters) -> Filters:
+    texts = [filters.camera, filters.format, filters.path, *(v for pair in filters.attributes for v in pair)]
+    if any(t is not None and "\x00" in t for t in texts):
+        raise InvalidInput("a filter value cannot contain a NUL character")
     if filters.attributes:
         known = store.attribute_keys(target.id)
         unknown = sorted({k for k, _ in filters.attributes} - known)
@@ -83,7 +86,7 @@ def _checked(store: Store, target: Collection, filters: Filters) -> Filters:
             raise InvalidInput(f"no image in {target.name!r} has the attribute {unknown[0]!r} (known: {names})")
     if filters.format is not None:
         fmt = filters.format.strip().upper().lstrip(".")
-        filters = Filters(**{**filters.__dict__, "format": FORMAT_ALIASES.get(fmt, fmt)})
+        filters = replace(filters, format=FORMAT_ALIASES.get(fmt, fmt))
     if filters.after and filters.before and filters.after >= filters.before:
         raise InvalidInput("--after must be earlier than --before")
     return filters

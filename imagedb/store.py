@@ -15,6 +15,7 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from imagedb.db import HNSW_INDEX_PREFIX
+from imagedb.errors import ModelMismatch
 
 DEFAULT_HNSW_M = 16
 DEFAULT_HNSW_EF_CONSTRUCTION = 64
@@ -180,7 +181,7 @@ class Store:
             if stored_dim == dim:
                 self._create_hnsw_index(model_id, dim, DEFAULT_HNSW_M, DEFAULT_HNSW_EF_CONSTRUCTION)
         if stored_dim != dim:
-            raise ValueError(f"model {name}:{pretrained} is registered with dimension {stored_dim}, not {dim}")
+            raise ModelMismatch(f"model {name}:{pretrained} is registered with dimension {stored_dim}, not {dim}")
         return int(model_id)
 
     def _create_hnsw_index(self, model_id: int, dim: int, m: int, ef_construction: int) -> None:
@@ -216,10 +217,10 @@ class Store:
                 return
             if definition is None:
                 self._create_hnsw_index(model_id, dim, DEFAULT_HNSW_M, DEFAULT_HNSW_EF_CONSTRUCTION)
-                return
-            self.conn.execute("SELECT set_config('maintenance_work_mem', %s, true)", (BUILD_MEMORY,))
-            # PostgreSQL's own text of the index drop_hnsw_index removed: it keeps custom m / ef_construction.
-            self.conn.execute(definition.encode())
+            else:
+                self.conn.execute("SELECT set_config('maintenance_work_mem', %s, true)", (BUILD_MEMORY,))
+                # PostgreSQL's own text of the index drop_hnsw_index removed: it keeps custom m / ef_construction.
+                self.conn.execute(definition.encode())
 
     def embedding_count(self, model_id: int) -> int:
         row = self.conn.execute("SELECT count(*) FROM embeddings WHERE model_id = %s", (model_id,)).fetchone()
@@ -690,6 +691,31 @@ class Store:
                 found.append(f"{count} {label}")
         self.conn.commit()
         return found
+
+    # -- single images ---------------------------------------------------------------------------------------
+
+    def image_details(self, image_id: int) -> dict[str, Any] | None:
+        """Everything about one image a person may look at: no vector, no bytes; GPS only if it was kept."""
+        cur = self.conn.execute(
+            "SELECT i.id, c.name AS collection, i.path, i.sha256, i.size_bytes, i.mtime, i.width, i.height, i.format,"
+            " i.taken_at, i.camera_make, i.camera_model, i.orientation, i.exif, i.attributes, i.ingested_at"
+            " FROM images i JOIN collections c ON c.id = i.collection_id WHERE i.id = %s",
+            (image_id,),
+        )
+        row = cur.fetchone()
+        names = [c.name for c in cur.description or []]
+        self.conn.commit()
+        return dict(zip(names, row, strict=True)) if row else None
+
+    def thumbnail(self, image_id: int) -> bytes | None:
+        row = self.conn.execute("SELECT jpeg FROM thumbnails WHERE image_id = %s", (image_id,)).fetchone()
+        self.conn.commit()
+        return bytes(row[0]) if row else None
+
+    def image_path(self, image_id: int) -> str | None:
+        row = self.conn.execute("SELECT path FROM images WHERE id = %s", (image_id,)).fetchone()
+        self.conn.commit()
+        return row[0] if row else None
 
     # -- information -----------------------------------------------------------------------------------------
 

@@ -1,0 +1,129 @@
+// imagedb's page: one file, no framework, no network beyond this server.
+"use strict";
+const $ = (id) => document.getElementById(id);
+let token = localStorage.getItem("imagedb-token") || "";
+
+async function api(path, options = {}) {
+  const headers = token ? { Authorization: `Bearer ${token}` } : {};
+  const response = await fetch(path, { ...options, headers });
+  if (response.status === 401) {
+    token = prompt("This imagedb server needs its token:") || "";
+    localStorage.setItem("imagedb-token", token);
+    if (token) return api(path, options);
+  }
+  if (!response.ok) {
+    const body = await response.json().catch(() => ({}));
+    const detail = typeof body.detail === "string" ? body.detail : JSON.stringify(body.detail || response.statusText);
+    throw new Error(detail);
+  }
+  return response;
+}
+
+async function showImage(img, url) {
+  // Through fetch, so that the token travels with image requests too.
+  const blob = await (await api(url)).blob();
+  img.src = URL.createObjectURL(blob);
+}
+
+function params() {
+  const p = new URLSearchParams({ collection: $("collection").value || "default", sort: $("sort").value, limit: 48 });
+  if ($("after").value) p.set("after", $("after").value + "T00:00:00");
+  if ($("before").value) p.set("before", $("before").value + "T00:00:00");
+  return p;
+}
+
+function render(results, label) {
+  $("grid").replaceChildren();
+  $("status").textContent = results.length ? `${results.length} results for ${label}` : `No results for ${label}`;
+  for (const r of results) {
+    const card = document.createElement("div");
+    card.className = "card";
+    card.dataset.id = r.id;
+    const img = document.createElement("img");
+    img.alt = r.path;
+    showImage(img, r.thumbnail);
+    const caption = document.createElement("div");
+    caption.innerHTML = `<span class="score"></span><span class="name"></span>`;
+    caption.querySelector(".score").textContent = r.score.toFixed(3);
+    caption.querySelector(".name").textContent = r.path.split("/").pop();
+    card.append(img, caption);
+    card.addEventListener("click", () => details(r.id));
+    $("grid").append(card);
+  }
+}
+
+async function run(label, request) {
+  $("status").textContent = "Searching…";
+  try {
+    const data = await (await request()).json();
+    render(data.results, label);
+  } catch (error) {
+    $("grid").replaceChildren();
+    $("status").textContent = error.message;
+  }
+}
+
+function searchText() {
+  const q = $("q").value.trim();
+  if (!q) return;
+  const p = params();
+  p.set("q", q);
+  run(`“${q}”`, () => api(`/api/search?${p}`));
+}
+
+function searchFile(file) {
+  // An image query on its own; the API also takes a text to add to it (form field q).
+  const form = new FormData();
+  form.append("file", file);
+  $("q").value = "";
+  run(file.name, () => api(`/api/search/image?${params()}`, { method: "POST", body: form }));
+}
+
+async function details(id) {
+  const info = await (await api(`/api/images/${id}`)).json();
+  showImage($("large"), `/api/images/${id}/thumbnail`);
+  const rows = [
+    ["id", info.id], ["path", info.path], ["size", `${info.width} × ${info.height}, ${info.format}, ${info.size_bytes} bytes`],
+    ["taken", info.taken_at || "—"], ["camera", [info.camera_make, info.camera_model].filter(Boolean).join(" ") || "—"],
+    ["collection", info.collection], ["attributes", JSON.stringify(info.attributes)], ["sha256", info.sha256],
+  ];
+  $("meta").replaceChildren(...rows.map(([k, v]) => {
+    const tr = document.createElement("tr");
+    tr.innerHTML = "<td></td><td></td>";
+    tr.children[0].textContent = k;
+    tr.children[1].textContent = v;
+    return tr;
+  }));
+  $("original").onclick = async (event) => {
+    event.preventDefault();
+    try { window.open(URL.createObjectURL(await (await api(`/api/images/${id}/original`)).blob())); }
+    catch (error) { alert(error.message); }
+  };
+  $("more").onclick = () => {
+    $("details").close();
+    run(`images like ${info.path.split("/").pop()}`, () => api(`/api/images/${id}/similar?${params()}`));
+  };
+  $("details").showModal();
+}
+
+async function loadCollections() {
+  try {
+    const collections = await (await api("/api/collections")).json();
+    $("collection").replaceChildren(...collections.map((c) => new Option(`${c.collection} (${c.images})`, c.collection)));
+  } catch (error) {
+    $("status").textContent = error.message;
+  }
+}
+
+$("search").addEventListener("submit", (event) => { event.preventDefault(); searchText(); });
+$("file").addEventListener("change", () => { if ($("file").files[0]) searchFile($("file").files[0]); });
+$("close").addEventListener("click", () => $("details").close());
+for (const id of ["collection", "after", "before", "sort"]) $(id).addEventListener("change", searchText);
+document.addEventListener("dragover", (event) => { event.preventDefault(); document.body.classList.add("dragging"); });
+document.addEventListener("dragleave", () => document.body.classList.remove("dragging"));
+document.addEventListener("drop", (event) => {
+  event.preventDefault();
+  document.body.classList.remove("dragging");
+  if (event.dataTransfer.files[0]) searchFile(event.dataTransfer.files[0]);
+});
+loadCollections();

@@ -1,0 +1,73 @@
+"""The page in a real headless Chromium: type a query, see thumbnails, upload an image and see it first."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import uvicorn
+
+from imagedb import db
+from imagedb.embed import ModelSpec
+from imagedb.ingest import ingest
+from imagedb.server import create_app
+from imagedb.store import Store
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="needs Chromium (apt-get install chromium)")
+
+
+@pytest.fixture
+def page_url(database_url: str, photos: Path, tiny_model: str):  # type: ignore[no-untyped-def]
+    store = Store(db.open_connection(database_url))
+    ingest(store, [photos], model=ModelSpec.parse(tiny_model))
+    store.close()
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(database_url), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}/"
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+def test_search_and_upload_in_the_browser(page_url: str, photos: Path, tmp_path: Path) -> None:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"],
+        )
+        page = browser.new_page(viewport={"width": 1280, "height": 860})
+        page.goto(page_url)
+        page.wait_for_function("document.querySelector('#collection').options.length > 0")
+        page.fill("#q", "a red rocket")
+        page.press("#q", "Enter")
+        page.wait_for_function("document.querySelectorAll('.card img[src^=\"blob:\"]').length === 12")
+        assert "12 results" in page.text_content("#status")
+
+        page.set_input_files("#file", str(photos / "coffee.jpg"))
+        page.wait_for_function("document.querySelector('#status').textContent.includes('coffee.jpg')")
+        page.wait_for_function("document.querySelectorAll('.card img[src^=\"blob:\"]').length === 12")
+        assert page.locator(".card .name").first.text_content() == "coffee.jpg"
+
+        page.locator(".card").first.click()
+        page.wait_for_selector("#details[open]")
+        assert "coffee.jpg" in page.text_content("#meta")
+        page.click("#close")
+
+        shot = Path(os.environ.get("IMAGEDB_SCREENSHOT", tmp_path / "results.png"))
+        page.screenshot(path=str(shot))
+        browser.close()
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
