@@ -22,6 +22,7 @@ import numpy as np
 from fastapi.testclient import TestClient
 from ingest_bench import _checkpoint
 from PIL import Image
+from results_dir import RESULTS
 
 from imagedb import db, embed
 from imagedb.embed import ModelSpec
@@ -101,7 +102,7 @@ def main() -> None:
     print(f"median latency over 30 requests, {args.n:,} images, 2 cores")
     for name, ms in timings.items():
         print(f"  {ms:>8.1f} ms  {name}")
-    (Path(__file__).parent / "results" / "api.json").write_text(json.dumps({"n": args.n, "median_ms": timings}))
+    (RESULTS / "api.json").write_text(json.dumps({"n": args.n, "median_ms": timings}))
 
 
 if __name__ == "__main__":

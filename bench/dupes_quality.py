@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import skimage.data
 from PIL import Image, ImageDraw, ImageEnhance, ImageFont, ImageOps
+from results_dir import RESULTS
 
 from imagedb.dupes import watch_hashes
 from imagedb.images import decode
@@ -128,7 +129,7 @@ def main() -> None:
                         "min_negative_distance": int(negatives.min()),
                     }
                 )
-    out = Path(__file__).parent / "results" / "dupes_quality.json"
+    out = RESULTS / "dupes_quality.json"
     out.write_text(json.dumps({"photos": PHOTOS, "thresholds": THRESHOLDS, "results": results}, indent=1))
     _print_table(results)
     meets = [

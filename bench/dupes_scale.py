@@ -1,6 +1,7 @@
 """How long `imagedb dupes` takes on N images, against an exact all-pairs scan in numpy as the baseline.
 
-Synthetic rows go through imagedb's own Store.write_batch into a fresh embedded database: random 64-bit hashes
+Synthetic rows go through imagedb's own Store.write_batch, as a bulk ingest writes them (embedding index built
+after the load), into a fresh embedded database: random 64-bit hashes
 and 512-d unit vectors, with 5% of the images given near-duplicate copies (a few hash bits flipped, a little noise
 on the vector). Then find_duplicates runs with method hash and clip. The baseline computes the same hash pairs
 exactly with numpy over all pairs, on a subsample, scaled by n^2 to N.
@@ -18,6 +19,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+from results_dir import RESULTS
 
 from imagedb import db
 from imagedb.dupes import find_duplicates
@@ -44,6 +46,7 @@ def _load(store: Store, bits: np.ndarray, vectors: np.ndarray) -> None:
     model_id = store.ensure_model("bench-512", "", DIM)
     collection = store.create_collection("default", model_id)
     run = store.start_run(collection.id)
+    index = store.drop_hnsw_index(model_id)  # what ingest does for a bulk load: build the index afterwards
     now = datetime.now(timezone.utc)
     for start in range(0, len(bits), 2000):
         stop = min(start + 2000, len(bits))
@@ -68,6 +71,7 @@ def _load(store: Store, bits: np.ndarray, vectors: np.ndarray) -> None:
             for i in range(start, stop)
         ]
         store.write_batch(collection.id, model_id, run, records, list(vectors[start:stop]), [])
+    store.restore_hnsw_index(model_id, DIM, index)
     store.finish_run(run, len(bits), 0, 0, 0)  # as ingest does: this also refreshes the planner's statistics
 
 
@@ -113,7 +117,7 @@ def main() -> None:
         " scaled by n^2)"
     )
     print(f"groups found: hash {rows['hash_groups']}, clip {rows['clip_groups']} (planted: {args.n // 20})")
-    out = Path(__file__).parent / "results" / "dupes_scale.json"
+    out = RESULTS / "dupes_scale.json"
     out.write_text(json.dumps(rows, indent=1))
 
 

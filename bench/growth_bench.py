@@ -18,7 +18,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-from vectors_bench import DIM, RESULTS, _connect, _copy, _data, _exact, _recall, _server_ms
+from results_dir import RESULTS
+from vectors_bench import DIM, _connect, _copy, _data, _exact, _recall, _server_ms
 
 from imagedb import db
 

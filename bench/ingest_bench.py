@@ -25,6 +25,7 @@ import psycopg
 import skimage.data
 from pgvector import HalfVector
 from PIL import Image
+from results_dir import RESULTS
 
 from imagedb import db, embed
 from imagedb.embed import ModelSpec
@@ -119,7 +120,7 @@ def main() -> None:
         f"{model_only:>8.1f} i/s  {end_to_end:>10.1f} i/s  {naive:>6.1f} i/s  {end_to_end / model_only:>12.2f}"
         f"  {end_to_end / naive:>12.2f}"
     )
-    (Path(__file__).parent / "results" / "ingest.json").write_text(json.dumps(rows, indent=1))
+    (RESULTS / "ingest.json").write_text(json.dumps(rows, indent=1))
 
 
 if __name__ == "__main__":

@@ -21,11 +21,11 @@ import numpy as np
 import psycopg
 from pgvector import HalfVector, Vector
 from pgvector.psycopg import register_vector
+from results_dir import RESULTS
 
 from imagedb import db
 
 DIM, K = 512, 10
-RESULTS = Path(__file__).parent / "results"
 
 
 def _data(n: int, queries: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
