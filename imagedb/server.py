@@ -27,6 +27,7 @@ from psycopg_pool import ConnectionPool
 from pydantic import BaseModel
 
 from imagedb import db
+from imagedb.attributes import parse_pairs
 from imagedb.config import DEFAULT_COLLECTION
 from imagedb.errors import DatabaseUnavailable, ImagedbError, InvalidInput, ModelMismatch, ModelUnavailable, NotFound
 from imagedb.query import Term, parse_string
@@ -90,12 +91,6 @@ def filters(
     path: str | None = None,
     attr: Annotated[list[str], Query(description="KEY=VALUE, repeatable")] = [],  # noqa: B006
 ) -> Filters:
-    pairs = []
-    for item in attr:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise InvalidInput(f"attr must be KEY=VALUE, not {item!r}")
-        pairs.append((key, value))
     return Filters(
         after=after,
         before=before,
@@ -104,7 +99,7 @@ def filters(
         min_width=min_width,
         min_height=min_height,
         path=path,
-        attributes=tuple(pairs),
+        attributes=tuple(parse_pairs(attr).items()),
     )
 
 
