@@ -11,8 +11,8 @@ import os
 import secrets
 import tempfile
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from datetime import datetime
 from importlib import resources
 from pathlib import Path
@@ -147,7 +147,13 @@ def create_app(database_url: str | None = None, home: str | Path | None = None, 
                 401, "missing or wrong token: send Authorization: Bearer TOKEN", headers={"WWW-Authenticate": "Bearer"}
             )
 
-    app = FastAPI(title="imagedb", version="0.1.0", docs_url=None, redoc_url=None)
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        pool.close()
+
+    # No Swagger UI or ReDoc: they load from a CDN. The schema itself is at /openapi.json.
+    app = FastAPI(title="imagedb", version="0.1.0", docs_url=None, redoc_url=None, lifespan=lifespan)
     api = APIRouter(prefix="/api", dependencies=[Depends(authorised)])
 
     @app.exception_handler(ImagedbError)
