@@ -107,8 +107,9 @@ def sqlalchemy_url(url: str) -> str:
 
 
 def connect(url: str) -> psycopg.Connection:
+    """An autocommit connection: every write the store makes is in an explicit transaction (store/base.py)."""
     try:
-        return psycopg.connect(url, connect_timeout=10)
+        return psycopg.connect(url, connect_timeout=10, autocommit=True)
     except psycopg.OperationalError as exc:
         reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
         raise DatabaseUnavailable(
@@ -136,7 +137,6 @@ def current_revision(conn: psycopg.Connection) -> str | None:
     if conn.execute("SELECT to_regclass('alembic_version')").fetchone()[0] is None:  # type: ignore[index]
         return None
     row = conn.execute("SELECT version_num FROM alembic_version").fetchone()
-    conn.commit()
     return row[0] if row else None
 
 

@@ -127,7 +127,9 @@ def create_app(database_url: str | None = None, home: str | Path | None = None, 
     """The application; `token`, when set, is required as `Authorization: Bearer TOKEN` on every API route."""
     db.open_connection(database_url, home).close()  # migrates the embedded database, checks an external one
     url = db.resolve_url(database_url, home)
-    pool = ConnectionPool(url, min_size=1, max_size=8, configure=register_vector, open=False)
+    pool = ConnectionPool(
+        url, min_size=1, max_size=8, kwargs={"autocommit": True}, configure=register_vector, open=False
+    )
     opened = threading.Lock()
 
     @contextmanager

@@ -13,7 +13,6 @@ from click.testing import CliRunner
 from PIL import Image
 
 from imagedb import embed
-from imagedb import store as store_module
 from imagedb.attributes import tag
 from imagedb.cli import main
 from imagedb.embed import ModelSpec
@@ -22,6 +21,7 @@ from imagedb.ingest import ingest
 from imagedb.query import parse
 from imagedb.search import search
 from imagedb.store import Filters, Store
+from imagedb.store import search as store_search
 
 from helpers import fill_synthetic
 
@@ -134,7 +134,7 @@ def test_selective_filter_keeps_its_results_through_iterative_index_scans(store:
     store.conn.commit()
     assert "Index Scan using embeddings_hnsw_" in store.explain_nearest(collection, queries[0], 10, filters)
     # Without iterative scans the index hands over ef_search candidates and the filter keeps about 1% of them.
-    statement, params = store_module._nearest_query(collection, queries[0], 10, 0, filters)
+    statement, params = store_search._nearest_query(collection, queries[0], 10, 0, filters)
     with store.conn.transaction():
         store.conn.execute("SET LOCAL hnsw.iterative_scan = off")
         assert len(store.conn.execute(statement, params).fetchall()) < 10

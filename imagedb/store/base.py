@@ -1,0 +1,28 @@
+"""What every part of the Store shares: one connection, in autocommit mode.
+
+The transaction discipline: the connection is in autocommit mode, so a statement outside a `transaction()`
+block commits on its own and a read leaves no transaction open; every write of more than one statement runs in
+`with self.conn.transaction():`, which commits when the block ends and rolls back if it raises. Nothing is left
+pending for close() to roll back, so a command that says it stored something has committed it.
+"""
+
+from __future__ import annotations
+
+import psycopg
+from psycopg.pq import TransactionStatus
+
+from imagedb.errors import ImagedbError
+
+
+class StoreBase:
+    def __init__(self, conn: psycopg.Connection) -> None:
+        if not conn.autocommit:
+            raise ValueError("the store needs an autocommit connection (see imagedb.db.connect)")
+        self.conn = conn
+
+    def close(self) -> None:
+        """Close the connection; a transaction left open is a bug, reported rather than silently rolled back."""
+        left_open = not self.conn.closed and self.conn.info.transaction_status != TransactionStatus.IDLE
+        self.conn.close()
+        if left_open:
+            raise ImagedbError("internal error: a transaction was left open and has been rolled back")

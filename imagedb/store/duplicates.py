@@ -1,0 +1,118 @@
+"""Duplicates and the watch list: index-backed hash and CLIP neighbours, groups, watched images and hits."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from psycopg import sql
+
+from imagedb.store.base import StoreBase
+from imagedb.store.records import Collection
+
+# Each image's nearest hashes by Hamming distance; the LATERAL subquery reads the HNSW index once per image.
+HASH_EDGES_SQL = (
+    "SELECT i.id, n.id, n.distance FROM images i CROSS JOIN LATERAL ("
+    "  SELECT j.id, (j.dhash <~> i.dhash) AS distance FROM images j"
+    "  WHERE j.collection_id = i.collection_id AND j.id <> i.id AND j.dhash IS NOT NULL"
+    "  ORDER BY j.dhash <~> i.dhash LIMIT %(k)s) n"
+    " WHERE i.collection_id = %(c)s AND i.dhash IS NOT NULL AND n.distance <= %(max)s"
+)
+
+
+class DuplicatesStore(StoreBase):
+    def hash_edges(self, collection_id: int, max_distance: int, neighbours: int) -> list[tuple[int, int, float]]:
+        """(image, near image, Hamming distance) for each image's nearest hashes, through the HNSW index."""
+        return self._edges(HASH_EDGES_SQL, {"c": collection_id, "k": neighbours, "max": max_distance})
+
+    def clip_edges(self, collection: Collection, max_distance: float, neighbours: int) -> list[tuple[int, int, float]]:
+        """(image, near image, cosine distance) for each image's nearest embeddings, through the HNSW index."""
+        vector = sql.SQL("embedding::halfvec({})").format(sql.Literal(collection.dim))
+        statement = sql.SQL(
+            "SELECT a.image_id, n.image_id, n.distance FROM embeddings a"
+            " JOIN images ai ON ai.id = a.image_id AND ai.collection_id = %(c)s"
+            " CROSS JOIN LATERAL ("
+            "  SELECT e.image_id, (e.{v} <=> a.{v}) AS distance FROM embeddings e JOIN images i ON i.id = e.image_id"
+            "  WHERE e.model_id = %(m)s AND i.collection_id = %(c)s AND e.image_id <> a.image_id"
+            "  ORDER BY e.{v} <=> a.{v} LIMIT %(k)s) n"
+            " WHERE a.model_id = %(m)s AND n.distance <= %(max)s"
+        ).format(v=vector)
+        return self._edges(
+            statement, {"c": collection.id, "m": collection.model_id, "k": neighbours, "max": max_distance}
+        )
+
+    def sha256_edges(self, collection_id: int) -> list[tuple[int, int, float]]:
+        """Identical files: each image linked to the first image with the same content."""
+        return self._edges(
+            "SELECT id, first_value(id) OVER (PARTITION BY sha256 ORDER BY id), 0 FROM images"
+            " WHERE collection_id = %(c)s AND sha256 IN ("
+            "  SELECT sha256 FROM images WHERE collection_id = %(c)s GROUP BY sha256 HAVING count(*) > 1)",
+            {"c": collection_id},
+        )
+
+    def _edges(self, statement: str | sql.Composed, params: dict[str, Any]) -> list[tuple[int, int, float]]:
+        with self.conn.transaction():
+            self.conn.execute("SELECT set_config('hnsw.iterative_scan', 'relaxed_order', true)")
+            rows = self.conn.execute(statement, params, prepare=False).fetchall()
+        return [(int(a), int(b), float(d)) for a, b, d in rows if a != b]
+
+    def save_duplicate_groups(
+        self, collection_id: int, rows: Sequence[tuple[int, int, int | None, str, float | None]]
+    ) -> None:
+        """Replace the collection's duplicate groups: (group_no, image_id, matched_image_id, rule, distance)."""
+        with self.conn.transaction(), self.conn.cursor() as cur:
+            cur.execute("DELETE FROM duplicate_groups WHERE collection_id = %s", (collection_id,))
+            with cur.copy(
+                "COPY duplicate_groups (collection_id, group_no, image_id, matched_image_id, rule, distance) FROM STDIN"
+            ) as copy:
+                for row in rows:
+                    copy.write_row((collection_id, *row))
+
+    def paths(self, image_ids: Iterable[int]) -> dict[int, str]:
+        rows = self.conn.execute("SELECT id, path FROM images WHERE id = ANY(%s)", (list(image_ids),)).fetchall()
+        return dict(rows)
+
+    def missing_hashes(self, limit: int) -> list[tuple[int, bytes]]:
+        """(image id, thumbnail) of images stored before perceptual hashes existed."""
+        rows = self.conn.execute(
+            "SELECT i.id, t.jpeg FROM images i JOIN thumbnails t ON t.image_id = i.id WHERE i.dhash IS NULL"
+            " ORDER BY i.id LIMIT %s",
+            (limit,),
+        ).fetchall()
+        return [(int(i), bytes(j)) for i, j in rows]
+
+    def set_hashes(self, hashes: Sequence[tuple[int, str]]) -> None:
+        with self.conn.transaction(), self.conn.cursor() as cur:
+            cur.executemany("UPDATE images SET dhash = %s::bit(64) WHERE id = %s", [(h, i) for i, h in hashes])
+
+    def add_watch(self, label: str | None, path: str, sha256: str, max_distance: int, hashes: Sequence[str]) -> int:
+        with self.conn.transaction(), self.conn.cursor() as cur:
+            cur.execute(
+                "INSERT INTO watches (label, path, sha256, max_distance) VALUES (%s, %s, %s, %s) RETURNING id",
+                (label, path, sha256, max_distance),
+            )
+            watch_id = int(cur.fetchone()[0])  # type: ignore[index]
+            cur.executemany(
+                "INSERT INTO watch_hashes (watch_id, variant, hash) VALUES (%s, %s, %s::bit(64))"
+                " ON CONFLICT DO NOTHING",
+                [(watch_id, n, h) for n, h in enumerate(hashes)],
+            )
+        return watch_id
+
+    def watches(self) -> list[dict[str, Any]]:
+        cur = self.conn.execute(
+            "SELECT w.id, w.label, w.path, w.max_distance, w.created_at,"
+            " (SELECT count(*) FROM watch_hits h WHERE h.watch_id = w.id) AS hits FROM watches w ORDER BY w.id"
+        )
+        rows = [dict(zip([c.name for c in cur.description or []], r, strict=True)) for r in cur.fetchall()]
+        return rows
+
+    def watch_hits(self, watch_id: int | None = None) -> list[dict[str, Any]]:
+        cur = self.conn.execute(
+            "SELECT h.id, h.watch_id, w.label, w.path AS watched_path, h.image_id, i.path, h.distance, h.found_at"
+            " FROM watch_hits h JOIN watches w ON w.id = h.watch_id JOIN images i ON i.id = h.image_id"
+            " WHERE %(w)s::integer IS NULL OR h.watch_id = %(w)s ORDER BY h.id",
+            {"w": watch_id},
+        )
+        rows = [dict(zip([c.name for c in cur.description or []], r, strict=True)) for r in cur.fetchall()]
+        return rows

@@ -1,0 +1,114 @@
+"""Roles, forgetting, integrity checks and server information."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from psycopg import sql
+
+from imagedb.db import HNSW_INDEX_PREFIX
+from imagedb.store.base import StoreBase
+
+
+class RolesStore(StoreBase):
+    def forget(self, collection_id: int, refs: Sequence[str]) -> list[int]:
+        """Delete images named by id, path or file name, with everything derived from them (foreign keys
+        cascade to embeddings, thumbnails, duplicate groups and watch hits); then VACUUM, so that no index
+        or dead row still holds their data."""
+        ids = sorted({i for ref in refs for i in self.image_ids(collection_id, ref)})
+        with self.conn.transaction():
+            self.conn.execute("DELETE FROM images WHERE id = ANY(%s)", (ids,))
+        autocommit = self.conn.autocommit
+        self.conn.autocommit = True  # VACUUM cannot run inside a transaction
+        try:
+            self.conn.execute("VACUUM images, embeddings, thumbnails, duplicate_groups, watch_hits")
+        finally:
+            self.conn.autocommit = autocommit
+        return ids
+
+    def grant(self, role: str, tables: Sequence[str], privileges: str, password: str | None) -> bool:
+        """Give `role` (created with LOGIN when missing) these privileges on these tables and views.
+        Returns whether the role was created."""
+        name = sql.Identifier(role)
+        with self.conn.transaction():
+            exists = self.conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone()
+            if not exists:
+                self.conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(name))
+            if password is not None:
+                self.conn.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(name, sql.Literal(password)))
+            self.conn.execute(sql.SQL("GRANT USAGE ON SCHEMA public TO {}").format(name))
+            self.conn.execute(
+                sql.SQL("GRANT {} ON {} TO {}").format(
+                    sql.SQL(privileges), sql.SQL(", ").join(map(sql.Identifier, tables)), name
+                )
+            )
+        return not exists
+
+    def grant_sequences_and_functions(self, role: str) -> None:
+        with self.conn.transaction():
+            name = sql.Identifier(role)
+            self.conn.execute(sql.SQL("GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {}").format(name))
+            self.conn.execute(sql.SQL("GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA public TO {}").format(name))
+
+    def problems(self) -> list[str]:
+        """What is wrong with the stored data, one line each; empty when all is well."""
+        checks = [
+            (
+                "images without an embedding of their collection's model",
+                "SELECT count(*) FROM images i JOIN collections c ON c.id = i.collection_id WHERE NOT EXISTS"
+                " (SELECT 1 FROM embeddings e WHERE e.image_id = i.id AND e.model_id = c.model_id)",
+            ),
+            (
+                "embeddings of a model other than their collection's",
+                "SELECT count(*) FROM embeddings e JOIN images i ON i.id = e.image_id"
+                " JOIN collections c ON c.id = i.collection_id WHERE e.model_id <> c.model_id",
+            ),
+            (
+                "embeddings whose dimension is not their model's",
+                "SELECT count(*) FROM embeddings e JOIN embedding_models m ON m.id = e.model_id"
+                " WHERE vector_dims(e.embedding) <> m.dim",
+            ),
+            (
+                "images without a thumbnail",
+                "SELECT count(*) FROM images i WHERE NOT EXISTS (SELECT 1 FROM thumbnails t WHERE t.image_id = i.id)",
+            ),
+            (
+                "images without a perceptual hash (run `imagedb db reindex --hashes`)",
+                "SELECT count(*) FROM images WHERE dhash IS NULL",
+            ),
+            (
+                "models without their HNSW index (run `imagedb db reindex`)",
+                "SELECT count(*) FROM embedding_models m WHERE to_regclass(%s || m.id) IS NULL",
+            ),
+            (
+                "invalid indexes (a build was interrupted: run `imagedb db reindex`)",
+                "SELECT count(*) FROM pg_index x JOIN pg_class c ON c.oid = x.indexrelid"
+                " JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'public' AND NOT x.indisvalid",
+            ),
+        ]
+        found = []
+        for label, query in checks:
+            params = (HNSW_INDEX_PREFIX,) if "%s" in query else ()
+            count = self.conn.execute(query, params).fetchone()[0]  # type: ignore[index]
+            if count:
+                found.append(f"{count} {label}")
+        return found
+
+    def server_versions(self) -> tuple[str, str]:
+        row = self.conn.execute(
+            "SELECT current_setting('server_version'), (SELECT extversion FROM pg_extension WHERE extname = 'vector')"
+        ).fetchone()
+        return row[0], row[1]  # type: ignore[index]
+
+    def collection_stats(self) -> list[dict[str, Any]]:
+        rows = self.conn.execute(
+            "SELECT c.name, m.name, m.pretrained, m.dim,"
+            " (SELECT count(*) FROM images i WHERE i.collection_id = c.id),"
+            " (SELECT count(*) FROM embeddings e JOIN images i ON i.id = e.image_id WHERE i.collection_id = c.id),"
+            " (SELECT count(*) FROM ingest_errors r JOIN ingest_runs u ON u.id = r.run_id"
+            "   WHERE u.collection_id = c.id)"
+            " FROM collections c JOIN embedding_models m ON m.id = c.model_id ORDER BY c.name"
+        ).fetchall()
+        keys = ("collection", "model", "pretrained", "dim", "images", "embeddings", "errors")
+        return [dict(zip(keys, r, strict=True)) for r in rows]
