@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from imagedb import collection as collections
-from imagedb.errors import NotFound
+from imagedb.errors import InvalidInput, NotFound
 from imagedb.store import Store
+from imagedb.store.roles import FORGET_TABLES
 
 # What BI tools may see: plain metadata, no vectors, thumbnails, raw EXIF (which can hold GPS) or attributes.
 READER_VIEWS = ("image_catalog", "collection_stats", "duplicate_report")
+# What ingest, tag, dupes and watch write. Schema bookkeeping (alembic_version) and the model/collection
+# registry are read-only for writers: a writer that changed them would break every owner command.
 WRITER_TABLES = (
-    "alembic_version",
-    "embedding_models",
-    "collections",
     "images",
     "embeddings",
     "thumbnails",
@@ -23,26 +24,48 @@ WRITER_TABLES = (
     "watches",
     "watch_hashes",
     "watch_hits",
-    *READER_VIEWS,
 )
+WRITER_READ_ONLY = ("alembic_version", "embedding_models", "collections", *READER_VIEWS)
 
 
-def grant_reader(store: Store, role: str, password: str | None = None) -> bool:
-    """SELECT on the BI views only; the role is created (LOGIN) if missing. Returns whether it was created."""
-    return store.grant(role, READER_VIEWS, "SELECT", password)
+@dataclass(frozen=True)
+class Grant:
+    created: bool  # the role did not exist before
+    can_log_in: bool  # it has a password (the embedded server asks every login for one)
 
 
-def grant_writer(store: Store, role: str, password: str | None = None) -> bool:
-    """What `imagedb ingest`, `search`, `tag`, `dupes` and `watch` need, on existing collections and models."""
-    created = store.grant(role, WRITER_TABLES, "SELECT, INSERT, UPDATE, DELETE", password)
+@dataclass(frozen=True)
+class Forgotten:
+    ids: list[int]
+    unvacuumed: list[str]  # tables this role may not VACUUM: the deleted rows' bytes stay there until the owner does
+
+
+def grant_reader(store: Store, role: str, password: str | None = None) -> Grant:
+    """SELECT on the BI views only; the role is created (LOGIN) if missing."""
+    created = store.grant(role, READER_VIEWS, "SELECT", _checked_password(password))
+    return Grant(created, store.has_password(role))
+
+
+def grant_writer(store: Store, role: str, password: str | None = None) -> Grant:
+    """What `imagedb ingest`, `search`, `tag`, `dupes`, `watch` and `forget` need, on existing collections and
+    models; VACUUM of the tables `forget` touches where the server has the MAINTAIN privilege (PostgreSQL 17+)."""
+    created = store.grant(role, WRITER_TABLES, "SELECT, INSERT, UPDATE, DELETE", _checked_password(password))
+    store.grant(role, WRITER_READ_ONLY, "SELECT", None)
+    store.grant_maintain(role, FORGET_TABLES)
     store.grant_sequences_and_functions(role)
-    return created
+    return Grant(created, store.has_password(role))
 
 
-def forget(store: Store, collection: str, refs: Sequence[str]) -> list[int]:
-    """Delete the images named by id, path or file name and everything derived from them."""
+def _checked_password(password: str | None) -> str | None:
+    if password is not None and (not password or "\x00" in password):
+        raise InvalidInput("a password cannot be empty or contain a NUL character")
+    return password
+
+
+def forget(store: Store, collection: str, refs: Sequence[str], *, full: bool = False) -> Forgotten:
+    """Delete the images named by id, path or file name and everything derived from them, then VACUUM."""
     target = collections.get(store, collection)
-    ids = store.forget(target.id, list(refs))
+    ids, unvacuumed = store.forget(target.id, list(refs), full=full)
     if not ids:
         raise NotFound(f"no image {', '.join(refs)} in collection {collection!r}: give ids, paths or file names")
-    return ids
+    return Forgotten(ids, unvacuumed)

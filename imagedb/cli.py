@@ -402,18 +402,29 @@ def watch_hits(ctx: click.Context, watch_id: int | None, as_json: bool) -> None:
 @click.argument("images", nargs=-1, required=True)
 @_collection_option
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.option(
+    "--full",
+    is_flag=True,
+    help="VACUUM FULL: rewrite the tables, so no free space in them keeps the old bytes (locks them meanwhile).",
+)
 @click.pass_context
-def forget(ctx: click.Context, images: tuple[str, ...], collection: str, yes: bool) -> None:
+def forget(ctx: click.Context, images: tuple[str, ...], collection: str, yes: bool, full: bool) -> None:
     """Delete IMAGES (ids, paths or file names) and everything derived from them: embeddings, hashes,
-    thumbnail, duplicate-group and watch-hit rows."""
+    thumbnail, duplicate-group and watch-hit rows, ingest errors of their paths; then VACUUM."""
     from imagedb.access import forget as run_forget
 
     if not yes:
         click.confirm(f"Forget {len(images)} image reference(s) in {collection!r} for good?", abort=True)
     refs = [str(Path(i).expanduser().resolve()) if "/" in i else i for i in images]
     with _store(ctx) as store:
-        ids = run_forget(store, collection, refs)
-    click.echo(f"forgot {len(ids)} image(s): {', '.join(map(str, ids))}")
+        done = run_forget(store, collection, refs, full=full)
+    click.echo(f"forgot {len(done.ids)} image(s): {', '.join(map(str, done.ids))}")
+    if done.unvacuumed:
+        click.echo(
+            f"warning: this role may not VACUUM {', '.join(done.unvacuumed)}: the deleted rows' bytes stay in"
+            " those table files until the owner runs `imagedb forget` again or VACUUM",
+            err=True,
+        )
 
 
 _password_option = click.option(
@@ -431,8 +442,9 @@ def grant_reader(ctx: click.Context, role: str, password: str | None) -> None:
     from imagedb.access import grant_reader as run_grant
 
     with _store(ctx) as store:
-        created = run_grant(store, role, password)
-    click.echo(f"{'created' if created else 'updated'} role {role}: SELECT on {', '.join(READER_VIEWS)}")
+        grant = run_grant(store, role, password)
+    click.echo(f"{'created' if grant.created else 'updated'} role {role}: SELECT on {', '.join(READER_VIEWS)}")
+    _warn_without_password(role, grant.can_log_in)
 
 
 @main.command("grant-writer")
@@ -444,8 +456,14 @@ def grant_writer(ctx: click.Context, role: str, password: str | None) -> None:
     from imagedb.access import grant_writer as run_grant
 
     with _store(ctx) as store:
-        created = run_grant(store, role, password)
-    click.echo(f"{'created' if created else 'updated'} role {role}: read and write imagedb's tables")
+        grant = run_grant(store, role, password)
+    click.echo(f"{'created' if grant.created else 'updated'} role {role}: read and write imagedb's tables")
+    _warn_without_password(role, grant.can_log_in)
+
+
+def _warn_without_password(role: str, can_log_in: bool) -> None:
+    if not can_log_in:
+        click.echo(f"note: {role} has no password, so it cannot log in: set one with --password", err=True)
 
 
 @main.command()

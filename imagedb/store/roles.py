@@ -5,27 +5,48 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import psycopg
 from psycopg import sql
 
 from imagedb.db import HNSW_INDEX_PREFIX
 from imagedb.store.base import StoreBase
 
+# What forgetting an image deletes rows from: the image, what cascades from it, and its paths' ingest errors.
+FORGET_TABLES = ("images", "embeddings", "thumbnails", "duplicate_groups", "watch_hits", "ingest_errors")
+
 
 class RolesStore(StoreBase):
-    def forget(self, collection_id: int, refs: Sequence[str]) -> list[int]:
+    def forget(self, collection_id: int, refs: Sequence[str], *, full: bool = False) -> tuple[list[int], list[str]]:
         """Delete images named by id, path or file name, with everything derived from them (foreign keys
-        cascade to embeddings, thumbnails, duplicate groups and watch hits); then VACUUM, so that no index
-        or dead row still holds their data."""
+        cascade to embeddings, thumbnails, duplicate groups and watch hits) and the ingest errors of their
+        paths; then VACUUM the tables touched (FULL: rewrite them), so that no live index entry or dead row
+        still holds their data. Returns the ids deleted and the tables PostgreSQL would not let this role vacuum."""
         ids = sorted({i for ref in refs for i in self.image_ids(collection_id, ref)})
+        if not ids:
+            return [], []
         with self.conn.transaction():
+            paths = [r[0] for r in self.conn.execute("SELECT path FROM images WHERE id = ANY(%s)", (ids,))]
             self.conn.execute("DELETE FROM images WHERE id = ANY(%s)", (ids,))
-        autocommit = self.conn.autocommit
-        self.conn.autocommit = True  # VACUUM cannot run inside a transaction
+            self.conn.execute("DELETE FROM ingest_errors WHERE path = ANY(%s)", (paths,))
+        return ids, self.vacuum(FORGET_TABLES, full=full)
+
+    def vacuum(self, tables: Sequence[str], *, full: bool = False) -> list[str]:
+        """VACUUM (autocommit: it cannot run in a transaction). PostgreSQL skips a table the role may not vacuum
+        with a warning, not an error: those tables are returned."""
+        skipped: list[str] = []
+
+        def notice(diagnostic: psycopg.errors.Diagnostic) -> None:
+            # "permission denied to vacuum "images", skipping it"
+            if diagnostic.severity_nonlocalized == "WARNING" and "skipping" in (diagnostic.message_primary or ""):
+                skipped.extend(t for t in tables if f'"{t}"' in (diagnostic.message_primary or ""))
+
+        self.conn.add_notice_handler(notice)
         try:
-            self.conn.execute("VACUUM images, embeddings, thumbnails, duplicate_groups, watch_hits")
+            options = sql.SQL("(FULL) " if full else "")
+            self.conn.execute(sql.SQL("VACUUM {}{}").format(options, sql.SQL(", ").join(map(sql.Identifier, tables))))
         finally:
-            self.conn.autocommit = autocommit
-        return ids
+            self.conn.remove_notice_handler(notice)
+        return skipped
 
     def grant(self, role: str, tables: Sequence[str], privileges: str, password: str | None) -> bool:
         """Give `role` (created with LOGIN when missing) these privileges on these tables and views.
@@ -44,6 +65,26 @@ class RolesStore(StoreBase):
                 )
             )
         return not exists
+
+    def grant_maintain(self, role: str, tables: Sequence[str]) -> bool:
+        """Let `role` VACUUM these tables (PostgreSQL 17's MAINTAIN privilege); False on older servers."""
+        if int(self.conn.execute("SHOW server_version_num").fetchone()[0]) < 170000:  # type: ignore[index]
+            return False
+        self.conn.execute(
+            sql.SQL("GRANT MAINTAIN ON {} TO {}").format(
+                sql.SQL(", ").join(map(sql.Identifier, tables)), sql.Identifier(role)
+            )
+        )
+        return True
+
+    def has_password(self, role: str) -> bool:
+        """Whether the role can log in with a password (pg_authid is the superuser's; others cannot tell)."""
+        try:
+            row = self.conn.execute("SELECT rolpassword IS NOT NULL FROM pg_authid WHERE rolname = %s", (role,))
+            found = row.fetchone()
+        except psycopg.errors.InsufficientPrivilege:
+            return True
+        return bool(found and found[0])
 
     def grant_sequences_and_functions(self, role: str) -> None:
         with self.conn.transaction():

@@ -1,0 +1,164 @@
+"""Roles mean what they say: real passwords on the embedded server, writers kept out of schema bookkeeping,
+migration failures in one line, and what `forget` can and cannot erase."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit, urlunsplit
+
+import psycopg
+import pytest
+from click.testing import CliRunner
+
+from imagedb import db
+from imagedb.access import forget, grant_reader, grant_writer
+from imagedb.cli import main
+from imagedb.embed import ModelSpec
+from imagedb.ingest import ingest
+from imagedb.store import Store
+
+from conftest import with_database
+
+
+def _login(url: str, role: str, password: str | None) -> str:
+    """The URL of `url`'s database for `role`, with that password (or none), and no password file."""
+    parts = urlsplit(url)
+    host = parts.netloc.split("@")[-1]
+    query = "&".join(f"{k}={v[0]}" for k, v in parse_qs(parts.query).items() if k != "passfile")
+    user = role if password is None else f"{role}:{password}"
+    return urlunsplit(parts._replace(netloc=f"{user}@{host}", query=query))
+
+
+def _refused(url: str) -> str:
+    with pytest.raises(psycopg.OperationalError) as info:
+        psycopg.connect(url, connect_timeout=5).close()
+    return str(info.value)
+
+
+def test_the_embedded_server_asks_every_login_for_its_password(store: Store, database_url: str) -> None:
+    role = f"bi_{os.getpid()}"
+    grant_reader(store, role, "the-right-one")
+    with psycopg.connect(_login(database_url, role, "the-right-one")) as conn:
+        assert conn.execute("SELECT count(*) FROM image_catalog").fetchone()[0] == 0
+    assert "password authentication failed" in _refused(_login(database_url, role, "a-wrong-one"))
+    assert "no password supplied" in _refused(_login(database_url, role, None))
+    # The owner (a superuser) too: without the password file of IMAGEDB_HOME it is refused.
+    assert "no password supplied" in _refused(_login(database_url, "postgres", None))
+    assert "password authentication failed" in _refused(_login(database_url, "postgres", "guess"))
+
+
+def test_a_role_without_password_cannot_log_in_and_is_told(database_url: str, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("IMAGEDB_DATABASE_URL", database_url)
+    role = f"nopw_{os.getpid()}"
+    result = CliRunner().invoke(main, ["grant-reader", role])
+    assert result.exit_code == 0 and "cannot log in: set one with --password" in result.output
+    assert "no password supplied" in _refused(_login(database_url, role, None))
+    assert CliRunner().invoke(main, ["grant-reader", role, "--password", ""]).exit_code == 2
+
+
+def test_the_owner_password_lives_in_a_private_file_not_in_the_url(server_url: str) -> None:
+    query = parse_qs(urlsplit(server_url).query)
+    passfile = Path(query["passfile"][0])
+    assert stat.S_IMODE(passfile.stat().st_mode) == 0o600
+    secret = passfile.read_text().strip().rsplit(":", 1)[1]
+    assert len(secret) >= 32 and secret not in server_url
+    hba = (passfile.parent / "pgdata" / "pg_hba.conf").read_text()
+    rules = [line.split() for line in hba.splitlines() if line.strip() and not line.startswith("#")]
+    assert rules and all(rule[-1] == "scram-sha-256" for rule in rules)
+
+
+def test_a_writer_cannot_touch_schema_bookkeeping(store: Store, database_url: str) -> None:
+    role = f"writer_{os.getpid()}"
+    grant_writer(store, role, "pw")
+    with psycopg.connect(_login(database_url, role, "pw"), autocommit=True) as conn:
+        assert conn.execute("SELECT version_num FROM alembic_version").fetchone()[0] == db.head_revision()
+        for statement in (
+            "UPDATE alembic_version SET version_num = 'x'",
+            "UPDATE embedding_models SET dim = 3",
+            "DELETE FROM collections",
+        ):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute(statement)
+
+
+def test_a_schema_revision_nobody_knows_is_one_line(database_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("UPDATE alembic_version SET version_num = 'from_the_future'")
+    monkeypatch.setenv("IMAGEDB_DATABASE_URL", database_url)
+    for args in (["db", "info"], ["db", "upgrade"]):
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 1, result.output
+        assert result.output.count("\n") == 1 and "Traceback" not in result.output, result.output
+    assert "newer imagedb" in result.output
+
+
+def test_no_right_to_create_the_extension_is_one_line(server_url: str) -> None:
+    """pgvector is not a trusted extension: a database owner who is no superuser is told who must create it."""
+    name = f"imagedb_noext_{os.getpid()}"
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name}")
+        conn.execute("DROP ROLE IF EXISTS plain_owner")
+        conn.execute("CREATE ROLE plain_owner LOGIN PASSWORD 'pw'")
+        conn.execute(f"CREATE DATABASE {name} OWNER plain_owner")
+    try:
+        url = _login(with_database(server_url, name), "plain_owner", "pw")
+        result = CliRunner().invoke(main, ["--database-url", url, "db", "upgrade"])
+        assert result.exit_code == 1 and result.output.count("\n") == 1, result.output
+        assert "a superuser must run `CREATE EXTENSION vector;` in the database" in result.output
+    finally:
+        with psycopg.connect(server_url, autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE {name} WITH (FORCE)")
+            conn.execute("DROP ROLE plain_owner")
+
+
+def _files_hold(conn: psycopg.Connection, tables: list[str], needle: bytes) -> list[str]:
+    """Which on-disk files of these tables (heap, TOAST, every index) contain `needle`."""
+    conn.execute("CHECKPOINT")  # write every dirty page to the files
+    datadir = Path(conn.execute("SHOW data_directory").fetchone()[0])
+    relations = conn.execute(
+        "SELECT c.oid::regclass::text, pg_relation_filepath(c.oid) FROM pg_class c WHERE c.oid = ANY("
+        " SELECT t.oid FROM pg_class t WHERE t.relname = ANY(%(t)s) UNION"
+        " SELECT t.reltoastrelid FROM pg_class t WHERE t.relname = ANY(%(t)s) UNION"
+        " SELECT x.indexrelid FROM pg_index x JOIN pg_class t ON t.oid = x.indrelid WHERE t.relname = ANY(%(t)s))",
+        {"t": tables},
+    ).fetchall()
+    found = []
+    for name, relative in relations:
+        if relative and any(needle in f.read_bytes() for f in datadir.glob(relative + "*") if f.is_file()):
+            found.append(name)
+    return found
+
+
+def test_forget_full_leaves_no_bytes_in_the_table_files(
+    store: Store, photos: Path, tiny_model: str, database_url: str
+) -> None:
+    target = photos / "secret-name-of-a-person.jpg"
+    (photos / "coffee.jpg").rename(target)
+    ingest(store, [photos], model=ModelSpec.parse(tiny_model))
+    needle = str(target).encode()
+    with psycopg.connect(database_url, autocommit=True) as admin:
+        assert "images" in _files_hold(admin, ["images"], needle)  # the test can see it when it is there
+        done = forget(store, "default", [target.name], full=True)
+        assert len(done.ids) == 1 and done.unvacuumed == []
+        assert _files_hold(admin, ["images", "ingest_errors", "duplicate_groups", "watch_hits"], needle) == []
+
+
+def test_forget_by_a_role_that_may_not_vacuum_says_so(
+    store: Store, photos: Path, tiny_model: str, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ingest(store, [photos], model=ModelSpec.parse(tiny_model))
+    role = f"forgetter_{os.getpid()}"
+    grant_writer(store, role, "pw")
+    writer_url = _login(database_url, role, "pw")
+    writer = Store(db.open_connection(writer_url))
+    try:  # a writer may VACUUM what forget touches (PostgreSQL 17's MAINTAIN privilege)
+        assert forget(writer, "default", ["rocket.jpg"]).unvacuumed == []
+    finally:
+        writer.close()
+    store.conn.execute(f"REVOKE MAINTAIN ON images, thumbnails FROM {role}")
+    monkeypatch.setenv("IMAGEDB_DATABASE_URL", writer_url)
+    result = CliRunner().invoke(main, ["forget", "--yes", "camera.jpg"])
+    assert result.exit_code == 0 and "forgot 1 image(s)" in result.output
+    assert "warning: this role may not VACUUM images, thumbnails" in result.output
