@@ -1,0 +1,81 @@
+"""When is `imagedb serve` worth running? A text search from the shell against the same search in a warm process.
+
+Each `imagedb search "..."` is a new process: it imports torch, loads the model and connects before the query
+runs. A server (or any program using the library) pays that once. Both are timed here on the same database:
+ViT-B-32 with random weights (the real architecture and text encoder; real weights cost the same), a handful of
+images, the embedded server already running.
+
+    python bench/cli_latency.py [--runs 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from ingest_bench import _checkpoint, _images
+from results_dir import RESULTS
+
+from imagedb import db
+from imagedb.embed import ModelSpec
+from imagedb.ingest import ingest
+from imagedb.query import parse
+from imagedb.search import search
+from imagedb.store import Store
+
+QUERY = "a dog on a beach"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--runs", type=int, default=5)
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="imagedb-cli-bench-"))
+    (work / "photos").mkdir()
+    _images(work / "photos", 8)
+    spec = ModelSpec.parse(_checkpoint(work))
+    home = work / "home"
+    store = Store(db.open_connection(None, home))
+    ingest(store, [work / "photos"], model=spec)
+
+    executable = Path(sys.executable).with_name("imagedb")
+    env = {**os.environ, "IMAGEDB_HOME": str(home)}
+    env.pop("IMAGEDB_DATABASE_URL", None)
+    shell = []
+    for _ in range(args.runs):
+        started = time.perf_counter()
+        subprocess.run([str(executable), "search", QUERY], env=env, check=True, capture_output=True)
+        shell.append(time.perf_counter() - started)
+
+    terms = parse([QUERY])
+    search(store, terms)  # warm: the model is loaded once in this process, as in `imagedb serve`
+    warm = []
+    for _ in range(max(args.runs, 20)):
+        started = time.perf_counter()
+        search(store, terms)
+        warm.append(time.perf_counter() - started)
+    store.close()
+    db.stop_embedded(home)
+
+    result = {
+        "query": QUERY,
+        "model": "ViT-B-32 (random weights)",
+        "cli_process_median_s": statistics.median(shell),
+        "cli_process_runs_s": shell,
+        "warm_process_median_ms": 1000 * statistics.median(warm),
+    }
+    print(f"text search {QUERY!r}, ViT-B-32, 2 cores, median:")
+    print(f"  {result['cli_process_median_s']:>8.2f} s   `imagedb search` from the shell (new process each time)")
+    print(f"  {result['warm_process_median_ms']:>8.1f} ms  the same search in a warm process (as `imagedb serve`)")
+    (RESULTS / "cli_latency.json").write_text(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
