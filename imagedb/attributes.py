@@ -112,8 +112,9 @@ def _json_lines(file: Path, text: str) -> list[tuple[int, dict[str, Any]]]:
             raise InvalidInput(f"{file.name}, line {n}: not valid JSON ({exc.msg})") from exc
         except RecursionError as exc:
             raise InvalidInput(f"{file.name}, line {n}: nested deeper than {MAX_DEPTH} levels") from exc
-        except ValueError as exc:  # raised by the hooks below, or an integer of more than 4300 digits
-            raise InvalidInput(f"{file.name}, line {n}: {exc}") from exc
+        except ValueError as exc:  # raised by the hooks below, or by an integer of more than 4300 digits
+            message = "a number has too many digits" if "integer string conversion" in str(exc) else str(exc)
+            raise InvalidInput(f"{file.name}, line {n}: {message}") from exc
         if not isinstance(record, dict):
             raise InvalidInput(f"{file.name}, line {n}: each line must be a JSON object")
         records.append((n, record))

@@ -253,9 +253,7 @@ def search(
             sort=sort,  # type: ignore[arg-type]
         )
     if as_null:
-        out = click.get_binary_stream("stdout")
-        out.write(b"".join(os.fsencode(r.path) + b"\0" for r in results))
-        out.flush()
+        click.echo(b"".join(os.fsencode(r.path) + b"\0" for r in results), nl=False)  # bytes: written raw
     elif as_paths:
         for r in results:
             click.echo(escape(r.path))
