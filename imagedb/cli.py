@@ -142,7 +142,9 @@ FORMATS = ("JPEG", "JPG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "TIF", "HEIF", "A
 @main.command(short_help="Find images by text, by image file or by stored image.")
 @click.argument("query", nargs=-1)
 @click.option("--image", "-i", "images", multiple=True, type=click.Path(), help="Add an image file to the query.")
-@click.option("--like", "-l", "likes", multiple=True, type=click.IntRange(1), help="Add a stored image (by id).")
+@click.option(
+    "--like", "-l", "likes", multiple=True, type=click.IntRange(1, 2**63 - 1), help="Add a stored image (by id)."
+)
 @_collection_option
 @_model_option
 @click.option("--limit", "-k", default=10, show_default=True, type=click.IntRange(1, 1000), help="Results to show.")

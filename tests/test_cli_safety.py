@@ -170,7 +170,15 @@ def test_tag_refuses_nul(cli, odd: Path, store: Store) -> None:  # type: ignore[
 
 @pytest.mark.parametrize(
     "query",
-    ["beach + sunset - people", "a dog on a beach", '2:"red dress" - 0.5:blue', 'id:12 + "C++ code"', '"A + B"', "C++"],
+    [
+        "beach + sunset - people",
+        "a dog on a beach",
+        '2:"red dress" - 0.5:blue',
+        'id:12 + "C++ code"',
+        '"A + B"',
+        "C++",
+        "a child\\'s drawing",
+    ],
 )
 def test_one_argument_parses_as_the_api_parses(query: str) -> None:
     assert query_terms((query,), (), ()) == parse_string(query, files=False)
