@@ -278,15 +278,15 @@ def query_terms(query: Sequence[str], images: Sequence[str], likes: Sequence[int
     `imagedb search "dog +"` is refused and `"beach + sunset"` is a sum, as on the web page. Several arguments
     are already split by the shell. One argument that names an existing file is that image, spaces and all.
     """
-    from imagedb.query import Term, parse, parse_string
+    from imagedb.query import Term, is_file, parse, parse_string
 
     terms: list[Term] = []
-    if len(query) == 1 and not Path(query[0]).expanduser().is_file():
+    if len(query) == 1 and not is_file(Path(query[0]).expanduser()):
         terms = parse_string(query[0], files=True)
     elif query or not (images or likes):
         terms = parse(query, files=True)
     for image in images:
-        if not Path(image).expanduser().is_file():
+        if not is_file(Path(image).expanduser()):
             raise InvalidInput(f"--image: no such image file: {image}")
         terms.append(Term("image", str(Path(image).expanduser()), 1.0))
     terms += [Term("id", str(n), 1.0) for n in likes]

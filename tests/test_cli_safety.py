@@ -189,6 +189,9 @@ def test_one_argument_in_the_cli(cli, odd: Path) -> None:  # type: ignore[no-unt
     assert "two operators in a row" in _one_line_error(cli("search", "dog + - cat"))
     assert "No closing quotation" in _one_line_error(cli("search", '"dog'))
     assert cli("search", "beach + sunset - people", "--json").exit_code == 0
+    long_text = "a very long description of a photo " * 10  # over 255 bytes: no file name can be that long
+    assert cli("search", long_text, "--json").exit_code == 0
+    assert cli("search", *long_text.split(), "--json").exit_code == 0
     spaced = odd / "with space.jpg"
     shutil.copy(odd / "coffee.jpg", spaced)
     found = cli("search", spaced, "-k", "1", "--json")  # one argument naming a file is that image
