@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
+import os
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -13,35 +13,23 @@ from typing import Any
 import click
 
 from imagedb import config
-from imagedb.errors import ImagedbError, InvalidInput
+from imagedb.cli_db import db
+from imagedb.cli_support import Group
+from imagedb.cli_support import open_store as _store
+from imagedb.display import escape, iso
+from imagedb.errors import InvalidInput
+
+_EXAMPLES = """\b
+Examples:
+  imagedb ingest ~/Pictures
+  imagedb search "a dog on a beach"
+  imagedb search "beach + sunset - people" --after 2024-01-01 --json
+  imagedb search --image shoe.jpg --null | xargs -0 ls -l
+  imagedb dupes --method both
+"""
 
 
-class _Group(click.Group):
-    """Turns the library's errors into one readable line and a non-zero exit, never a traceback."""
-
-    def invoke(self, ctx: click.Context) -> Any:
-        import psycopg
-
-        try:
-            return super().invoke(ctx)
-        except InvalidInput as exc:
-            raise click.UsageError(str(exc), ctx) from exc
-        except ImagedbError as exc:
-            raise click.ClickException(str(exc)) from exc
-        except psycopg.OperationalError as exc:  # the server went away or refused us mid-command
-            raise click.ClickException(
-                f"database error: {_first_line(exc)}. Data already committed is intact;"
-                " rerun when the database is back."
-            ) from exc
-        except psycopg.Error as exc:
-            raise click.ClickException(f"database error: {_first_line(exc)}") from exc
-
-
-def _first_line(exc: Exception) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-
-
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]}, epilog=_EXAMPLES)
 @click.option(
     "--database-url",
     envvar="IMAGEDB_DATABASE_URL",
@@ -66,23 +54,11 @@ def main(ctx: click.Context, database_url: str | None, home: str | None, verbose
     ctx.obj = {"database_url": database_url, "home": home}
 
 
-@contextmanager
-def _store(ctx: click.Context) -> Iterator[Any]:
-    from imagedb.db import open_connection
-    from imagedb.store import Store
-
-    store = Store(open_connection(ctx.obj["database_url"], ctx.obj["home"]))
-    try:
-        yield store
-    finally:
-        store.close()
-
-
 def _model(value: str | None) -> Any:
     from imagedb.embed import ModelSpec
 
-    spec = config.model_spec(value)
-    return ModelSpec.parse(spec) if spec else None
+    # Only an explicit --model: IMAGEDB_MODEL applies when a collection is created (collection.get_or_create).
+    return ModelSpec.parse(value) if value else None
 
 
 _collection_option = click.option(
@@ -91,8 +67,8 @@ _collection_option = click.option(
 _model_option = click.option(
     "--model",
     "-m",
-    help="open_clip model as NAME[:PRETRAINED] or NAME:/path/to/checkpoint [env IMAGEDB_MODEL]."
-    f" New collections default to {config.DEFAULT_MODEL}; existing ones use their own.",
+    help="open_clip model as NAME[:PRETRAINED] or NAME:/path/to/checkpoint. A new collection gets it (else"
+    f" IMAGEDB_MODEL, else {config.DEFAULT_MODEL}); an existing one uses its own and refuses another.",
 )
 
 
@@ -159,26 +135,47 @@ def ingest(
 
 
 _DATE = click.DateTime(["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S"])
+# What --format accepts, in any case; JPG and TIF are aliases of JPEG and TIFF (search.FORMAT_ALIASES).
+FORMATS = ("JPEG", "JPG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "TIF", "HEIF", "AVIF")
 
 
-@main.command()
+@main.command(short_help="Find images by text, by image file or by stored image.")
 @click.argument("query", nargs=-1)
 @click.option("--image", "-i", "images", multiple=True, type=click.Path(), help="Add an image file to the query.")
-@click.option("--like", "-l", "likes", multiple=True, type=int, help="Add a stored image (by id) to the query.")
+@click.option(
+    "--like", "-l", "likes", multiple=True, type=click.IntRange(1, 2**63 - 1), help="Add a stored image (by id)."
+)
 @_collection_option
 @_model_option
 @click.option("--limit", "-k", default=10, show_default=True, type=click.IntRange(1, 1000), help="Results to show.")
 @click.option("--offset", default=0, show_default=True, type=click.IntRange(0), help="Skip this many (paging).")
-@click.option("--after", type=_DATE, help="Taken (else file time) on or after this date, YYYY-MM-DD[ HH:MM:SS].")
-@click.option("--before", type=_DATE, help="Taken (else file time) before this date.")
+@click.option("--after", type=_DATE, metavar="DATE", help="Taken (else file time) on or after DATE.")
+@click.option(
+    "--before",
+    type=_DATE,
+    metavar="DATE",
+    help="Taken (else file time) before DATE. DATE is YYYY-MM-DD[THH:MM:SS] (a space may replace the T), in UTC.",
+)
 @click.option("--camera", help="Camera make or model contains this text (any case).")
-@click.option("--format", "image_format", help="File format: JPEG, PNG, WEBP, GIF, BMP, TIFF.")
+@click.option(
+    "--format",
+    "image_format",
+    type=click.Choice(FORMATS, case_sensitive=False),
+    metavar="FORMAT",
+    help="File format, any case: JPEG (JPG), PNG, WEBP, GIF, BMP, TIFF (TIF), HEIF, AVIF.",
+)
 @click.option("--min-width", type=click.IntRange(1), help="At least this many pixels wide.")
 @click.option("--min-height", type=click.IntRange(1), help="At least this many pixels high.")
 @click.option("--path", "path_glob", help="Path matches this glob (* and ?), e.g. '*/holidays/*'.")
 @click.option("--attr", "attrs", multiple=True, metavar="KEY=VALUE", help="User attribute equals value; repeatable.")
 @click.option("--min-score", type=click.FloatRange(-1, 1), help="Drop results below this cosine similarity.")
-@click.option("--sort", type=click.Choice(["score", "date"]), default="score", show_default=True)
+@click.option(
+    "--sort",
+    type=click.Choice(["score", "date"]),
+    default="score",
+    show_default=True,
+    help="Order of the best matches: by score, or by date, newest first.",
+)
 @click.option(
     "--ef-search",
     type=click.IntRange(1, 1000),
@@ -186,8 +183,9 @@ _DATE = click.DateTime(["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S"])
     show_default=True,
     help="HNSW candidate list size: higher is more exact and slower.",
 )
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
-@click.option("--paths", "as_paths", is_flag=True, help="Only the paths, one per line (for piping).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line (dates in UTC, ISO 8601).")
+@click.option("--paths", "as_paths", is_flag=True, help="Only the paths, one per line, escaped as the table's.")
+@click.option("--null", "-0", "as_null", is_flag=True, help="Only the paths, unescaped, each ended by NUL (xargs -0).")
 @click.pass_context
 def search(
     ctx: click.Context,
@@ -211,23 +209,28 @@ def search(
     ef_search: int,
     as_json: bool,
     as_paths: bool,
+    as_null: bool,
 ) -> None:
     """Find the images nearest to QUERY: texts, image paths and id:N, joined by + and -, with W: weights.
 
     \b
       imagedb search a dog on a beach
-      imagedb search beach + sunset - people
+      imagedb search "beach + sunset - people"
       imagedb search 2:"red dress" + ./shoe.jpg --format jpeg --after 2024-01-01
+      imagedb search '"C++ code"'     (quoted inside: a + or - that is text)
+
+    One argument is read as the HTTP API reads its q parameter, quotes and all. Paths in the table and with
+    --paths are escaped (a backslash, then n, t, r, xNN or uNNNN, and a backslash doubled); --null prints them
+    as they are.
     """
     from imagedb.attributes import parse_pairs
-    from imagedb.query import parse
     from imagedb.search import search as run_search
     from imagedb.store import Filters
 
-    tokens = list(query)
-    for extra in [*images, *(f"id:{n}" for n in likes)]:
-        tokens += ["+", extra] if tokens else [extra]
-    terms = parse(tokens)
+    chosen = [flag for flag, on in (("--json", as_json), ("--paths", as_paths), ("--null", as_null)) if on]
+    if len(chosen) > 1:
+        raise click.UsageError(f"{chosen[0]} and {chosen[1]} cannot be used together: choose one output")
+    terms = query_terms(query, images, likes)
     filters = Filters(
         after=after,
         before=before,
@@ -251,28 +254,43 @@ def search(
             min_score=min_score,
             sort=sort,  # type: ignore[arg-type]
         )
-    if as_paths:
+    if as_null:
+        click.echo(b"".join(os.fsencode(r.path) + b"\0" for r in results), nl=False)  # bytes: written raw
+    elif as_paths:
         for r in results:
-            click.echo(r.path)
+            click.echo(escape(r.path))
     elif as_json:
         for r in results:
-            click.echo(
-                json.dumps(
-                    {
-                        "rank": r.rank,
-                        "score": round(r.score, 6),
-                        "id": r.image_id,
-                        "path": r.path,
-                        "date": r.date.isoformat(),
-                    }
-                )
-            )
+            row = {"rank": r.rank, "score": round(r.score, 6), "id": r.image_id, "path": r.path, "date": iso(r.date)}
+            click.echo(json.dumps(row))
     elif not results:
         click.echo("no results", err=True)
     else:
         click.echo(f"{'rank':>4}  {'score':>6}  {'id':>8}  {'date':<10}  path")
         for r in results:
-            click.echo(f"{r.rank:>4}  {r.score:>6.3f}  {r.image_id:>8}  {r.date:%Y-%m-%d}  {r.path}")
+            click.echo(f"{r.rank:>4}  {r.score:>6.3f}  {r.image_id:>8}  {r.date:%Y-%m-%d}  {escape(r.path)}")
+
+
+def query_terms(query: Sequence[str], images: Sequence[str], likes: Sequence[int]) -> list[Any]:
+    """The query's terms, then --image files and --like ids, added.
+
+    One argument is parsed exactly as the API parses its q string (query.parse_string), so that
+    `imagedb search "dog +"` is refused and `"beach + sunset"` is a sum, as on the web page. Several arguments
+    are already split by the shell. One argument that names an existing file is that image, spaces and all.
+    """
+    from imagedb.query import Term, is_file, parse, parse_string
+
+    terms: list[Term] = []
+    if len(query) == 1 and not is_file(Path(query[0]).expanduser()):
+        terms = parse_string(query[0], files=True)
+    elif query or not (images or likes):
+        terms = parse(query, files=True)
+    for image in images:
+        if not is_file(Path(image).expanduser()):
+            raise InvalidInput(f"--image: no such image file: {image}")
+        terms.append(Term("image", str(Path(image).expanduser()), 1.0))
+    terms += [Term("id", str(n), 1.0) for n in likes]
+    return terms
 
 
 @main.command()
@@ -288,7 +306,17 @@ def tag(ctx: click.Context, image: str, pairs: tuple[str, ...], collection: str)
     attributes = parse_pairs(list(pairs))
     with _store(ctx) as store:
         ids = run_tag(store, collection, image, attributes)
-    click.echo(f"tagged {len(ids)} image(s): {', '.join(map(str, ids))}")
+        paths = store.paths(ids)
+    click.echo(f"tagged {len(ids)} image(s):")
+    _echo_images([(i, paths.get(i, "?")) for i in ids])
+
+
+def _echo_images(images: Sequence[tuple[int, str]], shown: int = 10) -> None:
+    """The first `shown` images as `id  path` lines (escaped), then how many more."""
+    for image_id, path in images[:shown]:
+        click.echo(f"  {image_id:>8}  {escape(path)}")
+    if len(images) > shown:
+        click.echo(f"  and {len(images) - shown} more")
 
 
 @main.command()
@@ -319,7 +347,10 @@ def tag(ctx: click.Context, image: str, pairs: tuple[str, ...], collection: str)
 def dupes(
     ctx: click.Context, collection: str, method: str, max_distance: int, min_similarity: float, as_json: bool
 ) -> None:
-    """Find groups of duplicate and near-duplicate images (saved in the duplicate_groups table)."""
+    """Find groups of duplicate and near-duplicate images (saved in the duplicate_groups table).
+
+    Paths are escaped as in `imagedb search`'s table; --json gives them as they are.
+    """
     from imagedb.dupes import find_duplicates
 
     with _store(ctx) as store:
@@ -337,7 +368,7 @@ def dupes(
         click.echo(f"group {group.number} ({len(group.members)} images)")
         for m in group.members:
             how = "" if m.matched_image_id is None else f"  {m.rule} {m.distance:g} to {m.matched_image_id}"
-            click.echo(f"  {m.image_id:>8}  {m.path}{how}")
+            click.echo(f"  {m.image_id:>8}  {escape(m.path)}{how}")
     if not as_json:
         images = sum(len(g.members) for g in groups)
         click.echo(f"{len(groups)} group(s), {images} image(s)", err=True)
@@ -365,7 +396,9 @@ def watch_add(ctx: click.Context, paths: tuple[Path, ...], label: str | None, ma
 
     with _store(ctx) as store:
         ids = add_watches(store, list(paths), label, max_distance)
-    click.echo(f"watching {len(ids)} image(s): {', '.join(map(str, ids))}")
+    click.echo(f"watching {len(ids)} image(s):")
+    for watch_id, path in zip(ids, paths, strict=True):
+        click.echo(f"  watch {watch_id}: {escape(str(path.resolve()))}")
 
 
 @watch.command("list")
@@ -376,7 +409,8 @@ def watch_list(ctx: click.Context) -> None:
         rows = store.watches()
     for r in rows:
         click.echo(
-            f"{r['id']:>5}  {r['label'] or '-':<16}  max {r['max_distance']:>2}  {r['hits']:>5} hit(s)  {r['path']}"
+            f"{r['id']:>5}  {escape(r['label'] or '-'):<16}  max {r['max_distance']:>2}  {r['hits']:>5} hit(s)"
+            f"  {escape(r['path'])}"
         )
 
 
@@ -390,15 +424,15 @@ def watch_hits(ctx: click.Context, watch_id: int | None, as_json: bool) -> None:
         rows = store.watch_hits(watch_id)
     for r in rows:
         if as_json:
-            click.echo(json.dumps({**r, "found_at": r["found_at"].isoformat()}))
+            click.echo(json.dumps({**r, "found_at": iso(r["found_at"])}))
         else:
             click.echo(
-                f"watch {r['watch_id']} ({r['label'] or '-'}): image {r['image_id']} {r['path']}"
+                f"watch {r['watch_id']} ({escape(r['label'] or '-')}): image {r['image_id']} {escape(r['path'])}"
                 f"  distance {r['distance']}"
             )
 
 
-@main.command()
+@main.command(short_help="Delete images and everything derived from them.")
 @click.argument("images", nargs=-1, required=True)
 @_collection_option
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
@@ -409,20 +443,29 @@ def watch_hits(ctx: click.Context, watch_id: int | None, as_json: bool) -> None:
 )
 @click.pass_context
 def forget(ctx: click.Context, images: tuple[str, ...], collection: str, yes: bool, full: bool) -> None:
-    """Delete IMAGES (ids, paths or file names) and everything derived from them: embeddings, hashes,
-    thumbnail, duplicate-group and watch-hit rows, ingest errors of their paths; then VACUUM."""
-    from imagedb.access import forget as run_forget
+    """Delete IMAGES (ids, paths or file names) and everything derived from them, then VACUUM.
 
-    if not yes:
-        click.confirm(f"Forget {len(images)} image reference(s) in {collection!r} for good?", abort=True)
-    refs = [str(Path(i).expanduser().resolve()) if "/" in i else i for i in images]
+    That is their embeddings, hashes, thumbnails, duplicate-group and watch-hit rows, and the ingest errors of
+    their paths. The images are listed first, then you are asked (unless --yes).
+    """
+    from imagedb.access import forget as run_forget
+    from imagedb.collection import find_images
+
     with _store(ctx) as store:
-        done = run_forget(store, collection, refs, full=full)
-    click.echo(f"forgot {len(done.ids)} image(s): {', '.join(map(str, done.ids))}")
+        found, missing = find_images(store, collection, images)
+        for ref in missing:
+            click.echo(f"not found: {escape(ref)}", err=True)
+        click.echo(f"{len(found)} image(s) in collection {escape(collection)}:")
+        _echo_images(found)
+        if not yes:
+            click.confirm("Forget them for good?", abort=True)
+        # By path, which names exactly the images listed: a file name could match an image stored meanwhile.
+        done = run_forget(store, collection, [path for _, path in found], full=full)
+    click.echo(f"forgot {len(done.ids)} image(s)")
     if done.unvacuumed:
         click.echo(
             f"warning: this role may not VACUUM {', '.join(done.unvacuumed)}: the deleted rows' bytes stay in"
-            " those table files until the owner runs `imagedb forget` again or VACUUM",
+            " those table files until the owner runs VACUUM on them",
             err=True,
         )
 
@@ -443,7 +486,7 @@ def grant_reader(ctx: click.Context, role: str, password: str | None) -> None:
 
     with _store(ctx) as store:
         grant = run_grant(store, role, password)
-    click.echo(f"{'created' if grant.created else 'updated'} role {role}: SELECT on {', '.join(READER_VIEWS)}")
+    click.echo(f"{'created' if grant.created else 'updated'} role {escape(role)}: SELECT on {', '.join(READER_VIEWS)}")
     _warn_without_password(role, grant.can_log_in)
 
 
@@ -457,13 +500,13 @@ def grant_writer(ctx: click.Context, role: str, password: str | None) -> None:
 
     with _store(ctx) as store:
         grant = run_grant(store, role, password)
-    click.echo(f"{'created' if grant.created else 'updated'} role {role}: read and write imagedb's tables")
+    click.echo(f"{'created' if grant.created else 'updated'} role {escape(role)}: read and write imagedb's tables")
     _warn_without_password(role, grant.can_log_in)
 
 
 def _warn_without_password(role: str, can_log_in: bool) -> None:
     if not can_log_in:
-        click.echo(f"note: {role} has no password, so it cannot log in: set one with --password", err=True)
+        click.echo(f"note: {escape(role)} has no password, so it cannot log in: set one with --password", err=True)
 
 
 @main.command()
@@ -488,120 +531,4 @@ def serve(ctx: click.Context, host: str, port: int, token: str | None) -> None:
     uvicorn.run(app, host=host, port=port, log_level="warning")
 
 
-@main.group()
-def db() -> None:
-    """The database: its URL, state, schema and server."""
-
-
-@db.command()
-@click.pass_context
-def url(ctx: click.Context) -> None:
-    """Print the connection URL (for psql, BI tools, or IMAGEDB_DATABASE_URL)."""
-    from imagedb.db import resolve_url
-
-    click.echo(resolve_url(ctx.obj["database_url"], ctx.obj["home"]))
-
-
-@db.command()
-@click.pass_context
-def info(ctx: click.Context) -> None:
-    """Print server and pgvector versions, schema revision and per-collection counts."""
-    from imagedb.db import current_revision
-
-    with _store(ctx) as store:
-        server, pgvector = store.server_versions()
-        revision = current_revision(store.conn)
-        stats = store.collection_stats()
-    click.echo(f"server: PostgreSQL {server}, pgvector {pgvector}")
-    click.echo(f"schema: revision {revision}")
-    if not stats:
-        click.echo("collections: none yet (imagedb ingest PATH)")
-    for s in stats:
-        model = f"{s['model']}:{s['pretrained']}" if s["pretrained"] else s["model"]
-        click.echo(
-            f"collection {s['collection']}: {s['images']} images, {s['embeddings']} embeddings,"
-            f" {s['errors']} ingest errors; model {model} (dim {s['dim']})"
-        )
-
-
-@db.command()
-@click.pass_context
-def upgrade(ctx: click.Context) -> None:
-    """Migrate the database schema to the newest revision."""
-    from imagedb.db import head_revision, resolve_url
-    from imagedb.db import upgrade as run_upgrade
-
-    run_upgrade(resolve_url(ctx.obj["database_url"], ctx.obj["home"]))
-    click.echo(f"schema at revision {head_revision()}")
-
-
-@db.command()
-@click.option("--m", "m", default=16, show_default=True, type=click.IntRange(2, 100), help="HNSW links per node.")
-@click.option(
-    "--ef-construction", default=64, show_default=True, type=click.IntRange(4, 1000), help="HNSW build candidate list."
-)
-@click.option("--hashes", is_flag=True, help="Instead: compute missing perceptual hashes from stored thumbnails.")
-@click.pass_context
-def reindex(ctx: click.Context, m: int, ef_construction: int, hashes: bool) -> None:
-    """Rebuild every model's HNSW index with new build parameters (or, with --hashes, backfill hashes)."""
-    if hashes:
-        from imagedb.dupes import backfill_hashes
-
-        with _store(ctx) as store:
-            click.echo(f"computed {backfill_hashes(store)} perceptual hash(es)")
-        return
-    if ef_construction < 2 * m:
-        raise click.BadParameter(f"must be at least 2 * m = {2 * m}", param_hint="--ef-construction")
-    with _store(ctx) as store:
-        names = store.rebuild_indexes(m, ef_construction)
-    click.echo(f"rebuilt {len(names)} index(es) with m={m}, ef_construction={ef_construction}")
-
-
-@db.command()
-@click.pass_context
-def check(ctx: click.Context) -> None:
-    """Check the stored data: embeddings, thumbnails, hashes, indexes. Exit code 1 when something is wrong."""
-    with _store(ctx) as store:
-        problems = store.problems()
-    if problems:
-        raise click.ClickException("; ".join(problems))
-    click.echo("ok: every image has its embedding, thumbnail and hash, and every index is valid")
-
-
-@db.command()
-@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
-@click.pass_context
-def dump(ctx: click.Context, file: Path) -> None:
-    """Back up the whole database to FILE (pg_dump custom format)."""
-    from imagedb.db import dump as run_dump
-    from imagedb.db import resolve_url
-
-    run_dump(resolve_url(ctx.obj["database_url"], ctx.obj["home"]), file)
-    click.echo(f"wrote {file} ({file.stat().st_size / 1e6:.1f} MB)")
-
-
-@db.command()
-@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
-@click.pass_context
-def restore(ctx: click.Context, file: Path, yes: bool) -> None:
-    """Replace the database's contents by a backup made with `imagedb db dump`."""
-    from imagedb.db import resolve_url
-    from imagedb.db import restore as run_restore
-
-    if not yes:
-        click.confirm("Replace everything in the database by the backup?", abort=True)
-    run_restore(resolve_url(ctx.obj["database_url"], ctx.obj["home"]), file)
-    click.echo(f"restored {file}")
-
-
-@db.command()
-@click.pass_context
-def stop(ctx: click.Context) -> None:
-    """Stop the embedded PostgreSQL server (it starts again on the next command)."""
-    from imagedb.db import stop_embedded
-
-    if config.database_url(ctx.obj["database_url"]):
-        raise click.UsageError("`imagedb db stop` stops the embedded server; this command uses an external one")
-    stopped = stop_embedded(config.home(ctx.obj["home"]))
-    click.echo("embedded server stopped" if stopped else "embedded server was not running")
+main.add_command(db)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from pathlib import Path
+
 from imagedb import embed
-from imagedb.config import DEFAULT_MODEL
+from imagedb.config import new_collection_model
 from imagedb.embed import ModelSpec
 from imagedb.errors import InvalidInput, ModelMismatch, NotFound
 from imagedb.store import Collection, Store
@@ -19,7 +22,7 @@ def check_model(collection: Collection, requested: ModelSpec | None) -> ModelSpe
     if requested is not None and requested != bound:
         raise ModelMismatch(
             f"collection {collection.name!r} was created with model {bound}, not {requested}:"
-            f" leave out --model/IMAGEDB_MODEL, or use another --collection"
+            f" leave out --model, or use another --collection"
         )
     return bound
 
@@ -41,11 +44,38 @@ def get(store: Store, name: str, requested: ModelSpec | None = None) -> Collecti
 
 
 def get_or_create(store: Store, name: str, requested: ModelSpec | None) -> Collection:
-    """The named collection; a new one is bound to the requested model, or the default one."""
+    """The named collection; a new one is bound to the requested model, else IMAGEDB_MODEL's, else the default."""
     collection = store.get_collection(_checked_name(name))
     if collection is not None:
         check_model(collection, requested)
         return collection
-    spec = requested or ModelSpec.parse(DEFAULT_MODEL)
+    spec = requested or ModelSpec.parse(new_collection_model())
     model_id = store.ensure_model(spec.name, spec.pretrained, embed.load(spec).dim)
     return store.create_collection(name, model_id)
+
+
+def find_images(store: Store, name: str, refs: Sequence[str]) -> tuple[list[tuple[int, str]], list[str]]:
+    """(id, path) of the images named by ids, paths or file names, and the refs that named none.
+
+    A ref with a `/` is a path, made absolute against the current folder. Raises NotFound when no ref names an
+    image, InvalidInput for a ref with a NUL character (no path or name holds one).
+    """
+    target = get(store, name)
+    found: dict[int, None] = {}
+    missing = []
+    for ref in refs:
+        if "\x00" in ref:
+            raise InvalidInput(f"{ref!r} cannot name an image: it holds a NUL character")
+        ids = store.image_ids(target.id, absolute_ref(ref))
+        found.update(dict.fromkeys(ids))
+        if not ids:
+            missing.append(ref)
+    if not found:
+        raise NotFound(f"no image {', '.join(refs)} in collection {name!r}: give ids, paths or file names")
+    paths = store.paths(found)
+    return [(image_id, paths[image_id]) for image_id in found if image_id in paths], missing
+
+
+def absolute_ref(ref: str) -> str:
+    """An image reference as stored: a path (it has a `/`) made absolute; an id or a bare file name as is."""
+    return str(Path(ref).expanduser().resolve()) if "/" in ref else ref

@@ -33,6 +33,9 @@ def database_url(explicit: str | None = None) -> str | None:
     return explicit or os.environ.get("IMAGEDB_DATABASE_URL") or None
 
 
-def model_spec(explicit: str | None = None) -> str | None:
-    """The model asked for (option > IMAGEDB_MODEL), or None when the user named none."""
-    return explicit or os.environ.get("IMAGEDB_MODEL") or None
+def new_collection_model() -> str:
+    """The model a new collection is created with, when --model names none: IMAGEDB_MODEL > the default.
+
+    The variable is read only when a collection is created: an existing collection always uses the model it
+    was created with, whatever IMAGEDB_MODEL says (only an explicit --model of another model is refused)."""
+    return os.environ.get("IMAGEDB_MODEL", "").strip() or DEFAULT_MODEL

@@ -97,8 +97,17 @@ def _term(body: str, weight: float | None, files: bool) -> Term:
             raise InvalidInput(f"image paths are not accepted here ({body}): upload the image instead")
         return Term("text", body, w)
     path = Path(body).expanduser()
-    if path.is_file():
+    if is_file(path):
         return Term("image", str(path), w)
     if looks_like_path:
         raise InvalidInput(f"no such image file: {body}")
     return Term("text", body, w)
+
+
+def is_file(path: Path) -> bool:
+    """Whether `path` is a readable file's name; False for text that cannot be a path at all (a component over
+    255 bytes, a NUL character), which Path.is_file raises on."""
+    try:
+        return path.is_file()
+    except (OSError, ValueError):
+        return False

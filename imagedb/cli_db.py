@@ -1,0 +1,130 @@
+"""`imagedb db ...`: the database's URL, state, schema, backups and embedded server."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from imagedb import config
+from imagedb.cli_support import Group, open_store
+from imagedb.display import escape
+
+
+@click.group(cls=Group)
+def db() -> None:
+    """The database: its URL, state, schema and server."""
+
+
+@db.command()
+@click.pass_context
+def url(ctx: click.Context) -> None:
+    """Print the connection URL (for psql, BI tools, or IMAGEDB_DATABASE_URL)."""
+    from imagedb.db import resolve_url
+
+    click.echo(resolve_url(ctx.obj["database_url"], ctx.obj["home"]))
+
+
+@db.command()
+@click.pass_context
+def info(ctx: click.Context) -> None:
+    """Print server and pgvector versions, schema revision and per-collection counts."""
+    from imagedb.db import current_revision
+
+    with open_store(ctx) as store:
+        server, pgvector = store.server_versions()
+        revision = current_revision(store.conn)
+        stats = store.collection_stats()
+    click.echo(f"server: PostgreSQL {server}, pgvector {pgvector}")
+    click.echo(f"schema: revision {revision}")
+    if not stats:
+        click.echo("collections: none yet (imagedb ingest PATH)")
+    for s in stats:
+        model = f"{s['model']}:{s['pretrained']}" if s["pretrained"] else s["model"]
+        click.echo(
+            f"collection {escape(s['collection'])}: {s['images']} images, {s['embeddings']} embeddings,"
+            f" {s['errors']} ingest errors; model {model} (dim {s['dim']})"
+        )
+
+
+@db.command()
+@click.pass_context
+def upgrade(ctx: click.Context) -> None:
+    """Migrate the database schema to the newest revision."""
+    from imagedb.db import head_revision, resolve_url
+    from imagedb.db import upgrade as run_upgrade
+
+    run_upgrade(resolve_url(ctx.obj["database_url"], ctx.obj["home"]))
+    click.echo(f"schema at revision {head_revision()}")
+
+
+@db.command()
+@click.option("--m", "m", default=16, show_default=True, type=click.IntRange(2, 100), help="HNSW links per node.")
+@click.option(
+    "--ef-construction", default=64, show_default=True, type=click.IntRange(4, 1000), help="HNSW build candidate list."
+)
+@click.option("--hashes", is_flag=True, help="Instead: compute missing perceptual hashes from stored thumbnails.")
+@click.pass_context
+def reindex(ctx: click.Context, m: int, ef_construction: int, hashes: bool) -> None:
+    """Rebuild every model's HNSW index with new build parameters (or, with --hashes, backfill hashes)."""
+    if hashes:
+        from imagedb.dupes import backfill_hashes
+
+        with open_store(ctx) as store:
+            click.echo(f"computed {backfill_hashes(store)} perceptual hash(es)")
+        return
+    if ef_construction < 2 * m:
+        raise click.BadParameter(f"must be at least 2 * m = {2 * m}", param_hint="--ef-construction")
+    with open_store(ctx) as store:
+        names = store.rebuild_indexes(m, ef_construction)
+    click.echo(f"rebuilt {len(names)} index(es) with m={m}, ef_construction={ef_construction}")
+
+
+@db.command()
+@click.pass_context
+def check(ctx: click.Context) -> None:
+    """Check the stored data: embeddings, thumbnails, hashes, indexes. Exit code 1 when something is wrong."""
+    with open_store(ctx) as store:
+        problems = store.problems()
+    if problems:
+        raise click.ClickException("; ".join(problems))
+    click.echo("ok: every image has its embedding, thumbnail and hash, and every index is valid")
+
+
+@db.command()
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.pass_context
+def dump(ctx: click.Context, file: Path) -> None:
+    """Back up the whole database to FILE (pg_dump custom format)."""
+    from imagedb.db import dump as run_dump
+    from imagedb.db import resolve_url
+
+    run_dump(resolve_url(ctx.obj["database_url"], ctx.obj["home"]), file)
+    click.echo(f"wrote {escape(str(file))} ({file.stat().st_size / 1e6:.1f} MB)")
+
+
+@db.command()
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.pass_context
+def restore(ctx: click.Context, file: Path, yes: bool) -> None:
+    """Replace the database's contents by a backup made with `imagedb db dump`."""
+    from imagedb.db import resolve_url
+    from imagedb.db import restore as run_restore
+
+    if not yes:
+        click.confirm("Replace everything in the database by the backup?", abort=True)
+    run_restore(resolve_url(ctx.obj["database_url"], ctx.obj["home"]), file)
+    click.echo(f"restored {escape(str(file))}")
+
+
+@db.command()
+@click.pass_context
+def stop(ctx: click.Context) -> None:
+    """Stop the embedded PostgreSQL server (it starts again on the next command)."""
+    from imagedb.db import stop_embedded
+
+    if config.database_url(ctx.obj["database_url"]):
+        raise click.UsageError("`imagedb db stop` stops the embedded server; this command uses an external one")
+    stopped = stop_embedded(config.home(ctx.obj["home"]))
+    click.echo("embedded server stopped" if stopped else "embedded server was not running")

@@ -1,0 +1,104 @@
+"""What every `imagedb` command shares: one-line errors with the right exit code, and the database."""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import click
+
+from imagedb.display import one_line
+from imagedb.errors import ImagedbError, InvalidInput, ModelMismatch
+
+
+@contextmanager
+def one_line_errors(ctx: click.Context) -> Iterator[None]:
+    """The library's errors as one readable line and a non-zero exit, never a traceback.
+
+    Bad usage (InvalidInput, a --model the collection was not made with) exits with 2 and the usage line of the
+    command that was run; everything else with 1. Control characters in any message are escaped, so a file name
+    with a newline cannot split it into two lines.
+    """
+    try:
+        yield
+    except click.ClickException as exc:  # click's own messages quote what was typed
+        exc.message = one_line(exc.message)
+        raise
+    except Exception as exc:
+        mapped = _mapped(exc, ctx)
+        if mapped is None:
+            raise
+        raise mapped from exc
+
+
+def _mapped(exc: Exception, ctx: click.Context) -> click.ClickException | None:
+    """The one-line click error for a library, database or file error; None for anything else (a bug)."""
+    import psycopg  # here, not at the top: `imagedb --help` need not load it
+
+    if isinstance(exc, (InvalidInput, ModelMismatch)):
+        return click.UsageError(one_line(str(exc)), ctx)
+    if isinstance(exc, ImagedbError):
+        return click.ClickException(one_line(str(exc)))
+    if isinstance(exc, psycopg.OperationalError):  # the server went away or refused us mid-command
+        return click.ClickException(
+            f"database error: {_first_line(exc)}. Data already committed is intact; rerun when the database is back."
+        )
+    if isinstance(exc, psycopg.Error):
+        return click.ClickException(f"database error: {_first_line(exc)}")
+    # A file the command reads or writes (permissions, a full disk, a folder). A closed pipe (head, less) is left
+    # to click's main, which ends quietly.
+    if isinstance(exc, OSError) and exc.errno != errno.EPIPE:
+        where = f": {exc.filename}" if exc.filename else ""
+        return click.ClickException(one_line(f"{exc.strerror or exc}{where}"))
+    return None
+
+
+class Command(click.Command):
+    def invoke(self, ctx: click.Context) -> Any:
+        with one_line_errors(ctx):  # this command's context: its usage line goes with the error
+            return super().invoke(ctx)
+
+
+class Group(click.Group):
+    command_class = Command
+    group_class = type  # subgroups are Groups too
+
+    def make_context(self, *args: Any, **kwargs: Any) -> click.Context:
+        try:
+            return super().make_context(*args, **kwargs)
+        except click.ClickException as exc:  # a bad top-level option: its message quotes what was typed
+            exc.message = one_line(exc.message)
+            raise
+
+    def invoke(self, ctx: click.Context) -> Any:
+        with one_line_errors(ctx):
+            return super().invoke(ctx)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """Each command's first sentence in full, wrapped: click's default cuts it short with "..."."""
+        rows = [
+            (name, command.get_short_help_str(limit=1000))
+            for name in self.list_commands(ctx)
+            if (command := self.get_command(ctx, name)) is not None and not command.hidden
+        ]
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+
+def _first_line(exc: Exception) -> str:
+    return one_line((str(exc).strip().splitlines() or [type(exc).__name__])[0])
+
+
+@contextmanager
+def open_store(ctx: click.Context) -> Iterator[Any]:
+    from imagedb.db import open_connection
+    from imagedb.store import Store
+
+    store = Store(open_connection(ctx.obj["database_url"], ctx.obj["home"]))
+    try:
+        yield store
+    finally:
+        store.close()
