@@ -279,7 +279,7 @@ def decode(path: Path, *, keep_gps: bool = False, keep_identifying: bool = False
             image = _load_shrunk(image, side)
         if orientation in _TRANSPOSE and not turned_by_plugin:
             image = image.transpose(_TRANSPOSE[orientation])
-        pixels = _to_rgb(image)
+        pixels = _shrink(_to_rgb(image), side)  # palette and 16-bit images were only sampled down to 2 * side
     except Exception as exc:  # truncated data, unsupported modes...
         raise BadImage(f"cannot decode image: {exc}") from exc
     del image
