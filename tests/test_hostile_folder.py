@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 
 from imagedb.embed import ModelSpec
-from imagedb.images import BadImage, MAX_FILE_BYTES, decode, read_regular_file, readable
+from imagedb.images import MAX_FILE_BYTES, BadImage, decode, read_regular_file, readable
 from imagedb.ingest import ingest
 from imagedb.store import Store
 
