@@ -15,6 +15,7 @@ if [[ "${1:-}" == "--quick" ]]; then
   python bench/growth_bench.py --sizes 10000 20000
   python bench/api_bench.py --n 2000
   python bench/cli_latency.py --runs 2
+  python bench/decode_memory.py
 else
   python bench/ingest_bench.py | tee bench/results/ingest.txt
   python bench/vectors_bench.py --n 100000 | tee bench/results/vectors_100000.txt
@@ -23,4 +24,5 @@ else
   python bench/growth_bench.py | tee bench/results/growth.txt
   python bench/api_bench.py | tee bench/results/api.txt
   python bench/cli_latency.py | tee bench/results/cli_latency.txt
+  python bench/decode_memory.py | tee bench/results/decode_memory.txt
 fi

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -72,12 +73,117 @@ _model_option = click.option(
 )
 
 
+class _PlainProgress:
+    """Ingest progress as a few plain lines on stderr, for logs and pipes: phases, and embedding every ~10% or 5 s."""
+
+    INTERVAL_S = 5.0
+
+    def __init__(self) -> None:
+        self._name = ""
+        self._total: int | None = None
+        self._done = 0
+        self._started = self._last_line = time.monotonic()
+        self._last_step = 0
+
+    def phase(self, name: str, total: int | None = None, detail: str = "") -> None:
+        from imagedb.ingest import ATTACHING_METADATA, SCANNING
+
+        self.close()
+        self._name, self._total, self._done, self._last_step = name, total, 0, 0
+        self._started = self._last_line = time.monotonic()
+        if name == ATTACHING_METADATA:
+            _progress_line(f"{name}: {total} rows")
+        elif name != SCANNING and total is None:
+            _progress_line(f"{name} {detail} ...".replace("  ", " "))
+
+    def advance(self, n: int = 1) -> None:
+        self._done += n
+        now = time.monotonic()
+        step = self._done * 10 // self._total if self._total else 0
+        if step > self._last_step or now - self._last_line >= self.INTERVAL_S:
+            self._last_step, self._last_line = step, now
+            if self._done != self._total:  # the last one is printed by close()
+                _progress_line(self._line(now))
+
+    def close(self) -> None:
+        from imagedb.ingest import SCANNING
+
+        if self._name == SCANNING or (self._total and self._done):
+            _progress_line(self._line(time.monotonic(), final=True))
+        self._name, self._total = "", None
+
+    def _line(self, now: float, final: bool = False) -> str:
+        elapsed = now - self._started
+        if self._total is None:
+            return f"{self._name}: {self._done} files" + ("" if final else " so far")
+        text = f"{self._name}: {self._done}/{self._total}"
+        rate = self._done / elapsed if elapsed > 0 else 0.0
+        if final:
+            return f"{text} in {elapsed:.1f} s"
+        left = (self._total - self._done) / rate if rate else None
+        eta = f", about {_duration(left)} left" if left is not None else ""
+        return f"{text} ({self._done * 100 // self._total}%, {rate:.1f} img/s{eta})"
+
+
+class _BarProgress:
+    """Ingest progress on a terminal: one tqdm line per phase, kept on screen when it ends."""
+
+    def __init__(self) -> None:
+        self._bar: Any = None
+
+    def phase(self, name: str, total: int | None = None, detail: str = "") -> None:
+        from tqdm import tqdm
+
+        from imagedb.ingest import SCANNING
+
+        self.close()
+        label = f"{name} {detail}".strip()
+        if name == SCANNING:
+            fmt = "{desc}: {n_fmt} files [{elapsed}]"
+        elif total is None:
+            fmt = "{desc} ... {elapsed}"
+        else:
+            fmt = None  # k/N, percentage, rate and ETA
+        self._bar = tqdm(desc=label, total=total, unit="img", bar_format=fmt, leave=True, dynamic_ncols=True)
+
+    def advance(self, n: int = 1) -> None:
+        if self._bar is not None:
+            self._bar.update(n)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
+def _progress_line(text: str) -> None:
+    click.echo(_printable(text), err=True)
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 60} min {seconds % 60} s" if seconds >= 60 else f"{seconds} s"
+
+
+def _printable(text: str) -> str:
+    """One line, whatever a file name holds: control characters (a newline in a name) as escapes."""
+    from imagedb.images import readable
+
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in readable(text))
+
+
 @main.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
 @_collection_option
 @_model_option
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1, 4096), help="Images per batch.")
 @click.option("--keep-gps", is_flag=True, help="Store GPS coordinates from EXIF (off by default, for privacy).")
+@click.option(
+    "--keep-identifying",
+    is_flag=True,
+    help="Store EXIF fields that identify a person or device: serial numbers, owner, artist, copyright,"
+    " descriptions and comments (off by default, for privacy; see the README).",
+)
 @click.option(
     "--metadata",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -91,40 +197,49 @@ def ingest(
     model: str | None,
     batch_size: int,
     keep_gps: bool,
+    keep_identifying: bool,
     metadata: Path | None,
 ) -> None:
     """Add the images in PATHS (files or folders, recursive) to a collection.
 
-    Unchanged files are skipped, so rerunning is cheap and resumes an interrupted run.
+    Reads JPEG, PNG, WebP, GIF (first frame), BMP, TIFF, HEIC/HEIF and AVIF (by file name: .jpg .jpeg .png
+    .webp .gif .bmp .tif .tiff .heic .heif .avif). Unchanged files are skipped, so rerunning is cheap and resumes
+    an interrupted run. Files that cannot be stored (broken, not regular files, names that are not UTF-8) are
+    listed and recorded in the ingest_errors table; the run goes on.
     """
-    from tqdm import tqdm
+    import sys
 
     from imagedb.attributes import read_rows
-    from imagedb.images import find_images
+    from imagedb.images import check_paths
     from imagedb.ingest import ingest as run_ingest
 
-    find_images(paths)  # a wrong path or metadata file fails here, before the database or the model is touched
+    check_paths(paths)  # a wrong path or metadata file fails here, before the database or the model is touched
     if metadata:
         read_rows(metadata)
-    with _store(ctx) as store, tqdm(unit="img", desc="ingest", disable=None, leave=False) as bar:
-        summary = run_ingest(
-            store,
-            paths,
-            collection=collection,
-            model=_model(model),
-            batch_size=batch_size,
-            keep_gps=keep_gps,
-            metadata=metadata,
-            on_progress=bar.update,
-        )
+    progress = _BarProgress() if sys.stderr.isatty() else _PlainProgress()
+    with _store(ctx) as store:
+        try:
+            summary = run_ingest(
+                store,
+                paths,
+                collection=collection,
+                model=_model(model),
+                batch_size=batch_size,
+                keep_gps=keep_gps,
+                keep_identifying=keep_identifying,
+                metadata=metadata,
+                progress=progress,
+            )
+        finally:
+            progress.close()
     for path, reason in summary.errors[:20]:
-        click.echo(f"failed: {path}: {reason}", err=True)
+        click.echo(_printable(f"failed: {path}: {reason}"), err=True)
     if len(summary.errors) > 20:
         click.echo(f"... and {len(summary.errors) - 20} more (see the ingest_errors table)", err=True)
     if metadata:
         click.echo(
             f"metadata: {summary.metadata_matched} row(s) attached, {len(summary.metadata_unmatched)} matched"
-            " no image" + "".join(f"\n  unmatched: {key}" for key in summary.metadata_unmatched[:20])
+            " no image" + "".join(f"\n  unmatched: {_printable(key)}" for key in summary.metadata_unmatched[:20])
         )
     stored = summary.added + summary.reused
     rate = f" ({stored / summary.seconds:.1f} images/s)" if stored and summary.seconds else ""

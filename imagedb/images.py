@@ -5,29 +5,116 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import stat
+import threading
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from PIL import ExifTags, Image, ImageOps, TiffImagePlugin, UnidentifiedImageError
+from PIL import ExifTags, Image, TiffImagePlugin, UnidentifiedImageError
 
 from imagedb.errors import NotFound
 from imagedb.store import ImageRecord
 
-SUPPORTED_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
+try:  # HEIC/HEIF, as phones write them; Pillow reads AVIF itself (features.check("avif"))
+    from pillow_heif import register_heif_opener
+except ImportError:  # the plugin is a dependency; without it .heic files are recorded as unreadable
+    pass
+else:
+    register_heif_opener()
+
+SUPPORTED_SUFFIXES = frozenset(
+    {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".heic", ".heif", ".avif"}
+)
+# For `imagedb ingest --help` and the README.
+SUPPORTED_FORMATS = "JPEG, PNG, WebP, GIF (first frame), BMP, TIFF, HEIC/HEIF, AVIF"
 THUMBNAIL_SIZE = 256
 # Images above this many pixels are refused before decoding: a small file can expand to gigabytes.
 MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
+# Files above this size are refused unread: far above any real photo (a 100 MP camera writes ~40 MB JPEGs,
+# ~200 MB 16-bit TIFFs), low enough that a few decode workers cannot exhaust memory on file bytes alone.
+MAX_FILE_BYTES = 256 * 2**20
+# Decodes that hold more pixels than this at once (after JPEG's reduced-scale decoding) take turns, at most
+# LARGE_DECODES_AT_ONCE together: a folder of huge PNGs then costs a few hundred MB, not workers x 360 MB.
+LARGE_DECODE_PIXELS = 24_000_000
+LARGE_DECODES_AT_ONCE = 2
+_large_decodes = threading.BoundedSemaphore(LARGE_DECODES_AT_ONCE)
 # Pillow only warns between MAX_IMAGE_PIXELS and twice that; an error stops the decode instead.
 warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
 # Broken EXIF is kept out of the record anyway (see _read_exif); Pillow's warning would only be noise on stderr.
 warnings.filterwarnings("ignore", message="Corrupt EXIF data", category=UserWarning)
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+# Never stored: binary blobs (MakerNote, UserComment's charset-prefixed bytes), pointers, and GPS (see exif_dict).
 _EXIF_SKIP = {"MakerNote", "UserComment", "PrintImageMatching", "ExifOffset", "GPSInfo", "InterColorProfile"}
+# EXIF fields that identify a person or a device (or hold text a person typed, which often names people and
+# places): kept out unless `keep_identifying`. ImageDescription is free text like UserComment and XPComment.
+# XMLPacket (XMP) and IPTCNAA (IPTC) are whole metadata blocks with creator names, captions and locations.
+# 65000/65001 are OwnerName and SerialNumber as some cameras write them (tags Pillow has no name for).
+IDENTIFYING_EXIF_TAGS = frozenset(
+    {
+        "Artist",
+        "BodySerialNumber",
+        "CameraOwnerName",
+        "CameraSerialNumber",
+        "Copyright",
+        "DocumentName",
+        "HostComputer",
+        "ImageDescription",
+        "ImageUniqueID",
+        "IPTCNAA",
+        "LensSerialNumber",
+        "RawDataUniqueID",
+        "XMLPacket",
+        "XPAuthor",
+        "XPComment",
+        "XPKeywords",
+        "XPSubject",
+        "XPTitle",
+        "65000",
+        "65001",
+    }
+)
+_IDENTIFYING_WORDS = ("serial", "owner")  # InternalSerialNumber and others under names not listed above
+_KINDS = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+)
+# Quarter turns and flips for EXIF orientations 2..8, as ImageOps.exif_transpose applies them.
+_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+# Modes Image.reduce averages correctly; palette, 1-bit and 16-bit images are sampled instead (see _shrink).
+_REDUCIBLE_MODES = frozenset({"L", "LA", "La", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "LAB", "HSV", "I", "F"})
+
+
+@dataclass(frozen=True)
+class DecodeLimits:
+    """What decoding one image may cost; the server can share these for uploads."""
+
+    max_file_bytes: int  # larger files are refused unread
+    max_pixels: int  # larger images are refused before decoding (decompression bombs)
+    working_side: int  # decoded pixels are shrunk until their shorter side is below twice this
+
+
+DECODE_LIMITS = DecodeLimits(MAX_FILE_BYTES, MAX_PIXELS, THUMBNAIL_SIZE)
+
+
+def decode_limits(min_side: int = 224) -> DecodeLimits:
+    """The limits decode() applies for a model whose input is `min_side` pixels square."""
+    return DecodeLimits(MAX_FILE_BYTES, MAX_PIXELS, max(min_side, THUMBNAIL_SIZE))
 
 
 class BadImage(Exception):
@@ -37,21 +124,56 @@ class BadImage(Exception):
 @dataclass
 class Decoded:
     record: ImageRecord
-    pixels: Image.Image  # upright RGB, reduced in size where the format allows: what the embedder sees
+    # Upright RGB, shrunk to about the working side (a few hundred pixels): what the thumbnail and embedder need.
+    pixels: Image.Image
 
 
-def find_images(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
-    """Every image file under the given files and folders (recursive), absolute and sorted, without repeats."""
+def readable(text: str | os.PathLike[str]) -> str:
+    """A path or message safe to print and store: bytes of a non-UTF-8 name as \\xNN, instead of surrogates.
+
+    Python hands such names over with surrogateescape; psycopg and click refuse to encode them.
+    """
+    text = os.fspath(text)
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        raw = text.encode("utf-8", "surrogateescape") if _only_escapes(text) else text.encode("utf-8", "replace")
+        return raw.decode("utf-8", "backslashreplace")
+
+
+def _only_escapes(text: str) -> bool:
+    # surrogateescape can turn back only U+DC80..U+DCFF; any other lone surrogate came from elsewhere.
+    return all(not "\ud800" <= c <= "\udfff" or "\udc80" <= c <= "\udcff" for c in text)
+
+
+def check_paths(paths: Iterable[str | os.PathLike[str]]) -> None:
+    """NotFound for a path that does not exist: cheap, so the CLI can say so before starting anything."""
+    for given in paths:
+        if not os.path.lexists(Path(given).expanduser()):
+            raise NotFound(f"no such file or folder: {readable(given)}")
+
+
+def find_images(paths: Iterable[str | os.PathLike[str]], on_found: Callable[[int], None] | None = None) -> list[Path]:
+    """Every image file under the given files and folders (recursive), absolute and sorted, without repeats.
+
+    Entries are only listed here, never opened: decode() decides what each one is. Folders are walked
+    without following symlinks; `on_found(n)` is told of each folder's images as they are found.
+    """
+    check_paths(paths)
     found: set[Path] = set()
     for given in paths:
         path = Path(given).expanduser()
-        if not path.exists():
-            raise NotFound(f"no such file or folder: {given}")
         if path.is_dir():
             for root, _dirs, files in os.walk(path, followlinks=False):
-                found.update(Path(root, f).absolute() for f in files if Path(f).suffix.lower() in SUPPORTED_SUFFIXES)
+                here = {Path(root, f).absolute() for f in files if Path(f).suffix.lower() in SUPPORTED_SUFFIXES}
+                found.update(here)
+                if on_found and here:
+                    on_found(len(here))
         else:
             found.add(path.absolute())
+            if on_found:
+                on_found(1)
     return sorted(found)
 
 
@@ -60,48 +182,120 @@ def file_mtime(stat: os.stat_result) -> datetime:
     return _EPOCH + timedelta(microseconds=stat.st_mtime_ns // 1000)
 
 
-def decode(path: Path, *, keep_gps: bool = False, min_side: int = 224) -> Decoded:
-    """Read and decode a file once; raises BadImage with a reason for anything that cannot be stored."""
+def read_regular_file(path: Path, max_bytes: int = MAX_FILE_BYTES) -> tuple[bytes, os.stat_result]:
+    """The bytes of a regular file, at most `max_bytes`; BadImage for anything else, without ever blocking.
+
+    O_NONBLOCK makes opening a FIFO return at once instead of waiting for a writer; fstat on the open file
+    (not the name, which may change in between) then refuses FIFOs, devices (a symlink to /dev/zero) and folders.
+    """
+    _check_name(path)
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_BINARY", 0)
     try:
-        stat = path.stat()
-        data = path.read_bytes()
+        fd = os.open(path, flags)
+    except OSError as exc:
+        kind = _kind(path)  # opening a socket fails with ENXIO: say what it is instead
+        raise BadImage(f"{kind}, not a regular file" if kind else f"cannot read file: {exc.strerror or exc}") from exc
+    try:
+        info = os.fstat(fd)
+        kind = _kind_of_mode(info.st_mode)
+        if kind:
+            raise BadImage(f"{kind}, not a regular file")
+        if info.st_size > max_bytes:
+            raise BadImage(f"larger than {max_bytes // 2**20} MiB")
+        data = _read_at_most(fd, info.st_size, max_bytes)
     except OSError as exc:
         raise BadImage(f"cannot read file: {exc.strerror or exc}") from exc
+    finally:
+        os.close(fd)
+    if len(data) > max_bytes:  # it grew while we read it
+        raise BadImage(f"larger than {max_bytes // 2**20} MiB")
+    return data, info
+
+
+def _read_at_most(fd: int, expected: int, max_bytes: int) -> bytes:
+    # One read of the size fstat gave (no buffer of max_bytes for every small file), then more only if the file
+    # turns out longer (growing, or /proc-like files that report size 0); stops past max_bytes.
+    parts = []
+    total = 0
+    want = min(expected, max_bytes) + 1
+    while total <= max_bytes:
+        chunk = os.read(fd, want)
+        if not chunk:
+            break
+        parts.append(chunk)
+        total += len(chunk)
+        want = min(2**20, max_bytes + 1 - total) if total >= expected else expected - total + 1
+    return b"".join(parts)
+
+
+def _check_name(path: Path) -> None:
+    text = str(path)
+    if readable(text) == text:
+        return
+    where = "folder" if readable(path.name) == path.name else "file"
+    raise BadImage(f"{where} name is not valid UTF-8: rename it (for example with convmv)")
+
+
+def _kind(path: Path) -> str | None:
+    try:
+        return _kind_of_mode(os.stat(path).st_mode)
+    except OSError:
+        return None
+
+
+def _kind_of_mode(mode: int) -> str | None:
+    return next((name for test, name in _KINDS if test(mode)), None) if not stat.S_ISREG(mode) else None
+
+
+def decode(path: Path, *, keep_gps: bool = False, keep_identifying: bool = False, min_side: int = 224) -> Decoded:
+    """Read and decode a file once; raises BadImage with a reason for anything that cannot be stored.
+
+    Memory: the file's bytes (at most MAX_FILE_BYTES) plus the decoded pixels, which JPEG decodes at reduced
+    scale and other formats hold at full size (at most MAX_PIXELS in the file's own mode) only until they are
+    shrunk to the working side, before any conversion or copy.
+    """
+    data, info = read_regular_file(path)
     if not data:
         raise BadImage("empty file")
-    try:
-        image = Image.open(io.BytesIO(data))
-    except UnidentifiedImageError as exc:
-        raise BadImage("not an image, or a format Pillow cannot read") from exc
-    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
-        raise BadImage(f"refused as a decompression bomb: {exc}") from exc
-    except Exception as exc:  # Pillow raises many types for a broken header
-        raise BadImage(f"broken image header: {exc}") from exc
+    image = _open(data)
     width, height = image.size
     if width * height > MAX_PIXELS:
         raise BadImage(f"refused as a decompression bomb: {width}x{height} pixels exceeds {MAX_PIXELS}")
     fmt = image.format or path.suffix.lstrip(".").upper()
-    tags = _read_exif(image, keep_gps)
+    tags = _read_exif(image, keep_gps, keep_identifying)
+    # pillow-heif turns HEIC upright itself (and resets the tag), keeping what the file said in the info.
+    turned_by_plugin = "original_orientation" in image.info
+    orientation = image.info["original_orientation"] if turned_by_plugin else _orientation(image)
+    if turned_by_plugin and orientation in (5, 6, 7, 8):
+        width, height = height, width  # as stored in the file, like the other formats
+    side = decode_limits(min_side).working_side
     try:
         # JPEG can decode at 1/2, 1/4 or 1/8 scale for free; keep at least what the thumbnail and model need.
-        image.draft("RGB", (max(min_side, THUMBNAIL_SIZE),) * 2)
-        image.load()
-        pixels = _to_rgb(_upright(image))
+        image.draft("RGB", (side, side))
+        if image.width * image.height > LARGE_DECODE_PIXELS:
+            with _large_decodes:
+                image = _load_shrunk(image, side)
+        else:
+            image = _load_shrunk(image, side)
+        if orientation in _TRANSPOSE and not turned_by_plugin:
+            image = image.transpose(_TRANSPOSE[orientation])
+        pixels = _shrink(_to_rgb(image), side)  # palette and 16-bit images were only sampled down to 2 * side
     except Exception as exc:  # truncated data, unsupported modes...
         raise BadImage(f"cannot decode image: {exc}") from exc
+    del image
     thumbnail, thumbnail_size = make_thumbnail(pixels)
     record = ImageRecord(
         path=str(path),
         sha256=hashlib.sha256(data).hexdigest(),
-        size_bytes=stat.st_size,
-        mtime=file_mtime(stat),
+        size_bytes=info.st_size,
+        mtime=file_mtime(info),
         width=width,
         height=height,
         format=fmt,
         taken_at=_taken_at(tags),
         camera_make=_text(tags.get("Make")),
         camera_model=_text(tags.get("Model")),
-        orientation=tags.get("Orientation") if isinstance(tags.get("Orientation"), int) else None,
+        orientation=orientation if isinstance(orientation, int) else None,
         exif=tags,
         thumbnail=thumbnail,
         thumbnail_size=thumbnail_size,
@@ -110,19 +304,53 @@ def decode(path: Path, *, keep_gps: bool = False, min_side: int = 224) -> Decode
     return Decoded(record, pixels)
 
 
-def _read_exif(image: Image.Image, keep_gps: bool) -> dict[str, Any]:
+def _open(data: bytes) -> Image.Image:
+    try:
+        return Image.open(io.BytesIO(data))
+    except UnidentifiedImageError as exc:
+        raise BadImage("not an image, or a format Pillow cannot read") from exc
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
+        raise BadImage(f"refused as a decompression bomb: {exc}") from exc
+    except Exception as exc:  # Pillow raises many types for a broken header
+        raise BadImage(f"broken image header: {exc}") from exc
+
+
+def _orientation(image: Image.Image) -> int | None:
+    try:
+        value = image.getexif().get(ExifTags.Base.Orientation)
+    except Exception:  # broken EXIF: the pixels as stored
+        return None
+    return value if isinstance(value, int) else None
+
+
+def _load_shrunk(image: Image.Image, side: int) -> Image.Image:
+    image.load()
+    return _shrink(image, side)  # the caller's reference is replaced: the full-size pixels are freed
+
+
+def _shrink(image: Image.Image, side: int) -> Image.Image:
+    """The image reduced (by an integer factor) until its shorter side is below 2 * side; unchanged if smaller."""
+    factor = min(image.size) // side
+    if factor < 2:
+        return image
+    if image.mode == "1":
+        image = image.convert("L")  # one byte a pixel; averaging keeps thin lines that sampling would lose
+    if image.mode in _REDUCIBLE_MODES:
+        return image.reduce(factor)
+    # Averaging palette indices is meaningless and 16-bit modes cannot be reduced: sample, keeping twice the
+    # working side so the thumbnail's and the model's own resampling still smooth.
+    factor //= 2
+    if factor < 2:
+        return image
+    return image.resize((image.width // factor, image.height // factor), Image.Resampling.NEAREST)
+
+
+def _read_exif(image: Image.Image, keep_gps: bool, keep_identifying: bool) -> dict[str, Any]:
     # Broken EXIF is common (editors, phones, strippers) and says nothing about the pixels: keep the image.
     try:
-        return exif_dict(image.getexif(), keep_gps=keep_gps)
+        return exif_dict(image.getexif(), keep_gps=keep_gps, keep_identifying=keep_identifying)
     except Exception:
         return {}
-
-
-def _upright(image: Image.Image) -> Image.Image:
-    try:
-        return ImageOps.exif_transpose(image)
-    except Exception:  # an orientation tag that cannot be applied: the pixels as stored
-        return image
 
 
 def make_thumbnail(pixels: Image.Image) -> tuple[bytes, tuple[int, int]]:
@@ -161,12 +389,17 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def exif_dict(exif: Image.Exif, *, keep_gps: bool) -> dict[str, Any]:
-    """EXIF as JSON-ready {tag name: value}; GPS only when asked for, since it says where someone lives."""
+def exif_dict(exif: Image.Exif, *, keep_gps: bool, keep_identifying: bool = False) -> dict[str, Any]:
+    """EXIF as JSON-ready {tag name: value}; GPS only when asked for, since it says where someone lives, and
+    fields that identify a person or a device (IDENTIFYING_EXIF_TAGS) only when asked for too."""
     merged: dict[int, Any] = dict(exif.items())
     merged.update(exif.get_ifd(ExifTags.IFD.Exif))
     tags = {ExifTags.TAGS.get(k, str(k)): v for k, v in merged.items()}
-    out = {name: _json_value(v) for name, v in tags.items() if name not in _EXIF_SKIP}
+    out = {
+        name: _json_value(v)
+        for name, v in tags.items()
+        if name not in _EXIF_SKIP and (keep_identifying or not is_identifying(name))
+    }
     if keep_gps:
         gps = exif.get_ifd(ExifTags.IFD.GPSInfo)
         if gps:
@@ -174,12 +407,17 @@ def exif_dict(exif: Image.Exif, *, keep_gps: bool) -> dict[str, Any]:
     return {k: v for k, v in out.items() if v is not None}
 
 
+def is_identifying(tag: str) -> bool:
+    """Whether an EXIF field (by Pillow's name) names a person or a device, or holds text a person typed."""
+    return tag in IDENTIFYING_EXIF_TAGS or any(word in tag.lower() for word in _IDENTIFYING_WORDS)
+
+
 def _json_value(value: Any) -> Any:
     if isinstance(value, TiffImagePlugin.IFDRational):
         return float(value) if value.denominator else None
     if isinstance(value, bytes):
         text = value.rstrip(b"\x00")
-        return text.decode("ascii") if text.isascii() and len(text) <= 256 else None
+        return _json_value(text.decode("ascii")) if text.isascii() and len(text) <= 256 else None
     if isinstance(value, str):
         return value.replace("\x00", "").strip()  # PostgreSQL's jsonb cannot hold NUL characters
     if isinstance(value, (tuple, list)):

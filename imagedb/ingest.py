@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
@@ -16,8 +17,34 @@ from imagedb import embed
 from imagedb.attributes import read_rows
 from imagedb.config import DEFAULT_COLLECTION
 from imagedb.embed import Embedder, ModelSpec
-from imagedb.images import BadImage, Decoded, decode, file_mtime, find_images
-from imagedb.store import Store
+from imagedb.images import BadImage, decode, file_mtime, find_images, readable
+from imagedb.store import ImageRecord, Store
+
+# The phases of a run, in order, as Progress.phase names them. Scanning counts files found (no total known);
+# embedding counts files decoded and stored, out of those new or changed.
+SCANNING = "scanning"
+LOADING_MODEL = "loading model"
+EMBEDDING = "embedding"
+BUILDING_INDEX = "building index"
+ATTACHING_METADATA = "attaching metadata"
+
+
+class Progress(Protocol):
+    """Told what a run is doing; the library never prints, the caller shows it (a bar, log lines, nothing)."""
+
+    def phase(self, name: str, total: int | None = None, detail: str = "") -> None:
+        """A new phase begins; `total` is the count advance() will reach, when known."""
+
+    def advance(self, n: int = 1) -> None:
+        """`n` more items of the current phase are done."""
+
+
+class NoProgress:
+    def phase(self, name: str, total: int | None = None, detail: str = "") -> None:
+        pass
+
+    def advance(self, n: int = 1) -> None:
+        pass
 
 
 @dataclass
@@ -37,8 +64,9 @@ class IngestSummary:
 # From this many new images on (and more than are indexed already), the HNSW index is built after the load.
 BULK_THRESHOLD = 5000
 
-# What a decode worker hands back: the decoded image and its model input, or the reason it failed.
-_Prepared = tuple[Path, Decoded | None, object | None, str | None]
+# What a decode worker hands back: the path (printable), the record and its model input, or the reason it failed.
+# No pixels: a batch waiting to be embedded holds only thumbnails and model-sized tensors.
+_Prepared = tuple[str, ImageRecord | None, object | None, str | None]
 
 
 def ingest(
@@ -49,18 +77,22 @@ def ingest(
     model: ModelSpec | None = None,
     batch_size: int = 32,
     keep_gps: bool = False,
+    keep_identifying: bool = False,
     metadata: Path | None = None,
-    on_progress: Callable[[int], None] | None = None,
+    progress: Progress | None = None,
     bulk_threshold: int = BULK_THRESHOLD,
 ) -> IngestSummary:
     """Store every image under `paths` in `collection`; rerunning adds only what is new or changed.
 
     Bad files are recorded in ingest_errors and counted, never raised: one broken photo must not stop a
     library of thousands. Each batch is committed on its own. `metadata` (CSV or JSON Lines) attaches user
-    attributes once the images are stored.
+    attributes once the images are stored. EXIF GPS and identifying fields (images.IDENTIFYING_EXIF_TAGS) are
+    stored only with `keep_gps` / `keep_identifying`.
     """
     started = time.perf_counter()
-    files = find_images(paths)
+    progress = progress or NoProgress()
+    progress.phase(SCANNING)
+    files = find_images(paths, on_found=progress.advance)
     attribute_rows = read_rows(metadata) if metadata else []  # a bad file fails before anything is stored
     target = collections.get_or_create(store, collection, model)
     summary = IngestSummary(collection=target.name, run_id=store.start_run(target.id))
@@ -73,16 +105,22 @@ def ingest(
     index_definition = store.drop_hnsw_index(target.model_id) if bulk else None
     try:
         if todo:
-            embedder = embed.load(collections.model_of(target))
+            spec = collections.model_of(target)
+            progress.phase(LOADING_MODEL, detail=str(spec))
+            embedder = embed.load(spec)
+            progress.phase(EMBEDDING, len(todo))
+            options = _DecodeOptions(keep_gps, keep_identifying, _model_side(embedder))
             with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-                for prepared in _prefetched(pool, todo, batch_size, embedder, keep_gps):
+                for prepared in _prefetched(pool, todo, batch_size, embedder, options):
                     _store_batch(store, target.id, target.model_id, summary, prepared, embedder)
-                    if on_progress:
-                        on_progress(len(prepared))
+                    progress.advance(len(prepared))
     finally:
         if not (store.conn.closed or store.conn.broken):  # else the database went away: the next run builds it
+            if index_definition is not None:
+                progress.phase(BUILDING_INDEX)
             store.restore_hnsw_index(target.model_id, target.dim, index_definition)
     if attribute_rows:
+        progress.phase(ATTACHING_METADATA, len(attribute_rows))
         unmatched = store.attach_attributes(target.id, attribute_rows)
         summary.metadata_unmatched = sorted(unmatched)
         summary.metadata_matched = sum(1 for key, _ in attribute_rows if key not in unmatched)
@@ -104,19 +142,35 @@ def _changed_files(files: list[Path], known: dict[str, tuple[int, object]]) -> l
     return todo
 
 
+@dataclass(frozen=True)
+class _DecodeOptions:
+    keep_gps: bool
+    keep_identifying: bool
+    min_side: int  # the model's input size: decoded pixels are shrunk to no less
+
+
+def _model_side(embedder: Embedder) -> int:
+    # open_clip models carry their input size on the visual tower (224 for most, 336 or 384 for some).
+    size = getattr(getattr(getattr(embedder, "_model", None), "visual", None), "image_size", 224)
+    return int(max(size) if isinstance(size, (tuple, list)) else size)
+
+
 def _prefetched(
-    pool: ThreadPoolExecutor, files: list[Path], batch_size: int, embedder: Embedder, keep_gps: bool
+    pool: ThreadPoolExecutor, files: list[Path], batch_size: int, embedder: Embedder, options: _DecodeOptions
 ) -> Iterator[list[_Prepared]]:
     """Batches of decoded files; the next batch decodes in the pool while the caller embeds this one."""
 
     def prepare(path: Path) -> _Prepared:
+        shown = readable(path)  # a non-UTF-8 name must reach neither the database nor a terminal as surrogates
         try:
-            decoded = decode(path, keep_gps=keep_gps)
-            return path, decoded, embedder.preprocess(decoded.pixels), None
+            decoded = decode(
+                path, keep_gps=options.keep_gps, keep_identifying=options.keep_identifying, min_side=options.min_side
+            )
+            return shown, decoded.record, embedder.preprocess(decoded.pixels), None
         except BadImage as exc:
-            return path, None, None, str(exc)
+            return shown, None, None, readable(str(exc))
         except Exception as exc:  # a bug or an exotic file must not end the run; keep the reason
-            return path, None, None, f"unexpected error: {type(exc).__name__}: {exc}"
+            return shown, None, None, readable(f"unexpected error: {type(exc).__name__}: {exc}")
 
     batches = [files[i : i + batch_size] for i in range(0, len(files), batch_size)]
     pending: list[Future[_Prepared]] = [pool.submit(prepare, p) for p in batches[0]]
@@ -129,18 +183,18 @@ def _prefetched(
 def _store_batch(
     store: Store, collection_id: int, model_id: int, summary: IngestSummary, batch: list[_Prepared], embedder: Embedder
 ) -> None:
-    errors = [(str(path), reason) for path, _, _, reason in batch if reason is not None]
-    good = [(decoded, tensor) for _, decoded, tensor, _ in batch if decoded is not None]
-    known = store.vectors_by_sha256(model_id, [d.record.sha256 for d, _ in good])
+    errors = [(path, reason) for path, _, _, reason in batch if reason is not None]
+    good = [(record, tensor) for _, record, tensor, _ in batch if record is not None]
+    known = store.vectors_by_sha256(model_id, [r.sha256 for r, _ in good])
     # Identical files within the batch are embedded once.
     fresh: dict[str, object] = {}
-    for decoded, tensor in good:
-        if decoded.record.sha256 not in known:
-            fresh.setdefault(decoded.record.sha256, tensor)
+    for record, tensor in good:
+        if record.sha256 not in known:
+            fresh.setdefault(record.sha256, tensor)
     if fresh:
         known.update(zip(fresh, embedder.encode_images(list(fresh.values())), strict=True))
-    vectors: list[np.ndarray] = [known[d.record.sha256] for d, _ in good]
-    records = [d.record for d, _ in good]
+    vectors: list[np.ndarray] = [known[r.sha256] for r, _ in good]
+    records = [r for r, _ in good]
     already = store.write_batch(collection_id, model_id, summary.run_id, records, vectors, errors)
     # Another ingest of this collection may have stored some of these files first: they count as unchanged.
     fresh_written = {r.sha256 for r in records if r.path not in already} & fresh.keys()
