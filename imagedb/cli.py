@@ -28,6 +28,10 @@ class _Group(click.Group):
             raise click.UsageError(str(exc), ctx) from exc
         except ImagedbError as exc:
             raise click.ClickException(str(exc)) from exc
+        except psycopg.errors.ReadOnlySqlTransaction as exc:  # a write no upfront check caught (see _WRITES)
+            raise click.ClickException(
+                "this database is a read-only replica: run write commands on its primary; the replica follows it"
+            ) from exc
         except psycopg.OperationalError as exc:  # the server went away or refused us mid-command
             raise click.ClickException(
                 f"database error: {_first_line(exc)}. Data already committed is intact;"
@@ -66,13 +70,32 @@ def main(ctx: click.Context, database_url: str | None, home: str | None, verbose
     ctx.obj = {"database_url": database_url, "home": home}
 
 
+# Commands that write: on a read-only replica they are refused before any work, in one line naming the primary.
+_WRITES = frozenset({"ingest", "tag", "forget", "dupes", "watch add", "grant-reader", "grant-writer", "db reindex"})
+# Commands that only read go to IMAGEDB_READ_DATABASE_URL when it is set (a replica, or a libpq multi-host URL).
+_READS = frozenset({"search", "watch list", "watch hits", "db info", "db check"})
+
+
+def _command(ctx: click.Context) -> str:
+    return " ".join(ctx.command_path.split()[1:])
+
+
 @contextmanager
 def _store(ctx: click.Context) -> Iterator[Any]:
+    import os
+
     from imagedb.db import open_connection
+    from imagedb.replica import require_primary
     from imagedb.store import Store
 
-    store = Store(open_connection(ctx.obj["database_url"], ctx.obj["home"]))
+    command = _command(ctx)
+    url = ctx.obj["database_url"]
+    if command in _READS and os.environ.get("IMAGEDB_READ_DATABASE_URL"):
+        url = os.environ["IMAGEDB_READ_DATABASE_URL"]  # never migrated: an external URL that is behind is refused
+    store = Store(open_connection(url, ctx.obj["home"]))
     try:
+        if command in _WRITES:
+            require_primary(store, None if config.database_url(url) else config.home(ctx.obj["home"]))
         yield store
     finally:
         store.close()
@@ -494,12 +517,25 @@ def db() -> None:
 
 
 @db.command()
+@click.option("--role", help="The URL this role (e.g. made by grant-reader) logs in with over TCP, for BI tools.")
+@click.option(
+    "--password", envvar="IMAGEDB_ROLE_PASSWORD", help="Put this password in the URL [env IMAGEDB_ROLE_PASSWORD]."
+)
 @click.pass_context
-def url(ctx: click.Context) -> None:
-    """Print the connection URL (for psql, BI tools, or IMAGEDB_DATABASE_URL)."""
+def url(ctx: click.Context, role: str | None, password: str | None) -> None:
+    """Print the connection URL (for psql, BI tools, or IMAGEDB_DATABASE_URL).
+
+    With --role: the URL a BI login uses (host, port, database, user), over the TCP address set by
+    `imagedb db listen`; the password only if given.
+    """
     from imagedb.db import resolve_url
 
-    click.echo(resolve_url(ctx.obj["database_url"], ctx.obj["home"]))
+    if role is None:
+        click.echo(resolve_url(ctx.obj["database_url"], ctx.obj["home"]))
+        return
+    from imagedb.cli_db import role_url
+
+    click.echo(role_url(ctx, role, password))
 
 
 @db.command()
@@ -508,12 +544,17 @@ def info(ctx: click.Context) -> None:
     """Print server and pgvector versions, schema revision and per-collection counts."""
     from imagedb.db import current_revision
 
+    from imagedb.cli_db import replication_lines
+
     with _store(ctx) as store:
         server, pgvector = store.server_versions()
         revision = current_revision(store.conn)
         stats = store.collection_stats()
+        replication = replication_lines(ctx, store)
     click.echo(f"server: PostgreSQL {server}, pgvector {pgvector}")
     click.echo(f"schema: revision {revision}")
+    for line in replication:
+        click.echo(line)
     if not stats:
         click.echo("collections: none yet (imagedb ingest PATH)")
     for s in stats:
@@ -528,10 +569,13 @@ def info(ctx: click.Context) -> None:
 @click.pass_context
 def upgrade(ctx: click.Context) -> None:
     """Migrate the database schema to the newest revision."""
+    from imagedb.cli_db import require_primary_url
     from imagedb.db import head_revision, resolve_url
     from imagedb.db import upgrade as run_upgrade
 
-    run_upgrade(resolve_url(ctx.obj["database_url"], ctx.obj["home"]))
+    url = resolve_url(ctx.obj["database_url"], ctx.obj["home"])
+    require_primary_url(ctx, url)
+    run_upgrade(url)
     click.echo(f"schema at revision {head_revision()}")
 
 
@@ -589,9 +633,13 @@ def restore(ctx: click.Context, file: Path, yes: bool) -> None:
     from imagedb.db import resolve_url
     from imagedb.db import restore as run_restore
 
+    from imagedb.cli_db import require_primary_url
+
+    url = resolve_url(ctx.obj["database_url"], ctx.obj["home"])
+    require_primary_url(ctx, url)
     if not yes:
         click.confirm("Replace everything in the database by the backup?", abort=True)
-    run_restore(resolve_url(ctx.obj["database_url"], ctx.obj["home"]), file)
+    run_restore(url, file)
     click.echo(f"restored {file}")
 
 
@@ -605,3 +653,6 @@ def stop(ctx: click.Context) -> None:
         raise click.UsageError("`imagedb db stop` stops the embedded server; this command uses an external one")
     stopped = stop_embedded(config.home(ctx.obj["home"]))
     click.echo("embedded server stopped" if stopped else "embedded server was not running")
+
+
+from imagedb import cli_db  # noqa: E402,F401  (registers `db listen`, `db psql`, `db replica` on the db group)
