@@ -203,6 +203,15 @@ def test_a_replica_follows_its_primary_and_refuses_writes(
         assert "chelsea.jpg" in _run(folder, "search", "a cat", "-k", "100", "--paths").output
         assert "not connected" in _run(folder, "db", "info").output
         assert "read-only replica" in _run(folder, "tag", "1", "k=v").output
+        assert _run(folder, "watch", "hits").exit_code == 0
+        dumped = _run(folder, "db", "dump", str(tmp_path / "replica.dump"))
+        assert dumped.exit_code == 0 and (tmp_path / "replica.dump").stat().st_size > 0
+        # The primary comes back: the replica reconnects by itself (it retries every 5 s).
+        db.embedded_url(primary)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and "receiver streaming" not in _run(folder, "db", "info").output:
+            time.sleep(0.2)
+        assert "receiver streaming" in _run(folder, "db", "info").output
     finally:
         _stop_replica(folder)
     db.embedded_url(primary)
