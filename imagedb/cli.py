@@ -542,9 +542,8 @@ def url(ctx: click.Context, role: str | None, password: str | None) -> None:
 @click.pass_context
 def info(ctx: click.Context) -> None:
     """Print server and pgvector versions, schema revision and per-collection counts."""
-    from imagedb.db import current_revision
-
     from imagedb.cli_db import replication_lines
+    from imagedb.db import current_revision
 
     with _store(ctx) as store:
         server, pgvector = store.server_versions()
@@ -630,10 +629,9 @@ def dump(ctx: click.Context, file: Path) -> None:
 @click.pass_context
 def restore(ctx: click.Context, file: Path, yes: bool) -> None:
     """Replace the database's contents by a backup made with `imagedb db dump`."""
+    from imagedb.cli_db import require_primary_url
     from imagedb.db import resolve_url
     from imagedb.db import restore as run_restore
-
-    from imagedb.cli_db import require_primary_url
 
     url = resolve_url(ctx.obj["database_url"], ctx.obj["home"])
     require_primary_url(ctx, url)

@@ -97,7 +97,9 @@ def replication_lines(ctx: click.Context, store: Any) -> list[str]:
         for r in replicas:
             state = r["state"] or "not connected"
             lag = f", replay lag {r['replay_lag_seconds']:.3f} s" if r["replay_lag_seconds"] is not None else ""
-            lines.append(f"replica {r['slot']}: {state}, {r['behind_bytes'] or 0} byte(s) behind{lag}, WAL {r['wal_status']}")
+            lines.append(
+                f"replica {r['slot']}: {state}, {r['behind_bytes'] or 0} byte(s) behind{lag}, WAL {r['wal_status']}"
+            )
     if not config.database_url(ctx.obj["database_url"]):
         from imagedb import server_admin
 

@@ -15,6 +15,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psycopg
 
@@ -143,7 +144,7 @@ def read_meta(home: Path) -> dict[str, str] | None:
 
 def require_primary(store: object, home: Path | None = None) -> None:
     """Refuse a write on a replica in one line that names its primary (checked once, before any work)."""
-    primary = store.primary_of_standby()  # type: ignore[attr-defined]
+    primary = store.primary_of_standby()
     if primary is None:
         return
     meta = read_meta(home) if home is not None else None
@@ -163,13 +164,16 @@ def _check_target(primary_home: Path, target: Path) -> None:
         raise InvalidInput(f"{target} overlaps the primary's folder {primary_home}: give a folder outside it")
 
 
-def _base_backup(info: object, slot: str, password: str, pgdata: Path) -> None:
+def _base_backup(info: Any, slot: str, password: str, pgdata: Path) -> None:
     """pg_basebackup over the primary's socket as the replica's role; WAL streamed alongside (-X stream), the
     slot created first (-C) so no WAL the replica needs is recycled before it connects."""
     from imagedb.db import _postgres_program
 
     conninfo = psycopg.conninfo.make_conninfo(
-        host=str(info.socket_dir), port=str(info.port or 5432), user=slot, application_name=slot  # type: ignore[attr-defined]
+        host=str(info.socket_dir),
+        port=str(info.port or 5432),
+        user=slot,
+        application_name=slot,
     )
     done = subprocess.run(
         [_postgres_program("pg_basebackup"), "-d", conninfo, "-D", str(pgdata), "-X", "stream", "-C", "-S", slot,
@@ -181,13 +185,13 @@ def _base_backup(info: object, slot: str, password: str, pgdata: Path) -> None:
         raise DatabaseUnavailable(f"pg_basebackup failed: {lines[-1] if lines else done.returncode}")
 
 
-def _make_standby(pgdata: Path, info: object, slot: str, password: str) -> None:
+def _make_standby(pgdata: Path, info: Any, slot: str, password: str) -> None:
     for name in _NOT_COPIED:
         (pgdata / name).unlink(missing_ok=True)
     for lock in pgdata.glob(".s.PGSQL.*"):
         lock.unlink()
     conninfo = psycopg.conninfo.make_conninfo(
-        host=str(info.socket_dir), port=str(info.port or 5432),  # type: ignore[attr-defined]
+        host=str(info.socket_dir), port=str(info.port or 5432),
         user=slot, password=password, application_name=slot,
     )  # fmt: skip
     with open(pgdata / "postgresql.auto.conf", "a") as conf:

@@ -205,9 +205,13 @@ class RolesStore(StoreBase):
         name = sql.Identifier(role)
         with self.conn.transaction():
             if self.conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone():
-                self.conn.execute(sql.SQL("ALTER ROLE {} REPLICATION LOGIN PASSWORD {}").format(name, sql.Literal(password)))
+                self.conn.execute(
+                    sql.SQL("ALTER ROLE {} REPLICATION LOGIN PASSWORD {}").format(name, sql.Literal(password))
+                )
             else:
-                self.conn.execute(sql.SQL("CREATE ROLE {} REPLICATION LOGIN PASSWORD {}").format(name, sql.Literal(password)))
+                self.conn.execute(
+                    sql.SQL("CREATE ROLE {} REPLICATION LOGIN PASSWORD {}").format(name, sql.Literal(password))
+                )
 
     def drop_replication(self, slot: str) -> bool:
         """Drop a replica's slot (freeing the WAL it holds) and its replication role; False if neither existed."""
