@@ -17,26 +17,43 @@ def db() -> None:
 
 
 @db.command()
+@click.option("--role", help="The URL this role (e.g. made by grant-reader) logs in with over TCP, for BI tools.")
+@click.option(
+    "--password", envvar="IMAGEDB_ROLE_PASSWORD", help="Put this password in the URL [env IMAGEDB_ROLE_PASSWORD]."
+)
 @click.pass_context
-def url(ctx: click.Context) -> None:
-    """Print the connection URL (for psql, BI tools, or IMAGEDB_DATABASE_URL)."""
+def url(ctx: click.Context, role: str | None, password: str | None) -> None:
+    """Print the connection URL (for psql, BI tools, or IMAGEDB_DATABASE_URL).
+
+    With --role: the URL a BI login uses (host, port, database, user), over the TCP address set by
+    `imagedb db listen`; the password only if given.
+    """
     from imagedb.db import resolve_url
 
-    click.echo(resolve_url(ctx.obj["database_url"], ctx.obj["home"]))
+    if role is None:
+        click.echo(resolve_url(ctx.obj["database_url"], ctx.obj["home"]))
+        return
+    from imagedb.cli_operators import role_url
+
+    click.echo(role_url(ctx, role, password))
 
 
 @db.command()
 @click.pass_context
 def info(ctx: click.Context) -> None:
     """Print server and pgvector versions, schema revision and per-collection counts."""
+    from imagedb.cli_operators import replication_lines
     from imagedb.db import current_revision
 
     with open_store(ctx) as store:
         server, pgvector = store.server_versions()
         revision = current_revision(store.conn)
         stats = store.collection_stats()
+        replication = replication_lines(ctx, store)
     click.echo(f"server: PostgreSQL {server}, pgvector {pgvector}")
     click.echo(f"schema: revision {revision}")
+    for line in replication:
+        click.echo(line)
     if not stats:
         click.echo("collections: none yet (imagedb ingest PATH)")
     for s in stats:
@@ -51,10 +68,13 @@ def info(ctx: click.Context) -> None:
 @click.pass_context
 def upgrade(ctx: click.Context) -> None:
     """Migrate the database schema to the newest revision."""
+    from imagedb.cli_operators import require_primary_url
     from imagedb.db import head_revision, resolve_url
     from imagedb.db import upgrade as run_upgrade
 
-    run_upgrade(resolve_url(ctx.obj["database_url"], ctx.obj["home"]))
+    url = resolve_url(ctx.obj["database_url"], ctx.obj["home"])
+    require_primary_url(ctx, url)
+    run_upgrade(url)
     click.echo(f"schema at revision {head_revision()}")
 
 
@@ -109,12 +129,15 @@ def dump(ctx: click.Context, file: Path) -> None:
 @click.pass_context
 def restore(ctx: click.Context, file: Path, yes: bool) -> None:
     """Replace the database's contents by a backup made with `imagedb db dump`."""
+    from imagedb.cli_operators import require_primary_url
     from imagedb.db import resolve_url
     from imagedb.db import restore as run_restore
 
+    url = resolve_url(ctx.obj["database_url"], ctx.obj["home"])
+    require_primary_url(ctx, url)
     if not yes:
         click.confirm("Replace everything in the database by the backup?", abort=True)
-    run_restore(resolve_url(ctx.obj["database_url"], ctx.obj["home"]), file)
+    run_restore(url, file)
     click.echo(f"restored {escape(str(file))}")
 
 
@@ -128,3 +151,6 @@ def stop(ctx: click.Context) -> None:
         raise click.UsageError("`imagedb db stop` stops the embedded server; this command uses an external one")
     stopped = stop_embedded(config.home(ctx.obj["home"]))
     click.echo("embedded server stopped" if stopped else "embedded server was not running")
+
+
+from imagedb import cli_operators  # noqa: E402,F401  (registers `db listen`, `db psql`, `db replica` on this group)

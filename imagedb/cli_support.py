@@ -41,6 +41,10 @@ def _mapped(exc: Exception, ctx: click.Context) -> click.ClickException | None:
         return click.UsageError(one_line(str(exc)), ctx)
     if isinstance(exc, ImagedbError):
         return click.ClickException(one_line(str(exc)))
+    if isinstance(exc, psycopg.errors.ReadOnlySqlTransaction):  # a write the upfront check did not catch
+        return click.ClickException(
+            "this database is a read-only replica: run write commands on its primary; the replica follows it"
+        )
     if isinstance(exc, psycopg.OperationalError):  # the server went away or refused us mid-command
         return click.ClickException(
             f"database error: {_first_line(exc)}. Data already committed is intact; rerun when the database is back."
@@ -92,13 +96,31 @@ def _first_line(exc: Exception) -> str:
     return one_line((str(exc).strip().splitlines() or [type(exc).__name__])[0])
 
 
+# Commands that write: on a read-only replica they are refused before any work, in one line naming the primary.
+WRITES = frozenset({"ingest", "tag", "forget", "dupes", "watch add", "grant-reader", "grant-writer", "db reindex"})
+# Commands that only read go to IMAGEDB_READ_DATABASE_URL when it is set (a replica, or a libpq multi-host URL).
+READS = frozenset({"search", "watch list", "watch hits", "db info", "db check"})
+
+
 @contextmanager
 def open_store(ctx: click.Context) -> Iterator[Any]:
+    """The store of the database this command uses: reads may go to a replica, writes must reach a primary."""
+    import os
+
+    from imagedb import config
     from imagedb.db import open_connection
+    from imagedb.replica import require_primary
     from imagedb.store import Store
 
-    store = Store(open_connection(ctx.obj["database_url"], ctx.obj["home"]))
+    root = ctx.find_root()
+    command = " ".join(ctx.command_path.split()[1:])
+    url = root.obj["database_url"]
+    if command in READS and os.environ.get("IMAGEDB_READ_DATABASE_URL"):
+        url = os.environ["IMAGEDB_READ_DATABASE_URL"]  # never migrated: an external URL that is behind is refused
+    store = Store(open_connection(url, root.obj["home"]))
     try:
+        if command in WRITES:
+            require_primary(store, None if config.database_url(url) else config.home(root.obj["home"]))
         yield store
     finally:
         store.close()

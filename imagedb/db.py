@@ -13,7 +13,7 @@ from pgvector.psycopg import register_vector
 from psycopg import sql
 
 from imagedb import config
-from imagedb.errors import DatabaseUnavailable, ImagedbError, NotFound, SchemaOutOfDate
+from imagedb.errors import DatabaseUnavailable, ImagedbError, InvalidInput, NotFound, SchemaOutOfDate
 
 EMBEDDED_DBNAME = "imagedb"
 HNSW_INDEX_PREFIX = "embeddings_hnsw_"
@@ -35,72 +35,92 @@ def _pgserver():  # type: ignore[no-untyped-def]
 # Every login to the embedded server needs a password (initdb's `trust` would let anyone who reaches the socket
 # in as superuser, with any password). The owner's password is generated once and kept in a libpq password file
 # in IMAGEDB_HOME, readable by the OS user who owns that folder alone; the URL names the file, never the secret.
+# pg_hba.conf is written by server_admin.hba_text: local lines only, plus TCP lines once `imagedb db listen` is on.
 PASSFILE = "pgpass"
 OWNER_ROLE = "postgres"
-_HBA = """# Written by imagedb. Every login needs its password (scram-sha-256); none is trusted for being local.
-# The owner's password is in IMAGEDB_HOME/pgpass (mode 0600). Roles made by `imagedb grant-*` log in with theirs.
-local   all             all                                     scram-sha-256
-local   replication     all                                     scram-sha-256
-"""
 
 
 def embedded_url(home: Path, database: str = EMBEDDED_DBNAME) -> str:
     """Start (or find running) the embedded PostgreSQL under `home`, and return the imagedb database's URL."""
+    from imagedb import server_admin
+
     pgserver = _pgserver()
+    pgdata = home / "pgdata"
     try:
         home.mkdir(parents=True, exist_ok=True)
+        server_admin.start_listening_if_stopped(home)  # on the persisted TCP address, if `db listen` set one
         # cleanup_mode=None keeps the server running after this process exits, so the next command reuses it.
-        server = pgserver.get_server(home / "pgdata", cleanup_mode=None)
-        socket_dir = server.get_postmaster_info().socket_dir
-        _require_passwords(home, socket_dir)
-        with psycopg.connect(_owner_url(home, socket_dir, "postgres"), autocommit=True) as conn:
+        server = pgserver.get_server(pgdata, cleanup_mode=None)
+        if server_admin.postmaster(pgdata) is None:  # pgserver caches its handle: stopped since, in this process
+            server.start()
+        info = server_admin.postmaster(pgdata) or server.get_postmaster_info()
+        _require_passwords(home, info.socket_dir, info.port, server_admin.hba_text(server_admin.load(home)))
+        info = server_admin.apply_listen(home)  # restart on the persisted address if the server runs otherwise
+        url = _owner_url(home, info.socket_dir, info.port, "postgres")
+        with psycopg.connect(url, autocommit=True) as conn:
             if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,)).fetchone():
                 try:
                     conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
                 except psycopg.errors.DuplicateDatabase:
                     pass  # another imagedb command created it a moment ago
-        return _owner_url(home, socket_dir, database)
-    except DatabaseUnavailable:
+        if (home / "replica.json").exists():  # a replica imagedb made: follow its primary's socket if it moved
+            from imagedb.replica import follow_primary
+
+            follow_primary(home, url)
+        return _owner_url(home, info.socket_dir, info.port, database)
+    except (DatabaseUnavailable, InvalidInput):
         raise
     except Exception as exc:  # the wheel raises bare RuntimeError/CalledProcessError/OSError
         raise DatabaseUnavailable(
             f"could not start the embedded PostgreSQL in {home}: {_first_line(exc)}"
-            f" (see {home / 'pgdata' / 'log'}, or set IMAGEDB_DATABASE_URL to use another server)"
+            f" (see {pgdata / 'log'}, or set IMAGEDB_DATABASE_URL to use another server)"
         ) from exc
 
 
-def _owner_url(home: Path, socket_dir: object, database: str) -> str:
-    query = urlencode({"host": str(socket_dir), "passfile": str(home / PASSFILE)}, quote_via=quote)
+def _owner_url(home: Path, socket_dir: object, port: int | None, database: str) -> str:
+    params = {"host": str(socket_dir), "passfile": str(home / PASSFILE)}
+    if port and port != 5432:  # the socket is named after the port: .s.PGSQL.PORT
+        params["port"] = str(port)
+    query = urlencode(params, quote_via=quote)
     return f"postgresql://{OWNER_ROLE}@/{quote(database, safe='')}?{query}"
 
 
-def _require_passwords(home: Path, socket_dir: object) -> None:
-    """Once per home: give the owner a generated password, then make the server ask every login for one."""
+def _require_passwords(home: Path, socket_dir: object, port: int | None, wanted_hba: str) -> None:
+    """Once per home: give the owner a generated password, then make the server ask every login for one.
+    Later, rewrite pg_hba.conf when the listen setting changed what it must say (and reload it)."""
     import fcntl
+
+    from imagedb.server_admin import HBA_MARKER
 
     pgdata = home / "pgdata"
     hba = pgdata / "pg_hba.conf"
     passfile = home / PASSFILE
-    if passfile.exists() and hba.read_text() == _HBA:
+    if passfile.exists() and hba.read_text() == wanted_hba:
         return
     with open(home / ".auth.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # two first commands at once: one sets the password up
-        if passfile.exists() and hba.read_text() == _HBA:
+        current = hba.read_text()
+        if passfile.exists() and current == wanted_hba:
             return
-        if not passfile.exists() and hba.read_text() == _HBA:
-            raise DatabaseUnavailable(
-                f"the owner's password file {passfile} is missing, so the embedded server cannot be reached:"
-                " restore it from a backup of that folder"
-            )
+        if current.startswith(HBA_MARKER):  # passwords are required already
+            if not passfile.exists():
+                raise DatabaseUnavailable(
+                    f"the owner's password file {passfile} is missing, so the embedded server cannot be reached:"
+                    " restore it from a backup of that folder"
+                )
+            hba.write_text(wanted_hba)  # in place: the file keeps its owner (the server's user when run as root)
+            with psycopg.connect(_owner_url(home, socket_dir, port, "postgres"), autocommit=True) as conn:
+                conn.execute("SELECT pg_reload_conf()")
+            return
         password = secrets.token_urlsafe(32)  # letters, digits, - and _: nothing to escape in a password file
         # Still `trust` here, as initdb left it: the last login without a password.
-        trust_url = f"postgresql://{OWNER_ROLE}@/postgres?host={quote(str(socket_dir))}"
+        trust_url = f"postgresql://{OWNER_ROLE}@/postgres?host={quote(str(socket_dir))}&port={port or 5432}"
         with psycopg.connect(trust_url, autocommit=True) as conn:
             conn.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(sql.Identifier(OWNER_ROLE), sql.Literal(password)))
             descriptor = os.open(passfile, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(descriptor, "w") as out:
                 out.write(f"*:*:*:{OWNER_ROLE}:{password}\n")
-            hba.write_text(_HBA)  # in place: the file keeps its owner (the server's user when run as root)
+            hba.write_text(wanted_hba)
             conn.execute("SELECT pg_reload_conf()")
 
 
@@ -197,6 +217,11 @@ def current_revision(conn: psycopg.Connection) -> str | None:
     return row[0] if row else None
 
 
+def in_recovery(conn: psycopg.Connection) -> bool:
+    """Whether the server is a standby (a read-only replica replaying its primary's changes)."""
+    return bool(conn.execute("SELECT pg_is_in_recovery()").fetchone()[0])  # type: ignore[index]
+
+
 def upgrade(url: str) -> None:
     """Migrate the database at `url` to the newest schema; any failure is one line saying what to do."""
     from alembic import command
@@ -252,6 +277,12 @@ def open_connection(explicit_url: str | None = None, home: str | Path | None = N
     conn = connect(url)
     head, current = head_revision(), current_revision(conn)
     if current != head:
+        if in_recovery(conn):  # a replica: it cannot be migrated, it follows its primary
+            conn.close()
+            raise SchemaOutOfDate(
+                f"this database is a read-only replica at schema revision {current or 'none'}, imagedb needs {head}:"
+                " run `imagedb db upgrade` on its primary, and the replica follows"
+            )
         if external:
             conn.close()
             raise SchemaOutOfDate(

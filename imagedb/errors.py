@@ -27,3 +27,7 @@ class NotFound(ImagedbError):
 
 class InvalidInput(ImagedbError):
     """A query, option or value that makes no sense."""
+
+
+class ReadOnlyReplica(ImagedbError):
+    """A write asked of a read-only replica (a standby): it belongs on the primary."""

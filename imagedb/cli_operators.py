@@ -1,0 +1,174 @@
+"""`imagedb db listen`, `db psql` and `db replica`: the embedded server for operators (on the `db` group)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import click
+
+from imagedb import config
+from imagedb.cli_db import db
+
+
+def _embedded_home(ctx: click.Context, what: str) -> Path:
+    """The embedded server's home; these commands manage that server, so an external URL is refused."""
+    if config.database_url(ctx.obj["database_url"]):
+        raise click.UsageError(
+            f"`imagedb db {what}` manages the embedded server; this command uses an external one"
+            " (IMAGEDB_DATABASE_URL or --database-url): configure that server itself"
+        )
+    return config.home(ctx.obj["home"])
+
+
+@db.command()
+@click.argument("address", required=False, metavar="HOST:PORT")
+@click.option("--off", is_flag=True, help="Stop listening on TCP: the Unix socket only, as by default.")
+@click.option("--cert", type=click.Path(dir_okay=False, path_type=Path), help="PEM certificate for TLS.")
+@click.option("--key", type=click.Path(dir_okay=False, path_type=Path), help="Its PEM private key.")
+@click.pass_context
+def listen(ctx: click.Context, address: str | None, off: bool, cert: Path | None, key: Path | None) -> None:
+    """Make the embedded server listen on TCP at HOST:PORT as well (for BI tools), from now on.
+
+    \b
+    Every TCP login needs its password; the superuser (postgres) is refused over TCP, so give BI tools a role
+    made by `imagedb grant-reader ROLE --password P`. Beyond 127.0.0.1 only TLS connections are accepted, with a
+    self-signed certificate made on first use unless --cert/--key give one. Without arguments: show the setting.
+    """
+    from imagedb import server_admin
+
+    home = _embedded_home(ctx, "listen")
+    if off and address:
+        raise click.UsageError("give HOST:PORT or --off, not both")
+    if not off and not address:
+        if cert or key:
+            server_admin.set_listen(home, server_admin.load(home), cert, key)
+            click.echo("installed the certificate")
+            return
+        current = server_admin.load(home)
+        click.echo(f"listening on {current} (TCP) and the Unix socket" if current else "Unix socket only (no TCP)")
+        return
+    target = None if off else server_admin.parse_address(address or "")
+    server_admin.set_listen(home, target, cert, key)
+    if target is None:
+        click.echo("the embedded server listens on its Unix socket only")
+        return
+    tls = "plain TCP (this machine only)" if target.loopback else "TLS required beyond this machine"
+    click.echo(f"the embedded server listens on {target}: passwords required, postgres refused, {tls}")
+    click.echo("next: imagedb grant-reader ROLE --password P; imagedb db url --role ROLE", err=True)
+
+
+def role_url(ctx: click.Context, role: str, password: str | None) -> str:
+    """The URL a BI role logs in with: the embedded server's TCP address, or the external URL as that role."""
+    from urllib.parse import quote, urlsplit, urlunsplit
+
+    from imagedb import server_admin
+    from imagedb.db import EMBEDDED_DBNAME
+
+    external = config.database_url(ctx.obj["database_url"])
+    if not external:
+        return server_admin.login_url(config.home(ctx.obj["home"]), role, password, EMBEDDED_DBNAME)
+    parts = urlsplit(external)
+    host = parts.netloc.rsplit("@", 1)[-1]
+    secret = f":{quote(password, safe='')}" if password else ""
+    query = "&".join(p for p in parts.query.split("&") if p and not p.startswith(("passfile=", "password=", "user=")))
+    return urlunsplit(parts._replace(netloc=f"{quote(role, safe='')}{secret}@{host}", query=query))
+
+
+def replication_lines(ctx: click.Context, store: Any) -> list[str]:
+    """For `db info`: on a replica, its primary and lag; on a primary, its replicas and theirs; the TCP address."""
+    lines = []
+    primary = store.primary_of_standby()
+    if primary is not None:
+        status = store.standby_status()
+        receiver = status["receiver"] or "not connected (the primary is down or unreachable; reads still work)"
+        age = status["replay_age_seconds"]
+        lines.append(f"replica of {primary}: receiver {receiver}")
+        lines.append(
+            f"replication lag: {status['unreplayed_bytes'] or 0} byte(s) received and not yet replayed; last replayed"
+            f" commit made {'-' if age is None else f'{age:.1f} s'} ago on the primary (grows while it is idle)"
+        )
+    else:
+        try:
+            replicas = store.replicas()
+        except Exception:  # noqa: BLE001 - a role without the rights to see replication: nothing to show
+            replicas = []
+        for r in replicas:
+            state = r["state"] or "not connected"
+            lag = f", replay lag {r['replay_lag_seconds']:.3f} s" if r["replay_lag_seconds"] is not None else ""
+            lines.append(
+                f"replica {r['slot']}: {state}, {r['behind_bytes'] or 0} byte(s) behind{lag}, WAL {r['wal_status']}"
+            )
+    if not config.database_url(ctx.obj["database_url"]):
+        from imagedb import server_admin
+
+        address = server_admin.load(config.home(ctx.obj["home"]))
+        lines.append(f"tcp: {address}" if address else "tcp: off (Unix socket only; `imagedb db listen HOST:PORT`)")
+    return lines
+
+
+def require_primary_url(ctx: click.Context, url: str) -> None:
+    from imagedb.db import connect
+    from imagedb.replica import require_primary
+    from imagedb.store import Store
+
+    store = Store(connect(url))
+    try:
+        external = config.database_url(ctx.obj["database_url"])
+        require_primary(store, None if external else config.home(ctx.obj["home"]))
+    finally:
+        store.close()
+
+
+@db.command(
+    context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False, "help_option_names": []}
+)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+@click.pass_context
+def psql(ctx: click.Context, args: tuple[str, ...]) -> None:
+    """Open psql (PostgreSQL 18, bundled) on the database; ARGS go to psql, e.g. -c "select 1", --help."""
+    from imagedb.db import _postgres_program, resolve_url
+
+    url = resolve_url(ctx.obj["database_url"], ctx.obj["home"])
+    program = _postgres_program("psql")
+    os.execv(program, [program, f"--dbname={url}", *args])  # psql takes over the terminal, and its exit code
+
+
+@db.group()
+def replica() -> None:
+    """Read replicas of the embedded server (streaming standbys)."""
+
+
+@replica.command("create")
+@click.argument("folder", type=click.Path(file_okay=True, path_type=Path))
+@click.option(
+    "--max-wal",
+    default="1GB",
+    show_default=True,
+    help="Most WAL the primary keeps for a replica that is down; past it that replica must be made again.",
+)
+@click.pass_context
+def replica_create(ctx: click.Context, folder: Path, max_wal: str) -> None:
+    """Make a streaming read replica of the embedded server in FOLDER (new or empty) and start it.
+
+    FOLDER is an imagedb home of its own: `imagedb --home FOLDER search ...` reads there; writes are refused.
+    """
+    from imagedb.replica import create
+
+    home = _embedded_home(ctx, "replica create")
+    made = create(home, folder, max_wal=max_wal)
+    click.echo(f"replica in {made.home}: {made.receiver or 'not streaming yet'} (slot {made.slot})")
+    click.echo(f"read from it: imagedb --home {made.home} search ...", err=True)
+
+
+@replica.command("remove")
+@click.argument("folder", type=click.Path(file_okay=False, path_type=Path))
+@click.pass_context
+def replica_remove(ctx: click.Context, folder: Path) -> None:
+    """Stop the replica in FOLDER and drop its slot and role on the primary (FOLDER's files stay)."""
+    from imagedb.replica import remove
+
+    home = _embedded_home(ctx, "replica remove")
+    found = remove(home, folder)
+    click.echo(f"replica in {folder} {'removed' if found else 'had no slot or role on this primary; stopped'}")

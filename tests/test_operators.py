@@ -1,0 +1,260 @@
+"""Operators on the real embedded server: TCP for BI tools with passwords (and TLS beyond loopback), the bundled
+psql, and streaming read replicas with writes refused on them."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from click.testing import CliRunner
+
+from imagedb import db, server_admin
+from imagedb.cli import main
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _run(home: Path, *args: str, **env: str) -> object:
+    result = CliRunner().invoke(main, ["--home", str(home), *args], env={"IMAGEDB_DATABASE_URL": None, **env})
+    return result
+
+
+def _owner_password(home: Path) -> str:
+    return (home / "pgpass").read_text().strip().rsplit(":", 1)[1]
+
+
+def _tcp(host: str, port: int, user: str, password: str, **extra: str) -> psycopg.Connection:
+    return psycopg.connect(
+        host=host, port=port, user=user, password=password, dbname="imagedb", connect_timeout=5, **extra
+    )
+
+
+def _stop_replica(folder: Path) -> None:
+    if server_admin.postmaster(folder / "pgdata") is not None:
+        db.stop_embedded(folder)
+
+
+@pytest.fixture(scope="module")
+def listening_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    home = tmp_path_factory.mktemp("listen-home")
+    db.open_connection(home=home).close()  # started and migrated
+    yield home
+    db.stop_embedded(home)
+
+
+def test_bi_login_over_tcp_needs_its_password_and_the_superuser_is_refused(listening_home: Path) -> None:
+    port = _free_port()
+    result = _run(listening_home, "db", "listen", f"127.0.0.1:{port}")
+    assert result.exit_code == 0, result.output
+    assert _run(listening_home, "grant-reader", "bi_reader", "--password", "s3cret pw").exit_code == 0
+    url = _run(listening_home, "db", "url", "--role", "bi_reader", "--password", "s3cret pw").output.strip()
+    assert url == f"postgresql://bi_reader:s3cret%20pw@127.0.0.1:{port}/imagedb"
+    assert _run(listening_home, "db", "url", "--role", "bi_reader").output.strip() == (
+        f"postgresql://bi_reader@127.0.0.1:{port}/imagedb"
+    )
+    with psycopg.connect(url) as conn:
+        assert conn.execute("SELECT count(*) FROM image_catalog").fetchone() == (0,)
+    with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+        _tcp("127.0.0.1", port, "bi_reader", "wrong")
+    with pytest.raises(psycopg.OperationalError, match="rejects connection"):
+        _tcp("127.0.0.1", port, "postgres", _owner_password(listening_home))
+    # Every later start honours the setting, and the socket URL names the moved socket's port.
+    db.stop_embedded(listening_home)
+    assert f"port={port}" in db.embedded_url(listening_home)
+    with _tcp("127.0.0.1", port, "bi_reader", "s3cret pw") as conn:
+        assert conn.execute("SELECT current_user").fetchone() == ("bi_reader",)
+    # Listening twice on the same address is a no-op, not an "address in use".
+    assert _run(listening_home, "db", "listen", f"127.0.0.1:{port}").exit_code == 0
+    assert "listening on 127.0.0.1" in _run(listening_home, "db", "listen").output
+    # Off again: TCP closes, the socket keeps working.
+    assert _run(listening_home, "db", "listen", "--off").exit_code == 0
+    with pytest.raises(psycopg.OperationalError):
+        _tcp("127.0.0.1", port, "bi_reader", "s3cret pw")
+    assert "listens on its Unix socket only" in _run(listening_home, "db", "url", "--role", "x").output
+    assert _run(listening_home, "db", "info").exit_code == 0
+
+
+@pytest.mark.parametrize(
+    ("address", "message"),
+    [
+        ("nonsense", "not a HOST:PORT address"),
+        ("127.0.0.1:99999", "out of range"),
+        ("example.com:5433", "not an IP address"),
+        ("127.0.0.1:0", "out of range"),
+        ("203.0.113.9:5433", "not an address of this machine"),
+        ("$(id);x:5433", "not an IP address"),
+    ],
+)
+def test_a_bad_listen_address_is_one_line(listening_home: Path, address: str, message: str) -> None:
+    before = server_admin.load(listening_home)
+    result = _run(listening_home, "db", "listen", address)
+    assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
+    assert server_admin.load(listening_home) == before
+
+
+def test_a_port_in_use_is_refused_and_the_server_stays_as_it_was(listening_home: Path) -> None:
+    before = server_admin.load(listening_home)
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        taken = squatter.getsockname()[1]
+        result = _run(listening_home, "db", "listen", f"127.0.0.1:{taken}")
+        assert result.exit_code == 2 and "already in use by another program" in result.output
+    assert server_admin.load(listening_home) == before
+    assert _run(listening_home, "db", "info").exit_code == 0
+
+
+def test_listening_beyond_loopback_requires_tls(listening_home: Path) -> None:
+    try:  # the address this machine would send from (UDP connect sends nothing)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.connect(("198.51.100.1", 9))
+            address = probe.getsockname()[0]
+    except OSError:
+        address = "127.0.0.1"
+    if address.startswith("127."):
+        pytest.skip("this machine has no non-loopback IPv4 address")
+    port = _free_port()
+    if not server_admin.tls_supported():
+        before = server_admin.load(listening_home)
+        for args in ([f"0.0.0.0:{port}"], [f"{address}:{port}"], ["*:" + str(port)]):
+            result = _run(listening_home, "db", "listen", *args)
+            assert result.exit_code == 2 and "built without TLS" in result.output, result.output
+        assert server_admin.load(listening_home) == before
+        with pytest.raises(psycopg.OperationalError):
+            _tcp(address, port, "bi_reader", "s3cret pw", sslmode="disable")
+        pytest.skip("the bundled PostgreSQL has no TLS: listening beyond loopback is refused (checked above)")
+    result = _run(listening_home, "db", "listen", f"0.0.0.0:{port}")
+    assert result.exit_code == 0, result.output
+    assert (listening_home / "pgdata" / "server.crt").exists()
+    with pytest.raises(psycopg.OperationalError, match="no encryption"):
+        _tcp(address, port, "bi_reader", "s3cret pw", sslmode="disable")
+    with _tcp(address, port, "bi_reader", "s3cret pw", sslmode="require") as conn:
+        assert conn.info.pgconn.ssl_in_use
+    with pytest.raises(psycopg.OperationalError, match="rejects connection"):
+        _tcp(address, port, "postgres", _owner_password(listening_home), sslmode="require")
+    url = _run(listening_home, "db", "url", "--role", "bi_reader").output.strip()
+    assert url.endswith(f":{port}/imagedb?sslmode=require")
+    # Off again: TCP closes, the socket keeps working.
+    assert _run(listening_home, "db", "listen", "--off").exit_code == 0
+    with pytest.raises(psycopg.OperationalError):
+        _tcp("127.0.0.1", port, "bi_reader", "s3cret pw")
+    assert "listens on its Unix socket only" in _run(listening_home, "db", "url", "--role", "x").output
+
+
+def test_psql_runs_on_the_database_with_the_arguments_given(listening_home: Path) -> None:
+    env = {**os.environ, "IMAGEDB_HOME": str(listening_home)}
+    env.pop("IMAGEDB_DATABASE_URL", None)
+    done = subprocess.run(
+        ["imagedb", "db", "psql", "-tA", "-c", "select current_database(), 40 + 2"],
+        capture_output=True, text=True, env=env, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "imagedb|42"
+
+
+# -- replicas ----------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def primary(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    home = tmp_path_factory.mktemp("primary-home")
+    db.open_connection(home=home).close()
+    yield home
+    db.stop_embedded(home)
+
+
+def test_a_replica_follows_its_primary_and_refuses_writes(
+    primary: Path, tmp_path: Path, tiny_model: str, photos: Path
+) -> None:
+    folder = tmp_path / "replica"
+    result = _run(primary, "db", "replica", "create", str(folder))
+    try:
+        assert result.exit_code == 0, result.output
+        assert "streaming" in result.output
+        assert _run(primary, "ingest", str(photos), "--model", tiny_model).exit_code == 0
+        deadline, found = time.monotonic() + 5, ""
+        while time.monotonic() < deadline:
+            found = _run(folder, "search", "a cat", "-k", "100", "--paths").output
+            if "chelsea.jpg" in found:
+                break
+            time.sleep(0.1)
+        assert "chelsea.jpg" in found
+        for write in (["tag", "1", "k=v"], ["grant-reader", "someone"], ["ingest", str(photos)], ["dupes"]):
+            refused = _run(folder, *write)
+            assert refused.exit_code == 1, (write, refused.output)
+            assert refused.output.count("\n") == 1 and "read-only replica" in refused.output
+            assert f"--home {primary}" in refused.output and str(primary / "pgdata") in refused.output
+        assert "read-only replica" in _run(folder, "db", "upgrade").output
+        info = _run(folder, "db", "info").output
+        assert "replica of host=" in info and "receiver streaming" in info and "12 images" in info
+        assert "streaming" in _run(primary, "db", "info").output.split("replica imagedb_replica_")[1]
+        # The primary stops: the replica goes on serving reads, and says it is cut off.
+        db.stop_embedded(primary)
+        assert "chelsea.jpg" in _run(folder, "search", "a cat", "-k", "100", "--paths").output
+        assert "not connected" in _run(folder, "db", "info").output
+        assert "read-only replica" in _run(folder, "tag", "1", "k=v").output
+        assert _run(folder, "watch", "hits").exit_code == 0
+        dumped = _run(folder, "db", "dump", str(tmp_path / "replica.dump"))
+        assert dumped.exit_code == 0 and (tmp_path / "replica.dump").stat().st_size > 0
+        # The primary comes back: the replica reconnects by itself (it retries every 5 s).
+        db.embedded_url(primary)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and "receiver streaming" not in _run(folder, "db", "info").output:
+            time.sleep(0.2)
+        assert "receiver streaming" in _run(folder, "db", "info").output
+    finally:
+        _stop_replica(folder)
+    db.embedded_url(primary)
+    assert "removed" in _run(primary, "db", "replica", "remove", str(folder)).output
+    assert "replica imagedb_replica_" not in _run(primary, "db", "info").output
+
+
+def test_a_replica_follows_its_primary_to_a_new_port(primary: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "replica"
+    assert _run(primary, "db", "replica", "create", str(folder)).exit_code == 0
+    try:
+        port = _free_port()
+        assert _run(primary, "db", "listen", f"127.0.0.1:{port}").exit_code == 0
+        assert _run(primary, "grant-reader", "moved_reader", "--password", "pw").exit_code == 0
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and "moved_reader" not in _roles(folder):
+            time.sleep(0.1)
+        assert "moved_reader" in _roles(folder)
+        assert f"port={port}" in _run(folder, "db", "info").output
+    finally:
+        _run(primary, "db", "listen", "--off")
+        _stop_replica(folder)
+        _run(primary, "db", "replica", "remove", str(folder))
+
+
+def _roles(home: Path) -> str:
+    with psycopg.connect(db.embedded_url(home)) as conn:
+        return " ".join(r[0] for r in conn.execute("SELECT rolname FROM pg_roles"))
+
+
+def test_replica_folders_and_servers_that_cannot_be_used(primary: Path, tmp_path: Path) -> None:
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "keep.txt").write_text("mine")
+    result = _run(primary, "db", "replica", "create", str(busy))
+    assert result.exit_code == 2 and "exists and is not empty" in result.output
+    assert (busy / "keep.txt").read_text() == "mine"
+    result = _run(primary, "db", "replica", "create", str(primary / "inside"))
+    assert result.exit_code == 2 and "overlaps the primary" in result.output
+    result = _run(primary, "db", "replica", "create", str(tmp_path / "r"), "--max-wal", "lots")
+    assert result.exit_code == 2 and "not a size" in result.output
+    external = CliRunner().invoke(
+        main, ["db", "replica", "create", str(tmp_path / "x")], env={"IMAGEDB_DATABASE_URL": db.embedded_url(primary)}
+    )
+    assert external.exit_code == 2 and "manages the embedded server" in external.output
+    assert not (tmp_path / "x").exists() and not (tmp_path / "r").exists()
