@@ -68,7 +68,8 @@ def test_original_is_served_only_while_it_is_the_ingested_file(
 ) -> None:
     secret = tmp_path / "shadow"
     secret.write_text("root:$6$secret-hash:19000:0:99999:7:::\n")
-    coffee, rocket, camera, chelsea = (_id_of(client, n) for n in ("coffee.jpg", "rocket.jpg", "camera.jpg", "chelsea.jpg"))
+    names = ("coffee.jpg", "rocket.jpg", "camera.jpg", "chelsea.jpg")
+    coffee, rocket, camera, chelsea = (_id_of(client, n) for n in names)
 
     intact = client.get(f"/api/images/{coffee}/original")
     assert intact.status_code == 200 and intact.content == (served / "coffee.jpg").read_bytes()
@@ -414,9 +415,7 @@ def test_serve_on_a_busy_port_says_so_in_one_line() -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        done = CliRunner().invoke(
-            main, ["serve", "--port", str(port)], env={"IMAGEDB_DATABASE_URL": UNREACHABLE_DB}
-        )
+        done = CliRunner().invoke(main, ["serve", "--port", str(port)], env={"IMAGEDB_DATABASE_URL": UNREACHABLE_DB})
     assert done.exit_code in (1, 2)
     assert done.output.strip() == f"Error: port {port} on 127.0.0.1 is in use: pick another with --port"
 

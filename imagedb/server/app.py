@@ -61,9 +61,7 @@ _STATUS = {
     ModelUnavailable: 503,
     DatabaseUnavailable: 503,
 }
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": Problem} for code in (400, 401, 404, 409, 413, 421, 503)
-}
+_ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": Problem} for code in (400, 401, 404, 409, 413, 421, 503)}
 
 
 def _upload_limit(path: str) -> tuple[int, str]:
@@ -289,9 +287,7 @@ def _error_handlers(app: FastAPI) -> None:
         # host names) goes to the log only.
         log.error("database unavailable: %s", exc, exc_info=exc)
         reason = (
-            f"no connection within {POOL_TIMEOUT_S:g} s"
-            if isinstance(exc, PoolTimeout)
-            else "the connection was lost"
+            f"no connection within {POOL_TIMEOUT_S:g} s" if isinstance(exc, PoolTimeout) else "the connection was lost"
         )
         return JSONResponse(
             {"detail": f"database unavailable: {reason}; retry in a few seconds"},
