@@ -191,4 +191,5 @@ def test_imagedb_serve_listens_on_loopback(database_url: str, served: Path) -> N
         assert [line.split()[3] for line in listening.splitlines()] == [f"127.0.0.1:{port}"]
     finally:
         server.terminate()
-        server.wait(timeout=10)
+        _, log = server.communicate(timeout=10)
+    assert '"GET /api/collections" 200' in log  # one access line per request, on stderr

@@ -30,7 +30,7 @@ from imagedb.embed import ModelSpec
 from imagedb.errors import InvalidInput
 from imagedb.ingest import ingest
 from imagedb.query import parse, parse_string
-from imagedb.server import MAX_UPLOAD_BYTES, create_app
+from imagedb.server import MAX_UPLOAD_BYTES, create_app, originals
 from imagedb.store import Store
 
 LOCAL = "http://localhost"
@@ -74,6 +74,12 @@ def test_original_is_served_only_while_it_is_the_ingested_file(
     intact = client.get(f"/api/images/{coffee}/original")
     assert intact.status_code == 200 and intact.content == (served / "coffee.jpg").read_bytes()
     assert intact.headers["content-type"] == "image/jpeg" and intact.headers["x-content-type-options"] == "nosniff"
+    with pytest.MonkeyPatch.context() as patch:  # a large file: hashed, then streamed from the same descriptor
+        patch.setattr(originals, "IN_MEMORY_BYTES", 0)
+        streamed = client.get(f"/api/images/{coffee}/original")
+        assert streamed.status_code == 200 and streamed.content == intact.content
+        os.utime(served / "chelsea.jpg")  # same bytes, another mtime: changed all the same
+        assert client.get(f"/api/images/{chelsea}/original").status_code == 409
 
     (served / "rocket.jpg").unlink()  # the ingested file replaced by a symlink to a secret
     (served / "rocket.jpg").symlink_to(secret)
