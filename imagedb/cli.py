@@ -396,12 +396,12 @@ def query_terms(query: Sequence[str], images: Sequence[str], likes: Sequence[int
     from imagedb.query import Term, is_file, parse, parse_string
 
     terms: list[Term] = []
-    if len(query) == 1 and not is_file(Path(query[0]).expanduser()):
+    if len(query) == 1 and not is_file(query[0]):
         terms = parse_string(query[0], files=True)
     elif query or not (images or likes):
         terms = parse(query, files=True)
     for image in images:
-        if not is_file(Path(image).expanduser()):
+        if not is_file(image):
             raise InvalidInput(f"--image: no such image file: {image}")
         terms.append(Term("image", str(Path(image).expanduser()), 1.0))
     terms += [Term("id", str(n), 1.0) for n in likes]
@@ -630,20 +630,42 @@ def _warn_without_password(role: str, can_log_in: bool) -> None:
 @click.option(
     "--token",
     envvar="IMAGEDB_API_TOKEN",
-    help="Require Authorization: Bearer TOKEN on the API [env IMAGEDB_API_TOKEN].",
+    help="Require Authorization: Bearer TOKEN on the API [env IMAGEDB_API_TOKEN]; needed off loopback.",
 )
 @click.pass_context
 def serve(ctx: click.Context, host: str, port: int, token: str | None) -> None:
     """Serve the web page and the JSON API (OpenAPI schema at /openapi.json)."""
+    import sys
+
     import uvicorn
 
     from imagedb.server import create_app
+    from imagedb.server.listen import bind, check_exposure, url
 
-    if host not in ("127.0.0.1", "localhost", "::1") and not token:
-        click.echo(f"warning: listening on {host} without --token: anyone who reaches it can search", err=True)
-    app = create_app(ctx.obj["database_url"], ctx.obj["home"], token)
-    click.echo(f"imagedb on http://{host}:{port}/", err=True)
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    class Refused(click.ClickException):
+        exit_code = 2  # bad usage, in one line
+
+    try:
+        check_exposure(host, token)
+    except InvalidInput as exc:
+        raise Refused(str(exc)) from exc
+    sock = bind(host, port)  # before the slow start: a busy port says so at once
+    try:
+        app = create_app(ctx.obj["database_url"], ctx.obj["home"], token)
+    except BaseException:
+        sock.close()
+        raise
+    # main() silences library chatter below CRITICAL; a server must still log its requests and its errors.
+    logging.disable(logging.NOTSET)
+    if not ctx.find_root().params.get("verbose"):
+        logging.getLogger().addHandler(logging.NullHandler())  # libraries stay quiet, as in other commands
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        logging.getLogger("imagedb.server").addHandler(handler)
+    logging.getLogger("imagedb.server").setLevel(logging.INFO)
+    click.echo(f"imagedb on {url(host, port)}", err=True)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
+    server.run(sockets=[sock])
 
 
 main.add_command(db)

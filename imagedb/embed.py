@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-import functools
 import os
-from collections.abc import Sequence
+import threading
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,6 +19,7 @@ if TYPE_CHECKING:
     from PIL import Image
 
 _SCHEMAS = ("hf-hub:", "local-dir:")
+HUB_PROBE_SECONDS = 3.0
 _CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
 
 
@@ -65,6 +68,7 @@ class Embedder:
         self.spec = spec
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self._register_config_beside_checkpoint(open_clip)
+        _check_hub_reachable(spec, open_clip)
         try:
             model, _, preprocess = open_clip.create_model_and_transforms(
                 spec.name, pretrained=spec.pretrained or None, device=self.device
@@ -123,7 +127,69 @@ def _normalise(features: Any) -> np.ndarray:
     return array / np.maximum(norms, 1e-12)
 
 
-@functools.cache
+# Called, when set, just before a model that is not loaded yet starts loading (seconds, or a download): the CLI
+# sets it to tell the user what the wait is.
+on_load: Callable[[ModelSpec], None] | None = None
+
+_loaded: dict[ModelSpec, Embedder] = {}
+_loading = threading.Lock()
+
+
 def load(spec: ModelSpec) -> Embedder:
-    """One Embedder per model per process: loading weights takes seconds."""
-    return Embedder(spec)
+    """One Embedder per model per process: loading weights takes seconds and hundreds of MB.
+
+    Requests that arrive together while a model loads wait for that one load instead of starting their own.
+    """
+    found = _loaded.get(spec)
+    if found is not None:
+        return found
+    with _loading:
+        found = _loaded.get(spec)
+        if found is None:
+            if on_load is not None:
+                on_load(spec)
+            found = _loaded[spec] = Embedder(spec)
+        return found
+
+
+def _hub_weights(spec: ModelSpec, open_clip: Any) -> tuple[str, list[str]] | None:
+    """The hub repository and file names the weights of `spec` download from; None when not from the hub."""
+    from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
+
+    if spec.name.startswith("hf-hub:"):
+        return spec.name[len("hf-hub:") :], [HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME]
+    if spec.checkpoint is not None or spec.name.startswith("local-dir:") or not spec.pretrained:
+        return None
+    hub = open_clip.get_pretrained_cfg(spec.name, spec.pretrained).get("hf_hub", "")
+    if not hub:
+        return None  # an unknown tag (open_clip says so at once) or weights from a plain URL
+    repo, filename = os.path.split(hub)  # "org/name/" means the default file name, as in open_clip
+    filename = filename or HF_WEIGHTS_NAME
+    if filename == HF_WEIGHTS_NAME:
+        return repo, [HF_SAFE_WEIGHTS_NAME, filename]
+    if filename.endswith((".bin", ".pth")):
+        return repo, [filename[:-4] + ".safetensors", filename]
+    return repo, [filename]
+
+
+def _check_hub_reachable(spec: ModelSpec, open_clip: Any) -> None:
+    """Fail at once, not after a minute of silent retries, when weights must be downloaded and cannot be."""
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    weights = _hub_weights(spec, open_clip)
+    if weights is None or constants.HF_HUB_OFFLINE:
+        return
+    repo, names = weights
+    if any(isinstance(try_to_load_from_cache(repo, name), str) for name in names):
+        return
+    try:
+        urllib.request.urlopen(constants.ENDPOINT, timeout=HUB_PROBE_SECONDS).close()
+    except urllib.error.HTTPError:
+        return  # the hub answered, even if not with 200: it is reachable
+    except (OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise ModelUnavailable(
+            f"cannot load model {spec}: its weights are not downloaded yet and the model hub {constants.ENDPOINT}"
+            f" cannot be reached ({reason}). Download them where there is a network, or pass a local checkpoint:"
+            f" --model {spec.name}:/path/to/open_clip_model.safetensors"
+        ) from exc

@@ -10,6 +10,7 @@ words next to each other form one text ("a dog on a beach"), so quoting is optio
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import shlex
@@ -23,6 +24,8 @@ from imagedb.images import SUPPORTED_SUFFIXES
 
 _WEIGHT = re.compile(r"^(\d+(?:\.\d+)?):(.*)$", re.S)
 _ID = re.compile(r"^id:(.*)$", re.S)
+# Weights are relative; beyond this a weight says nothing more, and a huge one overflows to infinity.
+MAX_WEIGHT = 1000.0
 
 
 @dataclass(frozen=True)
@@ -76,8 +79,9 @@ def _weight(token: str) -> tuple[float | None, str]:
     if not match:
         return None, token
     weight = float(match.group(1))
-    if weight <= 0:
-        raise InvalidInput(f"a weight must be above 0: {token!r}")
+    if not (math.isfinite(weight) and 0 < weight <= MAX_WEIGHT):
+        shown = token if len(token) <= 40 else token[:37] + "..."
+        raise InvalidInput(f"a weight must be above 0 and at most {MAX_WEIGHT:g}: {shown!r}")
     return weight, match.group(2)
 
 
@@ -96,18 +100,17 @@ def _term(body: str, weight: float | None, files: bool) -> Term:
         if looks_like_path:
             raise InvalidInput(f"image paths are not accepted here ({body}): upload the image instead")
         return Term("text", body, w)
-    path = Path(body).expanduser()
-    if is_file(path):
-        return Term("image", str(path), w)
+    if is_file(body):
+        return Term("image", str(Path(body).expanduser()), w)
     if looks_like_path:
         raise InvalidInput(f"no such image file: {body}")
     return Term("text", body, w)
 
 
-def is_file(path: Path) -> bool:
-    """Whether `path` is a readable file's name; False for text that cannot be a path at all (a component over
-    255 bytes, a NUL character), which Path.is_file raises on."""
+def is_file(text: str | Path) -> bool:
+    """Whether `text` names a readable file; False for text that cannot be a path at all: a component over 255
+    bytes (ENAMETOOLONG), a NUL character, or "~someone" with no such user."""
     try:
-        return path.is_file()
-    except (OSError, ValueError):
+        return Path(text).expanduser().is_file()
+    except (OSError, RuntimeError, ValueError):
         return False

@@ -1,10 +1,15 @@
-"""`imagedb search`: nearest images to a weighted mix of texts, image files and stored images, with filters."""
+"""`imagedb search`: nearest images to a weighted mix of texts, image files and stored images, with filters.
+
+A search runs in three steps, so that a server holds a database connection only while it uses one:
+plan() reads the collection and the stored vectors of id: terms, query_vector() embeds texts and images with no
+database at all, and nearest() asks the index. search() does all three on one connection.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Literal
 
@@ -33,6 +38,30 @@ class SearchResult:
     date: datetime  # when taken, else the file's time
 
 
+@dataclass(frozen=True)
+class Plan:
+    """A checked search: what the database said before anything is embedded."""
+
+    target: Collection
+    terms: tuple[Term, ...]
+    stored: dict[int, np.ndarray]  # the vectors of the id: terms, by id
+    filters: Filters
+    limit: int
+    offset: int
+    ef_search: int
+    min_score: float | None
+    sort: Literal["score", "date"]
+
+    @property
+    def needs_model(self) -> bool:
+        """Whether query_vector() runs the model (texts or image files), not only stored vectors."""
+        return any(t.kind != "id" for t in self.terms)
+
+    @property
+    def model(self) -> ModelSpec:
+        return collections.model_of(self.target)
+
+
 def search(
     store: Store,
     terms: Sequence[Term],
@@ -50,6 +79,35 @@ def search(
 
     min_score drops matches below that cosine similarity; sort="date" orders the matches newest first.
     """
+    checked = plan(
+        store,
+        terms,
+        collection=collection,
+        model=model,
+        limit=limit,
+        offset=offset,
+        ef_search=ef_search,
+        filters=filters,
+        min_score=min_score,
+        sort=sort,
+    )
+    return nearest(store, checked, query_vector(checked))
+
+
+def plan(
+    store: Store,
+    terms: Sequence[Term],
+    *,
+    collection: str = DEFAULT_COLLECTION,
+    model: ModelSpec | None = None,
+    limit: int = 10,
+    offset: int = 0,
+    ef_search: int = DEFAULT_EF_SEARCH,
+    filters: Filters = Filters(),
+    min_score: float | None = None,
+    sort: Literal["score", "date"] = "score",
+) -> Plan:
+    """Check the search and read what it needs from the database; raises InvalidInput or NotFound."""
     if not terms:
         raise InvalidInput("the query is empty: give a text, an image path or id:N")
     if not 1 <= limit <= MAX_LIMIT:
@@ -61,17 +119,36 @@ def search(
     if min_score is not None and not -1.0 <= min_score <= 1.0:
         raise InvalidInput(f"min_score is a cosine similarity, between -1 and 1, not {min_score}")
     target = collections.get(store, collection, model)
-    filters = _checked(store, target, filters)
-    query = query_vector(store, target, terms)
-    hits = store.nearest(target, query, limit, ef_search, offset=offset, filters=filters)
-    if min_score is not None:
-        hits = [h for h in hits if h.score >= min_score]
-    if sort == "date":
+    checked = _checked(store, target, filters)
+    stored: dict[int, np.ndarray] = {}
+    for term in terms:
+        if term.kind == "id" and int(term.value) not in stored:
+            found = store.image_vector(int(term.value), target.model_id)
+            if found is None:
+                raise NotFound(f"no stored image with id {term.value} embedded by {collections.model_of(target)}")
+            stored[int(term.value)] = found
+    return Plan(target, tuple(terms), stored, checked, limit, offset, ef_search, min_score, sort)
+
+
+def nearest(store: Store, plan: Plan, query: np.ndarray) -> list[SearchResult]:
+    """The plan's results for the query vector from query_vector()."""
+    hits = store.nearest(plan.target, query, plan.limit, plan.ef_search, offset=plan.offset, filters=plan.filters)
+    if plan.min_score is not None:
+        hits = [h for h in hits if h.score >= plan.min_score]
+    if plan.sort == "date":
         hits = sorted(hits, key=lambda h: h.date, reverse=True)
     return [
         SearchResult(rank, hit.score, hit.image_id, hit.path, hit.date)
-        for rank, hit in enumerate(hits, start=offset + 1)
+        for rank, hit in enumerate(hits, start=plan.offset + 1)
     ]
+
+
+def _utc_naive(value: datetime | None) -> datetime | None:
+    # The image date compared against is a naive UTC timestamp (taken_at, or mtime in UTC): an aware bound is
+    # converted to it, so aware and naive bounds compare with each other and with the column.
+    if value is None or value.tzinfo is None:
+        return value
+    return value.astimezone(timezone.utc).replace(tzinfo=None)
 
 
 def _checked(store: Store, target: Collection, filters: Filters) -> Filters:
@@ -87,28 +164,28 @@ def _checked(store: Store, target: Collection, filters: Filters) -> Filters:
     if filters.format is not None:
         fmt = filters.format.strip().upper().lstrip(".")
         filters = replace(filters, format=FORMAT_ALIASES.get(fmt, fmt))
+    filters = replace(filters, after=_utc_naive(filters.after), before=_utc_naive(filters.before))
     if filters.after and filters.before and filters.after >= filters.before:
         raise InvalidInput("--after must be earlier than --before")
     return filters
 
 
-def query_vector(store: Store, target: Collection, terms: Sequence[Term]) -> np.ndarray:
-    """The normalised weighted sum of the terms' normalised vectors."""
-    spec = collections.model_of(target)
+def query_vector(plan: Plan) -> np.ndarray:
+    """The normalised weighted sum of the terms' normalised vectors; embeds texts and images, no database."""
+    spec = plan.model
     vectors: list[np.ndarray] = []
-    texts = [t.value for t in terms if t.kind == "text"]
+    texts = [t.value for t in plan.terms if t.kind == "text"]
     text_vectors = iter(embed.load(spec).encode_texts(texts)) if texts else iter(())
-    for term in terms:
+    for term in plan.terms:
         if term.kind == "text":
             vectors.append(next(text_vectors))
         elif term.kind == "id":
-            found = store.image_vector(int(term.value), target.model_id)
-            if found is None:
-                raise NotFound(f"no stored image with id {term.value} embedded by {spec}")
-            vectors.append(found)
+            vectors.append(plan.stored[int(term.value)])
         else:
             vectors.append(_image_vector(Path(term.value), spec))
-    total = sum(t.weight * v / max(np.linalg.norm(v), 1e-12) for t, v in zip(terms, vectors, strict=True))
+    total = sum(t.weight * v / max(np.linalg.norm(v), 1e-12) for t, v in zip(plan.terms, vectors, strict=True))
+    if not np.all(np.isfinite(total)):  # weights are bounded in query.py; this guards any other caller
+        raise InvalidInput("the query's weights are too large: use weights between 0 and 1000")
     norm = float(np.linalg.norm(total))
     if norm < 1e-6:
         raise InvalidInput("the query's terms cancel each other out")

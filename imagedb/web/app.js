@@ -96,8 +96,15 @@ async function details(id) {
   }));
   $("original").onclick = async (event) => {
     event.preventDefault();
-    try { window.open(URL.createObjectURL(await (await api(`/api/images/${id}/original`)).blob())); }
-    catch (error) { alert(error.message); }
+    // Downloaded, never opened as a page of this origin: whatever the file holds, it cannot run here.
+    try {
+      const blob = await (await api(`/api/images/${id}/original`)).blob();
+      const link = document.createElement("a");
+      link.href = URL.createObjectURL(blob);
+      link.download = info.path.split("/").pop() || `image-${id}`;
+      link.click();
+      setTimeout(() => URL.revokeObjectURL(link.href), 60000);
+    } catch (error) { alert(error.message); }
   };
   $("more").onclick = () => {
     $("details").close();
