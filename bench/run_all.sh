@@ -14,6 +14,7 @@ if [[ "${1:-}" == "--quick" ]]; then
   python bench/dupes_scale.py --n 5000 --baseline-n 5000
   python bench/growth_bench.py --sizes 10000 20000
   python bench/api_bench.py --n 2000
+  python bench/rebuild_bench.py --n 3000 --threshold-n 500
 else
   python bench/ingest_bench.py | tee bench/results/ingest.txt
   python bench/vectors_bench.py --n 100000 | tee bench/results/vectors_100000.txt
@@ -21,4 +22,5 @@ else
   python bench/dupes_scale.py --n 100000 | tee bench/results/dupes_scale.txt
   python bench/growth_bench.py | tee bench/results/growth.txt
   python bench/api_bench.py | tee bench/results/api.txt
+  python bench/rebuild_bench.py --n 50000 | tee bench/results/rebuild.txt
 fi
