@@ -272,7 +272,9 @@ def main() -> None:
     print(f"first load (bulk path, index built after): {load_s:.1f} s")
     for method, title in (("old", "old: DROP + CREATE INDEX in one transaction"), ("new", "new: CONCURRENTLY + swap")):
         r = results[method]  # type: ignore[index]
-        caught = "" if r["standby_caught_up_s"] is None else f", standby replayed it {r['standby_caught_up_s']:.1f} s later"
+        caught = (
+            "" if r["standby_caught_up_s"] is None else f", standby replayed it {r['standby_caught_up_s']:.1f} s later"
+        )
         lag = "" if r["max_replay_lag_s"] is None else f", max replay lag {r['max_replay_lag_s']:.1f} s"
         print(f"\n{title}: rebuild {r['rebuild_s']:.1f} s{caught}{lag}")
         print(f"  {'searches on':<22} {'count':>8} {'p50 ms':>8} {'p99 ms':>9} {'max ms':>9} {'errors':>7}")

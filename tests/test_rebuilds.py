@@ -202,7 +202,11 @@ def test_a_bulk_load_into_a_serving_index_keeps_it(
         # More new files than are indexed, over the threshold: the case that used to drop the index.
         more = _noise_images(tmp_path / "more", 20)
         summary = ingest(
-            store, [more], bulk_threshold=5, batch_size=4, on_progress=lambda n: seen.append(observer.valid_hnsw_indexes(model_id))
+            store,
+            [more],
+            bulk_threshold=5,
+            batch_size=4,
+            on_progress=lambda n: seen.append(observer.valid_hnsw_indexes(model_id)),
         )
     finally:
         observer.close()
@@ -219,9 +223,14 @@ def test_a_first_bulk_load_still_builds_the_index_after_the_load(
     seen: list[list[str]] = []
     try:
         more = _noise_images(tmp_path / "more", 12)
-        ingest(store, [more], model=spec, bulk_threshold=5, batch_size=4, on_progress=lambda n: seen.append(
-            observer.valid_hnsw_indexes(1)
-        ))
+        ingest(
+            store,
+            [more],
+            model=spec,
+            bulk_threshold=5,
+            batch_size=4,
+            on_progress=lambda n: seen.append(observer.valid_hnsw_indexes(1)),
+        )
     finally:
         observer.close()
     assert seen == [[], [], []]  # nothing to serve yet: loaded without the index

@@ -73,7 +73,9 @@ class ModelsStore(StoreBase):
             ).fetchone()  # type: ignore[misc]
             if stored_dim == dim:
                 # An empty index: nothing to serve yet, so a plain build in this transaction is instant.
-                self.conn.execute(_create_sql(hnsw_index_name(model_id), model_id, dim, DEFAULT_HNSW, concurrently=False))
+                self.conn.execute(
+                    _create_sql(hnsw_index_name(model_id), model_id, dim, DEFAULT_HNSW, concurrently=False)
+                )
         if stored_dim != dim:
             raise ModelMismatch(f"model {name}:{pretrained} is registered with dimension {stored_dim}, not {dim}")
         return int(model_id)
