@@ -16,6 +16,7 @@ if [[ "${1:-}" == "--quick" ]]; then
   python bench/api_bench.py --n 2000
   python bench/cli_latency.py --runs 2
   python bench/decode_memory.py
+  python bench/rebuild_bench.py --n 3000 --threshold-n 500
 else
   python bench/ingest_bench.py | tee bench/results/ingest.txt
   python bench/vectors_bench.py --n 100000 | tee bench/results/vectors_100000.txt
@@ -25,4 +26,5 @@ else
   python bench/api_bench.py | tee bench/results/api.txt
   python bench/cli_latency.py | tee bench/results/cli_latency.txt
   python bench/decode_memory.py | tee bench/results/decode_memory.txt
+  python bench/rebuild_bench.py --n 50000 | tee bench/results/rebuild.txt
 fi

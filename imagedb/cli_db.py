@@ -86,7 +86,8 @@ def upgrade(ctx: click.Context) -> None:
 @click.option("--hashes", is_flag=True, help="Instead: compute missing perceptual hashes from stored thumbnails.")
 @click.pass_context
 def reindex(ctx: click.Context, m: int, ef_construction: int, hashes: bool) -> None:
-    """Rebuild every model's HNSW index with new build parameters (or, with --hashes, backfill hashes)."""
+    """Rebuild every model's HNSW index with new build parameters, while searches keep using the old one
+    (or, with --hashes, backfill hashes)."""
     if hashes:
         from imagedb.dupes import backfill_hashes
 
@@ -97,7 +98,10 @@ def reindex(ctx: click.Context, m: int, ef_construction: int, hashes: bool) -> N
         raise click.BadParameter(f"must be at least 2 * m = {2 * m}", param_hint="--ef-construction")
     with open_store(ctx) as store:
         names = store.rebuild_indexes(m, ef_construction)
-    click.echo(f"rebuilt {len(names)} index(es) with m={m}, ef_construction={ef_construction}")
+    click.echo(
+        f"rebuilt {len(names)} index(es) with m={m}, ef_construction={ef_construction}"
+        " (built concurrently and swapped in: searches used the old index meanwhile)"
+    )
 
 
 @db.command()

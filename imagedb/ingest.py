@@ -98,10 +98,12 @@ def ingest(
     summary = IngestSummary(collection=target.name, run_id=store.start_run(target.id))
     todo = _changed_files(files, store.file_states(target.id))
     summary.skipped = len(files) - len(todo)
-    # A large load into a small index: inserting row by row into HNSW costs 100x a COPY, and building the
-    # index afterwards is faster than both together (bench/results/vectors_100000.txt). A run killed in between
-    # leaves no index; the next run builds it (restore_hnsw_index is a no-op when it exists).
-    bulk = len(todo) >= bulk_threshold and len(todo) > store.embedding_count(target.model_id)
+    # A model's first large load: inserting row by row into HNSW costs 100x a COPY, and building the index
+    # afterwards is faster than both together (bench/results/vectors_100000.txt). Only while the index serves
+    # nothing: once the model has embeddings the load goes into the index, so searches never lose it (building a
+    # new one after the load would cost the same load plus a build: bench/results/rebuild.txt). A run killed in
+    # between leaves no index; the next run builds it (restore_hnsw_index is a no-op when a valid one exists).
+    bulk = len(todo) >= bulk_threshold and not store.model_has_embeddings(target.model_id)
     index_definition = store.drop_hnsw_index(target.model_id) if bulk else None
     try:
         if todo:

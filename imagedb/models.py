@@ -162,13 +162,14 @@ watch_hashes = Table(
     Index("watch_hashes_hnsw", "hash", postgresql_using="hnsw", postgresql_ops={"hash": "bit_hamming_ops"}),
 )
 
+# Keyed by (watch_id, image_id), which holds the image id its table would be distributed by under Citus
+# (docs/scaling.md); id only orders the hits.
 watch_hits = Table(
     "watch_hits",
     metadata,
-    Column("id", BigInteger, Identity(), primary_key=True),
-    Column("watch_id", Integer, ForeignKey("watches.id", ondelete="CASCADE"), nullable=False),
-    Column("image_id", BigInteger, ForeignKey("images.id", ondelete="CASCADE"), nullable=False),
+    Column("id", BigInteger, Identity(), nullable=False),
+    Column("watch_id", Integer, ForeignKey("watches.id", ondelete="CASCADE"), primary_key=True),
+    Column("image_id", BigInteger, ForeignKey("images.id", ondelete="CASCADE"), primary_key=True),
     Column("distance", Integer, nullable=False),
     Column("found_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
-    UniqueConstraint("watch_id", "image_id", name="watch_hits_watch_id_image_id_key"),
 )

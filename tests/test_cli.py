@@ -140,3 +140,26 @@ def test_docker_compose_file_is_a_pgvector_server_on_loopback() -> None:
     assert "pg_isready" in " ".join(service["healthcheck"]["test"])
     volume = service["volumes"][0].split(":")[0]
     assert volume in compose["volumes"]
+
+
+def test_docker_compose_citus_profile_is_optional_and_built_with_pgvector() -> None:
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    services = compose["services"]
+    # A plain `docker compose up` starts the pgvector server alone.
+    assert [name for name, s in services.items() if "profiles" not in s] == ["postgres"]
+    citus = {name: s for name, s in services.items() if s.get("profiles") == ["citus"]}
+    assert set(citus) == {"citus-coordinator", "citus-worker-1", "citus-worker-2"}
+    dockerfile = (ROOT / "docker" / "citus" / "Dockerfile").read_text()
+    base = next(line.split()[1] for line in dockerfile.splitlines() if line.startswith("FROM "))
+    assert base.startswith("citusdata/citus:")
+    assert "postgresql-17-pgvector" in dockerfile  # the citus image's PostgreSQL major version
+    for name, service in citus.items():
+        assert service["build"] == "./docker/citus"
+        assert "pg_isready" in " ".join(service["healthcheck"]["test"])
+        assert all(v.split(":")[0] in compose["volumes"] for v in service["volumes"])
+        # Only the coordinator is reachable, and only from this machine; the workers trust the compose network.
+        if name == "citus-coordinator":
+            assert [p.startswith("127.0.0.1:") for p in service["ports"]] == [True]
+            assert "citus.propagate_set_commands=local" in service["command"]
+        else:
+            assert "ports" not in service

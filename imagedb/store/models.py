@@ -1,20 +1,62 @@
-"""Models and collections: each model's row and its HNSW index, and the collections bound to them."""
+"""Models and collections: each model's row and its HNSW index, and the collections bound to them.
+
+HNSW builds after the first never leave a moment without a valid index (searches find the index by its expression
+and predicate, never by name): the new index is built with CREATE INDEX CONCURRENTLY under a temporary name, the
+old one is dropped with DROP INDEX CONCURRENTLY, and the new one renamed to the canonical name. Neither takes a lock
+that blocks searches or writes, and none of the three takes an ACCESS EXCLUSIVE lock on the table, the lock that a
+streaming standby replays and that blocked its readers for as long as the old DROP + CREATE transaction ran.
+"""
 
 from __future__ import annotations
 
-from contextlib import suppress
+import re
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from typing import NamedTuple
 
 import psycopg
 from psycopg import sql
 
 from imagedb.db import HNSW_INDEX_PREFIX
-from imagedb.errors import ModelMismatch
+from imagedb.errors import ImagedbError, ModelMismatch
 from imagedb.store.base import StoreBase
 from imagedb.store.records import Collection
 
 DEFAULT_HNSW_M = 16
 DEFAULT_HNSW_EF_CONSTRUCTION = 64
 BUILD_MEMORY = "1GB"
+# The name a concurrent build gives the new index until it replaces the old one.
+BUILD_SUFFIX = "_next"
+_INDEX_LOCK = 0x1A6F  # advisory lock class for index builds; the second key is the model id
+_LOCK_POLL_S = 0.2
+
+
+class HnswParams(NamedTuple):
+    m: int
+    ef_construction: int
+
+
+DEFAULT_HNSW = HnswParams(DEFAULT_HNSW_M, DEFAULT_HNSW_EF_CONSTRUCTION)
+
+
+def hnsw_index_name(model_id: int) -> str:
+    return f"{HNSW_INDEX_PREFIX}{model_id}"
+
+
+def _create_sql(name: str, model_id: int, dim: int, params: HnswParams, *, concurrently: bool) -> sql.Composed:
+    return sql.SQL(
+        "CREATE INDEX {how} IF NOT EXISTS {name} ON embeddings"
+        " USING hnsw ((embedding::halfvec({dim})) halfvec_cosine_ops)"
+        " WITH (m = {m}, ef_construction = {efc}) WHERE model_id = {model_id}"
+    ).format(
+        how=sql.SQL("CONCURRENTLY" if concurrently else ""),
+        name=sql.Identifier(name),
+        dim=sql.Literal(dim),
+        m=sql.Literal(params.m),
+        efc=sql.Literal(params.ef_construction),
+        model_id=sql.Literal(model_id),
+    )
 
 
 class ModelsStore(StoreBase):
@@ -30,67 +72,170 @@ class ModelsStore(StoreBase):
                 "SELECT id, dim FROM embedding_models WHERE name = %s AND pretrained = %s", (name, pretrained)
             ).fetchone()  # type: ignore[misc]
             if stored_dim == dim:
-                self._create_hnsw_index(model_id, dim, DEFAULT_HNSW_M, DEFAULT_HNSW_EF_CONSTRUCTION)
+                # An empty index: nothing to serve yet, so a plain build in this transaction is instant.
+                self.conn.execute(
+                    _create_sql(hnsw_index_name(model_id), model_id, dim, DEFAULT_HNSW, concurrently=False)
+                )
         if stored_dim != dim:
             raise ModelMismatch(f"model {name}:{pretrained} is registered with dimension {stored_dim}, not {dim}")
         return int(model_id)
 
-    def _create_hnsw_index(self, model_id: int, dim: int, m: int, ef_construction: int) -> None:
-        # Measured (bench/vectors_bench.py): the build's graph must fit in maintenance_work_mem to stay fast.
-        self.conn.execute("SELECT set_config('maintenance_work_mem', %s, true)", (BUILD_MEMORY,))
-        self.conn.execute(
-            sql.SQL(
-                "CREATE INDEX IF NOT EXISTS {name} ON embeddings"
-                " USING hnsw ((embedding::halfvec({dim})) halfvec_cosine_ops)"
-                " WITH (m = {m}, ef_construction = {efc}) WHERE model_id = {model_id}"
-            ).format(
-                name=sql.Identifier(f"{HNSW_INDEX_PREFIX}{model_id}"),
-                dim=sql.Literal(dim),
-                m=sql.Literal(m),
-                efc=sql.Literal(ef_construction),
-                model_id=sql.Literal(model_id),
-            )
+    def valid_hnsw_indexes(self, model_id: int) -> list[str]:
+        """The valid HNSW indexes that serve this model's searches, found as the planner finds them: by table,
+        access method and predicate, whatever their names."""
+        rows = self.conn.execute(
+            "SELECT c.relname FROM pg_index x JOIN pg_class c ON c.oid = x.indexrelid"
+            " JOIN pg_am a ON a.oid = c.relam"
+            " WHERE x.indrelid = 'embeddings'::regclass AND a.amname = 'hnsw' AND x.indisvalid AND x.indisready"
+            " AND pg_get_expr(x.indpred, x.indrelid) = %s ORDER BY c.relname",
+            (f"(model_id = {int(model_id)})",),
+        ).fetchall()
+        return [r[0] for r in rows]
+
+    def hnsw_params(self, model_id: int) -> HnswParams | None:
+        """The build parameters of the model's index, None when it has none."""
+        row = self.conn.execute(
+            "SELECT c.reloptions FROM pg_class c WHERE c.oid = to_regclass(%s)", (hnsw_index_name(model_id),)
+        ).fetchone()
+        if row is None:
+            return None
+        options = dict(o.split("=", 1) for o in row[0] or [])
+        return HnswParams(
+            int(options.get("m", DEFAULT_HNSW_M)), int(options.get("ef_construction", DEFAULT_HNSW_EF_CONSTRUCTION))
         )
 
-    def drop_hnsw_index(self, model_id: int) -> str | None:
-        """Drop a model's HNSW index before a bulk load; returns its definition, to build it again after."""
-        name = f"{HNSW_INDEX_PREFIX}{model_id}"
+    def model_has_embeddings(self, model_id: int) -> bool:
+        row = self.conn.execute("SELECT EXISTS (SELECT 1 FROM embeddings WHERE model_id = %s)", (model_id,)).fetchone()
+        return bool(row[0])  # type: ignore[index]
+
+    def drop_hnsw_index(self, model_id: int) -> HnswParams | None:
+        """Drop a model's HNSW index before the first bulk load of a model (ingest drops only an index that
+        serves nothing: see model_has_embeddings); returns its build parameters, for restore_hnsw_index. None when
+        it had no index, or the role may not drop it."""
+        params = self.hnsw_params(model_id)
         try:
-            with self.conn.transaction():
-                row = self.conn.execute("SELECT indexdef FROM pg_indexes WHERE indexname = %s", (name,)).fetchone()
-                self.conn.execute(sql.SQL("DROP INDEX IF EXISTS {}").format(sql.Identifier(name)))
+            # Concurrently, although empty: a plain DROP INDEX locks the whole table (every model's searches) and
+            # that lock is replayed on standbys.
+            self.conn.execute(
+                sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(sql.Identifier(hnsw_index_name(model_id)))
+            )
         except psycopg.errors.InsufficientPrivilege:
             return None  # a writer role may not drop it: the load goes into the index, slower but fine
-        return row[0] if row else None
+        return params
 
-    def restore_hnsw_index(self, model_id: int, dim: int, definition: str | None) -> None:
-        """Build the model's HNSW index if it is missing: from a saved definition, else with the defaults.
-        A role that may not build it leaves it to the owner (`imagedb db check` reports it missing)."""
-        with suppress(psycopg.errors.InsufficientPrivilege), self.conn.transaction():
-            name = f"{HNSW_INDEX_PREFIX}{model_id}"
-            if self.conn.execute("SELECT to_regclass(%s)", (name,)).fetchone()[0] is not None:  # type: ignore[index]
+    def restore_hnsw_index(self, model_id: int, dim: int, params: HnswParams | None) -> None:
+        """Build the model's HNSW index if it has no valid one (a first bulk load, a run killed before the build),
+        with `params` (else the defaults); finish or clean up an interrupted concurrent rebuild first. A plain
+        CREATE INDEX: no index existed, so there is nothing to keep serving. A role that may not build it leaves
+        it to the owner (`imagedb db check` reports it missing); a rebuild under way elsewhere is left to finish."""
+        with suppress(psycopg.errors.InsufficientPrivilege), self._index_lock(model_id, wait=False) as locked:
+            if not locked:
+                return  # another process is building this model's index: it leaves a valid one
+            self._repair_interrupted_build(model_id)
+            if self.valid_hnsw_indexes(model_id):
                 return
-            if definition is None:
-                self._create_hnsw_index(model_id, dim, DEFAULT_HNSW_M, DEFAULT_HNSW_EF_CONSTRUCTION)
-            else:
-                self.conn.execute("SELECT set_config('maintenance_work_mem', %s, true)", (BUILD_MEMORY,))
-                # PostgreSQL's own text of the index drop_hnsw_index removed: it keeps custom m / ef_construction.
-                self.conn.execute(definition.encode())
+            with self._build_memory():
+                self.conn.execute(
+                    _create_sql(hnsw_index_name(model_id), model_id, dim, params or DEFAULT_HNSW, concurrently=False)
+                )
+
+    def rebuild_hnsw_index(self, model_id: int, dim: int, params: HnswParams) -> str:
+        """Build the model's HNSW index again with `params`, while the old one keeps serving searches; returns
+        the index name. Waits for a rebuild of the same model elsewhere to finish first."""
+        name, building = hnsw_index_name(model_id), hnsw_index_name(model_id) + BUILD_SUFFIX
+        with self._index_lock(model_id, wait=True):
+            self._repair_interrupted_build(model_id)
+            self._drop_concurrently(building)  # a valid leftover of a run stopped before its swap
+            try:
+                with self._build_memory():
+                    self.conn.execute(_create_sql(building, model_id, dim, params, concurrently=True))
+            except BaseException:
+                # A failed or cancelled concurrent build leaves an INVALID index behind; remove it now if the
+                # connection still works, else the next rebuild does (`imagedb db check` reports it meanwhile).
+                with suppress(psycopg.Error):
+                    self._drop_concurrently(building)
+                raise
+            # From here two valid indexes exist; the planner uses either, and then the new one alone.
+            self._drop_concurrently(name)
+            self._rename(building, name)
+        return name
+
+    def rebuild_indexes(self, m: int, ef_construction: int) -> list[str]:
+        """Rebuild every model's HNSW index with new build parameters, without downtime; returns the names."""
+        models = self.conn.execute("SELECT id, dim FROM embedding_models ORDER BY id").fetchall()
+        try:
+            return [self.rebuild_hnsw_index(model_id, dim, HnswParams(m, ef_construction)) for model_id, dim in models]
+        except psycopg.errors.InsufficientPrivilege as exc:
+            raise ImagedbError(
+                "only the owner of the embeddings table may rebuild its indexes: run `imagedb db reindex` as"
+                " the role that ran `imagedb db upgrade`"
+            ) from exc
+
+    def _repair_interrupted_build(self, model_id: int) -> None:
+        """Undo what a concurrent build or drop stopped halfway left: INVALID indexes of this model's names are
+        dropped; a valid new index whose old one is gone takes the canonical name."""
+        name = hnsw_index_name(model_id)
+        pattern = f"^{re.escape(name)}(_[a-z0-9]+)?$"  # embeddings_hnsw_1 and _1_next / _1_ccnew, never _10
+        rows = self.conn.execute(
+            "SELECT c.relname, x.indisvalid FROM pg_index x JOIN pg_class c ON c.oid = x.indexrelid"
+            " WHERE x.indrelid = 'embeddings'::regclass AND c.relname ~ %s ORDER BY c.relname",
+            (pattern,),
+        ).fetchall()
+        for relname, valid in rows:
+            if not valid:
+                self._drop_concurrently(relname)
+        building = name + BUILD_SUFFIX
+        if any(r == building and v for r, v in rows) and not any(r == name and v for r, v in rows):
+            self._rename(building, name)
+
+    def _drop_concurrently(self, name: str) -> None:
+        # Outside any transaction (the connection is in autocommit mode): waits for searches using the index.
+        self.conn.execute(sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(sql.Identifier(name)))
+
+    def _rename(self, old: str, new: str) -> None:
+        # ALTER INDEX ... RENAME takes SHARE UPDATE EXCLUSIVE on the index (PostgreSQL >= 12): searches and
+        # writes go on, and no lock record reaches a standby (tests/test_rebuilds.py checks the lock mode).
+        self.conn.execute(sql.SQL("ALTER INDEX {} RENAME TO {}").format(sql.Identifier(old), sql.Identifier(new)))
+
+    @contextmanager
+    def _index_lock(self, model_id: int, *, wait: bool) -> Iterator[bool]:
+        """One index build per model at a time, across processes (a session lock: the builds run outside
+        transactions). Waiting polls instead of blocking in pg_advisory_lock: a statement blocked there is a
+        transaction, which the other process's CREATE INDEX CONCURRENTLY waits for, a deadlock (found by
+        tests/test_rebuilds.py)."""
+        while not (locked := self._try_index_lock(model_id)) and wait:
+            time.sleep(_LOCK_POLL_S)
+        try:
+            yield locked
+        finally:
+            if locked and not (self.conn.closed or self.conn.broken):
+                self.conn.execute("SELECT pg_advisory_unlock(%s, %s)", (_INDEX_LOCK, model_id))
+
+    def _try_index_lock(self, model_id: int) -> bool:
+        row = self.conn.execute("SELECT pg_try_advisory_lock(%s, %s)", (_INDEX_LOCK, model_id)).fetchone()
+        return bool(row[0])  # type: ignore[index]
+
+    @contextmanager
+    def _build_memory(self) -> Iterator[None]:
+        """maintenance_work_mem of at least BUILD_MEMORY for this session's builds, put back afterwards.
+        On the session, not the transaction: CREATE INDEX CONCURRENTLY runs outside a transaction block. Put back
+        to the session's own value rather than RESET, which would also undo a SET of the caller's.
+        Measured (bench/vectors_bench.py): the build's graph must fit in maintenance_work_mem to stay fast."""
+        before = self.conn.execute("SELECT current_setting('maintenance_work_mem')").fetchone()[0]  # type: ignore[index]
+        self.conn.execute(
+            "SELECT set_config('maintenance_work_mem', %s, false)"
+            " WHERE pg_size_bytes(current_setting('maintenance_work_mem')) < pg_size_bytes(%s)",
+            (BUILD_MEMORY, BUILD_MEMORY),
+        )
+        try:
+            yield
+        finally:
+            if not (self.conn.closed or self.conn.broken):
+                self.conn.execute("SELECT set_config('maintenance_work_mem', %s, false)", (before,))
 
     def embedding_count(self, model_id: int) -> int:
         row = self.conn.execute("SELECT count(*) FROM embeddings WHERE model_id = %s", (model_id,)).fetchone()
         return int(row[0])  # type: ignore[index]
-
-    def rebuild_indexes(self, m: int, ef_construction: int) -> list[str]:
-        """Recreate every model's HNSW index with new build parameters; returns the index names."""
-        names = []
-        with self.conn.transaction():
-            for model_id, dim in self.conn.execute("SELECT id, dim FROM embedding_models ORDER BY id").fetchall():
-                name = f"{HNSW_INDEX_PREFIX}{model_id}"
-                self.conn.execute(sql.SQL("DROP INDEX IF EXISTS {}").format(sql.Identifier(name)))
-                self._create_hnsw_index(model_id, dim, m, ef_construction)
-                names.append(name)
-        return names
 
     def get_collection(self, name: str) -> Collection | None:
         row = self.conn.execute(

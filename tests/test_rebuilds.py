@@ -1,0 +1,238 @@
+"""HNSW rebuilds without downtime: a valid index for the model at every moment, searches never blocked,
+interrupted builds cleaned up, and bulk loads that leave a serving index in place."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import psycopg
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from imagedb import db
+from imagedb.cli import main
+from imagedb.embed import ModelSpec
+from imagedb.ingest import ingest
+from imagedb.store import Store
+from imagedb.store.models import BUILD_SUFFIX, HnswParams, hnsw_index_name
+
+from helpers import fill_synthetic
+
+
+def _model_indexes(store: Store, model_id: int) -> list[tuple[str, bool]]:
+    """Every index of the model's names, valid or not."""
+    rows = store.conn.execute(
+        "SELECT c.relname, x.indisvalid FROM pg_index x JOIN pg_class c ON c.oid = x.indexrelid"
+        " WHERE x.indrelid = 'embeddings'::regclass AND c.relname ~ %s ORDER BY 1",
+        (f"^{hnsw_index_name(model_id)}(_.*)?$",),
+    ).fetchall()
+    return [(r[0], r[1]) for r in rows]
+
+
+def _index_problems(store: Store) -> list[str]:
+    """`imagedb db check` findings, less the missing hashes of synthetic rows."""
+    return [p for p in store.problems() if "perceptual hash" not in p]
+
+
+class Watcher(threading.Thread):
+    """On its own connection, over and over: is there a valid HNSW index for the model (by predicate), and does
+    a search answer without waiting on a lock?"""
+
+    def __init__(self, database_url: str, collection) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(daemon=True)
+        self.store = Store(db.open_connection(database_url))
+        # Searches must never queue behind the rebuild: a lock wait longer than this fails the search.
+        self.store.conn.execute("SET lock_timeout = '200ms'")
+        self.collection = collection
+        self.stop = threading.Event()
+        self.checks = 0
+        self.failures: list[str] = []
+        self.query = np.random.default_rng(5).standard_normal(collection.dim).astype(np.float32)
+
+    def run(self) -> None:
+        try:
+            while not self.stop.is_set():
+                try:
+                    if not self.store.valid_hnsw_indexes(self.collection.model_id):
+                        self.failures.append(f"no valid index at check {self.checks}")
+                    if len(self.store.nearest(self.collection, self.query, 10)) != 10:
+                        self.failures.append(f"short result at check {self.checks}")
+                except psycopg.Error as exc:
+                    self.failures.append(f"check {self.checks} failed: {exc}")
+                self.checks += 1
+        finally:
+            self.store.close()
+
+
+def test_rebuild_keeps_a_valid_index_and_answers_searches_throughout(store: Store, database_url: str) -> None:
+    collection = fill_synthetic(store, 5000)
+    watcher = Watcher(database_url, collection)
+    watcher.start()
+    time.sleep(0.2)
+    before = watcher.checks
+    started = time.perf_counter()
+    names = store.rebuild_indexes(m=16, ef_construction=128)
+    seconds = time.perf_counter() - started
+    during = watcher.checks - before
+    time.sleep(0.2)
+    watcher.stop.set()
+    watcher.join(30)
+    assert watcher.failures == [], watcher.failures[:5]
+    assert during >= 5, f"only {during} checks during a {seconds:.2f} s rebuild"
+    assert names == [hnsw_index_name(collection.model_id)]
+    assert _model_indexes(store, collection.model_id) == [(names[0], True)]
+
+
+def test_rebuild_changes_parameters_keeps_the_name_and_resets_the_session(store: Store) -> None:
+    collection = fill_synthetic(store, 3000)
+    store.conn.execute("SET maintenance_work_mem = '100MB'")
+    store.rebuild_indexes(m=8, ef_construction=32)
+    assert store.hnsw_params(collection.model_id) == HnswParams(8, 32)
+    assert store.conn.execute("SHOW maintenance_work_mem").fetchone()[0] == "100MB"
+    # The index the planner uses is the new one, under the name the README and EXPLAIN show.
+    query = np.ones(32, dtype=np.float32)
+    assert f"Index Scan using {hnsw_index_name(collection.model_id)}" in store.explain_nearest(collection, query, 10)
+    assert _index_problems(store) == []
+
+
+def _interrupted_concurrent_build(store: Store, database_url: str, model_id: int, dim: int) -> None:
+    """A CREATE INDEX CONCURRENTLY cancelled while it waits for a writer: PostgreSQL leaves it INVALID."""
+    with psycopg.connect(database_url) as writer:  # an open transaction holding ROW EXCLUSIVE on embeddings
+        writer.execute("LOCK TABLE embeddings IN ROW EXCLUSIVE MODE")
+        store.conn.execute("SET statement_timeout = '300ms'")
+        with pytest.raises(psycopg.errors.QueryCanceled):
+            store.conn.execute(
+                f"CREATE INDEX CONCURRENTLY {hnsw_index_name(model_id)}{BUILD_SUFFIX} ON embeddings USING hnsw"
+                f" ((embedding::halfvec({dim})) halfvec_cosine_ops) WHERE model_id = {model_id}"
+            )
+        store.conn.execute("RESET statement_timeout")
+
+
+def test_an_interrupted_concurrent_build_is_dropped_by_the_next_rebuild(store: Store, database_url: str) -> None:
+    collection = fill_synthetic(store, 300)
+    _interrupted_concurrent_build(store, database_url, collection.model_id, collection.dim)
+    leftover = f"{hnsw_index_name(collection.model_id)}{BUILD_SUFFIX}"
+    assert (leftover, False) in _model_indexes(store, collection.model_id)
+    assert any("invalid indexes" in p for p in _index_problems(store))
+    result = CliRunner().invoke(main, ["--database-url", database_url, "db", "reindex"])
+    assert result.exit_code == 0, result.output
+    assert "searches used the old index meanwhile" in result.output
+    assert _model_indexes(store, collection.model_id) == [(hnsw_index_name(collection.model_id), True)]
+    assert _index_problems(store) == []
+
+
+def test_an_interrupted_build_is_also_cleaned_up_by_the_next_ingest(store: Store, database_url: str) -> None:
+    collection = fill_synthetic(store, 300)
+    _interrupted_concurrent_build(store, database_url, collection.model_id, collection.dim)
+    store.restore_hnsw_index(collection.model_id, collection.dim, None)  # what every ingest runs at its end
+    assert _model_indexes(store, collection.model_id) == [(hnsw_index_name(collection.model_id), True)]
+
+
+def test_a_swap_stopped_after_the_old_index_was_dropped_is_finished(store: Store) -> None:
+    collection = fill_synthetic(store, 300)
+    name = hnsw_index_name(collection.model_id)
+    store.conn.execute(
+        f"CREATE INDEX CONCURRENTLY {name}{BUILD_SUFFIX} ON embeddings USING hnsw"
+        f" ((embedding::halfvec(32)) halfvec_cosine_ops) WITH (m = 8) WHERE model_id = {collection.model_id}"
+    )
+    store.conn.execute(f"DROP INDEX CONCURRENTLY {name}")
+    store.restore_hnsw_index(collection.model_id, collection.dim, None)
+    # Renamed, not built again: it keeps the new index's parameters, and no second index is left.
+    assert _model_indexes(store, collection.model_id) == [(name, True)]
+    assert store.hnsw_params(collection.model_id) == HnswParams(8, 64)
+
+
+def test_renaming_an_index_takes_no_lock_that_blocks_searches_or_reaches_a_standby(store: Store) -> None:
+    collection = fill_synthetic(store, 50)
+    name = hnsw_index_name(collection.model_id)
+    with store.conn.transaction(force_rollback=True):
+        store.conn.execute(f"ALTER INDEX {name} RENAME TO renamed_for_the_test")
+        locks = store.conn.execute(
+            "SELECT c.relname, l.mode FROM pg_locks l JOIN pg_class c ON c.oid = l.relation"
+            " WHERE l.pid = pg_backend_pid() AND c.relname IN ('renamed_for_the_test', 'embeddings')"
+        ).fetchall()
+    # Only ACCESS EXCLUSIVE locks are written to the WAL for standbys; searches take ACCESS SHARE.
+    assert locks == [("renamed_for_the_test", "ShareUpdateExclusiveLock")]
+
+
+def test_concurrent_rebuilds_of_one_model_take_turns(store: Store, database_url: str) -> None:
+    collection = fill_synthetic(store, 1000)
+    errors: list[BaseException] = []
+
+    def rebuild(m: int) -> None:
+        other = Store(db.open_connection(database_url))
+        try:
+            other.rebuild_indexes(m=m, ef_construction=64)
+        except BaseException as exc:  # reported by the assertion below
+            errors.append(exc)
+        finally:
+            other.close()
+
+    threads = [threading.Thread(target=rebuild, args=(m,)) for m in (8, 12, 16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert errors == []
+    assert _model_indexes(store, collection.model_id) == [(hnsw_index_name(collection.model_id), True)]
+    assert _index_problems(store) == []
+
+
+def _noise_images(folder: Path, count: int) -> Path:
+    folder.mkdir()
+    rng = np.random.default_rng(11)
+    for i in range(count):
+        Image.fromarray((rng.random((40, 48, 3)) * 255).astype("uint8")).save(folder / f"more_{i:02d}.png")
+    return folder
+
+
+def test_a_bulk_load_into_a_serving_index_keeps_it(
+    store: Store, database_url: str, photos: Path, tiny_model: str, tmp_path: Path
+) -> None:
+    spec = ModelSpec.parse(tiny_model)
+    ingest(store, [photos], model=spec)
+    model_id = store.get_collection("default").model_id  # type: ignore[union-attr]
+    observer = Store(db.open_connection(database_url))
+    seen: list[list[str]] = []
+    try:
+        # More new files than are indexed, over the threshold: the case that used to drop the index.
+        more = _noise_images(tmp_path / "more", 20)
+        summary = ingest(
+            store,
+            [more],
+            bulk_threshold=5,
+            batch_size=4,
+            on_progress=lambda n: seen.append(observer.valid_hnsw_indexes(model_id)),
+        )
+    finally:
+        observer.close()
+    assert summary.added == 20
+    assert len(seen) == 5 and all(seen), seen
+    assert _index_problems(store) == []
+
+
+def test_a_first_bulk_load_still_builds_the_index_after_the_load(
+    store: Store, database_url: str, tiny_model: str, tmp_path: Path
+) -> None:
+    spec = ModelSpec.parse(tiny_model)
+    observer = Store(db.open_connection(database_url))
+    seen: list[list[str]] = []
+    try:
+        more = _noise_images(tmp_path / "more", 12)
+        ingest(
+            store,
+            [more],
+            model=spec,
+            bulk_threshold=5,
+            batch_size=4,
+            on_progress=lambda n: seen.append(observer.valid_hnsw_indexes(1)),
+        )
+    finally:
+        observer.close()
+    assert seen == [[], [], []]  # nothing to serve yet: loaded without the index
+    assert _model_indexes(store, 1) == [(hnsw_index_name(1), True)]
+    assert _index_problems(store) == []
