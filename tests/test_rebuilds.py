@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -16,11 +17,26 @@ from PIL import Image
 from imagedb import db
 from imagedb.cli import main
 from imagedb.embed import ModelSpec
-from imagedb.ingest import ingest
+from imagedb.ingest import NoProgress, ingest
 from imagedb.store import Store
 from imagedb.store.models import BUILD_SUFFIX, HnswParams, hnsw_index_name
 
 from helpers import fill_synthetic
+
+
+class _Observe(NoProgress):
+    """Looks at the database after each stored batch of an ingest (the embedding phase's steps)."""
+
+    def __init__(self, look: Callable[[], None]) -> None:
+        self.look = look
+        self.current = ""
+
+    def phase(self, name: str, total: int | None = None, detail: str = "") -> None:
+        self.current = name
+
+    def advance(self, n: int = 1) -> None:
+        if self.current == "embedding":
+            self.look()
 
 
 def _model_indexes(store: Store, model_id: int) -> list[tuple[str, bool]]:
@@ -206,7 +222,7 @@ def test_a_bulk_load_into_a_serving_index_keeps_it(
             [more],
             bulk_threshold=5,
             batch_size=4,
-            on_progress=lambda n: seen.append(observer.valid_hnsw_indexes(model_id)),
+            progress=_Observe(lambda: seen.append(observer.valid_hnsw_indexes(model_id))),
         )
     finally:
         observer.close()
@@ -229,7 +245,7 @@ def test_a_first_bulk_load_still_builds_the_index_after_the_load(
             model=spec,
             bulk_threshold=5,
             batch_size=4,
-            on_progress=lambda n: seen.append(observer.valid_hnsw_indexes(1)),
+            progress=_Observe(lambda: seen.append(observer.valid_hnsw_indexes(1))),
         )
     finally:
         observer.close()

@@ -453,3 +453,21 @@ def test_dates_from_any_timezone_compare_with_each_other() -> None:
     aware = datetime(2024, 1, 1, 12, 0, tzinfo=timezone.utc).astimezone()
     assert _utc_naive(aware) == datetime(2024, 1, 1, 12, 0)
     assert _utc_naive(datetime(2024, 1, 1)) == datetime(2024, 1, 1)
+
+
+def test_every_date_the_api_returns_has_its_zone(client: TestClient, served: Path, database_url: str) -> None:
+    """One ISO 8601 form everywhere: search dates and EXIF times (read as UTC, as the filters read them) end in Z,
+    like file times always did."""
+    dated = served / "dated.jpg"
+    exif = Image.Exif()
+    exif[0x8769] = {0x9003: "2024:05:01 10:00:00"}  # Exif IFD: DateTimeOriginal
+    Image.new("RGB", (64, 48), (200, 30, 30)).save(dated, exif=exif)
+    store = Store(db.open_connection(database_url))
+    try:
+        ingest(store, [dated])
+    finally:
+        store.close()
+    results = client.get("/api/search", params={"q": "a red square", "limit": 20}).json()["results"]
+    assert results and all(r["date"].endswith("Z") for r in results)
+    info = client.get(f"/api/images/{_id_of(client, 'dated.jpg')}").json()
+    assert info["taken_at"] == "2024-05-01T10:00:00Z" and info["mtime"].endswith("Z")

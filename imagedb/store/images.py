@@ -208,8 +208,9 @@ class ImagesStore(StoreBase):
         """Everything about one image a person may look at: no vector, no bytes; GPS only if it was kept."""
         cur = self.conn.execute(
             "SELECT i.id, c.name AS collection, i.path, i.sha256, i.size_bytes, i.mtime, i.width, i.height, i.format,"
-            " i.taken_at, i.camera_make, i.camera_model, i.orientation, i.exif, i.attributes, i.ingested_at"
-            " FROM images i JOIN collections c ON c.id = i.collection_id WHERE i.id = %s",
+            # EXIF times carry no zone; like the date filters, the API reads them as UTC, so every date has one.
+            " i.taken_at AT TIME ZONE 'UTC' AS taken_at, i.camera_make, i.camera_model, i.orientation, i.exif,"
+            " i.attributes, i.ingested_at FROM images i JOIN collections c ON c.id = i.collection_id WHERE i.id = %s",
             (image_id,),
         )
         row = cur.fetchone()
@@ -219,7 +220,3 @@ class ImagesStore(StoreBase):
     def thumbnail(self, image_id: int) -> bytes | None:
         row = self.conn.execute("SELECT jpeg FROM thumbnails WHERE image_id = %s", (image_id,)).fetchone()
         return bytes(row[0]) if row else None
-
-    def image_path(self, image_id: int) -> str | None:
-        row = self.conn.execute("SELECT path FROM images WHERE id = %s", (image_id,)).fetchone()
-        return row[0] if row else None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timezone
 from typing import Any
 
 import numpy as np
@@ -116,7 +117,11 @@ class SearchStore(StoreBase):
             # Not prepared: after five runs PostgreSQL may switch a prepared statement to a generic plan, chosen
             # without the LIMIT and filter values, which need not read the index.
             rows = self.conn.execute(statement, params, prepare=False).fetchall()
-        return [Hit(int(image_id), path, float(score), date) for image_id, path, score, date in rows]
+        # Dates in UTC with their zone, as the documented convention reads EXIF times (which carry none).
+        return [
+            Hit(int(image_id), path, float(score), date.replace(tzinfo=timezone.utc))
+            for image_id, path, score, date in rows
+        ]
 
     def explain_nearest(
         self, collection: Collection, query: np.ndarray, limit: int, filters: Filters = Filters()
