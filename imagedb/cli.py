@@ -250,8 +250,8 @@ def ingest(
 
 
 _DATE = click.DateTime(["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S"])
-# What --format accepts, in any case; JPG and TIF are aliases of JPEG and TIFF (search.FORMAT_ALIASES).
-FORMATS = ("JPEG", "JPG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "TIF", "HEIF", "AVIF")
+# What --format accepts, in any case; JPG, TIF and HEIC are aliases of JPEG, TIFF and HEIF (search.FORMAT_ALIASES).
+FORMATS = ("JPEG", "JPG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "TIF", "HEIF", "HEIC", "AVIF")
 
 
 @main.command(short_help="Find images by text, by image file or by stored image.")
@@ -277,7 +277,7 @@ FORMATS = ("JPEG", "JPG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "TIF", "HEIF", "A
     "image_format",
     type=click.Choice(FORMATS, case_sensitive=False),
     metavar="FORMAT",
-    help="File format, any case: JPEG (JPG), PNG, WEBP, GIF, BMP, TIFF (TIF), HEIF, AVIF.",
+    help="File format, any case: JPEG (JPG), PNG, WEBP, GIF, BMP, TIFF (TIF), HEIF (HEIC), AVIF.",
 )
 @click.option("--min-width", type=click.IntRange(1), help="At least this many pixels wide.")
 @click.option("--min-height", type=click.IntRange(1), help="At least this many pixels high.")
@@ -626,7 +626,7 @@ def _warn_without_password(role: str, can_log_in: bool) -> None:
 
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (loopback only by default).")
-@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535), help="TCP port to listen on.")
 @click.option(
     "--token",
     envvar="IMAGEDB_API_TOKEN",

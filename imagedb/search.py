@@ -26,7 +26,8 @@ from imagedb.store import Collection, Filters, Store
 
 MAX_LIMIT = 1000
 MAX_EF_SEARCH = 1000  # pgvector's upper bound for hnsw.ef_search
-FORMAT_ALIASES = {"JPG": "JPEG", "TIF": "TIFF"}
+# Phones name HEIF files .heic; Pillow reports them as HEIF.
+FORMAT_ALIASES = {"JPG": "JPEG", "TIF": "TIFF", "HEIC": "HEIF"}
 
 
 @dataclass(frozen=True)

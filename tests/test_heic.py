@@ -14,7 +14,9 @@ from imagedb.cli import main
 from imagedb.embed import ModelSpec
 from imagedb.images import SUPPORTED_SUFFIXES, decode
 from imagedb.ingest import ingest
-from imagedb.store import Store
+from imagedb.query import parse
+from imagedb.search import search
+from imagedb.store import Filters, Store
 
 pillow_heif = pytest.importorskip("pillow_heif")
 
@@ -66,6 +68,10 @@ def test_heic_from_a_phone_is_stored_upright_with_its_date(store: Store, tmp_pat
     assert "Artist" not in turned[7]
     assert plain[4] in (1, None) and (plain[5], plain[6]) == (400, 200)
     assert Image.open(BytesIO(plain[8])).size[0] > Image.open(BytesIO(plain[8])).size[1]
+    # Searched by the name phones give the files: HEIC is HEIF.
+    for fmt in ("heic", "HEIF"):
+        found = search(store, parse(["x"]), filters=Filters(format=fmt))
+        assert sorted(Path(r.path).name for r in found) == ["IMG_0001.HEIC", "IMG_0002.heif"]
 
 
 @pytest.mark.skipif(not features.check("avif"), reason="this Pillow was built without AVIF")
