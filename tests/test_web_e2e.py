@@ -42,7 +42,7 @@ def page_url(database_url: str, photos: Path, tiny_model: str):  # type: ignore[
 
 
 def test_search_and_upload_in_the_browser(page_url: str, photos: Path, tmp_path: Path) -> None:
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import expect, sync_playwright
 
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(
@@ -50,16 +50,21 @@ def test_search_and_upload_in_the_browser(page_url: str, photos: Path, tmp_path:
             args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"],
         )
         page = browser.new_page(viewport={"width": 1280, "height": 860})
+        # The page runs under its Content-Security-Policy: anything it does that the policy blocks is an error here.
+        # (Waits use locators: Playwright's wait_for_function evaluates strings, which that policy rightly forbids.)
+        blocked: list[str] = []
+        page.on("console", lambda m: blocked.append(m.text) if "Content Security Policy" in m.text else None)
         page.goto(page_url)
-        page.wait_for_function("document.querySelector('#collection').options.length > 0")
+        page.locator("#collection option").first.wait_for(state="attached")
         page.fill("#q", "a red rocket")
         page.press("#q", "Enter")
-        page.wait_for_function("document.querySelectorAll('.card img[src^=\"blob:\"]').length === 12")
+        thumbnails = page.locator('.card img[src^="blob:"]')
+        expect(thumbnails).to_have_count(12)
         assert "12 results" in page.text_content("#status")
 
         page.set_input_files("#file", str(photos / "coffee.jpg"))
-        page.wait_for_function("document.querySelector('#status').textContent.includes('coffee.jpg')")
-        page.wait_for_function("document.querySelectorAll('.card img[src^=\"blob:\"]').length === 12")
+        expect(page.locator("#status")).to_contain_text("coffee.jpg")
+        expect(thumbnails).to_have_count(12)
         assert page.locator(".card .name").first.text_content() == "coffee.jpg"
 
         page.locator(".card").first.click()
@@ -70,4 +75,5 @@ def test_search_and_upload_in_the_browser(page_url: str, photos: Path, tmp_path:
         shot = Path(os.environ.get("IMAGEDB_SCREENSHOT", tmp_path / "results.png"))
         page.screenshot(path=str(shot))
         browser.close()
+    assert blocked == []
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
