@@ -1,11 +1,16 @@
-"""How HNSW build time, index size and query latency grow with the collection, and the isotropic hard case.
+"""How HNSW build time, index size and query latency grow with the collection, and the isotropic hard case; and
+whether `imagedb tune`'s ef_search keeps recall at its target as the collection grows, where a fixed one does not.
 
 For each size: binary COPY into `halfvec(512)`, HNSW build (m 16, ef_construction 64, maintenance_work_mem 2GB,
 2 processes), then 200 held-out queries at ef_search 40 and 160: recall@10 against exact numpy, server-side p50
 (EXPLAIN ANALYZE). Clustered data as in vectors_bench.py, and isotropic (uniform on the sphere, no structure: the
 hard case for any graph index) at the first size.
 
-    python bench/growth_bench.py [--sizes 100000 250000 500000]
+Tuned vs fixed: imagedb.tuning.choose_ef_search (what `imagedb tune` runs) picks the smallest ef_search whose
+recall@10 meets 0.95 on 100 queries made from stored vectors as `imagedb tune` makes them (tuning.held_out_like);
+recall is then measured on the 200 held-out queries at that ef_search and at fixed 40 and 100.
+
+    python bench/growth_bench.py [--sizes 100000 250000 500000] [--no-isotropic]
 """
 
 from __future__ import annotations
@@ -22,6 +27,63 @@ from results_dir import RESULTS
 from vectors_bench import DIM, _connect, _copy, _data, _exact, _recall, _server_ms
 
 from imagedb import db
+from imagedb.tuning import RecallPoint, choose_ef_search, held_out_like
+
+TARGET = 0.95
+TUNING_QUERIES = 100
+
+
+def _held_out_recall(url: str, queries: np.ndarray, truth: np.ndarray, ef: int) -> float:
+    from pgvector import HalfVector
+
+    conn = _connect(url)
+    conn.execute(f"SET hnsw.ef_search = {ef}; SET hnsw.iterative_scan = relaxed_order")
+    found = [
+        [r[0] for r in conn.execute("SELECT id FROM g ORDER BY embedding <=> %s LIMIT 10", (HalfVector(q),))]
+        for q in queries
+    ]
+    conn.close()
+    return _recall(found, truth)
+
+
+def _tuned(url: str, data: np.ndarray, queries: np.ndarray, truth: np.ndarray) -> dict[str, object]:
+    """The ef_search `imagedb tune` would choose on this table, and held-out recall there and at fixed values."""
+    from pgvector import HalfVector
+
+    rng = np.random.default_rng(5)
+    picks = rng.choice(len(data), TUNING_QUERIES, replace=False)
+    scores = data[picks] @ data.T
+    scores[np.arange(len(picks)), picks] = -2.0  # each stored vector's nearest other one
+    tuning_queries = held_out_like(data[picks], scores.max(1))
+    tuning_truth = _exact(data, tuning_queries)
+    conn = _connect(url)
+    conn.execute("SET hnsw.iterative_scan = relaxed_order")
+
+    def measure(ef: int) -> RecallPoint:
+        conn.execute(f"SET hnsw.ef_search = {ef}")
+        found, times = 0, []
+        for q, expected in zip(tuning_queries, tuning_truth.tolist(), strict=True):
+            started = time.perf_counter()
+            rows = conn.execute("SELECT id FROM g ORDER BY embedding <=> %s LIMIT 10", (HalfVector(q),)).fetchall()
+            times.append((time.perf_counter() - started) * 1000)
+            found += len({r[0] for r in rows} & set(expected))
+        return RecallPoint(ef, found / (10 * len(picks)), statistics.median(times))
+
+    started = time.perf_counter()
+    ef, met, points = choose_ef_search(measure, TARGET)
+    seconds = time.perf_counter() - started
+    conn.close()
+    row: dict[str, object] = {"tuned_ef_search": ef, "tuned_met": met, "tuning_s": seconds}
+    row["tuning_points"] = [p.__dict__ for p in points]
+    for label, value in (("fixed40", 40), ("fixed100", 100), ("tuned", ef)):
+        row[f"held_out_recall_{label}"] = _held_out_recall(url, queries, truth, value)
+    print(
+        f"{'':<10} {len(data):>8,}  tuned ef_search {ef} (tuning {seconds:.0f} s): held-out recall@10"
+        f" fixed 40 {row['held_out_recall_fixed40']:.3f}, fixed 100 {row['held_out_recall_fixed100']:.3f},"
+        f" tuned {row['held_out_recall_tuned']:.3f}",
+        flush=True,
+    )
+    return row
 
 
 def _isotropic(n: int, queries: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -30,7 +92,7 @@ def _isotropic(n: int, queries: int, rng: np.random.Generator) -> tuple[np.ndarr
     return points[:n], points[n:]
 
 
-def _measure(url: str, name: str, data: np.ndarray, queries: np.ndarray) -> dict[str, object]:
+def _measure(url: str, name: str, data: np.ndarray, queries: np.ndarray, tune: bool = False) -> dict[str, object]:
     conn = _connect(url)
     conn.execute("SET maintenance_work_mem = '2GB'; SET max_parallel_maintenance_workers = 1")
     conn.execute(f"DROP TABLE IF EXISTS g; CREATE TABLE g (id int, embedding halfvec({DIM}))")
@@ -74,22 +136,27 @@ def _measure(url: str, name: str, data: np.ndarray, queries: np.ndarray) -> dict
         f"  ef160: recall {row['recall_ef160']:.3f} p50 {row['server_p50_ms_ef160']:.2f} ms",
         flush=True,
     )
+    if tune:
+        row.update(_tuned(url, data, queries, truth))
     return row
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 250_000, 500_000])
+    parser.add_argument("--no-isotropic", action="store_true", help="Skip the isotropic case (no tuning there).")
     args = parser.parse_args()
     home = Path(tempfile.mkdtemp(prefix="imagedb-growth-bench-"))
     db.open_connection(None, home).close()
     url = db.resolve_url(None, home)
     print(f"{'data':<10} {'vectors':>8} {'build':>10} {'index':>10}")
-    rows = [_measure(url, "isotropic", *_isotropic(args.sizes[0], 200, np.random.default_rng(1)))]
+    rows = []
+    if not args.no_isotropic:
+        rows.append(_measure(url, "isotropic", *_isotropic(args.sizes[0], 200, np.random.default_rng(1))))
     for n in args.sizes:
-        rows.append(_measure(url, "clustered", *_data(n, 200, np.random.default_rng(0))))
+        rows.append(_measure(url, "clustered", *_data(n, 200, np.random.default_rng(0)), tune=True))
     db.stop_embedded(home)
-    (RESULTS / "growth.json").write_text(json.dumps(rows, indent=1))
+    (RESULTS / ("growth_tuned.json" if args.no_isotropic else "growth.json")).write_text(json.dumps(rows, indent=1))
 
 
 if __name__ == "__main__":

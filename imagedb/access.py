@@ -12,7 +12,7 @@ from imagedb.store.roles import FORGET_TABLES
 
 # What BI tools may see: plain metadata, no vectors, thumbnails, raw EXIF (which can hold GPS) or attributes.
 READER_VIEWS = ("image_catalog", "collection_stats", "duplicate_report")
-# What ingest, tag, dupes and watch write. Schema bookkeeping (alembic_version) and the model/collection
+# What ingest, tag, dupes, watch and tune write. Schema bookkeeping (alembic_version) and the model/collection
 # registry are read-only for writers: a writer that changed them would break every owner command.
 WRITER_TABLES = (
     "images",
@@ -24,6 +24,8 @@ WRITER_TABLES = (
     "watches",
     "watch_hashes",
     "watch_hits",
+    "relevance_samples",
+    "search_tuning",
 )
 WRITER_READ_ONLY = ("alembic_version", "embedding_models", "collections", *READER_VIEWS)
 

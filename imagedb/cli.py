@@ -7,7 +7,6 @@ import logging
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ from imagedb import config
 from imagedb.cli_db import db
 from imagedb.cli_support import Group
 from imagedb.cli_support import open_store as _store
+from imagedb.cli_tune import tune as tune_command
 from imagedb.display import escape, iso
 from imagedb.errors import InvalidInput
 
@@ -245,8 +245,10 @@ def ingest(
     rate = f" ({stored / summary.seconds:.1f} images/s)" if stored and summary.seconds else ""
     click.echo(
         f"{summary.collection}: added {summary.added}, reused {summary.reused}, skipped {summary.skipped} unchanged,"
-        f" failed {summary.failed} in {summary.seconds:.1f} s{rate}"
+        f" failed {summary.failed}, watch hits {summary.watch_hits} in {summary.seconds:.1f} s{rate}"
     )
+    if summary.watch_hits:
+        click.echo(f"{summary.watch_hits} image(s) look like a watched one: see imagedb watch hits", err=True)
 
 
 _DATE = click.DateTime(["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S"])
@@ -285,6 +287,19 @@ FORMATS = ("JPEG", "JPG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "TIF", "HEIF", "H
 @click.option("--attr", "attrs", multiple=True, metavar="KEY=VALUE", help="User attribute equals value; repeatable.")
 @click.option("--min-score", type=click.FloatRange(-1, 1), help="Drop results below this cosine similarity.")
 @click.option(
+    "--min-relevance",
+    type=click.FloatRange(-1000, 1000),
+    metavar="R",
+    help="Drop results less relevant than R: standard deviations above an unrelated image's score for this"
+    " query (one cutoff for every query; see the README).",
+)
+@click.option(
+    "--collapse-duplicates",
+    is_flag=True,
+    help="One result per duplicate group of the last `imagedb dupes` run: its best match, with the count of the"
+    " others.",
+)
+@click.option(
     "--sort",
     type=click.Choice(["score", "date"]),
     default="score",
@@ -294,9 +309,8 @@ FORMATS = ("JPEG", "JPG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "TIF", "HEIF", "H
 @click.option(
     "--ef-search",
     type=click.IntRange(1, 1000),
-    default=config.DEFAULT_EF_SEARCH,
-    show_default=True,
-    help="HNSW candidate list size: higher is more exact and slower.",
+    help="HNSW candidate list size: higher is more exact and slower. Default: the collection's, set by"
+    f" `imagedb tune`, else {config.DEFAULT_EF_SEARCH}.",
 )
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line (dates in UTC, ISO 8601).")
 @click.option("--paths", "as_paths", is_flag=True, help="Only the paths, one per line, escaped as the table's.")
@@ -320,8 +334,10 @@ def search(
     path_glob: str | None,
     attrs: tuple[str, ...],
     min_score: float | None,
+    min_relevance: float | None,
+    collapse_duplicates: bool,
     sort: str,
-    ef_search: int,
+    ef_search: int | None,
     as_json: bool,
     as_paths: bool,
     as_null: bool,
@@ -368,6 +384,8 @@ def search(
             filters=filters,
             min_score=min_score,
             sort=sort,  # type: ignore[arg-type]
+            min_relevance=min_relevance,
+            collapse_duplicates=collapse_duplicates,
         )
     if as_null:
         click.echo(b"".join(os.fsencode(r.path) + b"\0" for r in results), nl=False)  # bytes: written raw
@@ -376,14 +394,28 @@ def search(
             click.echo(escape(r.path))
     elif as_json:
         for r in results:
-            row = {"rank": r.rank, "score": round(r.score, 6), "id": r.image_id, "path": r.path, "date": iso(r.date)}
+            row = {
+                "rank": r.rank,
+                "score": round(r.score, 6),
+                "relevance": None if r.relevance is None else round(r.relevance, 3),
+                "id": r.image_id,
+                "path": r.path,
+                "date": iso(r.date),
+            }
+            if collapse_duplicates:
+                row["duplicates"] = r.others
             click.echo(json.dumps(row))
     elif not results:
         click.echo("no results", err=True)
     else:
-        click.echo(f"{'rank':>4}  {'score':>6}  {'id':>8}  {'date':<10}  path")
+        more = "  more" if collapse_duplicates else ""
+        click.echo(f"{'rank':>4}  {'score':>6}  {'relev':>6}  {'id':>8}  {'date':<10}{more}  path")
         for r in results:
-            click.echo(f"{r.rank:>4}  {r.score:>6.3f}  {r.image_id:>8}  {r.date:%Y-%m-%d}  {escape(r.path)}")
+            rel = "-" if r.relevance is None else f"{r.relevance:.1f}"
+            others = f"  {'+' + str(r.others) if r.others else '':>4}" if collapse_duplicates else ""
+            click.echo(
+                f"{r.rank:>4}  {r.score:>6.3f}  {rel:>6}  {r.image_id:>8}  {r.date:%Y-%m-%d}{others}  {escape(r.path)}"
+            )
 
 
 def query_terms(query: Sequence[str], images: Sequence[str], likes: Sequence[int]) -> list[Any]:
@@ -464,6 +496,13 @@ def dupes(
 ) -> None:
     """Find groups of duplicate and near-duplicate images (saved in the duplicate_groups table).
 
+    \b
+    Each image after a group's first says how it joined (its rule):
+      first   the group's first image (smallest id); the others link to it, directly or in a chain
+      sha256  the same bytes as the image it links to (always grouped, whatever --method)
+      hash    at most --max-distance of its 64 perceptual-hash bits differ from the linked image's
+      clip    at least --min-similarity cosine similarity with the linked image's CLIP embedding
+
     Paths are escaped as in `imagedb search`'s table; --json gives them as they are.
     """
     from imagedb.dupes import find_duplicates
@@ -478,12 +517,22 @@ def dupes(
         )
     for group in groups:
         if as_json:
-            click.echo(json.dumps({"group": group.number, "members": [asdict(m) for m in group.members]}))
+            members = [
+                {
+                    "image_id": m.image_id,
+                    "path": m.path,
+                    "matched_image_id": m.matched_image_id,
+                    "rule": m.rule,
+                    "bits": m.bits,
+                    "similarity": m.similarity,
+                }
+                for m in group.members
+            ]
+            click.echo(json.dumps({"group": group.number, "members": members}))
             continue
         click.echo(f"group {group.number} ({len(group.members)} images)")
         for m in group.members:
-            how = "" if m.matched_image_id is None else f"  {m.rule} {m.distance:g} to {m.matched_image_id}"
-            click.echo(f"  {m.image_id:>8}  {escape(m.path)}{how}")
+            click.echo(f"  {m.image_id:>8}  {escape(m.path)}  {m.describe()}")
     if not as_json:
         images = sum(len(g.members) for g in groups)
         click.echo(f"{len(groups)} group(s), {images} image(s)", err=True)
@@ -506,14 +555,15 @@ def watch() -> None:
 )
 @click.pass_context
 def watch_add(ctx: click.Context, paths: tuple[Path, ...], label: str | None, max_distance: int) -> None:
-    """Watch PATHS (image files): copies ingested later, also mirrored or turned, become hits."""
+    """Watch PATHS (image files): copies already stored, and copies ingested later, also mirrored or turned,
+    become hits."""
     from imagedb.dupes import add_watches
 
     with _store(ctx) as store:
-        ids = add_watches(store, list(paths), label, max_distance)
-    click.echo(f"watching {len(ids)} image(s):")
-    for watch_id, path in zip(ids, paths, strict=True):
-        click.echo(f"  watch {watch_id}: {escape(str(path.resolve()))}")
+        watched = add_watches(store, list(paths), label, max_distance)
+    click.echo(f"watching {len(watched)} image(s):")
+    for w in watched:
+        click.echo(f"  watch {w.watch_id}: {escape(w.path)}  {w.stored_hits} stored image(s) already look like it")
 
 
 @watch.command("list")
@@ -669,3 +719,4 @@ def serve(ctx: click.Context, host: str, port: int, token: str | None) -> None:
 
 
 main.add_command(db)
+main.add_command(tune_command)

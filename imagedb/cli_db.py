@@ -43,6 +43,7 @@ def url(ctx: click.Context, role: str | None, password: str | None) -> None:
 def info(ctx: click.Context) -> None:
     """Print server and pgvector versions, schema revision and per-collection counts."""
     from imagedb.cli_operators import replication_lines
+    from imagedb.cli_tune import info_lines
     from imagedb.db import current_revision
 
     with open_store(ctx) as store:
@@ -50,6 +51,7 @@ def info(ctx: click.Context) -> None:
         revision = current_revision(store.conn)
         stats = store.collection_stats()
         replication = replication_lines(ctx, store)
+        recall = {s["collection"]: info_lines(store, s["collection"]) for s in stats}
     click.echo(f"server: PostgreSQL {server}, pgvector {pgvector}")
     click.echo(f"schema: revision {revision}")
     for line in replication:
@@ -62,6 +64,8 @@ def info(ctx: click.Context) -> None:
             f"collection {escape(s['collection'])}: {s['images']} images, {s['embeddings']} embeddings,"
             f" {s['errors']} ingest errors; model {model} (dim {s['dim']})"
         )
+        for line in recall[s["collection"]]:
+            click.echo(line)
 
 
 @db.command()
@@ -105,14 +109,36 @@ def reindex(ctx: click.Context, m: int, ef_construction: int, hashes: bool) -> N
 
 
 @db.command()
+@click.option(
+    "--recall",
+    is_flag=True,
+    help="Also measure the index's recall@10 and latency per ef_search against an exact scan.",
+)
+@click.option("--collection", "-c", default=config.DEFAULT_COLLECTION, show_default=True, help="With --recall.")
+@click.option(
+    "--queries",
+    default=100,
+    show_default=True,
+    type=click.IntRange(1, 10_000),
+    help="With --recall: stored images used as queries (each needs one exact scan).",
+)
 @click.pass_context
-def check(ctx: click.Context) -> None:
-    """Check the stored data: embeddings, thumbnails, hashes, indexes. Exit code 1 when something is wrong."""
+def check(ctx: click.Context, recall: bool, collection: str, queries: int) -> None:
+    """Check the stored data: embeddings, thumbnails, hashes, indexes. Exit code 1 when something is wrong.
+
+    With --recall, also measure recall@10 of one collection's index at several ef_search values (stored images
+    as queries, compared with an exact scan); the one searches use is kept for `imagedb db info`.
+    """
     with open_store(ctx) as store:
         problems = store.problems()
     if problems:
         raise click.ClickException("; ".join(problems))
     click.echo("ok: every image has its embedding, thumbnail and hash, and every index is valid")
+    if recall:
+        from imagedb.cli_tune import recall_check_lines
+
+        for line in recall_check_lines(ctx, collection, queries):
+            click.echo(line)
 
 
 @db.command()

@@ -28,6 +28,13 @@ Method = Literal["hash", "clip", "both"]
 METHODS: tuple[str, ...] = ("hash", "clip", "both")
 NEIGHBOURS = 10  # candidates per image per rule; chains link larger groups
 _RULE_ORDER = {"sha256": 0, "hash": 1, "clip": 2}
+# Every value of a member's rule (the `rule` column of duplicate_groups), as the README lists them.
+RULES = {
+    "first": "the group's first image (smallest id): the others are linked to it, directly or in a chain",
+    "sha256": "the same bytes as the image it links to (identical files are grouped whatever the method)",
+    "hash": "its perceptual hash differs from the linked image's in at most --max-distance of 64 bits",
+    "clip": "its CLIP embedding has at least --min-similarity cosine similarity with the linked image's",
+}
 # Every flip and quarter turn of a square: the dihedral group of eight.
 _VARIANTS: tuple[Image.Transpose | None, ...] = (
     None,
@@ -46,8 +53,30 @@ class Member:
     image_id: int
     path: str
     matched_image_id: int | None  # the member it was linked through; None for the group's first image
-    rule: str  # sha256, hash, clip, or "first"
+    rule: str  # first, sha256, hash or clip: see RULES
     distance: float | None  # Hamming bits for hash, cosine distance for clip, 0 for sha256
+
+    @property
+    def bits(self) -> int | None:
+        """For a hash link: how many of the 64 hash bits differ."""
+        return int(self.distance) if self.rule == "hash" and self.distance is not None else None
+
+    @property
+    def similarity(self) -> float | None:
+        """For a CLIP link: the cosine similarity, rounded to 4 decimals (never printed in scientific notation)."""
+        if self.rule != "clip" or self.distance is None:
+            return None
+        return round(1.0 - self.distance, 4) + 0.0  # + 0.0: no "-0.0"
+
+    def describe(self) -> str:
+        """How it joined its group, in the words of the options: bits for the hash, similarity for CLIP."""
+        if self.matched_image_id is None:
+            return "first"
+        if self.rule == "sha256":
+            return f"sha256: same file as {self.matched_image_id}"
+        if self.rule == "hash":
+            return f"hash: {self.bits} of 64 bits differ from {self.matched_image_id}"
+        return f"clip: similarity {self.similarity:.4f} to {self.matched_image_id}"
 
 
 @dataclass(frozen=True)
@@ -137,17 +166,28 @@ def watch_hashes(path: Path) -> tuple[str, list[str]]:
     return decoded.record.sha256, hashes
 
 
+@dataclass(frozen=True)
+class Watched:
+    watch_id: int
+    path: str
+    stored_hits: int  # images already stored that look like it, recorded as hits when it was added
+
+
 def add_watches(
     store: Store, paths: list[Path], label: str | None = None, max_distance: int = DEFAULT_WATCH_MAX_DISTANCE
-) -> list[int]:
-    """Put images on the watch list; later ingests record and announce copies of them."""
+) -> list[Watched]:
+    """Put images on the watch list; the images already stored are checked now, later ingests as they store."""
     check_thresholds("hash", max_distance, 0.0)
     prepared = []
     for path in paths:  # all are checked before any is stored
         if not path.is_file():
             raise InvalidInput(f"cannot watch {path}: no such file")
         prepared.append((path, *watch_hashes(path)))
-    return [store.add_watch(label, str(path.resolve()), sha, max_distance, hashes) for path, sha, hashes in prepared]
+    watched = []
+    for path, sha, hashes in prepared:
+        watch_id, hits = store.add_watch(label, str(path.resolve()), sha, max_distance, hashes)
+        watched.append(Watched(watch_id, str(path.resolve()), hits))
+    return watched
 
 
 def backfill_hashes(store: Store, batch_size: int = 500) -> int:

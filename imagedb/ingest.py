@@ -13,7 +13,7 @@ from typing import Protocol
 import numpy as np
 
 from imagedb import collection as collections
-from imagedb import embed
+from imagedb import embed, relevance
 from imagedb.attributes import read_rows
 from imagedb.config import DEFAULT_COLLECTION
 from imagedb.embed import Embedder, ModelSpec
@@ -59,6 +59,7 @@ class IngestSummary:
     errors: list[tuple[str, str]] = field(default_factory=list)
     metadata_matched: int = 0  # rows of the --metadata file attached to images
     metadata_unmatched: list[str] = field(default_factory=list)  # their keys, for rows that matched no image
+    watch_hits: int = 0  # stored images that look like a watched one (`imagedb watch hits`)
 
 
 # From this many new images on (and more than are indexed already), the HNSW index is built after the load.
@@ -128,6 +129,8 @@ def ingest(
         summary.metadata_matched = sum(1 for key, _ in attribute_rows if key not in unmatched)
     summary.seconds = time.perf_counter() - started
     store.finish_run(summary.run_id, summary.added, summary.skipped, summary.reused, summary.failed)
+    if summary.added or summary.reused:
+        relevance.refresh_sample(store, target)  # the baseline of relevance follows the collection's growth
     return summary
 
 
@@ -197,7 +200,9 @@ def _store_batch(
         known.update(zip(fresh, embedder.encode_images(list(fresh.values())), strict=True))
     vectors: list[np.ndarray] = [known[r.sha256] for r, _ in good]
     records = [r for r, _ in good]
-    already = store.write_batch(collection_id, model_id, summary.run_id, records, vectors, errors)
+    written = store.write_batch(collection_id, model_id, summary.run_id, records, vectors, errors)
+    already = written.already
+    summary.watch_hits += written.watch_hits
     # Another ingest of this collection may have stored some of these files first: they count as unchanged.
     fresh_written = {r.sha256 for r in records if r.path not in already} & fresh.keys()
     summary.added += len(fresh_written)

@@ -173,3 +173,34 @@ watch_hits = Table(
     Column("distance", Integer, nullable=False),
     Column("found_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
 )
+
+# Per collection and model: when its relevance sample was drawn (and at what size), its tuned ef_search, and the
+# last recall measured (`imagedb tune`, `imagedb db check --recall`).
+search_tuning = Table(
+    "search_tuning",
+    metadata,
+    Column("collection_id", Integer, ForeignKey("collections.id", ondelete="CASCADE"), primary_key=True),
+    Column("model_id", Integer, ForeignKey("embedding_models.id"), primary_key=True),
+    Column("sampled_at", DateTime(timezone=True)),
+    Column("sampled_count", BigInteger),
+    Column(
+        "ef_search",
+        Integer,
+        CheckConstraint("ef_search BETWEEN 1 AND 1000", name="search_tuning_ef_search_check"),
+    ),
+    Column("target_recall", Float(53)),
+    Column("recall", Float(53)),
+    Column("recall_ef_search", Integer),
+    Column("recall_count", BigInteger),
+    Column("recall_at", DateTime(timezone=True)),
+)
+
+# The fixed random sample of a collection's images whose scores are the baseline of relevance (imagedb/relevance.py).
+relevance_samples = Table(
+    "relevance_samples",
+    metadata,
+    Column("collection_id", Integer, ForeignKey("collections.id", ondelete="CASCADE"), primary_key=True),
+    Column("model_id", Integer, ForeignKey("embedding_models.id"), primary_key=True),
+    Column("image_id", BigInteger, ForeignKey("images.id", ondelete="CASCADE"), primary_key=True),
+    Index("relevance_samples_image_id_idx", "image_id"),
+)

@@ -16,8 +16,8 @@ from typing import Literal
 import numpy as np
 
 from imagedb import collection as collections
-from imagedb import embed
-from imagedb.config import DEFAULT_COLLECTION, DEFAULT_EF_SEARCH
+from imagedb import embed, relevance, tuning
+from imagedb.config import DEFAULT_COLLECTION
 from imagedb.embed import ModelSpec
 from imagedb.errors import InvalidInput, NotFound
 from imagedb.images import BadImage, decode
@@ -37,6 +37,8 @@ class SearchResult:
     image_id: int
     path: str
     date: datetime  # when taken, else the file's time
+    relevance: float | None = None  # standard deviations above an unrelated image's score (relevance.py)
+    others: int = 0  # with collapse_duplicates: the other images of its duplicate group, left out
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,8 @@ class Plan:
     ef_search: int
     min_score: float | None
     sort: Literal["score", "date"]
+    min_relevance: float | None = None
+    collapse_duplicates: bool = False
 
     @property
     def needs_model(self) -> bool:
@@ -71,14 +75,19 @@ def search(
     model: ModelSpec | None = None,
     limit: int = 10,
     offset: int = 0,
-    ef_search: int = DEFAULT_EF_SEARCH,
+    ef_search: int | None = None,
     filters: Filters = Filters(),
     min_score: float | None = None,
     sort: Literal["score", "date"] = "score",
+    min_relevance: float | None = None,
+    collapse_duplicates: bool = False,
 ) -> list[SearchResult]:
     """The `limit` best matches for the query `terms` (see query.py) that pass `filters`.
 
-    min_score drops matches below that cosine similarity; sort="date" orders the matches newest first.
+    min_score drops matches below that cosine similarity, min_relevance those less relevant (relevance.py);
+    sort="date" orders the matches newest first. ef_search None: the collection's tuned value (tuning.py).
+    Stored images named by id: terms are never results themselves ("more like this" leaves the image out).
+    collapse_duplicates keeps the best match of each duplicate group (`imagedb dupes`).
     """
     checked = plan(
         store,
@@ -91,6 +100,8 @@ def search(
         filters=filters,
         min_score=min_score,
         sort=sort,
+        min_relevance=min_relevance,
+        collapse_duplicates=collapse_duplicates,
     )
     return nearest(store, checked, query_vector(checked))
 
@@ -103,10 +114,12 @@ def plan(
     model: ModelSpec | None = None,
     limit: int = 10,
     offset: int = 0,
-    ef_search: int = DEFAULT_EF_SEARCH,
+    ef_search: int | None = None,
     filters: Filters = Filters(),
     min_score: float | None = None,
     sort: Literal["score", "date"] = "score",
+    min_relevance: float | None = None,
+    collapse_duplicates: bool = False,
 ) -> Plan:
     """Check the search and read what it needs from the database; raises InvalidInput or NotFound."""
     if not terms:
@@ -115,12 +128,16 @@ def plan(
         raise InvalidInput(f"limit must be between 1 and {MAX_LIMIT}, not {limit}")
     if offset < 0:
         raise InvalidInput(f"offset cannot be negative: {offset}")
-    if not 1 <= ef_search <= MAX_EF_SEARCH:
+    if ef_search is not None and not 1 <= ef_search <= MAX_EF_SEARCH:
         raise InvalidInput(f"ef_search must be between 1 and {MAX_EF_SEARCH}, not {ef_search}")
     if min_score is not None and not -1.0 <= min_score <= 1.0:
         raise InvalidInput(f"min_score is a cosine similarity, between -1 and 1, not {min_score}")
+    if min_relevance is not None and not np.isfinite(min_relevance):
+        raise InvalidInput(f"min_relevance is a number of standard deviations, not {min_relevance}")
     target = collections.get(store, collection, model)
     checked = _checked(store, target, filters)
+    tuned = store.tuning(target)
+    relevance.ensure_sample(store, tuned["sampled_count"] if tuned else None, target)
     stored: dict[int, np.ndarray] = {}
     for term in terms:
         if term.kind == "id" and int(term.value) not in stored:
@@ -128,19 +145,36 @@ def plan(
             if found is None:
                 raise NotFound(f"no stored image with id {term.value} embedded by {collections.model_of(target)}")
             stored[int(term.value)] = found
-    return Plan(target, tuple(terms), stored, checked, limit, offset, ef_search, min_score, sort)
+    checked = replace(checked, exclude=tuple(stored))
+    ef = ef_search if ef_search is not None else tuning.ef_search_for(tuned)
+    return Plan(
+        target, tuple(terms), stored, checked, limit, offset, ef, min_score, sort, min_relevance, collapse_duplicates
+    )
 
 
 def nearest(store: Store, plan: Plan, query: np.ndarray) -> list[SearchResult]:
     """The plan's results for the query vector from query_vector()."""
-    hits = store.nearest(plan.target, query, plan.limit, plan.ef_search, offset=plan.offset, filters=plan.filters)
+    hits = store.nearest(
+        plan.target,
+        query,
+        plan.limit,
+        plan.ef_search,
+        offset=plan.offset,
+        filters=plan.filters,
+        collapse=plan.collapse_duplicates,
+    )
+    base = relevance.baseline(store, plan.target, query)
+    scored = [(h, base.relevance(h.score)) for h in hits]
     if plan.min_score is not None:
-        hits = [h for h in hits if h.score >= plan.min_score]
+        scored = [(h, r) for h, r in scored if h.score >= plan.min_score]
+    if plan.min_relevance is not None:
+        # Without a baseline (an empty sample) nothing can be shown to be relevant enough.
+        scored = [(h, r) for h, r in scored if r is not None and r >= plan.min_relevance]
     if plan.sort == "date":
-        hits = sorted(hits, key=lambda h: h.date, reverse=True)
+        scored = sorted(scored, key=lambda pair: pair[0].date, reverse=True)
     return [
-        SearchResult(rank, hit.score, hit.image_id, hit.path, hit.date)
-        for rank, hit in enumerate(hits, start=plan.offset + 1)
+        SearchResult(rank, hit.score, hit.image_id, hit.path, hit.date, rel, hit.others)
+        for rank, (hit, rel) in enumerate(scored, start=plan.offset + 1)
     ]
 
 

@@ -41,14 +41,14 @@ def test_ingest_then_search_as_table_and_json(run, photos: Path, tiny_model: str
     result = run("search", "a rocket", "--limit", "3")
     assert result.exit_code == 0
     lines = result.output.splitlines()
-    assert lines[0].split() == ["rank", "score", "id", "date", "path"] and len(lines) == 4
+    assert lines[0].split() == ["rank", "score", "relev", "id", "date", "path"] and len(lines) == 4
 
     result = run("search", "--image", photos / "coffee.jpg", "--json", "-k", "2")
     rows = [json.loads(line) for line in result.output.splitlines()]
     assert rows[0]["path"] == str(photos / "coffee.jpg") and rows[0]["rank"] == 1 and len(rows) == 2
 
     result = run("search", "--like", rows[0]["id"], "--json", "-k", "1", "--ef-search", "100")
-    assert json.loads(result.output)["id"] == rows[0]["id"]
+    assert json.loads(result.output)["id"] == rows[1]["id"]  # the image itself is left out
 
     info = run("db", "info").output
     assert "pgvector 0.8" in info and "collection default: 12 images, 12 embeddings" in info

@@ -100,7 +100,9 @@ def test_watch_list_catches_flipped_and_turned_copies_and_notifies(
 ) -> None:
     spec = ModelSpec.parse(tiny_model)
     ingest(store, [photos], model=spec)
-    [watch_id] = add_watches(store, [photos / "astronaut.jpg"], label="NASA")
+    [watched] = add_watches(store, [photos / "astronaut.jpg"], label="NASA")
+    watch_id = watched.watch_id
+    assert watched.stored_hits == 1  # the astronaut already stored
     listener = psycopg.connect(database_url, autocommit=True)
     listener.execute("LISTEN imagedb_watch")
 
@@ -115,10 +117,10 @@ def test_watch_list_catches_flipped_and_turned_copies_and_notifies(
     payloads = [json.loads(n.payload) for n in listener.notifies(timeout=2, stop_after=2)]
     listener.close()
     hits = store.watch_hits()
-    assert {Path(h["path"]).name for h in hits} == {"mirrored.jpg", "turned.png"}
-    assert {p["image_id"] for p in payloads} == {h["image_id"] for h in hits}
+    assert {Path(h["path"]).name for h in hits} == {"astronaut.jpg", "mirrored.jpg", "turned.png"}
+    assert {p["image_id"] for p in payloads} == {h["image_id"] for h in hits[1:]}
     assert all(p["watch_id"] == watch_id and 0 <= p["distance"] <= 8 for p in payloads)
-    assert store.watches()[0]["hits"] == 2
+    assert store.watches()[0]["hits"] == 3
 
 
 def test_watch_and_dupes_refuse_bad_input(store: Store, photos: Path, tmp_path: Path, tiny_model: str) -> None:

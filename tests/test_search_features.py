@@ -67,7 +67,7 @@ def test_combined_query_is_the_normalised_weighted_sum(store: Store, photos: Pat
     expected = 2 * texts[0] + stored - texts[1]
     expected /= np.linalg.norm(expected)
     q = expected.astype(np.float16).astype(np.float32)
-    exact = [ids[i] for i in np.argsort(-(matrix @ q / np.linalg.norm(matrix, axis=1)))]
+    exact = [ids[i] for i in np.argsort(-(matrix @ q / np.linalg.norm(matrix, axis=1))) if i != 3]  # id: term left out
     got = search(store, parse(["2:beach", "+", f"id:{ids[3]}", "-", "people"]), limit=len(ids))
     assert [r.image_id for r in got] == exact
 
@@ -216,7 +216,7 @@ def test_hostile_strings_are_data(store: Store, library: Path) -> None:
 
 def test_sql_functions_and_collection_stats(store: Store, library: Path) -> None:
     beach_id = store.image_ids(store.get_collection("default").id, "beach.jpg")[0]
-    expected = [r.image_id for r in search(store, parse([f"id:{beach_id}"]), limit=4)][1:]
+    expected = [r.image_id for r in search(store, parse([f"id:{beach_id}"]), limit=3)]  # both leave it out
     rows = store.conn.execute("SELECT image_id, score FROM imagedb_similar(%s, 3)", (beach_id,)).fetchall()
     assert [r[0] for r in rows] == expected
     nearest = store.conn.execute(

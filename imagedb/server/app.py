@@ -151,14 +151,14 @@ def create_app(
         with store() as s:
             plan = searching.plan(
                 s, terms, collection=p.collection, limit=p.limit, offset=p.offset, filters=f, min_score=p.min_score,
-                sort=p.sort,
+                sort=p.sort, min_relevance=p.min_relevance, collapse_duplicates=p.collapse_duplicates,
             )  # fmt: skip
         vector = _embedded(plan, upload)
         with store() as s:
             results = searching.nearest(s, plan, vector)
         hits = [
-            SearchHit(rank=r.rank, score=r.score, id=r.image_id, path=r.path, date=r.date,
-                      thumbnail=f"/api/images/{r.image_id}/thumbnail")
+            SearchHit(rank=r.rank, score=r.score, relevance=r.relevance, duplicates=r.others, id=r.image_id,
+                      path=r.path, date=r.date, thumbnail=f"/api/images/{r.image_id}/thumbnail")
             for r in results
         ]  # fmt: skip
         return SearchResponse(results=hits)
@@ -241,6 +241,8 @@ def create_app(
         p: Annotated[Page, Depends(page)],
         f: Annotated[Filters, Depends(filters)],
     ) -> SearchResponse:
+        """Images most like a stored one, in its own collection, itself left out (as `imagedb search --like N`
+        and imagedb_similar() leave it out)."""
         with store() as s:
             found = s.image_details(image_id)
         if found is None:

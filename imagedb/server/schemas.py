@@ -17,6 +17,10 @@ from imagedb.store import Filters
 class SearchHit(BaseModel):
     rank: int
     score: float
+    # Standard deviations above the mean score of the collection's random sample for this query (None: the
+    # collection has too few images for a sample).
+    relevance: float | None
+    duplicates: int = 0  # with collapse_duplicates: the other images of its duplicate group, not listed
     id: int
     path: str
     date: datetime
@@ -89,6 +93,8 @@ class Page(BaseModel):
     limit: int = 24
     offset: int = 0
     min_score: float | None = None
+    min_relevance: float | None = None
+    collapse_duplicates: bool = False
     sort: Literal["score", "date"] = "score"
 
 
@@ -97,6 +103,20 @@ def page(
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 24,
     offset: Annotated[int, Query(ge=0, le=100_000)] = 0,
     min_score: Annotated[float | None, Query(ge=-1, le=1)] = None,
+    min_relevance: Annotated[
+        float | None, Query(ge=-1000, le=1000, description="standard deviations above an unrelated image's score")
+    ] = None,
+    collapse_duplicates: Annotated[
+        bool, Query(description="one result per duplicate group (`imagedb dupes`), its best match")
+    ] = False,
     sort: Literal["score", "date"] = "score",
 ) -> Page:
-    return Page(collection=collection, limit=limit, offset=offset, min_score=min_score, sort=sort)
+    return Page(
+        collection=collection,
+        limit=limit,
+        offset=offset,
+        min_score=min_score,
+        min_relevance=min_relevance,
+        collapse_duplicates=collapse_duplicates,
+        sort=sort,
+    )

@@ -10,9 +10,10 @@ from imagedb.store.models import BUILD_MEMORY, DEFAULT_HNSW_EF_CONSTRUCTION, DEF
 from imagedb.store.records import Collection, Filters, Hit, ImageRecord
 from imagedb.store.roles import RolesStore
 from imagedb.store.search import MAX_SCAN_TUPLES, SearchStore
+from imagedb.store.tuning import TuningStore
 
 
-class Store(ModelsStore, ImagesStore, SearchStore, DuplicatesStore, RolesStore):
+class Store(ModelsStore, ImagesStore, SearchStore, DuplicatesStore, RolesStore, TuningStore):
     """The database as imagedb uses it; takes an autocommit connection (imagedb.db.connect makes one)."""
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+import psycopg
 from psycopg import sql
 
 from imagedb.store.base import StoreBase
@@ -85,7 +86,11 @@ class DuplicatesStore(StoreBase):
         with self.conn.transaction(), self.conn.cursor() as cur:
             cur.executemany("UPDATE images SET dhash = %s::bit(64) WHERE id = %s", [(h, i) for i, h in hashes])
 
-    def add_watch(self, label: str | None, path: str, sha256: str, max_distance: int, hashes: Sequence[str]) -> int:
+    def add_watch(
+        self, label: str | None, path: str, sha256: str, max_distance: int, hashes: Sequence[str]
+    ) -> tuple[int, int]:
+        """Watch an image; the stored images that already look like it become hits in the same transaction.
+        Returns the watch id and that number of hits."""
         with self.conn.transaction(), self.conn.cursor() as cur:
             cur.execute(
                 "INSERT INTO watches (label, path, sha256, max_distance) VALUES (%s, %s, %s, %s) RETURNING id",
@@ -97,7 +102,27 @@ class DuplicatesStore(StoreBase):
                 " ON CONFLICT DO NOTHING",
                 [(watch_id, n, h) for n, h in enumerate(hashes)],
             )
-        return watch_id
+            hits = self._match_stored_images(cur, watch_id)
+        return watch_id, hits
+
+    @staticmethod
+    def _match_stored_images(cur: psycopg.Cursor, watch_id: int) -> int:
+        """Record (and announce, on commit) the stored images that already look like a newly watched one: the
+        images of every collection, each compared with the watch's eight orientations. A scan of the hashes, not
+        the index: every image within the distance is wanted, however many. Returns the number of hits."""
+        cur.execute(
+            "WITH hits AS ("
+            "  INSERT INTO watch_hits (watch_id, image_id, distance)"
+            "  SELECT w.id, i.id, min((h.hash <~> i.dhash)::integer) FROM watches w"
+            "  JOIN watch_hashes h ON h.watch_id = w.id CROSS JOIN images i"
+            "  WHERE w.id = %s AND i.dhash IS NOT NULL AND (h.hash <~> i.dhash) <= w.max_distance"
+            "  GROUP BY w.id, i.id"
+            "  ON CONFLICT DO NOTHING RETURNING watch_id, image_id, distance)"
+            " SELECT pg_notify('imagedb_watch', json_build_object("
+            "  'watch_id', watch_id, 'image_id', image_id, 'distance', distance)::text) FROM hits",
+            (watch_id,),
+        )
+        return cur.rowcount
 
     def watches(self) -> list[dict[str, Any]]:
         cur = self.conn.execute(

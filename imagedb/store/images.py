@@ -4,6 +4,7 @@ and single images as the API shows them."""
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -15,6 +16,13 @@ from psycopg.types.json import Jsonb
 
 from imagedb.store.base import StoreBase
 from imagedb.store.records import ImageRecord
+
+
+@dataclass(frozen=True)
+class BatchWritten:
+    already: set[str]  # paths another ingest of the collection stored first, left alone
+    watch_hits: int  # new images that look like a watched one
+
 
 _WRITE_LOCK = 0x1A6E  # advisory lock class for batch writes; the second key is the collection id
 
@@ -51,10 +59,11 @@ class ImagesStore(StoreBase):
         records: Sequence[ImageRecord],
         vectors: Sequence[np.ndarray],
         errors: Iterable[tuple[str, str]],
-    ) -> set[str]:
+    ) -> BatchWritten:
         """Store one batch in one transaction: a crash loses at most this batch, never half an image.
 
-        Returns the paths it left alone because another ingest of the same collection stored them first.
+        Returns the paths it left alone because another ingest of the same collection stored them first, and how
+        many watch hits its images made.
         """
         with self.conn.transaction(), self.conn.cursor() as cur:
             # Concurrent ingests of one collection write one batch at a time, so the check below is reliable.
@@ -66,13 +75,12 @@ class ImagesStore(StoreBase):
             stored = {path: (size, mtime, attributes) for path, size, mtime, attributes in cur.fetchall()}
             done = {r.path for r in records if stored.get(r.path, (None, None, None))[:2] == (r.size_bytes, r.mtime)}
             todo = [(r, v) for r, v in zip(records, vectors, strict=True) if r.path not in done]
-            if todo:
-                self._insert_images(cur, collection_id, model_id, todo, stored)
+            hits = self._insert_images(cur, collection_id, model_id, todo, stored) if todo else 0
             cur.executemany(
                 "INSERT INTO ingest_errors (run_id, path, reason) VALUES (%s, %s, %s)",
                 [(run_id, path, reason) for path, reason in errors],
             )
-        return done
+        return BatchWritten(done, hits)
 
     @staticmethod
     def _insert_images(
@@ -81,7 +89,7 @@ class ImagesStore(StoreBase):
         model_id: int,
         todo: list[tuple[ImageRecord, np.ndarray]],
         stored: dict[str, tuple[int, datetime, dict[str, Any]]],
-    ) -> None:
+    ) -> int:
         # A file that changed since the last run is replaced whole, with everything derived from it,
         # but the attributes a user gave it stay.
         cur.execute(
@@ -138,6 +146,7 @@ class ImagesStore(StoreBase):
             "  'watch_id', watch_id, 'image_id', image_id, 'distance', distance)::text) FROM hits",
             (ids,),
         )
+        return cur.rowcount  # one row per hit recorded
 
     def finish_run(self, run_id: int, added: int, skipped: int, reused: int, failed: int) -> None:
         with self.conn.transaction():

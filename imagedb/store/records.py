@@ -44,6 +44,7 @@ class Hit:
     path: str
     score: float
     date: datetime  # when taken, else the file's time
+    others: int = 0  # with collapsed duplicates: how many other images of its duplicate group were left out
 
 
 @dataclass(frozen=True)
@@ -58,3 +59,4 @@ class Filters:
     min_height: int | None = None
     path: str | None = None  # glob: * any characters, ? one character
     attributes: tuple[tuple[str, str], ...] = ()  # user attribute key = value (as text)
+    exclude: tuple[int, ...] = ()  # image ids left out (the stored images a query is made of)

@@ -53,6 +53,9 @@ def _filter_clauses(filters: Filters) -> tuple[list[str], dict[str, Any]]:
     if filters.path is not None:
         clauses.append("i.path LIKE %(path)s")
         params["path"] = _glob_to_like(filters.path)
+    if filters.exclude:
+        clauses.append("i.id <> ALL(%(exclude)s)")
+        params["exclude"] = list(filters.exclude)
     for n, (key, value) in enumerate(filters.attributes):
         clauses.append(f"i.attributes ->> %(attr_key_{n})s = %(attr_value_{n})s")
         params[f"attr_key_{n}"], params[f"attr_value_{n}"] = key, value
@@ -60,32 +63,57 @@ def _filter_clauses(filters: Filters) -> tuple[list[str], dict[str, Any]]:
 
 
 def _nearest_query(
-    collection: Collection, query: np.ndarray, limit: int, offset: int, filters: Filters
+    collection: Collection, query: np.ndarray, limit: int, offset: int, filters: Filters, depth: int | None = None
 ) -> tuple[sql.Composed, dict[str, Any]]:
+    """The search statement; with `depth`, duplicates are collapsed: the `depth` nearest are read, and of each
+    duplicate group (the last `imagedb dupes` run) only its best-scoring member is kept, with the count of the
+    group's other images."""
     # The cast to the model's dimension is what matches the expression of the model's partial HNSW index.
     vector = sql.SQL("e.embedding::halfvec({})").format(sql.Literal(collection.dim))
     clauses, params = _filter_clauses(filters)
     where = sql.SQL("").join(sql.SQL(" AND " + c) for c in clauses)
     # A relaxed iterative scan may return rows slightly out of order (for better recall, as pgvector documents):
-    # the outer query puts them in order.
-    statement = sql.SQL(
+    # the outer query puts them in order, ties by id (as imagedb_nearest does).
+    nearest = sql.SQL(
         "WITH nearest AS MATERIALIZED ("
         " SELECT i.id, i.path, {vector} <=> %(q)s AS distance, " + _IMAGE_DATE + " AS image_date"
         " FROM embeddings e JOIN images i ON i.id = e.image_id"
         " WHERE e.model_id = %(model_id)s AND i.collection_id = %(collection_id)s{where}"
         " ORDER BY {vector} <=> %(q)s LIMIT %(depth)s)"
-        " SELECT id, path, 1 - distance AS score, image_date FROM nearest"
-        " ORDER BY distance LIMIT %(limit)s OFFSET %(offset)s"
     ).format(vector=vector, where=where)
+    if depth is None:
+        statement = nearest + sql.SQL(
+            " SELECT id, path, 1 - distance AS score, image_date, 0, 0 FROM nearest"
+            " ORDER BY distance, id LIMIT %(limit)s OFFSET %(offset)s"
+        )
+    else:
+        # Images outside any group are groups of one (keyed by their negated id, never a group number).
+        statement = nearest + sql.SQL(
+            ", ranked AS (SELECT n.*, g.group_no,"
+            "  row_number() OVER (PARTITION BY coalesce(g.group_no::bigint, -n.id) ORDER BY n.distance, n.id) AS r"
+            "  FROM nearest n LEFT JOIN duplicate_groups g"
+            "  ON g.collection_id = %(collection_id)s AND g.image_id = n.id)"
+            " SELECT id, path, 1 - distance AS score, image_date,"
+            "  CASE WHEN group_no IS NULL THEN 0 ELSE (SELECT count(*) - 1 FROM duplicate_groups d"
+            "   WHERE d.collection_id = %(collection_id)s AND d.group_no = ranked.group_no) END,"
+            "  (SELECT count(*) FROM nearest)"
+            " FROM ranked WHERE r = 1 ORDER BY distance, id LIMIT %(limit)s OFFSET %(offset)s"
+        )
     params.update(
         q=HalfVector(query),
         model_id=collection.model_id,
         collection_id=collection.id,
-        depth=limit + offset,
+        depth=limit + offset if depth is None else depth,
         limit=limit,
         offset=offset,
     )
     return statement, params
+
+
+# Collapsing duplicates reads this many times the page's depth first, and four times more while groups leave the
+# page short, up to COLLAPSE_MAX_DEPTH candidates.
+COLLAPSE_FIRST_FACTOR = 4
+COLLAPSE_MAX_DEPTH = 20_000
 
 
 class SearchStore(StoreBase):
@@ -104,9 +132,31 @@ class SearchStore(StoreBase):
         *,
         offset: int = 0,
         filters: Filters = Filters(),
+        collapse: bool = False,
     ) -> list[Hit]:
-        """The images nearest to `query` by cosine distance that pass `filters`, through the HNSW index."""
-        statement, params = _nearest_query(collection, query, limit, offset, filters)
+        """The images nearest to `query` by cosine distance that pass `filters`, through the HNSW index; with
+        `collapse`, one per duplicate group (see _nearest_query)."""
+        if not collapse:
+            return self._nearest(collection, query, limit, ef_search, offset, filters, None)[0]
+        depth = (limit + offset) * COLLAPSE_FIRST_FACTOR
+        while True:
+            hits, candidates = self._nearest(collection, query, limit, ef_search, offset, filters, depth)
+            # Done when the page is full, the candidates ran out, or the depth reached its bound.
+            if len(hits) == limit or candidates < depth or depth >= COLLAPSE_MAX_DEPTH:
+                return hits
+            depth = min(depth * 4, COLLAPSE_MAX_DEPTH)
+
+    def _nearest(
+        self,
+        collection: Collection,
+        query: np.ndarray,
+        limit: int,
+        ef_search: int | None,
+        offset: int,
+        filters: Filters,
+        depth: int | None,
+    ) -> tuple[list[Hit], int]:
+        statement, params = _nearest_query(collection, query, limit, offset, filters, depth)
         with self.conn.transaction():
             # Filters (and other collections sharing the model) drop rows after the index scan; an iterative
             # scan keeps reading the index until enough rows pass, up to max_scan_tuples.
@@ -118,10 +168,12 @@ class SearchStore(StoreBase):
             # without the LIMIT and filter values, which need not read the index.
             rows = self.conn.execute(statement, params, prepare=False).fetchall()
         # Dates in UTC with their zone, as the documented convention reads EXIF times (which carry none).
-        return [
-            Hit(int(image_id), path, float(score), date.replace(tzinfo=timezone.utc))
-            for image_id, path, score, date in rows
+        hits = [
+            Hit(int(i), path, float(score), date.replace(tzinfo=timezone.utc), int(others))
+            for i, path, score, date, others, _ in rows
         ]
+        # No row: how many candidates there were is unknown (a page past the last group, or none at all).
+        return hits, int(rows[0][5]) if rows else (depth or 0)
 
     def explain_nearest(
         self, collection: Collection, query: np.ndarray, limit: int, filters: Filters = Filters()

@@ -29,7 +29,15 @@ function params() {
   const p = new URLSearchParams({ collection: $("collection").value || "default", sort: $("sort").value, limit: 48 });
   if ($("after").value) p.set("after", $("after").value + "T00:00:00");
   if ($("before").value) p.set("before", $("before").value + "T00:00:00");
+  // 0 is "off": every result, however weakly it stands out.
+  if (Number($("min-relevance").value) > 0) p.set("min_relevance", $("min-relevance").value);
+  if ($("collapse").checked) p.set("collapse_duplicates", "true");
   return p;
+}
+
+function showMinRelevance() {
+  const value = Number($("min-relevance").value);
+  $("min-relevance-value").textContent = value > 0 ? `${value.toFixed(1)} σ` : "off";
 }
 
 function render(results, label) {
@@ -43,8 +51,17 @@ function render(results, label) {
     img.alt = r.path;
     showImage(img, r.thumbnail);
     const caption = document.createElement("div");
-    caption.innerHTML = `<span class="score"></span><span class="name"></span>`;
+    caption.innerHTML = `<span class="score"></span><span class="relevance"></span><span class="name"></span>`;
     caption.querySelector(".score").textContent = r.score.toFixed(3);
+    caption.querySelector(".relevance").textContent = r.relevance === null ? "" : `${r.relevance.toFixed(1)} σ`;
+    caption.querySelector(".relevance").title = "relevance: standard deviations above an unrelated image's score";
+    if (r.duplicates > 0) {
+      const more = document.createElement("span");
+      more.className = "duplicates";
+      more.textContent = `+${r.duplicates}`;
+      more.title = `${r.duplicates} duplicate(s) of this image not shown`;
+      caption.insertBefore(more, caption.querySelector(".name"));
+    }
     caption.querySelector(".name").textContent = r.path.split("/").pop();
     card.append(img, caption);
     card.addEventListener("click", () => details(r.id));
@@ -125,7 +142,8 @@ async function loadCollections() {
 $("search").addEventListener("submit", (event) => { event.preventDefault(); searchText(); });
 $("file").addEventListener("change", () => { if ($("file").files[0]) searchFile($("file").files[0]); });
 $("close").addEventListener("click", () => $("details").close());
-for (const id of ["collection", "after", "before", "sort"]) $(id).addEventListener("change", searchText);
+for (const id of ["collection", "after", "before", "sort", "min-relevance", "collapse"]) $(id).addEventListener("change", searchText);
+$("min-relevance").addEventListener("input", showMinRelevance);
 document.addEventListener("dragover", (event) => { event.preventDefault(); document.body.classList.add("dragging"); });
 document.addEventListener("dragleave", () => document.body.classList.remove("dragging"));
 document.addEventListener("drop", (event) => {
