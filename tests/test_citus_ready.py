@@ -18,8 +18,17 @@ DISTRIBUTED = {
     "thumbnails": "image_id",
     "duplicate_groups": "image_id",
     "watch_hits": "image_id",
+    "dicom_images": "image_id",
 }
-REFERENCE = {"embedding_models", "collections", "ingest_runs", "ingest_errors", "watches", "watch_hashes"}
+REFERENCE = {
+    "embedding_models",
+    "collections",
+    "ingest_runs",
+    "ingest_errors",
+    "watches",
+    "watch_hashes",
+    "dicom_secret",
+}
 
 # What remains before `create_distributed_table` works; docs/scaling.md lists the same, with the way out of each.
 KNOWN_REMAINING = {

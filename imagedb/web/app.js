@@ -29,6 +29,8 @@ function params() {
   const p = new URLSearchParams({ collection: $("collection").value || "default", sort: $("sort").value, limit: 48 });
   if ($("after").value) p.set("after", $("after").value + "T00:00:00");
   if ($("before").value) p.set("before", $("before").value + "T00:00:00");
+  if ($("modality").value.trim()) p.set("modality", $("modality").value.trim());
+  if ($("body_part").value.trim()) p.set("body_part", $("body_part").value.trim());
   return p;
 }
 
