@@ -12,7 +12,8 @@ from imagedb.store.roles import FORGET_TABLES
 
 # What BI tools may see: plain metadata, no vectors, thumbnails, raw EXIF (which can hold GPS) or attributes.
 READER_VIEWS = ("image_catalog", "collection_stats", "duplicate_report", "dicom_catalog")
-# What ingest, tag, dupes and watch write (never dicom_secret: writers hash DICOM UIDs through imagedb_uid_hash). Schema bookkeeping (alembic_version) and the model/collection
+# What ingest, tag, dupes and watch write (never dicom_secret: writers hash DICOM UIDs through imagedb_uid_hash).
+# Schema bookkeeping (alembic_version) and the model/collection
 # registry are read-only for writers: a writer that changed them would break every owner command.
 WRITER_TABLES = (
     "images",

@@ -265,7 +265,7 @@ def ingest(
 
 _DATE = click.DateTime(["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S"])
 # What --format accepts, in any case; JPG and TIF are aliases of JPEG and TIFF (search.FORMAT_ALIASES).
-FORMATS = ("JPEG", "JPG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "TIF", "HEIF", "AVIF")
+FORMATS = ("JPEG", "JPG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "TIF", "HEIF", "AVIF", "DICOM")
 
 
 @main.command(short_help="Find images by text, by image file or by stored image.")
@@ -291,7 +291,7 @@ FORMATS = ("JPEG", "JPG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "TIF", "HEIF", "A
     "image_format",
     type=click.Choice(FORMATS, case_sensitive=False),
     metavar="FORMAT",
-    help="File format, any case: JPEG (JPG), PNG, WEBP, GIF, BMP, TIFF (TIF), HEIF, AVIF.",
+    help="File format, any case: JPEG (JPG), PNG, WEBP, GIF, BMP, TIFF (TIF), HEIF, AVIF, DICOM.",
 )
 @click.option("--min-width", type=click.IntRange(1), help="At least this many pixels wide.")
 @click.option("--min-height", type=click.IntRange(1), help="At least this many pixels high.")

@@ -297,7 +297,7 @@ def full_header(ds: Dataset) -> dict[str, Any]:
 
 def _json(value: Any) -> Any:
     from pydicom.multival import MultiValue
-    from pydicom.valuerep import DSfloat, IS, PersonName
+    from pydicom.valuerep import IS, DSfloat, PersonName
 
     if value is None:
         return None
