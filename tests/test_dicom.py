@@ -429,3 +429,27 @@ def test_find_images_opens_extensionless_files_without_blocking(tmp_path: Path) 
     os.mkfifo(tmp_path / "pipe")  # opening it for reading would wait for a writer forever
     os.symlink("/dev/zero", tmp_path / "zero")
     assert [p.name for p in find_images([tmp_path])] == ["IM0001"]
+
+
+def test_api_filters_and_dicom_upload(store: Store, database_url: str, tiny_model: str, tmp_path: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from imagedb.server import create_app
+
+    tree = Path(DATA_ROOT, "test_files", "dicomdirtests")
+    for source in [*(tree / "77654033/CT2").iterdir(), *(tree / "98892003/MR700").iterdir()]:
+        shutil.copyfile(source, tmp_path / f"{source.parent.name}_{source.name}")
+    shutil.copyfile(Path(DATA_ROOT, "test_files", "CT_small.dcm"), tmp_path / "ct_small.dcm")
+    ingest(store, [tmp_path], collection="f", model=ModelSpec.parse(tiny_model))
+    client = TestClient(create_app(database_url), base_url="http://localhost")
+    found = client.get("/api/search", params={"q": "scan", "collection": "f", "modality": "ct", "body_part": "head"})
+    assert found.status_code == 200 and len(found.json()["results"]) == 4
+    assert all("CT2_" in r["path"] for r in found.json()["results"])
+    assert client.get("/api/search", params={"q": "scan", "collection": "f", "modality": "x" * 65}).status_code == 422
+    upload = client.post(
+        "/api/search/image",
+        params={"collection": "f", "limit": 1},
+        files={"file": ("scan.dcm", (tmp_path / "ct_small.dcm").read_bytes(), "application/dicom")},
+    )
+    assert upload.status_code == 200, upload.text
+    assert upload.json()["results"][0]["path"] == str(tmp_path / "ct_small.dcm")
