@@ -297,8 +297,8 @@ FORMATS = ("JPEG", "JPG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "TIF", "HEIF", "A
 @click.option("--min-height", type=click.IntRange(1), help="At least this many pixels high.")
 @click.option("--path", "path_glob", help="Path matches this glob (* and ?), e.g. '*/holidays/*'.")
 @click.option("--attr", "attrs", multiple=True, metavar="KEY=VALUE", help="User attribute equals value; repeatable.")
-@click.option("--modality", help="DICOM modality, any case: CT, MR, CR, US...")
-@click.option("--body-part", help="DICOM body part examined, any case: CHEST, HEAD...")
+@click.option("--modality", help="DICOM modality, any case, e.g. CT, MR, CR, US.")
+@click.option("--body-part", help="DICOM body part examined, any case, e.g. CHEST, HEAD.")
 @click.option("--min-score", type=click.FloatRange(-1, 1), help="Drop results below this cosine similarity.")
 @click.option(
     "--sort",
