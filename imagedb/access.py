@@ -11,8 +11,9 @@ from imagedb.store import Store
 from imagedb.store.roles import FORGET_TABLES
 
 # What BI tools may see: plain metadata, no vectors, thumbnails, raw EXIF (which can hold GPS) or attributes.
-READER_VIEWS = ("image_catalog", "collection_stats", "duplicate_report")
-# What ingest, tag, dupes, watch and tune write. Schema bookkeeping (alembic_version) and the model/collection
+READER_VIEWS = ("image_catalog", "collection_stats", "duplicate_report", "dicom_catalog")
+# What ingest, tag, dupes, watch and tune write (never dicom_secret: writers hash DICOM UIDs through
+# imagedb_uid_hash). Schema bookkeeping (alembic_version) and the model/collection
 # registry are read-only for writers: a writer that changed them would break every owner command.
 WRITER_TABLES = (
     "images",
@@ -26,6 +27,7 @@ WRITER_TABLES = (
     "watch_hits",
     "relevance_samples",
     "search_tuning",
+    "dicom_images",
 )
 WRITER_READ_ONLY = ("alembic_version", "embedding_models", "collections", *READER_VIEWS)
 

@@ -189,6 +189,14 @@ def _printable(text: str) -> str:
     type=click.Path(dir_okay=False, path_type=Path),
     help="CSV or JSON Lines of user attributes, one row per image, keyed by a 'path' or 'filename' column.",
 )
+@click.option("--keep-dates", is_flag=True, help="DICOM: store the study date (by default only its year).")
+@click.option(
+    "--keep-phi",
+    is_flag=True,
+    help="DICOM: store the whole header, patient name, ids and dates included. WARNING: patient data; only for a"
+    " collection created with this flag (see the README, Medical images).",
+)
+@click.option("--all-frames", is_flag=True, help="DICOM: store every frame of a multi-frame file (else the middle).")
 @click.pass_context
 def ingest(
     ctx: click.Context,
@@ -199,17 +207,22 @@ def ingest(
     keep_gps: bool,
     keep_identifying: bool,
     metadata: Path | None,
+    keep_dates: bool,
+    keep_phi: bool,
+    all_frames: bool,
 ) -> None:
     """Add the images in PATHS (files or folders, recursive) to a collection.
 
     Reads JPEG, PNG, WebP, GIF (first frame), BMP, TIFF, HEIC/HEIF and AVIF (by file name: .jpg .jpeg .png
-    .webp .gif .bmp .tif .tiff .heic .heif .avif). Unchanged files are skipped, so rerunning is cheap and resumes
+    .webp .gif .bmp .tif .tiff .heic .heif .avif), and DICOM (.dcm .dicom, or no suffix and the DICM magic),
+    de-identified. Unchanged files are skipped, so rerunning is cheap and resumes
     an interrupted run. Files that cannot be stored (broken, not regular files, names that are not UTF-8) are
     listed and recorded in the ingest_errors table; the run goes on.
     """
     import sys
 
     from imagedb.attributes import read_rows
+    from imagedb.dicom import DicomOptions
     from imagedb.images import check_paths
     from imagedb.ingest import ingest as run_ingest
 
@@ -229,6 +242,7 @@ def ingest(
                 keep_identifying=keep_identifying,
                 metadata=metadata,
                 progress=progress,
+                dicom=DicomOptions(keep_dates=keep_dates, keep_phi=keep_phi, all_frames=all_frames),
             )
         finally:
             progress.close()
@@ -253,7 +267,7 @@ def ingest(
 
 _DATE = click.DateTime(["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S"])
 # What --format accepts, in any case; JPG, TIF and HEIC are aliases of JPEG, TIFF and HEIF (search.FORMAT_ALIASES).
-FORMATS = ("JPEG", "JPG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "TIF", "HEIF", "HEIC", "AVIF")
+FORMATS = ("JPEG", "JPG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "TIF", "HEIF", "HEIC", "AVIF", "DICOM")
 
 
 @main.command(short_help="Find images by text, by image file or by stored image.")
@@ -279,12 +293,14 @@ FORMATS = ("JPEG", "JPG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "TIF", "HEIF", "H
     "image_format",
     type=click.Choice(FORMATS, case_sensitive=False),
     metavar="FORMAT",
-    help="File format, any case: JPEG (JPG), PNG, WEBP, GIF, BMP, TIFF (TIF), HEIF (HEIC), AVIF.",
+    help="File format, any case: JPEG (JPG), PNG, WEBP, GIF, BMP, TIFF (TIF), HEIF (HEIC), AVIF, DICOM.",
 )
 @click.option("--min-width", type=click.IntRange(1), help="At least this many pixels wide.")
 @click.option("--min-height", type=click.IntRange(1), help="At least this many pixels high.")
 @click.option("--path", "path_glob", help="Path matches this glob (* and ?), e.g. '*/holidays/*'.")
 @click.option("--attr", "attrs", multiple=True, metavar="KEY=VALUE", help="User attribute equals value; repeatable.")
+@click.option("--modality", help="DICOM modality, any case, e.g. CT, MR, CR, US.")
+@click.option("--body-part", help="DICOM body part examined, any case, e.g. CHEST, HEAD.")
 @click.option("--min-score", type=click.FloatRange(-1, 1), help="Drop results below this cosine similarity.")
 @click.option(
     "--min-relevance",
@@ -333,6 +349,8 @@ def search(
     min_height: int | None,
     path_glob: str | None,
     attrs: tuple[str, ...],
+    modality: str | None,
+    body_part: str | None,
     min_score: float | None,
     min_relevance: float | None,
     collapse_duplicates: bool,
@@ -371,6 +389,8 @@ def search(
         min_height=min_height,
         path=path_glob,
         attributes=tuple(parse_pairs(list(attrs)).items()),
+        modality=modality,
+        body_part=body_part,
     )
     with _store(ctx) as store:
         results = run_search(

@@ -43,15 +43,27 @@ def get(store: Store, name: str, requested: ModelSpec | None = None) -> Collecti
     return collection
 
 
-def get_or_create(store: Store, name: str, requested: ModelSpec | None) -> Collection:
-    """The named collection; a new one is bound to the requested model, else IMAGEDB_MODEL's, else the default."""
+def get_or_create(store: Store, name: str, requested: ModelSpec | None, *, keep_phi: bool = False) -> Collection:
+    """The named collection; a new one is bound to the requested model, else IMAGEDB_MODEL's, else the default.
+
+    `keep_phi` (DICOM headers stored whole) creates a collection marked for it, and is refused for an existing
+    collection created without it: patient data must never land beside data that was promised to hold none.
+    """
     collection = store.get_collection(_checked_name(name))
     if collection is not None:
         check_model(collection, requested)
+        if keep_phi and not collection.keep_phi:
+            raise InvalidInput(
+                f"collection {name!r} was created without --keep-phi, so it stores no patient data:"
+                f" ingest with --keep-phi into a new collection (--collection NEW_NAME), or leave out --keep-phi"
+            )
         return collection
     spec = requested or ModelSpec.parse(new_collection_model())
     model_id = store.ensure_model(spec.name, spec.pretrained, embed.load(spec).dim)
-    return store.create_collection(name, model_id)
+    created = store.create_collection(name, model_id, keep_phi=keep_phi)
+    if keep_phi and not created.keep_phi:  # another process created it a moment earlier, without --keep-phi
+        raise InvalidInput(f"collection {name!r} was just created without --keep-phi by another process")
+    return created
 
 
 def find_images(store: Store, name: str, refs: Sequence[str]) -> tuple[list[tuple[int, str]], list[str]]:

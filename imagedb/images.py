@@ -9,13 +9,15 @@ import stat
 import threading
 import warnings
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 from PIL import ExifTags, Image, TiffImagePlugin, UnidentifiedImageError
 
+from imagedb import dicom
+from imagedb.dicom import DicomOptions
 from imagedb.errors import NotFound
 from imagedb.store import ImageRecord
 
@@ -29,8 +31,10 @@ else:
 SUPPORTED_SUFFIXES = frozenset(
     {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".heic", ".heif", ".avif"}
 )
+# DICOM files are found by these names too, and by the "DICM" magic in files without a suffix (dicom.has_preamble).
+SUPPORTED_SUFFIXES |= dicom.DICOM_SUFFIXES
 # For `imagedb ingest --help` and the README.
-SUPPORTED_FORMATS = "JPEG, PNG, WebP, GIF (first frame), BMP, TIFF, HEIC/HEIF, AVIF"
+SUPPORTED_FORMATS = "JPEG, PNG, WebP, GIF (first frame), BMP, TIFF, HEIC/HEIF, AVIF, DICOM"
 THUMBNAIL_SIZE = 256
 # Images above this many pixels are refused before decoding: a small file can expand to gigabytes.
 MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
@@ -126,6 +130,8 @@ class Decoded:
     record: ImageRecord
     # Upright RGB, shrunk to about the working side (a few hundred pixels): what the thumbnail and embedder need.
     pixels: Image.Image
+    # The other frames of a multi-frame DICOM file, when every frame is stored (DicomOptions.all_frames).
+    more: list[Decoded] = field(default_factory=list)
 
 
 def readable(text: str | os.PathLike[str]) -> str:
@@ -166,7 +172,7 @@ def find_images(paths: Iterable[str | os.PathLike[str]], on_found: Callable[[int
         path = Path(given).expanduser()
         if path.is_dir():
             for root, _dirs, files in os.walk(path, followlinks=False):
-                here = {Path(root, f).absolute() for f in files if Path(f).suffix.lower() in SUPPORTED_SUFFIXES}
+                here = {Path(root, f).absolute() for f in files if _wanted(Path(root, f))}
                 found.update(here)
                 if on_found and here:
                     on_found(len(here))
@@ -175,6 +181,12 @@ def find_images(paths: Iterable[str | os.PathLike[str]], on_found: Callable[[int
             if on_found:
                 on_found(1)
     return sorted(found)
+
+
+def _wanted(path: Path) -> bool:
+    # A file without a suffix is opened (never blocking) for the DICOM magic: DICOM exports often have no suffix.
+    suffix = path.suffix.lower()
+    return suffix in SUPPORTED_SUFFIXES or (not suffix and dicom.has_preamble(path))
 
 
 def file_mtime(stat: os.stat_result) -> datetime:
@@ -247,7 +259,14 @@ def _kind_of_mode(mode: int) -> str | None:
     return next((name for test, name in _KINDS if test(mode)), None) if not stat.S_ISREG(mode) else None
 
 
-def decode(path: Path, *, keep_gps: bool = False, keep_identifying: bool = False, min_side: int = 224) -> Decoded:
+def decode(
+    path: Path,
+    *,
+    keep_gps: bool = False,
+    keep_identifying: bool = False,
+    min_side: int = 224,
+    dicom_options: DicomOptions = DicomOptions(),
+) -> Decoded:
     """Read and decode a file once; raises BadImage with a reason for anything that cannot be stored.
 
     Memory: the file's bytes (at most MAX_FILE_BYTES) plus the decoded pixels, which JPEG decodes at reduced
@@ -257,6 +276,8 @@ def decode(path: Path, *, keep_gps: bool = False, keep_identifying: bool = False
     data, info = read_regular_file(path)
     if not data:
         raise BadImage("empty file")
+    if dicom.is_dicom(path, data):
+        return _decode_dicom(path, data, info, dicom_options, decode_limits(min_side).working_side)
     image = _open(data)
     width, height = image.size
     if width * height > MAX_PIXELS:
@@ -300,6 +321,70 @@ def decode(path: Path, *, keep_gps: bool = False, keep_identifying: bool = False
         thumbnail=thumbnail,
         thumbnail_size=thumbnail_size,
         dhash=perceptual_hash(thumbnail),
+    )
+    return Decoded(record, pixels)
+
+
+def _decode_dicom(path: Path, data: bytes, info: os.stat_result, options: DicomOptions, side: int) -> Decoded:
+    """The middle frame of a DICOM file (or every frame, each with `#frame=N` after the path), windowed for display,
+    with only the non-identifying header fields (see imagedb.dicom)."""
+    try:
+        ds = dicom.read(data)
+        width, height = int(ds.Columns), int(ds.Rows)
+        if width * height > MAX_PIXELS:
+            raise BadImage(f"refused as a decompression bomb: {width}x{height} pixels exceeds {MAX_PIXELS}")
+        frames = dicom.frame_count(ds)
+        indexes = dicom.frames_to_decode(ds, options)
+        sha256 = hashlib.sha256(data).hexdigest()
+        base = ImageRecord(
+            path=str(path),
+            sha256=sha256,
+            size_bytes=info.st_size,
+            mtime=file_mtime(info),
+            width=width,
+            height=height,
+            format="DICOM",
+            taken_at=None,
+            camera_make=dicom.text(ds.get("Manufacturer")),  # the scanner's maker and model, as for cameras
+            camera_model=dicom.text(ds.get("ManufacturerModelName")),
+            orientation=None,
+            exif={},
+            thumbnail=b"",
+            thumbnail_size=(0, 0),
+        )
+        decoded = [_dicom_frame(base, ds, options, index, frames, side) for index in indexes]
+    except dicom.DicomError as exc:
+        raise BadImage(str(exc)) from exc
+    main = len(decoded) // 2 if len(decoded) > 1 else 0  # the middle frame keeps the file's own path
+    first = decoded[main]
+    first.more = [d for n, d in enumerate(decoded) if n != main]
+    return first
+
+
+def _dicom_frame(
+    base: ImageRecord, ds: dicom.Dataset, options: DicomOptions, index: int, frames: int, side: int
+) -> Decoded:
+    if base.width * base.height > LARGE_DECODE_PIXELS:
+        with _large_decodes:
+            array = dicom.display_pixels(ds, index)
+    else:
+        array = dicom.display_pixels(ds, index)
+    pixels = _shrink(Image.fromarray(array, "RGB"), side)
+    del array
+    thumbnail, thumbnail_size = make_thumbnail(pixels)
+    details = dicom.info(ds, options, frame=index + 1, frames=frames)
+    own_row = options.all_frames and frames > 1 and index != frames // 2
+    record = replace(
+        base,
+        # Frames other than the middle one are rows of their own, named after the file; their content hash differs
+        # too, so that ingest does not give them the embedding of the whole file's first stored frame.
+        path=f"{base.path}#frame={index + 1}" if own_row else base.path,
+        sha256=hashlib.sha256(f"{base.sha256}#frame={index + 1}".encode()).hexdigest() if own_row else base.sha256,
+        taken_at=dicom.taken_at(details, ds, options),
+        thumbnail=thumbnail,
+        thumbnail_size=thumbnail_size,
+        dhash=perceptual_hash(thumbnail),
+        dicom=details,
     )
     return Decoded(record, pixels)
 

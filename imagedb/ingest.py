@@ -16,6 +16,7 @@ from imagedb import collection as collections
 from imagedb import embed, relevance
 from imagedb.attributes import read_rows
 from imagedb.config import DEFAULT_COLLECTION
+from imagedb.dicom import DicomOptions
 from imagedb.embed import Embedder, ModelSpec
 from imagedb.images import BadImage, decode, file_mtime, find_images, readable
 from imagedb.store import ImageRecord, Store
@@ -82,20 +83,22 @@ def ingest(
     metadata: Path | None = None,
     progress: Progress | None = None,
     bulk_threshold: int = BULK_THRESHOLD,
+    dicom: DicomOptions = DicomOptions(),
 ) -> IngestSummary:
     """Store every image under `paths` in `collection`; rerunning adds only what is new or changed.
 
     Bad files are recorded in ingest_errors and counted, never raised: one broken photo must not stop a
     library of thousands. Each batch is committed on its own. `metadata` (CSV or JSON Lines) attaches user
     attributes once the images are stored. EXIF GPS and identifying fields (images.IDENTIFYING_EXIF_TAGS) are
-    stored only with `keep_gps` / `keep_identifying`.
+    stored only with `keep_gps` / `keep_identifying`. DICOM files are de-identified unless `dicom.keep_phi`, which
+    only a collection created with it accepts (see imagedb.dicom).
     """
     started = time.perf_counter()
     progress = progress or NoProgress()
     progress.phase(SCANNING)
     files = find_images(paths, on_found=progress.advance)
     attribute_rows = read_rows(metadata) if metadata else []  # a bad file fails before anything is stored
-    target = collections.get_or_create(store, collection, model)
+    target = collections.get_or_create(store, collection, model, keep_phi=dicom.keep_phi)
     summary = IngestSummary(collection=target.name, run_id=store.start_run(target.id))
     todo = _changed_files(files, store.file_states(target.id))
     summary.skipped = len(files) - len(todo)
@@ -112,11 +115,11 @@ def ingest(
             progress.phase(LOADING_MODEL, detail=str(spec))
             embedder = embed.load(spec)
             progress.phase(EMBEDDING, len(todo))
-            options = _DecodeOptions(keep_gps, keep_identifying, _model_side(embedder))
+            options = _DecodeOptions(keep_gps, keep_identifying, _model_side(embedder), dicom)
             with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
                 for prepared in _prefetched(pool, todo, batch_size, embedder, options):
                     _store_batch(store, target.id, target.model_id, summary, prepared, embedder)
-                    progress.advance(len(prepared))
+                    progress.advance(len({path for path, *_ in prepared}))  # files, not frames
     finally:
         if not (store.conn.closed or store.conn.broken):  # else the database went away: the next run builds it
             if index_definition is not None:
@@ -152,6 +155,7 @@ class _DecodeOptions:
     keep_gps: bool
     keep_identifying: bool
     min_side: int  # the model's input size: decoded pixels are shrunk to no less
+    dicom: DicomOptions = DicomOptions()
 
 
 def _model_side(embedder: Embedder) -> int:
@@ -165,22 +169,27 @@ def _prefetched(
 ) -> Iterator[list[_Prepared]]:
     """Batches of decoded files; the next batch decodes in the pool while the caller embeds this one."""
 
-    def prepare(path: Path) -> _Prepared:
+    def prepare(path: Path) -> list[_Prepared]:
         shown = readable(path)  # a non-UTF-8 name must reach neither the database nor a terminal as surrogates
         try:
             decoded = decode(
-                path, keep_gps=options.keep_gps, keep_identifying=options.keep_identifying, min_side=options.min_side
+                path,
+                keep_gps=options.keep_gps,
+                keep_identifying=options.keep_identifying,
+                min_side=options.min_side,
+                dicom_options=options.dicom,
             )
-            return shown, decoded.record, embedder.preprocess(decoded.pixels), None
+            # The other frames of a DICOM file stored frame by frame come in the same batch as the file.
+            return [(shown, d.record, embedder.preprocess(d.pixels), None) for d in [decoded, *decoded.more]]
         except BadImage as exc:
-            return shown, None, None, readable(str(exc))
+            return [(shown, None, None, readable(str(exc)))]
         except Exception as exc:  # a bug or an exotic file must not end the run; keep the reason
-            return shown, None, None, readable(f"unexpected error: {type(exc).__name__}: {exc}")
+            return [(shown, None, None, readable(f"unexpected error: {type(exc).__name__}: {exc}"))]
 
     batches = [files[i : i + batch_size] for i in range(0, len(files), batch_size)]
-    pending: list[Future[_Prepared]] = [pool.submit(prepare, p) for p in batches[0]]
+    pending: list[Future[list[_Prepared]]] = [pool.submit(prepare, p) for p in batches[0]]
     for following in [*batches[1:], None]:
-        current = [f.result() for f in pending]
+        current = [item for f in pending for item in f.result()]
         pending = [pool.submit(prepare, p) for p in following] if following else []
         yield current
 

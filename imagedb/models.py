@@ -9,8 +9,10 @@ from __future__ import annotations
 from pgvector.sqlalchemy import BIT, HALFVEC
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     CheckConstraint,
     Column,
+    Date,
     DateTime,
     Float,
     ForeignKey,
@@ -49,6 +51,8 @@ collections = Table(
     Column("name", Text, nullable=False, unique=True),
     Column("model_id", Integer, ForeignKey("embedding_models.id"), nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    # Created with --keep-phi: only such a collection may store DICOM headers whole (see imagedb.dicom).
+    Column("keep_phi", Boolean, nullable=False, server_default=text("false")),
 )
 
 images = Table(
@@ -203,4 +207,37 @@ relevance_samples = Table(
     Column("model_id", Integer, ForeignKey("embedding_models.id"), primary_key=True),
     Column("image_id", BigInteger, ForeignKey("images.id", ondelete="CASCADE"), primary_key=True),
     Index("relevance_samples_image_id_idx", "image_id"),
+)
+
+# The kept, de-identified fields of DICOM images (imagedb.dicom); UIDs only as keyed hashes (imagedb_uid_hash).
+dicom_images = Table(
+    "dicom_images",
+    metadata,
+    Column("image_id", BigInteger, ForeignKey("images.id", ondelete="CASCADE"), primary_key=True),
+    Column("modality", Text),
+    Column("body_part", Text),
+    Column("study_uid_hash", Text),
+    Column("series_uid_hash", Text),
+    Column("instance_uid_hash", Text),
+    Column("study_year", Integer),
+    Column("study_date", Date),  # only with --keep-dates
+    Column("frame", Integer, nullable=False, server_default=text("1")),
+    Column("frames", Integer, nullable=False, server_default=text("1")),
+    Column("header", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
+    Index("dicom_images_series_idx", "series_uid_hash"),
+)
+
+# The key of the UID hashes, as HMAC's two padded keys; one row, readable by the owner only.
+dicom_secret = Table(
+    "dicom_secret",
+    metadata,
+    Column(
+        "id",
+        Boolean,
+        CheckConstraint("id", name="dicom_secret_id_check"),
+        primary_key=True,
+        server_default=text("true"),
+    ),
+    Column("inner_pad", LargeBinary, nullable=False),
+    Column("outer_pad", LargeBinary, nullable=False),
 )

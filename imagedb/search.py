@@ -187,7 +187,8 @@ def _utc_naive(value: datetime | None) -> datetime | None:
 
 
 def _checked(store: Store, target: Collection, filters: Filters) -> Filters:
-    texts = [filters.camera, filters.format, filters.path, *(v for pair in filters.attributes for v in pair)]
+    texts = [filters.camera, filters.format, filters.path, filters.modality, filters.body_part]
+    texts += [v for pair in filters.attributes for v in pair]
     if any(t is not None and "\x00" in t for t in texts):
         raise InvalidInput("a filter value cannot contain a NUL character")
     if filters.attributes:

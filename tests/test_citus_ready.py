@@ -19,6 +19,7 @@ DISTRIBUTED = {
     "duplicate_groups": "image_id",
     "watch_hits": "image_id",
     "relevance_samples": "image_id",
+    "dicom_images": "image_id",
 }
 REFERENCE = {
     "embedding_models",
@@ -28,6 +29,7 @@ REFERENCE = {
     "watches",
     "watch_hashes",
     "search_tuning",
+    "dicom_secret",
 }
 
 # What remains before `create_distributed_table` works; docs/scaling.md lists the same, with the way out of each.

@@ -73,6 +73,8 @@ def filters(
     min_height: Annotated[int | None, Query(ge=1, le=2**31 - 1)] = None,
     path: str | None = None,
     attr: Annotated[list[str], Query(description="KEY=VALUE, repeatable")] = [],  # noqa: B006
+    modality: Annotated[str | None, Query(max_length=64, description="DICOM modality: CT, MR...")] = None,
+    body_part: Annotated[str | None, Query(max_length=64, description="DICOM body part: CHEST...")] = None,
 ) -> Filters:
     return Filters(
         after=after,
@@ -83,6 +85,8 @@ def filters(
         min_height=min_height,
         path=path,
         attributes=tuple(parse_pairs(attr).items()),
+        modality=modality or None,
+        body_part=body_part or None,
     )
 
 

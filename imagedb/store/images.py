@@ -15,6 +15,7 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from imagedb.store.base import StoreBase
+from imagedb.store.dicom import insert_dicom_rows
 from imagedb.store.records import ImageRecord
 
 
@@ -96,6 +97,17 @@ class ImagesStore(StoreBase):
             "DELETE FROM images WHERE collection_id = %s AND path = ANY(%s)",
             (collection_id, [r.path for r, _ in todo if r.path in stored]),
         )
+        # A changed multi-frame DICOM file takes its former frame rows (path#frame=N) with it, those it has now
+        # come back below: a file with fewer frames, or ingested again without --all-frames, leaves none behind.
+        cur.execute(
+            "DELETE FROM images i USING unnest(%s::text[]) AS f(path) WHERE i.collection_id = %s"
+            " AND starts_with(i.path, f.path || '#frame=') AND NOT i.path = ANY(%s)",
+            (
+                [r.path for r, _ in todo if r.dicom is not None and "#frame=" not in r.path],
+                collection_id,
+                [r.path for r, _ in todo],
+            ),
+        )
         cur.executemany(
             "INSERT INTO images (collection_id, path, sha256, size_bytes, mtime, width, height, format,"
             " taken_at, camera_make, camera_model, orientation, exif, attributes, dhash)"
@@ -123,6 +135,7 @@ class ImagesStore(StoreBase):
             returning=True,
         )
         ids = [row[0] for _ in cur.results() for row in cur.fetchall()]
+        insert_dicom_rows(cur, ids, [r for r, _ in todo])
         with cur.copy("COPY embeddings (image_id, model_id, embedding) FROM STDIN WITH (FORMAT BINARY)") as copy:
             copy.set_types(["bigint", "integer", "halfvec"])
             for image_id, (_, vector) in zip(ids, todo, strict=True):

@@ -239,18 +239,18 @@ class ModelsStore(StoreBase):
 
     def get_collection(self, name: str) -> Collection | None:
         row = self.conn.execute(
-            "SELECT c.id, c.name, c.model_id, m.name, m.pretrained, m.dim"
+            "SELECT c.id, c.name, c.model_id, m.name, m.pretrained, m.dim, c.keep_phi"
             " FROM collections c JOIN embedding_models m ON m.id = c.model_id WHERE c.name = %s",
             (name,),
         ).fetchone()
         return Collection(*row) if row else None
 
-    def create_collection(self, name: str, model_id: int) -> Collection:
+    def create_collection(self, name: str, model_id: int, *, keep_phi: bool = False) -> Collection:
         """Create the collection, or return the one a concurrent process created a moment earlier."""
         with self.conn.transaction():
             self.conn.execute(
-                "INSERT INTO collections (name, model_id) VALUES (%s, %s) ON CONFLICT (name) DO NOTHING",
-                (name, model_id),
+                "INSERT INTO collections (name, model_id, keep_phi) VALUES (%s, %s, %s) ON CONFLICT (name) DO NOTHING",
+                (name, model_id, keep_phi),
             )
         collection = self.get_collection(name)
         assert collection is not None

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
 
@@ -15,6 +15,24 @@ class Collection:
     model_name: str
     pretrained: str
     dim: int
+    keep_phi: bool = False  # created with --keep-phi: DICOM headers may be stored whole
+
+
+@dataclass(frozen=True)
+class DicomInfo:
+    """What is stored of a DICOM file's header (see imagedb.dicom). The UIDs are raw here, in memory only: the
+    store writes their keyed hashes."""
+
+    modality: str | None
+    body_part: str | None
+    study_uid: str | None
+    series_uid: str | None
+    instance_uid: str | None
+    study_year: int | None
+    study_date: date | None  # only with --keep-dates
+    frame: int  # 1-based frame number of a multi-frame file (1 for single-frame files)
+    frames: int
+    header: dict[str, Any]  # the kept fields (imagedb.dicom.KEPT_FIELDS), or the whole header with --keep-phi
 
 
 @dataclass(frozen=True)
@@ -36,6 +54,7 @@ class ImageRecord:
     thumbnail: bytes
     thumbnail_size: tuple[int, int]
     dhash: str | None = None  # 64 characters of 0 and 1
+    dicom: DicomInfo | None = None
 
 
 @dataclass(frozen=True)
@@ -60,3 +79,5 @@ class Filters:
     path: str | None = None  # glob: * any characters, ? one character
     attributes: tuple[tuple[str, str], ...] = ()  # user attribute key = value (as text)
     exclude: tuple[int, ...] = ()  # image ids left out (the stored images a query is made of)
+    modality: str | None = None  # DICOM modality (CT, MR...), any case
+    body_part: str | None = None  # DICOM body part examined (CHEST, HEAD...), any case

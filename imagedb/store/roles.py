@@ -12,7 +12,15 @@ from imagedb.db import HNSW_INDEX_PREFIX
 from imagedb.store.base import StoreBase
 
 # What forgetting an image deletes rows from: the image, what cascades from it, and its paths' ingest errors.
-FORGET_TABLES = ("images", "embeddings", "thumbnails", "duplicate_groups", "watch_hits", "ingest_errors")
+FORGET_TABLES = (
+    "images",
+    "embeddings",
+    "thumbnails",
+    "duplicate_groups",
+    "watch_hits",
+    "ingest_errors",
+    "dicom_images",
+)
 
 
 class RolesStore(StoreBase):

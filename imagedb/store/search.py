@@ -56,6 +56,13 @@ def _filter_clauses(filters: Filters) -> tuple[list[str], dict[str, Any]]:
     if filters.exclude:
         clauses.append("i.id <> ALL(%(exclude)s)")
         params["exclude"] = list(filters.exclude)
+    for field in ("modality", "body_part"):  # DICOM codes are upper case (CS); any case matches
+        value = getattr(filters, field)
+        if value is not None:
+            clauses.append(
+                f"EXISTS (SELECT 1 FROM dicom_images d WHERE d.image_id = i.id AND d.{field} = upper(%({field})s))"
+            )
+            params[field] = value.strip()
     for n, (key, value) in enumerate(filters.attributes):
         clauses.append(f"i.attributes ->> %(attr_key_{n})s = %(attr_value_{n})s")
         params[f"attr_key_{n}"], params[f"attr_value_{n}"] = key, value

@@ -32,6 +32,8 @@ function params() {
   // 0 is "off": every result, however weakly it stands out.
   if (Number($("min-relevance").value) > 0) p.set("min_relevance", $("min-relevance").value);
   if ($("collapse").checked) p.set("collapse_duplicates", "true");
+  if ($("modality").value.trim()) p.set("modality", $("modality").value.trim());
+  if ($("body_part").value.trim()) p.set("body_part", $("body_part").value.trim());
   return p;
 }
 
