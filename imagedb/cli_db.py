@@ -108,11 +108,16 @@ def reindex(ctx: click.Context, m: int, ef_construction: int, hashes: bool) -> N
 @click.pass_context
 def check(ctx: click.Context) -> None:
     """Check the stored data: embeddings, thumbnails, hashes, indexes. Exit code 1 when something is wrong."""
+    from imagedb.provenance import checkpoint_problems
+
     with open_store(ctx) as store:
-        problems = store.problems()
+        problems = store.problems() + checkpoint_problems(store)
     if problems:
         raise click.ClickException("; ".join(problems))
-    click.echo("ok: every image has its embedding, thumbnail and hash, and every index is valid")
+    click.echo(
+        "ok: every image has its embedding, thumbnail and hash, every index is valid, and every registered"
+        " checkpoint has its recorded SHA-256"
+    )
 
 
 @db.command()

@@ -19,7 +19,16 @@ DISTRIBUTED = {
     "duplicate_groups": "image_id",
     "watch_hits": "image_id",
 }
-REFERENCE = {"embedding_models", "collections", "ingest_runs", "ingest_errors", "watches", "watch_hashes"}
+REFERENCE = {
+    "embedding_models",
+    "collections",
+    "collection_models",
+    "ingest_runs",
+    "ingest_errors",
+    "watches",
+    "watch_hashes",
+    "text_embeddings",
+}
 
 # What remains before `create_distributed_table` works; docs/scaling.md lists the same, with the way out of each.
 KNOWN_REMAINING = {

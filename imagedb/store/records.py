@@ -58,3 +58,34 @@ class Filters:
     min_height: int | None = None
     path: str | None = None  # glob: * any characters, ? one character
     attributes: tuple[tuple[str, str], ...] = ()  # user attribute key = value (as text)
+
+
+@dataclass(frozen=True)
+class ModelRecord:
+    """A registered model and where its weights came from (None: registered before provenance was recorded)."""
+
+    id: int
+    name: str
+    pretrained: str
+    dim: int
+    checkpoint_sha256: str | None = None
+    checkpoint_bytes: int | None = None
+
+
+@dataclass(frozen=True)
+class HeldModel:
+    """A model a collection holds, as `imagedb models list` shows it."""
+
+    collection: str
+    collection_id: int
+    model: ModelRecord
+    searched: bool  # the collection's search model
+    ready: bool  # every image had its vector when `models add` finished (always, for the search model)
+    vectors: int
+    images: int
+    index: str  # "valid", "building" (an invalid or missing index while vectors exist) or "none"
+    registered_at: datetime
+    open_clip_version: str | None
+    torch_version: str | None
+    preprocess: dict[str, Any] | None
+    tokenizer: str | None
