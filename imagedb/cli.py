@@ -64,6 +64,17 @@ def _announce_load(spec: Any) -> None:
     click.echo(_printable(f"loading {spec.label} ..."), err=True)
 
 
+def _announce_after(progress: Any) -> None:
+    """Announce model loads between the progress lines: the phase shown so far ends first."""
+    from imagedb import embed
+
+    def announce(spec: Any) -> None:
+        progress.close()
+        _announce_load(spec)
+
+    embed.on_load = announce
+
+
 def _model(value: str | None) -> Any:
     from imagedb.embed import ModelSpec
 
@@ -243,6 +254,7 @@ def ingest(
     if metadata:
         read_rows(metadata)
     progress = _BarProgress() if sys.stderr.isatty() else _PlainProgress()
+    _announce_after(progress)
     with _store(ctx) as store:
         try:
             summary = run_ingest(

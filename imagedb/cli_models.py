@@ -66,10 +66,11 @@ def add(ctx: click.Context, spec: str, collection: str, batch_size: int, allow_r
     Resumable: run it again after an interruption. New ingests into the collection embed with both models
     meanwhile. Then switch with `imagedb models use SPEC`.
     """
-    from imagedb.cli import _BarProgress, _PlainProgress, _printable
+    from imagedb.cli import _announce_after, _BarProgress, _PlainProgress, _printable
     from imagedb.models_admin import add as run_add
 
     progress = _BarProgress() if sys.stderr.isatty() else _PlainProgress()
+    _announce_after(progress)
     model = _spec(spec)
     with open_store(ctx) as store:
         try:
