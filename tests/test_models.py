@@ -356,3 +356,37 @@ def test_a_text_cache_write_refused_does_not_fail_the_search(
     assert len(results) == 2
     store.conn.execute("SET default_transaction_read_only = off")
     assert store.conn.execute("SELECT count(*) FROM text_embeddings").fetchone()[0] == 0
+
+
+def test_an_api_text_query_is_cached_for_the_api_and_sql(
+    database_url: str, store: Store, tmp_path: Path, tiny_model: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fastapi.testclient import TestClient
+
+    from imagedb.server import create_app
+
+    ingest(store, [_folder(tmp_path / "p", 5, seed=11)], model=ModelSpec.parse(tiny_model))
+    client = TestClient(create_app(database_url), base_url="http://localhost")
+    first = client.get("/api/search", params={"q": "an orange cat", "limit": 3})
+    assert first.status_code == 200, first.text
+
+    def no_model(spec: ModelSpec) -> None:
+        raise AssertionError("the model was loaded for a cached text")
+
+    monkeypatch.setattr(searching.embed, "load", no_model)
+    again = client.get("/api/search", params={"q": "an orange cat", "limit": 3})
+    assert again.json() == first.json()
+    rows = store.conn.execute("SELECT image_id FROM imagedb_search_text('an orange cat', 'default', 3)").fetchall()
+    assert [r[0] for r in rows] == [r["id"] for r in first.json()["results"]]
+
+
+def test_models_add_refuses_the_search_model_and_a_weightless_spec(
+    database_url: str, store: Store, tmp_path: Path, tiny_model: str
+) -> None:
+    ingest(store, [_folder(tmp_path / "p", 2, seed=12)], model=ModelSpec.parse(tiny_model))
+    same = _cli(database_url, "models", "add", tiny_model)
+    assert same.exit_code == 2 and "nothing to add" in same.output, same.output
+    weightless = _cli(database_url, "models", "add", "ViT-B-32")
+    assert weightless.exit_code == 2 and "laion2b_s34b_b79k" in weightless.output, weightless.output
+    assert store.conn.execute("SELECT count(*) FROM collection_models").fetchone()[0] == 1
+    assert store.conn.execute("SELECT count(*) FROM embedding_models").fetchone()[0] == 1
