@@ -24,8 +24,9 @@ WRITER_TABLES = (
     "watches",
     "watch_hashes",
     "watch_hits",
+    "text_embeddings",  # a writer's text searches are cached too
 )
-WRITER_READ_ONLY = ("alembic_version", "embedding_models", "collections", *READER_VIEWS)
+WRITER_READ_ONLY = ("alembic_version", "embedding_models", "collections", "collection_models", *READER_VIEWS)
 
 
 @dataclass(frozen=True)

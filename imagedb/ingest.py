@@ -13,7 +13,7 @@ from typing import Protocol
 import numpy as np
 
 from imagedb import collection as collections
-from imagedb import embed, provenance
+from imagedb import provenance
 from imagedb.attributes import read_rows
 from imagedb.config import DEFAULT_COLLECTION
 from imagedb.embed import Embedder, ModelSpec
@@ -165,10 +165,8 @@ class _Models:
         for model_id in [m for m in self.embedders if m not in held]:
             del self.embedders[model_id]  # dropped meanwhile
         for model_id, record in held.items():
-            if model_id not in self.embedders:
-                spec = ModelSpec(record.name, record.pretrained)
-                provenance.verify(spec, record)  # a replaced checkpoint never stores a vector
-                self.embedders[model_id] = embed.load(spec)
+            if model_id not in self.embedders:  # verified first: a replaced checkpoint never stores a vector
+                self.embedders[model_id] = provenance.load_registered(self._store, record)
 
     def input_side(self) -> int:
         return max(_model_side(e) for e in self.embedders.values())

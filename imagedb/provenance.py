@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+from contextlib import suppress
 from pathlib import Path
+
+import psycopg
 
 from imagedb import embed
 from imagedb.embed import Embedder, ModelSpec
@@ -104,11 +107,29 @@ def load_checked(store: Store, spec: ModelSpec, *, allow_random_weights: bool = 
     embedder = embed.load(spec)
     if record is not None and record.checkpoint_sha256 is not None:
         return record.id, embedder
-    # New, or registered before provenance was recorded: record it now (never overwriting a recorded value).
+    return _record(store, spec, embedder), embedder
+
+
+def load_registered(store: Store, record: ModelRecord) -> Embedder:
+    """The embedder of a model a collection holds, for storing vectors: its weights file verified first, and its
+    provenance recorded if it was registered before provenance was."""
+    spec = ModelSpec(record.name, record.pretrained)
+    verify(spec, record)
+    embedder = embed.load(spec)
+    if record.checkpoint_sha256 is None:
+        # A writer role may not update the registry: the owner's next use records it.
+        with suppress(psycopg.errors.InsufficientPrivilege):
+            _record(store, spec, embedder)
+    return embedder
+
+
+def _record(store: Store, spec: ModelSpec, embedder: Embedder) -> int:
+    """Register the model with its provenance, or fill what a model registered before provenance lacks (a
+    recorded value is never overwritten)."""
     path = weights_file(spec)
     digest, size = file_digest(path) if path is not None else (None, None)
     provenance = {"checkpoint_sha256": digest, "checkpoint_bytes": size, **embedder.provenance()}
-    return store.ensure_model(spec.name, spec.pretrained, embedder.dim, provenance), embedder
+    return store.ensure_model(spec.name, spec.pretrained, embedder.dim, provenance)
 
 
 def checkpoint_problems(store: Store) -> list[str]:

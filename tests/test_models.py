@@ -390,3 +390,73 @@ def test_models_add_refuses_the_search_model_and_a_weightless_spec(
     assert weightless.exit_code == 2 and "laion2b_s34b_b79k" in weightless.output, weightless.output
     assert store.conn.execute("SELECT count(*) FROM collection_models").fetchone()[0] == 1
     assert store.conn.execute("SELECT count(*) FROM embedding_models").fetchone()[0] == 1
+
+
+def test_the_migration_keeps_existing_collections_and_their_writers(server_url: str, tmp_path: Path) -> None:
+    """A database at 0004 with a collection and a writer role: after the upgrade the collection holds its model,
+    runs name it, the writer may read the registry and write the text cache; and the downgrade undoes it all."""
+    from alembic import command
+    from sqlalchemy import create_engine
+
+    from conftest import with_database
+
+    name = f"imagedb_models_migration_{os.getpid()}"
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name}")
+        conn.execute(f"CREATE DATABASE {name}")
+    url = with_database(server_url, name)
+    engine = create_engine(db.sqlalchemy_url(url))
+    cfg = db._alembic_config()
+
+    def migrate(step: object, revision: str) -> None:
+        with engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            step(cfg, revision)  # type: ignore[operator]
+
+    role = f"old_writer_{os.getpid()}"
+    try:
+        migrate(command.upgrade, "0004")
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("INSERT INTO embedding_models (name, pretrained, dim) VALUES ('m', '/x.pt', 4)")
+            conn.execute("INSERT INTO collections (name, model_id) SELECT 'old', id FROM embedding_models")
+            conn.execute("INSERT INTO ingest_runs (collection_id) SELECT id FROM collections")
+            conn.execute(f"DROP ROLE IF EXISTS {role}")
+            conn.execute(f"CREATE ROLE {role}")
+            conn.execute(f"GRANT SELECT, INSERT ON embeddings TO {role}")
+        migrate(command.upgrade, "head")
+        with psycopg.connect(url, autocommit=True) as conn:
+            held = conn.execute(
+                "SELECT c.name, h.ready_at IS NOT NULL FROM collection_models h JOIN collections c"
+                " ON c.id = h.collection_id AND c.model_id = h.model_id"
+            ).fetchall()
+            assert held == [("old", True)]
+            assert conn.execute("SELECT count(*) FROM ingest_runs WHERE model_id IS NOT NULL").fetchone()[0] == 1
+            grants = conn.execute(
+                "SELECT table_name, privilege_type FROM information_schema.role_table_grants WHERE grantee = %s"
+                " AND table_name IN ('collection_models', 'text_embeddings') ORDER BY 1, 2",
+                (role,),
+            ).fetchall()
+            assert ("collection_models", "SELECT") in grants and ("text_embeddings", "INSERT") in grants
+        migrate(command.downgrade, "0004")
+        with psycopg.connect(url, autocommit=True) as conn:
+            assert conn.execute("SELECT to_regclass('collection_models')").fetchone()[0] is None
+            assert conn.execute("SELECT count(*) FROM collections").fetchone()[0] == 1
+    finally:
+        engine.dispose()
+        with psycopg.connect(server_url, autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+            conn.execute(f"DROP ROLE IF EXISTS {role}")
+
+
+def test_a_model_registered_before_provenance_gets_it_on_next_use(
+    store: Store, tmp_path: Path, tiny_model: str
+) -> None:
+    ingest(store, [_folder(tmp_path / "p", 2, seed=13)], model=ModelSpec.parse(tiny_model))
+    store.conn.execute(
+        "UPDATE embedding_models SET checkpoint_sha256 = NULL, checkpoint_bytes = NULL, open_clip_version = NULL,"
+        " torch_version = NULL, preprocess = NULL, tokenizer = NULL"
+    )
+    ingest(store, [_folder(tmp_path / "q", 1, seed=14)])
+    row = store.conn.execute("SELECT checkpoint_sha256, open_clip_version, preprocess FROM embedding_models").fetchone()
+    assert row[0] == hashlib.sha256(Path(tiny_model.split(":", 1)[1]).read_bytes()).hexdigest()
+    assert row[1] and row[2]["size"] == [64, 64]

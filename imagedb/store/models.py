@@ -80,10 +80,10 @@ class ModelsStore(StoreBase):
         values = {c: (Jsonb(v) if c == "preprocess" and v is not None else v) for c, v in (provenance or {}).items()}
         columns = [c for c in PROVENANCE_COLUMNS if c in values]
         with self.conn.transaction():
-            self.conn.execute(
+            inserted = self.conn.execute(
                 sql.SQL(
                     "INSERT INTO embedding_models (name, pretrained, dim{cols}) VALUES (%s, %s, %s{marks})"
-                    " ON CONFLICT (name, pretrained) DO {update}"
+                    " ON CONFLICT (name, pretrained) DO {update} RETURNING xmax = 0"
                 ).format(
                     cols=sql.SQL("").join(sql.SQL(", ") + sql.Identifier(c) for c in columns),
                     marks=sql.SQL(", %s" * len(columns)),
@@ -96,12 +96,14 @@ class ModelsStore(StoreBase):
                     else sql.SQL("NOTHING"),
                 ),
                 (name, pretrained, dim, *(values[c] for c in columns)),
-            )
+            ).fetchone()
             model_id, stored_dim = self.conn.execute(
                 "SELECT id, dim FROM embedding_models WHERE name = %s AND pretrained = %s", (name, pretrained)
             ).fetchone()  # type: ignore[misc]
-            if stored_dim == dim and not self.model_has_embeddings(model_id):
-                # An empty index: nothing to serve yet, so a plain build in this transaction is instant.
+            if stored_dim == dim and (inserted is None or inserted[0]):
+                # A new model (or a bare registration, as before provenance): its index is empty or exists, so a
+                # plain build in this transaction is instant. A model registered before may have its index
+                # dropped for a bulk load under way, which builds it.
                 self.conn.execute(
                     _create_sql(hnsw_index_name(model_id), model_id, dim, DEFAULT_HNSW, concurrently=False)
                 )

@@ -88,6 +88,22 @@ def upgrade() -> None:
             RETURN QUERY SELECT n.image_id, n.path, n.score FROM imagedb_nearest(q, collection_name, k) n;
         END
         $$;
+
+        -- Writer roles made by `imagedb grant-writer` before this revision read the new registry table and write
+        -- the cache, as `grant-writer` now grants.
+        DO $$
+        DECLARE
+            r record;
+        BEGIN
+            FOR r IN SELECT DISTINCT grantee FROM information_schema.role_table_grants
+                     WHERE table_schema = 'public' AND table_name = 'embeddings' AND privilege_type = 'INSERT'
+                       AND grantee <> current_user
+            LOOP
+                EXECUTE format('GRANT SELECT ON collection_models TO %I', r.grantee);
+                EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON text_embeddings TO %I', r.grantee);
+            END LOOP;
+        END
+        $$;
         """
     )
 
