@@ -15,6 +15,7 @@ if [[ "${1:-}" == "--quick" ]]; then
   python bench/growth_bench.py --sizes 10000 20000
   python bench/api_bench.py --n 2000
   python bench/cli_latency.py --runs 2
+  python bench/text_cache_bench.py --runs 2
   python bench/decode_memory.py
   python bench/rebuild_bench.py --n 3000 --threshold-n 500
 else
@@ -25,6 +26,7 @@ else
   python bench/growth_bench.py | tee bench/results/growth.txt
   python bench/api_bench.py | tee bench/results/api.txt
   python bench/cli_latency.py | tee bench/results/cli_latency.txt
+  python bench/text_cache_bench.py | tee bench/results/text_cache.txt
   python bench/decode_memory.py | tee bench/results/decode_memory.txt
   python bench/rebuild_bench.py --n 50000 | tee bench/results/rebuild.txt
 fi

@@ -28,8 +28,9 @@ WRITER_TABLES = (
     "relevance_samples",
     "search_tuning",
     "dicom_images",
+    "text_embeddings",  # a writer's text searches are cached too
 )
-WRITER_READ_ONLY = ("alembic_version", "embedding_models", "collections", *READER_VIEWS)
+WRITER_READ_ONLY = ("alembic_version", "embedding_models", "collections", "collection_models", *READER_VIEWS)
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ import click
 
 from imagedb import config
 from imagedb.cli_db import db
+from imagedb.cli_models import models as models_group
 from imagedb.cli_support import Group
 from imagedb.cli_support import open_store as _store
 from imagedb.cli_tune import tune as tune_command
@@ -53,6 +54,25 @@ def main(ctx: click.Context, database_url: str | None, home: str | None, verbose
         # open_clip and the hub client log each retry and failure; the error the user sees says it in one line.
         logging.disable(logging.ERROR)
     ctx.obj = {"database_url": database_url, "home": home}
+    from imagedb import embed
+
+    # The first use of a model in this process says what the wait is (seconds to load, or a download).
+    embed.on_load = _announce_load
+
+
+def _announce_load(spec: Any) -> None:
+    click.echo(_printable(f"loading {spec.label} ..."), err=True)
+
+
+def _announce_after(progress: Any) -> None:
+    """Announce model loads between the progress lines: the phase shown so far ends first."""
+    from imagedb import embed
+
+    def announce(spec: Any) -> None:
+        progress.close()
+        _announce_load(spec)
+
+    embed.on_load = announce
 
 
 def _model(value: str | None) -> Any:
@@ -72,6 +92,13 @@ _model_option = click.option(
     f" IMAGEDB_MODEL, else {config.DEFAULT_MODEL}); an existing one uses its own and refuses another.",
 )
 
+_search_model_option = click.option(
+    "--model",
+    "-m",
+    help="Search with this model, one the collection holds (default: the one it searches with); e.g. a model"
+    " being added, to compare before `imagedb models use` (`imagedb models list` shows them).",
+)
+
 
 class _PlainProgress:
     """Ingest progress as a few plain lines on stderr, for logs and pipes: phases, and embedding every ~10% or 5 s."""
@@ -86,9 +113,11 @@ class _PlainProgress:
         self._last_step = 0
 
     def phase(self, name: str, total: int | None = None, detail: str = "") -> None:
-        from imagedb.ingest import ATTACHING_METADATA, SCANNING
+        from imagedb.ingest import ATTACHING_METADATA, LOADING_MODEL, SCANNING
 
         self.close()
+        if name == LOADING_MODEL:
+            return  # embed.on_load says it, once per model (see main)
         self._name, self._total, self._done, self._last_step = name, total, 0, 0
         self._started = self._last_line = time.monotonic()
         if name == ATTACHING_METADATA:
@@ -134,9 +163,11 @@ class _BarProgress:
     def phase(self, name: str, total: int | None = None, detail: str = "") -> None:
         from tqdm import tqdm
 
-        from imagedb.ingest import SCANNING
+        from imagedb.ingest import LOADING_MODEL, SCANNING
 
         self.close()
+        if name == LOADING_MODEL:
+            return  # embed.on_load says it, once per model (see main)
         label = f"{name} {detail}".strip()
         if name == SCANNING:
             fmt = "{desc}: {n_fmt} files [{elapsed}]"
@@ -197,6 +228,11 @@ def _printable(text: str) -> str:
     " collection created with this flag (see the README, Medical images).",
 )
 @click.option("--all-frames", is_flag=True, help="DICOM: store every frame of a multi-frame file (else the middle).")
+@click.option(
+    "--allow-random-weights",
+    is_flag=True,
+    help="Let a new collection's model have no weights (NAME alone): random, for tests only. Refused otherwise.",
+)
 @click.pass_context
 def ingest(
     ctx: click.Context,
@@ -210,6 +246,7 @@ def ingest(
     keep_dates: bool,
     keep_phi: bool,
     all_frames: bool,
+    allow_random_weights: bool,
 ) -> None:
     """Add the images in PATHS (files or folders, recursive) to a collection.
 
@@ -230,6 +267,7 @@ def ingest(
     if metadata:
         read_rows(metadata)
     progress = _BarProgress() if sys.stderr.isatty() else _PlainProgress()
+    _announce_after(progress)
     with _store(ctx) as store:
         try:
             summary = run_ingest(
@@ -243,6 +281,7 @@ def ingest(
                 metadata=metadata,
                 progress=progress,
                 dicom=DicomOptions(keep_dates=keep_dates, keep_phi=keep_phi, all_frames=all_frames),
+                allow_random_weights=allow_random_weights,
             )
         finally:
             progress.close()
@@ -277,7 +316,7 @@ FORMATS = ("JPEG", "JPG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "TIF", "HEIF", "H
     "--like", "-l", "likes", multiple=True, type=click.IntRange(1, 2**63 - 1), help="Add a stored image (by id)."
 )
 @_collection_option
-@_model_option
+@_search_model_option
 @click.option("--limit", "-k", default=10, show_default=True, type=click.IntRange(1, 1000), help="Results to show.")
 @click.option("--offset", default=0, show_default=True, type=click.IntRange(0), help="Skip this many (paging).")
 @click.option("--after", type=_DATE, metavar="DATE", help="Taken (else file time) on or after DATE.")
@@ -740,3 +779,4 @@ def serve(ctx: click.Context, host: str, port: int, token: str | None) -> None:
 
 main.add_command(db)
 main.add_command(tune_command)
+main.add_command(models_group)

@@ -129,11 +129,16 @@ def check(ctx: click.Context, recall: bool, collection: str, queries: int) -> No
     With --recall, also measure recall@10 of one collection's index at several ef_search values (stored images
     as queries, compared with an exact scan); the one searches use is kept for `imagedb db info`.
     """
+    from imagedb.provenance import checkpoint_problems
+
     with open_store(ctx) as store:
-        problems = store.problems()
+        problems = store.problems() + checkpoint_problems(store)
     if problems:
         raise click.ClickException("; ".join(problems))
-    click.echo("ok: every image has its embedding, thumbnail and hash, and every index is valid")
+    click.echo(
+        "ok: every image has its embedding, thumbnail and hash, every index is valid, and every registered"
+        " checkpoint has its recorded SHA-256"
+    )
     if recall:
         from imagedb.cli_tune import recall_check_lines
 

@@ -97,9 +97,12 @@ def _first_line(exc: Exception) -> str:
 
 
 # Commands that write: on a read-only replica they are refused before any work, in one line naming the primary.
-WRITES = frozenset({"ingest", "tag", "forget", "dupes", "watch add", "grant-reader", "grant-writer", "db reindex"})
+WRITES = frozenset(
+    {"ingest", "tag", "forget", "dupes", "watch add", "grant-reader", "grant-writer", "db reindex", "models add",
+     "models use", "models drop"}
+)  # fmt: skip
 # Commands that only read go to IMAGEDB_READ_DATABASE_URL when it is set (a replica, or a libpq multi-host URL).
-READS = frozenset({"search", "watch list", "watch hits", "db info", "db check"})
+READS = frozenset({"search", "watch list", "watch hits", "db info", "db check", "models list"})
 
 
 @contextmanager

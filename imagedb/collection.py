@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
-from imagedb import embed
+from imagedb import provenance
 from imagedb.config import new_collection_model
 from imagedb.embed import ModelSpec
 from imagedb.errors import InvalidInput, ModelMismatch, NotFound
@@ -17,12 +18,13 @@ def model_of(collection: Collection) -> ModelSpec:
 
 
 def check_model(collection: Collection, requested: ModelSpec | None) -> ModelSpec:
-    """The collection's model; refuses a different one asked for explicitly."""
+    """The collection's search model; refuses a different one asked for explicitly."""
     bound = model_of(collection)
     if requested is not None and requested != bound:
         raise ModelMismatch(
-            f"collection {collection.name!r} was created with model {bound}, not {requested}:"
-            f" leave out --model, or use another --collection"
+            f"collection {collection.name!r} searches with model {bound}, not {requested}: leave out --model (new"
+            f" images get a vector of every model it holds), or add that model with imagedb models add {requested}"
+            f" -c {collection.name}"
         )
     return bound
 
@@ -43,11 +45,19 @@ def get(store: Store, name: str, requested: ModelSpec | None = None) -> Collecti
     return collection
 
 
-def get_or_create(store: Store, name: str, requested: ModelSpec | None, *, keep_phi: bool = False) -> Collection:
+def get_or_create(
+    store: Store,
+    name: str,
+    requested: ModelSpec | None,
+    *,
+    keep_phi: bool = False,
+    allow_random_weights: bool = False,
+) -> Collection:
     """The named collection; a new one is bound to the requested model, else IMAGEDB_MODEL's, else the default.
 
-    `keep_phi` (DICOM headers stored whole) creates a collection marked for it, and is refused for an existing
-    collection created without it: patient data must never land beside data that was promised to hold none.
+    A model without weights is refused unless `allow_random_weights` (see provenance.load_checked). `keep_phi`
+    (DICOM headers stored whole) creates a collection marked for it, and is refused for an existing collection
+    created without it: patient data must never land beside data that was promised to hold none.
     """
     collection = store.get_collection(_checked_name(name))
     if collection is not None:
@@ -59,11 +69,25 @@ def get_or_create(store: Store, name: str, requested: ModelSpec | None, *, keep_
             )
         return collection
     spec = requested or ModelSpec.parse(new_collection_model())
-    model_id = store.ensure_model(spec.name, spec.pretrained, embed.load(spec).dim)
+    model_id, _ = provenance.load_checked(store, spec, allow_random_weights=allow_random_weights)
     created = store.create_collection(name, model_id, keep_phi=keep_phi)
     if keep_phi and not created.keep_phi:  # another process created it a moment earlier, without --keep-phi
         raise InvalidInput(f"collection {name!r} was just created without --keep-phi by another process")
     return created
+
+
+def held_model(store: Store, collection: Collection, requested: ModelSpec) -> Collection:
+    """The collection as searched with `requested`, one of the models it holds (`imagedb search --model`)."""
+    for record, _ in store.held_models(collection.id):
+        if (record.name, record.pretrained) == (requested.name, requested.pretrained):
+            return replace(
+                collection, model_id=record.id, model_name=record.name, pretrained=record.pretrained, dim=record.dim
+            )
+    held = ", ".join(str(ModelSpec(r.name, r.pretrained)) for r, _ in store.held_models(collection.id))
+    raise ModelMismatch(
+        f"collection {collection.name!r} holds no model {requested} (it holds {held}): add it first with"
+        f" imagedb models add {requested} -c {collection.name}"
+    )
 
 
 def find_images(store: Store, name: str, refs: Sequence[str]) -> tuple[list[tuple[int, str]], list[str]]:

@@ -52,6 +52,43 @@ class ModelSpec:
     def checkpoint(self) -> Path | None:
         return Path(self.pretrained) if _looks_like_path(self.pretrained) else None
 
+    @property
+    def has_weights(self) -> bool:
+        """Whether the spec names trained weights: a tag, a checkpoint, or a hub/local-dir model that has them."""
+        return bool(self.pretrained) or self.name.startswith(_SCHEMAS)
+
+    @property
+    def label(self) -> str:
+        """How the user is told which model loads: `ViT-B-32 (laion2b_s34b_b79k)`."""
+        if self.name.startswith(_SCHEMAS):
+            return self.name
+        return f"{self.name} ({self.pretrained or 'random weights'})"
+
+
+# The seed of a model loaded without weights (--allow-random-weights): the same weights in every process, so its
+# vectors and later queries agree.
+RANDOM_WEIGHTS_SEED = 0
+
+
+def require_weights(spec: ModelSpec) -> None:
+    """Refuse a spec without weights (`ViT-B-32` alone): open_clip would silently give random ones, different in
+    every process, and every vector made with them would be noise."""
+    if spec.has_weights:
+        return
+    import open_clip
+
+    tags = open_clip.list_pretrained_tags_by_model(spec.name)
+    if tags:
+        hint = f"pretrained tags open_clip knows for it: {', '.join(tags)}; e.g. --model {spec.name}:{tags[0]}"
+    elif spec.name in open_clip.list_models():
+        hint = f"open_clip knows no pretrained tag for it: pass a checkpoint, --model {spec.name}:/path/to/weights.pt"
+    else:
+        hint = f"open_clip knows no model named {spec.name!r} (see open_clip.list_pretrained())"
+    raise InvalidInput(
+        f"model {spec.name} names no weights, so it would be randomly initialised: {hint}"
+        " (--allow-random-weights if random weights are what you want, e.g. for a test)"
+    )
+
 
 def _looks_like_path(value: str) -> bool:
     return "/" in value or os.sep in value or value.endswith(_CHECKPOINT_SUFFIXES)
@@ -69,6 +106,8 @@ class Embedder:
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self._register_config_beside_checkpoint(open_clip)
         _check_hub_reachable(spec, open_clip)
+        if not spec.has_weights:
+            torch.manual_seed(RANDOM_WEIGHTS_SEED)  # only reached with --allow-random-weights: see require_weights
         try:
             model, _, preprocess = open_clip.create_model_and_transforms(
                 spec.name, pretrained=spec.pretrained or None, device=self.device
@@ -83,6 +122,24 @@ class Embedder:
         with torch.inference_mode():
             probe = self._tokenizer(["a"]).to(self.device)
             self.dim = int(model.encode_text(probe).shape[-1])
+
+    def provenance(self) -> dict[str, Any]:
+        """What these vectors depend on besides the weights file: library versions, preprocessing, tokenizer."""
+        import open_clip
+
+        cfg = dict(getattr(getattr(self._model, "visual", None), "preprocess_cfg", None) or {})
+        preprocess = {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()}
+        tokenizer = type(self._tokenizer).__name__
+        context = getattr(self._tokenizer, "context_length", None)
+        name = getattr(self._tokenizer, "tokenizer_name", None) or getattr(self._tokenizer, "name", None)
+        return {
+            "open_clip_version": open_clip.__version__,
+            "torch_version": self._torch.__version__,
+            "preprocess": preprocess,
+            "tokenizer": f"{tokenizer}"
+            + (f" {name}" if isinstance(name, str) else "")
+            + (f" (context {context})" if context else ""),
+        }
 
     def _register_config_beside_checkpoint(self, open_clip: Any) -> None:
         # A custom architecture travels as NAME.json next to its checkpoint; built-in names need nothing.

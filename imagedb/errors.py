@@ -31,3 +31,7 @@ class InvalidInput(ImagedbError):
 
 class ReadOnlyReplica(ImagedbError):
     """A write asked of a read-only replica (a standby): it belongs on the primary."""
+
+
+class NotReady(ImagedbError):
+    """A model asked for that is not fully added to a collection yet, or a change another process is making."""

@@ -13,13 +13,14 @@ from typing import Protocol
 import numpy as np
 
 from imagedb import collection as collections
-from imagedb import embed, relevance
+from imagedb import provenance, relevance
 from imagedb.attributes import read_rows
 from imagedb.config import DEFAULT_COLLECTION
 from imagedb.dicom import DicomOptions
 from imagedb.embed import Embedder, ModelSpec
 from imagedb.images import BadImage, decode, file_mtime, find_images, readable
-from imagedb.store import ImageRecord, Store
+from imagedb.store import Collection, ImageRecord, Store
+from imagedb.store.records import ModelRecord
 
 # The phases of a run, in order, as Progress.phase names them. Scanning counts files found (no total known);
 # embedding counts files decoded and stored, out of those new or changed.
@@ -66,9 +67,9 @@ class IngestSummary:
 # From this many new images on (and more than are indexed already), the HNSW index is built after the load.
 BULK_THRESHOLD = 5000
 
-# What a decode worker hands back: the path (printable), the record and its model input, or the reason it failed.
-# No pixels: a batch waiting to be embedded holds only thumbnails and model-sized tensors.
-_Prepared = tuple[str, ImageRecord | None, object | None, str | None]
+# What a decode worker hands back: the path (printable), the record and its input per model id, or the reason it
+# failed. No pixels: a batch waiting to be embedded holds only thumbnails and model-sized tensors.
+_Prepared = tuple[str, ImageRecord | None, dict[int, object] | None, str | None]
 
 
 def ingest(
@@ -84,6 +85,7 @@ def ingest(
     progress: Progress | None = None,
     bulk_threshold: int = BULK_THRESHOLD,
     dicom: DicomOptions = DicomOptions(),
+    allow_random_weights: bool = False,
 ) -> IngestSummary:
     """Store every image under `paths` in `collection`; rerunning adds only what is new or changed.
 
@@ -91,15 +93,19 @@ def ingest(
     library of thousands. Each batch is committed on its own. `metadata` (CSV or JSON Lines) attaches user
     attributes once the images are stored. EXIF GPS and identifying fields (images.IDENTIFYING_EXIF_TAGS) are
     stored only with `keep_gps` / `keep_identifying`. DICOM files are de-identified unless `dicom.keep_phi`, which
-    only a collection created with it accepts (see imagedb.dicom).
+    only a collection created with it accepts (see imagedb.dicom). New images get a vector of every model the
+    collection holds (one being added by `imagedb models add` too); a registered model's checkpoint is verified
+    before use (provenance.verify), and a new collection's model must have weights unless `allow_random_weights`.
     """
     started = time.perf_counter()
     progress = progress or NoProgress()
     progress.phase(SCANNING)
     files = find_images(paths, on_found=progress.advance)
     attribute_rows = read_rows(metadata) if metadata else []  # a bad file fails before anything is stored
-    target = collections.get_or_create(store, collection, model, keep_phi=dicom.keep_phi)
-    summary = IngestSummary(collection=target.name, run_id=store.start_run(target.id))
+    target = collections.get_or_create(
+        store, collection, model, keep_phi=dicom.keep_phi, allow_random_weights=allow_random_weights
+    )
+    summary = IngestSummary(collection=target.name, run_id=store.start_run(target.id, target.model_id))
     todo = _changed_files(files, store.file_states(target.id))
     summary.skipped = len(files) - len(todo)
     # A model's first large load: inserting row by row into HNSW costs 100x a COPY, and building the index
@@ -113,13 +119,15 @@ def ingest(
         if todo:
             spec = collections.model_of(target)
             progress.phase(LOADING_MODEL, detail=str(spec))
-            embedder = embed.load(spec)
+            models = _Models(store, target)
+            models.refresh()
             progress.phase(EMBEDDING, len(todo))
-            options = _DecodeOptions(keep_gps, keep_identifying, _model_side(embedder), dicom)
+            options = _DecodeOptions(keep_gps, keep_identifying, models.input_side(), dicom)
             with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-                for prepared in _prefetched(pool, todo, batch_size, embedder, options):
-                    _store_batch(store, target.id, target.model_id, summary, prepared, embedder)
+                for prepared in _prefetched(pool, todo, batch_size, models, options):
+                    _store_batch(store, target, summary, prepared, models)
                     progress.advance(len({path for path, *_ in prepared}))  # files, not frames
+                    models.refresh()
     finally:
         if not (store.conn.closed or store.conn.broken):  # else the database went away: the next run builds it
             if index_definition is not None:
@@ -150,6 +158,31 @@ def _changed_files(files: list[Path], known: dict[str, tuple[int, object]]) -> l
     return todo
 
 
+class _Models:
+    """The embedders of every model the collection holds, the search model first. Read again after each batch:
+    a `models add` started during this run gets the vectors of the images this run stores from then on."""
+
+    def __init__(self, store: Store, target: Collection) -> None:
+        self._store, self._target = store, target
+        self.embedders: dict[int, Embedder] = {}
+
+    def refresh(self) -> None:
+        held = {record.id: record for record, _ in self._store.held_models(self._target.id)}
+        held.setdefault(self._target.model_id, ModelRecord(self._target.model_id, self._target.model_name,
+                                                           self._target.pretrained, self._target.dim))  # fmt: skip
+        for model_id in [m for m in self.embedders if m not in held]:
+            del self.embedders[model_id]  # dropped meanwhile
+        for model_id, record in held.items():
+            if model_id not in self.embedders:  # verified first: a replaced checkpoint never stores a vector
+                self.embedders[model_id] = provenance.load_registered(self._store, record)
+
+    def input_side(self) -> int:
+        return max(_model_side(e) for e in self.embedders.values())
+
+    def current(self) -> dict[int, Embedder]:
+        return dict(self.embedders)
+
+
 @dataclass(frozen=True)
 class _DecodeOptions:
     keep_gps: bool
@@ -165,11 +198,12 @@ def _model_side(embedder: Embedder) -> int:
 
 
 def _prefetched(
-    pool: ThreadPoolExecutor, files: list[Path], batch_size: int, embedder: Embedder, options: _DecodeOptions
+    pool: ThreadPoolExecutor, files: list[Path], batch_size: int, models: _Models, options: _DecodeOptions
 ) -> Iterator[list[_Prepared]]:
-    """Batches of decoded files; the next batch decodes in the pool while the caller embeds this one."""
+    """Batches of decoded files; the next batch decodes in the pool while the caller embeds this one. Each file
+    gets the input of every model held when its batch was submitted (each model has its own preprocessing)."""
 
-    def prepare(path: Path) -> list[_Prepared]:
+    def prepare(path: Path, embedders: dict[int, Embedder]) -> list[_Prepared]:
         shown = readable(path)  # a non-UTF-8 name must reach neither the database nor a terminal as surrogates
         try:
             decoded = decode(
@@ -180,42 +214,63 @@ def _prefetched(
                 dicom_options=options.dicom,
             )
             # The other frames of a DICOM file stored frame by frame come in the same batch as the file.
-            return [(shown, d.record, embedder.preprocess(d.pixels), None) for d in [decoded, *decoded.more]]
+            return [
+                (shown, d.record, {m: e.preprocess(d.pixels) for m, e in embedders.items()}, None)
+                for d in [decoded, *decoded.more]
+            ]
         except BadImage as exc:
             return [(shown, None, None, readable(str(exc)))]
         except Exception as exc:  # a bug or an exotic file must not end the run; keep the reason
             return [(shown, None, None, readable(f"unexpected error: {type(exc).__name__}: {exc}"))]
 
     batches = [files[i : i + batch_size] for i in range(0, len(files), batch_size)]
-    pending: list[Future[list[_Prepared]]] = [pool.submit(prepare, p) for p in batches[0]]
+    pending: list[Future[list[_Prepared]]] = [pool.submit(prepare, p, models.current()) for p in batches[0]]
     for following in [*batches[1:], None]:
         current = [item for f in pending for item in f.result()]
-        pending = [pool.submit(prepare, p) for p in following] if following else []
+        pending = [pool.submit(prepare, p, models.current()) for p in following] if following else []
         yield current
 
 
 def _store_batch(
-    store: Store, collection_id: int, model_id: int, summary: IngestSummary, batch: list[_Prepared], embedder: Embedder
+    store: Store, target: Collection, summary: IngestSummary, batch: list[_Prepared], models: _Models
 ) -> None:
     errors = [(path, reason) for path, _, _, reason in batch if reason is not None]
-    good = [(record, tensor) for _, record, tensor, _ in batch if record is not None]
-    known = store.vectors_by_sha256(model_id, [r.sha256 for r, _ in good])
-    # Identical files within the batch are embedded once.
-    fresh: dict[str, object] = {}
-    for record, tensor in good:
-        if record.sha256 not in known:
-            fresh.setdefault(record.sha256, tensor)
-    if fresh:
-        known.update(zip(fresh, embedder.encode_images(list(fresh.values())), strict=True))
-    vectors: list[np.ndarray] = [known[r.sha256] for r, _ in good]
+    good = [(record, tensors) for _, record, tensors, _ in batch if record is not None and tensors is not None]
     records = [r for r, _ in good]
-    written = store.write_batch(collection_id, model_id, summary.run_id, records, vectors, errors)
+    fresh: set[str] = set()
+    vectors: dict[int, list[np.ndarray]] = {}
+    for model_id, embedder in models.current().items():
+        if all(model_id in tensors for _, tensors in good):  # else held since the batch was decoded: `models add`
+            embedded, computed = _model_vectors(store, model_id, embedder, good)
+            vectors[model_id] = embedded
+            if model_id == target.model_id:
+                fresh = computed
+    others = {m: v for m, v in vectors.items() if m != target.model_id}
+    written = store.write_batch(
+        target.id, target.model_id, summary.run_id, records, vectors[target.model_id], errors, others
+    )
     already = written.already
     summary.watch_hits += written.watch_hits
     # Another ingest of this collection may have stored some of these files first: they count as unchanged.
-    fresh_written = {r.sha256 for r in records if r.path not in already} & fresh.keys()
+    fresh_written = {r.sha256 for r in records if r.path not in already} & fresh
     summary.added += len(fresh_written)
     summary.reused += len(records) - len(already) - len(fresh_written)
     summary.skipped += len(already)
     summary.failed += len(errors)
     summary.errors.extend(errors)
+
+
+def _model_vectors(
+    store: Store, model_id: int, embedder: Embedder, good: list[tuple[ImageRecord, dict[int, object]]]
+) -> tuple[list[np.ndarray], set[str]]:
+    """One model's vector for each record, reusing stored vectors of identical content; and the SHA-256s of
+    the contents it embedded."""
+    known = store.vectors_by_sha256(model_id, [r.sha256 for r, _ in good])
+    # Identical files within the batch are embedded once.
+    fresh: dict[str, object] = {}
+    for record, tensors in good:
+        if record.sha256 not in known:
+            fresh.setdefault(record.sha256, tensors[model_id])
+    if fresh:
+        known.update(zip(fresh, embedder.encode_images(list(fresh.values())), strict=True))
+    return [known[r.sha256] for r, _ in good], set(fresh)

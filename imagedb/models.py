@@ -41,6 +41,15 @@ embedding_models = Table(
     Column("pretrained", Text, nullable=False),
     Column("dim", Integer, CheckConstraint("dim > 0", name="embedding_models_dim_check"), nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    # Provenance (NULL for models registered before revision "models", until next used): the weights file's
+    # SHA-256 and size (NULL for random weights), the library versions, the image preprocessing (size, mean, std,
+    # resize mode, interpolation) and the text tokenizer.
+    Column("checkpoint_sha256", Text),
+    Column("checkpoint_bytes", BigInteger),
+    Column("open_clip_version", Text),
+    Column("torch_version", Text),
+    Column("preprocess", JSONB),
+    Column("tokenizer", Text),
     UniqueConstraint("name", "pretrained", name="embedding_models_name_pretrained_key"),
 )
 
@@ -53,6 +62,17 @@ collections = Table(
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     # Created with --keep-phi: only such a collection may store DICOM headers whole (see imagedb.dicom).
     Column("keep_phi", Boolean, nullable=False, server_default=text("false")),
+)
+
+# Every model a collection holds; collections.model_id is the one searches use. ready_at stays NULL while
+# `imagedb models add` embeds the collection's images with a new model.
+collection_models = Table(
+    "collection_models",
+    metadata,
+    Column("collection_id", Integer, ForeignKey("collections.id", ondelete="CASCADE"), primary_key=True),
+    Column("model_id", Integer, ForeignKey("embedding_models.id"), primary_key=True),
+    Column("added_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("ready_at", DateTime(timezone=True)),
 )
 
 images = Table(
@@ -88,6 +108,8 @@ embeddings = Table(
     # No fixed dimension: models of different sizes share the table, and each model gets its own partial
     # HNSW index on embedding::halfvec(dim) (created by store.Store.ensure_model).
     Column("embedding", HALFVEC(), nullable=False),
+    # The ingest or `models add` run that computed it (NULL for vectors stored before revision "models").
+    Column("run_id", BigInteger, ForeignKey("ingest_runs.id", ondelete="SET NULL")),
 )
 
 thumbnails = Table(
@@ -110,6 +132,26 @@ ingest_runs = Table(
     Column("skipped", Integer, nullable=False, server_default=text("0")),
     Column("reused", Integer, nullable=False, server_default=text("0")),
     Column("failed", Integer, nullable=False, server_default=text("0")),
+    Column("model_id", Integer, ForeignKey("embedding_models.id", ondelete="SET NULL")),
+    Column(
+        "command",
+        Text,
+        CheckConstraint("command IN ('ingest', 'models add')", name="ingest_runs_command_check"),
+        nullable=False,
+        server_default=text("'ingest'"),
+    ),
+)
+
+# Text queries embedded once per model (keyed by the text's SHA-256: a btree entry cannot hold a long text).
+text_embeddings = Table(
+    "text_embeddings",
+    metadata,
+    Column("model_id", Integer, ForeignKey("embedding_models.id", ondelete="CASCADE"), primary_key=True),
+    Column("text_sha256", LargeBinary, primary_key=True),
+    Column("text", Text, nullable=False),
+    Column("embedding", HALFVEC(), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Index("text_embeddings_age_idx", "model_id", "created_at"),
 )
 
 ingest_errors = Table(

@@ -8,12 +8,14 @@ database at all, and nearest() asks the index. search() does all three on one co
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from contextlib import suppress
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
+import psycopg
 
 from imagedb import collection as collections
 from imagedb import embed, relevance, tuning
@@ -56,11 +58,14 @@ class Plan:
     sort: Literal["score", "date"]
     min_relevance: float | None = None
     collapse_duplicates: bool = False
+    texts: dict[str, np.ndarray] = field(default_factory=dict)  # the text terms' cached vectors (text_embeddings)
+    # The texts query_vector() embedded, for nearest() to cache: the same query later needs no model.
+    fresh: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def needs_model(self) -> bool:
-        """Whether query_vector() runs the model (texts or image files), not only stored vectors."""
-        return any(t.kind != "id" for t in self.terms)
+        """Whether query_vector() runs the model (image files, texts not cached), not only stored vectors."""
+        return any(t.kind == "image" or (t.kind == "text" and t.value not in self.texts) for t in self.terms)
 
     @property
     def model(self) -> ModelSpec:
@@ -134,7 +139,9 @@ def plan(
         raise InvalidInput(f"min_score is a cosine similarity, between -1 and 1, not {min_score}")
     if min_relevance is not None and not np.isfinite(min_relevance):
         raise InvalidInput(f"min_relevance is a number of standard deviations, not {min_relevance}")
-    target = collections.get(store, collection, model)
+    target = collections.get(store, collection)
+    if model is not None:  # any model the collection holds, e.g. one being added, to compare before switching
+        target = collections.held_model(store, target, model)
     checked = _checked(store, target, filters)
     tuned = store.tuning(target)
     relevance.ensure_sample(store, tuned["sampled_count"] if tuned else None, target)
@@ -147,13 +154,29 @@ def plan(
             stored[int(term.value)] = found
     checked = replace(checked, exclude=tuple(stored))
     ef = ef_search if ef_search is not None else tuning.ef_search_for(tuned)
+    texts = store.cached_texts(target.model_id, sorted({t.value for t in terms if t.kind == "text"}))
     return Plan(
-        target, tuple(terms), stored, checked, limit, offset, ef, min_score, sort, min_relevance, collapse_duplicates
+        target,
+        tuple(terms),
+        stored,
+        checked,
+        limit,
+        offset,
+        ef,
+        min_score,
+        sort,
+        min_relevance,
+        collapse_duplicates,
+        texts,
     )
 
 
 def nearest(store: Store, plan: Plan, query: np.ndarray) -> list[SearchResult]:
-    """The plan's results for the query vector from query_vector()."""
+    """The plan's results for the query vector from query_vector(); caches the texts it embedded first."""
+    if plan.fresh:
+        # A replica or a role that may not write still searches; the text is embedded again next time.
+        with suppress(psycopg.errors.ReadOnlySqlTransaction, psycopg.errors.InsufficientPrivilege):
+            store.cache_texts(plan.target.model_id, plan.fresh)
     hits = store.nearest(
         plan.target,
         query,
@@ -210,11 +233,14 @@ def query_vector(plan: Plan) -> np.ndarray:
     """The normalised weighted sum of the terms' normalised vectors; embeds texts and images, no database."""
     spec = plan.model
     vectors: list[np.ndarray] = []
-    texts = [t.value for t in plan.terms if t.kind == "text"]
-    text_vectors = iter(embed.load(spec).encode_texts(texts)) if texts else iter(())
+    texts = sorted({t.value for t in plan.terms if t.kind == "text"} - plan.texts.keys())
+    if texts:
+        # Rounded as the cache stores them (halfvec), so a first query and its repeats give the same results.
+        embedded = embed.load(spec).encode_texts(texts).astype(np.float16).astype(np.float32)
+        plan.fresh.update(zip(texts, embedded, strict=True))
     for term in plan.terms:
         if term.kind == "text":
-            vectors.append(next(text_vectors))
+            vectors.append(plan.texts[term.value] if term.value in plan.texts else plan.fresh[term.value])
         elif term.kind == "id":
             vectors.append(plan.stored[int(term.value)])
         else:

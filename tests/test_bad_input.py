@@ -77,7 +77,7 @@ def test_missing_path_is_refused_before_anything_runs(store: Store, tiny_model: 
 def test_a_collection_refuses_another_model(store: Store, photos: Path, tiny_model: str, tmp_path: Path) -> None:
     ingest(store, [photos / "coffee.jpg"], model=ModelSpec.parse(tiny_model))
     other = ModelSpec.parse("ViT-B-32:laion2b_s34b_b79k")
-    with pytest.raises(ModelMismatch, match="was created with model imagedb-tiny-clip"):
+    with pytest.raises(ModelMismatch, match="searches with model imagedb-tiny-clip"):
         ingest(store, [photos], model=other)
     with pytest.raises(ModelMismatch):
         search(store, parse(["coffee"]), model=other)

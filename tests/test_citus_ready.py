@@ -30,6 +30,8 @@ REFERENCE = {
     "watch_hashes",
     "search_tuning",
     "dicom_secret",
+    "collection_models",
+    "text_embeddings",
 }
 
 # What remains before `create_distributed_table` works; docs/scaling.md lists the same, with the way out of each.

@@ -299,7 +299,7 @@ def test_imagedb_model_applies_only_to_new_collections(  # type: ignore[no-untyp
     assert cli("ingest", odd).exit_code == 0
     # An explicit --model of another model is still refused, as bad usage.
     line = _one_line_error(cli("search", "x", "--model", "ViT-B-32:/no/such/checkpoint.pt"))
-    assert "was created with model" in line
+    assert "holds no model" in line
     # A new collection takes the variable's model.
     monkeypatch.setenv("IMAGEDB_MODEL", tiny_model)
     assert cli("ingest", odd / "coffee.jpg", "-c", "fresh").exit_code == 0

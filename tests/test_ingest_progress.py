@@ -6,9 +6,11 @@ import re
 from pathlib import Path
 
 import numpy as np
+import pytest
 from click.testing import CliRunner
 from PIL import Image
 
+from imagedb import embed
 from imagedb.cli import main
 from imagedb.embed import ModelSpec
 from imagedb.ingest import BUILDING_INDEX, EMBEDDING, LOADING_MODEL, SCANNING, ingest
@@ -51,7 +53,10 @@ def test_phases_are_reported_in_order_with_totals(store: Store, tmp_path: Path, 
     assert [name for kind, name, _ in again.events if kind == "phase"] == [SCANNING]
 
 
-def test_plain_lines_on_stderr_when_not_a_terminal(database_url: str, tmp_path: Path, tiny_model: str) -> None:
+def test_plain_lines_on_stderr_when_not_a_terminal(
+    database_url: str, tmp_path: Path, tiny_model: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(embed, "_loaded", {})  # as in a new process: the model loads, and says so once
     folder = _folder(tmp_path / "many", 40)
     result = CliRunner().invoke(
         main, ["--database-url", database_url, "ingest", str(folder), "-m", tiny_model, "--batch-size", "4"]
@@ -59,7 +64,7 @@ def test_plain_lines_on_stderr_when_not_a_terminal(database_url: str, tmp_path: 
     assert result.exit_code == 0, result.output
     lines = result.stderr.splitlines()
     assert lines[0] == "scanning: 40 files"
-    assert re.fullmatch(r"loading model imagedb-tiny-clip:\S+ \.\.\.", lines[1]), lines[1]
+    assert re.fullmatch(r"loading imagedb-tiny-clip \(/\S+\.pt\) \.\.\.", lines[1]), lines[1]
     progress = [line for line in lines[2:] if line.startswith("embedding: ")]
     assert progress == lines[2:]  # nothing else: no bar, no carriage returns
     assert "\r" not in result.stderr

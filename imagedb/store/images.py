@@ -14,6 +14,7 @@ from pgvector import HalfVector
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
+from imagedb.errors import ModelMismatch
 from imagedb.store.base import StoreBase
 from imagedb.store.dicom import insert_dicom_rows
 from imagedb.store.records import ImageRecord
@@ -45,10 +46,12 @@ class ImagesStore(StoreBase):
         ).fetchall()
         return {sha: vec.to_numpy().astype(np.float32) for sha, vec in rows}
 
-    def start_run(self, collection_id: int) -> int:
+    def start_run(self, collection_id: int, model_id: int | None = None, command: str = "ingest") -> int:
+        """A new run (an ingest, or a `models add` of model_id), which the vectors it stores name."""
         with self.conn.transaction():
             row = self.conn.execute(
-                "INSERT INTO ingest_runs (collection_id) VALUES (%s) RETURNING id", (collection_id,)
+                "INSERT INTO ingest_runs (collection_id, model_id, command) VALUES (%s, %s, %s) RETURNING id",
+                (collection_id, model_id, command),
             ).fetchone()
         return int(row[0])  # type: ignore[index]
 
@@ -60,15 +63,25 @@ class ImagesStore(StoreBase):
         records: Sequence[ImageRecord],
         vectors: Sequence[np.ndarray],
         errors: Iterable[tuple[str, str]],
+        other_models: dict[int, Sequence[np.ndarray]] | None = None,
     ) -> BatchWritten:
         """Store one batch in one transaction: a crash loses at most this batch, never half an image.
 
+        `other_models` holds the vectors of the same records by the other models the collection holds (during
+        `imagedb models add`); a model the collection no longer holds (dropped meanwhile) is left out.
         Returns the paths it left alone because another ingest of the same collection stored them first, and how
         many watch hits its images made.
         """
         with self.conn.transaction(), self.conn.cursor() as cur:
             # Concurrent ingests of one collection write one batch at a time, so the check below is reliable.
             cur.execute("SELECT pg_advisory_xact_lock(%s, %s)", (_WRITE_LOCK, collection_id))
+            cur.execute("SELECT name, model_id FROM collections WHERE id = %s", (collection_id,))
+            name, searched = cur.fetchone() or (None, model_id)
+            if searched != model_id:
+                raise ModelMismatch(
+                    f"collection {name!r} switched its search model (imagedb models use) during this ingest: run the"
+                    " ingest again; the images stored so far are kept"
+                )
             cur.execute(
                 "SELECT path, size_bytes, mtime, attributes FROM images WHERE collection_id = %s AND path = ANY(%s)",
                 (collection_id, [r.path for r in records]),
@@ -76,7 +89,12 @@ class ImagesStore(StoreBase):
             stored = {path: (size, mtime, attributes) for path, size, mtime, attributes in cur.fetchall()}
             done = {r.path for r in records if stored.get(r.path, (None, None, None))[:2] == (r.size_bytes, r.mtime)}
             todo = [(r, v) for r, v in zip(records, vectors, strict=True) if r.path not in done]
-            hits = self._insert_images(cur, collection_id, model_id, todo, stored) if todo else 0
+            hits = 0
+            if todo:
+                extra = self._held(cur, collection_id, other_models or {})
+                by_path = {r.path: n for n, r in enumerate(records)}
+                extra_todo = {m: [vs[by_path[r.path]] for r, _ in todo] for m, vs in extra.items()}
+                hits = self._insert_images(cur, collection_id, model_id, run_id, todo, stored, extra_todo)
             cur.executemany(
                 "INSERT INTO ingest_errors (run_id, path, reason) VALUES (%s, %s, %s)",
                 [(run_id, path, reason) for path, reason in errors],
@@ -84,12 +102,26 @@ class ImagesStore(StoreBase):
         return BatchWritten(done, hits)
 
     @staticmethod
+    def _held(
+        cur: psycopg.Cursor, collection_id: int, vectors: dict[int, Sequence[np.ndarray]]
+    ) -> dict[int, Sequence[np.ndarray]]:
+        if not vectors:
+            return {}
+        cur.execute(
+            "SELECT model_id FROM collection_models WHERE collection_id = %s AND model_id = ANY(%s)",
+            (collection_id, list(vectors)),
+        )
+        return {m: vectors[m] for (m,) in cur.fetchall()}
+
+    @staticmethod
     def _insert_images(
         cur: psycopg.Cursor,
         collection_id: int,
         model_id: int,
+        run_id: int,
         todo: list[tuple[ImageRecord, np.ndarray]],
         stored: dict[str, tuple[int, datetime, dict[str, Any]]],
+        extra: dict[int, list[np.ndarray]],
     ) -> int:
         # A file that changed since the last run is replaced whole, with everything derived from it,
         # but the attributes a user gave it stay.
@@ -136,10 +168,15 @@ class ImagesStore(StoreBase):
         )
         ids = [row[0] for _ in cur.results() for row in cur.fetchall()]
         insert_dicom_rows(cur, ids, [r for r, _ in todo])
-        with cur.copy("COPY embeddings (image_id, model_id, embedding) FROM STDIN WITH (FORMAT BINARY)") as copy:
-            copy.set_types(["bigint", "integer", "halfvec"])
+        with cur.copy(
+            "COPY embeddings (image_id, model_id, embedding, run_id) FROM STDIN WITH (FORMAT BINARY)"
+        ) as copy:
+            copy.set_types(["bigint", "integer", "halfvec", "bigint"])
             for image_id, (_, vector) in zip(ids, todo, strict=True):
-                copy.write_row((image_id, model_id, HalfVector(vector)))
+                copy.write_row((image_id, model_id, HalfVector(vector), run_id))
+            for other, vectors in extra.items():
+                for image_id, vector in zip(ids, vectors, strict=True):
+                    copy.write_row((image_id, other, HalfVector(vector), run_id))
         with cur.copy("COPY thumbnails (image_id, jpeg, width, height) FROM STDIN WITH (FORMAT BINARY)") as copy:
             copy.set_types(["bigint", "bytea", "integer", "integer"])
             for image_id, (r, _) in zip(ids, todo, strict=True):

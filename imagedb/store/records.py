@@ -81,3 +81,34 @@ class Filters:
     exclude: tuple[int, ...] = ()  # image ids left out (the stored images a query is made of)
     modality: str | None = None  # DICOM modality (CT, MR...), any case
     body_part: str | None = None  # DICOM body part examined (CHEST, HEAD...), any case
+
+
+@dataclass(frozen=True)
+class ModelRecord:
+    """A registered model and where its weights came from (None: registered before provenance was recorded)."""
+
+    id: int
+    name: str
+    pretrained: str
+    dim: int
+    checkpoint_sha256: str | None = None
+    checkpoint_bytes: int | None = None
+
+
+@dataclass(frozen=True)
+class HeldModel:
+    """A model a collection holds, as `imagedb models list` shows it."""
+
+    collection: str
+    collection_id: int
+    model: ModelRecord
+    searched: bool  # the collection's search model
+    ready: bool  # every image had its vector when `models add` finished (always, for the search model)
+    vectors: int
+    images: int
+    index: str  # "valid", "building" (an invalid or missing index while vectors exist) or "none"
+    registered_at: datetime
+    open_clip_version: str | None
+    torch_version: str | None
+    preprocess: dict[str, Any] | None
+    tokenizer: str | None

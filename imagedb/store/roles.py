@@ -109,9 +109,16 @@ class RolesStore(StoreBase):
                 " (SELECT 1 FROM embeddings e WHERE e.image_id = i.id AND e.model_id = c.model_id)",
             ),
             (
-                "embeddings of a model other than their collection's",
-                "SELECT count(*) FROM embeddings e JOIN images i ON i.id = e.image_id"
-                " JOIN collections c ON c.id = i.collection_id WHERE e.model_id <> c.model_id",
+                "embeddings of a model their collection does not hold",
+                "SELECT count(*) FROM embeddings e JOIN images i ON i.id = e.image_id WHERE NOT EXISTS"
+                " (SELECT 1 FROM collection_models h"
+                "  WHERE h.collection_id = i.collection_id AND h.model_id = e.model_id)",
+            ),
+            (
+                "images without a vector of a model added to their collection (run `imagedb models add` again)",
+                "SELECT count(*) FROM images i JOIN collection_models h ON h.collection_id = i.collection_id"
+                " WHERE h.ready_at IS NOT NULL AND NOT EXISTS"
+                " (SELECT 1 FROM embeddings e WHERE e.image_id = i.id AND e.model_id = h.model_id)",
             ),
             (
                 "embeddings whose dimension is not their model's",

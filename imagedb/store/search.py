@@ -15,6 +15,8 @@ from imagedb.store.records import Collection, Filters, Hit
 # How far an iterative index scan may read for a selective filter before giving up (pgvector's default is
 # 20,000): enough for a 1% filter to fill a page of results on a million images.
 MAX_SCAN_TUPLES = 100_000
+# Query texts cached per model (about 1 KB each at 512 dimensions): the oldest beyond this go.
+MAX_CACHED_TEXTS = 100_000
 
 
 # Photos carry the time they were taken; other images fall back to the file's time (in UTC).
@@ -200,3 +202,35 @@ class SearchStore(StoreBase):
         ids = [int(r[0]) for r in rows]
         matrix = np.array([r[1].to_numpy() for r in rows], dtype=np.float32).reshape(len(rows), collection.dim)
         return ids, matrix
+
+    # -- the text-query cache ----------------------------------------------------------------------------------
+
+    def cached_texts(self, model_id: int, texts: list[str]) -> dict[str, np.ndarray]:
+        """The stored vectors of these query texts by this model (those embedded before)."""
+        if not texts:
+            return {}
+        rows = self.conn.execute(
+            "SELECT t.text, t.embedding FROM text_embeddings t WHERE t.model_id = %s"
+            " AND t.text_sha256 = ANY(SELECT sha256(convert_to(q, 'UTF8')) FROM unnest(%s::text[]) AS q)",
+            (model_id, texts),
+        ).fetchall()
+        return {text: vector.to_numpy().astype(np.float32) for text, vector in rows}
+
+    def cache_texts(self, model_id: int, vectors: dict[str, np.ndarray], keep: int = MAX_CACHED_TEXTS) -> None:
+        """Keep these query texts' vectors; the oldest beyond `keep` per model go, so that queries from the API
+        cannot fill the disk."""
+        if not vectors:
+            return
+        with self.conn.transaction():
+            self.conn.execute(
+                "INSERT INTO text_embeddings (model_id, text_sha256, text, embedding)"
+                " SELECT %s, sha256(convert_to(q, 'UTF8')), q, v FROM unnest(%s::text[], %s::halfvec[]) AS u(q, v)"
+                " ON CONFLICT DO NOTHING",
+                (model_id, list(vectors), [HalfVector(v) for v in vectors.values()]),
+            )
+            self.conn.execute(
+                "DELETE FROM text_embeddings WHERE model_id = %(m)s AND created_at < ("
+                " SELECT created_at FROM text_embeddings WHERE model_id = %(m)s"
+                " ORDER BY created_at DESC OFFSET %(keep)s LIMIT 1)",
+                {"m": model_id, "keep": keep},
+            )

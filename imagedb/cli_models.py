@@ -1,0 +1,129 @@
+"""`imagedb models ...`: list the models of each collection, add one, switch to it, drop the old one."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from imagedb import config
+from imagedb.cli_support import Group, open_store
+from imagedb.display import escape
+
+_collection_option = click.option(
+    "--collection", "-c", default=config.DEFAULT_COLLECTION, show_default=True, help="Collection to change."
+)
+
+
+def _spec(value: str):  # type: ignore[no-untyped-def]
+    from imagedb.embed import ModelSpec
+
+    return ModelSpec.parse(value)
+
+
+@click.group(cls=Group)
+def models() -> None:
+    """Change a collection's model with no downtime: add, use, drop."""
+
+
+@models.command("list")
+@click.pass_context
+def list_models(ctx: click.Context) -> None:
+    """Every model of every collection: vectors, dimension, state, index, provenance."""
+    from imagedb.embed import ModelSpec
+    from imagedb.models_admin import list_models as run_list
+
+    with open_store(ctx) as store:
+        rows = run_list(store)
+    if not rows:
+        click.echo("no collections yet (imagedb ingest PATH)")
+    for r in rows:
+        spec = ModelSpec(r.model.name, r.model.pretrained)
+        state = "search" if r.searched else ("ready" if r.ready else "adding")
+        click.echo(
+            f"{escape(r.collection)}  {escape(str(spec))}  [{state}]  {r.vectors}/{r.images} vectors,"
+            f" dim {r.model.dim}, index {r.index}"
+        )
+        sha = r.model.checkpoint_sha256
+        weights = f"sha256 {sha}, {r.model.checkpoint_bytes} bytes" if sha else "weights unrecorded"
+        pre = r.preprocess or {}
+        preprocess = f"{pre.get('size')} {pre.get('resize_mode')} {pre.get('interpolation')}" if pre else "?"
+        click.echo(
+            f"    {weights}; open_clip {r.open_clip_version or '?'}, torch {r.torch_version or '?'};"
+            f" preprocess {preprocess}; tokenizer {r.tokenizer or '?'}; registered {r.registered_at:%Y-%m-%d %H:%M}"
+        )
+
+
+@models.command()
+@click.argument("spec")
+@_collection_option
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1, 4096), help="Images per batch.")
+@click.option("--allow-random-weights", is_flag=True, help="Let SPEC have no weights (random, for tests only).")
+@click.pass_context
+def add(ctx: click.Context, spec: str, collection: str, batch_size: int, allow_random_weights: bool) -> None:
+    """Embed every image of the collection with model SPEC too, while searches keep using the current one.
+
+    Resumable: run it again after an interruption. New ingests into the collection embed with both models
+    meanwhile. Then switch with `imagedb models use SPEC`.
+    """
+    from imagedb.cli import _announce_after, _BarProgress, _PlainProgress, _printable
+    from imagedb.models_admin import add as run_add
+
+    progress = _BarProgress() if sys.stderr.isatty() else _PlainProgress()
+    _announce_after(progress)
+    model = _spec(spec)
+    with open_store(ctx) as store:
+        try:
+            summary = run_add(
+                store, model, collection, batch_size=batch_size, progress=progress,
+                allow_random_weights=allow_random_weights,
+            )  # fmt: skip
+        finally:
+            progress.close()
+    for image_id, reason in (summary.failed or [])[:20]:
+        click.echo(_printable(f"failed: image {image_id}: {reason}"), err=True)
+    thumbs = f", {summary.from_thumbnail} from thumbnails (file gone or changed)" if summary.from_thumbnail else ""
+    click.echo(
+        f"{escape(summary.collection)}: {summary.model}: embedded {summary.embedded}, reused {summary.reused}"
+        f"{thumbs}, failed {len(summary.failed or [])}"
+    )
+    if not summary.ready:
+        raise click.ClickException(
+            f"not every image has a vector of {model} yet: run `imagedb models add {model} -c {collection}` again"
+        )
+    click.echo(f"ready: switch with imagedb models use {model} -c {escape(collection)}")
+
+
+@models.command()
+@click.argument("spec")
+@_collection_option
+@click.pass_context
+def use(ctx: click.Context, spec: str, collection: str) -> None:
+    """Make SPEC (fully added) the model searches of the collection use, at once."""
+    from imagedb.models_admin import use as run_use
+
+    model = _spec(spec)
+    with open_store(ctx) as store:
+        previous = run_use(store, model, collection)
+    click.echo(
+        f"{escape(collection)} now searches with {model} (was {previous}; drop it with"
+        f" imagedb models drop {previous} -c {escape(collection)})"
+    )
+
+
+@models.command()
+@click.argument("spec")
+@_collection_option
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.pass_context
+def drop(ctx: click.Context, spec: str, collection: str, yes: bool) -> None:
+    """Delete the collection's vectors of SPEC (not the model it searches with), and its index when unused."""
+    from imagedb.models_admin import drop as run_drop
+
+    model = _spec(spec)
+    if not yes:
+        click.confirm(f"Delete every vector of {model} in {collection}?", abort=True)
+    with open_store(ctx) as store:
+        summary = run_drop(store, model, collection)
+    index = "; its index and registration are dropped" if summary.index_dropped else ""
+    click.echo(f"{escape(summary.collection)}: dropped {summary.vectors} vector(s) of {summary.model}{index}")
