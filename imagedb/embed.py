@@ -166,7 +166,11 @@ class Embedder:
 
     def preprocess(self, image: Image.Image) -> Any:
         """The model's resize, crop and normalisation; thread-safe, so decode workers can run it."""
-        return self._preprocess(image)
+        return self._preprocess(_within_aspect(image, self._resize_mode()))
+
+    def _resize_mode(self) -> str:
+        cfg = getattr(getattr(self._model, "visual", None), "preprocess_cfg", None) or {}
+        return str(cfg.get("resize_mode", "shortest"))
 
     def encode_images(self, tensors: Sequence[Any]) -> np.ndarray:
         with self._torch.inference_mode():
@@ -176,6 +180,26 @@ class Embedder:
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
         with self._torch.inference_mode():
             return _normalise(self._model.encode_text(self._tokenizer(list(texts)).to(self.device)))
+
+
+# The longest side a model input may have against its shortest before preprocessing sees it.
+MAX_ASPECT = 2.0
+
+
+def _within_aspect(image: Image.Image, resize_mode: str) -> Image.Image:
+    """The central part of an image far longer than wide, for models that resize the shortest side and then crop
+    the centre square (open_clip's default). The result is the same square, but without this a 312-byte PNG of
+    1 x 60000 pixels was first scaled to 224 x 13.4 million pixels: 14 GB of memory for one query."""
+    width, height = image.size
+    if resize_mode != "shortest" or min(width, height) < 1 or max(width, height) <= MAX_ASPECT * min(width, height):
+        return image
+    if width > height:
+        keep = int(MAX_ASPECT * height)
+        left = (width - keep) // 2
+        return image.crop((left, 0, left + keep, height))
+    keep = int(MAX_ASPECT * width)
+    top = (height - keep) // 2
+    return image.crop((0, top, width, top + keep))
 
 
 def _normalise(features: Any) -> np.ndarray:

@@ -8,7 +8,7 @@ import os
 import stat
 import threading
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -171,8 +171,8 @@ def find_images(paths: Iterable[str | os.PathLike[str]], on_found: Callable[[int
     for given in paths:
         path = Path(given).expanduser()
         if path.is_dir():
-            for root, _dirs, files in os.walk(path, followlinks=False):
-                here = {Path(root, f).absolute() for f in files if _wanted(Path(root, f))}
+            for folder, files in _walk(path):
+                here = {Path(folder, f).absolute() for f in files if _wanted(Path(folder, f))}
                 found.update(here)
                 if on_found and here:
                     on_found(len(here))
@@ -181,6 +181,50 @@ def find_images(paths: Iterable[str | os.PathLike[str]], on_found: Callable[[int
             if on_found:
                 on_found(1)
     return sorted(found)
+
+
+def _walk(top: Path) -> Iterator[tuple[str, list[str]]]:
+    """(folder, names of its non-folder entries) for `top` and every folder below it, without following symlinks.
+
+    A loop, not os.walk: before Python 3.12 os.walk recurses, and a folder nested a few thousand levels deep
+    (anyone who can write into the folder can make one) ended the whole run with a RecursionError. Folders that
+    cannot be read are passed over, as os.walk does.
+    """
+    stack = [os.fspath(top)]
+    while stack:
+        folder = stack.pop()
+        files: list[str] = []
+        try:
+            with os.scandir(folder) as entries:
+                for entry in entries:
+                    try:
+                        is_folder = entry.is_dir(follow_symlinks=False)
+                    except OSError:
+                        is_folder = False
+                    if is_folder:
+                        stack.append(entry.path)
+                    else:
+                        files.append(entry.name)
+        except OSError:
+            continue
+        yield folder, files
+
+
+def outside(path: Path, roots: Sequence[Path]) -> str | None:
+    """Why a file found under `roots` must not be read: a symlink whose target lies outside every one of them.
+
+    Whoever can write into an ingested folder could otherwise link to the ingesting user's private files, which
+    ingest would store and `imagedb serve` would hand out. A file named on the command line is its own root.
+    """
+    if not path.is_symlink():
+        return None
+    try:
+        target = path.resolve(strict=True)
+    except (OSError, RuntimeError):
+        return None  # dangling or looping: read_regular_file says why
+    if any(target == root or target.is_relative_to(root) for root in roots):
+        return None
+    return "a symbolic link to a file outside the folders given: skipped (give that folder too to ingest it)"
 
 
 def _wanted(path: Path) -> bool:

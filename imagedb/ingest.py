@@ -18,7 +18,7 @@ from imagedb.attributes import read_rows
 from imagedb.config import DEFAULT_COLLECTION
 from imagedb.dicom import DicomOptions
 from imagedb.embed import Embedder, ModelSpec
-from imagedb.images import BadImage, decode, file_mtime, find_images, readable
+from imagedb.images import BadImage, decode, file_mtime, find_images, outside, readable
 from imagedb.store import Collection, ImageRecord, Store
 from imagedb.store.records import ModelRecord
 
@@ -122,7 +122,8 @@ def ingest(
             models = _Models(store, target)
             models.refresh()
             progress.phase(EMBEDDING, len(todo))
-            options = _DecodeOptions(keep_gps, keep_identifying, models.input_side(), dicom)
+            roots = tuple(Path(p).expanduser().resolve() for p in paths)
+            options = _DecodeOptions(keep_gps, keep_identifying, models.input_side(), dicom, roots)
             with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
                 for prepared in _prefetched(pool, todo, batch_size, models, options):
                     _store_batch(store, target, summary, prepared, models)
@@ -189,6 +190,7 @@ class _DecodeOptions:
     keep_identifying: bool
     min_side: int  # the model's input size: decoded pixels are shrunk to no less
     dicom: DicomOptions = DicomOptions()
+    roots: tuple[Path, ...] = ()  # the files and folders given, resolved: no symlink may lead out of them
 
 
 def _model_side(embedder: Embedder) -> int:
@@ -206,6 +208,8 @@ def _prefetched(
     def prepare(path: Path, embedders: dict[int, Embedder]) -> list[_Prepared]:
         shown = readable(path)  # a non-UTF-8 name must reach neither the database nor a terminal as surrogates
         try:
+            if reason := outside(path, options.roots):
+                return [(shown, None, None, reason)]
             decoded = decode(
                 path,
                 keep_gps=options.keep_gps,

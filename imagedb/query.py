@@ -93,18 +93,27 @@ def _term(body: str, weight: float | None, files: bool) -> Term:
         if not match.group(1).isdigit():
             raise InvalidInput(f"id: needs a number, not {match.group(1)!r}")
         return Term("id", match.group(1), w)
-    looks_like_path = Path(body).suffix.lower() in SUPPORTED_SUFFIXES or body.startswith(
-        ("./", "../", "/", "~", f".{os.sep}")
-    )
     if not files:
-        if looks_like_path:
+        if looks_like_path(body):
             raise InvalidInput(f"image paths are not accepted here ({body}): upload the image instead")
         return Term("text", body, w)
-    if is_file(body):
+    if names_image(body):
         return Term("image", str(Path(body).expanduser()), w)
-    if looks_like_path:
+    if looks_like_path(body):
         raise InvalidInput(f"no such image file: {body}")
     return Term("text", body, w)
+
+
+def looks_like_path(text: str) -> bool:
+    """An image file's name (by its suffix) or a path (./, ../, /, ~). A bare word never is: `sunset` stays a text
+    even where a file of that name happens to be, so a file someone put in the current folder cannot turn a
+    text query into an image query."""
+    return Path(text).suffix.lower() in SUPPORTED_SUFFIXES or text.startswith(("./", "../", "/", "~", f".{os.sep}"))
+
+
+def names_image(text: str) -> bool:
+    """Whether a query term is an image file: it looks like a path and the file exists."""
+    return looks_like_path(text) and is_file(text)
 
 
 def is_file(text: str | Path) -> bool:

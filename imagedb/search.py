@@ -206,7 +206,10 @@ def _utc_naive(value: datetime | None) -> datetime | None:
     # converted to it, so aware and naive bounds compare with each other and with the column.
     if value is None or value.tzinfo is None:
         return value
-    return value.astimezone(timezone.utc).replace(tzinfo=None)
+    try:
+        return value.astimezone(timezone.utc).replace(tzinfo=None)
+    except OverflowError as exc:  # 0001-01-01T00:00+01:00 is before the first representable moment in UTC
+        raise InvalidInput(f"the date {value.isoformat()} is out of range once converted to UTC") from exc
 
 
 def _checked(store: Store, target: Collection, filters: Filters) -> Filters:

@@ -72,3 +72,31 @@ def test_peak_memory_is_about_one_decoded_image(tmp_path: Path) -> None:
     decoded_mb = SIDE * SIDE // 2 * 4 / 2**20  # 69 MB
     # Before: the full-size RGB image, its upright copy and the thumbnail's copy at once (3x), per image.
     assert added_mb < 1.6 * decoded_mb, added_mb
+
+
+_PREPROCESS_CHILD = """
+import json, sys
+from PIL import Image
+from imagedb import embed
+from imagedb.embed import ModelSpec
+
+def hwm():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+embedder = embed.load(ModelSpec.parse(sys.argv[1]))
+base = hwm()
+shapes = [tuple(embedder.preprocess(Image.new("RGB", size)).shape) for size in ((1, 60000), (60000, 1), (3, 5000))]
+print(json.dumps({"mb": hwm() - base, "shapes": shapes}))
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads VmHWM from /proc")
+def test_an_image_far_longer_than_wide_costs_no_memory_to_preprocess(tiny_model: str) -> None:
+    """Found from outside: a 1 x 60000 PNG of 312 bytes made the model's resize of the shortest side produce
+    224 x 13.4 million pixels (14 GB for one API query). Only the centre square is used: the rest is cut first."""
+    run = subprocess.run([sys.executable, "-c", _PREPROCESS_CHILD, tiny_model], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    result = json.loads(run.stdout)
+    assert all(shape[1:] == [64, 64] for shape in result["shapes"]), result  # the tiny model's input size
+    assert result["mb"] < 150, result  # before: 1 x 60000 took over a gigabyte, even at 64 px

@@ -157,3 +157,58 @@ def test_files_over_the_size_cap_are_refused_unread(tmp_path: Path) -> None:
 def test_a_directory_given_to_decode_is_named(tmp_path: Path) -> None:
     with pytest.raises(BadImage, match="a directory, not a regular file"):
         decode(tmp_path)
+
+
+def test_a_symlink_out_of_the_folder_is_not_followed(store: Store, tiny_model: str, tmp_path: Path) -> None:
+    """Found from outside: a link in a shared folder to the ingesting user's private photo was stored, and
+    `imagedb serve` then handed it out. Links that stay inside the folders given are followed as before."""
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    Image.new("RGB", (64, 48), (10, 200, 10)).save(private / "secret.jpg")
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    Image.new("RGB", (64, 48), (200, 10, 10)).save(shared / "own.jpg")
+    (shared / "innocent.jpg").symlink_to(private / "secret.jpg")
+    (shared / "again.jpg").symlink_to(shared / "own.jpg")  # inside: fine
+    summary = ingest(store, [shared], model=ModelSpec.parse(tiny_model))
+    stored = {Path(p).name for (p,) in store.conn.execute("SELECT path FROM images").fetchall()}
+    assert stored == {"own.jpg", "again.jpg"}
+    assert [(Path(p).name, "outside the folders given" in r) for p, r in summary.errors] == [("innocent.jpg", True)]
+    # Named on the command line, a link is the user's own choice: it is read.
+    named = ingest(store, [shared / "innocent.jpg"])
+    assert (named.added + named.reused, named.failed) == (1, 0)
+
+
+@pytest.fixture
+def deep(tmp_path: Path) -> Iterator[Path]:
+    """A folder with a photo at the top and 2,500 nested folders below; removed again by a loop, since Python's
+    own recursive rmtree (pytest's cleanup of old temporary folders included) fails on it too."""
+    top = tmp_path / "deep"
+    top.mkdir()
+    Image.new("RGB", (64, 48), (10, 10, 200)).save(top / "top.jpg")
+    depth = 2500
+    descriptor = os.open(top, os.O_RDONLY)
+    try:  # relative to an open folder: the full path would pass PATH_MAX long before the depth matters
+        for _ in range(depth):
+            os.mkdir("a", dir_fd=descriptor)
+            inner = os.open("a", os.O_RDONLY, dir_fd=descriptor)
+            os.close(descriptor)
+            descriptor = inner
+    finally:
+        os.close(descriptor)
+    yield top
+    # Unnest from the top: move a/a up beside a, remove the emptied a, and repeat.
+    while (top / "a").exists():
+        if (top / "a" / "a").exists():
+            (top / "a" / "a").rename(top / "b")
+            (top / "a").rmdir()
+            (top / "b").rename(top / "a")
+        else:
+            (top / "a").rmdir()
+
+
+def test_a_folder_nested_thousands_deep_does_not_stop_the_run(store: Store, tiny_model: str, deep: Path) -> None:
+    """Found from outside: os.walk recursed, and 1,900 nested folders ended every ingest of the folder with a
+    RecursionError traceback, storing nothing."""
+    summary = ingest(store, [deep], model=ModelSpec.parse(tiny_model))
+    assert summary.added == 1 and summary.failed == 0

@@ -183,14 +183,15 @@ def test_change_model_with_no_downtime(
         after_switch = loop.mark()
         dropped = _cli(database_url, "models", "drop", tiny_model, "-c", "c", "--yes")
         assert dropped.exit_code == 0, dropped.output
-        after_drop = loop.mark()
+        dropped_at = len(loop.seen)
+        after_drop = loop.mark()  # three more searches, all after the drop
 
     assert loop.errors == []
     during_add = loop.seen[:before_switch]
     assert during_add and all(m == a for m, _ in during_add)
     assert all(r == expected_a for m, r in loop.seen[: before_switch - 1] if len(r) == 5)
     assert all(m == b and r == expected_b for m, r in loop.seen[after_switch:])
-    assert len(loop.seen) > after_drop
+    assert after_drop >= dropped_at + 3 and all(m == b for m, _ in loop.seen[dropped_at:])
     # A is gone: its vectors, its index, its registration; B untouched.
     assert store.conn.execute("SELECT count(*) FROM embeddings WHERE model_id = %s", (a,)).fetchone()[0] == 0
     assert store.valid_hnsw_indexes(a) == []

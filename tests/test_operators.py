@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +17,9 @@ from click.testing import CliRunner
 
 from imagedb import db, server_admin
 from imagedb.cli import main
+
+# The installed command beside this Python: the tests need not run in an activated environment.
+IMAGEDB = str(Path(sys.executable).with_name("imagedb"))
 
 
 def _free_port() -> int:
@@ -155,7 +159,7 @@ def test_psql_runs_on_the_database_with_the_arguments_given(listening_home: Path
     env = {**os.environ, "IMAGEDB_HOME": str(listening_home)}
     env.pop("IMAGEDB_DATABASE_URL", None)
     done = subprocess.run(
-        ["imagedb", "db", "psql", "-tA", "-c", "select current_database(), 40 + 2"],
+        [IMAGEDB, "db", "psql", "-tA", "-c", "select current_database(), 40 + 2"],
         capture_output=True, text=True, env=env, timeout=60,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr

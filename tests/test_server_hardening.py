@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import psycopg
@@ -471,3 +471,38 @@ def test_every_date_the_api_returns_has_its_zone(client: TestClient, served: Pat
     assert results and all(r["date"].endswith("Z") for r in results)
     info = client.get(f"/api/images/{_id_of(client, 'dated.jpg')}").json()
     assert info["taken_at"] == "2024-05-01T10:00:00Z" and info["mtime"].endswith("Z")
+
+
+def test_requests_from_other_sites_are_refused_before_reading(client: TestClient) -> None:
+    """Found from outside: any web page could POST a decode-heavy upload to a local `imagedb serve`: its Host is a
+    real 127.0.0.1. Browsers say where a request comes from; a program (no such headers) is unaffected."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (32, 32)).save(buffer, "PNG")
+    upload = {"file": ("x.png", buffer.getvalue(), "image/png")}
+    for headers in (
+        {"Sec-Fetch-Site": "cross-site"},
+        {"Origin": "https://evil.example"},
+        {"Origin": "null"},
+    ):
+        refused = client.post("/api/search/image", files=upload, headers=headers)
+        assert refused.status_code == 403 and "other web sites" in refused.json()["detail"], headers
+    assert client.post("/api/search/image", files=upload, headers={"Origin": LOCAL}).status_code == 200
+    assert client.post("/api/search/image", files=upload, headers={"Sec-Fetch-Site": "same-origin"}).status_code == 200
+    assert client.post("/api/search/image", files=upload).status_code == 200
+
+
+def test_collections_name_a_checkpoint_file_not_its_path(client: TestClient) -> None:
+    shown = client.get("/api/collections").json()[0]["pretrained"]
+    assert shown.endswith(".pt") and "/" not in shown
+
+
+def test_a_date_that_overflows_in_utc_is_a_400() -> None:
+    """Found from outside: after=0001-01-01T00:00:00+01:00 was a 500 (OverflowError converting to UTC)."""
+    from imagedb.errors import InvalidInput
+    from imagedb.search import _utc_naive
+
+    early = datetime(1, 1, 1, tzinfo=timezone(timedelta(hours=1)))
+    late = datetime.max.replace(tzinfo=timezone(timedelta(hours=-1)))
+    for value in (early, late):
+        with pytest.raises(InvalidInput, match="out of range"):
+            _utc_naive(value)

@@ -253,7 +253,12 @@ def create_app(
     @api.get("/collections", response_model=list[CollectionInfo])
     def collections() -> list[dict[str, Any]]:
         with store() as s:
-            return s.collection_stats()
+            stats = s.collection_stats()
+        # A checkpoint's path is the server's business: clients see its file name only.
+        return [
+            {**c, "pretrained": Path(c["pretrained"]).name if "/" in c["pretrained"] else c["pretrained"]}
+            for c in stats
+        ]
 
     app.include_router(api)
     web = resources.files("imagedb") / "web"
@@ -268,6 +273,7 @@ def create_app(
     app.add_middleware(guards.BodyLimit, limit_for=_upload_limit)
     if token is None:
         app.add_middleware(guards.LoopbackHostOnly)
+    app.add_middleware(guards.SameOriginOnly)
     app.add_middleware(guards.AccessLog)
     app.add_middleware(guards.SecurityHeaders)
     return app
@@ -301,3 +307,7 @@ def _error_handlers(app: FastAPI) -> None:
             status_code=503,
             headers={"Retry-After": RETRY_AFTER_S},
         )
+
+
+def _shown_weights(pretrained: str) -> str:
+    return Path(pretrained).name if "/" in pretrained else pretrained

@@ -141,6 +141,28 @@ class LoopbackHostOnly:
         await self.app(scope, receive, send)
 
 
+class SameOriginOnly:
+    """Requests a browser sends from another site are refused (403) before anything is read: a page the user
+    visits could otherwise POST uploads to a local server and make it decode them. Browsers say where a request
+    comes from (Sec-Fetch-Site, Origin); programs such as curl send neither and are not affected."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            return await self.app(scope, receive, send)
+        site = (_header(scope, b"sec-fetch-site") or "").strip().lower()
+        origin = (_header(scope, b"origin") or "").strip()
+        host = (_header(scope, b"host") or "").strip().lower()
+        foreign_origin = bool(origin) and (origin == "null" or origin.lower().split("://", 1)[-1] != host)
+        if site == "cross-site" or foreign_origin:
+            return await send_json(
+                send, 403, "requests from other web sites are refused: open imagedb's own page, or use a program"
+            )
+        await self.app(scope, receive, send)
+
+
 class BodyTooLarge(Exception):
     pass
 

@@ -9,6 +9,7 @@ import psycopg
 from psycopg import sql
 
 from imagedb.db import HNSW_INDEX_PREFIX
+from imagedb.errors import InvalidInput
 from imagedb.store.base import StoreBase
 
 # What forgetting an image deletes rows from: the image, what cascades from it, and its paths' ingest errors.
@@ -61,7 +62,14 @@ class RolesStore(StoreBase):
         Returns whether the role was created."""
         name = sql.Identifier(role)
         with self.conn.transaction():
-            exists = self.conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone()
+            exists = self.conn.execute(
+                "SELECT rolsuper OR rolname = current_user FROM pg_roles WHERE rolname = %s", (role,)
+            ).fetchone()
+            if exists and exists[0]:
+                # Granting to the owner would reset its password (locking every command out) and limit nothing.
+                raise InvalidInput(
+                    f"{role} is a superuser or the role imagedb runs as: give the BI or ingest login another name"
+                )
             if not exists:
                 self.conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(name))
             if password is not None:
