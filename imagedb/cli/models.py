@@ -7,7 +7,7 @@ import sys
 import click
 
 from imagedb import config
-from imagedb.cli_support import Group, open_store
+from imagedb.cli.support import Group, open_store
 from imagedb.display import escape
 
 _collection_option = click.option(
@@ -66,11 +66,12 @@ def add(ctx: click.Context, spec: str, collection: str, batch_size: int, allow_r
     Resumable: run it again after an interruption. New ingests into the collection embed with both models
     meanwhile. Then switch with `imagedb models use SPEC`.
     """
-    from imagedb.cli import _announce_after, _BarProgress, _PlainProgress, _printable
+    from imagedb.cli.ingest import BarProgress, PlainProgress, printable
+    from imagedb.cli.options import announce_after
     from imagedb.models_admin import add as run_add
 
-    progress = _BarProgress() if sys.stderr.isatty() else _PlainProgress()
-    _announce_after(progress)
+    progress = BarProgress() if sys.stderr.isatty() else PlainProgress()
+    announce_after(progress)
     model = _spec(spec)
     with open_store(ctx) as store:
         try:
@@ -81,7 +82,7 @@ def add(ctx: click.Context, spec: str, collection: str, batch_size: int, allow_r
         finally:
             progress.close()
     for image_id, reason in (summary.failed or [])[:20]:
-        click.echo(_printable(f"failed: image {image_id}: {reason}"), err=True)
+        click.echo(printable(f"failed: image {image_id}: {reason}"), err=True)
     thumbs = f", {summary.from_thumbnail} from thumbnails (file gone or changed)" if summary.from_thumbnail else ""
     click.echo(
         f"{escape(summary.collection)}: {summary.model}: embedded {summary.embedded}, reused {summary.reused}"

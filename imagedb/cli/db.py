@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from imagedb import config
-from imagedb.cli_support import Group, open_store
+from imagedb.cli.support import Group, open_store
 from imagedb.display import escape
 
 
@@ -33,7 +33,7 @@ def url(ctx: click.Context, role: str | None, password: str | None) -> None:
     if role is None:
         click.echo(resolve_url(ctx.obj["database_url"], ctx.obj["home"]))
         return
-    from imagedb.cli_operators import role_url
+    from imagedb.cli.operators import role_url
 
     click.echo(role_url(ctx, role, password))
 
@@ -42,8 +42,8 @@ def url(ctx: click.Context, role: str | None, password: str | None) -> None:
 @click.pass_context
 def info(ctx: click.Context) -> None:
     """Print server and pgvector versions, schema revision and per-collection counts."""
-    from imagedb.cli_operators import replication_lines
-    from imagedb.cli_tune import info_lines
+    from imagedb.cli.operators import replication_lines
+    from imagedb.cli.tune import info_lines
     from imagedb.db import current_revision
 
     with open_store(ctx) as store:
@@ -72,7 +72,7 @@ def info(ctx: click.Context) -> None:
 @click.pass_context
 def upgrade(ctx: click.Context) -> None:
     """Migrate the database schema to the newest revision."""
-    from imagedb.cli_operators import require_primary_url
+    from imagedb.cli.operators import require_primary_url
     from imagedb.db import head_revision, resolve_url
     from imagedb.db import upgrade as run_upgrade
 
@@ -140,7 +140,7 @@ def check(ctx: click.Context, recall: bool, collection: str, queries: int) -> No
         " checkpoint has its recorded SHA-256"
     )
     if recall:
-        from imagedb.cli_tune import recall_check_lines
+        from imagedb.cli.tune import recall_check_lines
 
         for line in recall_check_lines(ctx, collection, queries):
             click.echo(line)
@@ -164,7 +164,7 @@ def dump(ctx: click.Context, file: Path) -> None:
 @click.pass_context
 def restore(ctx: click.Context, file: Path, yes: bool) -> None:
     """Replace the database's contents by a backup made with `imagedb db dump`."""
-    from imagedb.cli_operators import require_primary_url
+    from imagedb.cli.operators import require_primary_url
     from imagedb.db import resolve_url
     from imagedb.db import restore as run_restore
 
@@ -188,4 +188,4 @@ def stop(ctx: click.Context) -> None:
     click.echo("embedded server stopped" if stopped else "embedded server was not running")
 
 
-from imagedb import cli_operators  # noqa: E402,F401  (registers `db listen`, `db psql`, `db replica` on this group)
+from imagedb.cli import operators  # noqa: E402,F401  (registers `db listen`, `db psql`, `db replica` on this group)

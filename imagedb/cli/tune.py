@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import click
 
 from imagedb import config
-from imagedb.cli_support import open_store
+from imagedb.cli.support import open_store
 from imagedb.display import escape
 
 

@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from imagedb import config
-from imagedb.cli_db import db
+from imagedb.cli.db import db
 
 
 def _embedded_home(ctx: click.Context, what: str) -> Path:

@@ -1,0 +1,210 @@
+"""Commands on stored images: tag, dupes, the watch list, forget."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import click
+
+from imagedb import config
+from imagedb.cli.options import collection_option
+from imagedb.cli.support import Command, Group
+from imagedb.cli.support import open_store as _store
+from imagedb.display import escape, iso
+
+
+@click.command(cls=Command)
+@click.argument("image")
+@click.argument("pairs", nargs=-1, required=True, metavar="KEY=VALUE...")
+@collection_option
+@click.pass_context
+def tag(ctx: click.Context, image: str, pairs: tuple[str, ...], collection: str) -> None:
+    """Set user attributes on IMAGE (an id, a path, or a file name)."""
+    from imagedb.attributes import parse_pairs
+    from imagedb.attributes import tag as run_tag
+
+    attributes = parse_pairs(list(pairs))
+    with _store(ctx) as store:
+        ids = run_tag(store, collection, image, attributes)
+        paths = store.paths(ids)
+    click.echo(f"tagged {len(ids)} image(s):")
+    _echo_images([(i, paths.get(i, "?")) for i in ids])
+
+
+def _echo_images(images: Sequence[tuple[int, str]], shown: int = 10) -> None:
+    """The first `shown` images as `id  path` lines (escaped), then how many more."""
+    for image_id, path in images[:shown]:
+        click.echo(f"  {image_id:>8}  {escape(path)}")
+    if len(images) > shown:
+        click.echo(f"  and {len(images) - shown} more")
+
+
+@click.command(cls=Command)
+@collection_option
+@click.option(
+    "--method",
+    type=click.Choice(["hash", "clip", "both"]),
+    default="hash",
+    show_default=True,
+    help="Perceptual hash (copies: resized, recompressed, watermarked), CLIP (look-alikes), or both.",
+)
+@click.option(
+    "--max-distance",
+    type=click.IntRange(0, 64),
+    default=config.DEFAULT_MAX_HASH_DISTANCE,
+    show_default=True,
+    help="Hash: at most this many of 64 bits differ.",
+)
+@click.option(
+    "--min-similarity",
+    type=click.FloatRange(-1, 1),
+    default=config.DEFAULT_MIN_CLIP_SIMILARITY,
+    show_default=True,
+    help="CLIP: at least this cosine similarity.",
+)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per group.")
+@click.pass_context
+def dupes(
+    ctx: click.Context, collection: str, method: str, max_distance: int, min_similarity: float, as_json: bool
+) -> None:
+    """Find groups of duplicate and near-duplicate images (saved in the duplicate_groups table).
+
+    \b
+    Each image after a group's first says how it joined (its rule):
+      first   the group's first image (smallest id); the others link to it, directly or in a chain
+      sha256  the same bytes as the image it links to (always grouped, whatever --method)
+      hash    at most --max-distance of its 64 perceptual-hash bits differ from the linked image's
+      clip    at least --min-similarity cosine similarity with the linked image's CLIP embedding
+
+    Paths are escaped as in `imagedb search`'s table; --json gives them as they are.
+    """
+    from imagedb.dupes import find_duplicates
+
+    with _store(ctx) as store:
+        groups = find_duplicates(
+            store,
+            collection=collection,
+            method=method,  # type: ignore[arg-type]
+            max_distance=max_distance,
+            min_similarity=min_similarity,
+        )
+    for group in groups:
+        if as_json:
+            members = [
+                {
+                    "image_id": m.image_id,
+                    "path": m.path,
+                    "matched_image_id": m.matched_image_id,
+                    "rule": m.rule,
+                    "bits": m.bits,
+                    "similarity": m.similarity,
+                }
+                for m in group.members
+            ]
+            click.echo(json.dumps({"group": group.number, "members": members}))
+            continue
+        click.echo(f"group {group.number} ({len(group.members)} images)")
+        for m in group.members:
+            click.echo(f"  {m.image_id:>8}  {escape(m.path)}  {m.describe()}")
+    if not as_json:
+        images = sum(len(g.members) for g in groups)
+        click.echo(f"{len(groups)} group(s), {images} image(s)", err=True)
+
+
+@click.group(cls=Group)
+def watch() -> None:
+    """A watch list for copy detection: later ingests record and NOTIFY copies of watched images."""
+
+
+@watch.command("add")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--label", help="A name for these images, e.g. the rights holder.")
+@click.option(
+    "--max-distance",
+    type=click.IntRange(0, 64),
+    default=config.DEFAULT_WATCH_MAX_DISTANCE,
+    show_default=True,
+    help="At most this many of 64 hash bits may differ.",
+)
+@click.pass_context
+def watch_add(ctx: click.Context, paths: tuple[Path, ...], label: str | None, max_distance: int) -> None:
+    """Watch PATHS (image files): copies already stored, and copies ingested later, also mirrored or turned,
+    become hits."""
+    from imagedb.dupes import add_watches
+
+    with _store(ctx) as store:
+        watched = add_watches(store, list(paths), label, max_distance)
+    click.echo(f"watching {len(watched)} image(s):")
+    for w in watched:
+        click.echo(f"  watch {w.watch_id}: {escape(w.path)}  {w.stored_hits} stored image(s) already look like it")
+
+
+@watch.command("list")
+@click.pass_context
+def watch_list(ctx: click.Context) -> None:
+    """Show the watched images."""
+    with _store(ctx) as store:
+        rows = store.watches()
+    for r in rows:
+        click.echo(
+            f"{r['id']:>5}  {escape(r['label'] or '-'):<16}  max {r['max_distance']:>2}  {r['hits']:>5} hit(s)"
+            f"  {escape(r['path'])}"
+        )
+
+
+@watch.command("hits")
+@click.option("--watch", "watch_id", type=int, help="Only the hits of this watch id.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@click.pass_context
+def watch_hits(ctx: click.Context, watch_id: int | None, as_json: bool) -> None:
+    """Show stored images that look like a watched one."""
+    with _store(ctx) as store:
+        rows = store.watch_hits(watch_id)
+    for r in rows:
+        if as_json:
+            click.echo(json.dumps({**r, "found_at": iso(r["found_at"])}))
+        else:
+            click.echo(
+                f"watch {r['watch_id']} ({escape(r['label'] or '-')}): image {r['image_id']} {escape(r['path'])}"
+                f"  distance {r['distance']}"
+            )
+
+
+@click.command(cls=Command, short_help="Delete images and everything derived from them.")
+@click.argument("images", nargs=-1, required=True)
+@collection_option
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.option(
+    "--full",
+    is_flag=True,
+    help="VACUUM FULL: rewrite the tables, so no free space in them keeps the old bytes (locks them meanwhile).",
+)
+@click.pass_context
+def forget(ctx: click.Context, images: tuple[str, ...], collection: str, yes: bool, full: bool) -> None:
+    """Delete IMAGES (ids, paths or file names) and everything derived from them, then VACUUM.
+
+    That is their embeddings, hashes, thumbnails, duplicate-group and watch-hit rows, and the ingest errors of
+    their paths. The images are listed first, then you are asked (unless --yes).
+    """
+    from imagedb.access import forget as run_forget
+    from imagedb.collection import find_images
+
+    with _store(ctx) as store:
+        found, missing = find_images(store, collection, images)
+        for ref in missing:
+            click.echo(f"not found: {escape(ref)}", err=True)
+        click.echo(f"{len(found)} image(s) in collection {escape(collection)}:")
+        _echo_images(found)
+        if not yes:
+            click.confirm("Forget them for good?", abort=True)
+        # By path, which names exactly the images listed: a file name could match an image stored meanwhile.
+        done = run_forget(store, collection, [path for _, path in found], full=full)
+    click.echo(f"forgot {len(done.ids)} image(s)")
+    if done.unvacuumed:
+        click.echo(
+            f"warning: this role may not VACUUM {', '.join(done.unvacuumed)}: the deleted rows' bytes stay in"
+            " those table files until the owner runs VACUUM on them",
+            err=True,
+        )

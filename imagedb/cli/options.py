@@ -1,0 +1,50 @@
+"""What several commands share: the options for collections and models, and telling model loads."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from imagedb import config
+from imagedb.display import one_line
+
+
+def announce_load(spec: Any) -> None:
+    click.echo(one_line(f"loading {spec.label} ..."), err=True)
+
+
+def announce_after(progress: Any) -> None:
+    """Announce model loads between the progress lines: the phase shown so far ends first."""
+    from imagedb import embed
+
+    def announce(spec: Any) -> None:
+        progress.close()
+        announce_load(spec)
+
+    embed.on_load = announce
+
+
+def model_spec(value: str | None) -> Any:
+    from imagedb.embed import ModelSpec
+
+    # Only an explicit --model: IMAGEDB_MODEL applies when a collection is created (collection.get_or_create).
+    return ModelSpec.parse(value) if value else None
+
+
+collection_option = click.option(
+    "--collection", "-c", default=config.DEFAULT_COLLECTION, show_default=True, help="Collection to use."
+)
+model_option = click.option(
+    "--model",
+    "-m",
+    help="open_clip model as NAME[:PRETRAINED] or NAME:/path/to/checkpoint. A new collection gets it (else"
+    f" IMAGEDB_MODEL, else {config.DEFAULT_MODEL}); an existing one uses its own and refuses another.",
+)
+
+search_model_option = click.option(
+    "--model",
+    "-m",
+    help="Search with this model, one the collection holds (default: the one it searches with); e.g. a model"
+    " being added, to compare before `imagedb models use` (`imagedb models list` shows them).",
+)

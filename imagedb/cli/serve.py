@@ -1,0 +1,54 @@
+"""`imagedb serve`: the web page and the JSON API."""
+
+from __future__ import annotations
+
+import logging
+
+import click
+
+from imagedb.cli.support import Command
+from imagedb.errors import InvalidInput
+
+
+@click.command(cls=Command)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (loopback only by default).")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535), help="TCP port to listen on.")
+@click.option(
+    "--token",
+    envvar="IMAGEDB_API_TOKEN",
+    help="Require Authorization: Bearer TOKEN on the API [env IMAGEDB_API_TOKEN]; needed off loopback.",
+)
+@click.pass_context
+def serve(ctx: click.Context, host: str, port: int, token: str | None) -> None:
+    """Serve the web page and the JSON API (OpenAPI schema at /openapi.json)."""
+    import sys
+
+    import uvicorn
+
+    from imagedb.server import create_app
+    from imagedb.server.listen import bind, check_exposure, url
+
+    class Refused(click.ClickException):
+        exit_code = 2  # bad usage, in one line
+
+    try:
+        check_exposure(host, token)
+    except InvalidInput as exc:
+        raise Refused(str(exc)) from exc
+    sock = bind(host, port)  # before the slow start: a busy port says so at once
+    try:
+        app = create_app(ctx.obj["database_url"], ctx.obj["home"], token)
+    except BaseException:
+        sock.close()
+        raise
+    # main() silences library chatter below CRITICAL; a server must still log its requests and its errors.
+    logging.disable(logging.NOTSET)
+    if not ctx.find_root().params.get("verbose"):
+        logging.getLogger().addHandler(logging.NullHandler())  # libraries stay quiet, as in other commands
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        logging.getLogger("imagedb.server").addHandler(handler)
+    logging.getLogger("imagedb.server").setLevel(logging.INFO)
+    click.echo(f"imagedb on {url(host, port)}", err=True)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
+    server.run(sockets=[sock])
