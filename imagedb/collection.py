@@ -6,6 +6,8 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
+import psycopg
+
 from imagedb import provenance
 from imagedb.config import new_collection_model
 from imagedb.embed import ModelSpec
@@ -69,8 +71,14 @@ def get_or_create(
             )
         return collection
     spec = requested or ModelSpec.parse(new_collection_model())
-    model_id, _ = provenance.load_checked(store, spec, allow_random_weights=allow_random_weights)
-    created = store.create_collection(name, model_id, keep_phi=keep_phi)
+    try:
+        model_id, _ = provenance.load_checked(store, spec, allow_random_weights=allow_random_weights)
+        created = store.create_collection(name, model_id, keep_phi=keep_phi)
+    except psycopg.errors.InsufficientPrivilege as exc:
+        raise NotFound(
+            f"no collection named {name!r}, and this role may not create one (a writer ingests into existing"
+            " collections): ask the database's owner to create it, e.g. with a first `imagedb ingest`"
+        ) from exc
     if keep_phi and not created.keep_phi:  # another process created it a moment earlier, without --keep-phi
         raise InvalidInput(f"collection {name!r} was just created without --keep-phi by another process")
     return created

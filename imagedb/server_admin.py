@@ -278,7 +278,8 @@ def check_address_free(listen: Listen) -> None:
                 continue  # no IPv6 here: postgres skips it too
             if exc.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT):
                 raise InvalidInput(
-                    f"{listen.host} is not an address of this machine: give one it has, 0.0.0.0, or 127.0.0.1"
+                    f"{listen.host} is not an address of this machine: give 127.0.0.1 or ::1 (the bundled server"
+                    " has no TLS, so it listens on nothing beyond this machine)"
                 ) from None
             if exc.errno == errno.EACCES:
                 raise InvalidInput(f"port {listen.port} needs privileges: choose a port above 1023") from None
@@ -409,7 +410,7 @@ def login_url(home: Path, role: str, password: str | None, database: str) -> str
     if listen is None:
         raise InvalidInput(
             "the embedded server listens on its Unix socket only, which BI tools cannot reach:"
-            " run `imagedb db listen 127.0.0.1:5433` (or an address others can reach) first"
+            " run `imagedb db listen 127.0.0.1:5433` first"
         )
     if role == OWNER_ROLE:
         raise InvalidInput(f"{OWNER_ROLE} (the superuser) may not log in over TCP: use `imagedb grant-reader ROLE`")

@@ -162,3 +162,26 @@ def test_forget_by_a_role_that_may_not_vacuum_says_so(
     result = CliRunner().invoke(main, ["forget", "--yes", "camera.jpg"])
     assert result.exit_code == 0 and "forgot 1 image(s)" in result.output
     assert "warning: this role may not VACUUM images, thumbnails" in result.output
+
+
+def test_grant_refuses_the_owner(store: Store) -> None:
+    """Found from outside: `grant-reader postgres --password x` reset the owner's password and locked every
+    command out."""
+    from imagedb.errors import InvalidInput
+
+    for grant in (grant_reader, grant_writer):
+        with pytest.raises(InvalidInput, match="superuser or the role imagedb runs as"):
+            grant(store, "postgres", "x")
+    assert store.conn.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_a_writer_asking_for_a_new_collection_is_told_who_can(
+    store: Store, database_url: str, photos: Path, tiny_model: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ingest(store, [photos / "coffee.jpg"], model=ModelSpec.parse(tiny_model))
+    role = f"newcoll_{os.getpid()}"
+    grant_writer(store, role, "pw")
+    monkeypatch.setenv("IMAGEDB_DATABASE_URL", _login(database_url, role, "pw"))
+    result = CliRunner().invoke(main, ["ingest", str(photos / "rocket.jpg"), "-c", "brand-new", "-m", tiny_model])
+    assert result.exit_code == 1 and "this role may not create one" in result.output, result.output
+    assert [line for line in result.output.splitlines() if line.startswith("Error")] == result.output.splitlines()[-1:]

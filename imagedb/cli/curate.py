@@ -162,6 +162,8 @@ def watch_hits(ctx: click.Context, watch_id: int | None, as_json: bool) -> None:
     """Show stored images that look like a watched one."""
     with _store(ctx) as store:
         rows = store.watch_hits(watch_id)
+    if not rows and not as_json:
+        click.echo("no hits yet", err=True)
     for r in rows:
         if as_json:
             click.echo(json.dumps({**r, "found_at": iso(r["found_at"])}))
