@@ -44,6 +44,31 @@ def hnsw_index_name(model_id: int) -> str:
     return f"{HNSW_INDEX_PREFIX}{model_id}"
 
 
+def binary_index_name(model_id: int) -> str:
+    """The model's binary-quantised HNSW index (`imagedb db reindex --quantize binary`); never matched by the
+    halfvec index's repair pattern (embeddings_hnsw_<id>[_suffix])."""
+    return f"{HNSW_INDEX_PREFIX}bit_{model_id}"
+
+
+def binary_expression(column: sql.Composable, dim: int) -> sql.Composed:
+    """binary_quantize(x::halfvec(dim))::bit(dim): one bit a dimension, the sign. The expression of the binary index,
+    and the one a search must order by for the planner to use it."""
+    return sql.SQL("binary_quantize({}::halfvec({}))::bit({})").format(column, sql.Literal(dim), sql.Literal(dim))
+
+
+def _create_binary_sql(name: str, model_id: int, dim: int, params: HnswParams) -> sql.Composed:
+    return sql.SQL(
+        "CREATE INDEX CONCURRENTLY IF NOT EXISTS {name} ON embeddings USING hnsw (({bits}) bit_hamming_ops)"
+        " WITH (m = {m}, ef_construction = {efc}) WHERE model_id = {model_id}"
+    ).format(
+        name=sql.Identifier(name),
+        bits=binary_expression(sql.Identifier("embedding"), dim),
+        m=sql.Literal(params.m),
+        efc=sql.Literal(params.ef_construction),
+        model_id=sql.Literal(model_id),
+    )
+
+
 def _create_sql(name: str, model_id: int, dim: int, params: HnswParams, *, concurrently: bool) -> sql.Composed:
     return sql.SQL(
         "CREATE INDEX {how} IF NOT EXISTS {name} ON embeddings"
@@ -87,7 +112,9 @@ class ModelsStore(StoreBase):
             "SELECT c.relname FROM pg_index x JOIN pg_class c ON c.oid = x.indexrelid"
             " JOIN pg_am a ON a.oid = c.relam"
             " WHERE x.indrelid = 'embeddings'::regclass AND a.amname = 'hnsw' AND x.indisvalid AND x.indisready"
-            " AND pg_get_expr(x.indpred, x.indrelid) = %s ORDER BY c.relname",
+            " AND pg_get_expr(x.indpred, x.indrelid) = %s"
+            # The halfvec index, not the model's binary-quantised one (bit_hamming_ops).
+            " AND pg_get_indexdef(x.indexrelid) LIKE '%%halfvec_cosine_ops%%' ORDER BY c.relname",
             (f"(model_id = {int(model_id)})",),
         ).fetchall()
         return [r[0] for r in rows]
@@ -171,6 +198,41 @@ class ModelsStore(StoreBase):
                 " the role that ran `imagedb db upgrade`"
             ) from exc
 
+    def quantize_indexes(self, rerank: int | None, m: int, ef_construction: int) -> list[str]:
+        """Give every model a binary-quantised HNSW index that searches read for `rerank` candidates, re-ranked
+        exactly on the stored halfvec; with `rerank` None, remove those indexes. Returns the indexes built.
+
+        The halfvec index stays: it serves searches while the binary one builds (the model's rerank is NULL
+        until the build is done), and filtered or exact paths keep it."""
+        models = self.conn.execute("SELECT id, dim FROM embedding_models ORDER BY id").fetchall()
+        built = []
+        try:
+            for model_id, dim in models:
+                with self._index_lock(model_id, wait=True):
+                    self.conn.execute("UPDATE embedding_models SET rerank = NULL WHERE id = %s", (model_id,))
+                    self._drop_concurrently(binary_index_name(model_id))
+                    if rerank is None:
+                        continue
+                    try:
+                        with self._build_memory():
+                            self.conn.execute(
+                                _create_binary_sql(
+                                    binary_index_name(model_id), model_id, dim, HnswParams(m, ef_construction)
+                                )
+                            )
+                    except BaseException:
+                        with suppress(psycopg.Error):  # a failed concurrent build leaves an INVALID index
+                            self._drop_concurrently(binary_index_name(model_id))
+                        raise
+                    self.conn.execute("UPDATE embedding_models SET rerank = %s WHERE id = %s", (rerank, model_id))
+                    built.append(binary_index_name(model_id))
+        except psycopg.errors.InsufficientPrivilege as exc:
+            raise ImagedbError(
+                "only the owner of the embeddings table may change its indexes: run `imagedb db reindex` as"
+                " the role that ran `imagedb db upgrade`"
+            ) from exc
+        return built
+
     def _repair_interrupted_build(self, model_id: int) -> None:
         """Undo what a concurrent build or drop stopped halfway left: INVALID indexes of this model's names are
         dropped; a valid new index whose old one is gone takes the canonical name."""
@@ -239,7 +301,7 @@ class ModelsStore(StoreBase):
 
     def get_collection(self, name: str) -> Collection | None:
         row = self.conn.execute(
-            "SELECT c.id, c.name, c.model_id, m.name, m.pretrained, m.dim"
+            "SELECT c.id, c.name, c.model_id, m.name, m.pretrained, m.dim, m.rerank"
             " FROM collections c JOIN embedding_models m ON m.id = c.model_id WHERE c.name = %s",
             (name,),
         ).fetchone()

@@ -15,6 +15,9 @@ class Collection:
     model_name: str
     pretrained: str
     dim: int
+    # Set by `imagedb db reindex --quantize binary --rerank N`: searches read the model's binary-quantised HNSW
+    # index for N candidates and re-rank them exactly on the stored halfvec. None: the halfvec index alone.
+    rerank: int | None = None
 
 
 @dataclass(frozen=True)
