@@ -9,6 +9,7 @@ streaming standby replays and that blocked its readers for as long as the old DR
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from collections.abc import Iterator
@@ -26,6 +27,10 @@ from imagedb.store.records import Collection
 DEFAULT_HNSW_M = 16
 DEFAULT_HNSW_EF_CONSTRUCTION = 64
 BUILD_MEMORY = "1GB"
+# What an HNSW build's graph takes per row beyond the halfvec itself (measured: 1M x 512 halfvec needs more than
+# 1GB to build in memory, bench/results/scale_1000000.json); a build is given enough for the whole graph, up to a
+# quarter of this machine's memory (the embedded server runs here).
+_GRAPH_BYTES_PER_ROW = 1024
 # The name a concurrent build gives the new index until it replaces the old one.
 BUILD_SUFFIX = "_next"
 _INDEX_LOCK = 0x1A6F  # advisory lock class for index builds; the second key is the model id
@@ -161,7 +166,7 @@ class ModelsStore(StoreBase):
             self._repair_interrupted_build(model_id)
             if self.valid_hnsw_indexes(model_id):
                 return
-            with self._build_memory():
+            with self._build_memory(model_id):
                 self.conn.execute(
                     _create_sql(hnsw_index_name(model_id), model_id, dim, params or DEFAULT_HNSW, concurrently=False)
                 )
@@ -174,7 +179,7 @@ class ModelsStore(StoreBase):
             self._repair_interrupted_build(model_id)
             self._drop_concurrently(building)  # a valid leftover of a run stopped before its swap
             try:
-                with self._build_memory():
+                with self._build_memory(model_id):
                     self.conn.execute(_create_sql(building, model_id, dim, params, concurrently=True))
             except BaseException:
                 # A failed or cancelled concurrent build leaves an INVALID index behind; remove it now if the
@@ -214,7 +219,7 @@ class ModelsStore(StoreBase):
                     if rerank is None:
                         continue
                     try:
-                        with self._build_memory():
+                        with self._build_memory(model_id):
                             self.conn.execute(
                                 _create_binary_sql(
                                     binary_index_name(model_id), model_id, dim, HnswParams(m, ef_construction)
@@ -277,17 +282,33 @@ class ModelsStore(StoreBase):
         row = self.conn.execute("SELECT pg_try_advisory_lock(%s, %s)", (_INDEX_LOCK, model_id)).fetchone()
         return bool(row[0])  # type: ignore[index]
 
+    def _graph_bytes(self, model_id: int) -> int:
+        rows, dim = self.conn.execute(
+            "SELECT (SELECT count(*) FROM embeddings WHERE model_id = %s), (SELECT dim FROM embedding_models"
+            " WHERE id = %s)",
+            (model_id, model_id),
+        ).fetchone()  # type: ignore[misc]
+        wanted = int(rows) * (2 * int(dim or 0) + _GRAPH_BYTES_PER_ROW)
+        try:
+            ceiling = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
+        except (ValueError, OSError, AttributeError):
+            ceiling = 1 << 30
+        return min(wanted, ceiling)
+
     @contextmanager
-    def _build_memory(self) -> Iterator[None]:
+    def _build_memory(self, model_id: int | None = None) -> Iterator[None]:
         """maintenance_work_mem of at least BUILD_MEMORY for this session's builds, put back afterwards.
         On the session, not the transaction: CREATE INDEX CONCURRENTLY runs outside a transaction block. Put back
         to the session's own value rather than RESET, which would also undo a SET of the caller's.
         Measured (bench/vectors_bench.py): the build's graph must fit in maintenance_work_mem to stay fast."""
         before = self.conn.execute("SELECT current_setting('maintenance_work_mem')").fetchone()[0]  # type: ignore[index]
+        memory = BUILD_MEMORY
+        if model_id is not None:
+            memory = f"{max(self._graph_bytes(model_id) >> 20, 1024)}MB"
         self.conn.execute(
             "SELECT set_config('maintenance_work_mem', %s, false)"
             " WHERE pg_size_bytes(current_setting('maintenance_work_mem')) < pg_size_bytes(%s)",
-            (BUILD_MEMORY, BUILD_MEMORY),
+            (memory, memory),
         )
         try:
             yield
