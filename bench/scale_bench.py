@@ -85,9 +85,20 @@ def load(store: Store, name: str, data: np.ndarray) -> tuple[object, dict[str, f
         stop = min(start + BATCH, len(data))
         records = [
             ImageRecord(
-                path=f"/{name}/{i:07d}.jpg", sha256=f"{i:064x}", size_bytes=1, mtime=now, width=1, height=1,
-                format=_format(i), taken_at=None, camera_make=None, camera_model=None, orientation=None, exif={},
-                thumbnail=b"", thumbnail_size=(1, 1),
+                path=f"/{name}/{i:07d}.jpg",
+                sha256=f"{i:064x}",
+                size_bytes=1,
+                mtime=now,
+                width=1,
+                height=1,
+                format=_format(i),
+                taken_at=None,
+                camera_make=None,
+                camera_model=None,
+                orientation=None,
+                exif={},
+                thumbnail=b"",
+                thumbnail_size=(1, 1),
             )  # fmt: skip
             for i in range(start, stop)
         ]
@@ -123,8 +134,12 @@ def _search(store: Store, collection, first: int, queries: np.ndarray, ef: int, 
         with store.conn.transaction():
             store.conn.execute("SELECT set_config('hnsw.iterative_scan', 'relaxed_order', true)")
             store.conn.execute("SELECT set_config('hnsw.max_scan_tuples', '100000', true)")
-            store.conn.execute("SELECT set_config('hnsw.ef_search', %s, true)", (str(effective_ef_search(collection, ef)),))
-            plan = store.conn.execute(b"EXPLAIN (ANALYZE, FORMAT JSON) " + statement.as_bytes(store.conn), params, prepare=False).fetchone()[0]  # type: ignore[index]
+            store.conn.execute(
+                "SELECT set_config('hnsw.ef_search', %s, true)", (str(effective_ef_search(collection, ef)),)
+            )
+            plan = store.conn.execute(
+                b"EXPLAIN (ANALYZE, FORMAT JSON) " + statement.as_bytes(store.conn), params, prepare=False
+            ).fetchone()[0]  # type: ignore[index]
         server.append(plan[0]["Execution Time"])
     return found, server
 
@@ -155,8 +170,10 @@ def filtered(store, collection, first, data, image_q) -> list[dict[str, object]]
     rows = []
     positions = np.arange(len(data))
     for fmt, share in (("PNG", "1%"), ("GIF", "10%")):
-        keep = np.array([_format(int(i)) == fmt for i in positions[: len(data)]]) if len(data) <= 1000 else (
-            (positions % 100 == 0) if fmt == "PNG" else (positions % 10 == 1)
+        keep = (
+            np.array([_format(int(i)) == fmt for i in positions[: len(data)]])
+            if len(data) <= 1000
+            else ((positions % 100 == 0) if fmt == "PNG" else (positions % 10 == 1))
         )
         truth = _truth(data, image_q[:50], keep)
         for ef in (100, 200):
@@ -208,7 +225,11 @@ def hnswlib_peer(data: np.ndarray, image_q: np.ndarray, text_q: np.ndarray, trut
                     "server_p99_ms": float(np.percentile(latency, 99)),
                 }
             )
-            print(f"  hnswlib {kind:<5} ef {ef:>4} recall {rows[-1]['recall@10']:.3f} p50 {rows[-1]['server_p50_ms']:.2f} ms", flush=True)
+            print(
+                f"  hnswlib {kind:<5} ef {ef:>4} recall {rows[-1]['recall@10']:.3f}"
+                f" p50 {rows[-1]['server_p50_ms']:.2f} ms",
+                flush=True,
+            )
     return {"build_s": build, "queries": rows}
 
 
@@ -287,7 +308,12 @@ def _plot(result: dict[str, object], path: Path) -> None:
         sel = [r for r in rows if str(r["index"]).startswith(index) and r["queries"] == kind]
         if sel:
             label = {"halfvec": "pgvector halfvec", "binary": "binary + rerank", "hnswlib": "hnswlib"}[index]
-            ax.plot([r["recall@10"] for r in sel], [r["server_p50_ms"] for r in sel], style, label=f"{label}, {kind} queries")
+            ax.plot(
+                [r["recall@10"] for r in sel],
+                [r["server_p50_ms"] for r in sel],
+                style,
+                label=f"{label}, {kind} queries",
+            )
             for r in sel:
                 tag = r["ef_search"] if index != "binary" else str(r["index"]).split()[-1]
                 ax.annotate(str(tag), (r["recall@10"], r["server_p50_ms"]), fontsize=7)

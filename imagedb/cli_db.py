@@ -100,9 +100,7 @@ def upgrade(ctx: click.Context) -> None:
     help="With --quantize binary: candidates re-ranked per search.",
 )
 @click.pass_context
-def reindex(
-    ctx: click.Context, m: int, ef_construction: int, hashes: bool, quantize: str | None, rerank: int
-) -> None:
+def reindex(ctx: click.Context, m: int, ef_construction: int, hashes: bool, quantize: str | None, rerank: int) -> None:
     """Rebuild every model's HNSW index with new build parameters, while searches keep using the old one
     (or, with --hashes, backfill hashes; with --quantize, add or remove binary-quantised indexes)."""
     if hashes and quantize:

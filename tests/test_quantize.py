@@ -43,9 +43,7 @@ def test_quantize_binary_builds_the_index_and_searches_rerank_exactly(store: Sto
     assert [p for p in store.problems() if "perceptual hash" not in p] == []
 
 
-def test_quantize_none_removes_the_binary_index_and_searches_use_halfvec_again(
-    store: Store, database_url: str
-) -> None:
+def test_quantize_none_removes_the_binary_index_and_searches_use_halfvec_again(store: Store, database_url: str) -> None:
     collection = fill_synthetic(store, 500, dim=32)
     runner = CliRunner()
     assert runner.invoke(main, ["--database-url", database_url, "db", "reindex", "--quantize", "binary"]).exit_code == 0

@@ -26,7 +26,8 @@ def downgrade() -> None:
     op.execute(
         """
         DO $$ DECLARE r record; BEGIN
-          FOR r IN SELECT c.relname FROM pg_class c WHERE c.relkind = 'i' AND c.relname LIKE 'embeddings\\_hnsw\\_bit\\_%' LOOP
+          FOR r IN SELECT c.relname FROM pg_class c
+                   WHERE c.relkind = 'i' AND c.relname LIKE 'embeddings\\_hnsw\\_bit\\_%' LOOP
             EXECUTE format('DROP INDEX %I', r.relname);
           END LOOP;
         END $$;
