@@ -136,7 +136,7 @@ BF16_AUTOCAST = "bf16-autocast"
 
 def numeric_mode(torch: Any, device: str) -> str:
     """How image vectors are computed. On a CPU with native bfloat16 (AVX512-BF16 or AMX, as oneDNN reports),
-    bfloat16 autocast: 1.3-1.6x the images/s of fp32 for ViT-B-32, with vectors at cosine >= 0.9999 to fp32's
+    bfloat16 autocast: 1.2-1.6x the images/s of fp32 for ViT-B-32, with vectors at cosine >= 0.9999 to fp32's
     (bench/cpu_models_bench.py). Elsewhere fp32, which bfloat16 would only slow down. Texts stay fp32 (cheap)."""
     if os.environ.get(PRECISION_ENV, "").strip().lower() == FP32 or device != "cpu":
         return FP32
