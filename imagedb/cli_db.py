@@ -10,7 +10,8 @@ from imagedb import config
 from imagedb.cli_support import Group, open_store
 from imagedb.display import escape
 
-DEFAULT_RERANK = 200  # candidates re-ranked per search with --quantize binary (bench/scale_bench.py)
+DEFAULT_RERANK = 400  # candidates re-ranked per search with --quantize binary: at 1M, recall 0.80 against 0.60 at 200
+# for about the same latency (bench/results/scale_1000000.json)
 
 
 @click.group(cls=Group)
