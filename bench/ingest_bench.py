@@ -8,7 +8,12 @@ local checkpoint and loaded through imagedb's own path.
 - imagedb ingest: files -> decode, EXIF, hashes, thumbnail, embed, store, each batch committed.
 - naive loop: the seed document's way: for each file open, preprocess, encode one, INSERT one row, commit.
 
-    python bench/ingest_bench.py [--images 96] [--batch-size 32]
+With --breakdown (bench/gpu_ingest.sh uses it), where the pipeline stalls: each stage alone at full speed,
+- decode: decode + EXIF + hashes + thumbnail + preprocess for every file in the ingest's thread pool;
+- store: Store.write_batch of ready vectors (batch size as given) into a model that already has its HNSW index;
+the slowest of model, decode and store bounds the end-to-end rate.
+
+    python bench/ingest_bench.py [--images 96] [--batch-size 32] [--breakdown]
 """
 
 from __future__ import annotations
@@ -66,6 +71,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--images", type=int, default=96)
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--breakdown", action="store_true", help="also time decoding and storing alone")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="imagedb-ingest-bench-"))
     (work / "photos").mkdir()
@@ -102,6 +108,7 @@ def main() -> None:
         conn.commit()
     naive = len(files) / (time.perf_counter() - started)
     conn.close()
+    stages = _breakdown(store, embedder, files, args.batch_size) if args.breakdown else {}
     store.close()
     db.stop_embedded(work / "home")
 
@@ -114,13 +121,72 @@ def main() -> None:
         "naive_images_per_s": naive,
         "ingest_vs_model_only": end_to_end / model_only,
         "ingest_vs_naive": end_to_end / naive,
+        "device": str(embedder.device),
+        **stages,
     }
     print(f"{'model only':>12}  {'imagedb ingest':>14}  {'naive loop':>10}  {'ingest/model':>12}  {'ingest/naive':>12}")
     print(
         f"{model_only:>8.1f} i/s  {end_to_end:>10.1f} i/s  {naive:>6.1f} i/s  {end_to_end / model_only:>12.2f}"
         f"  {end_to_end / naive:>12.2f}"
     )
-    (RESULTS / "ingest.json").write_text(json.dumps(rows, indent=1))
+    for name, rate in stages.items():
+        print(f"  {name}: {rate:,.1f}")
+    name = "ingest.json" if str(embedder.device) == "cpu" else f"ingest_{embedder.device}.json"
+    (RESULTS / name).write_text(json.dumps(rows, indent=1))
+
+
+def _breakdown(store: Store, embedder: embed.Embedder, files: list[Path], batch_size: int) -> dict[str, float]:
+    """Each stage of the pipeline alone: decoding in the ingest's pool, and storing ready vectors."""
+    from concurrent.futures import ThreadPoolExecutor
+    from datetime import datetime, timezone
+
+    from imagedb.images import decode
+    from imagedb.store import ImageRecord
+
+    def prepare(path: Path) -> object:
+        decoded = decode(path, keep_gps=False, keep_identifying=False, min_side=224)
+        return embedder.preprocess(decoded.pixels)
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        list(pool.map(prepare, files))
+    decode_rate = len(files) / (time.perf_counter() - started)
+    model_id = store.ensure_model("breakdown", "", 512)
+    collection = store.create_collection("breakdown", model_id)
+    run_id = store.start_run(collection.id)
+    rng = np.random.default_rng(1)
+    now = datetime.now(timezone.utc)
+    count = max(len(files), 4 * batch_size)
+    vectors = rng.standard_normal((count, 512)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    started = time.perf_counter()
+    for start in range(0, count, batch_size):
+        records = [
+            ImageRecord(
+                path=f"/b/{i}.jpg",
+                sha256=f"{i:064x}",
+                size_bytes=1,
+                mtime=now,
+                width=1,
+                height=1,
+                format="JPEG",
+                taken_at=None,
+                camera_make=None,
+                camera_model=None,
+                orientation=None,
+                exif={},
+                thumbnail=b"x" * 8000,
+                thumbnail_size=(1, 1),
+            )  # fmt: skip
+            for i in range(start, min(start + batch_size, count))
+        ]
+        store.write_batch(collection.id, model_id, run_id, records, list(vectors[start : start + batch_size]), [])
+    store_rate = count / (time.perf_counter() - started)
+    return {
+        "decode_pool_images_per_s": decode_rate,
+        "decode_threads": float(os.cpu_count() or 1),
+        "store_rows_per_s_indexed": store_rate,
+    }
 
 
 if __name__ == "__main__":

@@ -40,6 +40,9 @@ embedding_models = Table(
     # A pretrained tag ("laion2b_s34b_b79k"), an absolute checkpoint path, or "" for the hub/local-dir schemas.
     Column("pretrained", Text, nullable=False),
     Column("dim", Integer, CheckConstraint("dim > 0", name="embedding_models_dim_check"), nullable=False),
+    # Candidates a search reads from the model's binary-quantised index before re-ranking them exactly; NULL when
+    # the model has no such index (`imagedb db reindex --quantize binary --rerank N` sets it).
+    Column("rerank", Integer, CheckConstraint("rerank > 0", name="embedding_models_rerank_check")),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     # Provenance (NULL for models registered before revision "models", until next used): the weights file's
     # SHA-256 and size (NULL for random weights), the library versions, the image preprocessing (size, mean, std,

@@ -9,6 +9,7 @@ streaming standby replays and that blocked its readers for as long as the old DR
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from collections.abc import Iterator
@@ -27,6 +28,10 @@ from imagedb.store.records import Collection, HeldModel, ModelRecord
 DEFAULT_HNSW_M = 16
 DEFAULT_HNSW_EF_CONSTRUCTION = 64
 BUILD_MEMORY = "1GB"
+# What an HNSW build's graph takes per row beyond the halfvec itself (measured: 1M x 512 halfvec needs more than
+# 1GB to build in memory, bench/results/scale_1000000.json); a build is given enough for the whole graph, up to a
+# quarter of this machine's memory (the embedded server runs here).
+_GRAPH_BYTES_PER_ROW = 1024
 # The name a concurrent build gives the new index until it replaces the old one.
 BUILD_SUFFIX = "_next"
 _INDEX_LOCK = 0x1A6F  # advisory lock class for index builds; the second key is the model id
@@ -55,6 +60,31 @@ DEFAULT_HNSW = HnswParams(DEFAULT_HNSW_M, DEFAULT_HNSW_EF_CONSTRUCTION)
 
 def hnsw_index_name(model_id: int) -> str:
     return f"{HNSW_INDEX_PREFIX}{model_id}"
+
+
+def binary_index_name(model_id: int) -> str:
+    """The model's binary-quantised HNSW index (`imagedb db reindex --quantize binary`); never matched by the
+    halfvec index's repair pattern (embeddings_hnsw_<id>[_suffix])."""
+    return f"{HNSW_INDEX_PREFIX}bit_{model_id}"
+
+
+def binary_expression(column: sql.Composable, dim: int) -> sql.Composed:
+    """binary_quantize(x::halfvec(dim))::bit(dim): one bit a dimension, the sign. The expression of the binary index,
+    and the one a search must order by for the planner to use it."""
+    return sql.SQL("binary_quantize({}::halfvec({}))::bit({})").format(column, sql.Literal(dim), sql.Literal(dim))
+
+
+def _create_binary_sql(name: str, model_id: int, dim: int, params: HnswParams) -> sql.Composed:
+    return sql.SQL(
+        "CREATE INDEX CONCURRENTLY IF NOT EXISTS {name} ON embeddings USING hnsw (({bits}) bit_hamming_ops)"
+        " WITH (m = {m}, ef_construction = {efc}) WHERE model_id = {model_id}"
+    ).format(
+        name=sql.Identifier(name),
+        bits=binary_expression(sql.Identifier("embedding"), dim),
+        m=sql.Literal(params.m),
+        efc=sql.Literal(params.ef_construction),
+        model_id=sql.Literal(model_id),
+    )
 
 
 def _create_sql(name: str, model_id: int, dim: int, params: HnswParams, *, concurrently: bool) -> sql.Composed:
@@ -129,7 +159,9 @@ class ModelsStore(StoreBase):
             "SELECT c.relname FROM pg_index x JOIN pg_class c ON c.oid = x.indexrelid"
             " JOIN pg_am a ON a.oid = c.relam"
             " WHERE x.indrelid = 'embeddings'::regclass AND a.amname = 'hnsw' AND x.indisvalid AND x.indisready"
-            " AND pg_get_expr(x.indpred, x.indrelid) = %s ORDER BY c.relname",
+            " AND pg_get_expr(x.indpred, x.indrelid) = %s"
+            # The halfvec index, not the model's binary-quantised one (bit_hamming_ops).
+            " AND pg_get_indexdef(x.indexrelid) LIKE '%%halfvec_cosine_ops%%' ORDER BY c.relname",
             (f"(model_id = {int(model_id)})",),
         ).fetchall()
         return [r[0] for r in rows]
@@ -176,7 +208,7 @@ class ModelsStore(StoreBase):
             self._repair_interrupted_build(model_id)
             if self.valid_hnsw_indexes(model_id):
                 return
-            with self._build_memory():
+            with self._build_memory(model_id):
                 self.conn.execute(
                     _create_sql(hnsw_index_name(model_id), model_id, dim, params or DEFAULT_HNSW, concurrently=False)
                 )
@@ -189,7 +221,7 @@ class ModelsStore(StoreBase):
             self._repair_interrupted_build(model_id)
             self._drop_concurrently(building)  # a valid leftover of a run stopped before its swap
             try:
-                with self._build_memory():
+                with self._build_memory(model_id):
                     self.conn.execute(_create_sql(building, model_id, dim, params, concurrently=True))
             except BaseException:
                 # A failed or cancelled concurrent build leaves an INVALID index behind; remove it now if the
@@ -212,6 +244,41 @@ class ModelsStore(StoreBase):
                 "only the owner of the embeddings table may rebuild its indexes: run `imagedb db reindex` as"
                 " the role that ran `imagedb db upgrade`"
             ) from exc
+
+    def quantize_indexes(self, rerank: int | None, m: int, ef_construction: int) -> list[str]:
+        """Give every model a binary-quantised HNSW index that searches read for `rerank` candidates, re-ranked
+        exactly on the stored halfvec; with `rerank` None, remove those indexes. Returns the indexes built.
+
+        The halfvec index stays: it serves searches while the binary one builds (the model's rerank is NULL
+        until the build is done), and filtered or exact paths keep it."""
+        models = self.conn.execute("SELECT id, dim FROM embedding_models ORDER BY id").fetchall()
+        built = []
+        try:
+            for model_id, dim in models:
+                with self._index_lock(model_id, wait=True):
+                    self.conn.execute("UPDATE embedding_models SET rerank = NULL WHERE id = %s", (model_id,))
+                    self._drop_concurrently(binary_index_name(model_id))
+                    if rerank is None:
+                        continue
+                    try:
+                        with self._build_memory(model_id):
+                            self.conn.execute(
+                                _create_binary_sql(
+                                    binary_index_name(model_id), model_id, dim, HnswParams(m, ef_construction)
+                                )
+                            )
+                    except BaseException:
+                        with suppress(psycopg.Error):  # a failed concurrent build leaves an INVALID index
+                            self._drop_concurrently(binary_index_name(model_id))
+                        raise
+                    self.conn.execute("UPDATE embedding_models SET rerank = %s WHERE id = %s", (rerank, model_id))
+                    built.append(binary_index_name(model_id))
+        except psycopg.errors.InsufficientPrivilege as exc:
+            raise ImagedbError(
+                "only the owner of the embeddings table may change its indexes: run `imagedb db reindex` as"
+                " the role that ran `imagedb db upgrade`"
+            ) from exc
+        return built
 
     def _repair_interrupted_build(self, model_id: int) -> None:
         """Undo what a concurrent build or drop stopped halfway left: INVALID indexes of this model's names are
@@ -257,17 +324,33 @@ class ModelsStore(StoreBase):
         row = self.conn.execute("SELECT pg_try_advisory_lock(%s, %s)", (_INDEX_LOCK, model_id)).fetchone()
         return bool(row[0])  # type: ignore[index]
 
+    def _graph_bytes(self, model_id: int) -> int:
+        rows, dim = self.conn.execute(
+            "SELECT (SELECT count(*) FROM embeddings WHERE model_id = %s), (SELECT dim FROM embedding_models"
+            " WHERE id = %s)",
+            (model_id, model_id),
+        ).fetchone()  # type: ignore[misc]
+        wanted = int(rows) * (2 * int(dim or 0) + _GRAPH_BYTES_PER_ROW)
+        try:
+            ceiling = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
+        except (ValueError, OSError, AttributeError):
+            ceiling = 1 << 30
+        return min(wanted, ceiling)
+
     @contextmanager
-    def _build_memory(self) -> Iterator[None]:
+    def _build_memory(self, model_id: int | None = None) -> Iterator[None]:
         """maintenance_work_mem of at least BUILD_MEMORY for this session's builds, put back afterwards.
         On the session, not the transaction: CREATE INDEX CONCURRENTLY runs outside a transaction block. Put back
         to the session's own value rather than RESET, which would also undo a SET of the caller's.
         Measured (bench/vectors_bench.py): the build's graph must fit in maintenance_work_mem to stay fast."""
         before = self.conn.execute("SELECT current_setting('maintenance_work_mem')").fetchone()[0]  # type: ignore[index]
+        memory = BUILD_MEMORY
+        if model_id is not None:
+            memory = f"{max(self._graph_bytes(model_id) >> 20, 1024)}MB"
         self.conn.execute(
             "SELECT set_config('maintenance_work_mem', %s, false)"
             " WHERE pg_size_bytes(current_setting('maintenance_work_mem')) < pg_size_bytes(%s)",
-            (BUILD_MEMORY, BUILD_MEMORY),
+            (memory, memory),
         )
         try:
             yield
@@ -281,7 +364,7 @@ class ModelsStore(StoreBase):
 
     def get_collection(self, name: str) -> Collection | None:
         row = self.conn.execute(
-            "SELECT c.id, c.name, c.model_id, m.name, m.pretrained, m.dim, c.keep_phi"
+            "SELECT c.id, c.name, c.model_id, m.name, m.pretrained, m.dim, c.keep_phi, m.rerank"
             " FROM collections c JOIN embedding_models m ON m.id = c.model_id WHERE c.name = %s",
             (name,),
         ).fetchone()

@@ -16,6 +16,9 @@ class Collection:
     pretrained: str
     dim: int
     keep_phi: bool = False  # created with --keep-phi: DICOM headers may be stored whole
+    # Set by `imagedb db reindex --quantize binary --rerank N`: searches read the model's binary-quantised HNSW
+    # index for N candidates and re-rank them exactly on the stored halfvec. None: the halfvec index alone.
+    rerank: int | None = None
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from pgvector import HalfVector
 from psycopg import sql
 
 from imagedb.store.base import StoreBase
+from imagedb.store.models import binary_expression
 from imagedb.store.records import Collection, Filters, Hit
 
 # How far an iterative index scan may read for a selective filter before giving up (pgvector's default is
@@ -81,6 +82,15 @@ def _nearest_query(
     vector = sql.SQL("e.embedding::halfvec({})").format(sql.Literal(collection.dim))
     clauses, params = _filter_clauses(filters)
     where = sql.SQL("").join(sql.SQL(" AND " + c) for c in clauses)
+    read = limit + offset if depth is None else depth
+    order = sql.SQL("{} <=> %(q)s").format(vector)
+    if collection.rerank is not None:
+        # Binary quantisation: the Hamming index picks `rerank` candidates, the exact halfvec distance ranks them.
+        order = sql.SQL("{} <~> {}").format(
+            binary_expression(sql.SQL("e.embedding"), collection.dim),
+            binary_expression(sql.SQL("%(q)s"), collection.dim),
+        )
+        read = max(read, collection.rerank)
     # A relaxed iterative scan may return rows slightly out of order (for better recall, as pgvector documents):
     # the outer query puts them in order, ties by id (as imagedb_nearest does).
     nearest = sql.SQL(
@@ -88,8 +98,8 @@ def _nearest_query(
         " SELECT i.id, i.path, {vector} <=> %(q)s AS distance, " + _IMAGE_DATE + " AS image_date"
         " FROM embeddings e JOIN images i ON i.id = e.image_id"
         " WHERE e.model_id = %(model_id)s AND i.collection_id = %(collection_id)s{where}"
-        " ORDER BY {vector} <=> %(q)s LIMIT %(depth)s)"
-    ).format(vector=vector, where=where)
+        " ORDER BY {order} LIMIT %(depth)s)"
+    ).format(vector=vector, where=where, order=order)
     if depth is None:
         statement = nearest + sql.SQL(
             " SELECT id, path, 1 - distance AS score, image_date, 0, 0 FROM nearest"
@@ -112,11 +122,19 @@ def _nearest_query(
         q=HalfVector(query),
         model_id=collection.model_id,
         collection_id=collection.id,
-        depth=limit + offset if depth is None else depth,
+        depth=read,
         limit=limit,
         offset=offset,
     )
     return statement, params
+
+
+def effective_ef_search(collection: Collection, ef_search: int | None) -> int | None:
+    """With a binary index, the scan must keep at least `rerank` candidates (pgvector's ef_search caps what one
+    scan returns; its maximum is 1000)."""
+    if collection.rerank is None:
+        return ef_search
+    return min(max(ef_search or 0, collection.rerank), 1000)
 
 
 # Collapsing duplicates reads this many times the page's depth first, and four times more while groups leave the
@@ -171,6 +189,7 @@ class SearchStore(StoreBase):
             # scan keeps reading the index until enough rows pass, up to max_scan_tuples.
             self.conn.execute("SELECT set_config('hnsw.iterative_scan', 'relaxed_order', true)")
             self.conn.execute("SELECT set_config('hnsw.max_scan_tuples', %s, true)", (str(MAX_SCAN_TUPLES),))
+            ef_search = effective_ef_search(collection, ef_search)
             if ef_search is not None:
                 self.conn.execute("SELECT set_config('hnsw.ef_search', %s, true)", (str(ef_search),))
             # Not prepared: after five runs PostgreSQL may switch a prepared statement to a generic plan, chosen
