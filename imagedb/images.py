@@ -222,6 +222,8 @@ def outside(path: Path, roots: Sequence[Path]) -> str | None:
         target = path.resolve(strict=True)
     except (OSError, RuntimeError):
         return None  # dangling or looping: read_regular_file says why
+    if not target.is_file():
+        return None  # a device, FIFO or folder: read_regular_file names it
     if any(target == root or target.is_relative_to(root) for root in roots):
         return None
     return "a symbolic link to a file outside the folders given: skipped (give that folder too to ingest it)"
