@@ -157,7 +157,13 @@ def _run_client(name: str, args: list[str]) -> None:
 
 
 def dump(url: str, file: Path) -> None:
-    """Write the whole database to `file` in pg_dump's custom format."""
+    """Write the whole database to `file` in pg_dump's custom format, readable by its owner only: a dump holds
+    everything, the paths, thumbnails and the key of the DICOM UID hashes included."""
+    try:
+        os.close(os.open(file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))  # pg_dump keeps the mode
+        os.chmod(file, 0o600)  # also when the file was there before
+    except OSError as exc:
+        raise NotFound(f"cannot write the dump to {file}: {exc.strerror or exc}") from exc
     _run_client("pg_dump", ["--format=custom", f"--file={file}", f"--dbname={url}"])
 
 

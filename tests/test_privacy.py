@@ -109,6 +109,7 @@ def test_dump_and_restore_round_trip(
     before = [r.image_id for r in search(store, parse([rocket]), limit=12)]
     backup = tmp_path / "backup.dump"
     db.dump(database_url, backup)
+    assert backup.stat().st_mode & 0o777 == 0o600  # it holds everything: its owner's alone
     forget(store, "default", ["rocket.jpg"])
     store.close()
     db.restore(database_url, backup)
