@@ -58,6 +58,7 @@ class IngestSummary:
     skipped: int = 0  # unchanged since the last run (same path, size and mtime)
     failed: int = 0
     seconds: float = 0.0
+    embedding_seconds: float = 0.0  # decoding, embedding and storing alone: no model load, no walk, no index build
     errors: list[tuple[str, str]] = field(default_factory=list)
     metadata_matched: int = 0  # rows of the --metadata file attached to images
     metadata_unmatched: list[str] = field(default_factory=list)  # their keys, for rows that matched no image
@@ -124,11 +125,13 @@ def ingest(
             progress.phase(EMBEDDING, len(todo))
             roots = tuple(Path(p).expanduser().resolve() for p in paths)
             options = _DecodeOptions(keep_gps, keep_identifying, models.input_side(), dicom, roots)
+            embedding_started = time.perf_counter()
             with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
                 for prepared in _prefetched(pool, todo, batch_size, models, options):
                     _store_batch(store, target, summary, prepared, models)
                     progress.advance(len({path for path, *_ in prepared}))  # files, not frames
                     models.refresh()
+            summary.embedding_seconds = time.perf_counter() - embedding_started
     finally:
         if not (store.conn.closed or store.conn.broken):  # else the database went away: the next run builds it
             if index_definition is not None:

@@ -208,7 +208,8 @@ def ingest(
             " no image" + "".join(f"\n  unmatched: {printable(key)}" for key in summary.metadata_unmatched[:20])
         )
     stored = summary.added + summary.reused
-    rate = f" ({stored / summary.seconds:.1f} images/s)" if stored and summary.seconds else ""
+    # The rate of the embedding phase: over the whole run a first model load (seconds) would swamp it.
+    rate = f" ({stored / summary.embedding_seconds:.1f} images/s)" if stored and summary.embedding_seconds else ""
     click.echo(
         f"{summary.collection}: added {summary.added}, reused {summary.reused}, skipped {summary.skipped} unchanged,"
         f" failed {summary.failed}, watch hits {summary.watch_hits} in {summary.seconds:.1f} s{rate}"
