@@ -271,3 +271,15 @@ def test_cli_malformed_input_exits_2_and_runs_nothing(cli, library: Path, args, 
     result = cli(*args)
     assert result.exit_code == 2, result.output
     assert message in result.output and "Traceback" not in result.output
+
+
+def test_a_date_a_writer_set_to_infinity_does_not_break_searches(store: Store, photos: Path, tiny_model: str) -> None:
+    """Found from outside: `UPDATE images SET taken_at = 'infinity'` (a writer may) made every search reaching
+    that row fail with "timestamp too large"."""
+    ingest(store, [photos], model=ModelSpec.parse(tiny_model))
+    store.conn.execute("UPDATE images SET taken_at = 'infinity' WHERE path LIKE '%/rocket.jpg'")
+    store.conn.execute("UPDATE images SET taken_at = '-infinity' WHERE path LIKE '%/coffee.jpg'")
+    found = search(store, parse(["x"]), limit=12, sort="date")
+    assert len(found) == 12 and Path(found[0].path).name == "rocket.jpg" and Path(found[-1].path).name == "coffee.jpg"
+    after = search(store, parse(["x"]), limit=12, filters=Filters(after=datetime(2000, 1, 1)))
+    assert "coffee.jpg" not in {Path(r.path).name for r in after}

@@ -20,8 +20,12 @@ MAX_SCAN_TUPLES = 100_000
 MAX_CACHED_TEXTS = 100_000
 
 
-# Photos carry the time they were taken; other images fall back to the file's time (in UTC).
-_IMAGE_DATE = "COALESCE(i.taken_at, i.mtime AT TIME ZONE 'UTC')"
+# Photos carry the time they were taken; other images fall back to the file's time (in UTC). Kept within the years
+# Python can hold: a writer who stored 'infinity' made every search that reached that row fail.
+_IMAGE_DATE = (
+    "LEAST(GREATEST(COALESCE(i.taken_at, i.mtime AT TIME ZONE 'UTC'),"
+    " '0001-01-01'::timestamp), '9999-12-31'::timestamp)"
+)
 
 
 def _like_escape(text: str) -> str:
