@@ -207,3 +207,29 @@ def drop(store: Store, spec: ModelSpec, collection: str) -> DropSummary:
         deleted, unused = store.release_model(target.id, record.id)
     dropped = store.drop_unused_model(record.id) if unused else False
     return DropSummary(target.name, str(spec), deleted, dropped)
+
+
+def move(store: Store, spec: ModelSpec, new_checkpoint: Path) -> ModelSpec:
+    """Point a registered model at its checkpoint's new place: the same weights (the SHA-256 recorded at
+    registration), so every vector stays valid. A different file is a different model: `models add` it."""
+    record = store.model_record(spec.name, spec.pretrained)
+    if record is None:
+        raise InvalidInput(f"no model {spec} is registered (`imagedb models list` shows them)")
+    if spec.checkpoint is None:
+        raise InvalidInput(f"{spec} names no checkpoint file: only a local checkpoint can move")
+    moved = ModelSpec.parse(f"{spec.name}:{new_checkpoint}")
+    if moved.checkpoint is None or not moved.checkpoint.is_file():
+        raise InvalidInput(f"no checkpoint file at {new_checkpoint}")
+    if record.checkpoint_sha256 is None:
+        raise InvalidInput(
+            f"model {spec} was registered before imagedb recorded checkpoints' SHA-256, so nothing proves"
+            f" {new_checkpoint} holds the same weights: `imagedb models add` it as a new model instead"
+        )
+    digest, _ = provenance.file_digest(moved.checkpoint)
+    if digest != record.checkpoint_sha256:
+        raise InvalidInput(
+            f"{new_checkpoint} is not the checkpoint of {spec} (SHA-256 {digest[:12]}…, registered"
+            f" {record.checkpoint_sha256[:12]}…): a different file is a different model, `imagedb models add` it"
+        )
+    store.move_model(record.id, moved.pretrained)
+    return moved

@@ -459,3 +459,31 @@ def test_a_model_registered_before_provenance_gets_it_on_next_use(
     row = store.conn.execute("SELECT checkpoint_sha256, open_clip_version, preprocess FROM embedding_models").fetchone()
     assert row[0] == hashlib.sha256(Path(tiny_model.split(":", 1)[1]).read_bytes()).hexdigest()
     assert row[1] and row[2]["size"] == [64, 64]
+
+
+def test_a_moved_checkpoint_is_followed_by_its_sha256(database_url: str, tmp_path: Path, model_b: str) -> None:
+    """Found from outside: after a checkpoint was moved, the collection could neither use it (not found) nor
+    name its new place (another model). `models move` records the new path when the file is the same."""
+    from tiny_model import make_tiny_model
+
+    own = make_tiny_model(tmp_path / "before", seed=5)  # a model of this test's own, to move about
+    photos = _folder(tmp_path / "photos", 4, seed=9)
+    assert _cli(database_url, "ingest", str(photos), "-c", "m", "--model", own).exit_code == 0
+    old = Path(own.split(":", 1)[1])
+    (tmp_path / "after").mkdir()
+    for file in old.parent.iterdir():  # the checkpoint and the NAME.json of its architecture
+        file.rename(tmp_path / "after" / file.name)
+    new = tmp_path / "after" / old.name
+    (photos / "more.png").write_bytes((photos / "img_9_000.png").read_bytes()[:-1] + b"\0")
+    stuck = _cli(database_url, "ingest", str(photos), "-c", "m")
+    assert stuck.exit_code == 1 and "not found" in stuck.output
+
+    other = Path(model_b.split(":", 1)[1])
+    refused = _cli(database_url, "models", "move", own, str(other))
+    assert refused.exit_code == 2 and "a different file is a different model" in refused.output
+    moved = _cli(database_url, "models", "move", own, str(new))
+    assert moved.exit_code == 0, moved.output
+    again = _cli(database_url, "ingest", str(photos), "-c", "m")
+    assert again.exit_code == 0 and "failed 0" in again.output, again.output
+    found = _cli(database_url, "search", "x", "-c", "m", "--json")
+    assert found.exit_code == 0 and len(found.output.splitlines()) == 5

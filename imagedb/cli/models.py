@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import click
 
@@ -93,6 +94,19 @@ def add(ctx: click.Context, spec: str, collection: str, batch_size: int, allow_r
             f"not every image has a vector of {model} yet: run `imagedb models add {model} -c {collection}` again"
         )
     click.echo(f"ready: switch with imagedb models use {model} -c {escape(collection)}")
+
+
+@models.command()
+@click.argument("spec")
+@click.argument("new_checkpoint", type=click.Path(dir_okay=False, path_type=Path))
+@click.pass_context
+def move(ctx: click.Context, spec: str, new_checkpoint: Path) -> None:
+    """Point model SPEC at its checkpoint's new place (the same file, by its recorded SHA-256)."""
+    from imagedb.models_admin import move as run_move
+
+    with open_store(ctx) as store:
+        moved = run_move(store, _spec(spec), new_checkpoint)
+    click.echo(f"model {escape(str(_spec(spec)))} now reads {escape(str(moved.checkpoint))}")
 
 
 @models.command()

@@ -148,6 +148,10 @@ class ModelsStore(StoreBase):
         ).fetchone()
         return ModelRecord(*row) if row else None
 
+    def move_model(self, model_id: int, pretrained: str) -> None:
+        """A model's checkpoint moved (the caller checked it is the same file): record its new path."""
+        self.conn.execute("UPDATE embedding_models SET pretrained = %s WHERE id = %s", (pretrained, model_id))
+
     def model_records(self) -> list[ModelRecord]:
         rows = self.conn.execute(f"SELECT {_MODEL_COLUMNS} FROM embedding_models m ORDER BY m.id").fetchall()
         return [ModelRecord(*r) for r in rows]
