@@ -155,8 +155,13 @@ class SameOriginOnly:
         site = (_header(scope, b"sec-fetch-site") or "").strip().lower()
         origin = (_header(scope, b"origin") or "").strip()
         host = (_header(scope, b"host") or "").strip().lower()
-        foreign_origin = bool(origin) and (origin == "null" or origin.lower().split("://", 1)[-1] != host)
-        if site == "cross-site" or foreign_origin:
+        if site in ("same-origin", "none"):  # the browser's own word (typed, bookmarked, or this page): trusted
+            foreign = False  # even behind a proxy that rewrites Host, where Origin would not match it
+        elif site:  # "cross-site", or "same-site": a page on another port of this machine is another site too
+            foreign = True
+        else:  # a browser too old to say: compare its Origin, when it sends one, with the Host it asked for
+            foreign = bool(origin) and (origin == "null" or origin.lower().split("://", 1)[-1] != host)
+        if foreign:
             return await send_json(
                 send, 403, "requests from other web sites are refused: open imagedb's own page, or use a program"
             )
