@@ -62,3 +62,15 @@ def test_malformed_queries(tokens: list[str], message: str) -> None:
 def test_unbalanced_quotes() -> None:
     with pytest.raises(InvalidInput, match="cannot read the query"):
         parse_string('"red dress')
+
+
+def test_a_bare_word_is_text_whatever_files_are_here(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Found from outside: a file named `sunset` in the current folder turned `imagedb search sunset` into an image
+    search. Only a term that looks like an image path is tried as a file."""
+    from imagedb.query import parse
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "sunset").write_bytes(b"not a picture")
+    (tmp_path / "dog").write_bytes(b"")
+    assert [(t.kind, t.value) for t in parse(["sunset"])] == [("text", "sunset")]
+    assert [(t.kind, t.value) for t in parse(["beach", "+", "dog"])] == [("text", "beach"), ("text", "dog")]
