@@ -275,3 +275,32 @@ def test_cli_api_and_sql_return_the_same_ids_in_the_same_order(
         ]
         assert by_cli == by_api == by_sql == by_query, image_id
         assert image_id not in by_cli and len(by_cli) == 6
+
+
+def test_two_redraws_of_one_sample_at_once_do_not_collide(store: Store, database_url: str) -> None:
+    """Found by the concurrent-ingest test in CI: two ingests of one collection finishing together both redrew the
+    sample, and one failed on relevance_samples' primary key."""
+    import threading
+
+    from imagedb import db
+
+    collection = fill_synthetic(store, 2000)
+    errors: list[BaseException] = []
+
+    def redraw() -> None:
+        other = Store(db.open_connection(database_url))
+        try:
+            for _ in range(15):
+                other.draw_relevance_sample(collection, 500)
+        except BaseException as exc:  # noqa: BLE001 - any failure is the finding
+            errors.append(exc)
+        finally:
+            other.close()
+
+    threads = [threading.Thread(target=redraw) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert errors == []
+    assert store.conn.execute("SELECT count(*) FROM relevance_samples").fetchone()[0] == 500

@@ -12,6 +12,9 @@ from psycopg import sql
 from imagedb.store.base import StoreBase
 from imagedb.store.records import Collection
 
+# Advisory lock class for redrawing a relevance sample; the second key is the collection.
+_SAMPLE_LOCK = 0x1A6F
+
 
 class TuningStore(StoreBase):
     def collection_size(self, collection: Collection) -> int:
@@ -36,6 +39,9 @@ class TuningStore(StoreBase):
         """Replace the collection's relevance sample by `size` images drawn at random; returns the collection's
         size, recorded with the sample (relevance.py redraws it once the collection has grown)."""
         with self.conn.transaction():
+            # Two ingests of one collection finishing together both redraw: one at a time, or the second's
+            # DELETE misses the first's new rows and its INSERT hits them (found by the concurrent-ingest test).
+            self.conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (_SAMPLE_LOCK, collection.id))
             self.conn.execute(
                 "DELETE FROM relevance_samples WHERE collection_id = %s AND model_id = %s",
                 (collection.id, collection.model_id),
@@ -43,7 +49,7 @@ class TuningStore(StoreBase):
             self.conn.execute(
                 "INSERT INTO relevance_samples (collection_id, model_id, image_id)"
                 " SELECT %(c)s, %(m)s, i.id FROM images i JOIN embeddings e ON e.image_id = i.id AND e.model_id = %(m)s"
-                " WHERE i.collection_id = %(c)s ORDER BY random() LIMIT %(n)s",
+                " WHERE i.collection_id = %(c)s ORDER BY random() LIMIT %(n)s ON CONFLICT DO NOTHING",
                 {"c": collection.id, "m": collection.model_id, "n": size},
             )
             count = self.collection_size(collection)
