@@ -19,10 +19,12 @@ the slowest of model, decode and store bounds the end-to-end rate.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -40,18 +42,30 @@ from imagedb.store import Store
 PHOTOS = ["astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "immunohistochemistry", "retina"]
 
 
-def _images(folder: Path, count: int) -> list[Path]:
-    rng = np.random.default_rng(0)
-    sources = [Image.fromarray(getattr(skimage.data, n)()).convert("RGB") for n in PHOTOS]
+def _photo(args: tuple[int, Path]) -> bytes:
+    """One camera-like JPEG: a scikit-image photograph resized to 1600-2400 x 1200-1800, turned, tinted."""
+    i, folder = args
+    rng = np.random.default_rng(i)
+    image = Image.fromarray(getattr(skimage.data, PHOTOS[i % len(PHOTOS)])()).convert("RGB")
+    size = (int(rng.integers(1600, 2400)), int(rng.integers(1200, 1800)))
+    big = image.resize(size).rotate(float(rng.uniform(-3, 3)))
+    tint = Image.new("RGB", size, tuple(int(v) for v in rng.integers(0, 40, 3)))
+    out = io.BytesIO()
+    Image.blend(big, tint, 0.1).save(out, format="JPEG", quality=90)
+    return out.getvalue()
+
+
+def _images(folder: Path, count: int, unique: int | None = None) -> list[Path]:
+    """`count` different files: `unique` photographs made in parallel, the rest copies of them with a few bytes
+    after the JPEG's end marker (decoders ignore them, the SHA-256 differs, so no vector is reused) - the same
+    decoding work as distinct photos, without minutes of making thousands of them."""
+    unique = min(count, unique or count)
+    with ProcessPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        photos = list(pool.map(_photo, [(i, folder) for i in range(unique)]))
     paths = []
     for i in range(count):
-        image = sources[i % len(sources)]
-        # Camera-like sizes, each file different content (shifted crop, tint) so nothing is deduplicated.
-        size = (int(rng.integers(1600, 2400)), int(rng.integers(1200, 1800)))
-        big = image.resize(size).rotate(float(rng.uniform(-3, 3)))
-        tint = Image.new("RGB", size, tuple(int(v) for v in rng.integers(0, 40, 3)))
-        path = folder / f"photo_{i:04d}.jpg"
-        Image.blend(big, tint, 0.1).save(path, quality=90)
+        path = folder / f"photo_{i:05d}.jpg"
+        path.write_bytes(photos[i % unique] + (b"" if i < unique else i.to_bytes(8, "little")))
         paths.append(path)
     return paths
 
@@ -70,12 +84,16 @@ def _checkpoint(folder: Path) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--images", type=int, default=96)
+    parser.add_argument("--unique", type=int, default=None, help="distinct photographs among them (default: all)")
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--naive-images", type=int, default=None, help="files the naive loop takes (default: all)")
     parser.add_argument("--breakdown", action="store_true", help="also time decoding and storing alone")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="imagedb-ingest-bench-"))
     (work / "photos").mkdir()
-    files = _images(work / "photos", args.images)
+    started = time.perf_counter()
+    files = _images(work / "photos", args.images, args.unique)
+    print(f"{len(files)} files made in {time.perf_counter() - started:.1f} s", flush=True)
     spec = ModelSpec.parse(_checkpoint(work))
     embedder = embed.load(spec)
     store = Store(db.open_connection(None, work / "home"))
@@ -83,16 +101,17 @@ def main() -> None:
     # Warm-up: first calls allocate and pick kernels.
     embedder.encode_images([embedder.preprocess(Image.open(files[0]).convert("RGB"))] * 2)
 
-    tensors = [embedder.preprocess(Image.open(f).convert("RGB")) for f in files]
-    started = time.perf_counter()
-    for i in range(0, len(tensors), args.batch_size):
-        embedder.encode_images(tensors[i : i + args.batch_size])
-    model_only = len(files) / (time.perf_counter() - started)
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        tensors = list(pool.map(lambda f: embedder.preprocess(Image.open(f).convert("RGB")), files))
+    model_only = _model_only(embedder, tensors, args.batch_size)
+    modes = _cuda_modes(embedder, tensors, args.batch_size) if str(embedder.device) == "cuda" else {}
+    del tensors
 
     started = time.perf_counter()
     summary = ingest(store, [work / "photos"], model=spec, batch_size=args.batch_size)
     end_to_end = summary.added / (time.perf_counter() - started)
     assert summary.added == len(files), summary
+    print(f"ingest: {summary.added} images, {end_to_end:,.1f} images/s", flush=True)
 
     conn = psycopg.connect(db.resolve_url(None, work / "home"))
     conn.execute("CREATE TABLE naive (path text, embedding halfvec(512))")
@@ -100,13 +119,14 @@ def main() -> None:
     from pgvector.psycopg import register_vector
 
     register_vector(conn)
+    naive_files = files[: args.naive_images or len(files)]
     started = time.perf_counter()
-    for f in files:
+    for f in naive_files:
         with Image.open(f) as image:
             vector = embedder.encode_images([embedder.preprocess(image.convert("RGB"))])[0]
         conn.execute("INSERT INTO naive VALUES (%s, %s)", (str(f), HalfVector(vector)))
         conn.commit()
-    naive = len(files) / (time.perf_counter() - started)
+    naive = len(naive_files) / (time.perf_counter() - started)
     conn.close()
     stages = _breakdown(store, embedder, files, args.batch_size) if args.breakdown else {}
     store.close()
@@ -119,10 +139,13 @@ def main() -> None:
         "model_only_images_per_s": model_only,
         "ingest_images_per_s": end_to_end,
         "naive_images_per_s": naive,
+        "naive_images": len(naive_files),
         "ingest_vs_model_only": end_to_end / model_only,
         "ingest_vs_naive": end_to_end / naive,
         "device": str(embedder.device),
+        "numeric_mode": embedder.numeric_mode,
         **stages,
+        **({"cuda_modes": modes} if modes else {}),
     }
     print(f"{'model only':>12}  {'imagedb ingest':>14}  {'naive loop':>10}  {'ingest/model':>12}  {'ingest/naive':>12}")
     print(
@@ -131,13 +154,71 @@ def main() -> None:
     )
     for name, rate in stages.items():
         print(f"  {name}: {rate:,.1f}")
+    for name, mode in modes.items():
+        print(f"  model only, {name}: {mode['images_per_s']:,.1f} i/s, min cosine to fp32 {mode['min_cosine']:.6f}")
     name = "ingest.json" if str(embedder.device) == "cpu" else f"ingest_{embedder.device}.json"
     (RESULTS / name).write_text(json.dumps(rows, indent=1))
 
 
+def _model_only(embedder: embed.Embedder, tensors: list[object], batch_size: int) -> float:
+    started = time.perf_counter()
+    for i in range(0, len(tensors), batch_size):
+        embedder.encode_images(tensors[i : i + batch_size])
+    return len(tensors) / (time.perf_counter() - started)
+
+
+def _cuda_modes(embedder: embed.Embedder, tensors: list[object], batch_size: int) -> dict[str, dict[str, float]]:
+    """The image tower on a GPU in fp32, TF32 matrix products, and bfloat16 / float16 autocast: images/s and the
+    least cosine of each mode's vectors to fp32's (the modes a default could switch to if the gap is tiny)."""
+    import torch
+
+    model = embedder._model  # noqa: SLF001 - a benchmark of the tower itself
+    batches = [torch.stack(tensors[i : i + batch_size]).cuda() for i in range(0, len(tensors), batch_size)]
+
+    def run(dtype: object, tf32: bool) -> tuple[float, np.ndarray]:
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+        torch.backends.cudnn.allow_tf32 = tf32
+        out = []
+        with torch.inference_mode(), torch.autocast("cuda", dtype=dtype, enabled=dtype is not None):
+            model.encode_image(batches[0])  # warm-up
+            torch.cuda.synchronize()
+            started = time.perf_counter()
+            for b in batches:
+                out.append(model.encode_image(b).float())
+            torch.cuda.synchronize()
+            rate = len(tensors) / (time.perf_counter() - started)
+        vectors = torch.nn.functional.normalize(torch.cat(out), dim=-1).cpu().numpy()
+        return rate, vectors
+
+    reference_rate, reference = run(None, False)
+    result = {"fp32": {"images_per_s": reference_rate, "min_cosine": 1.0}}
+    for name, dtype, tf32 in [("tf32", None, True), ("bf16 autocast", torch.bfloat16, False),
+                              ("fp16 autocast", torch.float16, False)]:  # fmt: skip
+        rate, vectors = run(dtype, tf32)
+        result[name] = {"images_per_s": rate, "min_cosine": float(np.min(np.sum(vectors * reference, axis=1)))}
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    return result
+
+
+_PREPROCESS: object = None  # the embedder's preprocessing, inherited by the forked decode processes
+
+
+def _prepare(path: Path) -> tuple[int, ...]:
+    from imagedb.images import decode
+
+    decoded = decode(path, keep_gps=False, keep_identifying=False, min_side=224)
+    tensor = _PREPROCESS(decoded.pixels)  # type: ignore[operator]
+    return tuple(tensor.shape)
+
+
+def _single_torch_thread() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
 def _breakdown(store: Store, embedder: embed.Embedder, files: list[Path], batch_size: int) -> dict[str, float]:
     """Each stage of the pipeline alone: decoding in the ingest's pool, and storing ready vectors."""
-    from concurrent.futures import ThreadPoolExecutor
     from datetime import datetime, timezone
 
     from imagedb.images import decode
@@ -147,10 +228,26 @@ def _breakdown(store: Store, embedder: embed.Embedder, files: list[Path], batch_
         decoded = decode(path, keep_gps=False, keep_identifying=False, min_side=224)
         return embedder.preprocess(decoded.pixels)
 
+    threads = os.cpu_count() or 1
     started = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+    with ThreadPoolExecutor(max_workers=threads) as pool:
         list(pool.map(prepare, files))
     decode_rate = len(files) / (time.perf_counter() - started)
+    one = files[: max(8, len(files) // threads)]
+    started = time.perf_counter()
+    for path in one:
+        prepare(path)
+    one_thread = len(one) / (time.perf_counter() - started)
+    # The same work in processes (one torch thread each): whether the threads are held back by the GIL.
+    global _PREPROCESS
+    _PREPROCESS = embedder.preprocess
+    import multiprocessing
+
+    with ProcessPoolExecutor(threads, multiprocessing.get_context("fork"), initializer=_single_torch_thread) as pool:
+        list(pool.map(_prepare, files[:threads]))  # started and warm
+        started = time.perf_counter()
+        list(pool.map(_prepare, files, chunksize=4))
+        process_rate = len(files) / (time.perf_counter() - started)
     model_id = store.ensure_model("breakdown", "", 512)
     collection = store.create_collection("breakdown", model_id)
     run_id = store.start_run(collection.id)
@@ -184,7 +281,9 @@ def _breakdown(store: Store, embedder: embed.Embedder, files: list[Path], batch_
     store_rate = count / (time.perf_counter() - started)
     return {
         "decode_pool_images_per_s": decode_rate,
-        "decode_threads": float(os.cpu_count() or 1),
+        "decode_one_thread_images_per_s": one_thread,
+        "decode_processes_images_per_s": process_rate,
+        "decode_threads": float(threads),
         "store_rows_per_s_indexed": store_rate,
     }
 

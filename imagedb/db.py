@@ -18,10 +18,8 @@ from imagedb.errors import DatabaseUnavailable, ImagedbError, InvalidInput, NotF
 EMBEDDED_DBNAME = "imagedb"
 HNSW_INDEX_PREFIX = "embeddings_hnsw_"
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
-if not MIGRATIONS_DIR.is_dir():  # an editable install maps imagedb.migrations to the checkout's migrations/
-    import imagedb.migrations
-
-    MIGRATIONS_DIR = Path(imagedb.migrations.__file__).resolve().parent
+if not MIGRATIONS_DIR.is_dir():  # a checkout (installed editable or on PYTHONPATH): migrations/ sits beside imagedb/
+    MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 
 
 def _pgserver():  # type: ignore[no-untyped-def]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -67,6 +68,7 @@ class IngestSummary:
 
 # From this many new images on (and more than are indexed already), the HNSW index is built after the load.
 BULK_THRESHOLD = 5000
+PREFETCH_BATCHES = 2
 
 # What a decode worker hands back: the path (printable), the record and its input per model id, or the reason it
 # failed. No pixels: a batch waiting to be embedded holds only thumbnails and model-sized tensors.
@@ -230,12 +232,16 @@ def _prefetched(
         except Exception as exc:  # a bug or an exotic file must not end the run; keep the reason
             return [(shown, None, None, readable(f"unexpected error: {type(exc).__name__}: {exc}"))]
 
-    batches = [files[i : i + batch_size] for i in range(0, len(files), batch_size)]
-    pending: list[Future[list[_Prepared]]] = [pool.submit(prepare, p, models.current()) for p in batches[0]]
-    for following in [*batches[1:], None]:
-        current = [item for f in pending for item in f.result()]
-        pending = [pool.submit(prepare, p, models.current()) for p in following] if following else []
-        yield current
+    # Two batches queued ahead: the pool never drains while the caller embeds and stores (with one, its threads
+    # idled through each batch's last few files).
+    batches = iter([files[i : i + batch_size] for i in range(0, len(files), batch_size)])
+    pending: deque[list[Future[list[_Prepared]]]] = deque()
+    while True:
+        while len(pending) < PREFETCH_BATCHES and (following := next(batches, None)):
+            pending.append([pool.submit(prepare, p, models.current()) for p in following])
+        if not pending:
+            return
+        yield [item for f in pending.popleft() for item in f.result()]
 
 
 def _store_batch(
