@@ -48,4 +48,4 @@ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
 echo "cpus: $(nproc), $(grep -m1 "model name" /proc/cpuinfo | cut -d: -f2)"
 python3 -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print('torch', torch.__version__)"
 cd bench
-python3 ingest_bench.py --images "$IMAGES" --unique 512 --batch-size "$BATCH" --naive-images 256 --breakdown | tee "$IMAGEDB_BENCH_RESULTS/ingest_gpu.txt"
+python3 ingest_bench.py --images "$IMAGES" --unique 512 --batch-size "$BATCH" --naive-images 256 --incremental 4096 --breakdown | tee "$IMAGEDB_BENCH_RESULTS/ingest_gpu.txt"

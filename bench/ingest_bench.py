@@ -87,6 +87,9 @@ def main() -> None:
     parser.add_argument("--unique", type=int, default=None, help="distinct photographs among them (default: all)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--naive-images", type=int, default=None, help="files the naive loop takes (default: all)")
+    parser.add_argument(
+        "--incremental", type=int, default=0, help="then this many more files into the indexed collection"
+    )
     parser.add_argument("--breakdown", action="store_true", help="also time decoding and storing alone")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="imagedb-ingest-bench-"))
@@ -112,6 +115,18 @@ def main() -> None:
     end_to_end = summary.added / (time.perf_counter() - started)
     assert summary.added == len(files), summary
     print(f"ingest: {summary.added} images, {end_to_end:,.1f} images/s", flush=True)
+    incremental = {}
+    if args.incremental:  # below the bulk threshold, into the index the first ingest built: HNSW inserts
+        (work / "more").mkdir()
+        more = work / "more"
+        for i, path in enumerate(files[: args.incremental]):
+            (more / path.name).write_bytes(path.read_bytes() + b"more" + i.to_bytes(8, "little"))
+        started = time.perf_counter()
+        summary = ingest(store, [more], model=spec, batch_size=args.batch_size)
+        rate = summary.added / (time.perf_counter() - started)
+        assert summary.added == args.incremental, summary
+        incremental = {"incremental_images": args.incremental, "incremental_images_per_s": rate}
+        print(f"incremental ingest into the index: {summary.added} images, {rate:,.1f} images/s", flush=True)
 
     conn = psycopg.connect(db.resolve_url(None, work / "home"))
     conn.execute("CREATE TABLE naive (path text, embedding halfvec(512))")
@@ -138,6 +153,7 @@ def main() -> None:
         "threads": os.cpu_count(),
         "model_only_images_per_s": model_only,
         "ingest_images_per_s": end_to_end,
+        **incremental,
         "naive_images_per_s": naive,
         "naive_images": len(naive_files),
         "ingest_vs_model_only": end_to_end / model_only,
@@ -221,7 +237,10 @@ def _breakdown(store: Store, embedder: embed.Embedder, files: list[Path], batch_
     """Each stage of the pipeline alone: decoding in the ingest's pool, and storing ready vectors."""
     from datetime import datetime, timezone
 
+    from scale_bench import _data
+
     from imagedb.images import decode
+    from imagedb.ingest import WRITERS, BatchWriters, _Embedded
     from imagedb.store import ImageRecord
 
     def prepare(path: Path) -> object:
@@ -248,43 +267,50 @@ def _breakdown(store: Store, embedder: embed.Embedder, files: list[Path], batch_
         started = time.perf_counter()
         list(pool.map(_prepare, files, chunksize=4))
         process_rate = len(files) / (time.perf_counter() - started)
-    model_id = store.ensure_model("breakdown", "", 512)
-    collection = store.create_collection("breakdown", model_id)
-    run_id = store.start_run(collection.id)
-    rng = np.random.default_rng(1)
-    now = datetime.now(timezone.utc)
+    # Clustered unit vectors, like CLIP's (random ones are the worst case of HNSW inserts), into a model whose
+    # index exists, one connection after the other and then with ingest's writers.
     count = max(len(files), 4 * batch_size)
-    vectors = rng.standard_normal((count, 512)).astype(np.float32)
-    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    started = time.perf_counter()
-    for start in range(0, count, batch_size):
-        records = [
-            ImageRecord(
-                path=f"/b/{i}.jpg",
-                sha256=f"{i:064x}",
-                size_bytes=1,
-                mtime=now,
-                width=1,
-                height=1,
-                format="JPEG",
-                taken_at=None,
-                camera_make=None,
-                camera_model=None,
-                orientation=None,
-                exif={},
-                thumbnail=b"x" * 8000,
-                thumbnail_size=(1, 1),
-            )  # fmt: skip
-            for i in range(start, min(start + batch_size, count))
-        ]
-        store.write_batch(collection.id, model_id, run_id, records, list(vectors[start : start + batch_size]), [])
-    store_rate = count / (time.perf_counter() - started)
+    vectors = _data(count, 0.6, np.random.default_rng(1))[0]
+    now = datetime.now(timezone.utc)
+    rates = {}
+    for writers in (1, WRITERS):
+        model_id = store.ensure_model(f"breakdown-{writers}", "", 512)
+        collection = store.create_collection(f"breakdown-{writers}", model_id)
+        run_id = store.start_run(collection.id)
+        started = time.perf_counter()
+        with BatchWriters(store, writers) as pool:
+            for start in range(0, count, batch_size):
+                records = [
+                    ImageRecord(
+                        path=f"/b/{i}.jpg",
+                        sha256=f"{i:064x}",
+                        size_bytes=1,
+                        mtime=now,
+                        width=1,
+                        height=1,
+                        format="JPEG",
+                        taken_at=None,
+                        camera_make=None,
+                        camera_model=None,
+                        orientation=None,
+                        exif={},
+                        thumbnail=b"x" * 8000,
+                        thumbnail_size=(1, 1),
+                    )  # fmt: skip
+                    for i in range(start, min(start + batch_size, count))
+                ]
+                batch = _Embedded(records, list(vectors[start : start + batch_size]), {}, [], set(), len(records))
+                pool.submit(collection, run_id, batch)
+            pool.drain()
+        rates[writers] = count / (time.perf_counter() - started)
     return {
         "decode_pool_images_per_s": decode_rate,
         "decode_one_thread_images_per_s": one_thread,
         "decode_processes_images_per_s": process_rate,
         "decode_threads": float(threads),
-        "store_rows_per_s_indexed": store_rate,
+        "store_rows_per_s_indexed": rates[1],
+        "store_writers": float(WRITERS),
+        "store_rows_per_s_indexed_writers": rates[WRITERS],
     }
 
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
+import queue
+import signal
 import time
 from collections import deque
 from collections.abc import Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -18,9 +21,10 @@ from imagedb import provenance, relevance
 from imagedb.attributes import read_rows
 from imagedb.config import DEFAULT_COLLECTION
 from imagedb.dicom import DicomOptions
-from imagedb.embed import Embedder, ModelSpec
+from imagedb.embed import Embedder, ModelSpec, Preprocess
 from imagedb.images import BadImage, decode, file_mtime, find_images, outside, readable
 from imagedb.store import Collection, ImageRecord, Store
+from imagedb.store.images import BatchWritten
 from imagedb.store.records import ModelRecord
 
 # The phases of a run, in order, as Progress.phase names them. Scanning counts files found (no total known);
@@ -69,6 +73,17 @@ class IngestSummary:
 # From this many new images on (and more than are indexed already), the HNSW index is built after the load.
 BULK_THRESHOLD = 5000
 PREFETCH_BATCHES = 2
+# Decoding holds Python's GIL for about a sixth of its time (EXIF, the Python layers of Pillow and torchvision), so
+# threads stop gaining at about five cores: on 16 cores, 16 threads decoded 246 camera JPEGs/s and 16 processes 713
+# (bench/results/ingest_cuda.json). Processes take a second or two to start, so only many cores and many files
+# get them. IMAGEDB_DECODE=threads or =processes overrides the choice.
+DECODE_ENV = "IMAGEDB_DECODE"
+PROCESS_DECODE_CORES = 8
+PROCESS_DECODE_FILES = 512
+# Batches stored at once, each on its own connection: HNSW inserts take nearly all of a batch's write time and
+# pgvector runs them in parallel across backends (bench/insert_bench.py). At least two, so storing one batch
+# overlaps embedding the next.
+WRITERS = min(4, max(2, (os.cpu_count() or 1) // 4))
 
 # What a decode worker hands back: the path (printable), the record and its input per model id, or the reason it
 # failed. No pixels: a batch waiting to be embedded holds only thumbnails and model-sized tensors.
@@ -128,11 +143,16 @@ def ingest(
             roots = tuple(Path(p).expanduser().resolve() for p in paths)
             options = _DecodeOptions(keep_gps, keep_identifying, models.input_side(), dicom, roots)
             embedding_started = time.perf_counter()
-            with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+            with _decode_pool(len(todo)) as pool, BatchWriters(store, WRITERS) as writers:
                 for prepared in _prefetched(pool, todo, batch_size, models, options):
-                    _store_batch(store, target, summary, prepared, models)
-                    progress.advance(len({path for path, *_ in prepared}))  # files, not frames
+                    embedded = _embed(store, target, prepared, models)
+                    for done, written in writers.submit(target, summary.run_id, embedded):
+                        _account(summary, done, written)
+                        progress.advance(done.files)
                     models.refresh()
+                for done, written in writers.drain():
+                    _account(summary, done, written)
+                    progress.advance(done.files)
             summary.embedding_seconds = time.perf_counter() - embedding_started
     finally:
         if not (store.conn.closed or store.conn.broken):  # else the database went away: the next run builds it
@@ -204,52 +224,93 @@ def _model_side(embedder: Embedder) -> int:
     return int(max(size) if isinstance(size, (tuple, list)) else size)
 
 
+def _decode_pool(files: int) -> Executor:
+    """Threads, or for many files on many cores processes (see PROCESS_DECODE_CORES)."""
+    cores = os.cpu_count() or 1
+    choice = os.environ.get(DECODE_ENV, "").strip().lower()
+    many = cores >= PROCESS_DECODE_CORES and files >= PROCESS_DECODE_FILES
+    if choice == "processes" or (many and choice != "threads"):
+        # forkserver: workers fork from a clean process that imported the decoders once, never from this one
+        # (its threads, CUDA context and open connections must not be copied into a child).
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload(["imagedb.images", "torchvision.transforms"])
+        return ProcessPoolExecutor(cores, mp_context=context, initializer=_decode_process_started)
+    return ThreadPoolExecutor(max_workers=cores)
+
+
+def _decode_process_started() -> None:
+    import torch
+
+    torch.set_num_threads(1)  # one core each: the pool has as many workers as cores
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it stops the pool
+
+
+def _prepare(
+    path: Path, preprocessors: dict[int, Preprocess], options: _DecodeOptions, to_numpy: bool
+) -> list[_Prepared]:
+    """Decode one file and make each model's input from it; in a decode thread or process. `to_numpy`: inputs
+    as numpy arrays, which a process hands back by value (torch would pass tensors through shared-memory files)."""
+    shown = readable(path)  # a non-UTF-8 name must reach neither the database nor a terminal as surrogates
+    try:
+        if reason := outside(path, options.roots):
+            return [(shown, None, None, reason)]
+        decoded = decode(
+            path,
+            keep_gps=options.keep_gps,
+            keep_identifying=options.keep_identifying,
+            min_side=options.min_side,
+            dicom_options=options.dicom,
+        )
+        # The other frames of a DICOM file stored frame by frame come in the same batch as the file.
+        prepared: list[_Prepared] = []
+        for d in [decoded, *decoded.more]:
+            inputs = {m: p(d.pixels) for m, p in preprocessors.items()}
+            prepared.append((shown, d.record, {m: t.numpy() for m, t in inputs.items()} if to_numpy else inputs, None))
+        return prepared
+    except BadImage as exc:
+        return [(shown, None, None, readable(str(exc)))]
+    except Exception as exc:  # a bug or an exotic file must not end the run; keep the reason
+        return [(shown, None, None, readable(f"unexpected error: {type(exc).__name__}: {exc}"))]
+
+
 def _prefetched(
-    pool: ThreadPoolExecutor, files: list[Path], batch_size: int, models: _Models, options: _DecodeOptions
+    pool: Executor, files: list[Path], batch_size: int, models: _Models, options: _DecodeOptions
 ) -> Iterator[list[_Prepared]]:
-    """Batches of decoded files; the next batch decodes in the pool while the caller embeds this one. Each file
+    """Batches of decoded files; the next batches decode in the pool while the caller embeds this one. Each file
     gets the input of every model held when its batch was submitted (each model has its own preprocessing)."""
+    to_numpy = isinstance(pool, ProcessPoolExecutor)
 
-    def prepare(path: Path, embedders: dict[int, Embedder]) -> list[_Prepared]:
-        shown = readable(path)  # a non-UTF-8 name must reach neither the database nor a terminal as surrogates
-        try:
-            if reason := outside(path, options.roots):
-                return [(shown, None, None, reason)]
-            decoded = decode(
-                path,
-                keep_gps=options.keep_gps,
-                keep_identifying=options.keep_identifying,
-                min_side=options.min_side,
-                dicom_options=options.dicom,
-            )
-            # The other frames of a DICOM file stored frame by frame come in the same batch as the file.
-            return [
-                (shown, d.record, {m: e.preprocess(d.pixels) for m, e in embedders.items()}, None)
-                for d in [decoded, *decoded.more]
-            ]
-        except BadImage as exc:
-            return [(shown, None, None, readable(str(exc)))]
-        except Exception as exc:  # a bug or an exotic file must not end the run; keep the reason
-            return [(shown, None, None, readable(f"unexpected error: {type(exc).__name__}: {exc}"))]
+    def submit(paths: list[Path]) -> list[Future[list[_Prepared]]]:
+        preprocessors = {m: e.preprocessor for m, e in models.current().items()}
+        return [pool.submit(_prepare, p, preprocessors, options, to_numpy) for p in paths]
 
-    # Two batches queued ahead: the pool never drains while the caller embeds and stores (with one, its threads
+    # Two batches queued ahead: the pool never drains while the caller embeds and stores (with one, its workers
     # idled through each batch's last few files).
     batches = iter([files[i : i + batch_size] for i in range(0, len(files), batch_size)])
     pending: deque[list[Future[list[_Prepared]]]] = deque()
     while True:
         while len(pending) < PREFETCH_BATCHES and (following := next(batches, None)):
-            pending.append([pool.submit(prepare, p, models.current()) for p in following])
+            pending.append(submit(following))
         if not pending:
             return
         yield [item for f in pending.popleft() for item in f.result()]
 
 
-def _store_batch(
-    store: Store, target: Collection, summary: IngestSummary, batch: list[_Prepared], models: _Models
-) -> None:
+@dataclass
+class _Embedded:
+    """A batch ready to store: its records, each model's vectors, the files that failed."""
+
+    records: list[ImageRecord]
+    vectors: np.ndarray | list[np.ndarray]
+    others: dict[int, list[np.ndarray]]
+    errors: list[tuple[str, str]]
+    fresh: set[str]  # SHA-256s of the contents embedded for this batch (the others reused stored vectors)
+    files: int  # files, not frames: what progress counts
+
+
+def _embed(store: Store, target: Collection, batch: list[_Prepared], models: _Models) -> _Embedded:
     errors = [(path, reason) for path, _, _, reason in batch if reason is not None]
     good = [(record, tensors) for _, record, tensors, _ in batch if record is not None and tensors is not None]
-    records = [r for r, _ in good]
     fresh: set[str] = set()
     vectors: dict[int, list[np.ndarray]] = {}
     for model_id, embedder in models.current().items():
@@ -259,18 +320,85 @@ def _store_batch(
             if model_id == target.model_id:
                 fresh = computed
     others = {m: v for m, v in vectors.items() if m != target.model_id}
-    written = store.write_batch(
-        target.id, target.model_id, summary.run_id, records, vectors[target.model_id], errors, others
-    )
+    files = len({path for path, *_ in batch})
+    return _Embedded([r for r, _ in good], vectors[target.model_id], others, errors, fresh, files)
+
+
+def _account(summary: IngestSummary, batch: _Embedded, written: BatchWritten) -> None:
     already = written.already
     summary.watch_hits += written.watch_hits
     # Another ingest of this collection may have stored some of these files first: they count as unchanged.
-    fresh_written = {r.sha256 for r in records if r.path not in already} & fresh
+    fresh_written = {r.sha256 for r in batch.records if r.path not in already} & batch.fresh
     summary.added += len(fresh_written)
-    summary.reused += len(records) - len(already) - len(fresh_written)
+    summary.reused += len(batch.records) - len(already) - len(fresh_written)
     summary.skipped += len(already)
-    summary.failed += len(errors)
-    summary.errors.extend(errors)
+    summary.failed += len(batch.errors)
+    summary.errors.extend(batch.errors)
+
+
+class BatchWriters:
+    """Stores batches on `count` connections of their own at once, while the caller embeds the next; results come
+    back in the order submitted. Each batch is still one transaction (Store.write_batch)."""
+
+    def __init__(self, store: Store, count: int) -> None:
+        self._store, self._count = store, count
+        self._idle: queue.SimpleQueue[Store] = queue.SimpleQueue()
+        self._opened: list[Store] = []
+        self._pool: ThreadPoolExecutor | None = None
+        self._in_flight: deque[tuple[_Embedded, Future[BatchWritten]]] = deque()
+
+    def __enter__(self) -> BatchWriters:
+        return self
+
+    def submit(self, target: Collection, run_id: int, batch: _Embedded) -> list[tuple[_Embedded, BatchWritten]]:
+        """Start storing `batch`; returns the batches that finished meanwhile (waiting for the oldest while all
+        writers are busy)."""
+        if self._pool is None:  # connections are opened for a run that stores something, not for every run
+            self._open()
+        assert self._pool is not None
+        future = self._pool.submit(self._write, target, run_id, batch)
+        self._in_flight.append((batch, future))
+        done = []
+        while self._in_flight and (len(self._in_flight) > self._count or self._in_flight[0][1].done()):
+            done.append(self._finish())
+        return done
+
+    def drain(self) -> list[tuple[_Embedded, BatchWritten]]:
+        return [self._finish() for _ in range(len(self._in_flight))]
+
+    def _finish(self) -> tuple[_Embedded, BatchWritten]:
+        batch, future = self._in_flight.popleft()
+        return batch, future.result()
+
+    def _open(self) -> None:
+        for _ in range(self._count):
+            try:
+                self._opened.append(self._store.another())
+            except Exception:  # e.g. the server's connection limit: fewer writers, still at least this store's
+                break
+        for store in self._opened or [self._store]:
+            self._idle.put(store)
+        self._count = max(1, len(self._opened))
+        self._pool = ThreadPoolExecutor(max_workers=self._count, thread_name_prefix="imagedb-writer")
+
+    def _write(self, target: Collection, run_id: int, batch: _Embedded) -> BatchWritten:
+        store = self._idle.get()
+        try:
+            return store.write_batch(
+                target.id, target.model_id, run_id, batch.records, batch.vectors, batch.errors, batch.others
+            )
+        finally:
+            self._idle.put(store)
+
+    def __exit__(self, *exc: object) -> None:
+        # A batch in flight when the run fails (the database went away, a model switch) finishes or fails on its
+        # own connection; none is left half written, since each is one transaction.
+        for _, future in self._in_flight:
+            future.exception()
+        if self._pool is not None:
+            self._pool.shutdown()
+        for store in self._opened:
+            store.close()
 
 
 def _model_vectors(

@@ -8,10 +8,14 @@ pending for close() to roll back, so a command that says it stored something has
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 import psycopg
 from psycopg.pq import TransactionStatus
 
 from imagedb.errors import ImagedbError
+
+_S = TypeVar("_S", bound="StoreBase")
 
 
 class StoreBase:
@@ -19,6 +23,15 @@ class StoreBase:
         if not conn.autocommit:
             raise ValueError("the store needs an autocommit connection (see imagedb.db.connect)")
         self.conn = conn
+
+    def another(self: _S) -> _S:
+        """A second store on the same database as the same role, for work alongside this one (ingest's writers)."""
+        from pgvector.psycopg import register_vector
+
+        info = self.conn.info
+        conn = psycopg.connect(info.dsn, password=info.password or None, connect_timeout=10, autocommit=True)
+        register_vector(conn)
+        return type(self)(conn)
 
     def close(self) -> None:
         """Close the connection; a transaction left open is a bug, reported rather than silently rolled back."""

@@ -73,8 +73,17 @@ class ImagesStore(StoreBase):
         many watch hits its images made.
         """
         with self.conn.transaction(), self.conn.cursor() as cur:
-            # Concurrent ingests of one collection write one batch at a time, so the check below is reliable.
-            cur.execute("SELECT pg_advisory_xact_lock(%s, %s)", (_WRITE_LOCK, collection_id))
+            # Batches of one collection are written at once (several writers of an ingest, or several ingests),
+            # but never two holding the same file: each takes a lock per path (a DICOM frame's is its file's), in
+            # one order, so the check below is reliable and no two batches deadlock. The collection's own lock is
+            # taken shared: `models use` and the like take it alone, and wait for the batches in flight.
+            cur.execute("SELECT pg_advisory_xact_lock_shared(%s, %s)", (_WRITE_LOCK, collection_id))
+            cur.execute(
+                "SELECT count(pg_advisory_xact_lock(key)) FROM (SELECT DISTINCT"
+                " hashtextextended(split_part(path, '#frame=', 1), %s) AS key FROM unnest(%s::text[]) AS path"
+                " ORDER BY key) AS keys",
+                (collection_id, [r.path for r in records]),
+            )
             cur.execute("SELECT name, model_id FROM collections WHERE id = %s", (collection_id,))
             name, searched = cur.fetchone() or (None, model_id)
             if searched != model_id:

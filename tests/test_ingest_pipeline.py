@@ -1,0 +1,152 @@
+"""Ingest's pipeline: decode processes store what decode threads store, and batches written at once by several
+connections (one ingest's writers, or two ingests) never store a file twice."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from imagedb import ingest as ingest_module
+from imagedb.embed import ModelSpec
+from imagedb.ingest import DECODE_ENV, ingest
+from imagedb.store import ImageRecord, Store
+
+
+def _vectors(store: Store, collection: str) -> dict[str, np.ndarray]:
+    rows = store.conn.execute(
+        "SELECT i.path, e.embedding FROM images i JOIN collections c ON c.id = i.collection_id"
+        " JOIN embeddings e ON e.image_id = i.id AND e.model_id = c.model_id WHERE c.name = %s",
+        (collection,),
+    ).fetchall()
+    return {Path(path).name: np.asarray(vector.to_numpy(), dtype=np.float32) for path, vector in rows}
+
+
+def test_decode_processes_store_exactly_what_threads_store(
+    store: Store, tiny_model: str, photos: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (photos / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    (photos / "empty.png").write_bytes(b"")
+    summaries = {}
+    for mode in ("threads", "processes"):
+        monkeypatch.setenv(DECODE_ENV, mode)
+        summaries[mode] = ingest(store, [photos], collection=mode, model=ModelSpec.parse(tiny_model), batch_size=4)
+    threads, processes = summaries["threads"], summaries["processes"]
+    assert (processes.added + processes.reused, processes.failed) == (threads.added + threads.reused, 2)
+    assert sorted(processes.errors) == sorted(threads.errors)
+    by_thread, by_process = _vectors(store, "threads"), _vectors(store, "processes")
+    assert by_thread.keys() == by_process.keys() and len(by_thread) == 12
+    for name, vector in by_thread.items():
+        assert np.array_equal(vector, by_process[name]), name
+
+
+def test_one_ingest_writes_batches_on_several_connections(
+    store: Store, tiny_model: str, photos: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ingest_module, "WRITERS", 3)
+    opened: list[Store] = []
+    another = Store.another
+
+    def counted(self: Store) -> Store:
+        opened.append(another(self))
+        return opened[-1]
+
+    monkeypatch.setattr(Store, "another", counted)
+    summary = ingest(store, [photos], model=ModelSpec.parse(tiny_model), batch_size=1)
+    assert (summary.added, summary.failed) == (12, 0)
+    assert len(opened) == 3 and all(s.conn.closed for s in opened)  # its own connections, closed at the end
+    count, distinct = store.conn.execute("SELECT count(*), count(DISTINCT path) FROM images").fetchone()  # type: ignore[misc]
+    assert count == distinct == 12
+    assert store.conn.execute("SELECT count(*) FROM embeddings").fetchone() == (12,)
+    assert ingest(store, [photos], batch_size=1).skipped == 12
+
+
+MTIME = datetime(2026, 1, 2, tzinfo=timezone.utc)
+
+
+def _records(paths: list[str]) -> list[ImageRecord]:
+    return [
+        ImageRecord(
+            path=path, sha256=f"{i:064x}", size_bytes=1, mtime=MTIME, width=1, height=1, format="JPEG", taken_at=None,
+            camera_make=None, camera_model=None, orientation=None, exif={}, thumbnail=b"", thumbnail_size=(1, 1),
+        )  # fmt: skip
+        for i, path in enumerate(paths)
+    ]
+
+
+def test_batches_holding_the_same_files_take_turns_and_store_each_once(store: Store) -> None:
+    """Two connections write overlapping batches at once, in opposite orders: each path is stored once (the other
+    batch finds it stored), no unique-key error and no deadlock, while disjoint batches go at the same time."""
+    model_id = store.ensure_model("pipeline-test", "", 8)
+    collection = store.create_collection("pipeline", model_id)
+    run_id = store.start_run(collection.id)
+    others = [store.another() for _ in range(2)]
+    paths = [f"/p/{i}.jpg" for i in range(40)]
+    rng = np.random.default_rng(0)
+    outcomes: list[set[str]] = []
+    failures: list[BaseException] = []
+
+    def write(writer: Store, order: list[str]) -> None:
+        try:
+            records = _records(order)
+            vectors = list(rng.standard_normal((len(records), 8)).astype(np.float32))
+            outcomes.append(writer.write_batch(collection.id, model_id, run_id, records, vectors, []).already)
+        except BaseException as exc:  # reported below, in the test's thread
+            failures.append(exc)
+
+    for _ in range(5):
+        store.conn.execute("DELETE FROM images")
+        outcomes.clear()
+        threads = [
+            threading.Thread(target=write, args=(others[0], paths)),
+            threading.Thread(target=write, args=(others[1], paths[::-1])),
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+        assert not failures, failures
+        assert sorted(len(already) for already in outcomes) == [0, len(paths)]  # one stored all, one none
+        assert store.conn.execute("SELECT count(*) FROM images").fetchone() == (len(paths),)
+    for other in others:
+        other.close()
+
+
+def test_a_model_switch_waits_for_batches_in_flight(store: Store) -> None:
+    """Batches take the collection's lock shared (they run together); `models use` takes it alone."""
+    model_id = store.ensure_model("pipeline-switch", "", 8)
+    other_model = store.ensure_model("pipeline-other", "", 8)
+    collection = store.create_collection("switching", model_id)
+    writer = store.another()
+    with writer.conn.transaction():
+        writer.conn.execute("SELECT pg_advisory_xact_lock_shared(%s, %s)", (0x1A6E, collection.id))
+        # Another batch goes ahead meanwhile...
+        run_id = store.start_run(collection.id)
+        vectors = list(np.ones((1, 8), dtype=np.float32))
+        assert store.write_batch(collection.id, model_id, run_id, _records(["/x.jpg"]), vectors, []).already == set()
+        # ...but the switch waits.
+        switcher = store.another()
+        switcher.conn.execute("SET lock_timeout = '200ms'")
+        with pytest.raises(Exception, match="lock timeout"):
+            switcher.switch_model(collection.id, other_model)
+        switcher.close()
+    writer.close()
+
+
+def test_a_copied_photo_tree_is_stored_whole_with_processes_and_writers(
+    store: Store, tiny_model: str, photos: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both at once, with more files than a batch and identical contents in different batches."""
+    monkeypatch.setenv(DECODE_ENV, "processes")
+    monkeypatch.setattr(ingest_module, "WRITERS", 4)
+    for copy in range(3):
+        shutil.copytree(photos, tmp_path / "tree" / f"copy{copy}")
+    Image.new("RGB", (300, 200), (1, 2, 3)).save(tmp_path / "tree" / "one more.png")
+    summary = ingest(store, [tmp_path / "tree"], model=ModelSpec.parse(tiny_model), batch_size=5)
+    assert (summary.added + summary.reused, summary.failed) == (37, 0)
+    assert store.conn.execute("SELECT count(*), count(DISTINCT sha256) FROM images").fetchone() == (37, 13)
