@@ -6,7 +6,7 @@
 #
 #   bench/gpu_ingest.sh --download          # here, where pip reaches the registry: fills .whl/ (same versions as
 #                                           # the local environment, built for CPython 3.12 on manylinux x86-64)
-#   bench/gpu_ingest.sh [IMAGES] [BATCH]    # there (the device tool, carry [".whl"]): installs the wheels into
+#   bench/gpu_ingest.sh [IMAGES] [BATCH] [OPTIONS]  # there (the device tool, carry [".whl"]): installs the wheels into
 #                                           # /tmp/site, runs bench/ingest_bench.py on the GPU, then the breakdown
 #
 # It prints model-only vs end-to-end images/s (goal: end to end >= 0.85 of the model and >= 2,000 images/s) and
@@ -48,4 +48,7 @@ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
 echo "cpus: $(nproc), $(grep -m1 "model name" /proc/cpuinfo | cut -d: -f2)"
 python3 -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print('torch', torch.__version__)"
 cd bench
-python3 ingest_bench.py --images "$IMAGES" --unique 512 --batch-size "$BATCH" --naive-images 256 --incremental 4096 --breakdown | tee "$IMAGEDB_BENCH_RESULTS/ingest_gpu.txt"
+# More options (after IMAGES and BATCH) replace the default measurements, e.g. --naive-images 64 for a short run.
+MORE=("${@:3}")
+[[ ${#MORE[@]} -gt 0 ]] || MORE=(--naive-images 256 --incremental 4096 --breakdown)
+python3 ingest_bench.py --images "$IMAGES" --unique 512 --batch-size "$BATCH" "${MORE[@]}" | tee "$IMAGEDB_BENCH_RESULTS/ingest_gpu.txt"

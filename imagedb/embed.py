@@ -230,6 +230,35 @@ class Preprocess:
     def __call__(self, image: Image.Image) -> Any:
         return self.transform(_within_aspect(image, self.resize_mode))
 
+    def pixels(self, image: Image.Image) -> np.ndarray | None:
+        """The steps before the conversion to a tensor (resize, crop, mode), as a uint8 array: a quarter of the
+        float tensor, for a decode process to hand back. None when the transform has no such split."""
+        steps = self._steps()
+        if steps is None:
+            return None
+        from PIL import Image as PILImage
+
+        image = _within_aspect(image, self.resize_mode)
+        for step in steps[0]:
+            image = step(image)
+        return np.asarray(image) if isinstance(image, PILImage.Image) else None
+
+    def finish(self, pixels: np.ndarray) -> Any:
+        """The rest of the transform on what pixels() returned: the same result as calling it on the image."""
+        from PIL import Image as PILImage
+
+        steps = self._steps()
+        assert steps is not None
+        image: Any = PILImage.fromarray(pixels)
+        for step in steps[1]:
+            image = step(image)
+        return image
+
+    def _steps(self) -> tuple[list[Any], list[Any]] | None:
+        steps = list(getattr(self.transform, "transforms", None) or [])
+        split = next((i for i, step in enumerate(steps) if "ToTensor" in type(step).__name__), None)
+        return (steps[:split], steps[split:]) if split else None
+
 
 def numeric_mode(torch: Any, device: str) -> str:
     """How image vectors are computed. On a CPU with native bfloat16 (AVX512-BF16 or AMX, as oneDNN reports),

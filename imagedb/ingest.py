@@ -264,13 +264,23 @@ def _prepare(
         # The other frames of a DICOM file stored frame by frame come in the same batch as the file.
         prepared: list[_Prepared] = []
         for d in [decoded, *decoded.more]:
-            inputs = {m: p(d.pixels) for m, p in preprocessors.items()}
-            prepared.append((shown, d.record, {m: t.numpy() for m, t in inputs.items()} if to_numpy else inputs, None))
+            if to_numpy:  # the model-sized pixels as uint8 where the transform allows, else the float input
+                inputs = {m: _Pixels(a) if (a := p.pixels(d.pixels)) is not None else p(d.pixels).numpy()
+                          for m, p in preprocessors.items()}  # fmt: skip
+            else:
+                inputs = {m: p(d.pixels) for m, p in preprocessors.items()}
+            prepared.append((shown, d.record, inputs, None))
         return prepared
     except BadImage as exc:
         return [(shown, None, None, readable(str(exc)))]
     except Exception as exc:  # a bug or an exotic file must not end the run; keep the reason
         return [(shown, None, None, readable(f"unexpected error: {type(exc).__name__}: {exc}"))]
+
+
+def _prepare_files(
+    paths: list[Path], preprocessors: dict[int, Preprocess], options: _DecodeOptions, to_numpy: bool
+) -> list[_Prepared]:
+    return [item for path in paths for item in _prepare(path, preprocessors, options, to_numpy)]
 
 
 def _prefetched(
@@ -280,20 +290,39 @@ def _prefetched(
     gets the input of every model held when its batch was submitted (each model has its own preprocessing)."""
     to_numpy = isinstance(pool, ProcessPoolExecutor)
 
-    def submit(paths: list[Path]) -> list[Future[list[_Prepared]]]:
+    # A process gets a few files a task: each result crossing back costs the receiving thread some turns at the
+    # GIL, which busy threads of this process (the writers) make slow to get.
+    chunk = max(1, batch_size // (2 * (os.cpu_count() or 1))) if to_numpy else 1
+
+    def submit(paths: list[Path]) -> tuple[dict[int, Preprocess], list[Future[list[_Prepared]]]]:
         preprocessors = {m: e.preprocessor for m, e in models.current().items()}
-        return [pool.submit(_prepare, p, preprocessors, options, to_numpy) for p in paths]
+        chunks = [paths[i : i + chunk] for i in range(0, len(paths), chunk)]
+        return preprocessors, [pool.submit(_prepare_files, c, preprocessors, options, to_numpy) for c in chunks]
+
+    def finished(preprocessors: dict[int, Preprocess], item: _Prepared) -> _Prepared:
+        shown, record, inputs, reason = item
+        if inputs is not None:
+            inputs = {m: preprocessors[m].finish(t.array) if isinstance(t, _Pixels) else t for m, t in inputs.items()}
+        return shown, record, inputs, reason
 
     # Two batches queued ahead: the pool never drains while the caller embeds and stores (with one, its workers
     # idled through each batch's last few files).
     batches = iter([files[i : i + batch_size] for i in range(0, len(files), batch_size)])
-    pending: deque[list[Future[list[_Prepared]]]] = deque()
+    pending: deque[tuple[dict[int, Preprocess], list[Future[list[_Prepared]]]]] = deque()
     while True:
         while len(pending) < PREFETCH_BATCHES and (following := next(batches, None)):
             pending.append(submit(following))
         if not pending:
             return
-        yield [item for f in pending.popleft() for item in f.result()]
+        preprocessors, futures = pending.popleft()
+        yield [finished(preprocessors, item) for f in futures for item in f.result()]
+
+
+@dataclass(frozen=True)
+class _Pixels:
+    """A model's input before its conversion to a tensor, from a decode process (see Preprocess.pixels)."""
+
+    array: np.ndarray
 
 
 @dataclass
