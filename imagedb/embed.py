@@ -181,8 +181,7 @@ class Embedder:
 
     def encode_images(self, tensors: Sequence[Any]) -> np.ndarray:
         with self._torch.inference_mode(), self._autocast():
-            # Tensors, or numpy arrays from decode processes.
-            batch = self._torch.stack([self._torch.as_tensor(t) for t in tensors]).to(self.device)
+            batch = self._torch.stack(list(tensors)).to(self.device)
             return _normalise(self._model.encode_image(batch))
 
     def _autocast(self) -> Any:
@@ -222,42 +221,13 @@ TF32 = "tf32"
 
 @dataclass(frozen=True)
 class Preprocess:
-    """A model's image preprocessing without the model: picklable, so decode processes can run it too."""
+    """A model's image preprocessing without the model, for decode threads."""
 
     transform: Any  # open_clip's torchvision Compose
     resize_mode: str
 
     def __call__(self, image: Image.Image) -> Any:
         return self.transform(_within_aspect(image, self.resize_mode))
-
-    def pixels(self, image: Image.Image) -> np.ndarray | None:
-        """The steps before the conversion to a tensor (resize, crop, mode), as a uint8 array: a quarter of the
-        float tensor, for a decode process to hand back. None when the transform has no such split."""
-        steps = self._steps()
-        if steps is None:
-            return None
-        from PIL import Image as PILImage
-
-        image = _within_aspect(image, self.resize_mode)
-        for step in steps[0]:
-            image = step(image)
-        return np.asarray(image) if isinstance(image, PILImage.Image) else None
-
-    def finish(self, pixels: np.ndarray) -> Any:
-        """The rest of the transform on what pixels() returned: the same result as calling it on the image."""
-        from PIL import Image as PILImage
-
-        steps = self._steps()
-        assert steps is not None
-        image: Any = PILImage.fromarray(pixels)
-        for step in steps[1]:
-            image = step(image)
-        return image
-
-    def _steps(self) -> tuple[list[Any], list[Any]] | None:
-        steps = list(getattr(self.transform, "transforms", None) or [])
-        split = next((i for i, step in enumerate(steps) if "ToTensor" in type(step).__name__), None)
-        return (steps[:split], steps[split:]) if split else None
 
 
 def numeric_mode(torch: Any, device: str) -> str:

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import queue
-import signal
 import time
 from collections import deque
 from collections.abc import Iterator, Sequence
-from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -73,13 +71,6 @@ class IngestSummary:
 # From this many new images on (and more than are indexed already), the HNSW index is built after the load.
 BULK_THRESHOLD = 5000
 PREFETCH_BATCHES = 2
-# Decoding holds Python's GIL for about a sixth of its time (EXIF, the Python layers of Pillow and torchvision), so
-# threads stop gaining at about five cores: on 16 cores, 16 threads decoded 246 camera JPEGs/s and 16 processes 713
-# (bench/results/ingest_cuda.json). Processes take a second or two to start, so only many cores and many files
-# get them. IMAGEDB_DECODE=threads or =processes overrides the choice.
-DECODE_ENV = "IMAGEDB_DECODE"
-PROCESS_DECODE_CORES = 8
-PROCESS_DECODE_FILES = 512
 # Batches stored at once, each on its own connection: HNSW inserts take nearly all of a batch's write time and
 # pgvector runs them in parallel across backends (bench/insert_bench.py). At least two, so storing one batch
 # overlaps embedding the next.
@@ -143,7 +134,7 @@ def ingest(
             roots = tuple(Path(p).expanduser().resolve() for p in paths)
             options = _DecodeOptions(keep_gps, keep_identifying, models.input_side(), dicom, roots)
             embedding_started = time.perf_counter()
-            with _decode_pool(len(todo)) as pool, BatchWriters(store, WRITERS) as writers:
+            with ThreadPoolExecutor(os.cpu_count() or 1) as pool, BatchWriters(store, WRITERS) as writers:
                 for prepared in _prefetched(pool, todo, batch_size, models, options):
                     embedded = _embed(store, target, prepared, models)
                     for done, written in writers.submit(target, summary.run_id, embedded):
@@ -224,32 +215,8 @@ def _model_side(embedder: Embedder) -> int:
     return int(max(size) if isinstance(size, (tuple, list)) else size)
 
 
-def _decode_pool(files: int) -> Executor:
-    """Threads, or for many files on many cores processes (see PROCESS_DECODE_CORES)."""
-    cores = os.cpu_count() or 1
-    choice = os.environ.get(DECODE_ENV, "").strip().lower()
-    many = cores >= PROCESS_DECODE_CORES and files >= PROCESS_DECODE_FILES
-    if choice == "processes" or (many and choice != "threads"):
-        # forkserver: workers fork from a clean process that imported the decoders once, never from this one
-        # (its threads, CUDA context and open connections must not be copied into a child).
-        context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload(["imagedb.images", "torchvision.transforms"])
-        return ProcessPoolExecutor(cores, mp_context=context, initializer=_decode_process_started)
-    return ThreadPoolExecutor(max_workers=cores)
-
-
-def _decode_process_started() -> None:
-    import torch
-
-    torch.set_num_threads(1)  # one core each: the pool has as many workers as cores
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it stops the pool
-
-
-def _prepare(
-    path: Path, preprocessors: dict[int, Preprocess], options: _DecodeOptions, to_numpy: bool
-) -> list[_Prepared]:
-    """Decode one file and make each model's input from it; in a decode thread or process. `to_numpy`: inputs
-    as numpy arrays, which a process hands back by value (torch would pass tensors through shared-memory files)."""
+def _prepare(path: Path, preprocessors: dict[int, Preprocess], options: _DecodeOptions) -> list[_Prepared]:
+    """Decode one file and make each model's input from it, in a decode thread."""
     shown = readable(path)  # a non-UTF-8 name must reach neither the database nor a terminal as surrogates
     try:
         if reason := outside(path, options.roots):
@@ -262,67 +229,39 @@ def _prepare(
             dicom_options=options.dicom,
         )
         # The other frames of a DICOM file stored frame by frame come in the same batch as the file.
-        prepared: list[_Prepared] = []
-        for d in [decoded, *decoded.more]:
-            if to_numpy:  # the model-sized pixels as uint8 where the transform allows, else the float input
-                inputs = {m: _Pixels(a) if (a := p.pixels(d.pixels)) is not None else p(d.pixels).numpy()
-                          for m, p in preprocessors.items()}  # fmt: skip
-            else:
-                inputs = {m: p(d.pixels) for m, p in preprocessors.items()}
-            prepared.append((shown, d.record, inputs, None))
-        return prepared
+        return [
+            (shown, d.record, {m: p(d.pixels) for m, p in preprocessors.items()}, None)
+            for d in [decoded, *decoded.more]
+        ]
     except BadImage as exc:
         return [(shown, None, None, readable(str(exc)))]
     except Exception as exc:  # a bug or an exotic file must not end the run; keep the reason
         return [(shown, None, None, readable(f"unexpected error: {type(exc).__name__}: {exc}"))]
 
 
-def _prepare_files(
-    paths: list[Path], preprocessors: dict[int, Preprocess], options: _DecodeOptions, to_numpy: bool
-) -> list[_Prepared]:
-    return [item for path in paths for item in _prepare(path, preprocessors, options, to_numpy)]
-
-
 def _prefetched(
-    pool: Executor, files: list[Path], batch_size: int, models: _Models, options: _DecodeOptions
+    pool: ThreadPoolExecutor, files: list[Path], batch_size: int, models: _Models, options: _DecodeOptions
 ) -> Iterator[list[_Prepared]]:
     """Batches of decoded files; the next batches decode in the pool while the caller embeds this one. Each file
-    gets the input of every model held when its batch was submitted (each model has its own preprocessing)."""
-    to_numpy = isinstance(pool, ProcessPoolExecutor)
+    gets the input of every model held when its batch was submitted (each model has its own preprocessing).
 
-    # A process gets a few files a task: each result crossing back costs the receiving thread some turns at the
-    # GIL, which busy threads of this process (the writers) make slow to get.
-    chunk = max(1, batch_size // (2 * (os.cpu_count() or 1))) if to_numpy else 1
+    Threads, not processes: on 16 cores, 16 decode processes did 799 camera JPEGs/s alone against 249 for threads
+    (the GIL), yet the whole ingest went slower with them, 139-163 images/s against 239 (bench/results)."""
 
-    def submit(paths: list[Path]) -> tuple[dict[int, Preprocess], list[Future[list[_Prepared]]]]:
+    def submit(paths: list[Path]) -> list[Future[list[_Prepared]]]:
         preprocessors = {m: e.preprocessor for m, e in models.current().items()}
-        chunks = [paths[i : i + chunk] for i in range(0, len(paths), chunk)]
-        return preprocessors, [pool.submit(_prepare_files, c, preprocessors, options, to_numpy) for c in chunks]
+        return [pool.submit(_prepare, p, preprocessors, options) for p in paths]
 
-    def finished(preprocessors: dict[int, Preprocess], item: _Prepared) -> _Prepared:
-        shown, record, inputs, reason = item
-        if inputs is not None:
-            inputs = {m: preprocessors[m].finish(t.array) if isinstance(t, _Pixels) else t for m, t in inputs.items()}
-        return shown, record, inputs, reason
-
-    # Two batches queued ahead: the pool never drains while the caller embeds and stores (with one, its workers
+    # Two batches queued ahead: the pool never drains while the caller embeds and stores (with one, its threads
     # idled through each batch's last few files).
     batches = iter([files[i : i + batch_size] for i in range(0, len(files), batch_size)])
-    pending: deque[tuple[dict[int, Preprocess], list[Future[list[_Prepared]]]]] = deque()
+    pending: deque[list[Future[list[_Prepared]]]] = deque()
     while True:
         while len(pending) < PREFETCH_BATCHES and (following := next(batches, None)):
             pending.append(submit(following))
         if not pending:
             return
-        preprocessors, futures = pending.popleft()
-        yield [finished(preprocessors, item) for f in futures for item in f.result()]
-
-
-@dataclass(frozen=True)
-class _Pixels:
-    """A model's input before its conversion to a tensor, from a decode process (see Preprocess.pixels)."""
-
-    array: np.ndarray
+        yield [item for f in pending.popleft() for item in f.result()]
 
 
 @dataclass

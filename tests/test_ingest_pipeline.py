@@ -1,5 +1,5 @@
-"""Ingest's pipeline: decode processes store what decode threads store, and batches written at once by several
-connections (one ingest's writers, or two ingests) never store a file twice."""
+"""Ingest's pipeline: batches written at once by several connections (one ingest's writers, or two ingests) never
+store a file twice, and a model switch waits for the batches in flight."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from PIL import Image
 
 from imagedb import ingest as ingest_module
 from imagedb.embed import ModelSpec
-from imagedb.ingest import DECODE_ENV, ingest
+from imagedb.ingest import ingest
 from imagedb.store import ImageRecord, Store
 
 
@@ -25,24 +25,6 @@ def _vectors(store: Store, collection: str) -> dict[str, np.ndarray]:
         (collection,),
     ).fetchall()
     return {Path(path).name: np.asarray(vector.to_numpy(), dtype=np.float32) for path, vector in rows}
-
-
-def test_decode_processes_store_exactly_what_threads_store(
-    store: Store, tiny_model: str, photos: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    (photos / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
-    (photos / "empty.png").write_bytes(b"")
-    summaries = {}
-    for mode in ("threads", "processes"):
-        monkeypatch.setenv(DECODE_ENV, mode)
-        summaries[mode] = ingest(store, [photos], collection=mode, model=ModelSpec.parse(tiny_model), batch_size=4)
-    threads, processes = summaries["threads"], summaries["processes"]
-    assert (processes.added + processes.reused, processes.failed) == (threads.added + threads.reused, 2)
-    assert sorted(processes.errors) == sorted(threads.errors)
-    by_thread, by_process = _vectors(store, "threads"), _vectors(store, "processes")
-    assert by_thread.keys() == by_process.keys() and len(by_thread) == 12
-    for name, vector in by_thread.items():
-        assert np.array_equal(vector, by_process[name]), name
 
 
 def test_one_ingest_writes_batches_on_several_connections(
@@ -72,8 +54,20 @@ MTIME = datetime(2026, 1, 2, tzinfo=timezone.utc)
 def _records(paths: list[str]) -> list[ImageRecord]:
     return [
         ImageRecord(
-            path=path, sha256=f"{i:064x}", size_bytes=1, mtime=MTIME, width=1, height=1, format="JPEG", taken_at=None,
-            camera_make=None, camera_model=None, orientation=None, exif={}, thumbnail=b"", thumbnail_size=(1, 1),
+            path=path,
+            sha256=f"{i:064x}",
+            size_bytes=1,
+            mtime=MTIME,
+            width=1,
+            height=1,
+            format="JPEG",
+            taken_at=None,
+            camera_make=None,
+            camera_model=None,
+            orientation=None,
+            exif={},
+            thumbnail=b"",
+            thumbnail_size=(1, 1),
         )  # fmt: skip
         for i, path in enumerate(paths)
     ]
@@ -138,11 +132,10 @@ def test_a_model_switch_waits_for_batches_in_flight(store: Store) -> None:
     writer.close()
 
 
-def test_a_copied_photo_tree_is_stored_whole_with_processes_and_writers(
+def test_a_copied_photo_tree_is_stored_whole_by_four_writers(
     store: Store, tiny_model: str, photos: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Both at once, with more files than a batch and identical contents in different batches."""
-    monkeypatch.setenv(DECODE_ENV, "processes")
+    """More files than a batch, and identical contents in batches written at the same time."""
     monkeypatch.setattr(ingest_module, "WRITERS", 4)
     for copy in range(3):
         shutil.copytree(photos, tmp_path / "tree" / f"copy{copy}")
