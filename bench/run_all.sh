@@ -22,6 +22,7 @@ if [[ "${1:-}" == "--quick" ]]; then
   python bench/exact_bench.py --n 5000
   python bench/insert_bench.py --n 3000 --rows 256
   python bench/scale_bench.py --n 5000 --sets clustered
+  python bench/graph_bench.py --n 5000
 else
   python bench/ingest_bench.py | tee bench/results/ingest.txt
   python bench/vectors_bench.py --n 100000 | tee bench/results/vectors_100000.txt
@@ -38,4 +39,6 @@ else
   python bench/insert_bench.py --n 100000 | tee bench/results/insert_100000.txt
   # The million: about 40 minutes on 2 quiet cores for the clustered set, as long again for the overlapping one.
   python bench/scale_bench.py --n 1000000 | tee bench/results/scale_1000000.txt
+  # Denser graphs at a million: about 25 minutes.
+  python bench/graph_bench.py --n 1000000 | tee bench/results/graph_1000000.txt
 fi

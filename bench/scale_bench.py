@@ -32,6 +32,7 @@ from results_dir import RESULTS
 
 from imagedb import db
 from imagedb.store import ImageRecord, Store
+from imagedb.store.models import HnswParams
 from imagedb.store.records import Filters
 from imagedb.store.search import _nearest_query, effective_ef_search
 
@@ -74,11 +75,15 @@ def _format(i: int) -> str:
     return "PNG" if i % 100 == 0 else "GIF" if i % 10 == 1 else "JPEG"  # 1% PNG, 10% GIF
 
 
-def load(store: Store, name: str, data: np.ndarray) -> tuple[object, dict[str, float]]:
+def load(store: Store, name: str, data: np.ndarray, index: HnswParams | None = None) -> tuple[object, dict[str, float]]:
+    """Bulk load `data` as ingest does (index dropped, rows written, index built: imagedb's defaults unless
+    `index`); the load and build times and sizes."""
     model_id = store.ensure_model(name, "", DIM)
     collection = store.create_collection(name, model_id)
     run_id = store.start_run(collection.id)
-    params = store.drop_hnsw_index(model_id)
+    params = index or store.drop_hnsw_index(model_id)
+    if index is not None:
+        store.drop_hnsw_index(model_id)
     now = datetime.now(timezone.utc)
     started = time.perf_counter()
     for start in range(0, len(data), BATCH):

@@ -324,7 +324,11 @@ class BatchWriters:
         if self._pool is None:  # connections are opened for a run that stores something, not for every run
             self._open()
         assert self._pool is not None
-        future = self._pool.submit(self._write, target, run_id, batch)
+        if not self._opened:  # no connection to spare: written here, on the caller's own connection, in turn
+            future: Future[BatchWritten] = Future()
+            future.set_result(self._write(target, run_id, batch))
+        else:
+            future = self._pool.submit(self._write, target, run_id, batch)
         self._in_flight.append((batch, future))
         done = []
         while self._in_flight and (len(self._in_flight) > self._count or self._in_flight[0][1].done()):
@@ -342,7 +346,7 @@ class BatchWriters:
         for _ in range(self._count):
             try:
                 self._opened.append(self._store.another())
-            except Exception:  # e.g. the server's connection limit: fewer writers, still at least this store's
+            except Exception:  # e.g. the role's or the server's connection limit: fewer writers, or none
                 break
         for store in self._opened or [self._store]:
             self._idle.put(store)
@@ -366,7 +370,10 @@ class BatchWriters:
         if self._pool is not None:
             self._pool.shutdown()
         for store in self._opened:
-            store.close()
+            if store.conn.broken:  # the database went away: that error is the one to report, not this close's
+                store.conn.close()
+            else:
+                store.close()
 
 
 def _model_vectors(

@@ -3,6 +3,7 @@ store a file twice, and a model switch waits for the batches in flight."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import threading
 from datetime import datetime, timezone
@@ -11,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from psycopg import sql
 
 from imagedb import ingest as ingest_module
 from imagedb.embed import ModelSpec
@@ -143,3 +145,31 @@ def test_a_copied_photo_tree_is_stored_whole_by_four_writers(
     summary = ingest(store, [tmp_path / "tree"], model=ModelSpec.parse(tiny_model), batch_size=5)
     assert (summary.added + summary.reused, summary.failed) == (37, 0)
     assert store.conn.execute("SELECT count(*), count(DISTINCT sha256) FROM images").fetchone() == (37, 13)
+
+
+@pytest.mark.parametrize("limit", [2, 1])
+def test_a_role_short_of_connections_still_ingests_everything(
+    store: Store, database_url: str, tiny_model: str, photos: Path, tmp_path: Path, limit: int
+) -> None:
+    """A writer role the administrator allows `limit` connections: ingest writes with what it can open (one writer
+    beside its own connection, or none: then on its own connection, in turn), and a password in the URL (not a
+    password file) reaches its writers too."""
+    from test_roles import _login
+
+    from imagedb import db
+    from imagedb.access import grant_writer
+
+    role = f"limited_{limit}_{os.getpid()}"
+    grant_writer(store, role, "pw")
+    store.conn.execute(sql.SQL("ALTER ROLE {} CONNECTION LIMIT {}").format(sql.Identifier(role), sql.Literal(limit)))
+    first = tmp_path / "first"
+    first.mkdir()
+    shutil.move(photos / "astronaut.jpg", first / "astronaut.jpg")
+    ingest(store, [first], collection="limited", model=ModelSpec.parse(tiny_model))  # the owner creates it
+    writer = Store(db.open_connection(_login(database_url, role, "pw")))
+    summary = ingest(writer, [photos], collection="limited", batch_size=2)
+    writer.close()
+    assert (summary.added + summary.reused, summary.failed) == (11, 0)
+    assert store.conn.execute(
+        "SELECT count(*) FROM images i JOIN collections c ON c.id = i.collection_id WHERE c.name = 'limited'"
+    ).fetchone() == (12,)

@@ -17,8 +17,9 @@ from PIL import Image
 from imagedb import db
 from imagedb.cli import main
 from imagedb.embed import ModelSpec
+from imagedb.errors import InvalidInput
 from imagedb.ingest import NoProgress, ingest
-from imagedb.store import Store
+from imagedb.store import Store, models
 from imagedb.store.models import BUILD_SUFFIX, HnswParams, hnsw_index_name
 
 from helpers import fill_synthetic
@@ -252,3 +253,28 @@ def test_a_first_bulk_load_still_builds_the_index_after_the_load(
     assert seen == [[], [], []]  # nothing to serve yet: loaded without the index
     assert _model_indexes(store, 1) == [(hnsw_index_name(1), True)]
     assert _index_problems(store) == []
+
+
+def test_build_parameters_follow_the_size_unless_chosen(
+    store: Store, tiny_model: str, photos: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A model of LARGE_INDEX_ROWS vectors or more gets the denser graph (m 24, ef_construction 128) when nobody
+    chose its parameters: at its first bulk load and at `imagedb db reindex` without --m/--ef-construction. The
+    threshold is lowered here, so that 12 photos count as a large model and 3,000 vectors as a small one."""
+    monkeypatch.setattr(models, "LARGE_INDEX_ROWS", 10)
+    summary = ingest(store, [photos], collection="large", model=ModelSpec.parse(tiny_model), bulk_threshold=5)
+    model_id = store.get_collection("large").model_id  # type: ignore[union-attr]
+    assert summary.added + summary.reused == 12
+    assert store.hnsw_params(model_id) == models.DENSE_HNSW
+    small = fill_synthetic(store, 3000)
+    monkeypatch.setattr(models, "LARGE_INDEX_ROWS", 5000)
+    store.rebuild_indexes()
+    assert store.hnsw_params(small.model_id) == models.DEFAULT_HNSW
+    assert store.hnsw_params(model_id) == models.DEFAULT_HNSW  # 12 is small again
+    store.rebuild_indexes(m=32)  # ef_construction follows: at least 2 * m
+    assert store.hnsw_params(small.model_id) == HnswParams(32, 64)
+    with pytest.raises(InvalidInput, match="at least 2 \\* m = 64"):
+        store.rebuild_indexes(m=32, ef_construction=40)
+    monkeypatch.setattr(models, "LARGE_INDEX_ROWS", 1000)
+    store.rebuild_indexes(ef_construction=200)
+    assert store.hnsw_params(small.model_id) == HnswParams(24, 200)

@@ -9,6 +9,7 @@ import click
 from imagedb import config
 from imagedb.cli.support import Group, open_store
 from imagedb.display import escape
+from imagedb.store import DEFAULT_HNSW_EF_CONSTRUCTION, DEFAULT_HNSW_M
 
 DEFAULT_RERANK = 400  # candidates re-ranked per search with --quantize binary: at 1M, recall 0.80 against 0.60 at 200
 # for about the same latency (bench/results/scale_1000000.json)
@@ -86,9 +87,16 @@ def upgrade(ctx: click.Context) -> None:
 
 
 @db.command()
-@click.option("--m", "m", default=16, show_default=True, type=click.IntRange(2, 100), help="HNSW links per node.")
 @click.option(
-    "--ef-construction", default=64, show_default=True, type=click.IntRange(4, 1000), help="HNSW build candidate list."
+    "--m",
+    "m",
+    type=click.IntRange(2, 100),
+    help="HNSW links per node [default: 16, or 24 for a model of 250,000 vectors or more].",
+)
+@click.option(
+    "--ef-construction",
+    type=click.IntRange(4, 1000),
+    help="HNSW build candidate list [default: 64, or 128 from 250,000 vectors; at least 2 * m].",
 )
 @click.option("--hashes", is_flag=True, help="Instead: compute missing perceptual hashes from stored thumbnails.")
 @click.option(
@@ -105,7 +113,9 @@ def upgrade(ctx: click.Context) -> None:
     help="With --quantize binary: candidates re-ranked per search.",
 )
 @click.pass_context
-def reindex(ctx: click.Context, m: int, ef_construction: int, hashes: bool, quantize: str | None, rerank: int) -> None:
+def reindex(
+    ctx: click.Context, m: int | None, ef_construction: int | None, hashes: bool, quantize: str | None, rerank: int
+) -> None:
     """Rebuild every model's HNSW index with new build parameters, while searches keep using the old one
     (or, with --hashes, backfill hashes; with --quantize, add or remove binary-quantised indexes)."""
     if hashes and quantize:
@@ -116,9 +126,11 @@ def reindex(ctx: click.Context, m: int, ef_construction: int, hashes: bool, quan
         with open_store(ctx) as store:
             click.echo(f"computed {backfill_hashes(store)} perceptual hash(es)")
         return
-    if ef_construction < 2 * m:
+    if m is not None and ef_construction is not None and ef_construction < 2 * m:
         raise click.BadParameter(f"must be at least 2 * m = {2 * m}", param_hint="--ef-construction")
     if quantize is not None:
+        m = m or DEFAULT_HNSW_M  # the binary index is small: the sparser graph's defaults
+        ef_construction = ef_construction or max(DEFAULT_HNSW_EF_CONSTRUCTION, 2 * m)
         with open_store(ctx) as store:
             names = store.quantize_indexes(rerank if quantize == "binary" else None, m, ef_construction)
         if quantize == "none":
@@ -131,8 +143,10 @@ def reindex(ctx: click.Context, m: int, ef_construction: int, hashes: bool, quan
         return
     with open_store(ctx) as store:
         names = store.rebuild_indexes(m, ef_construction)
+        params = store.index_params(names)
+    built = ", ".join(f"{name} (m={p.m}, ef_construction={p.ef_construction})" for name, p in params)
     click.echo(
-        f"rebuilt {len(names)} index(es) with m={m}, ef_construction={ef_construction}"
+        f"rebuilt {len(names)} index(es): {built or 'none'}"
         " (built concurrently and swapped in: searches used the old index meanwhile)"
     )
 

@@ -1,0 +1,67 @@
+"""What a denser HNSW graph buys at a million vectors: recall@10 and server p50/p99 against ef_search for the
+halfvec index built with m 16 / ef_construction 64 (imagedb's default) and denser settings, with
+maintenance_work_mem large enough for the whole graph (a build whose graph outgrows it goes on far slower).
+
+The clustered set of bench/scale_bench.py, loaded once through imagedb's bulk path; each index is built on it in
+turn (max_parallel_maintenance_workers 1: the leader and one worker, the two cores of this box).
+
+    python bench/graph_bench.py [--n 1000000] [--graphs 16x64 24x128] [--build-memory 4GB]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from results_dir import RESULTS
+from scale_bench import DIM, EFS, _data, _truth, load, sweep
+
+from imagedb import db
+from imagedb.store import Store
+from imagedb.store.models import HnswParams, hnsw_index_name
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--n", type=int, default=1_000_000)
+    parser.add_argument("--graphs", nargs="+", default=["16x64", "24x128"], help="m x ef_construction")
+    parser.add_argument("--build-memory", default="4GB", help="maintenance_work_mem for the builds")
+    args = parser.parse_args()
+    graphs = [HnswParams(*map(int, g.split("x"))) for g in args.graphs]
+    home = Path(tempfile.mkdtemp(prefix="imagedb-graph-bench-"))
+    store = Store(db.open_connection(None, home))
+    data, image_q, text_q = _data(args.n, 0.6, np.random.default_rng(0))
+    truths = {"image": _truth(data, image_q), "text": _truth(data, text_q)}
+    store.conn.execute("SELECT set_config('maintenance_work_mem', %s, false)", (args.build_memory,))
+    (collection, first), loaded = load(store, "graphs", data, graphs[0])
+    del data
+    result: dict[str, object] = {"n": args.n, "dim": DIM, "build_memory": args.build_memory, "load": loaded}
+    runs = []
+    model_id = collection.model_id  # type: ignore[attr-defined]
+    for i, params in enumerate(graphs):
+        if i:
+            store.drop_hnsw_index(model_id)
+            store.conn.execute("SET max_parallel_maintenance_workers = 1")
+            started = time.perf_counter()
+            store.restore_hnsw_index(model_id, DIM, params)
+            build = time.perf_counter() - started
+        else:
+            build = loaded["halfvec_build_s"]
+        size = store.conn.execute("SELECT pg_relation_size(%s) / 1e6", (hnsw_index_name(model_id),)).fetchone()[0]  # type: ignore[index]
+        label = f"m {params.m}, ef_construction {params.ef_construction}"
+        print(f"== {label}: built in {build:.0f} s, {size:.0f} MB ==", flush=True)
+        rows = sweep(store, collection, first, label, image_q, text_q, truths, EFS)
+        runs.append({"m": params.m, "ef_construction": params.ef_construction, "build_s": build, "index_mb": size,
+                     "sweep": rows})  # fmt: skip
+        result["runs"] = runs
+        (RESULTS / f"graph_{args.n}.json").write_text(json.dumps(result, indent=1, default=float))
+    store.close()
+    db.stop_embedded(home)
+
+
+if __name__ == "__main__":
+    main()
