@@ -61,6 +61,32 @@ def main() -> None:
         (RESULTS / f"graph_{args.n}.json").write_text(json.dumps(result, indent=1, default=float))
     store.close()
     db.stop_embedded(home)
+    plot(result, RESULTS / f"graph_{args.n}.png")
+
+
+def plot(result: dict[str, object], path: Path) -> None:
+    """Recall@10 against server p50 for each graph, image and text-like queries, ef_search at the points."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for run, marker in zip(result["runs"], "os^D", strict=False):  # type: ignore[call-overload]
+        for kind, line in (("image", "-"), ("text", "--")):
+            rows = [r for r in run["sweep"] if r["queries"] == kind]
+            label = f"m {run['m']}, ef_construction {run['ef_construction']}, {kind} queries"
+            ax.plot([r["recall@10"] for r in rows], [r["server_p50_ms"] for r in rows], marker + line, label=label)
+            for r in rows:
+                ax.annotate(str(r["ef_search"]), (r["recall@10"], r["server_p50_ms"]), fontsize=7)
+    ax.axvline(0.95, color="grey", linewidth=0.5)
+    ax.axhline(5.0, color="grey", linewidth=0.5)
+    ax.set_xlabel("recall@10")
+    ax.set_ylabel("server p50, ms")
+    ax.set_title(f"{result['n']:,} x {DIM} clustered vectors, halfvec HNSW, 2 cores", fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
 
 
 if __name__ == "__main__":
