@@ -278,3 +278,22 @@ def test_build_parameters_follow_the_size_unless_chosen(
     monkeypatch.setattr(models, "LARGE_INDEX_ROWS", 1000)
     store.rebuild_indexes(ef_construction=200)
     assert store.hnsw_params(small.model_id) == HnswParams(24, 200)
+
+
+def test_db_check_advises_a_reindex_for_a_large_model_on_a_sparse_graph(
+    store: Store, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An index built small and grown past LARGE_INDEX_ROWS keeps its parameters: `db check` says so (exit 0)."""
+    collection = fill_synthetic(store, 3000)
+    monkeypatch.setenv("IMAGEDB_DATABASE_URL", database_url)
+    monkeypatch.setattr(models, "LARGE_INDEX_ROWS", 5000)
+    result = CliRunner().invoke(main, ["db", "check"])
+    assert result.exit_code == 0 and "note:" not in result.output
+    monkeypatch.setattr(models, "LARGE_INDEX_ROWS", 2000)
+    result = CliRunner().invoke(main, ["db", "check"])
+    assert result.exit_code == 0, result.output
+    assert "note: model synthetic holds 3,000 vectors in an index built with m 16, ef_construction 64" in result.output
+    result = CliRunner().invoke(main, ["db", "reindex"])
+    assert result.exit_code == 0, result.output
+    assert f"{hnsw_index_name(collection.model_id)} (m=24, ef_construction=128)" in result.output
+    assert "note:" not in CliRunner().invoke(main, ["db", "check"]).output

@@ -10,6 +10,7 @@ from imagedb import config
 from imagedb.cli.support import Group, open_store
 from imagedb.display import escape
 from imagedb.store import DEFAULT_HNSW_EF_CONSTRUCTION, DEFAULT_HNSW_M
+from imagedb.store.models import DENSE_HNSW
 
 DEFAULT_RERANK = 400  # candidates re-ranked per search with --quantize binary: at 1M, recall 0.80 against 0.60 at 200
 # for about the same latency (bench/results/scale_1000000.json)
@@ -176,12 +177,20 @@ def check(ctx: click.Context, recall: bool, collection: str, queries: int) -> No
 
     with open_store(ctx) as store:
         problems = store.problems() + checkpoint_problems(store)
+        sparse = store.sparse_large_indexes()
     if problems:
         raise click.ClickException("; ".join(problems))
     click.echo(
         "ok: every image has its embedding, thumbnail and hash, every index is valid, and every registered"
         " checkpoint has its recorded SHA-256"
     )
+    for name, count, params in sparse:  # advice, not a fault: the exit code stays 0
+        click.echo(
+            f"note: model {escape(name)} holds {count:,} vectors in an index built with m {params.m}, ef_construction"
+            f" {params.ef_construction}; `imagedb db reindex` rebuilds it with m {DENSE_HNSW.m}, ef_construction"
+            f" {DENSE_HNSW.ef_construction}, searches going on meanwhile (on 1M vectors recall@10 at ef_search 100"
+            " went from 0.855 to 0.968: see the README's benchmarks)"
+        )
     if recall:
         from imagedb.cli.tune import recall_check_lines
 

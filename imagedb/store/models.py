@@ -237,6 +237,21 @@ class ModelsStore(StoreBase):
             with self._build_memory(model_id):
                 self.conn.execute(_create_sql(hnsw_index_name(model_id), model_id, dim, params, concurrently=False))
 
+    def sparse_large_indexes(self) -> list[tuple[str, int, HnswParams]]:
+        """Models of LARGE_INDEX_ROWS vectors or more whose index is sparser than the default for their size (built
+        small and grown since, or chosen so): (model name, vectors, the index's parameters)."""
+        rows = self.conn.execute(
+            "SELECT m.id, m.name, count(e.image_id) FROM embedding_models m JOIN embeddings e ON e.model_id = m.id"
+            " GROUP BY m.id, m.name HAVING count(e.image_id) >= %s ORDER BY m.id",
+            (LARGE_INDEX_ROWS,),
+        ).fetchall()
+        found = []
+        for model_id, name, count in rows:
+            params = self.hnsw_params(model_id)
+            if params is not None and (params.m, params.ef_construction) < (DENSE_HNSW.m, DENSE_HNSW.ef_construction):
+                found.append((str(name), int(count), params))
+        return found
+
     def _chosen(self, model_id: int, m: int | None, ef_construction: int | None) -> HnswParams:
         default = default_hnsw(self.embedding_count(model_id))
         m = m or default.m
