@@ -281,19 +281,20 @@ def test_build_parameters_follow_the_size_unless_chosen(
 
 
 def test_db_check_advises_a_reindex_for_a_large_model_on_a_sparse_graph(
-    store: Store, database_url: str, monkeypatch: pytest.MonkeyPatch
+    store: Store, database_url: str, tiny_model: str, photos: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """An index built small and grown past LARGE_INDEX_ROWS keeps its parameters: `db check` says so (exit 0)."""
-    collection = fill_synthetic(store, 3000)
+    """An index built small and grown past LARGE_INDEX_ROWS keeps its parameters: `db check` says so (exit 0).
+    The threshold is lowered so that 12 photos make a large model; they go into the index the model started with."""
+    summary = ingest(store, [photos], model=ModelSpec.parse(tiny_model))
+    model_id = store.get_collection(summary.collection).model_id  # type: ignore[union-attr]
     monkeypatch.setenv("IMAGEDB_DATABASE_URL", database_url)
-    monkeypatch.setattr(models, "LARGE_INDEX_ROWS", 5000)
     result = CliRunner().invoke(main, ["db", "check"])
-    assert result.exit_code == 0 and "note:" not in result.output
-    monkeypatch.setattr(models, "LARGE_INDEX_ROWS", 2000)
+    assert result.exit_code == 0 and "note:" not in result.output, result.output
+    monkeypatch.setattr(models, "LARGE_INDEX_ROWS", 10)
     result = CliRunner().invoke(main, ["db", "check"])
     assert result.exit_code == 0, result.output
-    assert "note: model synthetic holds 3,000 vectors in an index built with m 16, ef_construction 64" in result.output
+    assert "holds 12 vectors in an index built with m 16, ef_construction 64" in result.output
     result = CliRunner().invoke(main, ["db", "reindex"])
     assert result.exit_code == 0, result.output
-    assert f"{hnsw_index_name(collection.model_id)} (m=24, ef_construction=128)" in result.output
+    assert f"{hnsw_index_name(model_id)} (m=24, ef_construction=128)" in result.output
     assert "note:" not in CliRunner().invoke(main, ["db", "check"]).output
