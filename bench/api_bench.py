@@ -80,7 +80,7 @@ def main() -> None:
     store.finish_run(run, args.n, 0, 0, 0)
     query = rng.standard_normal(dim).astype(np.float32)
     bare = _ms(lambda: store.nearest(collection, query, 48, 100))
-    client = TestClient(create_app(None, work / "home"))
+    client = TestClient(create_app(None, work / "home"), base_url="http://localhost")  # a loopback Host: no token
     timings = {
         "bare SQL nearest query (48 rows, ef_search 100)": bare,
         "GET /api/search?q=a dog on a beach (text encoder + query)": _ms(
