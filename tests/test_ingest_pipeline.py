@@ -173,3 +173,72 @@ def test_a_role_short_of_connections_still_ingests_everything(
     assert store.conn.execute(
         "SELECT count(*) FROM images i JOIN collections c ON c.id = i.collection_id WHERE c.name = 'limited'"
     ).fetchone() == (12,)
+
+
+def test_ctrl_c_ends_a_run_whose_batches_wait_on_a_lock(
+    store: Store, database_url: str, tiny_model: str, photos: Path, tmp_path: Path
+) -> None:
+    """Ctrl-C while the writers wait for a lock another session holds (`forget --full`'s VACUUM FULL, a long
+    index build, a `models use`): the run ends at once, its batches in flight rolled back, and a rerun completes.
+    It used to wait for the other session, however long, since only the main thread sees the interrupt."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from test_hostile_folder import _imagedb
+
+    first = tmp_path / "first"
+    first.mkdir()
+    shutil.move(photos / "astronaut.jpg", first / "astronaut.jpg")
+    ingest(store, [first], collection="held", model=ModelSpec.parse(tiny_model))
+    collection = store.get_collection("held")
+    assert collection is not None
+    holder = store.another()
+    holder.conn.execute("BEGIN")
+    holder.conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (0x1A6E, collection.id))
+    env = {**os.environ, "IMAGEDB_DATABASE_URL": database_url, "IMAGEDB_MODEL": tiny_model}
+    run = subprocess.Popen(
+        [_imagedb(), "ingest", str(photos), "-c", "held", "--batch-size", "1"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as on a terminal, even under `&`
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not store.conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+            " AND query LIKE '%%pg_advisory_xact_lock_shared%%'"
+        ).fetchone()[0]:  # type: ignore[index]
+            assert run.poll() is None and time.monotonic() < deadline, run.communicate()
+            time.sleep(0.1)
+        run.send_signal(signal.SIGINT)
+        interrupted = time.monotonic()
+        try:
+            out, err = run.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            pytest.fail("the run went on waiting for the lock after Ctrl-C")
+        assert time.monotonic() - interrupted < 15
+        assert run.returncode != 0 and "Traceback" not in err, err
+        # Nothing of it is left on the server: its batches in flight were rolled back, its connections closed.
+        deadline = time.monotonic() + 10
+        while store.conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> ALL(%s)",
+            ([store.conn.info.backend_pid, holder.conn.info.backend_pid],),
+        ).fetchone()[0]:  # type: ignore[index]
+            assert time.monotonic() < deadline, "connections left behind"
+            time.sleep(0.1)
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+        holder.conn.execute("ROLLBACK")
+        holder.close()
+    summary = ingest(store, [photos], collection="held", batch_size=1)  # the rerun completes
+    assert (summary.added + summary.reused + summary.skipped, summary.failed) == (11, 0)
+    assert store.conn.execute(
+        "SELECT count(*), count(DISTINCT path) FROM images i JOIN collections c ON c.id = i.collection_id"
+        " WHERE c.name = 'held'"
+    ).fetchone() == (12, 12)
