@@ -309,7 +309,8 @@ def _account(summary: IngestSummary, batch: _Embedded, written: BatchWritten) ->
 
 class BatchWriters:
     """Stores batches on `count` connections of their own at once, while the caller embeds the next; results come
-    back in the order submitted. Each batch is still one transaction (Store.write_batch)."""
+    back in the order submitted. Each batch is still one transaction, or several of whole files when large
+    (Store.write_batch)."""
 
     def __init__(self, store: Store, count: int) -> None:
         self._store, self._count = store, count

@@ -242,3 +242,39 @@ def test_ctrl_c_ends_a_run_whose_batches_wait_on_a_lock(
         "SELECT count(*), count(DISTINCT path) FROM images i JOIN collections c ON c.id = i.collection_id"
         " WHERE c.name = 'held'"
     ).fetchone() == (12, 12)
+
+
+def test_a_large_batch_fits_in_a_server_lock_table_others_fill(store: Store) -> None:
+    """`--batch-size 4096` on four writers, or two ingests at once, held a lock per path for every file of every
+    batch in flight, 16,384 on a server whose shared lock table holds about 8,600 (max_locks_per_transaction 64 x
+    its connections): "out of shared memory". Here another session leaves room for 1,500 locks, and a batch of
+    4,096 files is stored whole all the same."""
+    hog = store.another()
+    # Session locks until the table is full; those taken before the statement failed stay held.
+    with pytest.raises(Exception, match="shared memory"):
+        hog.conn.execute("SELECT pg_advisory_lock(1234567, g) FROM generate_series(1, 10000000) AS g")
+    hog.conn.execute("SELECT pg_advisory_unlock(1234567, g) FROM generate_series(1, 1500) AS g")
+    try:
+        model_id = store.ensure_model("pipeline-locks", "", 8)
+        collection = store.create_collection("locks", model_id)
+        run_id = store.start_run(collection.id)
+        paths = [f"/many/{i:05d}.jpg" for i in range(4096)]
+        vectors = list(np.ones((len(paths), 8), dtype=np.float32))
+        written = store.write_batch(collection.id, model_id, run_id, _records(paths), vectors, [("/many/x", "bad")])
+        assert written.already == set()
+    finally:
+        hog.close()
+    assert store.conn.execute("SELECT count(*), count(DISTINCT path) FROM images").fetchone() == (4096, 4096)
+    assert store.conn.execute("SELECT count(*) FROM embeddings").fetchone() == (4096,)
+    assert store.conn.execute("SELECT count(*) FROM ingest_errors WHERE run_id = %s", (run_id,)).fetchone() == (1,)
+
+
+def test_a_large_batch_is_split_between_files_never_between_frames() -> None:
+    from imagedb.store.images import PATHS_PER_TRANSACTION, _parts
+
+    paths = [f"/d/{i:04d}.jpg" for i in range(PATHS_PER_TRANSACTION - 1)]
+    paths += [f"/d/scan.dcm#frame={n}" for n in range(1, 4)] + ["/d/z.jpg"]
+    parts = _parts(_records(paths))
+    assert [len(p) for p in parts] == [PATHS_PER_TRANSACTION + 2, 1]  # 256 files, the last with its 3 frames
+    assert sorted(n for p in parts for n in p) == list(range(len(paths)))
+    assert _parts([]) == [[]]
