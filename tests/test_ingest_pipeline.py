@@ -183,7 +183,6 @@ def test_ctrl_c_ends_a_run_whose_batches_wait_on_a_lock(
     It used to wait for the other session, however long, since only the main thread sees the interrupt."""
     import signal
     import subprocess
-    import sys
     import time
 
     from test_hostile_folder import _imagedb
