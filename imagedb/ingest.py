@@ -7,7 +7,8 @@ import queue
 import time
 from collections import deque
 from collections.abc import Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -75,6 +76,8 @@ PREFETCH_BATCHES = 2
 # pgvector runs them in parallel across backends (bench/insert_bench.py). At least two, so storing one batch
 # overlaps embedding the next.
 WRITERS = min(4, max(2, (os.cpu_count() or 1) // 4))
+# How long a failed or interrupted run waits for its batches in flight to commit before it cancels them.
+STOP_GRACE_S = 2.0
 
 # What a decode worker hands back: the path (printable), the record and its input per model id, or the reason it
 # failed. No pixels: a batch waiting to be embedded holds only thumbnails and model-sized tensors.
@@ -306,7 +309,8 @@ def _account(summary: IngestSummary, batch: _Embedded, written: BatchWritten) ->
 
 class BatchWriters:
     """Stores batches on `count` connections of their own at once, while the caller embeds the next; results come
-    back in the order submitted. Each batch is still one transaction (Store.write_batch)."""
+    back in the order submitted. Each batch is still one transaction, or several of whole files when large
+    (Store.write_batch)."""
 
     def __init__(self, store: Store, count: int) -> None:
         self._store, self._count = store, count
@@ -339,8 +343,10 @@ class BatchWriters:
         return [self._finish() for _ in range(len(self._in_flight))]
 
     def _finish(self) -> tuple[_Embedded, BatchWritten]:
-        batch, future = self._in_flight.popleft()
-        return batch, future.result()
+        batch, future = self._in_flight[0]
+        written = future.result()  # an interrupt while waiting here leaves the batch in flight, for __exit__
+        self._in_flight.popleft()
+        return batch, written
 
     def _open(self) -> None:
         for _ in range(self._count):
@@ -353,6 +359,18 @@ class BatchWriters:
         self._count = max(1, len(self._opened))
         self._pool = ThreadPoolExecutor(max_workers=self._count, thread_name_prefix="imagedb-writer")
 
+    def _stop(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)  # batches not begun are dropped
+        pending = [f for _, f in self._in_flight if not f.done()]
+        if pending:
+            pending = list(wait(pending, timeout=STOP_GRACE_S).not_done)
+        while pending:
+            for store in self._opened:  # cancelling a connection with nothing running does nothing
+                with suppress(Exception):
+                    store.conn.cancel_safe(timeout=5)
+            pending = list(wait(pending, timeout=0.5).not_done)
+
     def _write(self, target: Collection, run_id: int, batch: _Embedded) -> BatchWritten:
         store = self._idle.get()
         try:
@@ -362,11 +380,16 @@ class BatchWriters:
         finally:
             self._idle.put(store)
 
-    def __exit__(self, *exc: object) -> None:
-        # A batch in flight when the run fails (the database went away, a model switch) finishes or fails on its
-        # own connection; none is left half written, since each is one transaction.
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        # A batch in flight when the run fails (Ctrl-C, the database went away, a model switch) gets a moment to
+        # commit on its own connection; then it is cancelled: it may be waiting for a lock that another session
+        # holds for as long as it likes (a VACUUM FULL, an index build), and only this thread sees a Ctrl-C. None
+        # is left half written, since each is one transaction.
+        if exc_type is not None:
+            self._stop()
         for _, future in self._in_flight:
-            future.exception()
+            if not future.cancelled():
+                future.exception()
         if self._pool is not None:
             self._pool.shutdown()
         for store in self._opened:

@@ -173,3 +173,107 @@ def test_a_role_short_of_connections_still_ingests_everything(
     assert store.conn.execute(
         "SELECT count(*) FROM images i JOIN collections c ON c.id = i.collection_id WHERE c.name = 'limited'"
     ).fetchone() == (12,)
+
+
+def test_ctrl_c_ends_a_run_whose_batches_wait_on_a_lock(
+    store: Store, database_url: str, tiny_model: str, photos: Path, tmp_path: Path
+) -> None:
+    """Ctrl-C while the writers wait for a lock another session holds (`forget --full`'s VACUUM FULL, a long
+    index build, a `models use`): the run ends at once, its batches in flight rolled back, and a rerun completes.
+    It used to wait for the other session, however long, since only the main thread sees the interrupt."""
+    import signal
+    import subprocess
+    import time
+
+    from test_hostile_folder import _imagedb
+
+    first = tmp_path / "first"
+    first.mkdir()
+    shutil.move(photos / "astronaut.jpg", first / "astronaut.jpg")
+    ingest(store, [first], collection="held", model=ModelSpec.parse(tiny_model))
+    collection = store.get_collection("held")
+    assert collection is not None
+    holder = store.another()
+    holder.conn.execute("BEGIN")
+    holder.conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (0x1A6E, collection.id))
+    env = {**os.environ, "IMAGEDB_DATABASE_URL": database_url, "IMAGEDB_MODEL": tiny_model}
+    run = subprocess.Popen(
+        [_imagedb(), "ingest", str(photos), "-c", "held", "--batch-size", "1"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as on a terminal, even under `&`
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not store.conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+            " AND query LIKE '%%pg_advisory_xact_lock_shared%%'"
+        ).fetchone()[0]:  # type: ignore[index]
+            assert run.poll() is None and time.monotonic() < deadline, run.communicate()
+            time.sleep(0.1)
+        run.send_signal(signal.SIGINT)
+        interrupted = time.monotonic()
+        try:
+            out, err = run.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            pytest.fail("the run went on waiting for the lock after Ctrl-C")
+        assert time.monotonic() - interrupted < 15
+        assert run.returncode != 0 and "Traceback" not in err, err
+        # Nothing of it is left on the server: its batches in flight were rolled back, its connections closed.
+        deadline = time.monotonic() + 10
+        while store.conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> ALL(%s)",
+            ([store.conn.info.backend_pid, holder.conn.info.backend_pid],),
+        ).fetchone()[0]:  # type: ignore[index]
+            assert time.monotonic() < deadline, "connections left behind"
+            time.sleep(0.1)
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+        holder.conn.execute("ROLLBACK")
+        holder.close()
+    summary = ingest(store, [photos], collection="held", batch_size=1)  # the rerun completes
+    assert (summary.added + summary.reused + summary.skipped, summary.failed) == (11, 0)
+    assert store.conn.execute(
+        "SELECT count(*), count(DISTINCT path) FROM images i JOIN collections c ON c.id = i.collection_id"
+        " WHERE c.name = 'held'"
+    ).fetchone() == (12, 12)
+
+
+def test_a_large_batch_fits_in_a_server_lock_table_others_fill(store: Store) -> None:
+    """`--batch-size 4096` on four writers, or two ingests at once, held a lock per path for every file of every
+    batch in flight, 16,384 on a server whose shared lock table holds about 8,600 (max_locks_per_transaction 64 x
+    its connections): "out of shared memory". Here another session leaves room for 1,500 locks, and a batch of
+    4,096 files is stored whole all the same."""
+    hog = store.another()
+    # Session locks until the table is full; those taken before the statement failed stay held.
+    with pytest.raises(Exception, match="shared memory"):
+        hog.conn.execute("SELECT pg_advisory_lock(1234567, g) FROM generate_series(1, 10000000) AS g")
+    hog.conn.execute("SELECT pg_advisory_unlock(1234567, g) FROM generate_series(1, 1500) AS g")
+    try:
+        model_id = store.ensure_model("pipeline-locks", "", 8)
+        collection = store.create_collection("locks", model_id)
+        run_id = store.start_run(collection.id)
+        paths = [f"/many/{i:05d}.jpg" for i in range(4096)]
+        vectors = list(np.ones((len(paths), 8), dtype=np.float32))
+        written = store.write_batch(collection.id, model_id, run_id, _records(paths), vectors, [("/many/x", "bad")])
+        assert written.already == set()
+    finally:
+        hog.close()
+    assert store.conn.execute("SELECT count(*), count(DISTINCT path) FROM images").fetchone() == (4096, 4096)
+    assert store.conn.execute("SELECT count(*) FROM embeddings").fetchone() == (4096,)
+    assert store.conn.execute("SELECT count(*) FROM ingest_errors WHERE run_id = %s", (run_id,)).fetchone() == (1,)
+
+
+def test_a_large_batch_is_split_between_files_never_between_frames() -> None:
+    from imagedb.store.images import PATHS_PER_TRANSACTION, _parts
+
+    paths = [f"/d/{i:04d}.jpg" for i in range(PATHS_PER_TRANSACTION - 1)]
+    paths += [f"/d/scan.dcm#frame={n}" for n in range(1, 4)] + ["/d/z.jpg"]
+    parts = _parts(_records(paths))
+    assert [len(p) for p in parts] == [PATHS_PER_TRANSACTION + 2, 1]  # 256 files, the last with its 3 frames
+    assert sorted(n for p in parts for n in p) == list(range(len(paths)))
+    assert _parts([]) == [[]]

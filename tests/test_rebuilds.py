@@ -298,3 +298,25 @@ def test_db_check_advises_a_reindex_for_a_large_model_on_a_sparse_graph(
     assert result.exit_code == 0, result.output
     assert f"{hnsw_index_name(model_id)} (m=24, ef_construction=128)" in result.output
     assert "note:" not in CliRunner().invoke(main, ["db", "check"]).output
+
+
+def test_bad_build_parameters_are_refused_before_any_index_changes(
+    store: Store, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`db reindex --ef-construction 40` over a small model (m 16: 40 is enough) and a large one (m 24: 40 < 48)
+    is refused with exit code 2 before anything is built; it used to rebuild the small model's index first. And
+    `--quantize binary --ef-construction 10` (m 16) is refused the same way, where it dropped the binary indexes
+    and failed with a database error (exit code 1)."""
+    small = fill_synthetic(store, 50, name="small")
+    large = fill_synthetic(store, 300, name="large", seed=1)
+    monkeypatch.setattr(models, "LARGE_INDEX_ROWS", 200)
+    runner = CliRunner()
+    assert runner.invoke(main, ["--database-url", database_url, "db", "reindex", "--quantize", "binary"]).exit_code == 0
+    indexes = store.conn.execute("SELECT indexrelid FROM pg_index ORDER BY 1").fetchall()
+    for options in (["--ef-construction", "40"], ["--quantize", "binary", "--ef-construction", "10"]):
+        result = runner.invoke(main, ["--database-url", database_url, "db", "reindex", *options])
+        assert result.exit_code == 2, result.output
+        assert "at least 2 * m" in result.output.splitlines()[-1], result.output
+        assert store.hnsw_params(small.model_id) == store.hnsw_params(large.model_id) == models.DEFAULT_HNSW
+        assert store.conn.execute("SELECT indexrelid FROM pg_index ORDER BY 1").fetchall() == indexes
+        assert store.conn.execute("SELECT count(*) FROM embedding_models WHERE rerank IS NULL").fetchone() == (0,)

@@ -127,11 +127,13 @@ def reindex(
         with open_store(ctx) as store:
             click.echo(f"computed {backfill_hashes(store)} perceptual hash(es)")
         return
-    if m is not None and ef_construction is not None and ef_construction < 2 * m:
-        raise click.BadParameter(f"must be at least 2 * m = {2 * m}", param_hint="--ef-construction")
     if quantize is not None:
         m = m or DEFAULT_HNSW_M  # the binary index is small: the sparser graph's defaults
         ef_construction = ef_construction or max(DEFAULT_HNSW_EF_CONSTRUCTION, 2 * m)
+    if m is not None and ef_construction is not None and ef_construction < 2 * m:
+        raise click.BadParameter(f"must be at least 2 * m = {2 * m}", param_hint="--ef-construction")
+    if quantize is not None:
+        assert m is not None and ef_construction is not None
         with open_store(ctx) as store:
             names = store.quantize_indexes(rerank if quantize == "binary" else None, m, ef_construction)
         if quantize == "none":

@@ -29,6 +29,31 @@ class BatchWritten:
 _WRITE_LOCK = 0x1A6E  # advisory lock class for batch writes; the second key is the collection id
 
 
+# Path locks one transaction takes at most. The server's lock table is shared by every session (about 8,600 entries
+# on a default server: max_locks_per_transaction 64 x its connections), and one ingest writes up to four batches at
+# once, several ingests more: 4 x 4,096 files (--batch-size 4096) ran it out of shared memory.
+PATHS_PER_TRANSACTION = 256
+
+
+def _lock_key(path: str) -> str:
+    """What a path's lock is named after: its file (a DICOM frame `file#frame=N` shares its file's lock); the
+    same as the SQL of write_batch: split_part(path, '#frame=', 1)."""
+    return path.split("#frame=", 1)[0]
+
+
+def _parts(records: Sequence[ImageRecord]) -> list[list[int]]:
+    """The records' positions in groups of at most PATHS_PER_TRANSACTION files, a file's frames together; at
+    least one group, maybe empty (a batch of failed files alone records their errors)."""
+    files: dict[str, list[int]] = {}
+    for n, record in enumerate(records):
+        files.setdefault(_lock_key(record.path), []).append(n)
+    groups = list(files.values())
+    return [
+        [n for group in groups[i : i + PATHS_PER_TRANSACTION] for n in group]
+        for i in range(0, len(groups), PATHS_PER_TRANSACTION)
+    ] or [[]]
+
+
 class ImagesStore(StoreBase):
     def file_states(self, collection_id: int) -> dict[str, tuple[int, datetime]]:
         """path -> (size, mtime) of every image stored in the collection: what a rerun may skip."""
@@ -65,13 +90,42 @@ class ImagesStore(StoreBase):
         errors: Iterable[tuple[str, str]],
         other_models: dict[int, Sequence[np.ndarray]] | None = None,
     ) -> BatchWritten:
-        """Store one batch in one transaction: a crash loses at most this batch, never half an image.
+        """Store one batch, in one transaction up to PATHS_PER_TRANSACTION files (a larger one in several, each of
+        whole files): a crash loses at most the transaction in flight, never half an image.
 
         `other_models` holds the vectors of the same records by the other models the collection holds (during
         `imagedb models add`); a model the collection no longer holds (dropped meanwhile) is left out.
         Returns the paths it left alone because another ingest of the same collection stored them first, and how
         many watch hits its images made.
         """
+        others = other_models or {}
+        already: set[str] = set()
+        hits = 0
+        parts = _parts(records)
+        for n, part in enumerate(parts):
+            written = self._write_part(
+                collection_id,
+                model_id,
+                run_id,
+                [records[i] for i in part],
+                [vectors[i] for i in part],
+                list(errors) if n == len(parts) - 1 else [],
+                {m: [vs[i] for i in part] for m, vs in others.items()},
+            )
+            already |= written.already
+            hits += written.watch_hits
+        return BatchWritten(already, hits)
+
+    def _write_part(
+        self,
+        collection_id: int,
+        model_id: int,
+        run_id: int,
+        records: Sequence[ImageRecord],
+        vectors: Sequence[np.ndarray],
+        errors: Iterable[tuple[str, str]],
+        other_models: dict[int, Sequence[np.ndarray]],
+    ) -> BatchWritten:
         with self.conn.transaction(), self.conn.cursor() as cur:
             # Batches of one collection are written at once (several writers of an ingest, or several ingests),
             # but never two holding the same file: each takes a lock per path (a DICOM frame's is its file's), in
@@ -100,7 +154,7 @@ class ImagesStore(StoreBase):
             todo = [(r, v) for r, v in zip(records, vectors, strict=True) if r.path not in done]
             hits = 0
             if todo:
-                extra = self._held(cur, collection_id, other_models or {})
+                extra = self._held(cur, collection_id, other_models)
                 by_path = {r.path: n for n, r in enumerate(records)}
                 extra_todo = {m: [vs[by_path[r.path]] for r, _ in todo] for m, vs in extra.items()}
                 hits = self._insert_images(cur, collection_id, model_id, run_id, todo, stored, extra_todo)

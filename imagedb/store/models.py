@@ -285,11 +285,10 @@ class ModelsStore(StoreBase):
         """Rebuild every model's HNSW index with new build parameters, without downtime; returns the names. What is
         not given comes from the defaults for each model's size (default_hnsw)."""
         models = self.conn.execute("SELECT id, dim FROM embedding_models ORDER BY id").fetchall()
+        # Every model's parameters are checked before any index is built: one refused must leave all unchanged.
+        chosen = [(model_id, dim, self._chosen(model_id, m, ef_construction)) for model_id, dim in models]
         try:
-            return [
-                self.rebuild_hnsw_index(model_id, dim, self._chosen(model_id, m, ef_construction))
-                for model_id, dim in models
-            ]
+            return [self.rebuild_hnsw_index(model_id, dim, params) for model_id, dim, params in chosen]
         except psycopg.errors.InsufficientPrivilege as exc:
             raise ImagedbError(
                 "only the owner of the embeddings table may rebuild its indexes: run `imagedb db reindex` as"
