@@ -123,8 +123,8 @@ class Embedder:
         self._model = model
         self._torch = torch
         self.numeric_mode = numeric_mode(torch, self.device)
-        if self.numeric_mode == TF32:  # for this process's CUDA matrix products: texts too, at the same cosine
-            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        if self.device.startswith("cuda"):  # the flags are the process's: texts use TF32 too, at the same cosine
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = self.numeric_mode == TF32
         cfg = getattr(getattr(model, "visual", None), "preprocess_cfg", None) or {}
         self.preprocessor = Preprocess(preprocess, str(cfg.get("resize_mode", "shortest")))
         with torch.inference_mode():
