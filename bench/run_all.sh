@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every benchmark, one after the other (about 2 hours on 2 cores, most of it the million; --quick: about 4 minutes,
+# Every benchmark, one after the other (the million takes most of it; --quick took 4.5 minutes,
 # its results in a temporary folder).
 # Needs the bench extra: pip install -e '.[bench]'
 set -euo pipefail
@@ -39,6 +39,6 @@ else
   python bench/insert_bench.py --n 100000 | tee bench/results/insert_100000.txt
   # The million: about 40 minutes on 2 quiet cores for the clustered set, as long again for the overlapping one.
   python bench/scale_bench.py --n 1000000 | tee bench/results/scale_1000000.txt
-  # Denser graphs at a million: about 25 minutes.
+  # Denser graphs at a million: 13 minutes on 2 quiet cores.
   python bench/graph_bench.py --n 1000000 | tee bench/results/graph_1000000.txt
 fi
