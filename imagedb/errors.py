@@ -21,6 +21,11 @@ class ModelMismatch(ImagedbError):
     """A collection is used with a model other than the one it was created with."""
 
 
+class ConcurrentChange(ImagedbError):
+    """Another command changed what this one relied on while it ran (e.g. `models use` during an ingest); what
+    was done is kept, and running it again completes it. Not bad usage: exit code 1, HTTP 409."""
+
+
 class NotFound(ImagedbError):
     """A collection, image or path that does not exist."""
 

@@ -16,7 +16,7 @@ from psycopg import sql
 
 from imagedb import ingest as ingest_module
 from imagedb.embed import ModelSpec
-from imagedb.ingest import ingest
+from imagedb.ingest import EMBEDDING, ingest
 from imagedb.store import ImageRecord, Store
 
 
@@ -277,3 +277,42 @@ def test_a_large_batch_is_split_between_files_never_between_frames() -> None:
     assert [len(p) for p in parts] == [PATHS_PER_TRANSACTION + 2, 1]  # 256 files, the last with its 3 frames
     assert sorted(n for p in parts for n in p) == list(range(len(paths)))
     assert _parts([]) == [[]]
+
+
+class _SwitchAfterFirstBatch:
+    """A Progress that switches the collection to another model once the first batch is stored, as `imagedb models
+    use` from another terminal would (the switch itself is tested in test_models.py; here only its timing)."""
+
+    def __init__(self, store: Store, collection: str) -> None:
+        self.store, self.collection, self.switched, self.embedding = store, collection, False, False
+
+    def phase(self, name: str, total: int | None = None, detail: str = "") -> None:
+        self.embedding = name == EMBEDDING
+
+    def advance(self, n: int = 1) -> None:
+        if self.switched or not self.embedding:  # files found while scanning come first
+            return
+        other = self.store.ensure_model("switched-to", "", 64)
+        self.store.conn.execute("UPDATE collections SET model_id = %s WHERE name = %s", (other, self.collection))
+        self.switched = True
+
+
+def test_a_model_switch_during_an_ingest_ends_it_as_a_conflict_not_bad_usage(
+    store: Store, tiny_model: str, photos: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found from outside: it ended with exit code 2 and the usage lines, as if the command had been mistyped."""
+    import click
+
+    from imagedb.cli.support import one_line_errors
+    from imagedb.errors import ConcurrentChange
+
+    monkeypatch.setattr(ingest_module, "WRITERS", 1)  # one batch in flight: the next one meets the switch
+    progress = _SwitchAfterFirstBatch(store, "switching")
+    with pytest.raises(ConcurrentChange, match="switched its search model .* run the ingest again") as info:
+        ingest(store, [photos], collection="switching", model=ModelSpec.parse(tiny_model), batch_size=2,
+               progress=progress)  # fmt: skip
+    stored = store.conn.execute("SELECT count(*) FROM images").fetchone()[0]  # type: ignore[index]
+    assert 2 <= stored < 12  # what was stored before the switch is kept
+    with pytest.raises(click.ClickException) as mapped, one_line_errors(click.Context(click.Command("ingest"))):
+        raise info.value
+    assert mapped.value.exit_code == 1 and not isinstance(mapped.value, click.UsageError)

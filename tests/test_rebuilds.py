@@ -320,3 +320,13 @@ def test_bad_build_parameters_are_refused_before_any_index_changes(
         assert store.hnsw_params(small.model_id) == store.hnsw_params(large.model_id) == models.DEFAULT_HNSW
         assert store.conn.execute("SELECT indexrelid FROM pg_index ORDER BY 1").fetchall() == indexes
         assert store.conn.execute("SELECT count(*) FROM embedding_models WHERE rerank IS NULL").fetchone() == (0,)
+
+
+def test_reindex_options_that_would_do_nothing_are_refused(database_url: str) -> None:
+    """Found from outside: `db reindex --hashes --m 30` ignored --m without a word."""
+    for options, words in (
+        (["--hashes", "--m", "30"], "--hashes builds no index: --m would do nothing"),
+        (["--quantize", "none", "--ef-construction", "80"], "only removes the binary indexes: --ef-construction"),
+    ):
+        result = CliRunner().invoke(main, ["--database-url", database_url, "db", "reindex", *options])
+        assert result.exit_code == 2 and words in result.output, result.output

@@ -121,6 +121,10 @@ def reindex(
     (or, with --hashes, backfill hashes; with --quantize, add or remove binary-quantised indexes)."""
     if hashes and quantize:
         raise click.UsageError("--hashes and --quantize are separate jobs: run them one at a time")
+    build = [o for o, v in (("--m", m), ("--ef-construction", ef_construction)) if v is not None]
+    if build and (hashes or quantize == "none"):  # said rather than ignored: the user meant something by them
+        job = "--hashes builds no index" if hashes else "--quantize none only removes the binary indexes"
+        raise click.UsageError(f"{job}: {' and '.join(build)} would do nothing")
     if hashes:
         from imagedb.dupes import backfill_hashes
 

@@ -30,7 +30,15 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from imagedb import db, embed
 from imagedb import search as searching
-from imagedb.errors import DatabaseUnavailable, ImagedbError, InvalidInput, ModelMismatch, ModelUnavailable, NotFound
+from imagedb.errors import (
+    ConcurrentChange,
+    DatabaseUnavailable,
+    ImagedbError,
+    InvalidInput,
+    ModelMismatch,
+    ModelUnavailable,
+    NotFound,
+)
 from imagedb.query import Term, parse_string
 from imagedb.server import guards, originals
 from imagedb.server.originals import OriginalChanged
@@ -58,6 +66,7 @@ _STATUS = {
     NotFound: 404,
     InvalidInput: 400,
     ModelMismatch: 409,
+    ConcurrentChange: 409,
     OriginalChanged: 409,
     ModelUnavailable: 503,
     DatabaseUnavailable: 503,

@@ -14,7 +14,7 @@ from pgvector import HalfVector
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from imagedb.errors import ModelMismatch
+from imagedb.errors import ConcurrentChange
 from imagedb.store.base import StoreBase
 from imagedb.store.dicom import insert_dicom_rows
 from imagedb.store.records import ImageRecord
@@ -141,7 +141,7 @@ class ImagesStore(StoreBase):
             cur.execute("SELECT name, model_id FROM collections WHERE id = %s", (collection_id,))
             name, searched = cur.fetchone() or (None, model_id)
             if searched != model_id:
-                raise ModelMismatch(
+                raise ConcurrentChange(
                     f"collection {name!r} switched its search model (imagedb models use) during this ingest: run the"
                     " ingest again; the images stored so far are kept"
                 )
