@@ -76,6 +76,9 @@ PREFETCH_BATCHES = 2
 # pgvector runs them in parallel across backends (bench/insert_bench.py). At least two, so storing one batch
 # overlaps embedding the next.
 WRITERS = min(4, max(2, (os.cpu_count() or 1) // 4))
+# Vectors a run keeps of what it embedded last, per model, so that content seen again before its batch commits is
+# not embedded twice (a few batches' worth: 4,096 x 512 x 4 bytes = 8 MB).
+RECENT_VECTORS = 4096
 # How long a failed or interrupted run waits for its batches in flight to commit before it cancels them.
 STOP_GRACE_S = 2.0
 
@@ -185,6 +188,7 @@ class _Models:
     def __init__(self, store: Store, target: Collection) -> None:
         self._store, self._target = store, target
         self.embedders: dict[int, Embedder] = {}
+        self.recent: dict[int, dict[str, np.ndarray]] = {}  # see RECENT_VECTORS
 
     def refresh(self) -> None:
         held = {record.id: record for record, _ in self._store.held_models(self._target.id)}
@@ -286,7 +290,7 @@ def _embed(store: Store, target: Collection, batch: list[_Prepared], models: _Mo
     vectors: dict[int, list[np.ndarray]] = {}
     for model_id, embedder in models.current().items():
         if all(model_id in tensors for _, tensors in good):  # else held since the batch was decoded: `models add`
-            embedded, computed = _model_vectors(store, model_id, embedder, good)
+            embedded, computed = _model_vectors(store, model_id, embedder, good, models.recent.setdefault(model_id, {}))
             vectors[model_id] = embedded
             if model_id == target.model_id:
                 fresh = computed
@@ -400,16 +404,26 @@ class BatchWriters:
 
 
 def _model_vectors(
-    store: Store, model_id: int, embedder: Embedder, good: list[tuple[ImageRecord, dict[int, object]]]
+    store: Store,
+    model_id: int,
+    embedder: Embedder,
+    good: list[tuple[ImageRecord, dict[int, object]]],
+    recent: dict[str, np.ndarray],
 ) -> tuple[list[np.ndarray], set[str]]:
-    """One model's vector for each record, reusing stored vectors of identical content; and the SHA-256s of
-    the contents it embedded."""
+    """One model's vector for each record, reusing stored vectors of identical content, and those this run
+    embedded lately (`recent`: their batches may still be in its writers' hands, not yet committed); and the
+    SHA-256s of the contents it embedded."""
     known = store.vectors_by_sha256(model_id, [r.sha256 for r, _ in good])
+    known.update({r.sha256: recent[r.sha256] for r, _ in good if r.sha256 not in known and r.sha256 in recent})
     # Identical files within the batch are embedded once.
     fresh: dict[str, object] = {}
     for record, tensors in good:
         if record.sha256 not in known:
             fresh.setdefault(record.sha256, tensors[model_id])
     if fresh:
-        known.update(zip(fresh, embedder.encode_images(list(fresh.values())), strict=True))
+        vectors = dict(zip(fresh, embedder.encode_images(list(fresh.values())), strict=True))
+        known.update(vectors)
+        recent.update(vectors)
+        for sha256 in list(recent)[: max(0, len(recent) - RECENT_VECTORS)]:  # the oldest first
+            del recent[sha256]
     return [known[r.sha256] for r, _ in good], set(fresh)

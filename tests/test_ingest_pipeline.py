@@ -144,6 +144,8 @@ def test_a_copied_photo_tree_is_stored_whole_by_four_writers(
     Image.new("RGB", (300, 200), (1, 2, 3)).save(tmp_path / "tree" / "one more.png")
     summary = ingest(store, [tmp_path / "tree"], model=ModelSpec.parse(tiny_model), batch_size=5)
     assert (summary.added + summary.reused, summary.failed) == (37, 0)
+    # Each content embedded once, even when its first batch was still with the writers (found from outside).
+    assert summary.added == 13
     assert store.conn.execute("SELECT count(*), count(DISTINCT sha256) FROM images").fetchone() == (37, 13)
 
 
