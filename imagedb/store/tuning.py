@@ -95,7 +95,7 @@ class TuningStore(StoreBase):
         """The true `k` nearest image ids (ties by id), `exclude` left out: a scan of every vector, no index. The
         answer recall is measured against."""
         # No cast to halfvec(dim), which only matches the HNSW index's expression: this scan uses no index, and the
-        # cast costs every row a check and a copy (10% of the scan: bench/results/exact.txt).
+        # cast costs every row a check and a copy (about 12% of the scan: bench/results/exact.txt).
         vector = sql.SQL("e.embedding")
         with self.conn.transaction():
             self.conn.execute("SELECT set_config('enable_indexscan', 'off', true)")
