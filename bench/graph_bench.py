@@ -5,7 +5,7 @@ maintenance_work_mem large enough for the whole graph (a build whose graph outgr
 The clustered set of bench/scale_bench.py, loaded once through imagedb's bulk path; each index is built on it in
 turn (max_parallel_maintenance_workers 1: the leader and one worker, the two cores of this box).
 
-    python bench/graph_bench.py [--n 1000000] [--graphs 16x64 24x128] [--build-memory 4GB]
+    python bench/graph_bench.py [--n 1000000] [--graphs 16x64 24x128] [--build-memory 4GB] [--filtered] [--tag T]
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 from results_dir import RESULTS
-from scale_bench import DIM, EFS, _data, _truth, load, sweep
+from scale_bench import DIM, EFS, _data, _truth, filtered, load, sweep
 
 from imagedb import db
 from imagedb.store import Store
@@ -30,6 +30,8 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=1_000_000)
     parser.add_argument("--graphs", nargs="+", default=["16x64", "24x128"], help="m x ef_construction")
     parser.add_argument("--build-memory", default="4GB", help="maintenance_work_mem for the builds")
+    parser.add_argument("--filtered", action="store_true", help="also filtered searches (1%% and 10%% kept)")
+    parser.add_argument("--tag", default="", help="suffix of the results' file names")
     args = parser.parse_args()
     graphs = [HnswParams(*map(int, g.split("x"))) for g in args.graphs]
     home = Path(tempfile.mkdtemp(prefix="imagedb-graph-bench-"))
@@ -38,7 +40,6 @@ def main() -> None:
     truths = {"image": _truth(data, image_q), "text": _truth(data, text_q)}
     store.conn.execute("SELECT set_config('maintenance_work_mem', %s, false)", (args.build_memory,))
     (collection, first), loaded = load(store, "graphs", data, graphs[0])
-    del data
     result: dict[str, object] = {"n": args.n, "dim": DIM, "build_memory": args.build_memory, "load": loaded}
     runs = []
     model_id = collection.model_id  # type: ignore[attr-defined]
@@ -57,11 +58,13 @@ def main() -> None:
         rows = sweep(store, collection, first, label, image_q, text_q, truths, EFS)
         runs.append({"m": params.m, "ef_construction": params.ef_construction, "build_s": build, "index_mb": size,
                      "sweep": rows})  # fmt: skip
+        if args.filtered:
+            runs[-1]["filtered"] = filtered(store, collection, first, data, image_q)
         result["runs"] = runs
-        (RESULTS / f"graph_{args.n}.json").write_text(json.dumps(result, indent=1, default=float))
+        (RESULTS / f"graph_{args.n}{args.tag}.json").write_text(json.dumps(result, indent=1, default=float))
     store.close()
     db.stop_embedded(home)
-    plot(result, RESULTS / f"graph_{args.n}.png")
+    plot(result, RESULTS / f"graph_{args.n}{args.tag}.png")
 
 
 def plot(result: dict[str, object], path: Path) -> None:
