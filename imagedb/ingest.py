@@ -130,6 +130,7 @@ def ingest(
     # between leaves no index; the next run builds it (restore_hnsw_index is a no-op when a valid one exists).
     bulk = len(todo) >= bulk_threshold and not store.model_has_embeddings(target.model_id)
     index_definition = store.drop_hnsw_index(target.model_id) if bulk else None
+    interrupted = False
     try:
         if todo:
             spec = collections.model_of(target)
@@ -151,8 +152,12 @@ def ingest(
                     _account(summary, done, written)
                     progress.advance(done.files)
             summary.embedding_seconds = time.perf_counter() - embedding_started
+    except KeyboardInterrupt:
+        interrupted = True  # Ctrl-C stops now, as a kill would: the build (minutes at a million) is the next run's
+        raise
     finally:
-        if not (store.conn.closed or store.conn.broken):  # else the database went away: the next run builds it
+        # Not after Ctrl-C, nor when the database went away: the next run builds the index (or `db reindex`).
+        if not (interrupted or store.conn.closed or store.conn.broken):
             if index_definition is not None:
                 progress.phase(BUILDING_INDEX)
             store.restore_hnsw_index(target.model_id, target.dim, index_definition)

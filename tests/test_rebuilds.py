@@ -330,3 +330,34 @@ def test_reindex_options_that_would_do_nothing_are_refused(database_url: str) ->
     ):
         result = CliRunner().invoke(main, ["--database-url", database_url, "db", "reindex", *options])
         assert result.exit_code == 2 and words in result.output, result.output
+
+
+class _CtrlCWhileEmbedding:
+    """A Progress that raises KeyboardInterrupt (what Ctrl-C raises in the main thread) once a batch is stored."""
+
+    def __init__(self) -> None:
+        self.embedding = False
+
+    def phase(self, name: str, total: int | None = None, detail: str = "") -> None:
+        self.embedding = name == "embedding"
+        assert name != "building index", "the index was being built after Ctrl-C"
+
+    def advance(self, n: int = 1) -> None:
+        if self.embedding:
+            raise KeyboardInterrupt
+
+
+def test_ctrl_c_during_a_first_bulk_load_stops_without_building_the_index(
+    store: Store, tiny_model: str, photos: Path
+) -> None:
+    """Ctrl-C during a model's first bulk load ends the run at once, as a kill would: the build (minutes at a
+    million vectors) is left to the next run, which makes it; `db check` reports the index missing meanwhile."""
+    with pytest.raises(KeyboardInterrupt):
+        ingest(store, [photos], collection="bulk", model=ModelSpec.parse(tiny_model), batch_size=2, bulk_threshold=5,
+               progress=_CtrlCWhileEmbedding())  # fmt: skip
+    model_id = store.get_collection("bulk").model_id  # type: ignore[union-attr]
+    assert _model_indexes(store, model_id) == []
+    assert any("without their HNSW index" in p for p in _index_problems(store))
+    summary = ingest(store, [photos], collection="bulk", bulk_threshold=5)
+    assert summary.added + summary.reused + summary.skipped == 12
+    assert _model_indexes(store, model_id) == [(hnsw_index_name(model_id), True)]
