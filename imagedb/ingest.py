@@ -402,10 +402,7 @@ class BatchWriters:
         if self._pool is not None:
             self._pool.shutdown()
         for store in self._opened:
-            if store.conn.broken:  # the database went away: that error is the one to report, not this close's
-                store.conn.close()
-            else:
-                store.close()
+            store.close(failing=exc_type is not None)
 
 
 def _model_vectors(

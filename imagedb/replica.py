@@ -53,15 +53,12 @@ def create(primary_home: Path, target: Path, *, max_wal: str = DEFAULT_MAX_WAL) 
     if not WAL_SIZE.fullmatch(max_wal):
         raise InvalidInput(f"not a size: {max_wal!r} (e.g. 512MB, 1GB, 20GB)")
     slot, password = slot_name(target), secrets.token_urlsafe(32)
-    store = Store(connect(embedded_url(primary_home)))
-    try:
+    with Store(connect(embedded_url(primary_home))) as store:
         if store.primary_of_standby() is not None:
             raise InvalidInput(f"the server in {primary_home} is itself a replica: make replicas of its primary")
         store.limit_slot_wal(max_wal)
         store.drop_replication(slot)  # left by a replica of this folder deleted without `db replica remove`
         store.create_replication_role(slot, password)
-    finally:
-        store.close()
     info = server_admin.postmaster(primary_home / "pgdata")
     if info is None:
         raise DatabaseUnavailable(f"the embedded server in {primary_home} stopped while making the replica")
@@ -91,11 +88,8 @@ def remove(primary_home: Path, target: Path) -> bool:
     if (target / "pgdata" / "standby.signal").exists():
         stop_embedded(target)
     primary_home = primary_home.expanduser().resolve()
-    store = Store(connect(embedded_url(primary_home)))
-    try:
+    with Store(connect(embedded_url(primary_home))) as store:
         found = store.drop_replication(slot)
-    finally:
-        store.close()
     _register(primary_home, target, add=False)
     return found
 
@@ -127,11 +121,8 @@ def follow_primary(home: Path, owner_url: str) -> None:
     info = server_admin.postmaster(Path(meta["primary_home"]) / "pgdata") if meta else None
     if info is None or not (home / "pgdata" / "standby.signal").exists():
         return
-    store = Store(connect(owner_url))
-    try:
+    with Store(connect(owner_url)) as store:
         store.repoint_standby(str(info.socket_dir), str(info.port or 5432))
-    finally:
-        store.close()
 
 
 def read_meta(home: Path) -> dict[str, str] | None:
@@ -224,16 +215,13 @@ def _wait_streaming(target: Path, seconds: float = 10.0) -> str | None:
     from imagedb.db import connect, embedded_url
     from imagedb.store import Store
 
-    store = Store(connect(embedded_url(target)))
-    try:
+    with Store(connect(embedded_url(target))) as store:
         deadline = time.monotonic() + seconds
         while True:
             receiver = store.standby_status()["receiver"]
             if receiver == "streaming" or time.monotonic() > deadline:
                 return receiver
             time.sleep(0.05)
-    finally:
-        store.close()
 
 
 def _undo(primary_home: Path, target: Path, slot: str, made: bool) -> None:
@@ -252,10 +240,7 @@ def _undo(primary_home: Path, target: Path, slot: str, made: bool) -> None:
     if made:
         shutil.rmtree(target, ignore_errors=True)
     try:
-        store = Store(connect(embedded_url(primary_home)))
-        try:
+        with Store(connect(embedded_url(primary_home))) as store:
             store.drop_replication(slot)
-        finally:
-            store.close()
     except Exception:  # noqa: BLE001
         pass

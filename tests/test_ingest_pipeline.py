@@ -16,6 +16,7 @@ from psycopg import sql
 
 from imagedb import ingest as ingest_module
 from imagedb.embed import ModelSpec
+from imagedb.errors import DatabaseUnavailable, ImagedbError
 from imagedb.ingest import EMBEDDING, ingest
 from imagedb.store import ImageRecord, Store
 
@@ -318,3 +319,27 @@ def test_a_model_switch_during_an_ingest_ends_it_as_a_conflict_not_bad_usage(
     with pytest.raises(click.ClickException) as mapped, one_line_errors(click.Context(click.Command("ingest"))):
         raise info.value
     assert mapped.value.exit_code == 1 and not isinstance(mapped.value, click.UsageError)
+
+
+def _dropped_mid_statement(store: Store) -> None:
+    """Leave `store` as a server that went away mid-statement does, before libpq has read to the socket's end: the
+    statement still reads as active and the connection as open."""
+    store.conn.pgconn.send_query(b"SELECT pg_sleep(30)")
+    assert store.conn.info.transaction_status.name == "ACTIVE" and not store.conn.closed
+
+
+def test_a_failing_run_reports_its_own_error_not_a_writer_dropped_mid_statement(store: Store) -> None:
+    """Found by CI: the database stopped during an ingest, and the run reported "internal error: a transaction was
+    left open" (a writer's connection had not yet noticed) instead of the database error."""
+    writers = ingest_module.BatchWriters(store, 2)
+    with pytest.raises(DatabaseUnavailable, match="went away"), writers:
+        writers._open()
+        _dropped_mid_statement(writers._opened[0])
+        raise DatabaseUnavailable("the database went away")
+    assert writers._opened and all(s.conn.closed for s in writers._opened)
+    # A command's own store, the same way; and a transaction left open by a run that succeeded is still a bug.
+    with pytest.raises(DatabaseUnavailable, match="went away"), store.another() as other:
+        _dropped_mid_statement(other)
+        raise DatabaseUnavailable("the database went away")
+    with pytest.raises(ImagedbError, match="left open"), store.another() as other:
+        other.conn.execute("BEGIN")

@@ -113,12 +113,9 @@ def require_primary_url(ctx: click.Context, url: str) -> None:
     from imagedb.replica import require_primary
     from imagedb.store import Store
 
-    store = Store(connect(url))
-    try:
+    with Store(connect(url)) as store:
         external = config.database_url(ctx.obj["database_url"])
         require_primary(store, None if external else config.home(ctx.obj["home"]))
-    finally:
-        store.close()
 
 
 @db.command(

@@ -120,10 +120,7 @@ def open_store(ctx: click.Context) -> Iterator[Any]:
     url = root.obj["database_url"]
     if command in READS and os.environ.get("IMAGEDB_READ_DATABASE_URL"):
         url = os.environ["IMAGEDB_READ_DATABASE_URL"]  # never migrated: an external URL that is behind is refused
-    store = Store(open_connection(url, root.obj["home"]))
-    try:
+    with Store(open_connection(url, root.obj["home"])) as store:
         if command in WRITES:
             require_primary(store, None if config.database_url(url) else config.home(root.obj["home"]))
         yield store
-    finally:
-        store.close()

@@ -33,9 +33,20 @@ class StoreBase:
         register_vector(conn)
         return type(self)(conn)
 
-    def close(self) -> None:
-        """Close the connection; a transaction left open is a bug, reported rather than silently rolled back."""
+    def close(self, failing: bool = False) -> None:
+        """Close the connection; a transaction left open is a bug, reported rather than silently rolled back.
+
+        Not while the caller is `failing` already: its error is the one to report. A connection whose server went
+        away mid-statement may not have noticed yet (libpq reads the FATAL message first, the end of the socket
+        later), and reports that statement as still active: closing it is right, not a bug.
+        """
         left_open = not self.conn.closed and self.conn.info.transaction_status != TransactionStatus.IDLE
         self.conn.close()
-        if left_open:
+        if left_open and not failing:
             raise ImagedbError("internal error: a transaction was left open and has been rolled back")
+
+    def __enter__(self: _S) -> _S:
+        return self
+
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        self.close(failing=exc_type is not None)
