@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import secrets
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import quote, urlencode
 
@@ -177,6 +178,28 @@ def restore(url: str, file: Path) -> None:
 def resolve_url(explicit: str | None, home: str | Path | None = None) -> str:
     """The URL to use: an explicit one, IMAGEDB_DATABASE_URL, or the embedded server's."""
     return config.database_url(explicit) or embedded_url(config.home(home))
+
+
+def live_url(explicit: str | None, home: str | Path | None = None) -> str | Callable[[], str]:
+    """What a long-running process (`imagedb serve`'s pool) connects with, asked again for each new connection.
+
+    An external URL is used as it is. The embedded server's socket is read afresh: `imagedb db listen` restarts the
+    server on another port, which moves its socket. Nothing here starts a stopped server: `imagedb db stop` meant
+    it, and connections fail until the next command starts it.
+    """
+    external = config.database_url(explicit)
+    if external:
+        return external
+    folder = config.home(home)
+    started = embedded_url(folder)
+
+    def current() -> str:
+        from imagedb import server_admin
+
+        info = server_admin.postmaster(folder / "pgdata")
+        return started if info is None else _owner_url(folder, info.socket_dir, info.port, EMBEDDED_DBNAME)
+
+    return current
 
 
 def sqlalchemy_url(url: str) -> str:

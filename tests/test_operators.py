@@ -88,6 +88,24 @@ def test_bi_login_over_tcp_needs_its_password_and_the_superuser_is_refused(liste
     assert _run(listening_home, "db", "info").exit_code == 0
 
 
+def test_a_running_web_server_follows_the_socket_db_listen_moves(listening_home: Path) -> None:
+    """`db listen` restarts the embedded server on another port, which moves its socket: a running `imagedb serve`
+    answered 503 until restarted (documented, now fixed). A server stopped on purpose stays stopped."""
+    from fastapi.testclient import TestClient
+
+    from imagedb.server import create_app
+
+    with TestClient(create_app(home=listening_home), base_url="http://localhost") as client:
+        assert client.get("/api/collections").status_code == 200
+        assert _run(listening_home, "db", "listen", f"127.0.0.1:{_free_port()}").exit_code == 0
+        assert client.get("/api/collections").status_code == 200
+        assert _run(listening_home, "db", "listen", "--off").exit_code == 0
+        assert client.get("/api/collections").status_code == 200
+        db.stop_embedded(listening_home)
+        assert client.get("/api/collections").status_code == 503
+        assert server_admin.postmaster(listening_home / "pgdata") is None  # `db stop` meant it: not started again
+
+
 @pytest.mark.parametrize(
     ("address", "message"),
     [

@@ -97,9 +97,8 @@ def create_app(
     if token is not None and not token.strip():
         raise InvalidInput("the API token cannot be empty")
     db.open_connection(database_url, home).close()  # migrates the embedded database, checks an external one
-    url = db.resolve_url(database_url, home)
     pool = ConnectionPool(
-        url,
+        db.live_url(database_url, home),  # follows the embedded server's socket when `db listen` moves it
         min_size=1,
         max_size=pool_size,
         kwargs={"connect_timeout": 3, "autocommit": True},  # the store's transaction discipline (store/base.py)
