@@ -18,6 +18,7 @@ KEY_COLUMNS = ("path", "filename")
 
 # Limits a metadata file must respect; a file that breaks one is refused before anything is stored.
 MAX_DEPTH = 32  # nesting of JSON arrays and objects
+MAX_TEXT = csv.field_size_limit()  # a JSON key or value, as long as a CSV field may be (131,072 characters)
 
 
 def read_rows(file: Path) -> list[tuple[str, dict[str, Any]]]:
@@ -25,8 +26,9 @@ def read_rows(file: Path) -> list[tuple[str, dict[str, Any]]]:
     a bare file name stays bare and matches images by name.
 
     The whole file is checked here, before ingest stores anything: each problem raises InvalidInput naming the
-    file and line (invalid UTF-8, a field over csv's limit of 131,072 characters, JSON nested deeper than 32,
-    NUL characters, NaN or infinite numbers, duplicate columns or keys, two rows for the same image).
+    file and line (invalid UTF-8, a CSV field or JSON key or value over csv's limit of 131,072 characters, JSON
+    nested deeper than 32, NUL characters, NaN or infinite numbers, duplicate columns or keys, two rows for the same
+    image).
     """
     if not file.is_file():
         raise NotFound(f"no such metadata file: {file}")
@@ -159,6 +161,8 @@ def _check_value(value: Any, where: str, depth: int = 0) -> None:
 
 
 def _check_text(text: str, where: str) -> None:
+    if len(text) > MAX_TEXT:
+        raise InvalidInput(f"{where}: a key or value is longer than {MAX_TEXT:,} characters")
     if "\x00" in text:
         raise InvalidInput(f"{where}: a NUL character is not allowed in a key or value")
     try:

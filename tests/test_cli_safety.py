@@ -112,6 +112,7 @@ def test_an_error_that_quotes_a_file_name_stays_on_one_line(cli, odd: Path) -> N
     "content, suffix, message",
     [
         (b"filename,note\na.jpg," + b"x" * 140_000 + b"\n", ".csv", "line 2: a field is longer than 131,072"),
+        (b'{"filename": "a.jpg", "note": "' + b"x" * 140_000 + b'"}\n', ".jsonl", "line 1: a key or value is longer"),
         (b"filename,note\na.jpg,ok\nb.jpg,caf\xe9\n", ".csv", "line 3: not valid UTF-8"),
         (b'{"filename": "a.jpg", "note": "caf\xe9"}\n', ".jsonl", "line 1: not valid UTF-8"),
         (b'{"filename": "a.jpg", "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}\n", ".jsonl", "nested deeper than 32"),
