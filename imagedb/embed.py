@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from imagedb import cpus
 from imagedb.errors import InvalidInput, ModelUnavailable
 
 if TYPE_CHECKING:
@@ -105,7 +106,7 @@ class Embedder:
         import open_clip
         import torch
 
-        torch.set_num_threads(os.cpu_count() or 1)
+        torch.set_num_threads(cpus.available())
         self.spec = spec
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self._register_config_beside_checkpoint(open_clip)

@@ -16,7 +16,7 @@ from typing import Protocol
 import numpy as np
 
 from imagedb import collection as collections
-from imagedb import provenance, relevance
+from imagedb import cpus, provenance, relevance
 from imagedb.attributes import read_rows
 from imagedb.config import DEFAULT_COLLECTION
 from imagedb.dicom import DicomOptions
@@ -75,7 +75,7 @@ PREFETCH_BATCHES = 2
 # Batches stored at once, each on its own connection: HNSW inserts take nearly all of a batch's write time and
 # pgvector runs them in parallel across backends (bench/insert_bench.py). At least two, so storing one batch
 # overlaps embedding the next.
-WRITERS = min(4, max(2, (os.cpu_count() or 1) // 4))
+WRITERS = min(4, max(2, cpus.available() // 4))
 # Vectors a run keeps of what it embedded last, per model, so that content seen again before its batch commits is
 # not embedded twice (a few batches' worth: 4,096 x 512 x 4 bytes = 8 MB).
 RECENT_VECTORS = 4096
@@ -141,7 +141,7 @@ def ingest(
             roots = tuple(Path(p).expanduser().resolve() for p in paths)
             options = _DecodeOptions(keep_gps, keep_identifying, models.input_side(), dicom, roots)
             embedding_started = time.perf_counter()
-            with ThreadPoolExecutor(os.cpu_count() or 1) as pool, BatchWriters(store, WRITERS) as writers:
+            with ThreadPoolExecutor(cpus.available()) as pool, BatchWriters(store, WRITERS) as writers:
                 for prepared in _prefetched(pool, todo, batch_size, models, options):
                     embedded = _embed(store, target, prepared, models)
                     for done, written in writers.submit(target, summary.run_id, embedded):

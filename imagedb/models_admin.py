@@ -10,7 +10,6 @@ index is built after the load, concurrently. `use` switches the collection's sea
 from __future__ import annotations
 
 import io
-import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from imagedb import collection as collections
-from imagedb import provenance
+from imagedb import cpus, provenance
 from imagedb.embed import Embedder, ModelSpec
 from imagedb.errors import InvalidInput, ModelMismatch, NotReady
 from imagedb.images import BadImage, decode
@@ -90,7 +89,7 @@ def add(
         if not store.model_has_embeddings(model_id):
             # A first load: inserting row by row into HNSW costs far more than building it after the load.
             store.drop_hnsw_index(model_id)
-        with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        with ThreadPoolExecutor(max_workers=cpus.available()) as pool:
             for _ in range(MAX_PASSES):
                 missing = store.count_without_vector(target.id, model_id)
                 if missing:

@@ -343,3 +343,22 @@ def test_a_failing_run_reports_its_own_error_not_a_writer_dropped_mid_statement(
         raise DatabaseUnavailable("the database went away")
     with pytest.raises(ImagedbError, match="left open"), store.another() as other:
         other.conn.execute("BEGIN")
+
+
+@pytest.mark.skipif(
+    not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs to leave one"
+)
+def test_a_process_allowed_one_cpu_embeds_and_decodes_on_one(tiny_model: str) -> None:
+    """Under taskset or a container's cpuset os.cpu_count() still counts all of the host's CPUs: torch got that
+    many threads (and decoding that many) on the few CPUs the process may use."""
+    import subprocess
+    import sys
+
+    program = (
+        "import os; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))});"
+        "import torch; from imagedb import cpus, ingest; from imagedb.embed import ModelSpec, load;"
+        f"load(ModelSpec.parse({tiny_model!r})); print(torch.get_num_threads(), cpus.available(), ingest.WRITERS)"
+    )
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["1", "1", "2"]  # still two writers: storing one batch overlaps embedding the next

@@ -85,19 +85,60 @@ class Watcher(threading.Thread):
             self.store.close()
 
 
+class _HeldBuild(threading.Thread):
+    """Holds the rebuild's concurrent build in its wait for older snapshots (a REPEATABLE READ transaction of
+    another session, as any long report would) until the watcher has made `checks` more checks meanwhile: then the
+    searches provably ran during the rebuild, however fast this machine builds (a 5,000-vector build took ~1 s here
+    and may take a tenth of that elsewhere), and checks that stall fail the test."""
+
+    def __init__(self, database_url: str, watcher: Watcher, checks: int) -> None:
+        super().__init__(daemon=True)
+        self.database_url, self.watcher, self.checks = database_url, watcher, checks
+        self.snapshot = psycopg.connect(database_url)
+        self.snapshot.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+        self.snapshot.execute("SELECT 1")  # the snapshot is taken here and kept until the rollback
+        self.problem = ""
+
+    def run(self) -> None:
+        try:
+            with psycopg.connect(self.database_url, autocommit=True) as probe:
+                deadline = time.monotonic() + 60
+                while not probe.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                    " AND wait_event_type = 'Lock' AND query LIKE 'CREATE INDEX CONCURRENTLY%%'"
+                ).fetchone()[0]:  # type: ignore[index]
+                    if time.monotonic() > deadline:
+                        self.problem = "the rebuild never waited for the older snapshot"
+                        return
+                    time.sleep(0.01)
+            wanted, deadline = self.watcher.checks + self.checks, time.monotonic() + 60
+            while self.watcher.checks < wanted:
+                if time.monotonic() > deadline:
+                    self.problem = f"the searches stalled during the rebuild at check {self.watcher.checks}"
+                    return
+                time.sleep(0.01)
+        finally:
+            self.snapshot.rollback()
+            self.snapshot.close()
+
+
 def test_rebuild_keeps_a_valid_index_and_answers_searches_throughout(store: Store, database_url: str) -> None:
     collection = fill_synthetic(store, 5000)
     watcher = Watcher(database_url, collection)
     watcher.start()
     time.sleep(0.2)
+    held = _HeldBuild(database_url, watcher, checks=5)
+    held.start()
     before = watcher.checks
     started = time.perf_counter()
     names = store.rebuild_indexes(m=16, ef_construction=128)
     seconds = time.perf_counter() - started
     during = watcher.checks - before
+    held.join(30)
     time.sleep(0.2)
     watcher.stop.set()
     watcher.join(30)
+    assert held.problem == ""
     assert watcher.failures == [], watcher.failures[:5]
     assert during >= 5, f"only {during} checks during a {seconds:.2f} s rebuild"
     assert names == [hnsw_index_name(collection.model_id)]

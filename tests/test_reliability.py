@@ -90,12 +90,14 @@ def test_kill_9_at_random_moments_then_rerun(store: Store, database_url: str, tm
     for _ in range(10):
         before = _stored(store)
         run = subprocess.Popen([_imagedb(), "ingest", str(folder), "--batch-size", "4"], env=env)
-        # Wait until this run has stored something, then kill it at a random moment soon after: the tiny
-        # model stores about a hundred images a second.
+        # Kill it once it has stored a random number of images, a random moment after: a point in the run measured
+        # in its own progress, not in seconds, so that a faster machine does not finish the 600 images within the
+        # ten runs (a delay of up to 0.3 s let it: the tiny model stores ~100 images/s here, and more elsewhere).
+        wanted = before + int(rng.integers(1, 20))
         deadline = time.monotonic() + 60
-        while _stored(store) == before and run.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        time.sleep(float(rng.uniform(0, 0.3)))
+        while _stored(store) < wanted and run.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(float(rng.uniform(0, 0.03)))
         run.send_signal(signal.SIGKILL)
         run.wait()
         killed_mid_run += run.returncode == -signal.SIGKILL and _stored(store) < 600
@@ -126,8 +128,23 @@ def test_database_stopped_mid_ingest_then_rerun(tmp_path: Path, tiny_model: str)
     deadline = time.monotonic() + 60
     while _stored(store) < 20 and time.monotonic() < deadline:
         time.sleep(0.05)
+    # Then the run must not finish before the server stops (300 images take ~3 s here, a fraction elsewhere): its
+    # batches wait for the collection's write lock, held here, so the stop finds them mid-statement.
+    collection = store.get_collection("default")
+    assert collection is not None
+    holder = store.another()
+    holder.conn.execute("BEGIN")
+    holder.conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (0x1A6E, collection.id))
+    deadline = time.monotonic() + 60
+    while not store.conn.execute(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        " AND query LIKE '%%pg_advisory_xact_lock_shared%%'"
+    ).fetchone()[0]:  # type: ignore[index]
+        assert run.poll() is None and time.monotonic() < deadline, run.communicate()
+        time.sleep(0.05)
     store.close()
     db.stop_embedded(home)
+    holder.conn.close()  # its server is gone
     out, err = run.communicate(timeout=120)
     assert run.returncode == 1, (out, err)
     lines = [line for line in err.splitlines() if line.strip()]

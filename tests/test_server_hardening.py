@@ -276,16 +276,30 @@ def test_searches_waiting_to_embed_hold_no_database_connection(database_url: str
     app = create_app(database_url, pool_size=2, embedding_slots=1, embedding_wait_s=30)
     client = TestClient(app, base_url=LOCAL)
     assert client.get("/api/search", params={"q": "warm up"}).status_code == 200
-    assert app.state.embedding_slots.acquire(timeout=1)
+    slots = app.state.embedding_slots
+    assert slots.acquire(timeout=1)
+    asked: list[None] = []
+    acquire = slots.acquire
+
+    def counted(*args: object, **kwargs: object) -> bool:  # the requests that asked for a slot
+        asked.append(None)
+        return acquire(*args, **kwargs)  # type: ignore[arg-type]
+
+    slots.acquire = counted
     with ThreadPoolExecutor(8) as pool:
         try:
             waiting = [pool.submit(client.get, "/api/search", params={"q": f"text {i}"}) for i in range(8)]
-            time.sleep(1.0)  # all eight are past their first query, waiting for the model
+            # All eight are past their first query, waiting for the model: counted, not assumed after a sleep (a
+            # busy machine may take longer than the 1 s this waited).
+            deadline = time.monotonic() + 60
+            while len(asked) < 8:
+                assert time.monotonic() < deadline and not any(w.done() for w in waiting)
+                time.sleep(0.05)
             started = time.monotonic()
             assert client.get("/api/collections").status_code == 200  # the pool of two is not held by them
             assert time.monotonic() - started < 2
         finally:
-            app.state.embedding_slots.release()
+            slots.release()
         assert [w.result().status_code for w in waiting] == [200] * 8
 
 
