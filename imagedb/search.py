@@ -27,6 +27,7 @@ from imagedb.query import Term
 from imagedb.store import Collection, Filters, Store
 
 MAX_LIMIT = 1000
+MAX_OFFSET = 100_000  # an index scan reads at most hnsw.max_scan_tuples rows: none lie past it
 MAX_EF_SEARCH = 1000  # pgvector's upper bound for hnsw.ef_search
 # Phones name HEIF files .heic; Pillow reports them as HEIF.
 FORMAT_ALIASES = {"JPG": "JPEG", "TIF": "TIFF", "HEIC": "HEIF"}
@@ -131,8 +132,8 @@ def plan(
         raise InvalidInput("the query is empty: give a text, an image path or id:N")
     if not 1 <= limit <= MAX_LIMIT:
         raise InvalidInput(f"limit must be between 1 and {MAX_LIMIT}, not {limit}")
-    if offset < 0:
-        raise InvalidInput(f"offset cannot be negative: {offset}")
+    if not 0 <= offset <= MAX_OFFSET:
+        raise InvalidInput(f"offset must be between 0 and {MAX_OFFSET:,}, not {offset}")
     if ef_search is not None and not 1 <= ef_search <= MAX_EF_SEARCH:
         raise InvalidInput(f"ef_search must be between 1 and {MAX_EF_SEARCH}, not {ef_search}")
     if min_score is not None and not -1.0 <= min_score <= 1.0:

@@ -31,7 +31,7 @@ FORMATS = ("JPEG", "JPG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "TIF", "HEIF", "H
 @collection_option
 @search_model_option
 @click.option("--limit", "-k", default=10, show_default=True, type=click.IntRange(1, 1000), help="Results to show.")
-@click.option("--offset", default=0, show_default=True, type=click.IntRange(0), help="Skip this many (paging).")
+@click.option("--offset", default=0, show_default=True, type=click.IntRange(0, 100000), help="Skip this many (paging).")
 @click.option("--after", type=_DATE, metavar="DATE", help="Taken (else file time) on or after DATE.")
 @click.option(
     "--before",
