@@ -18,13 +18,14 @@ import numpy as np
 import psycopg
 
 from imagedb import collection as collections
-from imagedb import embed, relevance, tuning
+from imagedb import embed, provenance, relevance, tuning
 from imagedb.config import DEFAULT_COLLECTION
 from imagedb.embed import ModelSpec
 from imagedb.errors import InvalidInput, NotFound
 from imagedb.images import BadImage, decode
 from imagedb.query import Term
 from imagedb.store import Collection, Filters, Store
+from imagedb.store.records import ModelRecord
 
 MAX_LIMIT = 1000
 MAX_OFFSET = 100_000  # an index scan reads at most hnsw.max_scan_tuples rows: none lie past it
@@ -62,6 +63,8 @@ class Plan:
     texts: dict[str, np.ndarray] = field(default_factory=dict)  # the text terms' cached vectors (text_embeddings)
     # The texts query_vector() embedded, for nearest() to cache: the same query later needs no model.
     fresh: dict[str, np.ndarray] = field(default_factory=dict)
+    # The model's registry row when the plan needs the model: its weights file is verified before embedding.
+    weights: ModelRecord | None = None
 
     @property
     def needs_model(self) -> bool:
@@ -156,6 +159,8 @@ def plan(
     checked = replace(checked, exclude=tuple(stored))
     ef = ef_search if ef_search is not None else tuning.ef_search_for(tuned)
     texts = store.cached_texts(target.model_id, sorted({t.value for t in terms if t.kind == "text"}))
+    needs_model = any(t.kind == "image" or (t.kind == "text" and t.value not in texts) for t in terms)
+    weights = store.model_record(target.model_name, target.pretrained) if needs_model else None
     return Plan(
         target,
         tuple(terms),
@@ -169,6 +174,7 @@ def plan(
         min_relevance,
         collapse_duplicates,
         texts,
+        weights=weights,
     )
 
 
@@ -233,9 +239,19 @@ def _checked(store: Store, target: Collection, filters: Filters) -> Filters:
     return filters
 
 
+def load_model(plan: Plan) -> embed.Embedder:
+    """The plan's model, its weights file verified first as ingest verifies it: other weights under the
+    registered path would give vectors that match nothing stored, and the text-query cache would keep them."""
+    if plan.weights is not None:
+        provenance.verify(plan.model, plan.weights)  # hashed once per process while the file stays the same
+    return embed.load(plan.model)
+
+
 def query_vector(plan: Plan) -> np.ndarray:
     """The normalised weighted sum of the terms' normalised vectors; embeds texts and images, no database."""
     spec = plan.model
+    if plan.needs_model:
+        load_model(plan)
     vectors: list[np.ndarray] = []
     texts = sorted({t.value for t in plan.terms if t.kind == "text"} - plan.texts.keys())
     if texts:

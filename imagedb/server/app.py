@@ -28,7 +28,7 @@ from fastapi.staticfiles import StaticFiles
 from pgvector.psycopg import register_vector
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from imagedb import db, embed
+from imagedb import db
 from imagedb import search as searching
 from imagedb.errors import (
     ConcurrentChange,
@@ -176,7 +176,7 @@ def create_app(
         """The query vector, computed holding no database connection and (for texts and images) a slot."""
         if not plan.needs_model:
             return searching.query_vector(plan)
-        embed.load(plan.model)  # once per process, outside the slots: a second model must not wait behind it
+        searching.load_model(plan)  # once per process, outside the slots: a second model must not wait behind it
         try:
             with embedding_slot():
                 # On the slots' own threads: the allocator keeps freed memory in per-thread arenas, so decodes
