@@ -32,6 +32,7 @@ MAX_OFFSET = 100_000  # an index scan reads at most hnsw.max_scan_tuples rows: n
 MAX_EF_SEARCH = 1000  # pgvector's upper bound for hnsw.ef_search
 # Phones name HEIF files .heic; Pillow reports them as HEIF.
 FORMAT_ALIASES = {"JPG": "JPEG", "TIF": "TIFF", "HEIC": "HEIF"}
+FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "HEIF", "AVIF", "DICOM")  # what ingest stores
 
 
 @dataclass(frozen=True)
@@ -232,7 +233,11 @@ def _checked(store: Store, target: Collection, filters: Filters) -> Filters:
             raise InvalidInput(f"no image in {target.name!r} has the attribute {unknown[0]!r} (known: {names})")
     if filters.format is not None:
         fmt = filters.format.strip().upper().lstrip(".")
-        filters = replace(filters, format=FORMAT_ALIASES.get(fmt, fmt))
+        fmt = FORMAT_ALIASES.get(fmt, fmt)
+        if fmt not in FORMATS:  # a typo would otherwise match nothing, silently
+            known = ", ".join(FORMATS)
+            raise InvalidInput(f"unknown format {filters.format!r}: use one of {known} (or JPG, TIF, HEIC)")
+        filters = replace(filters, format=fmt)
     filters = replace(filters, after=_utc_naive(filters.after), before=_utc_naive(filters.before))
     if filters.after and filters.before and filters.after >= filters.before:
         raise InvalidInput("--after must be earlier than --before")

@@ -512,3 +512,13 @@ def test_a_date_that_overflows_in_utc_is_a_400() -> None:
     for value in (early, late):
         with pytest.raises(InvalidInput, match="out of range"):
             _utc_naive(value)
+
+
+def test_an_unknown_format_is_a_400_as_the_cli_refuses_it(client: TestClient) -> None:
+    """Found from outside: format=jepg (a typo) answered 200 with no results, where `imagedb search --format jepg`
+    is refused; the library now refuses it for both, and aliases and any case still work."""
+    typo = client.get("/api/search", params={"q": "x", "format": "jepg"})
+    assert typo.status_code == 400 and "jepg" in typo.json()["detail"] and "JPEG" in typo.json()["detail"]
+    for alias in ("jpg", "JPEG", ".jpeg"):
+        answer = client.get("/api/search", params={"q": "x", "format": alias})
+        assert answer.status_code == 200 and answer.json()["results"], alias
