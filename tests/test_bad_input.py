@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -139,3 +140,26 @@ def test_an_offset_past_what_a_search_can_reach_is_bad_usage(
     for offset in ("99999999999999999999", str(MAX_OFFSET + 1)):
         result = CliRunner().invoke(main, ["--database-url", database_url, "search", "id:1", "--offset", offset])
         assert result.exit_code == 2 and "offset" in result.output and "database error" not in result.output
+
+
+def test_a_checkpoint_of_another_architecture_says_so(
+    store: Store, photos: Path, tiny_model: str, tmp_path: Path
+) -> None:
+    """Found from outside: ViT-B-32 weights named as RN50 ended in "cannot load model ...: Error(s) in loading
+    state_dict for CLIP:", a line that stops at its colon. Weights that do not fit the named architecture (other
+    shapes, or tensors missing) now say so, and what to do."""
+    import torch
+
+    name, checkpoint = tiny_model.split(":", 1)
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    shutil.copy(Path(checkpoint).with_name(f"{name}.json"), partial)
+    state = torch.load(checkpoint, map_location="cpu")
+    del state["state_dict"]["visual.proj"]
+    torch.save(state, partial / "weights.pt")
+    for spec in (f"ViT-B-32:{checkpoint}", f"{name}:{partial / 'weights.pt'}"):
+        with pytest.raises(ModelUnavailable) as info:
+            ingest(store, [photos / "coffee.jpg"], model=ModelSpec.parse(spec))
+        message = str(info.value)
+        assert f"do not fit the architecture {spec.split(':')[0]}" in message, message
+        assert not message.endswith(":") and "\n" not in message
