@@ -283,6 +283,19 @@ def _migration_failure(exc: BaseException, url: str) -> str:
     return f"cannot migrate the database: {text}"
 
 
+def check_pooled(conn: psycopg.Connection) -> None:
+    """Raise unless a pooled connection is still usable (the pool then replaces it): alive, and reading the
+    vector types it registered (register_vector) under the ids the database has now. `imagedb db restore`
+    recreates the vector extension, so a connection from before it would send and read vectors under the old
+    ids, and its prepared plans fail ("cached plan must not change result type"). One round trip, as the
+    pool's own check."""
+    registered = conn.adapters.types.get("halfvec")
+    row = conn.execute("SELECT to_regtype('halfvec')::oid").fetchone()
+    if registered is None or row is None or row[0] != registered.oid:
+        conn.close()  # the pool discards a closed connection; an open one it would hand out again
+        raise psycopg.OperationalError("the database's vector types changed (a restore?): a new connection is needed")
+
+
 def open_connection(explicit_url: str | None = None, home: str | Path | None = None) -> psycopg.Connection:
     """A connection to a database whose schema is current.
 

@@ -104,7 +104,7 @@ def create_app(
         max_size=pool_size,
         kwargs={"connect_timeout": 3, "autocommit": True},  # the store's transaction discipline (store/base.py)
         configure=register_vector,
-        check=ConnectionPool.check_connection,  # a connection broken by a restart is replaced, not handed out
+        check=db.check_pooled,  # a connection broken by a restart, or from before a restore, is replaced
         timeout=POOL_TIMEOUT_S,
         reconnect_timeout=2 * POOL_TIMEOUT_S,  # give up a retry cycle soon: the next request starts a fresh one
         open=False,
