@@ -100,6 +100,8 @@ def _term(body: str, weight: float | None, files: bool) -> Term:
     if names_image(body):
         return Term("image", str(Path(body).expanduser()), w)
     if looks_like_path(body):
+        if Path(body).expanduser().is_dir():
+            raise InvalidInput(f"{body} is a folder: give an image file")
         raise InvalidInput(f"no such image file: {body}")
     return Term("text", body, w)
 

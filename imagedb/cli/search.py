@@ -205,6 +205,8 @@ def query_terms(query: Sequence[str], images: Sequence[str], likes: Sequence[int
     elif query or not (images or likes):
         terms = parse(query, files=True)
     for image in images:
+        if Path(image).expanduser().is_dir():
+            raise InvalidInput(f"--image: {image} is a folder: give an image file")
         if not is_file(image):
             raise InvalidInput(f"--image: no such image file: {image}")
         terms.append(Term("image", str(Path(image).expanduser()), 1.0))
