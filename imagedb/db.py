@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import tempfile
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -157,13 +158,25 @@ def _run_client(name: str, args: list[str]) -> None:
 
 def dump(url: str, file: Path) -> None:
     """Write the whole database to `file` in pg_dump's custom format, readable by its owner only: a dump holds
-    everything, the paths, thumbnails and the key of the DICOM UID hashes included."""
+    everything, the paths, thumbnails and the key of the DICOM UID hashes included. pg_dump writes a new file
+    beside it, which replaces `file` only once complete: a dump that fails leaves an older backup there intact."""
+    target = file.resolve()  # through a symlink: the file it names is replaced, not the link
+    if target.exists() and not target.is_file():
+        raise InvalidInput(f"{file} is not a regular file: give the path of a dump file to write")
     try:
-        os.close(os.open(file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))  # pg_dump keeps the mode
-        os.chmod(file, 0o600)  # also when the file was there before
+        descriptor, partial = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
+        os.close(descriptor)  # mkstemp made it 0600, and pg_dump keeps the mode
     except OSError as exc:
         raise NotFound(f"cannot write the dump to {file}: {exc.strerror or exc}") from exc
-    _run_client("pg_dump", ["--format=custom", f"--file={file}", f"--dbname={url}"])
+    try:
+        _run_client("pg_dump", ["--format=custom", f"--file={partial}", f"--dbname={url}"])  # it fsyncs the file
+        try:
+            os.replace(partial, target)
+        except OSError as exc:
+            raise NotFound(f"cannot write the dump to {file}: {exc.strerror or exc}") from exc
+    except BaseException:
+        Path(partial).unlink(missing_ok=True)
+        raise
 
 
 def restore(url: str, file: Path) -> None:
@@ -291,6 +304,19 @@ def _migration_failure(exc: BaseException, url: str) -> str:
     if isinstance(exc, psycopg.errors.InsufficientPrivilege):
         return f"this role may not change the schema ({text}): run `imagedb db upgrade` as the database's owner"
     return f"cannot migrate the database: {text}"
+
+
+def check_pooled(conn: psycopg.Connection) -> None:
+    """Raise unless a pooled connection is still usable (the pool then replaces it): alive, and reading the
+    vector types it registered (register_vector) under the ids the database has now. `imagedb db restore`
+    recreates the vector extension, so a connection from before it would send and read vectors under the old
+    ids, and its prepared plans fail ("cached plan must not change result type"). One round trip, as the
+    pool's own check."""
+    registered = conn.adapters.types.get("halfvec")
+    row = conn.execute("SELECT to_regtype('halfvec')::oid").fetchone()
+    if registered is None or row is None or row[0] != registered.oid:
+        conn.close()  # the pool discards a closed connection; an open one it would hand out again
+        raise psycopg.OperationalError("the database's vector types changed (a restore?): a new connection is needed")
 
 
 def open_connection(explicit_url: str | None = None, home: str | Path | None = None) -> psycopg.Connection:

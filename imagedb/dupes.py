@@ -180,6 +180,8 @@ def add_watches(
     check_thresholds("hash", max_distance, 0.0)
     prepared = []
     for path in paths:  # all are checked before any is stored
+        if path.is_dir():
+            raise InvalidInput(f"cannot watch {path}: it is a folder: name its image files (FOLDER/*.jpg)")
         if not path.is_file():
             raise InvalidInput(f"cannot watch {path}: no such file")
         prepared.append((path, *watch_hashes(path)))

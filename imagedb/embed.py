@@ -169,6 +169,13 @@ class Embedder:
         text = str(exc).strip()
         reason = text.splitlines()[0].split(". ")[0].rstrip(".") if text else type(exc).__name__
         if self.spec.checkpoint is not None:
+            # open_clip asserts on the shapes it resizes, torch lists missing and unexpected tensors after a colon.
+            if isinstance(exc, AssertionError) or text.startswith("Error(s) in loading state_dict"):
+                return (
+                    f"cannot load model {self.spec}: its weights do not fit the architecture {self.spec.name}"
+                    f" ({reason.rstrip(':')}): name the architecture they were saved from,"
+                    f" NAME:{self.spec.checkpoint} (a custom one with NAME.json beside the checkpoint)"
+                )
             return f"cannot load model {self.spec}: {reason}"
         return (
             f"cannot load model {self.spec}: {reason}. If the weights cannot be downloaded here, pass a local"

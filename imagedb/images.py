@@ -328,7 +328,9 @@ def decode(
     width, height = image.size
     if width * height > MAX_PIXELS:
         raise BadImage(f"refused as a decompression bomb: {width}x{height} pixels exceeds {MAX_PIXELS}")
-    fmt = image.format or path.suffix.lstrip(".").upper()
+    # MPO is a JPEG with more pictures appended (phones write a depth map or a second exposure); the first is
+    # what is decoded, and the file is a JPEG to filters, to the content type of its original and to BI tools.
+    fmt = "JPEG" if image.format == "MPO" else image.format or path.suffix.lstrip(".").upper()
     tags = _read_exif(image, keep_gps, keep_identifying)
     # pillow-heif turns HEIC upright itself (and resets the tag), keeping what the file said in the info.
     turned_by_plugin = "original_orientation" in image.info

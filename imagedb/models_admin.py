@@ -178,6 +178,8 @@ def use(store: Store, spec: ModelSpec, collection: str) -> str:
         )
     if not store.valid_hnsw_indexes(record.id):
         raise NotReady(f"model {spec} has no valid index yet: run imagedb models add {spec} -c {target.name} again")
+    # Searches embed their texts with it from now on: weights missing or changed would fail or mislead them all.
+    provenance.verify(ModelSpec(record.name, record.pretrained), record)
     missing = store.switch_model(target.id, record.id)
     if missing:
         raise NotReady(

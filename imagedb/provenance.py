@@ -2,8 +2,9 @@
 
 A model is registered (embedding_models) with the SHA-256 and size of its weights file, the open_clip and torch
 versions, its image preprocessing and its tokenizer. Before an ingest or `imagedb models add` stores vectors of a
-registered model, its weights file is hashed again: a checkpoint replaced under the same path is a different model,
-and its vectors would silently mix with the old ones in one index, so it is refused.
+registered model, and before a search embeds a query with it (search.load_model), its weights file is hashed again:
+a checkpoint replaced under the same path is a different model, and its vectors would silently mix with the old
+ones in one index, or rank a query against them (and stay in the text-query cache), so it is refused.
 """
 
 from __future__ import annotations

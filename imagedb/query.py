@@ -100,6 +100,8 @@ def _term(body: str, weight: float | None, files: bool) -> Term:
     if names_image(body):
         return Term("image", str(Path(body).expanduser()), w)
     if looks_like_path(body):
+        if is_dir(body):
+            raise InvalidInput(f"{body} is a folder: give an image file")
         raise InvalidInput(f"no such image file: {body}")
     return Term("text", body, w)
 
@@ -121,5 +123,13 @@ def is_file(text: str | Path) -> bool:
     bytes (ENAMETOOLONG), a NUL character, or "~someone" with no such user."""
     try:
         return Path(text).expanduser().is_file()
+    except (OSError, RuntimeError, ValueError):
+        return False
+
+
+def is_dir(text: str | Path) -> bool:
+    """Whether `text` names a folder; False for text that cannot be a path at all (as is_file)."""
+    try:
+        return Path(text).expanduser().is_dir()
     except (OSError, RuntimeError, ValueError):
         return False

@@ -18,18 +18,21 @@ import numpy as np
 import psycopg
 
 from imagedb import collection as collections
-from imagedb import embed, relevance, tuning
+from imagedb import embed, provenance, relevance, tuning
 from imagedb.config import DEFAULT_COLLECTION
 from imagedb.embed import ModelSpec
 from imagedb.errors import InvalidInput, NotFound
 from imagedb.images import BadImage, decode
 from imagedb.query import Term
 from imagedb.store import Collection, Filters, Store
+from imagedb.store.records import ModelRecord
 
 MAX_LIMIT = 1000
+MAX_OFFSET = 100_000  # an index scan reads at most hnsw.max_scan_tuples rows: none lie past it
 MAX_EF_SEARCH = 1000  # pgvector's upper bound for hnsw.ef_search
 # Phones name HEIF files .heic; Pillow reports them as HEIF.
 FORMAT_ALIASES = {"JPG": "JPEG", "TIF": "TIFF", "HEIC": "HEIF"}
+FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "HEIF", "AVIF", "DICOM")  # what ingest stores
 
 
 @dataclass(frozen=True)
@@ -61,6 +64,8 @@ class Plan:
     texts: dict[str, np.ndarray] = field(default_factory=dict)  # the text terms' cached vectors (text_embeddings)
     # The texts query_vector() embedded, for nearest() to cache: the same query later needs no model.
     fresh: dict[str, np.ndarray] = field(default_factory=dict)
+    # The model's registry row when the plan needs the model: its weights file is verified before embedding.
+    weights: ModelRecord | None = None
 
     @property
     def needs_model(self) -> bool:
@@ -131,8 +136,8 @@ def plan(
         raise InvalidInput("the query is empty: give a text, an image path or id:N")
     if not 1 <= limit <= MAX_LIMIT:
         raise InvalidInput(f"limit must be between 1 and {MAX_LIMIT}, not {limit}")
-    if offset < 0:
-        raise InvalidInput(f"offset cannot be negative: {offset}")
+    if not 0 <= offset <= MAX_OFFSET:
+        raise InvalidInput(f"offset must be between 0 and {MAX_OFFSET:,}, not {offset}")
     if ef_search is not None and not 1 <= ef_search <= MAX_EF_SEARCH:
         raise InvalidInput(f"ef_search must be between 1 and {MAX_EF_SEARCH}, not {ef_search}")
     if min_score is not None and not -1.0 <= min_score <= 1.0:
@@ -155,6 +160,8 @@ def plan(
     checked = replace(checked, exclude=tuple(stored))
     ef = ef_search if ef_search is not None else tuning.ef_search_for(tuned)
     texts = store.cached_texts(target.model_id, sorted({t.value for t in terms if t.kind == "text"}))
+    needs_model = any(t.kind == "image" or (t.kind == "text" and t.value not in texts) for t in terms)
+    weights = store.model_record(target.model_name, target.pretrained) if needs_model else None
     return Plan(
         target,
         tuple(terms),
@@ -168,6 +175,7 @@ def plan(
         min_relevance,
         collapse_duplicates,
         texts,
+        weights=weights,
     )
 
 
@@ -225,16 +233,30 @@ def _checked(store: Store, target: Collection, filters: Filters) -> Filters:
             raise InvalidInput(f"no image in {target.name!r} has the attribute {unknown[0]!r} (known: {names})")
     if filters.format is not None:
         fmt = filters.format.strip().upper().lstrip(".")
-        filters = replace(filters, format=FORMAT_ALIASES.get(fmt, fmt))
+        fmt = FORMAT_ALIASES.get(fmt, fmt)
+        if fmt not in FORMATS:  # a typo would otherwise match nothing, silently
+            known = ", ".join(FORMATS)
+            raise InvalidInput(f"unknown format {filters.format!r}: use one of {known} (or JPG, TIF, HEIC)")
+        filters = replace(filters, format=fmt)
     filters = replace(filters, after=_utc_naive(filters.after), before=_utc_naive(filters.before))
     if filters.after and filters.before and filters.after >= filters.before:
         raise InvalidInput("--after must be earlier than --before")
     return filters
 
 
+def load_model(plan: Plan) -> embed.Embedder:
+    """The plan's model, its weights file verified first as ingest verifies it: other weights under the
+    registered path would give vectors that match nothing stored, and the text-query cache would keep them."""
+    if plan.weights is not None:
+        provenance.verify(plan.model, plan.weights)  # hashed once per process while the file stays the same
+    return embed.load(plan.model)
+
+
 def query_vector(plan: Plan) -> np.ndarray:
     """The normalised weighted sum of the terms' normalised vectors; embeds texts and images, no database."""
     spec = plan.model
+    if plan.needs_model:
+        load_model(plan)
     vectors: list[np.ndarray] = []
     texts = sorted({t.value for t in plan.terms if t.kind == "text"} - plan.texts.keys())
     if texts:

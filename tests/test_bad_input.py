@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 from PIL import Image
 
+from imagedb.cli import main
 from imagedb.embed import ModelSpec
 from imagedb.errors import InvalidInput, ModelMismatch, ModelUnavailable, NotFound
 from imagedb.ingest import ingest
 from imagedb.query import parse
-from imagedb.search import search
+from imagedb.search import MAX_OFFSET, search
 from imagedb.store import Store
 
 
@@ -122,3 +125,41 @@ def test_bad_search_queries(store: Store, photos: Path, tiny_model: str, tmp_pat
         search(store, parse([str(tmp_path / "fake.jpg")]))
     with pytest.raises(InvalidInput, match="cancel each other out"):
         search(store, parse(["a cat", "-", "a cat"]))
+
+
+def test_an_offset_past_what_a_search_can_reach_is_bad_usage(
+    store: Store, photos: Path, tiny_model: str, database_url: str
+) -> None:
+    """An offset beyond PostgreSQL's bigint once reached the database ("bigint out of range", exit code 1); any
+    offset past what an index scan reaches is now refused as bad usage, by the library and the CLI (exit code 2),
+    with the bound the HTTP API already had."""
+    ingest(store, [photos / "coffee.jpg", photos / "rocket.jpg"], model=ModelSpec.parse(tiny_model))
+    with pytest.raises(InvalidInput, match="offset"):
+        search(store, parse(["id:1"]), offset=10**20)
+    assert search(store, parse(["id:1"]), offset=MAX_OFFSET) == []
+    for offset in ("99999999999999999999", str(MAX_OFFSET + 1)):
+        result = CliRunner().invoke(main, ["--database-url", database_url, "search", "id:1", "--offset", offset])
+        assert result.exit_code == 2 and "offset" in result.output and "database error" not in result.output
+
+
+def test_a_checkpoint_of_another_architecture_says_so(
+    store: Store, photos: Path, tiny_model: str, tmp_path: Path
+) -> None:
+    """Found from outside: ViT-B-32 weights named as RN50 ended in "cannot load model ...: Error(s) in loading
+    state_dict for CLIP:", a line that stops at its colon. Weights that do not fit the named architecture (other
+    shapes, or tensors missing) now say so, and what to do."""
+    import torch
+
+    name, checkpoint = tiny_model.split(":", 1)
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    shutil.copy(Path(checkpoint).with_name(f"{name}.json"), partial)
+    state = torch.load(checkpoint, map_location="cpu")
+    del state["state_dict"]["visual.proj"]
+    torch.save(state, partial / "weights.pt")
+    for spec in (f"ViT-B-32:{checkpoint}", f"{name}:{partial / 'weights.pt'}"):
+        with pytest.raises(ModelUnavailable) as info:
+            ingest(store, [photos / "coffee.jpg"], model=ModelSpec.parse(spec))
+        message = str(info.value)
+        assert f"do not fit the architecture {spec.split(':')[0]}" in message, message
+        assert not message.endswith(":") and "\n" not in message

@@ -163,3 +163,13 @@ def test_docker_compose_citus_profile_is_optional_and_built_with_pgvector() -> N
             assert "citus.propagate_set_commands=local" in service["command"]
         else:
             assert "ports" not in service
+
+
+def test_a_folder_given_as_an_image_is_called_a_folder(run, photos: Path, tiny_model: str) -> None:  # type: ignore[no-untyped-def]
+    """Found from outside: `watch add FOLDER` and `search --image FOLDER` said "no such file" of a folder that
+    exists, which sends the user looking for a typo."""
+    assert run("ingest", photos / "coffee.jpg", "--model", tiny_model).exit_code == 0
+    for args in (("watch", "add", photos), ("search", "--image", photos), ("search", f"{photos}/")):
+        result = run(*args)
+        assert result.exit_code == 2 and "is a folder" in result.output, (args, result.output)
+        assert "no such" not in result.output

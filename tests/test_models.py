@@ -252,6 +252,62 @@ def test_a_checkpoint_replaced_in_place_is_refused(
     assert missing.exit_code == 1 and "is missing" in missing.output, missing.output
 
 
+def test_a_search_refuses_a_replaced_checkpoint_and_caches_nothing(
+    store: Store, database_url: str, tmp_path: Path, tiny_model: str, model_b: str
+) -> None:
+    """A search that must run the model (a text not cached, an image file) verifies the weights file as ingest
+    does. It did not: other weights under the registered path embedded the text silently, the wrong vector went
+    into the text-query cache, and that text kept its wrong results after the right file was put back."""
+    folder = tmp_path / "weights"
+    folder.mkdir()
+    for source in Path(tiny_model.split(":", 1)[1]).parent.iterdir():
+        shutil.copy(source, folder / source.name)
+    checkpoint = folder / Path(tiny_model.split(":", 1)[1]).name
+    spec = f"{ModelSpec.parse(tiny_model).name}:{checkpoint}"
+    photos = _folder(tmp_path / "p", 3, seed=6)
+    ingest(store, [photos], collection="c", model=ModelSpec.parse(spec))
+    cached = _cli(database_url, "search", "a text asked before", "-c", "c")
+    assert cached.exit_code == 0, cached.output
+
+    shutil.copy(Path(model_b.split(":", 1)[1]), checkpoint)  # other weights under the same path
+    for query in (["a text never asked"], ["--image", str(photos / "img_6_000.png")]):
+        refused = _cli(database_url, "search", *query, "-c", "c")
+        assert refused.exit_code == 1 and "changed since it was registered" in refused.output, refused.output
+        assert "Traceback" not in refused.output
+    texts = [r[0] for r in store.conn.execute("SELECT text FROM text_embeddings ORDER BY text").fetchall()]
+    assert texts == ["a text asked before"]
+    assert _cli(database_url, "search", "a text asked before", "-c", "c").exit_code == 0  # no model needed
+
+
+def test_models_use_refuses_a_model_whose_checkpoint_is_gone_or_changed(
+    store: Store, database_url: str, tmp_path: Path, tiny_model: str, model_b: str
+) -> None:
+    """Found from outside: `models use` switched a collection to a model whose checkpoint was truncated on disk,
+    said so as a success, and every text search failed from then on. It now checks the weights file first."""
+    folder = tmp_path / "b"
+    folder.mkdir()
+    for source in Path(model_b.split(":", 1)[1]).parent.iterdir():
+        shutil.copy(source, folder / source.name)
+    checkpoint = folder / Path(model_b.split(":", 1)[1]).name
+    spec_b = f"{ModelSpec.parse(model_b).name}:{checkpoint}"
+    ingest(store, [_folder(tmp_path / "p", 3, seed=7)], collection="c", model=ModelSpec.parse(tiny_model))
+    assert _cli(database_url, "models", "add", spec_b, "-c", "c").exit_code == 0
+    good = checkpoint.read_bytes()
+    searched = "SELECT model_id FROM collections WHERE name = 'c'"
+    before = store.conn.execute(searched).fetchone()[0]
+    for damage, words in (
+        (lambda: checkpoint.write_bytes(good[:1000]), "changed since"),
+        (checkpoint.unlink, "not found"),
+    ):
+        damage()
+        refused = _cli(database_url, "models", "use", spec_b, "-c", "c")
+        assert refused.exit_code == 1 and words in refused.output and "Traceback" not in refused.output, refused.output
+        assert store.conn.execute(searched).fetchone()[0] == before
+    checkpoint.write_bytes(good)
+    assert _cli(database_url, "models", "use", spec_b, "-c", "c").exit_code == 0
+    assert store.conn.execute(searched).fetchone()[0] != before
+
+
 def test_a_weightless_spec_is_refused_with_the_known_tags(database_url: str, store: Store, tmp_path: Path) -> None:
     photos = _folder(tmp_path / "p", 2, seed=5)
     result = _cli(database_url, "ingest", str(photos), "-c", "c2", "--model", "ViT-B-32")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
+import time
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -17,7 +19,7 @@ from imagedb.access import forget, grant_reader, grant_writer
 from imagedb.cli import main
 from imagedb.dupes import add_watches, find_duplicates
 from imagedb.embed import ModelSpec
-from imagedb.errors import NotFound
+from imagedb.errors import InvalidInput, NotFound
 from imagedb.ingest import ingest
 from imagedb.query import parse
 from imagedb.search import search
@@ -121,6 +123,52 @@ def test_dump_and_restore_round_trip(
         restored.close()
     with pytest.raises(NotFound):
         db.restore(database_url, tmp_path / "missing.dump")
+
+
+def test_failed_dump_keeps_the_older_backup(database_url: str, tmp_path: Path) -> None:
+    """A dump that fails (here: the server cannot be reached) leaves the backup made before as it was, byte for
+    byte, and no half-written file beside it; the new dump replaces the old one only once it is complete."""
+    backup = tmp_path / "backup.dump"
+    db.dump(database_url, backup)
+    good = backup.read_bytes()
+    unreachable = f"postgresql://postgres@/imagedb?host={tmp_path / 'no-socket'}"
+    with pytest.raises(db.DatabaseUnavailable):
+        db.dump(unreachable, backup)
+    assert backup.read_bytes() == good
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["backup.dump"]
+    db.dump(database_url, backup)  # over an existing file: still its owner's alone
+    assert backup.stat().st_mode & 0o777 == 0o600
+
+
+def test_dump_refuses_a_target_that_is_not_a_regular_file(database_url: str, tmp_path: Path) -> None:
+    """A device, a FIFO or a folder is not a dump file: refused in one line, its mode left alone (a dump once
+    made /dev/full its owner's alone)."""
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    os.chmod(fifo, 0o666)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # a reader, drained, so that a write cannot block
+    stop = threading.Event()
+
+    def drain() -> None:
+        while not stop.is_set():
+            try:
+                os.read(reader, 65536)
+            except BlockingIOError:
+                pass
+            time.sleep(0.001)
+
+    drainer = threading.Thread(target=drain, daemon=True)
+    drainer.start()
+    try:
+        with pytest.raises(InvalidInput, match="not a regular file"):
+            db.dump(database_url, fifo)
+        assert fifo.stat().st_mode & 0o777 == 0o666
+        result = CliRunner().invoke(main, ["--database-url", database_url, "db", "dump", str(fifo)])
+        assert result.exit_code == 2 and "not a regular file" in result.output and "Traceback" not in result.output
+    finally:
+        stop.set()
+        drainer.join()
+        os.close(reader)
 
 
 def test_check_reports_what_is_wrong(

@@ -368,9 +368,20 @@ def test_reindex_options_that_would_do_nothing_are_refused(database_url: str) ->
     for options, words in (
         (["--hashes", "--m", "30"], "--hashes builds no index: --m would do nothing"),
         (["--quantize", "none", "--ef-construction", "80"], "only removes the binary indexes: --ef-construction"),
+        # Found from outside, again: --rerank without --quantize binary rebuilt the halfvec indexes, rerank unused.
+        (["--rerank", "5"], "--rerank is for --quantize binary"),
+        (["--quantize", "none", "--rerank", "5"], "--rerank is for --quantize binary"),
+        (["--hashes", "--rerank", "5"], "--rerank is for --quantize binary"),
     ):
         result = CliRunner().invoke(main, ["--database-url", database_url, "db", "reindex", *options])
         assert result.exit_code == 2 and words in result.output, result.output
+
+
+def test_check_options_for_recall_need_recall(database_url: str) -> None:
+    """Found from outside: `db check -c nope --queries 5` ran the plain check, the two options unused."""
+    for options in (["-c", "nope"], ["--queries", "5"]):
+        result = CliRunner().invoke(main, ["--database-url", database_url, "db", "check", *options])
+        assert result.exit_code == 2 and "for --recall" in result.output, result.output
 
 
 class _CtrlCWhileEmbedding:

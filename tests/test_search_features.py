@@ -207,8 +207,10 @@ def test_hostile_strings_are_data(store: Store, library: Path) -> None:
     for hostile in HOSTILE:
         found = search(store, parse(["x"]), limit=10, filters=Filters(attributes=((hostile, hostile),)))
         assert _paths(found) == {"beach.jpg"}
-        for filters in (Filters(camera=hostile), Filters(path=hostile), Filters(format=hostile)):
+        for filters in (Filters(camera=hostile), Filters(path=hostile)):
             assert search(store, parse(["x"]), limit=10, filters=filters) == []
+        with pytest.raises(InvalidInput):  # not a format: refused before any SQL
+            search(store, parse(["x"]), limit=10, filters=Filters(format=hostile))
     assert store.conn.execute("SELECT count(*) FROM images").fetchone()[0] == 4
     with pytest.raises(InvalidInput, match="has the attribute"):
         search(store, parse(["x"]), filters=Filters(attributes=(("no such key", "x"),)))
@@ -283,3 +285,29 @@ def test_a_date_a_writer_set_to_infinity_does_not_break_searches(store: Store, p
     assert len(found) == 12 and Path(found[0].path).name == "rocket.jpg" and Path(found[-1].path).name == "coffee.jpg"
     after = search(store, parse(["x"]), limit=12, filters=Filters(after=datetime(2000, 1, 1)))
     assert "coffee.jpg" not in {Path(r.path).name for r in after}
+
+
+def test_a_multi_picture_jpeg_is_a_jpeg(store: Store, photos: Path, tmp_path: Path, tiny_model: str) -> None:
+    """Found from outside: a JPEG with a second picture appended (MPO, as phones write a depth map or a second
+    exposure) was stored as format 'MPO', so --format jpeg never found it and --format mpo was refused. It is
+    stored as JPEG now, and a JPEG filter finds the rows stored as MPO before."""
+    folder = tmp_path / "mpo"
+    folder.mkdir()
+    first = Image.open(photos / "chelsea.jpg").convert("RGB")
+    first.save(folder / "phone.jpg", format="MPO", save_all=True, append_images=[first.rotate(90)])
+    assert Image.open(folder / "phone.jpg").format == "MPO"
+    ingest(store, [folder, photos / "rocket.jpg"], model=ModelSpec.parse(tiny_model))
+    stored = store.conn.execute("SELECT format FROM images WHERE path LIKE %s", ("%phone.jpg",)).fetchone()[0]
+    assert stored == "JPEG"
+    found = [Path(r.path).name for r in search(store, parse(["x"]), filters=Filters(format="jpeg"))]
+    assert sorted(found) == ["phone.jpg", "rocket.jpg"]
+    store.conn.execute("UPDATE images SET format = 'MPO' WHERE path LIKE %s", ("%phone.jpg",))  # as stored before
+    found = [Path(r.path).name for r in search(store, parse(["x"]), filters=Filters(format="JPG"))]
+    assert sorted(found) == ["phone.jpg", "rocket.jpg"]
+
+
+def test_an_unknown_format_filter_is_refused(store: Store, photos: Path, tiny_model: str) -> None:
+    """The CLI refused an unknown --format, the library (and so the API) answered no results for it."""
+    ingest(store, [photos / "rocket.jpg"], model=ModelSpec.parse(tiny_model))
+    with pytest.raises(InvalidInput, match="unknown format 'jepg'"):
+        search(store, parse(["x"]), filters=Filters(format="jepg"))

@@ -526,3 +526,29 @@ def test_a_date_that_overflows_in_utc_is_a_400() -> None:
     for value in (early, late):
         with pytest.raises(InvalidInput, match="out of range"):
             _utc_naive(value)
+
+
+def test_an_unknown_format_is_a_400_as_the_cli_refuses_it(client: TestClient) -> None:
+    """Found from outside: format=jepg (a typo) answered 200 with no results, where `imagedb search --format jepg`
+    is refused; the library now refuses it for both, and aliases and any case still work."""
+    typo = client.get("/api/search", params={"q": "x", "format": "jepg"})
+    assert typo.status_code == 400 and "jepg" in typo.json()["detail"] and "JPEG" in typo.json()["detail"]
+    for alias in ("jpg", "JPEG", ".jpeg"):
+        answer = client.get("/api/search", params={"q": "x", "format": alias})
+        assert answer.status_code == 200 and answer.json()["results"], alias
+
+
+def test_a_restore_under_a_running_server_needs_no_restart(
+    client: TestClient, database_url: str, tmp_path: Path
+) -> None:
+    """Found from outside: after `imagedb db restore` (which recreates the vector extension, so its types get new
+    ids) every search of a running `imagedb serve` failed with 500, "cached plan must not change result type",
+    until it was restarted. A pooled connection from before the restore is now replaced before it is used."""
+    for _ in range(8):  # psycopg prepares a statement run 5 times on one connection
+        assert client.get("/api/search", params={"q": "id:1", "limit": 3}).status_code == 200
+    backup = tmp_path / "backup.dump"
+    db.dump(database_url, backup)
+    db.restore(database_url, backup)
+    for _ in range(3):
+        answer = client.get("/api/search", params={"q": "id:1", "limit": 3})
+        assert answer.status_code == 200 and len(answer.json()["results"]) == 3, answer.text

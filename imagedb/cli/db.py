@@ -125,6 +125,8 @@ def reindex(
     if build and (hashes or quantize == "none"):  # said rather than ignored: the user meant something by them
         job = "--hashes builds no index" if hashes else "--quantize none only removes the binary indexes"
         raise click.UsageError(f"{job}: {' and '.join(build)} would do nothing")
+    if quantize != "binary" and _given(ctx, "rerank"):
+        raise click.UsageError("--rerank is for --quantize binary: without it, it would do nothing")
     if hashes:
         from imagedb.dupes import backfill_hashes
 
@@ -158,6 +160,11 @@ def reindex(
     )
 
 
+def _given(ctx: click.Context, name: str) -> bool:
+    """Whether the user gave the option, rather than its default applying."""
+    return ctx.get_parameter_source(name) not in (None, click.core.ParameterSource.DEFAULT)
+
+
 @db.command()
 @click.option(
     "--recall",
@@ -181,6 +188,9 @@ def check(ctx: click.Context, recall: bool, collection: str, queries: int) -> No
     """
     from imagedb.provenance import checkpoint_problems
 
+    unused = [o for o, name in (("-c", "collection"), ("--queries", "queries")) if _given(ctx, name)]
+    if unused and not recall:  # said rather than ignored, as reindex does
+        raise click.UsageError(f"{' and '.join(unused)} {'are' if len(unused) > 1 else 'is'} for --recall: add it")
     with open_store(ctx) as store:
         problems = store.problems() + checkpoint_problems(store)
         sparse = store.sparse_large_indexes()

@@ -28,7 +28,7 @@ from fastapi.staticfiles import StaticFiles
 from pgvector.psycopg import register_vector
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from imagedb import db, embed
+from imagedb import db
 from imagedb import search as searching
 from imagedb.errors import (
     ConcurrentChange,
@@ -103,7 +103,7 @@ def create_app(
         max_size=pool_size,
         kwargs={"connect_timeout": 3, "autocommit": True},  # the store's transaction discipline (store/base.py)
         configure=register_vector,
-        check=ConnectionPool.check_connection,  # a connection broken by a restart is replaced, not handed out
+        check=db.check_pooled,  # a connection broken by a restart, or from before a restore, is replaced
         timeout=POOL_TIMEOUT_S,
         reconnect_timeout=2 * POOL_TIMEOUT_S,  # give up a retry cycle soon: the next request starts a fresh one
         open=False,
@@ -175,7 +175,7 @@ def create_app(
         """The query vector, computed holding no database connection and (for texts and images) a slot."""
         if not plan.needs_model:
             return searching.query_vector(plan)
-        embed.load(plan.model)  # once per process, outside the slots: a second model must not wait behind it
+        searching.load_model(plan)  # once per process, outside the slots: a second model must not wait behind it
         try:
             with embedding_slot():
                 # On the slots' own threads: the allocator keeps freed memory in per-thread arenas, so decodes

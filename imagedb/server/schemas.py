@@ -10,7 +10,7 @@ from pydantic import BaseModel
 
 from imagedb.attributes import parse_pairs
 from imagedb.config import DEFAULT_COLLECTION
-from imagedb.search import MAX_LIMIT
+from imagedb.search import MAX_LIMIT, MAX_OFFSET
 from imagedb.store import Filters
 
 
@@ -105,7 +105,7 @@ class Page(BaseModel):
 def page(
     collection: str = DEFAULT_COLLECTION,
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 24,
-    offset: Annotated[int, Query(ge=0, le=100_000)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
     min_score: Annotated[float | None, Query(ge=-1, le=1)] = None,
     min_relevance: Annotated[
         float | None, Query(ge=-1000, le=1000, description="standard deviations above an unrelated image's score")

@@ -49,8 +49,9 @@ def _filter_clauses(filters: Filters) -> tuple[list[str], dict[str, Any]]:
         clauses.append("concat_ws(' ', i.camera_make, i.camera_model) ILIKE %(camera)s")
         params["camera"] = f"%{_like_escape(filters.camera)}%"
     if filters.format is not None:
-        clauses.append("i.format = %(format)s")
-        params["format"] = filters.format
+        clauses.append("i.format = ANY(%(formats)s)")
+        # Ingest stored multi-picture JPEGs as MPO before it stored them as JPEG.
+        params["formats"] = [filters.format, "MPO"] if filters.format == "JPEG" else [filters.format]
     if filters.min_width is not None:
         clauses.append("i.width >= %(min_width)s")
         params["min_width"] = filters.min_width
