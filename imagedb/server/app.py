@@ -23,6 +23,8 @@ import numpy as np
 import psycopg
 from fastapi import APIRouter, Depends, FastAPI, File, Form, Header, HTTPException, Query, Request, UploadFile
 from fastapi import Path as FastAPIPath
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pgvector.psycopg import register_vector
@@ -60,6 +62,7 @@ MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 MAX_FORM_OVERHEAD = 64 * 1024  # multipart boundaries, headers and the q field around the file
 MAX_OTHER_BODY = 64 * 1024  # no other route reads a body
 MAX_ID = 2**63 - 1
+SHOWN_INPUT_CHARS = 100  # of a rejected value, in a 422 answer
 POOL_TIMEOUT_S = 3.0  # how long a request waits for a database connection before a 503
 RETRY_AFTER_S = "5"
 _STATUS = {
@@ -302,6 +305,12 @@ def _error_handlers(app: FastAPI) -> None:
         headers = {"Retry-After": RETRY_AFTER_S} if status == 503 else None
         return JSONResponse({"detail": detail}, status_code=status, headers=headers)
 
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI's own answer, but a bad value is shown by its start: whole, a 2 MB form field came back whole.
+        errors = [{**e, "input": _clipped(e["input"])} if "input" in e else e for e in exc.errors()]
+        return JSONResponse({"detail": jsonable_encoder(errors)}, status_code=422)
+
     @app.exception_handler(psycopg.OperationalError)
     async def database_gone(request: Request, exc: psycopg.OperationalError) -> JSONResponse:
         # PoolTimeout is one too: no working connection within POOL_TIMEOUT_S. The full text (socket paths,
@@ -315,6 +324,17 @@ def _error_handlers(app: FastAPI) -> None:
             status_code=503,
             headers={"Retry-After": RETRY_AFTER_S},
         )
+
+
+def _clipped(value: object, keep: int = SHOWN_INPUT_CHARS) -> object:
+    """A rejected value as a 422 answer shows it: short ones as sent, long texts by their start and length, long
+    others (a list, a file's bytes) by the start of their text."""
+    text = value if isinstance(value, str) else None
+    if text is None:
+        if len(shown := repr(value)) <= keep:
+            return value
+        text = shown
+    return text if len(text) <= keep else f"{text[:keep]}... ({len(text):,} characters)"
 
 
 def _shown_weights(pretrained: str) -> str:
