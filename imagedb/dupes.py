@@ -182,6 +182,8 @@ def add_watches(
     for path in paths:  # all are checked before any is stored
         if path.is_dir():
             raise InvalidInput(f"cannot watch {path}: it is a folder: name its image files (FOLDER/*.jpg)")
+        if path.exists() and not path.is_file():
+            raise InvalidInput(f"cannot watch {path}: it is not a regular file: name an image file")
         if not path.is_file():
             raise InvalidInput(f"cannot watch {path}: no such file")
         prepared.append((path, *watch_hashes(path)))

@@ -100,9 +100,7 @@ def _term(body: str, weight: float | None, files: bool) -> Term:
     if names_image(body):
         return Term("image", str(Path(body).expanduser()), w)
     if looks_like_path(body):
-        if is_dir(body):
-            raise InvalidInput(f"{body} is a folder: give an image file")
-        raise InvalidInput(f"no such image file: {body}")
+        raise InvalidInput(no_image_file(body))
     return Term("text", body, w)
 
 
@@ -127,9 +125,15 @@ def is_file(text: str | Path) -> bool:
         return False
 
 
-def is_dir(text: str | Path) -> bool:
-    """Whether `text` names a folder; False for text that cannot be a path at all (as is_file)."""
+def no_image_file(text: str | Path) -> str:
+    """Why `text` is no image file to read, as a one-line error says it: a folder, something that is not a
+    regular file (a device, a FIFO, a socket), or nothing at all."""
     try:
-        return Path(text).expanduser().is_dir()
-    except (OSError, RuntimeError, ValueError):
-        return False
+        path = Path(text).expanduser()
+        if path.is_dir():
+            return f"{text} is a folder: give an image file"
+        if path.exists():
+            return f"{text} is not a regular file: give an image file"
+    except (OSError, RuntimeError, ValueError):  # text that cannot be a path at all (as is_file)
+        pass
+    return f"no such image file: {text}"

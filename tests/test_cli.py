@@ -173,3 +173,8 @@ def test_a_folder_given_as_an_image_is_called_a_folder(run, photos: Path, tiny_m
         result = run(*args)
         assert result.exit_code == 2 and "is a folder" in result.output, (args, result.output)
         assert "no such" not in result.output
+    # A device, the same: it exists, it is no regular file.
+    for args in (("watch", "add", "/dev/zero"), ("search", "--image", "/dev/zero"), ("search", "/dev/null")):
+        result = run(*args)
+        assert result.exit_code == 2 and "not a regular file" in result.output, (args, result.output)
+        assert "no such" not in result.output

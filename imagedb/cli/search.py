@@ -197,7 +197,7 @@ def query_terms(query: Sequence[str], images: Sequence[str], likes: Sequence[int
     `imagedb search "dog +"` is refused and `"beach + sunset"` is a sum, as on the web page. Several arguments
     are already split by the shell. One argument that names an existing file is that image, spaces and all.
     """
-    from imagedb.query import Term, is_dir, is_file, names_image, parse, parse_string
+    from imagedb.query import Term, is_file, names_image, no_image_file, parse, parse_string
 
     terms: list[Term] = []
     if len(query) == 1 and not names_image(query[0]):
@@ -205,10 +205,8 @@ def query_terms(query: Sequence[str], images: Sequence[str], likes: Sequence[int
     elif query or not (images or likes):
         terms = parse(query, files=True)
     for image in images:
-        if is_dir(image):
-            raise InvalidInput(f"--image: {image} is a folder: give an image file")
         if not is_file(image):
-            raise InvalidInput(f"--image: no such image file: {image}")
+            raise InvalidInput(f"--image: {no_image_file(image)}")
         terms.append(Term("image", str(Path(image).expanduser()), 1.0))
     terms += [Term("id", str(n), 1.0) for n in likes]
     return terms
