@@ -311,3 +311,22 @@ def test_an_unknown_format_filter_is_refused(store: Store, photos: Path, tiny_mo
     ingest(store, [photos / "rocket.jpg"], model=ModelSpec.parse(tiny_model))
     with pytest.raises(InvalidInput, match="unknown format 'jepg'"):
         search(store, parse(["x"]), filters=Filters(format="jepg"))
+
+
+def test_imagedb_nearest_refuses_a_null_or_zero_query_vector(store: Store, library: Path) -> None:
+    """The README's recipe, a text's cached vector as the query, gives NULL for a text never embedded: that must be
+    one readable error, not k arbitrary images with a NULL score (nor NaN scores for a zero vector). Found from
+    outside, as a BI user."""
+    import psycopg
+
+    never_asked = "SELECT embedding FROM text_embeddings WHERE text = 'never asked'"
+    with pytest.raises(psycopg.errors.RaiseException, match="imagedb_nearest: the query vector is NULL") as raised:
+        store.conn.execute(f"SELECT * FROM imagedb_nearest(({never_asked}), 'default', 3)").fetchall()
+    assert "text_embeddings" in (raised.value.diag.message_hint or "")
+    dim = store.conn.execute("SELECT dim FROM embedding_models LIMIT 1").fetchone()[0]
+    zero = "[" + ",".join(["0"] * dim) + "]"
+    with pytest.raises(psycopg.errors.RaiseException, match="imagedb_nearest: the query vector has length 0"):
+        store.conn.execute("SELECT * FROM imagedb_nearest(%s::halfvec, 'default', 3)", (zero,)).fetchall()
+    beach_id = store.image_ids(store.get_collection("default").id, "beach.jpg")[0]
+    rows = store.conn.execute("SELECT image_id, score FROM imagedb_similar(%s, 3)", (beach_id,)).fetchall()
+    assert len(rows) == 3 and all(score is not None for _, score in rows)  # the checks leave real queries alone
