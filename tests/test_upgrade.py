@@ -126,8 +126,19 @@ def _write_like_0001(conn: psycopg.Connection, spec: ModelSpec, files: list[Path
                 " taken_at, camera_make, camera_model, orientation, exif)"
                 " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING id",
                 (
-                    collection_id, r.path, r.sha256, r.size_bytes, r.mtime, r.width, r.height, r.format,
-                    r.taken_at, r.camera_make, r.camera_model, r.orientation, Jsonb(r.exif),
+                    collection_id,
+                    r.path,
+                    r.sha256,
+                    r.size_bytes,
+                    r.mtime,
+                    r.width,
+                    r.height,
+                    r.format,
+                    r.taken_at,
+                    r.camera_make,
+                    r.camera_model,
+                    r.orientation,
+                    Jsonb(r.exif),
                 ),
             ).fetchone()[0]  # type: ignore[index]
             conn.execute(
@@ -170,8 +181,17 @@ def _add_like_0004(conn: psycopg.Connection, cat: Path, cat_id: int, writer: str
                 [(watch_id, n, h) for n, h in enumerate(hashes)],
             )
     reader_views = ("image_catalog", "collection_stats", "duplicate_report")
-    writer_tables = ("images", "embeddings", "thumbnails", "ingest_runs", "ingest_errors", "duplicate_groups",
-                     "watches", "watch_hashes", "watch_hits")
+    writer_tables = (
+        "images",
+        "embeddings",
+        "thumbnails",
+        "ingest_runs",
+        "ingest_errors",
+        "duplicate_groups",
+        "watches",
+        "watch_hashes",
+        "watch_hits",
+    )
     grants = [
         (writer, writer_tables, "SELECT, INSERT, UPDATE, DELETE"),
         (writer, ("alembic_version", "embedding_models", "collections", *reader_views), "SELECT"),
@@ -204,8 +224,9 @@ def _stored(conn: psycopg.Connection) -> dict[str, Any]:
         "thumbnails": conn.execute("SELECT image_id, jpeg, width, height FROM thumbnails ORDER BY 1").fetchall(),
         "models": conn.execute("SELECT id, name, pretrained, dim, created_at FROM embedding_models").fetchall(),
         "collections": conn.execute("SELECT id, name, model_id, created_at FROM collections").fetchall(),
-        "runs": conn.execute("SELECT id, collection_id, started_at, finished_at, added, failed FROM ingest_runs")
-        .fetchall(),
+        "runs": conn.execute(
+            "SELECT id, collection_id, started_at, finished_at, added, failed FROM ingest_runs"
+        ).fetchall(),
         "errors": conn.execute("SELECT run_id, path, reason FROM ingest_errors").fetchall(),
     }
 
@@ -213,8 +234,7 @@ def _stored(conn: psycopg.Connection) -> dict[str, Any]:
 def _watched(conn: psycopg.Connection) -> dict[str, Any]:
     return {
         "watches": conn.execute("SELECT id, label, path, sha256, max_distance FROM watches").fetchall(),
-        "watch_hashes": conn.execute("SELECT watch_id, variant, hash::text FROM watch_hashes ORDER BY 1, 2")
-        .fetchall(),
+        "watch_hashes": conn.execute("SELECT watch_id, variant, hash::text FROM watch_hashes ORDER BY 1, 2").fetchall(),
     }
 
 
@@ -264,7 +284,12 @@ def test_a_database_of_the_first_release_upgrades_with_everything_intact(
 
         [held] = models_admin.list_models(store)
         assert (held.collection, held.searched, held.ready, held.vectors, held.images, held.index) == (
-            "old", True, True, len(files), len(files), "valid"
+            "old",
+            True,
+            True,
+            len(files),
+            len(files),
+            "valid",
         )
         found = searching.search(store, parse(["a cat"]), collection="old", model=spec, limit=10)
         assert {r.image_id for r in found} == set(ids.values())

@@ -11,7 +11,7 @@
   thumbnails, by the function ingest uses, so they compare with those of new images.
 
 Revision ID: upgrade
-Revises: scale
+Revises: sqluser
 Create Date: 2026-11-27
 """
 
@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "upgrade"
-down_revision = "scale"
+down_revision = "sqluser"
 branch_labels = None
 depends_on = None
 
