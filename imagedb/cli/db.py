@@ -197,8 +197,8 @@ def check(ctx: click.Context, recall: bool, collection: str, queries: int) -> No
     if problems:
         raise click.ClickException("; ".join(problems))
     click.echo(
-        "ok: every image has its embedding, thumbnail and hash, every index is valid, and every registered"
-        " checkpoint has its recorded SHA-256"
+        "ok: every image has its embedding, thumbnail and hash, every index is valid, and every checkpoint whose"
+        " SHA-256 is recorded still matches it"
     )
     for name, count, params in sparse:  # advice, not a fault: the exit code stays 0
         click.echo(
