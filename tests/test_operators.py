@@ -4,6 +4,8 @@ psql, and streaming read replicas with writes refused on them."""
 from __future__ import annotations
 
 import os
+import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -282,3 +284,37 @@ def test_replica_folders_and_servers_that_cannot_be_used(primary: Path, tmp_path
     )
     assert external.exit_code == 2 and "manages the embedded server" in external.output
     assert not (tmp_path / "x").exists() and not (tmp_path / "r").exists()
+
+
+def test_a_replica_whose_folder_was_deleted_by_hand_can_be_removed(primary: Path, tmp_path: Path) -> None:
+    """rm -rf of a running replica's folder leaves its server streaming from the slot until it notices (up to a
+    minute): `replica remove` must still drop the slot and role, not fail on the slot being active."""
+    folder = tmp_path / "replica"
+    assert _run(primary, "db", "replica", "create", str(folder)).exit_code == 0
+    orphan = int((folder / "pgdata" / "postmaster.pid").read_text().split()[0])
+    try:
+        shutil.rmtree(folder)
+        result = _run(primary, "db", "replica", "remove", str(folder))
+        assert result.exit_code == 0, result.output
+        assert "removed" in result.output
+        assert "replica imagedb_replica_" not in _run(primary, "db", "info").output
+    finally:
+        try:
+            os.kill(orphan, signal.SIGQUIT)  # the orphan server of the deleted folder: stop it now
+        except ProcessLookupError:
+            pass
+
+
+def test_replica_lag_after_a_restart_is_never_negative(primary: Path, tmp_path: Path) -> None:
+    """A restarted standby's received position starts at a segment boundary, behind what it replayed."""
+    folder = tmp_path / "replica"
+    assert _run(primary, "db", "replica", "create", str(folder)).exit_code == 0
+    try:
+        _stop_replica(folder)
+        info = _run(folder, "db", "info").output
+        lag = info.split("replication lag: ")[1].split(" byte")[0]
+        assert int(lag) >= 0, info
+        assert "made - ago" not in info, info
+    finally:
+        _stop_replica(folder)
+        _run(primary, "db", "replica", "remove", str(folder))

@@ -85,9 +85,13 @@ def replication_lines(ctx: click.Context, store: Any) -> list[str]:
         receiver = status["receiver"] or "not connected (the primary is down or unreachable; reads still work)"
         age = status["replay_age_seconds"]
         lines.append(f"replica of {primary}: receiver {receiver}")
+        replayed = (
+            "no commit replayed since the replica started"
+            if age is None
+            else f"last replayed commit made {age:.1f} s ago on the primary (grows while it is idle)"
+        )
         lines.append(
-            f"replication lag: {status['unreplayed_bytes'] or 0} byte(s) received and not yet replayed; last replayed"
-            f" commit made {'-' if age is None else f'{age:.1f} s'} ago on the primary (grows while it is idle)"
+            f"replication lag: {status['unreplayed_bytes'] or 0} byte(s) received and not yet replayed; {replayed}"
         )
     else:
         try:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from collections.abc import Sequence
 from typing import Any
 
@@ -198,7 +200,9 @@ class RolesStore(StoreBase):
         row = self.conn.execute(
             "SELECT (SELECT status FROM pg_stat_wal_receiver),"
             " extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float8,"
-            " pg_wal_lsn_diff(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn())::bigint"
+            # A restarted standby's receive position starts at the segment it streams from, behind what it has
+            # already replayed: nothing is waiting then, not a negative amount.
+            " greatest(0, pg_wal_lsn_diff(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn()))::bigint"
         ).fetchone()
         keys = ("receiver", "replay_age_seconds", "unreplayed_bytes")
         return dict(zip(keys, row, strict=True))  # type: ignore[arg-type]
@@ -239,13 +243,31 @@ class RolesStore(StoreBase):
     def drop_replication(self, slot: str) -> bool:
         """Drop a replica's slot (freeing the WAL it holds) and its replication role; False if neither existed."""
         found = False
+        if self.conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (slot,)).fetchone():
+            # A standby still streaming (its folder deleted by hand, its server not yet noticed) must not log in
+            # again between its walsender's end and the slot's drop.
+            self.conn.execute(sql.SQL("ALTER ROLE {} NOLOGIN").format(sql.Identifier(slot)))
         if self.conn.execute("SELECT 1 FROM pg_replication_slots WHERE slot_name = %s", (slot,)).fetchone():
+            self._release_slot(slot)
             self.conn.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
             found = True
         if self.conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (slot,)).fetchone():
             self.conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(slot)))
             found = True
         return found
+
+    def _release_slot(self, slot: str, seconds: float = 10.0) -> None:
+        """End the walsender holding a slot and wait until the slot is free: an active slot cannot be dropped."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            row = self.conn.execute(
+                "SELECT active_pid, pg_terminate_backend(active_pid) FROM pg_replication_slots"
+                " WHERE slot_name = %s AND active_pid IS NOT NULL",
+                (slot,),
+            ).fetchone()
+            if row is None:
+                return
+            time.sleep(0.1)
 
     def repoint_standby(self, host: str, port: str) -> bool:
         """On a standby: point primary_conninfo at the primary's new socket or port (it moves when `imagedb db
