@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import tempfile
 import warnings
@@ -183,9 +184,22 @@ def restore(url: str, file: Path) -> None:
     """Replace the database's objects by those in a dump made with dump()."""
     if not file.is_file():
         raise NotFound(f"no such dump file: {file}")
-    _run_client(
-        "pg_restore", ["--clean", "--if-exists", "--no-owner", "--single-transaction", f"--dbname={url}", str(file)]
-    )
+    try:
+        _run_client(
+            "pg_restore",
+            ["--clean", "--if-exists", "--no-owner", "--single-transaction", f"--dbname={url}", str(file)],
+        )
+    except DatabaseUnavailable as exc:
+        # Roles belong to the server, not the dump: its GRANTs fail where grant-writer/-reader never ran (a fresh
+        # home). The single transaction has restored nothing; say which role to make first.
+        missing = re.search(r'role "(.+?)" does not exist', str(exc))
+        if missing is None:
+            raise
+        role = missing.group(1)
+        raise NotFound(
+            f"the dump grants rights to the role {role}, which this server lacks; nothing was restored: create it"
+            f" first (imagedb grant-writer {role}, or grant-reader {role}, as on the server dumped), then rerun"
+        ) from exc
 
 
 def resolve_url(explicit: str | None, home: str | Path | None = None) -> str:

@@ -213,3 +213,23 @@ def test_cli_forget_grant_dump(
     result = runner.invoke(main, ["db", "dump", str(tmp_path / "b.dump")])
     assert result.exit_code == 0 and (tmp_path / "b.dump").stat().st_size > 0
     assert runner.invoke(main, ["db", "restore", str(tmp_path / "b.dump"), "--yes"]).exit_code == 0
+
+
+def test_restore_where_a_role_of_the_dump_is_missing_says_what_to_create(
+    store: Store, database_url: str, photos: Path, tmp_path: Path, tiny_model: str
+) -> None:
+    """Roles belong to the server, not to the dump: a dump made where `grant-writer` ran, restored into a fresh
+    home, fails on its GRANTs. The one line names the role and the command that makes it; nothing is restored."""
+    ingest(store, [photos], model=ModelSpec.parse(tiny_model))
+    grant_writer(store, "restore_gone_w")
+    backup = tmp_path / "backup.dump"
+    db.dump(database_url, backup)
+    with store.conn.transaction():
+        store.conn.execute("DROP OWNED BY restore_gone_w")
+        store.conn.execute("DROP ROLE restore_gone_w")
+    count = store.conn.execute("SELECT count(*) FROM images").fetchone()[0]
+    with pytest.raises(NotFound) as info:
+        db.restore(database_url, backup)
+    message = str(info.value)
+    assert "\n" not in message and "restore_gone_w" in message and "imagedb grant-writer restore_gone_w" in message
+    assert store.conn.execute("SELECT count(*) FROM images").fetchone()[0] == count  # nothing restored
