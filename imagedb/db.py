@@ -184,17 +184,48 @@ def restore(url: str, file: Path) -> None:
     """Replace the database's objects by those in a dump made with dump()."""
     if not file.is_file():
         raise NotFound(f"no such dump file: {file}")
-    try:
-        _run_client(
-            "pg_restore",
-            ["--clean", "--if-exists", "--no-owner", "--single-transaction", f"--dbname={url}", str(file)],
-        )
-    except DatabaseUnavailable as exc:
-        # Roles belong to the server, not the dump: its GRANTs fail where grant-writer/-reader never ran (a fresh
-        # home). The single transaction has restored nothing; say which role to make first.
-        missing = re.search(r'role "(.+?)" does not exist', str(exc))
-        if missing is None:
+    with tempfile.TemporaryDirectory(prefix="imagedb-restore-") as scratch:
+        args = ["--clean", "--if-exists", "--no-owner", "--single-transaction", f"--dbname={url}"]
+        if not _owns_vector_extension(url):
+            args.append(f"--use-list={_list_without_extension(file, Path(scratch))}")
+        try:
+            _run_client("pg_restore", [*args, str(file)])
+        except DatabaseUnavailable as exc:
+            _explain_missing_role(exc)
             raise
+
+
+def _owns_vector_extension(url: str) -> bool:
+    """Whether this login may drop and recreate the vector extension (pg_restore --clean does): not on a server
+    where a superuser made it for imagedb's own role, as the README tells one to."""
+    with connect(url) as conn:
+        row = conn.execute(
+            "SELECT e.extowner = r.oid OR r.rolsuper FROM pg_roles r LEFT JOIN pg_extension e ON e.extname = 'vector'"
+            " WHERE r.rolname = current_user"
+        ).fetchone()
+    return bool(row is None or row[0] is None or row[0])
+
+
+def _list_without_extension(file: Path, scratch: Path) -> Path:
+    """pg_restore's table of contents of `file` less the vector extension's entries: the one there is kept."""
+    import subprocess
+
+    done = subprocess.run([_postgres_program("pg_restore"), "--list", str(file)], capture_output=True, text=True)
+    if done.returncode != 0:
+        lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
+        raise DatabaseUnavailable(f"pg_restore failed: {lines[0] if lines else f'exit code {done.returncode}'}")
+    entry = re.compile(r"\bEXTENSION (- )?vector\b")  # the extension and its comment
+    kept = [line for line in done.stdout.splitlines() if not entry.search(line.split(";", 1)[-1])]
+    listing = scratch / "toc.list"
+    listing.write_text("\n".join(kept) + "\n")
+    return listing
+
+
+def _explain_missing_role(exc: DatabaseUnavailable) -> None:
+    """Roles belong to the server, not the dump: its GRANTs fail where grant-writer/-reader never ran (a fresh
+    home). The single transaction has restored nothing; say which role to make first."""
+    missing = re.search(r'role "(.+?)" does not exist', str(exc))
+    if missing is not None:
         role = missing.group(1)
         raise NotFound(
             f"the dump grants rights to the role {role}, which this server lacks; nothing was restored: create it"

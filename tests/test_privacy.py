@@ -233,3 +233,40 @@ def test_restore_where_a_role_of_the_dump_is_missing_says_what_to_create(
     message = str(info.value)
     assert "\n" not in message and "restore_gone_w" in message and "imagedb grant-writer restore_gone_w" in message
     assert store.conn.execute("SELECT count(*) FROM images").fetchone()[0] == count  # nothing restored
+
+
+def test_restore_on_a_server_where_a_superuser_made_the_extension(
+    server_url: str, photos: Path, tmp_path: Path, tiny_model: str
+) -> None:
+    """An external server as documented: a superuser ran CREATE EXTENSION vector, imagedb's own role owns the rest.
+    pg_restore --clean would drop and recreate the extension, which only its owner may: the restore must keep the
+    extension that is there and replace everything else."""
+    from conftest import with_database
+
+    name = f"imagedb_ext_{os.getpid()}"
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name}")
+        conn.execute("DROP ROLE IF EXISTS ext_owner")
+        conn.execute("CREATE ROLE ext_owner LOGIN PASSWORD 'ext pw'")
+        conn.execute(f"CREATE DATABASE {name} OWNER ext_owner")
+    admin_url = with_database(server_url, name)
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute("CREATE EXTENSION vector")
+    parts = urlsplit(admin_url)
+    url = urlunsplit(parts._replace(netloc="ext_owner:ext%20pw@" + parts.netloc.rsplit("@", 1)[-1]))
+    try:
+        db.upgrade(url)
+        with Store(db.open_connection(url)) as store:
+            ingest(store, [photos], model=ModelSpec.parse(tiny_model))
+        backup = tmp_path / "ext.dump"
+        db.dump(url, backup)
+        with Store(db.open_connection(url)) as store:
+            forget(store, "default", ["rocket.jpg"])
+        db.restore(url, backup)
+        with Store(db.open_connection(url)) as store:
+            assert store.conn.execute("SELECT count(*) FROM images").fetchone()[0] == 12
+            assert store.problems() == []
+    finally:
+        with psycopg.connect(server_url, autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+            conn.execute("DROP ROLE IF EXISTS ext_owner")
