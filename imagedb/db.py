@@ -273,10 +273,18 @@ def connect(url: str) -> psycopg.Connection:
     try:
         return psycopg.connect(url, connect_timeout=10, autocommit=True)
     except psycopg.OperationalError as exc:
-        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
         raise DatabaseUnavailable(
-            f"cannot connect to the database: {reason}. Is the server running, and is the URL right?"
+            f"cannot connect to the database: {_connect_failure(exc)}. Is the server running, and is the URL right?"
         ) from exc
+
+
+def _connect_failure(exc: psycopg.OperationalError) -> str:
+    """The line of libpq's message that names the server and the cause. Its last line is often a hint ("Is the
+    server running locally...?"), said better by the caller; with several addresses tried (localhost: ::1, then
+    127.0.0.1), the last attempt's line."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    causes = [line for line in lines if not line.startswith(("Is the server running", "Multiple connection attempts"))]
+    return (causes or lines or [type(exc).__name__])[-1].removeprefix("- ")
 
 
 def _alembic_config():  # type: ignore[no-untyped-def]
