@@ -148,13 +148,19 @@ def _postgres_program(name: str) -> str:
     return str(pgserver.postgres_server.POSTGRES_VERSIONS[pgserver.TARGET_POSTGRES_VERSION] / name)
 
 
-def _run_client(name: str, args: list[str]) -> None:
+def _client_output(name: str, args: list[str]) -> str:
+    """What a bundled client program prints; its first error line when it fails."""
     import subprocess
 
     done = subprocess.run([_postgres_program(name), *args], capture_output=True, text=True)
     if done.returncode != 0:
         lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
         raise DatabaseUnavailable(f"{name} failed: {lines[0] if lines else f'exit code {done.returncode}'}")
+    return done.stdout
+
+
+def _run_client(name: str, args: list[str]) -> None:
+    _client_output(name, args)
 
 
 def dump(url: str, file: Path) -> None:
@@ -185,9 +191,12 @@ def restore(url: str, file: Path) -> None:
     if not file.is_file():
         raise NotFound(f"no such dump file: {file}")
     with tempfile.TemporaryDirectory(prefix="imagedb-restore-") as scratch:
+        toc = _contents(file)
+        _refuse_missing_grantees(url, file, toc, Path(scratch))
         args = ["--clean", "--if-exists", "--no-owner", "--single-transaction", f"--dbname={url}"]
         if not _owns_vector_extension(url):
-            args.append(f"--use-list={_list_without_extension(file, Path(scratch))}")
+            kept = [line for line in toc if not _VECTOR_EXTENSION.search(_entry(line))]  # the one there stays
+            args.append(f"--use-list={_listing(kept, Path(scratch) / 'restore.list')}")
         try:
             _run_client("pg_restore", [*args, str(file)])
         except DatabaseUnavailable as exc:
@@ -206,31 +215,61 @@ def _owns_vector_extension(url: str) -> bool:
     return bool(row is None or row[0] is None or row[0])
 
 
-def _list_without_extension(file: Path, scratch: Path) -> Path:
-    """pg_restore's table of contents of `file` less the vector extension's entries: the one there is kept."""
-    import subprocess
+_VECTOR_EXTENSION = re.compile(r"\bEXTENSION (- )?vector\b")  # the extension and its comment, in a listing
+_ACL = re.compile(r"\bACL\b")  # GRANT and REVOKE entries, in a listing
+_GRANTEE = re.compile(r"^GRANT .+ TO (\"(?:[^\"]|\"\")+\"|[^\s;]+)(?: WITH GRANT OPTION)?;$", re.MULTILINE)
 
-    done = subprocess.run([_postgres_program("pg_restore"), "--list", str(file)], capture_output=True, text=True)
-    if done.returncode != 0:
-        lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
-        raise DatabaseUnavailable(f"pg_restore failed: {lines[0] if lines else f'exit code {done.returncode}'}")
-    entry = re.compile(r"\bEXTENSION (- )?vector\b")  # the extension and its comment
-    kept = [line for line in done.stdout.splitlines() if not entry.search(line.split(";", 1)[-1])]
-    listing = scratch / "toc.list"
-    listing.write_text("\n".join(kept) + "\n")
-    return listing
+
+def _contents(file: Path) -> list[str]:
+    """The dump's table of contents (pg_restore --list): a line per entry, and comments."""
+    return _client_output("pg_restore", ["--list", str(file)]).splitlines()
+
+
+def _entry(line: str) -> str:
+    """What a --list line says of its entry ("TABLE public images imagedb"), after its id and catalog numbers."""
+    return line.split(";", 1)[-1]
+
+
+def _listing(lines: list[str], path: Path) -> Path:
+    """A --use-list file: pg_restore restores these entries only."""
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _refuse_missing_grantees(url: str, file: Path, toc: list[str], scratch: Path) -> None:
+    """Roles belong to the server, not the dump: its GRANTs fail where grant-writer/-reader never ran (a fresh
+    home). Every role missing is named before anything is touched, not the first one after a failed restore."""
+    acl = [line for line in toc if not line.startswith(";") and _ACL.search(_entry(line))]
+    if not acl:
+        return
+    grants = _client_output("pg_restore", [f"--use-list={_listing(acl, scratch / 'acl.list')}", "--file=-", str(file)])
+    names = {g[1:-1].replace('""', '"') if g.startswith('"') else g for g in _GRANTEE.findall(grants)} - {"PUBLIC"}
+    with connect(url) as conn:
+        rows = conn.execute(
+            "SELECT name FROM unnest(%s::text[]) AS name WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = name)"
+            " ORDER BY name",
+            (sorted(names),),
+        ).fetchall()
+    missing = [name for (name,) in rows]
+    if missing:
+        raise _missing_roles(missing)
 
 
 def _explain_missing_role(exc: DatabaseUnavailable) -> None:
-    """Roles belong to the server, not the dump: its GRANTs fail where grant-writer/-reader never ran (a fresh
-    home). The single transaction has restored nothing; say which role to make first."""
+    """A role dropped since the check above: the single transaction has restored nothing; say so, as above."""
     missing = re.search(r'role "(.+?)" does not exist', str(exc))
     if missing is not None:
-        role = missing.group(1)
-        raise NotFound(
-            f"the dump grants rights to the role {role}, which this server lacks; nothing was restored: create it"
-            f" first (imagedb grant-writer {role}, or grant-reader {role}, as on the server dumped), then rerun"
-        ) from exc
+        raise _missing_roles([missing.group(1)]) from exc
+
+
+def _missing_roles(names: list[str]) -> NotFound:
+    shown = ", ".join(repr(name) for name in names)  # repr: a role's name may hold any character, a newline too
+    role = names[0] if len(names) == 1 else "ROLE"
+    return NotFound(
+        f"the dump grants rights to {'the role' if len(names) == 1 else 'the roles'} {shown}, which this server"
+        f" lacks; nothing was restored: create {'it' if len(names) == 1 else 'each'} first (imagedb grant-writer"
+        f" {role}, or grant-reader {role}, as on the server dumped), then rerun"
+    )
 
 
 def resolve_url(explicit: str | None, home: str | Path | None = None) -> str:

@@ -224,15 +224,32 @@ def test_restore_where_a_role_of_the_dump_is_missing_says_what_to_create(
     grant_writer(store, "restore_gone_w")
     backup = tmp_path / "backup.dump"
     db.dump(database_url, backup)
-    with store.conn.transaction():
-        store.conn.execute("DROP OWNED BY restore_gone_w")
-        store.conn.execute("DROP ROLE restore_gone_w")
+    _drop_roles(store, "restore_gone_w")
     count = store.conn.execute("SELECT count(*) FROM images").fetchone()[0]
     with pytest.raises(NotFound) as info:
         db.restore(database_url, backup)
     message = str(info.value)
-    assert "\n" not in message and "restore_gone_w" in message and "imagedb grant-writer restore_gone_w" in message
+    assert "\n" not in message and "'restore_gone_w'" in message and "imagedb grant-writer restore_gone_w" in message
     assert store.conn.execute("SELECT count(*) FROM images").fetchone()[0] == count  # nothing restored
+    # Several missing: all are named at once, before anything is touched, odd names shown as such.
+    grant_writer(store, "restore_gone_w")
+    grant_reader(store, 'gone "r"\nx')
+    db.dump(database_url, backup)
+    _drop_roles(store, "restore_gone_w", 'gone "r"\nx')
+    with pytest.raises(NotFound) as info:
+        db.restore(database_url, backup)
+    message = str(info.value)
+    assert "\n" not in message and "roles 'gone \"r\"\\nx', 'restore_gone_w'" in message
+    assert store.conn.execute("SELECT count(*) FROM images").fetchone()[0] == count
+
+
+def _drop_roles(store: Store, *names: str) -> None:
+    from psycopg import sql
+
+    with store.conn.transaction():
+        for name in names:
+            store.conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(name)))
+            store.conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(name)))
 
 
 def test_restore_on_a_server_where_a_superuser_made_the_extension(
