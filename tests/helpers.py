@@ -1,7 +1,10 @@
-"""Synthetic rows for tests that need many vectors but no image files."""
+"""What several test files share: synthetic rows for tests that need many vectors but no image files, and waits on
+a running ingest."""
 
 from __future__ import annotations
 
+import subprocess
+import time
 from datetime import datetime, timezone
 
 import numpy as np
@@ -42,3 +45,15 @@ def fill_synthetic(store: Store, count: int, dim: int = 32, name: str = "synthet
     store.conn.execute("ANALYZE")
     store.conn.commit()
     return collection
+
+
+def wait_for_a_batch_on_the_collection_lock(store: Store, run: subprocess.Popen[str], seconds: float = 60) -> None:
+    """Until a batch of the ingest `run` waits for its collection's write lock (held by the test); fails if the run
+    ends first, or after `seconds`."""
+    deadline = time.monotonic() + seconds
+    while not store.conn.execute(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        " AND query LIKE '%%pg_advisory_xact_lock_shared%%'"
+    ).fetchone()[0]:  # type: ignore[index]
+        assert run.poll() is None and time.monotonic() < deadline, run.communicate()
+        time.sleep(0.05)

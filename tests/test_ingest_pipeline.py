@@ -20,6 +20,8 @@ from imagedb.errors import DatabaseUnavailable, ImagedbError
 from imagedb.ingest import EMBEDDING, ingest
 from imagedb.store import ImageRecord, Store
 
+from helpers import wait_for_a_batch_on_the_collection_lock
+
 
 def _vectors(store: Store, collection: str) -> dict[str, np.ndarray]:
     rows = store.conn.execute(
@@ -209,13 +211,7 @@ def test_ctrl_c_ends_a_run_whose_batches_wait_on_a_lock(
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as on a terminal, even under `&`
     )
     try:
-        deadline = time.monotonic() + 60
-        while not store.conn.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
-            " AND query LIKE '%%pg_advisory_xact_lock_shared%%'"
-        ).fetchone()[0]:  # type: ignore[index]
-            assert run.poll() is None and time.monotonic() < deadline, run.communicate()
-            time.sleep(0.1)
+        wait_for_a_batch_on_the_collection_lock(store, run)
         run.send_signal(signal.SIGINT)
         interrupted = time.monotonic()
         try:

@@ -221,15 +221,20 @@ def test_search_loop_sees_added_images_of_the_new_model_only_after_the_switch(
         assert "Traceback" not in result.output
 
 
+def _copied_checkpoint(model: str, folder: Path) -> tuple[Path, str]:
+    """A copy of `model`'s checkpoint and config in `folder`, to replace or delete: its path, and its --model value."""
+    folder.mkdir()
+    original = Path(model.split(":", 1)[1])
+    for source in original.parent.iterdir():
+        shutil.copy(source, folder / source.name)
+    checkpoint = folder / original.name
+    return checkpoint, f"{ModelSpec.parse(model).name}:{checkpoint}"
+
+
 def test_a_checkpoint_replaced_in_place_is_refused(
     store: Store, database_url: str, tmp_path: Path, tiny_model: str, model_b: str
 ) -> None:
-    folder = tmp_path / "weights"
-    folder.mkdir()
-    for source in Path(tiny_model.split(":", 1)[1]).parent.iterdir():
-        shutil.copy(source, folder / source.name)
-    checkpoint = folder / Path(tiny_model.split(":", 1)[1]).name
-    spec = f"{ModelSpec.parse(tiny_model).name}:{checkpoint}"
+    checkpoint, spec = _copied_checkpoint(tiny_model, tmp_path / "weights")
     photos = _folder(tmp_path / "p", 4, seed=4)
     ingest(store, [photos / "img_4_000.png"], collection="c", model=ModelSpec.parse(spec))
     record = store.model_record(*ModelSpec.parse(spec).__dict__.values())
@@ -258,12 +263,7 @@ def test_a_search_refuses_a_replaced_checkpoint_and_caches_nothing(
     """A search that must run the model (a text not cached, an image file) verifies the weights file as ingest
     does. It did not: other weights under the registered path embedded the text silently, the wrong vector went
     into the text-query cache, and that text kept its wrong results after the right file was put back."""
-    folder = tmp_path / "weights"
-    folder.mkdir()
-    for source in Path(tiny_model.split(":", 1)[1]).parent.iterdir():
-        shutil.copy(source, folder / source.name)
-    checkpoint = folder / Path(tiny_model.split(":", 1)[1]).name
-    spec = f"{ModelSpec.parse(tiny_model).name}:{checkpoint}"
+    checkpoint, spec = _copied_checkpoint(tiny_model, tmp_path / "weights")
     photos = _folder(tmp_path / "p", 3, seed=6)
     ingest(store, [photos], collection="c", model=ModelSpec.parse(spec))
     cached = _cli(database_url, "search", "a text asked before", "-c", "c")

@@ -18,6 +18,8 @@ from imagedb.embed import ModelSpec
 from imagedb.ingest import ingest
 from imagedb.store import Store
 
+from helpers import wait_for_a_batch_on_the_collection_lock
+
 
 def _imagedb() -> str:
     found = shutil.which("imagedb", path=str(Path(sys.executable).parent)) or shutil.which("imagedb")
@@ -135,13 +137,7 @@ def test_database_stopped_mid_ingest_then_rerun(tmp_path: Path, tiny_model: str)
     holder = store.another()
     holder.conn.execute("BEGIN")
     holder.conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (0x1A6E, collection.id))
-    deadline = time.monotonic() + 60
-    while not store.conn.execute(
-        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
-        " AND query LIKE '%%pg_advisory_xact_lock_shared%%'"
-    ).fetchone()[0]:  # type: ignore[index]
-        assert run.poll() is None and time.monotonic() < deadline, run.communicate()
-        time.sleep(0.05)
+    wait_for_a_batch_on_the_collection_lock(store, run)
     store.close()
     db.stop_embedded(home)
     holder.conn.close()  # its server is gone
