@@ -24,10 +24,12 @@ from ingest_bench import _checkpoint
 from PIL import Image
 from results_dir import RESULTS
 
-from imagedb import db, embed
+from imagedb import embed
+from imagedb.api import create_app
 from imagedb.embed import ModelSpec
 from imagedb.images import make_thumbnail
-from imagedb.server import create_app
+from imagedb.pg.database import open_connection
+from imagedb.pg.embedded import stop_embedded
 from imagedb.store import ImageRecord, Store
 
 
@@ -48,9 +50,9 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="imagedb-api-bench-"))
     spec = ModelSpec.parse(_checkpoint(work))
     dim = embed.load(spec).dim
-    store = Store(db.open_connection(None, work / "home"))
-    collection = store.create_collection("default", store.ensure_model(spec.name, spec.pretrained, dim))
-    run = store.start_run(collection.id)
+    store = Store(open_connection(None, work / "home"))
+    collection = store.models.create_collection("default", store.models.ensure_model(spec.name, spec.pretrained, dim))
+    run = store.images.start_run(collection.id)
     rng = np.random.default_rng(0)
     thumb, size = make_thumbnail(Image.fromarray((rng.random((192, 256, 3)) * 255).astype("uint8")))
     now = datetime.now(timezone.utc)
@@ -76,10 +78,10 @@ def main() -> None:
             for i in range(start, min(start + 1000, args.n))
         ]
         vectors = rng.standard_normal((len(records), dim)).astype(np.float32)
-        store.write_batch(collection.id, collection.model_id, run, records, list(vectors), [])
-    store.finish_run(run, args.n, 0, 0, 0)
+        store.images.write_batch(collection.id, collection.model_id, run, records, list(vectors), [])
+    store.images.finish_run(run, args.n, 0, 0, 0)
     query = rng.standard_normal(dim).astype(np.float32)
-    bare = _ms(lambda: store.nearest(collection, query, 48, 100))
+    bare = _ms(lambda: store.search.nearest(collection, query, 48, 100))
     client = TestClient(create_app(None, work / "home"), base_url="http://localhost")  # a loopback Host: no token
     timings = {
         "bare SQL nearest query (48 rows, ef_search 100)": bare,
@@ -98,7 +100,7 @@ def main() -> None:
         "GET /api/images/1": _ms(lambda: client.get("/api/images/1").raise_for_status()),
     }
     store.close()
-    db.stop_embedded(work / "home")
+    stop_embedded(work / "home")
     print(f"median latency over 30 requests, {args.n:,} images, 2 cores")
     for name, ms in timings.items():
         print(f"  {ms:>8.1f} ms  {name}")

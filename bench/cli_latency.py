@@ -24,9 +24,10 @@ from pathlib import Path
 from ingest_bench import _checkpoint, _images
 from results_dir import RESULTS
 
-from imagedb import db
 from imagedb.embed import ModelSpec
 from imagedb.ingest import ingest
+from imagedb.pg.database import open_connection
+from imagedb.pg.embedded import stop_embedded
 from imagedb.query import parse
 from imagedb.search import search
 from imagedb.store import Store
@@ -43,7 +44,7 @@ def main() -> None:
     _images(work / "photos", 8)
     spec = ModelSpec.parse(_checkpoint(work))
     home = work / "home"
-    store = Store(db.open_connection(None, home))
+    store = Store(open_connection(None, home))
     ingest(store, [work / "photos"], model=spec)
 
     executable = Path(sys.executable).with_name("imagedb")
@@ -68,7 +69,7 @@ def main() -> None:
         search(store, parse([QUERY]))  # a text searched before: the cache answers
         warm_cached.append(time.perf_counter() - started)
     store.close()
-    db.stop_embedded(home)
+    stop_embedded(home)
 
     result = {
         "query": QUERY,

@@ -21,8 +21,9 @@ from pathlib import Path
 import numpy as np
 from results_dir import RESULTS
 
-from imagedb import db
 from imagedb.dupes import find_duplicates
+from imagedb.pg.database import open_connection
+from imagedb.pg.embedded import stop_embedded
 from imagedb.store import ImageRecord, Store
 
 DIM = 512
@@ -43,10 +44,10 @@ def _data(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _load(store: Store, bits: np.ndarray, vectors: np.ndarray) -> None:
-    model_id = store.ensure_model("bench-512", "", DIM)
-    collection = store.create_collection("default", model_id)
-    run = store.start_run(collection.id)
-    index = store.drop_hnsw_index(model_id)  # what ingest does for a bulk load: build the index afterwards
+    model_id = store.models.ensure_model("bench-512", "", DIM)
+    collection = store.models.create_collection("default", model_id)
+    run = store.images.start_run(collection.id)
+    index = store.index.drop_hnsw_index(model_id)  # what ingest does for a bulk load: build the index afterwards
     now = datetime.now(timezone.utc)
     for start in range(0, len(bits), 2000):
         stop = min(start + 2000, len(bits))
@@ -70,9 +71,9 @@ def _load(store: Store, bits: np.ndarray, vectors: np.ndarray) -> None:
             )
             for i in range(start, stop)
         ]
-        store.write_batch(collection.id, model_id, run, records, list(vectors[start:stop]), [])
-    store.restore_hnsw_index(model_id, DIM, index)
-    store.finish_run(run, len(bits), 0, 0, 0)  # as ingest does: this also refreshes the planner's statistics
+        store.images.write_batch(collection.id, model_id, run, records, list(vectors[start:stop]), [])
+    store.index.restore_hnsw_index(model_id, DIM, index)
+    store.images.finish_run(run, len(bits), 0, 0, 0)  # as ingest does: this also refreshes the planner's statistics
 
 
 def _numpy_pairs(bits: np.ndarray, max_distance: int) -> tuple[int, float]:
@@ -94,7 +95,7 @@ def main() -> None:
     rng = np.random.default_rng(0)
     bits, vectors = _data(args.n, rng)
     home = Path(tempfile.mkdtemp(prefix="imagedb-bench-"))
-    store = Store(db.open_connection(None, home))
+    store = Store(open_connection(None, home))
     started = time.perf_counter()
     _load(store, bits, vectors)
     load_s = time.perf_counter() - started
@@ -109,7 +110,7 @@ def main() -> None:
     rows["baseline_n"] = args.baseline_n
     rows["numpy_all_pairs_s_scaled_to_n"] = baseline_s * (args.n / args.baseline_n) ** 2
     store.close()
-    db.stop_embedded(home)
+    stop_embedded(home)
     print(f"{'images':>8}  {'load (ingest path)':>18}  {'dupes hash':>10}  {'dupes clip':>10}  {'numpy all pairs':>16}")
     print(
         f"{args.n:>8}  {load_s:>17.1f}s  {rows['hash_s']:>9.1f}s  {rows['clip_s']:>9.1f}s"

@@ -27,7 +27,8 @@ from pgvector import HalfVector
 from results_dir import RESULTS
 from scale_bench import _data
 
-from imagedb import db
+from imagedb.pg.database import open_connection
+from imagedb.pg.embedded import stop_embedded
 from imagedb.store import ImageRecord, Store
 
 DIM, K = 512, 10
@@ -56,10 +57,10 @@ VARIANTS = {
 
 
 def _load(store: Store, data: np.ndarray) -> int:
-    model_id = store.ensure_model("exact", "", DIM)
-    collection = store.create_collection("exact", model_id)
-    run_id = store.start_run(collection.id)
-    store.drop_hnsw_index(model_id)  # every plan a scan
+    model_id = store.models.ensure_model("exact", "", DIM)
+    collection = store.models.create_collection("exact", model_id)
+    run_id = store.images.start_run(collection.id)
+    store.index.drop_hnsw_index(model_id)  # every plan a scan
     now = datetime.now(timezone.utc)
     for start in range(0, len(data), 5000):
         stop = min(start + 5000, len(data))
@@ -82,7 +83,7 @@ def _load(store: Store, data: np.ndarray) -> int:
             )  # fmt: skip
             for i in range(start, stop)
         ]
-        store.write_batch(collection.id, model_id, run_id, records, list(data[start:stop]), [])
+        store.images.write_batch(collection.id, model_id, run_id, records, list(data[start:stop]), [])
     store.conn.execute("VACUUM ANALYZE embeddings")
     return model_id
 
@@ -93,7 +94,7 @@ def main() -> None:
     args = parser.parse_args()
     data, queries, _ = _data(args.n, 0.6, np.random.default_rng(0))
     home = Path(tempfile.mkdtemp(prefix="imagedb-exact-bench-"))
-    store = Store(db.open_connection(None, home))
+    store = Store(open_connection(None, home))
     model_id = _load(store, data)
     first = store.conn.execute("SELECT min(image_id) FROM embeddings WHERE model_id = %s", (model_id,)).fetchone()[0]  # type: ignore[index]
     truth = [set(np.argpartition(-(data @ q), K)[:K].tolist()) for q in queries[:20]]
@@ -122,7 +123,7 @@ def main() -> None:
                 flush=True,
             )
     store.close()
-    db.stop_embedded(home)
+    stop_embedded(home)
     started = time.perf_counter()
     for q in queries[:50]:
         np.argpartition(-(data @ q), K)[:K]

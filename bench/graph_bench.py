@@ -20,9 +20,10 @@ import numpy as np
 from results_dir import RESULTS
 from scale_bench import DIM, EFS, _data, _truth, filtered, load, sweep
 
-from imagedb import db
+from imagedb.pg.database import open_connection
+from imagedb.pg.embedded import stop_embedded
 from imagedb.store import Store
-from imagedb.store.models import HnswParams, hnsw_index_name
+from imagedb.store.index import HnswParams, hnsw_index_name
 
 
 def main() -> None:
@@ -35,7 +36,7 @@ def main() -> None:
     args = parser.parse_args()
     graphs = [HnswParams(*map(int, g.split("x"))) for g in args.graphs]
     home = Path(tempfile.mkdtemp(prefix="imagedb-graph-bench-"))
-    store = Store(db.open_connection(None, home))
+    store = Store(open_connection(None, home))
     data, image_q, text_q = _data(args.n, 0.6, np.random.default_rng(0))
     truths = {"image": _truth(data, image_q), "text": _truth(data, text_q)}
     store.conn.execute("SELECT set_config('maintenance_work_mem', %s, false)", (args.build_memory,))
@@ -45,10 +46,10 @@ def main() -> None:
     model_id = collection.model_id  # type: ignore[attr-defined]
     for i, params in enumerate(graphs):
         if i:
-            store.drop_hnsw_index(model_id)
+            store.index.drop_hnsw_index(model_id)
             store.conn.execute("SET max_parallel_maintenance_workers = 1")
             started = time.perf_counter()
-            store.restore_hnsw_index(model_id, DIM, params)
+            store.index.restore_hnsw_index(model_id, DIM, params)
             build = time.perf_counter() - started
         else:
             build = loaded["halfvec_build_s"]
@@ -63,7 +64,7 @@ def main() -> None:
         result["runs"] = runs
         (RESULTS / f"graph_{args.n}{args.tag}.json").write_text(json.dumps(result, indent=1, default=float))
     store.close()
-    db.stop_embedded(home)
+    stop_embedded(home)
     plot(result, RESULTS / f"graph_{args.n}{args.tag}.png")
 
 

@@ -26,7 +26,8 @@ import numpy as np
 from results_dir import RESULTS
 from vectors_bench import DIM, _connect, _copy, _data, _exact, _recall, _server_ms
 
-from imagedb import db
+from imagedb.pg.database import open_connection, resolve_url
+from imagedb.pg.embedded import stop_embedded
 from imagedb.tuning import RecallPoint, choose_ef_search, held_out_like
 
 TARGET = 0.95
@@ -147,15 +148,15 @@ def main() -> None:
     parser.add_argument("--no-isotropic", action="store_true", help="Skip the isotropic case (no tuning there).")
     args = parser.parse_args()
     home = Path(tempfile.mkdtemp(prefix="imagedb-growth-bench-"))
-    db.open_connection(None, home).close()
-    url = db.resolve_url(None, home)
+    open_connection(None, home).close()
+    url = resolve_url(None, home)
     print(f"{'data':<10} {'vectors':>8} {'build':>10} {'index':>10}")
     rows = []
     if not args.no_isotropic:
         rows.append(_measure(url, "isotropic", *_isotropic(args.sizes[0], 200, np.random.default_rng(1))))
     for n in args.sizes:
         rows.append(_measure(url, "clustered", *_data(n, 200, np.random.default_rng(0)), tune=True))
-    db.stop_embedded(home)
+    stop_embedded(home)
     (RESULTS / ("growth_tuned.json" if args.no_isotropic else "growth.json")).write_text(json.dumps(rows, indent=1))
 
 

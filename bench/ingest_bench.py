@@ -34,9 +34,11 @@ from pgvector import HalfVector
 from PIL import Image
 from results_dir import RESULTS
 
-from imagedb import db, embed
+from imagedb import embed
 from imagedb.embed import ModelSpec
 from imagedb.ingest import ingest
+from imagedb.pg.database import open_connection, resolve_url
+from imagedb.pg.embedded import stop_embedded
 from imagedb.store import Store
 
 PHOTOS = ["astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "immunohistochemistry", "retina"]
@@ -99,7 +101,7 @@ def main() -> None:
     print(f"{len(files)} files made in {time.perf_counter() - started:.1f} s", flush=True)
     spec = ModelSpec.parse(_checkpoint(work))
     embedder = embed.load(spec)
-    store = Store(db.open_connection(None, work / "home"))
+    store = Store(open_connection(None, work / "home"))
 
     # Warm-up: first calls allocate and pick kernels.
     embedder.encode_images([embedder.preprocess(Image.open(files[0]).convert("RGB"))] * 2)
@@ -128,7 +130,7 @@ def main() -> None:
         incremental = {"incremental_images": args.incremental, "incremental_images_per_s": rate}
         print(f"incremental ingest into the index: {summary.added} images, {rate:,.1f} images/s", flush=True)
 
-    conn = psycopg.connect(db.resolve_url(None, work / "home"))
+    conn = psycopg.connect(resolve_url(None, work / "home"))
     conn.execute("CREATE TABLE naive (path text, embedding halfvec(512))")
     conn.commit()
     from pgvector.psycopg import register_vector
@@ -145,7 +147,7 @@ def main() -> None:
     conn.close()
     stages = _breakdown(store, embedder, files, args.batch_size) if args.breakdown else {}
     store.close()
-    db.stop_embedded(work / "home")
+    stop_embedded(work / "home")
 
     rows = {
         "images": len(files),
@@ -274,9 +276,9 @@ def _breakdown(store: Store, embedder: embed.Embedder, files: list[Path], batch_
     now = datetime.now(timezone.utc)
     rates = {}
     for writers in (1, WRITERS):
-        model_id = store.ensure_model(f"breakdown-{writers}", "", 512)
-        collection = store.create_collection(f"breakdown-{writers}", model_id)
-        run_id = store.start_run(collection.id)
+        model_id = store.models.ensure_model(f"breakdown-{writers}", "", 512)
+        collection = store.models.create_collection(f"breakdown-{writers}", model_id)
+        run_id = store.images.start_run(collection.id)
         started = time.perf_counter()
         with BatchWriters(store, writers) as pool:
             for start in range(0, count, batch_size):

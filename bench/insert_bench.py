@@ -27,9 +27,10 @@ import numpy as np
 from results_dir import RESULTS
 from scale_bench import DIM, _data, load
 
-from imagedb import db
+from imagedb.pg.database import open_connection, resolve_url
+from imagedb.pg.embedded import stop_embedded
 from imagedb.store import ImageRecord, Store
-from imagedb.store.models import HnswParams
+from imagedb.store.index import HnswParams
 
 
 def _records(prefix: str, start: int, count: int) -> list[ImageRecord]:
@@ -58,13 +59,13 @@ def _records(prefix: str, start: int, count: int) -> list[ImageRecord]:
 def writers(url: str, model_name: str, vectors: np.ndarray, count: int, *, same_collection: bool) -> float:
     """Rows/s of `count` writer threads, each on its own connection, sharing `vectors` between them."""
     per = len(vectors) // count
-    stores = [Store(db.open_connection(url)) for _ in range(count)]
-    model_id = stores[0].ensure_model(model_name, "", DIM)
+    stores = [Store(open_connection(url)) for _ in range(count)]
+    model_id = stores[0].models.ensure_model(model_name, "", DIM)
     targets = []
     for w, store in enumerate(stores):
         name = f"{model_name}-new" if same_collection else f"{model_name}-writer-{w}-{time.monotonic_ns()}"
-        collection = store.create_collection(name, model_id)
-        targets.append((collection, store.start_run(collection.id)))
+        collection = store.models.create_collection(name, model_id)
+        targets.append((collection, store.images.start_run(collection.id)))
     tag = time.monotonic_ns() % 10**9
 
     def write(w: int) -> None:
@@ -73,7 +74,7 @@ def writers(url: str, model_name: str, vectors: np.ndarray, count: int, *, same_
         for start in range(0, len(mine), 32):
             batch = mine[start : start + 32]
             records = _records(f"w{tag}x{w}", start, len(batch))
-            store.write_batch(collection.id, model_id, run_id, records, list(batch), [])
+            store.images.write_batch(collection.id, model_id, run_id, records, list(batch), [])
 
     threads = [threading.Thread(target=write, args=(w,)) for w in range(count)]
     started = time.perf_counter()
@@ -148,20 +149,20 @@ def main() -> None:
     data, _, _ = _data(args.n + args.rows, 0.6, np.random.default_rng(0))
     base, new = data[: args.n], data[args.n :]
     home = Path(tempfile.mkdtemp(prefix="imagedb-insert-bench-"))
-    store = Store(db.open_connection(None, home))
-    url = db.resolve_url(None, home)
+    store = Store(open_connection(None, home))
+    url = resolve_url(None, home)
     (collection, _), loaded = load(store, "base", base)
     print(f"== {args.n:,} x {DIM} in the index; {args.rows:,} new rows per measurement ==", flush=True)
     rows = measure(url, store, collection, new, "m 16, ef_construction 64")
     store.conn.execute("SET max_parallel_maintenance_workers = 1")
     started = time.perf_counter()
-    store.rebuild_hnsw_index(collection.model_id, DIM, HnswParams(16, 32))
+    store.index.rebuild_hnsw_index(collection.model_id, DIM, HnswParams(16, 32))
     rebuild = time.perf_counter() - started
     rate = max(writers(url, collection.name, new, 1, same_collection=False) for _ in range(2))
     rows.append({"index": "m 16, ef_construction 32", "writers": 1, "collections": "one each", "rows_per_s": rate})
     print(f"  m 16, ef_construction 32 (rebuilt in {rebuild:.1f} s): 1 writer: {rate:,.0f} rows/s", flush=True)
     store.close()
-    db.stop_embedded(home)
+    stop_embedded(home)
     (RESULTS / f"insert_{args.n}.json").write_text(
         json.dumps({"n": args.n, "rows": args.rows, "results": rows}, indent=1)
     )

@@ -29,9 +29,11 @@ import psycopg
 from psycopg import sql
 from results_dir import RESULTS
 
-from imagedb import db
+from imagedb.pg.cluster import pgserver
+from imagedb.pg.database import open_connection
+from imagedb.pg.embedded import PASSFILE, embedded_url, stop_embedded
 from imagedb.store import ImageRecord, Store
-from imagedb.store.models import DEFAULT_HNSW, _create_sql, hnsw_index_name
+from imagedb.store.index import DEFAULT_HNSW, _create_sql, hnsw_index_name
 
 DIM = 512
 
@@ -53,22 +55,22 @@ def _records(start: int, stop: int, prefix: str) -> list[ImageRecord]:
 
 
 def _load(store: Store, collection_id: int, model_id: int, vectors: np.ndarray, prefix: str, offset: int = 0) -> None:
-    run = store.start_run(collection_id)
+    run = store.images.start_run(collection_id)
     for start in range(0, len(vectors), 2000):
         stop = min(start + 2000, len(vectors))
         records = _records(offset + start, offset + stop, prefix)
-        store.write_batch(collection_id, model_id, run, records, list(vectors[start:stop]), [])
-    store.finish_run(run, len(vectors), 0, 0, 0)
+        store.images.write_batch(collection_id, model_id, run, records, list(vectors[start:stop]), [])
+    store.images.finish_run(run, len(vectors), 0, 0, 0)
 
 
 def _first_load(store: Store, name: str, vectors: np.ndarray) -> tuple[object, float]:
     """A model's first load, as a bulk ingest does it: without the index, built after."""
-    model_id = store.ensure_model(name, "", DIM)
-    collection = store.create_collection(name, model_id)
+    model_id = store.models.ensure_model(name, "", DIM)
+    collection = store.models.create_collection(name, model_id)
     started = time.perf_counter()
-    params = store.drop_hnsw_index(model_id)
+    params = store.index.drop_hnsw_index(model_id)
     _load(store, collection.id, model_id, vectors, name)
-    store.restore_hnsw_index(model_id, DIM, params)
+    store.index.restore_hnsw_index(model_id, DIM, params)
     store.conn.execute("ANALYZE embeddings")
     return collection, time.perf_counter() - started
 
@@ -85,7 +87,7 @@ def _old_rebuild(store: Store, model_id: int) -> None:
 class Searcher(threading.Thread):
     def __init__(self, url: str, collection: object, query: np.ndarray) -> None:
         super().__init__(daemon=True)
-        self.store = Store(db.open_connection(url))
+        self.store = Store(open_connection(url))
         self.collection, self.query = collection, query
         self.stop = threading.Event()
         self.samples: list[tuple[float, float, str | None]] = []  # (start, seconds, error)
@@ -95,7 +97,7 @@ class Searcher(threading.Thread):
             started = time.perf_counter()
             error = None
             try:
-                self.store.nearest(self.collection, self.query, 10)  # type: ignore[arg-type]
+                self.store.search.nearest(self.collection, self.query, 10)  # type: ignore[arg-type]
             except psycopg.Error as exc:
                 error = str(exc).splitlines()[0]
             self.samples.append((started, time.perf_counter() - started, error))
@@ -119,11 +121,11 @@ def _stats(samples: list[tuple[float, float, str | None]], t0: float, t1: float)
 
 def _standby(home: Path, url: str) -> tuple[Path, str, object]:
     """A streaming standby of the embedded server, by hand (see docs/scaling.md)."""
-    pgserver = db._pgserver()
-    server = pgserver.get_server(home / "pgdata", cleanup_mode=None, start=False)
+    wheel = pgserver()
+    server = wheel.get_server(home / "pgdata", cleanup_mode=None, start=False)
     user = server.system_user if os.geteuid() == 0 else None
     standby = Path(tempfile.mkdtemp(prefix="imagedb-standby-"))
-    password = (home / db.PASSFILE).read_text().strip().rsplit(":", 1)[1]
+    password = (home / PASSFILE).read_text().strip().rsplit(":", 1)[1]
     if user:
         shutil.chown(standby, user)
     standby.chmod(0o700)
@@ -150,7 +152,7 @@ def _standby(home: Path, url: str) -> tuple[Path, str, object]:
          "-o", f"-h '' -k {standby}", "start"],
         **run,
     )  # fmt: skip
-    standby_url = f"postgresql://postgres@/imagedb?host={quote(str(standby))}&passfile={quote(str(home / db.PASSFILE))}"
+    standby_url = f"postgresql://postgres@/imagedb?host={quote(str(standby))}&passfile={quote(str(home / PASSFILE))}"
     return standby, standby_url, (bin_path, run)
 
 
@@ -187,7 +189,7 @@ def _measure(
     if method == "old":
         _old_rebuild(store, collection.model_id)  # type: ignore[attr-defined]
     else:
-        store.rebuild_hnsw_index(collection.model_id, DIM, DEFAULT_HNSW)  # type: ignore[attr-defined]
+        store.index.rebuild_hnsw_index(collection.model_id, DIM, DEFAULT_HNSW)  # type: ignore[attr-defined]
     t1 = time.perf_counter()
     if standby_url:
         while not _caught_up(store.conn) and time.perf_counter() - t1 < 120:
@@ -215,14 +217,14 @@ def _threshold_case(store: Store, rng: np.random.Generator, n: int) -> dict[str,
     _load(store, a.id, a.model_id, _vectors(n, rng), "threshold-a", offset=n)  # type: ignore[attr-defined]
     out["load_into_index_s"] = time.perf_counter() - started
     started = time.perf_counter()
-    store.rebuild_hnsw_index(a.model_id, DIM, DEFAULT_HNSW)  # type: ignore[attr-defined]
+    store.index.rebuild_hnsw_index(a.model_id, DIM, DEFAULT_HNSW)  # type: ignore[attr-defined]
     out["concurrent_rebuild_after_s"] = time.perf_counter() - started
     out["load_then_concurrent_rebuild_s"] = out["load_into_index_s"] + out["concurrent_rebuild_after_s"]
     c, _ = _first_load(store, "threshold-c", _vectors(n, rng))
     started = time.perf_counter()
-    params = store.drop_hnsw_index(c.model_id)  # type: ignore[attr-defined]
+    params = store.index.drop_hnsw_index(c.model_id)  # type: ignore[attr-defined]
     _load(store, c.id, c.model_id, _vectors(n, rng), "threshold-c", offset=n)  # type: ignore[attr-defined]
-    store.restore_hnsw_index(c.model_id, DIM, params)  # type: ignore[attr-defined]
+    store.index.restore_hnsw_index(c.model_id, DIM, params)  # type: ignore[attr-defined]
     out["old_drop_load_build_s"] = time.perf_counter() - started
     return out
 
@@ -245,8 +247,8 @@ def main() -> None:
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     home = Path(tempfile.mkdtemp(prefix="imagedb-bench-"))
-    store = Store(db.open_connection(None, home))  # the embedded server, migrated
-    url = db.embedded_url(home)
+    store = Store(open_connection(None, home))  # the embedded server, migrated
+    url = embedded_url(home)
     collection, load_s = _first_load(store, "bench-512", _vectors(args.n, rng))
     query = _vectors(1, rng)[0]
     standby, standby_url, control = (None, None, None) if args.no_standby else _standby(home, url)
@@ -264,7 +266,7 @@ def main() -> None:
         if control:
             bin_path, run = control  # type: ignore[misc]
             subprocess.run([str(bin_path / "pg_ctl"), "-w", "-D", str(standby), "stop", "-m", "fast"], **run)
-        db.stop_embedded(home)
+        stop_embedded(home)
         for folder in (standby, home):
             if folder:
                 shutil.rmtree(folder, ignore_errors=True)

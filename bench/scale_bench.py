@@ -30,9 +30,10 @@ from pathlib import Path
 import numpy as np
 from results_dir import RESULTS
 
-from imagedb import db
+from imagedb.pg.database import open_connection, resolve_url
+from imagedb.pg.embedded import stop_embedded
 from imagedb.store import ImageRecord, Store
-from imagedb.store.models import HnswParams
+from imagedb.store.index import HnswParams
 from imagedb.store.records import Filters
 from imagedb.store.search import _nearest_query, effective_ef_search
 
@@ -78,12 +79,12 @@ def _format(i: int) -> str:
 def load(store: Store, name: str, data: np.ndarray, index: HnswParams | None = None) -> tuple[object, dict[str, float]]:
     """Bulk load `data` as ingest does (index dropped, rows written, index built: imagedb's defaults unless
     `index`); the load and build times and sizes."""
-    model_id = store.ensure_model(name, "", DIM)
-    collection = store.create_collection(name, model_id)
-    run_id = store.start_run(collection.id)
-    params = index or store.drop_hnsw_index(model_id)
+    model_id = store.models.ensure_model(name, "", DIM)
+    collection = store.models.create_collection(name, model_id)
+    run_id = store.images.start_run(collection.id)
+    params = index or store.index.drop_hnsw_index(model_id)
     if index is not None:
-        store.drop_hnsw_index(model_id)
+        store.index.drop_hnsw_index(model_id)
     now = datetime.now(timezone.utc)
     started = time.perf_counter()
     for start in range(0, len(data), BATCH):
@@ -107,11 +108,11 @@ def load(store: Store, name: str, data: np.ndarray, index: HnswParams | None = N
             )  # fmt: skip
             for i in range(start, stop)
         ]
-        store.write_batch(collection.id, model_id, run_id, records, list(data[start:stop]), [])
+        store.images.write_batch(collection.id, model_id, run_id, records, list(data[start:stop]), [])
     loaded = time.perf_counter() - started
     store.conn.execute("SET max_parallel_maintenance_workers = 1")
     started = time.perf_counter()
-    store.restore_hnsw_index(model_id, DIM, params)
+    store.index.restore_hnsw_index(model_id, DIM, params)
     build = time.perf_counter() - started
     store.conn.execute("ANALYZE images; ANALYZE embeddings")
     # Image ids are assigned in load order: id - first id = position in `data`.
@@ -120,7 +121,7 @@ def load(store: Store, name: str, data: np.ndarray, index: HnswParams | None = N
         "SELECT pg_relation_size(%s), pg_total_relation_size('embeddings'), pg_total_relation_size('images')",
         (f"embeddings_hnsw_{model_id}",),
     ).fetchone()
-    return (store.get_collection(name), first), {
+    return (store.models.get_collection(name), first), {
         "rows_per_s_write_batch": len(data) / loaded,
         "load_s": loaded,
         "halfvec_build_s": build,
@@ -133,7 +134,7 @@ def load(store: Store, name: str, data: np.ndarray, index: HnswParams | None = N
 def _search(store: Store, collection, first: int, queries: np.ndarray, ef: int, filters: Filters = Filters()):  # type: ignore[no-untyped-def]
     found, server = [], []
     for q in queries:
-        found.append([h.image_id - first for h in store.nearest(collection, q, K, ef, filters=filters)])
+        found.append([h.image_id - first for h in store.search.nearest(collection, q, K, ef, filters=filters)])
     for q in queries[:100]:
         statement, params = _nearest_query(collection, q, K, 0, filters)
         with store.conn.transaction():
@@ -259,7 +260,7 @@ def main() -> None:
     parser.add_argument("--insert-rows", type=int, default=1000, help="new rows per insert measurement")
     args = parser.parse_args()
     home = Path(tempfile.mkdtemp(prefix="imagedb-scale-bench-"))
-    store = Store(db.open_connection(None, home))
+    store = Store(open_connection(None, home))
     result: dict[str, object] = {"n": args.n, "dim": DIM, "sets": {}}
     out = RESULTS / f"scale_{args.n}.json"
 
@@ -281,11 +282,11 @@ def main() -> None:
         entry["filtered"] = filtered(store, collection, first, data, image_q)
         save()
         if set_name == "clustered":
-            entry["inserts"] = inserts(db.resolve_url(None, home), collection, args.insert_rows)
+            entry["inserts"] = inserts(resolve_url(None, home), collection, args.insert_rows)
             save()
         started = time.perf_counter()
         store.conn.execute("SET max_parallel_maintenance_workers = 1")
-        store.quantize_indexes(RERANKS[0], 16, 64)
+        store.index.quantize_indexes(RERANKS[0], 16, 64)
         entry["binary_build_s"] = time.perf_counter() - started
         entry["binary_index_mb"] = store.conn.execute(
             "SELECT pg_relation_size(%s) / 1e6", (f"embeddings_hnsw_bit_{collection.model_id}",)
@@ -295,11 +296,18 @@ def main() -> None:
         for rerank in RERANKS:
             store.conn.execute("UPDATE embedding_models SET rerank = %s WHERE id = %s", (rerank, collection.model_id))
             rows += sweep(
-                store, store.get_collection(set_name), first, f"binary, rerank {rerank}", image_q, text_q, truths, [40]
+                store,
+                store.models.get_collection(set_name),
+                first,
+                f"binary, rerank {rerank}",
+                image_q,
+                text_q,
+                truths,
+                [40],
             )
         entry["binary"] = rows
         # Back to the halfvec index alone for the next set (the binary index would be rebuilt with it otherwise).
-        store.quantize_indexes(None, 16, 64)
+        store.index.quantize_indexes(None, 16, 64)
         save()
         if not args.no_hnswlib and set_name == "clustered":
             entry["hnswlib"] = hnswlib_peer(data, image_q, text_q, truths, EFS)
@@ -307,7 +315,7 @@ def main() -> None:
             save()
         del data
     store.close()
-    db.stop_embedded(home)
+    stop_embedded(home)
     _plot(result, RESULTS / f"scale_{args.n}.png")
 
 

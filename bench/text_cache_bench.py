@@ -22,9 +22,10 @@ from pathlib import Path
 from ingest_bench import _checkpoint, _images
 from results_dir import RESULTS
 
-from imagedb import db
 from imagedb.embed import ModelSpec
 from imagedb.ingest import ingest
+from imagedb.pg.database import open_connection
+from imagedb.pg.embedded import stop_embedded
 from imagedb.store import Store
 
 
@@ -43,7 +44,7 @@ def main() -> None:
     _images(work / "photos", 8)
     spec = ModelSpec.parse(_checkpoint(work))
     home = work / "home"
-    store = Store(db.open_connection(None, home))
+    store = Store(open_connection(None, home))
     ingest(store, [work / "photos"], model=spec)
     store.close()
 
@@ -59,7 +60,7 @@ def main() -> None:
         seconds, stderr = _timed([executable, "search", text], env)
         assert "loading" not in stderr, stderr  # cached: no model
         repeated.append(seconds)
-    db.stop_embedded(home)
+    stop_embedded(home)
 
     result = {
         "model": "ViT-B-32 (random weights, local checkpoint)",

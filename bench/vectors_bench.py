@@ -23,7 +23,8 @@ from pgvector import HalfVector, Vector
 from pgvector.psycopg import register_vector
 from results_dir import RESULTS
 
-from imagedb import db
+from imagedb.pg.database import open_connection, resolve_url
+from imagedb.pg.embedded import stop_embedded
 
 DIM, K = 512, 10
 
@@ -297,8 +298,8 @@ def main() -> None:
     data, queries = _data(n, 200, rng)
     truth = _exact(data, queries)
     home = Path(tempfile.mkdtemp(prefix="imagedb-vectors-bench-"))
-    db.open_connection(None, home).close()  # starts the server and creates the vector extension
-    url = db.resolve_url(None, home)
+    open_connection(None, home).close()  # starts the server and creates the vector extension
+    url = resolve_url(None, home)
     conn = _connect(url)
     result: dict[str, object] = {"n": n, "dim": DIM}
     print(f"== {n} x {DIM} vectors ==\n\nloading (vectors/s)")
@@ -341,7 +342,7 @@ def main() -> None:
             f"  recall {r['recall@10']:.3f}  p50 {r['client_p50_ms']:.2f} ms"
         )
     conn.close()
-    db.stop_embedded(home)
+    stop_embedded(home)
     name = "vectors_quick" if args.quick else f"vectors_{n}"
     (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=1, default=float))
     _plot(sweep, RESULTS / f"{name}.png", n)

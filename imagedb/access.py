@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from imagedb import collection as collections
 from imagedb.errors import InvalidInput, NotFound
 from imagedb.store import Store
-from imagedb.store.roles import FORGET_TABLES
+from imagedb.store.admin import FORGET_TABLES
 
 # What BI tools may see: plain metadata, no vectors, thumbnails, raw EXIF (which can hold GPS) or attributes.
 READER_VIEWS = ("image_catalog", "collection_stats", "duplicate_report", "dicom_catalog")
@@ -47,18 +47,18 @@ class Forgotten:
 
 def grant_reader(store: Store, role: str, password: str | None = None) -> Grant:
     """SELECT on the BI views only; the role is created (LOGIN) if missing."""
-    created = store.grant(role, READER_VIEWS, "SELECT", _checked_password(password))
-    return Grant(created, store.has_password(role))
+    created = store.admin.grant(role, READER_VIEWS, "SELECT", _checked_password(password))
+    return Grant(created, store.admin.has_password(role))
 
 
 def grant_writer(store: Store, role: str, password: str | None = None) -> Grant:
     """What `imagedb ingest`, `search`, `tag`, `dupes`, `watch` and `forget` need, on existing collections and
     models; VACUUM of the tables `forget` touches where the server has the MAINTAIN privilege (PostgreSQL 17+)."""
-    created = store.grant(role, WRITER_TABLES, "SELECT, INSERT, UPDATE, DELETE", _checked_password(password))
-    store.grant(role, WRITER_READ_ONLY, "SELECT", None)
-    store.grant_maintain(role, FORGET_TABLES)
-    store.grant_sequences_and_functions(role)
-    return Grant(created, store.has_password(role))
+    created = store.admin.grant(role, WRITER_TABLES, "SELECT, INSERT, UPDATE, DELETE", _checked_password(password))
+    store.admin.grant(role, WRITER_READ_ONLY, "SELECT", None)
+    store.admin.grant_maintain(role, FORGET_TABLES)
+    store.admin.grant_sequences_and_functions(role)
+    return Grant(created, store.admin.has_password(role))
 
 
 def _checked_password(password: str | None) -> str | None:
@@ -70,7 +70,7 @@ def _checked_password(password: str | None) -> str | None:
 def forget(store: Store, collection: str, refs: Sequence[str], *, full: bool = False) -> Forgotten:
     """Delete the images named by id, path or file name and everything derived from them, then VACUUM."""
     target = collections.get(store, collection)
-    ids, unvacuumed = store.forget(target.id, list(refs), full=full)
+    ids, unvacuumed = store.admin.forget(target.id, list(refs), full=full)
     if not ids:
         raise NotFound(f"no image {', '.join(refs)} in collection {collection!r}: give ids, paths or file names")
     return Forgotten(ids, unvacuumed)

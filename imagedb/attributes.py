@@ -187,8 +187,8 @@ def tag(store: Store, collection: str, ref: str, attributes: dict[str, Any]) -> 
     _check_value({ref: attributes}, "imagedb tag")  # PostgreSQL's text and jsonb cannot hold NUL
     target = collections.get(store, collection)
     ref = collections.absolute_ref(ref)
-    ids = store.image_ids(target.id, ref)
+    ids = store.images.image_ids(target.id, ref)
     if not ids:
         raise NotFound(f"no image {ref!r} in collection {collection!r}: give an id, a path or a file name")
-    store.merge_attributes(ids, attributes)
+    store.images.merge_attributes(ids, attributes)
     return ids

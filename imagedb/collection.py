@@ -38,7 +38,7 @@ def _checked_name(name: str) -> str:
 
 
 def get(store: Store, name: str, requested: ModelSpec | None = None) -> Collection:
-    collection = store.get_collection(_checked_name(name))
+    collection = store.models.get_collection(_checked_name(name))
     if collection is None:
         raise NotFound(
             f"no collection named {name!r}: ingest images into it first (imagedb ingest PATH --collection {name})"
@@ -61,7 +61,7 @@ def get_or_create(
     (DICOM headers stored whole) creates a collection marked for it, and is refused for an existing collection
     created without it: patient data must never land beside data that was promised to hold none.
     """
-    collection = store.get_collection(_checked_name(name))
+    collection = store.models.get_collection(_checked_name(name))
     if collection is not None:
         check_model(collection, requested)
         if keep_phi and not collection.keep_phi:
@@ -73,7 +73,7 @@ def get_or_create(
     spec = requested or ModelSpec.parse(new_collection_model())
     try:
         model_id, _ = provenance.load_checked(store, spec, allow_random_weights=allow_random_weights)
-        created = store.create_collection(name, model_id, keep_phi=keep_phi)
+        created = store.models.create_collection(name, model_id, keep_phi=keep_phi)
     except psycopg.errors.InsufficientPrivilege as exc:
         raise NotFound(
             f"no collection named {name!r}, and this role may not create one (a writer ingests into existing"
@@ -86,12 +86,12 @@ def get_or_create(
 
 def held_model(store: Store, collection: Collection, requested: ModelSpec) -> Collection:
     """The collection as searched with `requested`, one of the models it holds (`imagedb search --model`)."""
-    for record, _ in store.held_models(collection.id):
+    for record, _ in store.models.held_models(collection.id):
         if (record.name, record.pretrained) == (requested.name, requested.pretrained):
             return replace(
                 collection, model_id=record.id, model_name=record.name, pretrained=record.pretrained, dim=record.dim
             )
-    held = ", ".join(str(ModelSpec(r.name, r.pretrained)) for r, _ in store.held_models(collection.id))
+    held = ", ".join(str(ModelSpec(r.name, r.pretrained)) for r, _ in store.models.held_models(collection.id))
     raise ModelMismatch(
         f"collection {collection.name!r} holds no model {requested} (it holds {held}): add it first with"
         f" imagedb models add {requested} -c {collection.name}"
@@ -110,13 +110,13 @@ def find_images(store: Store, name: str, refs: Sequence[str]) -> tuple[list[tupl
     for ref in refs:
         if "\x00" in ref:
             raise InvalidInput(f"{ref!r} cannot name an image: it holds a NUL character")
-        ids = store.image_ids(target.id, absolute_ref(ref))
+        ids = store.images.image_ids(target.id, absolute_ref(ref))
         found.update(dict.fromkeys(ids))
         if not ids:
             missing.append(ref)
     if not found:
         raise NotFound(f"no image {', '.join(refs)} in collection {name!r}: give ids, paths or file names")
-    paths = store.paths(found)
+    paths = store.dupes.paths(found)
     return [(image_id, paths[image_id]) for image_id in found if image_id in paths], missing
 
 

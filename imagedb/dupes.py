@@ -108,18 +108,18 @@ def find_duplicates(
     """
     check_thresholds(method, max_distance, min_similarity)
     target = collections.get(store, collection)
-    edges = [(a, b, d, "sha256") for a, b, d in store.sha256_edges(target.id)]
+    edges = [(a, b, d, "sha256") for a, b, d in store.dupes.sha256_edges(target.id)]
     if method in ("hash", "both"):
-        edges += [(a, b, d, "hash") for a, b, d in store.hash_edges(target.id, max_distance, NEIGHBOURS)]
+        edges += [(a, b, d, "hash") for a, b, d in store.dupes.hash_edges(target.id, max_distance, NEIGHBOURS)]
     if method in ("clip", "both"):
-        edges += [(a, b, d, "clip") for a, b, d in store.clip_edges(target, 1.0 - min_similarity, NEIGHBOURS)]
+        edges += [(a, b, d, "clip") for a, b, d in store.dupes.clip_edges(target, 1.0 - min_similarity, NEIGHBOURS)]
     groups = _components(edges)
-    paths = store.paths(m for group in groups for m, *_ in group)
+    paths = store.dupes.paths(m for group in groups for m, *_ in group)
     result = [
         DuplicateGroup(n, [Member(i, paths[i], matched, rule, dist) for i, matched, rule, dist in group])
         for n, group in enumerate(groups, start=1)
     ]
-    store.save_duplicate_groups(
+    store.dupes.save_duplicate_groups(
         target.id,
         [(g.number, m.image_id, m.matched_image_id, m.rule, m.distance) for g in result for m in g.members],
     )
@@ -189,7 +189,7 @@ def add_watches(
         prepared.append((path, *watch_hashes(path)))
     watched = []
     for path, sha, hashes in prepared:
-        watch_id, hits = store.add_watch(label, str(path.resolve()), sha, max_distance, hashes)
+        watch_id, hits = store.dupes.add_watch(label, str(path.resolve()), sha, max_distance, hashes)
         watched.append(Watched(watch_id, str(path.resolve()), hits))
     return watched
 
@@ -197,7 +197,7 @@ def add_watches(
 def backfill_hashes(store: Store, batch_size: int = 500) -> int:
     """Perceptual hashes for images stored before they existed, from the stored thumbnails (no files, no model)."""
     done = 0
-    while batch := store.missing_hashes(batch_size):
-        store.set_hashes([(image_id, perceptual_hash(jpeg)) for image_id, jpeg in batch])
+    while batch := store.dupes.missing_hashes(batch_size):
+        store.dupes.set_hashes([(image_id, perceptual_hash(jpeg)) for image_id, jpeg in batch])
         done += len(batch)
     return done

@@ -40,3 +40,8 @@ class ReadOnlyReplica(ImagedbError):
 
 class NotReady(ImagedbError):
     """A model asked for that is not fully added to a collection yet, or a change another process is making."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (libpq's and the server's run on with hints and context)."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]

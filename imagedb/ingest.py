@@ -120,16 +120,16 @@ def ingest(
     target = collections.get_or_create(
         store, collection, model, keep_phi=dicom.keep_phi, allow_random_weights=allow_random_weights
     )
-    summary = IngestSummary(collection=target.name, run_id=store.start_run(target.id, target.model_id))
-    todo = _changed_files(files, store.file_states(target.id))
+    summary = IngestSummary(collection=target.name, run_id=store.images.start_run(target.id, target.model_id))
+    todo = _changed_files(files, store.images.file_states(target.id))
     summary.skipped = len(files) - len(todo)
     # A model's first large load: inserting row by row into HNSW costs 100x a COPY, and building the index
     # afterwards is faster than both together (bench/results/vectors_100000.txt). Only while the index serves
     # nothing: once the model has embeddings the load goes into the index, so searches never lose it (building a
     # new one after the load would cost the same load plus a build: bench/results/rebuild.txt). A run killed in
     # between leaves no index; the next run builds it (restore_hnsw_index is a no-op when a valid one exists).
-    bulk = len(todo) >= bulk_threshold and not store.model_has_embeddings(target.model_id)
-    index_definition = store.drop_hnsw_index(target.model_id) if bulk else None
+    bulk = len(todo) >= bulk_threshold and not store.models.model_has_embeddings(target.model_id)
+    index_definition = store.index.drop_hnsw_index(target.model_id) if bulk else None
     interrupted = False
     try:
         if todo:
@@ -160,14 +160,14 @@ def ingest(
         if not (interrupted or store.conn.closed or store.conn.broken):
             if index_definition is not None:
                 progress.phase(BUILDING_INDEX)
-            store.restore_hnsw_index(target.model_id, target.dim, index_definition)
+            store.index.restore_hnsw_index(target.model_id, target.dim, index_definition)
     if attribute_rows:
         progress.phase(ATTACHING_METADATA, len(attribute_rows))
-        unmatched = store.attach_attributes(target.id, attribute_rows)
+        unmatched = store.images.attach_attributes(target.id, attribute_rows)
         summary.metadata_unmatched = sorted(unmatched)
         summary.metadata_matched = sum(1 for key, _ in attribute_rows if key not in unmatched)
     summary.seconds = time.perf_counter() - started
-    store.finish_run(summary.run_id, summary.added, summary.skipped, summary.reused, summary.failed)
+    store.images.finish_run(summary.run_id, summary.added, summary.skipped, summary.reused, summary.failed)
     if summary.added or summary.reused:
         relevance.refresh_sample(store, target)  # the baseline of relevance follows the collection's growth
     return summary
@@ -196,7 +196,7 @@ class _Models:
         self.recent: dict[int, dict[str, np.ndarray]] = {}  # see RECENT_VECTORS
 
     def refresh(self) -> None:
-        held = {record.id: record for record, _ in self._store.held_models(self._target.id)}
+        held = {record.id: record for record, _ in self._store.models.held_models(self._target.id)}
         held.setdefault(self._target.model_id, ModelRecord(self._target.model_id, self._target.model_name,
                                                            self._target.pretrained, self._target.dim))  # fmt: skip
         for model_id in [m for m in self.embedders if m not in held]:
@@ -383,7 +383,7 @@ class BatchWriters:
     def _write(self, target: Collection, run_id: int, batch: _Embedded) -> BatchWritten:
         store = self._idle.get()
         try:
-            return store.write_batch(
+            return store.images.write_batch(
                 target.id, target.model_id, run_id, batch.records, batch.vectors, batch.errors, batch.others
             )
         finally:
@@ -415,7 +415,7 @@ def _model_vectors(
     """One model's vector for each record, reusing stored vectors of identical content, and those this run
     embedded lately (`recent`: their batches may still be in its writers' hands, not yet committed); and the
     SHA-256s of the contents it embedded."""
-    known = store.vectors_by_sha256(model_id, [r.sha256 for r, _ in good])
+    known = store.images.vectors_by_sha256(model_id, [r.sha256 for r, _ in good])
     known.update({r.sha256: recent[r.sha256] for r, _ in good if r.sha256 not in known and r.sha256 in recent})
     # Identical files within the batch are embedded once.
     fresh: dict[str, object] = {}

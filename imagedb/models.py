@@ -1,288 +1,240 @@
-"""The schema as SQLAlchemy tables: alembic's target for `alembic revision --autogenerate`.
+"""`imagedb models`: change a collection's model with no downtime.
 
-The running code does not use the ORM; every statement lives in store.py. A test compares these tables with a
-migrated database, so the migrations and this file cannot drift apart.
+`add` embeds every image of a collection with another model, batch by batch (resumable after a kill: it picks up
+the images still without that model's vector), while searches keep using the current model; the new model's HNSW
+index is built after the load, concurrently. `use` switches the collection's search model in one transaction.
+`drop` deletes a model's vectors in a collection (and its index and row once no collection holds it).
+(imagedb/models.py is the SQLAlchemy schema; this is the use case.)
 """
 
 from __future__ import annotations
 
-from pgvector.sqlalchemy import BIT, HALFVEC
-from sqlalchemy import (
-    BigInteger,
-    Boolean,
-    CheckConstraint,
-    Column,
-    Date,
-    DateTime,
-    Float,
-    ForeignKey,
-    Identity,
-    Index,
-    Integer,
-    LargeBinary,
-    MetaData,
-    SmallInteger,
-    Table,
-    Text,
-    UniqueConstraint,
-    func,
-    text,
-)
-from sqlalchemy.dialects.postgresql import JSONB
+import io
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
 
-metadata = MetaData()
+import numpy as np
+from PIL import Image
 
-embedding_models = Table(
-    "embedding_models",
-    metadata,
-    Column("id", Integer, Identity(), primary_key=True),
-    Column("name", Text, nullable=False),
-    # A pretrained tag ("laion2b_s34b_b79k"), an absolute checkpoint path, or "" for the hub/local-dir schemas.
-    Column("pretrained", Text, nullable=False),
-    Column("dim", Integer, CheckConstraint("dim > 0", name="embedding_models_dim_check"), nullable=False),
-    # Candidates a search reads from the model's binary-quantised index before re-ranking them exactly; NULL when
-    # the model has no such index (`imagedb db reindex --quantize binary --rerank N` sets it).
-    Column("rerank", Integer, CheckConstraint("rerank > 0", name="embedding_models_rerank_check")),
-    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
-    # Provenance (NULL for models registered before revision "models", until next used): the weights file's
-    # SHA-256 and size (NULL for random weights), the library versions, the image preprocessing (size, mean, std,
-    # resize mode, interpolation) and the text tokenizer.
-    Column("checkpoint_sha256", Text),
-    Column("checkpoint_bytes", BigInteger),
-    Column("open_clip_version", Text),
-    Column("torch_version", Text),
-    Column("preprocess", JSONB),
-    Column("tokenizer", Text),
-    UniqueConstraint("name", "pretrained", name="embedding_models_name_pretrained_key"),
-)
+from imagedb import collection as collections
+from imagedb import cpus, provenance
+from imagedb.embed import Embedder, ModelSpec
+from imagedb.errors import InvalidInput, ModelMismatch, NotReady
+from imagedb.images import BadImage, decode
+from imagedb.ingest import BUILDING_INDEX, EMBEDDING, NoProgress, Progress, _model_side
+from imagedb.store import Collection, Store
+from imagedb.store.records import HeldModel, ModelRecord
 
-collections = Table(
-    "collections",
-    metadata,
-    Column("id", Integer, Identity(), primary_key=True),
-    Column("name", Text, nullable=False, unique=True),
-    Column("model_id", Integer, ForeignKey("embedding_models.id"), nullable=False),
-    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
-    # Created with --keep-phi: only such a collection may store DICOM headers whole (see imagedb.dicom).
-    Column("keep_phi", Boolean, nullable=False, server_default=text("false")),
-)
+# Passes over the images still without the new model's vector: the first embeds them all; a later one those an
+# ingest stored meanwhile without it (an ingest that started before this `add` and had decoded its batch).
+MAX_PASSES = 5
 
-# Every model a collection holds; collections.model_id is the one searches use. ready_at stays NULL while
-# `imagedb models add` embeds the collection's images with a new model.
-collection_models = Table(
-    "collection_models",
-    metadata,
-    Column("collection_id", Integer, ForeignKey("collections.id", ondelete="CASCADE"), primary_key=True),
-    Column("model_id", Integer, ForeignKey("embedding_models.id"), primary_key=True),
-    Column("added_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
-    Column("ready_at", DateTime(timezone=True)),
-)
 
-images = Table(
-    "images",
-    metadata,
-    Column("id", BigInteger, Identity(), primary_key=True),
-    Column("collection_id", Integer, ForeignKey("collections.id", ondelete="CASCADE"), nullable=False),
-    Column("path", Text, nullable=False),
-    Column("sha256", Text, nullable=False),
-    Column("size_bytes", BigInteger, nullable=False),
-    Column("mtime", DateTime(timezone=True), nullable=False),
-    Column("width", Integer, nullable=False),
-    Column("height", Integer, nullable=False),
-    Column("format", Text, nullable=False),
-    Column("taken_at", DateTime(timezone=False)),
-    Column("camera_make", Text),
-    Column("camera_model", Text),
-    Column("orientation", SmallInteger),
-    Column("exif", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
-    Column("attributes", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
-    Column("ingested_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
-    Column("dhash", BIT(64)),
-    UniqueConstraint("collection_id", "path", name="images_collection_id_path_key"),
-    Index("images_sha256_idx", "sha256"),
-    Index("images_dhash_hnsw", "dhash", postgresql_using="hnsw", postgresql_ops={"dhash": "bit_hamming_ops"}),
-)
+@dataclass
+class AddSummary:
+    collection: str
+    model: str
+    run_id: int
+    embedded: int = 0  # vectors computed
+    reused: int = 0  # vectors of identical content stored already (in any collection)
+    from_thumbnail: int = 0  # of those computed: the original file was gone or changed, so its stored thumbnail
+    failed: list[tuple[int, str]] | None = None  # (image id, why): neither file nor thumbnail could be read
+    ready: bool = False
 
-embeddings = Table(
-    "embeddings",
-    metadata,
-    Column("image_id", BigInteger, ForeignKey("images.id", ondelete="CASCADE"), primary_key=True),
-    Column("model_id", Integer, ForeignKey("embedding_models.id"), primary_key=True),
-    # No fixed dimension: models of different sizes share the table, and each model gets its own partial
-    # HNSW index on embedding::halfvec(dim) (created by store.Store.ensure_model).
-    Column("embedding", HALFVEC(), nullable=False),
-    # The ingest or `models add` run that computed it (NULL for vectors stored before revision "models").
-    Column("run_id", BigInteger, ForeignKey("ingest_runs.id", ondelete="SET NULL")),
-)
 
-thumbnails = Table(
-    "thumbnails",
-    metadata,
-    Column("image_id", BigInteger, ForeignKey("images.id", ondelete="CASCADE"), primary_key=True),
-    Column("jpeg", LargeBinary, nullable=False),
-    Column("width", Integer, nullable=False),
-    Column("height", Integer, nullable=False),
-)
+@dataclass
+class DropSummary:
+    collection: str
+    model: str
+    vectors: int
+    index_dropped: bool
 
-ingest_runs = Table(
-    "ingest_runs",
-    metadata,
-    Column("id", BigInteger, Identity(), primary_key=True),
-    Column("collection_id", Integer, ForeignKey("collections.id", ondelete="CASCADE"), nullable=False),
-    Column("started_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
-    Column("finished_at", DateTime(timezone=True)),
-    Column("added", Integer, nullable=False, server_default=text("0")),
-    Column("skipped", Integer, nullable=False, server_default=text("0")),
-    Column("reused", Integer, nullable=False, server_default=text("0")),
-    Column("failed", Integer, nullable=False, server_default=text("0")),
-    Column("model_id", Integer, ForeignKey("embedding_models.id", ondelete="SET NULL")),
-    Column(
-        "command",
-        Text,
-        CheckConstraint("command IN ('ingest', 'models add')", name="ingest_runs_command_check"),
-        nullable=False,
-        server_default=text("'ingest'"),
-    ),
-)
 
-# Text queries embedded once per model (keyed by the text's SHA-256: a btree entry cannot hold a long text).
-text_embeddings = Table(
-    "text_embeddings",
-    metadata,
-    Column("model_id", Integer, ForeignKey("embedding_models.id", ondelete="CASCADE"), primary_key=True),
-    Column("text_sha256", LargeBinary, primary_key=True),
-    Column("text", Text, nullable=False),
-    Column("embedding", HALFVEC(), nullable=False),
-    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
-    Index("text_embeddings_age_idx", "model_id", "created_at"),
-)
+def list_models(store: Store) -> list[HeldModel]:
+    return store.models.model_listing()
 
-ingest_errors = Table(
-    "ingest_errors",
-    metadata,
-    Column("id", BigInteger, Identity(), primary_key=True),
-    Column("run_id", BigInteger, ForeignKey("ingest_runs.id", ondelete="CASCADE"), nullable=False),
-    Column("path", Text, nullable=False),
-    Column("reason", Text, nullable=False),
-    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
-    Index("ingest_errors_run_id_idx", "run_id"),
-)
 
-duplicate_groups = Table(
-    "duplicate_groups",
-    metadata,
-    Column("collection_id", Integer, ForeignKey("collections.id", ondelete="CASCADE"), primary_key=True),
-    Column("group_no", Integer, nullable=False),
-    Column("image_id", BigInteger, ForeignKey("images.id", ondelete="CASCADE"), primary_key=True),
-    Column("matched_image_id", BigInteger, ForeignKey("images.id", ondelete="CASCADE")),
-    Column(
-        "rule",
-        Text,
-        CheckConstraint("rule IN ('sha256', 'hash', 'clip', 'first')", name="duplicate_groups_rule_check"),
-        nullable=False,
-    ),
-    Column("distance", Float(53)),
-    Column("found_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
-    Index("duplicate_groups_group_idx", "collection_id", "group_no"),
-)
+def _held(store: Store, target: Collection, spec: ModelSpec) -> tuple[ModelRecord, bool]:
+    for record, ready in store.models.held_models(target.id):
+        if (record.name, record.pretrained) == (spec.name, spec.pretrained):
+            return record, ready
+    raise ModelMismatch(
+        f"collection {target.name!r} holds no model {spec}: `imagedb models list` shows the models it holds"
+    )
 
-watches = Table(
-    "watches",
-    metadata,
-    Column("id", Integer, Identity(), primary_key=True),
-    Column("label", Text),
-    Column("path", Text, nullable=False),
-    Column("sha256", Text, nullable=False),
-    Column(
-        "max_distance",
-        Integer,
-        CheckConstraint("max_distance BETWEEN 0 AND 64", name="watches_max_distance_check"),
-        nullable=False,
-    ),
-    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
-)
 
-watch_hashes = Table(
-    "watch_hashes",
-    metadata,
-    Column("watch_id", Integer, ForeignKey("watches.id", ondelete="CASCADE"), primary_key=True),
-    Column("variant", SmallInteger, primary_key=True),
-    Column("hash", BIT(64), nullable=False),
-    Index("watch_hashes_hnsw", "hash", postgresql_using="hnsw", postgresql_ops={"hash": "bit_hamming_ops"}),
-)
+def add(
+    store: Store,
+    spec: ModelSpec,
+    collection: str,
+    *,
+    batch_size: int = 32,
+    progress: Progress | None = None,
+    allow_random_weights: bool = False,
+) -> AddSummary:
+    """Give every image of `collection` a vector of `spec`, then its index; rerun to resume after a kill."""
+    progress = progress or NoProgress()
+    target = collections.get(store, collection)
+    model_id, embedder = provenance.load_checked(store, spec, allow_random_weights=allow_random_weights)
+    if model_id == target.model_id:
+        raise InvalidInput(f"collection {target.name!r} searches with {spec} already: nothing to add")
+    with store.models.adding_lock(target.id, model_id) as locked:
+        if not locked:
+            raise NotReady(
+                f"another `imagedb models add {spec}` into {target.name!r} is running: wait for it to finish"
+            )
+        store.models.hold_model(target.id, model_id)  # from now on, ingests into the collection embed with it too
+        summary = AddSummary(
+            target.name, str(spec), store.images.start_run(target.id, model_id, "models add"), failed=[]
+        )
+        if not store.models.model_has_embeddings(model_id):
+            # A first load: inserting row by row into HNSW costs far more than building it after the load.
+            store.index.drop_hnsw_index(model_id)
+        with ThreadPoolExecutor(max_workers=cpus.available()) as pool:
+            for _ in range(MAX_PASSES):
+                missing = store.models.count_without_vector(target.id, model_id)
+                if missing:
+                    progress.phase(EMBEDDING, missing, detail=str(spec))
+                    if not _embed_all(store, target, model_id, embedder, batch_size, pool, progress, summary):
+                        break  # nothing stored in a whole pass: only images that cannot be read are left
+                progress.phase(BUILDING_INDEX)
+                store.index.build_hnsw_index_concurrently(model_id, embedder.dim)
+                if store.models.mark_ready(target.id, model_id):
+                    summary.ready = True
+                    break
+        store.images.finish_run(summary.run_id, summary.embedded, 0, summary.reused, len(summary.failed))
+    return summary
 
-# Keyed by (watch_id, image_id), which holds the image id its table would be distributed by under Citus
-# (docs/scaling.md); id only orders the hits.
-watch_hits = Table(
-    "watch_hits",
-    metadata,
-    Column("id", BigInteger, Identity(), nullable=False),
-    Column("watch_id", Integer, ForeignKey("watches.id", ondelete="CASCADE"), primary_key=True),
-    Column("image_id", BigInteger, ForeignKey("images.id", ondelete="CASCADE"), primary_key=True),
-    Column("distance", Integer, nullable=False),
-    Column("found_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
-)
 
-# Per collection and model: when its relevance sample was drawn (and at what size), its tuned ef_search, and the
-# last recall measured (`imagedb tune`, `imagedb db check --recall`).
-search_tuning = Table(
-    "search_tuning",
-    metadata,
-    Column("collection_id", Integer, ForeignKey("collections.id", ondelete="CASCADE"), primary_key=True),
-    Column("model_id", Integer, ForeignKey("embedding_models.id"), primary_key=True),
-    Column("sampled_at", DateTime(timezone=True)),
-    Column("sampled_count", BigInteger),
-    Column(
-        "ef_search",
-        Integer,
-        CheckConstraint("ef_search BETWEEN 1 AND 1000", name="search_tuning_ef_search_check"),
-    ),
-    Column("target_recall", Float(53)),
-    Column("recall", Float(53)),
-    Column("recall_ef_search", Integer),
-    Column("recall_count", BigInteger),
-    Column("recall_at", DateTime(timezone=True)),
-)
+def _embed_all(
+    store: Store,
+    target: Collection,
+    model_id: int,
+    embedder: Embedder,
+    batch_size: int,
+    pool: ThreadPoolExecutor,
+    progress: Progress,
+    summary: AddSummary,
+) -> int:
+    """One pass over the images without the model's vector, in id order; returns how many it stored."""
+    stored, after, side = 0, 0, _model_side(embedder)
+    failed_ids = {i for i, _ in summary.failed or []}
+    while batch := store.models.images_without_vector(target.id, model_id, after, batch_size):
+        after = batch[-1][0]
+        todo = [b for b in batch if b[0] not in failed_ids]
+        known = store.images.vectors_by_sha256(model_id, [sha for _, _, sha in todo])
+        fresh = [b for b in todo if b[2] not in known]
+        inputs = list(pool.map(lambda b: _input(store, embedder, side, *b), fresh))
+        good = [(b, tensor) for b, (tensor, _, _) in zip(fresh, inputs, strict=True) if tensor is not None]
+        for b, (tensor, thumb, reason) in zip(fresh, inputs, strict=True):
+            if tensor is None:
+                summary.failed.append((b[0], reason))  # type: ignore[union-attr]
+            summary.from_thumbnail += int(thumb and tensor is not None)
+        vectors: dict[int, np.ndarray] = {}
+        if good:
+            encoded = embedder.encode_images([tensor for _, tensor in good])
+            vectors = {b[0]: v for (b, _), v in zip(good, encoded, strict=True)}
+        rows = [(i, known[sha]) for i, _, sha in todo if sha in known] + list(vectors.items())
+        written = store.models.write_vectors(model_id, summary.run_id, rows) if rows else 0
+        stored += written
+        summary.embedded += len(vectors)
+        summary.reused += len(rows) - len(vectors)
+        progress.advance(len(batch))
+    return stored
 
-# The fixed random sample of a collection's images whose scores are the baseline of relevance (imagedb/relevance.py).
-relevance_samples = Table(
-    "relevance_samples",
-    metadata,
-    Column("collection_id", Integer, ForeignKey("collections.id", ondelete="CASCADE"), primary_key=True),
-    Column("model_id", Integer, ForeignKey("embedding_models.id"), primary_key=True),
-    Column("image_id", BigInteger, ForeignKey("images.id", ondelete="CASCADE"), primary_key=True),
-    Index("relevance_samples_image_id_idx", "image_id"),
-)
 
-# The kept, de-identified fields of DICOM images (imagedb.dicom); UIDs only as keyed hashes (imagedb_uid_hash).
-dicom_images = Table(
-    "dicom_images",
-    metadata,
-    Column("image_id", BigInteger, ForeignKey("images.id", ondelete="CASCADE"), primary_key=True),
-    Column("modality", Text),
-    Column("body_part", Text),
-    Column("study_uid_hash", Text),
-    Column("series_uid_hash", Text),
-    Column("instance_uid_hash", Text),
-    Column("study_year", Integer),
-    Column("study_date", Date),  # only with --keep-dates
-    Column("frame", Integer, nullable=False, server_default=text("1")),
-    Column("frames", Integer, nullable=False, server_default=text("1")),
-    Column("header", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
-    Index("dicom_images_series_idx", "series_uid_hash"),
-)
+def _input(
+    store: Store, embedder: Embedder, side: int, image_id: int, path: str, sha256: str
+) -> tuple[object, bool, str]:
+    """The model input of a stored image: from its file while it is the file ingested (same SHA-256), else from
+    its stored thumbnail (256 pixels, more than most models' input). Returns (input or None, from thumbnail, why)."""
+    try:
+        decoded = decode(Path(path), min_side=side)
+        if decoded.record.sha256 == sha256:
+            return embedder.preprocess(decoded.pixels), False, ""
+    except (BadImage, OSError):
+        pass
+    jpeg = store.images.thumbnail(image_id)  # psycopg serialises the decode threads' statements on the one connection
+    if jpeg is None:
+        return None, True, "the file changed or is gone, and no thumbnail is stored"
+    try:
+        with Image.open(io.BytesIO(jpeg)) as image:
+            return embedder.preprocess(image.convert("RGB")), True, ""
+    except (OSError, ValueError) as exc:
+        return None, True, f"the file changed or is gone, and its thumbnail cannot be read: {exc}"
 
-# The key of the UID hashes, as HMAC's two padded keys; one row, readable by the owner only.
-dicom_secret = Table(
-    "dicom_secret",
-    metadata,
-    Column(
-        "id",
-        Boolean,
-        CheckConstraint("id", name="dicom_secret_id_check"),
-        primary_key=True,
-        server_default=text("true"),
-    ),
-    Column("inner_pad", LargeBinary, nullable=False),
-    Column("outer_pad", LargeBinary, nullable=False),
-)
+
+def use(store: Store, spec: ModelSpec, collection: str) -> str:
+    """Make `spec` the collection's search model, in one transaction; returns the model it replaces."""
+    target = collections.get(store, collection)
+    record, ready = _held(store, target, spec)
+    previous = str(collections.model_of(target))
+    if record.id == target.model_id:
+        raise InvalidInput(f"collection {target.name!r} searches with {spec} already")
+    if not ready:
+        missing = store.models.count_without_vector(target.id, record.id)
+        raise NotReady(
+            f"model {spec} is not fully added to {target.name!r} yet ({missing} image(s) without its vector, or its"
+            f" index not built): finish with imagedb models add {spec} -c {target.name}"
+        )
+    if not store.index.valid_hnsw_indexes(record.id):
+        raise NotReady(f"model {spec} has no valid index yet: run imagedb models add {spec} -c {target.name} again")
+    # Searches embed their texts with it from now on: weights missing or changed would fail or mislead them all.
+    provenance.verify(ModelSpec(record.name, record.pretrained), record)
+    missing = store.models.switch_model(target.id, record.id)
+    if missing:
+        raise NotReady(
+            f"{missing} image(s) of {target.name!r} were stored without a vector of {spec} (an ingest that started"
+            f" before the add): run imagedb models add {spec} -c {target.name} again, then switch"
+        )
+    return previous
+
+
+def drop(store: Store, spec: ModelSpec, collection: str) -> DropSummary:
+    """Delete the collection's vectors of `spec` (not its search model); the index and the model row go too
+    once no collection holds the model."""
+    target = collections.get(store, collection)
+    record, _ = _held(store, target, spec)
+    if record.id == target.model_id:
+        others = [
+            str(ModelSpec(r.name, r.pretrained)) for r, ok in store.models.held_models(target.id) if r.id != record.id
+        ]
+        hint = (
+            f"switch first: imagedb models use {others[0]} -c {target.name}"
+            if others
+            else "it holds no other model, so it would have no vectors left"
+        )
+        raise InvalidInput(f"{spec} is the model collection {target.name!r} searches with: {hint}")
+    with store.models.adding_lock(target.id, record.id) as locked:
+        if not locked:
+            raise NotReady(f"`imagedb models add {spec}` into {target.name!r} is running: stop it first")
+        deleted, unused = store.models.release_model(target.id, record.id)
+    dropped = store.models.drop_unused_model(record.id) if unused else False
+    return DropSummary(target.name, str(spec), deleted, dropped)
+
+
+def move(store: Store, spec: ModelSpec, new_checkpoint: Path) -> ModelSpec:
+    """Point a registered model at its checkpoint's new place: the same weights (the SHA-256 recorded at
+    registration), so every vector stays valid. A different file is a different model: `models add` it."""
+    record = store.models.model_record(spec.name, spec.pretrained)
+    if record is None:
+        raise InvalidInput(f"no model {spec} is registered (`imagedb models list` shows them)")
+    if spec.checkpoint is None:
+        raise InvalidInput(f"{spec} names no checkpoint file: only a local checkpoint can move")
+    moved = ModelSpec.parse(f"{spec.name}:{new_checkpoint}")
+    if moved.checkpoint is None or not moved.checkpoint.is_file():
+        raise InvalidInput(f"no checkpoint file at {new_checkpoint}")
+    if record.checkpoint_sha256 is None:
+        raise InvalidInput(
+            f"model {spec} was registered before imagedb recorded checkpoints' SHA-256, so nothing proves"
+            f" {new_checkpoint} holds the same weights: `imagedb models add` it as a new model instead"
+        )
+    digest, _ = provenance.file_digest(moved.checkpoint)
+    if digest != record.checkpoint_sha256:
+        raise InvalidInput(
+            f"{new_checkpoint} is not the checkpoint of {spec} (SHA-256 {digest[:12]}…, registered"
+            f" {record.checkpoint_sha256[:12]}…): a different file is a different model, `imagedb models add` it"
+        )
+    store.models.move_model(record.id, moved.pretrained)
+    return moved

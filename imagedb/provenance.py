@@ -100,7 +100,7 @@ def changed_message(spec: ModelSpec, record: ModelRecord, path: Path, digest: st
 def load_checked(store: Store, spec: ModelSpec, *, allow_random_weights: bool = False) -> tuple[int, Embedder]:
     """The model's id and embedder, for storing vectors: registers a new model with its provenance, refuses a
     spec without weights (unless allowed) and a registered model whose weights file changed."""
-    record = store.model_record(spec.name, spec.pretrained)
+    record = store.models.model_record(spec.name, spec.pretrained)
     if record is None and not allow_random_weights:
         embed.require_weights(spec)
     if record is not None:
@@ -130,13 +130,13 @@ def _record(store: Store, spec: ModelSpec, embedder: Embedder) -> int:
     path = weights_file(spec)
     digest, size = file_digest(path) if path is not None else (None, None)
     provenance = {"checkpoint_sha256": digest, "checkpoint_bytes": size, **embedder.provenance()}
-    return store.ensure_model(spec.name, spec.pretrained, embedder.dim, provenance)
+    return store.models.ensure_model(spec.name, spec.pretrained, embedder.dim, provenance)
 
 
 def checkpoint_problems(store: Store) -> list[str]:
     """Registered models whose weights file is missing or changed, one line each, for `imagedb db check`."""
     found = []
-    for record in store.model_records():
+    for record in store.models.model_records():
         if record.checkpoint_sha256 is None:
             continue
         spec = ModelSpec(record.name, record.pretrained)

@@ -50,10 +50,10 @@ def needs_sample(sampled_count: int | None, size: int) -> bool:
 
 def refresh_sample(store: Store, collection: Collection, *, force: bool = False) -> bool:
     """Redraw the collection's sample if it has none or has grown since (ingest calls this); True if redrawn."""
-    row = store.tuning(collection)
-    if not force and not needs_sample(row["sampled_count"] if row else None, store.collection_size(collection)):
+    row = store.tuning.tuning(collection)
+    if not force and not needs_sample(row["sampled_count"] if row else None, store.tuning.collection_size(collection)):
         return False
-    store.draw_relevance_sample(collection, SAMPLE_SIZE)
+    store.tuning.draw_relevance_sample(collection, SAMPLE_SIZE)
     return True
 
 
@@ -67,5 +67,5 @@ def ensure_sample(store: Store, sampled_count: int | None, collection: Collectio
 
 
 def baseline(store: Store, collection: Collection, query: np.ndarray) -> Baseline:
-    mean, deviation, sampled = store.score_baseline(collection, query)
+    mean, deviation, sampled = store.tuning.score_baseline(collection, query)
     return Baseline(mean, deviation, sampled)

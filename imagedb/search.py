@@ -148,20 +148,20 @@ def plan(
     if model is not None:  # any model the collection holds, e.g. one being added, to compare before switching
         target = collections.held_model(store, target, model)
     checked = _checked(store, target, filters)
-    tuned = store.tuning(target)
+    tuned = store.tuning.tuning(target)
     relevance.ensure_sample(store, tuned["sampled_count"] if tuned else None, target)
     stored: dict[int, np.ndarray] = {}
     for term in terms:
         if term.kind == "id" and int(term.value) not in stored:
-            found = store.image_vector(int(term.value), target.model_id)
+            found = store.search.image_vector(int(term.value), target.model_id)
             if found is None:
                 raise NotFound(f"no stored image with id {term.value} embedded by {collections.model_of(target)}")
             stored[int(term.value)] = found
     checked = replace(checked, exclude=tuple(stored))
     ef = ef_search if ef_search is not None else tuning.ef_search_for(tuned)
-    texts = store.cached_texts(target.model_id, sorted({t.value for t in terms if t.kind == "text"}))
+    texts = store.search.cached_texts(target.model_id, sorted({t.value for t in terms if t.kind == "text"}))
     needs_model = any(t.kind == "image" or (t.kind == "text" and t.value not in texts) for t in terms)
-    weights = store.model_record(target.model_name, target.pretrained) if needs_model else None
+    weights = store.models.model_record(target.model_name, target.pretrained) if needs_model else None
     return Plan(
         target,
         tuple(terms),
@@ -184,8 +184,8 @@ def nearest(store: Store, plan: Plan, query: np.ndarray) -> list[SearchResult]:
     if plan.fresh:
         # A replica or a role that may not write still searches; the text is embedded again next time.
         with suppress(psycopg.errors.ReadOnlySqlTransaction, psycopg.errors.InsufficientPrivilege):
-            store.cache_texts(plan.target.model_id, plan.fresh)
-    hits = store.nearest(
+            store.search.cache_texts(plan.target.model_id, plan.fresh)
+    hits = store.search.nearest(
         plan.target,
         query,
         plan.limit,
@@ -226,7 +226,7 @@ def _checked(store: Store, target: Collection, filters: Filters) -> Filters:
     if any(t is not None and "\x00" in t for t in texts):
         raise InvalidInput("a filter value cannot contain a NUL character")
     if filters.attributes:
-        known = store.attribute_keys(target.id)
+        known = store.images.attribute_keys(target.id)
         unknown = sorted({k for k, _ in filters.attributes} - known)
         if unknown:
             names = ", ".join(sorted(known)) or "none yet"

@@ -104,27 +104,27 @@ class _Probe:
         if not 1 <= queries <= 10_000:
             raise InvalidInput(f"queries must be between 1 and 10000, not {queries}")
         self.store, self.collection = store, collection
-        self.size = store.collection_size(collection)
+        self.size = store.tuning.collection_size(collection)
         if self.size < 2:
             raise InvalidInput(
                 f"collection {collection.name!r} holds {self.size} embedded image(s): recall needs at least 2"
             )
-        ids, stored = store.sample_vectors(collection, queries, SEED)
+        ids, stored = store.tuning.sample_vectors(collection, queries, SEED)
         # Each stored image's nearest other image, through the index at its largest ef_search (for a stored
         # vector that is all but exact), sets how far its query is moved (see held_out_like).
         nearest = [
-            store.nearest(collection, v, 1, 1000, filters=Filters(exclude=(i,)))
+            store.search.nearest(collection, v, 1, 1000, filters=Filters(exclude=(i,)))
             for i, v in zip(ids, stored, strict=True)
         ]
         scores = np.array([hits[0].score if hits else 1.0 for hits in nearest], dtype=np.float32)
         self.vectors = held_out_like(stored, scores) if len(ids) else stored
-        self.truth = [store.exact_nearest(collection, v, K) for v in self.vectors]
+        self.truth = [store.tuning.exact_nearest(collection, v, K) for v in self.vectors]
 
     def __call__(self, ef_search: int) -> RecallPoint:
         found, times = 0, []
         for vector, truth in zip(self.vectors, self.truth, strict=True):
             started = time.perf_counter()
-            hits = self.store.nearest(self.collection, vector, K, ef_search)
+            hits = self.store.search.nearest(self.collection, vector, K, ef_search)
             times.append((time.perf_counter() - started) * 1000)
             found += len({h.image_id for h in hits} & set(truth))
         expected = sum(len(t) for t in self.truth)
@@ -148,7 +148,7 @@ def tune(
     found = collections.get(store, collection)
     probe = _Probe(store, found, queries)
     ef, met, points = choose_ef_search(probe, target)
-    store.save_tuned_ef_search(found, ef, target, points[-1].recall, probe.size)
+    store.tuning.save_tuned_ef_search(found, ef, target, points[-1].recall, probe.size)
     return Tuned(found.name, ef, target, met, points, probe.queries, probe.size)
 
 
@@ -158,17 +158,17 @@ def check_recall(
     """Recall@10 and latency at a few ef_search values and at the one searches use, which is stored as the
     collection's last recall. Returns (the ef_search in use, the points, the collection's size)."""
     found = collections.get(store, collection)
-    in_use = ef_search_for(store.tuning(found))
+    in_use = ef_search_for(store.tuning.tuning(found))
     probe = _Probe(store, found, queries)
     points = [probe(ef) for ef in sorted({*CHECKED, in_use})]
-    store.save_recall(found, next(p.recall for p in points if p.ef_search == in_use), in_use, probe.size)
+    store.tuning.save_recall(found, next(p.recall for p in points if p.ef_search == in_use), in_use, probe.size)
     return in_use, points, probe.size
 
 
 def last_recall(store: Store, collection: Collection) -> LastRecall | None:
-    row = store.tuning(collection)
+    row = store.tuning.tuning(collection)
     if not row or row.get("recall") is None:
         return None
     then = int(row["recall_count"] or 0)
-    now = store.collection_size(collection)
+    now = store.tuning.collection_size(collection)
     return LastRecall(float(row["recall"]), int(row["recall_ef_search"]), row["recall_at"], then, now / max(then, 1))

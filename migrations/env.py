@@ -1,13 +1,15 @@
-"""Alembic environment. imagedb runs it with an open connection (db.upgrade); `alembic upgrade head` from a
-checkout uses IMAGEDB_DATABASE_URL, or sqlalchemy.url in alembic.ini."""
+"""Alembic environment. imagedb runs it with an open connection (imagedb.pg.migrate.upgrade); `alembic upgrade head`
+from a checkout uses IMAGEDB_DATABASE_URL, or sqlalchemy.url in alembic.ini."""
 
 from __future__ import annotations
 
 from alembic import context
 from sqlalchemy import create_engine, text
 
-from imagedb import db
-from imagedb.models import metadata
+from imagedb.pg.connection import sqlalchemy_url
+from imagedb.pg.database import resolve_url
+from imagedb.schema import metadata
+from imagedb.store.index import HNSW_INDEX_PREFIX
 
 # Two imagedb processes may start on a fresh embedded database at once: one migrates, the other waits.
 MIGRATION_LOCK_KEY = 0x1A6EDB
@@ -15,7 +17,7 @@ MIGRATION_LOCK_KEY = 0x1A6EDB
 
 def include_object(obj, name, type_, reflected, compare_to) -> bool:  # type: ignore[no-untyped-def]
     # Per-model HNSW indexes are created at run time, not by migrations.
-    return not (type_ == "index" and name is not None and name.startswith(db.HNSW_INDEX_PREFIX))
+    return not (type_ == "index" and name is not None and name.startswith(HNSW_INDEX_PREFIX))
 
 
 def run(connection) -> None:  # type: ignore[no-untyped-def]
@@ -29,6 +31,6 @@ connection = context.config.attributes.get("connection")
 if connection is not None:
     run(connection)
 else:
-    url = db.sqlalchemy_url(context.config.get_main_option("sqlalchemy.url") or db.resolve_url(None))
+    url = sqlalchemy_url(context.config.get_main_option("sqlalchemy.url") or resolve_url(None))
     with create_engine(url).connect() as conn:
         run(conn)

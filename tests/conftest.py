@@ -12,6 +12,7 @@ import os
 # No test may reach the network; set before huggingface_hub is imported, which reads it once.
 os.environ["HF_HUB_OFFLINE"] = "1"
 import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -21,7 +22,9 @@ import psycopg
 import pytest
 from PIL import Image
 
-from imagedb import db
+from imagedb.pg.database import open_connection
+from imagedb.pg.embedded import embedded_url, stop_embedded
+from imagedb.pg.migrate import upgrade
 from imagedb.store import Store
 
 from tiny_model import make_tiny_model
@@ -45,9 +48,14 @@ def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         with PostgresContainer("pgvector/pgvector:pg17", driver=None) as container:
             yield container.get_connection_url()
     else:
-        home = tmp_path_factory.mktemp("imagedb-home")
-        yield db.embedded_url(home)
-        db.stop_embedded(home)
+        # Not under pytest's own temporary root: another pytest run as root resets that folder to mode 0700, and the
+        # server (as root, it runs as the `pgserver` user) then loses its data directory mid-run.
+        home = Path(tempfile.mkdtemp(prefix="imagedb-test-home-"))
+        try:
+            yield embedded_url(home)
+        finally:
+            stop_embedded(home)
+            shutil.rmtree(home, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -57,7 +65,7 @@ def template_url(server_url: str) -> str:
         conn.execute(f"DROP DATABASE IF EXISTS {TEMPLATE_DB}")
         conn.execute(f"CREATE DATABASE {TEMPLATE_DB}")
     url = with_database(server_url, TEMPLATE_DB)
-    db.upgrade(url)
+    upgrade(url)
     return url
 
 
@@ -73,7 +81,7 @@ def database_url(server_url: str, template_url: str) -> Iterator[str]:
 
 @pytest.fixture
 def store(database_url: str) -> Iterator[Store]:
-    s = Store(db.open_connection(database_url))
+    s = Store(open_connection(database_url))
     yield s
     s.close()
 

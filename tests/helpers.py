@@ -14,9 +14,9 @@ from imagedb.store import Collection, ImageRecord, Store
 
 def fill_synthetic(store: Store, count: int, dim: int = 32, name: str = "synthetic", seed: int = 0) -> Collection:
     """A collection of `count` images with random unit vectors, written through Store.write_batch."""
-    model_id = store.ensure_model(name, "", dim)
-    collection = store.create_collection(name, model_id)
-    run_id = store.start_run(collection.id)
+    model_id = store.models.ensure_model(name, "", dim)
+    collection = store.models.create_collection(name, model_id)
+    run_id = store.images.start_run(collection.id)
     rng = np.random.default_rng(seed)
     vectors = rng.standard_normal((count, dim)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
@@ -41,7 +41,7 @@ def fill_synthetic(store: Store, count: int, dim: int = 32, name: str = "synthet
             )
             for i in range(start, min(start + 500, count))
         ]
-        store.write_batch(collection.id, model_id, run_id, records, list(vectors[start : start + 500]), [])
+        store.images.write_batch(collection.id, model_id, run_id, records, list(vectors[start : start + 500]), [])
     store.conn.execute("ANALYZE")
     store.conn.commit()
     return collection

@@ -52,7 +52,7 @@ def test_bad_files_are_recorded_and_the_run_goes_on(
     expected = _make_bad_files(tmp_path / "bad")
     summary = ingest(store, [tmp_path / "bad"])
     assert (summary.added, summary.failed) == (1, len(expected))
-    recorded = dict(store.run_errors(summary.run_id))
+    recorded = dict(store.images.run_errors(summary.run_id))
     assert {Path(p).name for p in recorded} == set(expected)
     for path, reason in recorded.items():
         assert expected[Path(path).name] in reason, (path, reason)
@@ -74,7 +74,7 @@ def test_unreadable_file_is_recorded(store: Store, tmp_path: Path, tiny_model: s
 def test_missing_path_is_refused_before_anything_runs(store: Store, tiny_model: str) -> None:
     with pytest.raises(NotFound, match="no such file or folder"):
         ingest(store, ["/no/such/folder"], model=ModelSpec.parse(tiny_model))
-    assert store.get_collection("default") is None
+    assert store.models.get_collection("default") is None
 
 
 def test_a_collection_refuses_another_model(store: Store, photos: Path, tiny_model: str, tmp_path: Path) -> None:
@@ -96,7 +96,7 @@ def test_unloadable_models_give_one_clear_message(store: Store, photos: Path, tm
     broken.write_bytes(b"not a checkpoint")
     with pytest.raises(ModelUnavailable, match="cannot load model"):
         ingest(store, [photos], model=ModelSpec.parse(f"ViT-B-32:{broken}"))
-    assert store.get_collection("default") is None
+    assert store.models.get_collection("default") is None
 
 
 def test_unreachable_weights_name_the_model_and_the_way_out(store: Store, photos: Path) -> None:

@@ -21,13 +21,15 @@ from pydicom.data import get_charset_files, get_palette_files, get_testdata_file
 from pydicom.data.data_manager import DATA_ROOT
 from pydicom.uid import UID
 
-from imagedb import db
 from imagedb.access import grant_reader, grant_writer
 from imagedb.cli import main
 from imagedb.dicom import DicomOptions, has_preamble
 from imagedb.embed import ModelSpec
 from imagedb.images import decode, find_images
 from imagedb.ingest import ingest
+from imagedb.pg.backup import dump
+from imagedb.pg.cluster import program
+from imagedb.pg.database import open_connection
 from imagedb.query import Term
 from imagedb.search import search
 from imagedb.store import Filters, Store
@@ -164,7 +166,7 @@ def test_every_dicom_file_in_the_pydicom_wheel_is_stored_or_recorded(
     assert store.conn.execute(
         "SELECT count(*) FROM images i WHERE NOT EXISTS (SELECT 1 FROM dicom_images d WHERE d.image_id = i.id)"
     ).fetchone() == (0,)
-    assert store.problems() == []
+    assert store.admin.problems() == []
 
 
 def _identifying_values(ds: pydicom.Dataset) -> set[str]:
@@ -202,10 +204,10 @@ def _values(value: object) -> list[object]:
 
 def _everything_stored(database_url: str, store: Store, tmp_path: Path) -> str:
     """A pg_dump of the database as SQL text, and the rows of every view as text."""
-    dump = tmp_path / "all.dump"
-    db.dump(database_url, dump)
-    pg_restore = db._postgres_program("pg_restore")
-    text = subprocess.run([pg_restore, "--file=-", str(dump)], capture_output=True, check=True).stdout.decode()
+    dumped = tmp_path / "all.dump"
+    dump(database_url, dumped)
+    pg_restore = program("pg_restore")
+    text = subprocess.run([pg_restore, "--file=-", str(dumped)], capture_output=True, check=True).stdout.decode()
     views = [r[0] for r in store.conn.execute("SELECT viewname FROM pg_views WHERE schemaname = 'public'")]
     assert "dicom_catalog" in views
     for view in views:
@@ -390,7 +392,7 @@ def test_a_reader_sees_dicom_catalog_and_nobody_else_the_secret(
                 conn.execute(statement)
     # A writer ingests DICOM (its UIDs hashed through the owner's function) but cannot read the key.
     shutil.copyfile(Path(DATA_ROOT, "test_files", "MR_small.dcm"), tmp_path / "b.dcm")
-    with db.open_connection(_login(database_url, writer, "w-pass")) as conn:
+    with open_connection(_login(database_url, writer, "w-pass")) as conn:
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             conn.execute("SELECT * FROM dicom_secret")
         summary = ingest(Store(conn), [tmp_path], collection="ct")
@@ -445,7 +447,7 @@ def test_find_images_opens_extensionless_files_without_blocking(tmp_path: Path) 
 def test_api_filters_and_dicom_upload(store: Store, database_url: str, tiny_model: str, tmp_path: Path) -> None:
     from fastapi.testclient import TestClient
 
-    from imagedb.server import create_app
+    from imagedb.api import create_app
 
     tree = Path(DATA_ROOT, "test_files", "dicomdirtests")
     for source in [*(tree / "77654033/CT2").iterdir(), *(tree / "98892003/MR700").iterdir()]:

@@ -65,11 +65,11 @@ def test_exact_copies_group_even_at_distance_zero_and_method_clip(
     groups = find_duplicates(store, method="hash", max_distance=0)
     assert {"camera.jpg", "camera-copy.jpg"} in _groups_by_name(groups)
     # CLIP edges are the pairs a brute-force scan finds above the threshold.
-    collection = store.get_collection("default")
-    ids, matrix = store.all_vectors(collection)
+    collection = store.models.get_collection("default")
+    ids, matrix = store.search.all_vectors(collection)
     sims = matrix @ matrix.T / np.outer(np.linalg.norm(matrix, axis=1), np.linalg.norm(matrix, axis=1))
     threshold = float(np.sort(sims[np.triu_indices(len(ids), 1)])[-5])  # the 5 most similar pairs
-    edges = store.clip_edges(collection, 1 - threshold + 1e-6, 10)
+    edges = store.dupes.clip_edges(collection, 1 - threshold + 1e-6, 10)
     brute = {(ids[a], ids[b]) for a, b in zip(*np.where(np.triu(sims, 1) >= threshold - 1e-6), strict=True)}
     assert {tuple(sorted((a, b))) for a, b, _ in edges} == brute
     clip_groups = find_duplicates(store, method="clip", min_similarity=threshold)
@@ -116,11 +116,11 @@ def test_watch_list_catches_flipped_and_turned_copies_and_notifies(
 
     payloads = [json.loads(n.payload) for n in listener.notifies(timeout=2, stop_after=2)]
     listener.close()
-    hits = store.watch_hits()
+    hits = store.dupes.watch_hits()
     assert {Path(h["path"]).name for h in hits} == {"astronaut.jpg", "mirrored.jpg", "turned.png"}
     assert {p["image_id"] for p in payloads} == {h["image_id"] for h in hits[1:]}
     assert all(p["watch_id"] == watch_id and 0 <= p["distance"] <= 8 for p in payloads)
-    assert store.watches()[0]["hits"] == 3
+    assert store.dupes.watches()[0]["hits"] == 3
 
 
 def test_watch_and_dupes_refuse_bad_input(store: Store, photos: Path, tmp_path: Path, tiny_model: str) -> None:
@@ -128,7 +128,7 @@ def test_watch_and_dupes_refuse_bad_input(store: Store, photos: Path, tmp_path: 
     (tmp_path / "notes.jpg").write_text("not an image")
     with pytest.raises(InvalidInput, match="cannot watch .*notes.jpg: not an image"):
         add_watches(store, [photos / "coffee.jpg", tmp_path / "notes.jpg"])
-    assert store.watches() == []  # nothing of the batch was stored
+    assert store.dupes.watches() == []  # nothing of the batch was stored
     with pytest.raises(InvalidInput, match="unknown method"):
         find_duplicates(store, method="pixels")  # type: ignore[arg-type]
     with pytest.raises(InvalidInput, match="0 to 64"):

@@ -15,8 +15,8 @@ import psycopg
 import pytest
 from click.testing import CliRunner
 
-from imagedb import db
 from imagedb.cli import main
+from imagedb.pg.embedded import embedded_url, stop_embedded
 
 
 @pytest.fixture
@@ -27,7 +27,7 @@ def fresh_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path
     monkeypatch.delenv("IMAGEDB_DATABASE_URL", raising=False)
     monkeypatch.delenv("IMAGEDB_MODEL", raising=False)
     yield home
-    db.stop_embedded(home)
+    stop_embedded(home)
 
 
 def _run(*args: object) -> str:
@@ -38,7 +38,7 @@ def _run(*args: object) -> str:
 
 def _read(home: Path, query: str) -> list[tuple]:  # type: ignore[type-arg]
     """Through a connection of its own, as another program would see the database."""
-    with psycopg.connect(db.embedded_url(home), autocommit=True) as conn:
+    with psycopg.connect(embedded_url(home), autocommit=True) as conn:
         return conn.execute(query).fetchall()
 
 

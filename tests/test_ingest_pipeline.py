@@ -81,9 +81,9 @@ def _records(paths: list[str]) -> list[ImageRecord]:
 def test_batches_holding_the_same_files_take_turns_and_store_each_once(store: Store) -> None:
     """Two connections write overlapping batches at once, in opposite orders: each path is stored once (the other
     batch finds it stored), no unique-key error and no deadlock, while disjoint batches go at the same time."""
-    model_id = store.ensure_model("pipeline-test", "", 8)
-    collection = store.create_collection("pipeline", model_id)
-    run_id = store.start_run(collection.id)
+    model_id = store.models.ensure_model("pipeline-test", "", 8)
+    collection = store.models.create_collection("pipeline", model_id)
+    run_id = store.images.start_run(collection.id)
     others = [store.another() for _ in range(2)]
     paths = [f"/p/{i}.jpg" for i in range(40)]
     rng = np.random.default_rng(0)
@@ -94,7 +94,7 @@ def test_batches_holding_the_same_files_take_turns_and_store_each_once(store: St
         try:
             records = _records(order)
             vectors = list(rng.standard_normal((len(records), 8)).astype(np.float32))
-            outcomes.append(writer.write_batch(collection.id, model_id, run_id, records, vectors, []).already)
+            outcomes.append(writer.images.write_batch(collection.id, model_id, run_id, records, vectors, []).already)
         except BaseException as exc:  # reported below, in the test's thread
             failures.append(exc)
 
@@ -118,21 +118,24 @@ def test_batches_holding_the_same_files_take_turns_and_store_each_once(store: St
 
 def test_a_model_switch_waits_for_batches_in_flight(store: Store) -> None:
     """Batches take the collection's lock shared (they run together); `models use` takes it alone."""
-    model_id = store.ensure_model("pipeline-switch", "", 8)
-    other_model = store.ensure_model("pipeline-other", "", 8)
-    collection = store.create_collection("switching", model_id)
+    model_id = store.models.ensure_model("pipeline-switch", "", 8)
+    other_model = store.models.ensure_model("pipeline-other", "", 8)
+    collection = store.models.create_collection("switching", model_id)
     writer = store.another()
     with writer.conn.transaction():
         writer.conn.execute("SELECT pg_advisory_xact_lock_shared(%s, %s)", (0x1A6E, collection.id))
         # Another batch goes ahead meanwhile...
-        run_id = store.start_run(collection.id)
+        run_id = store.images.start_run(collection.id)
         vectors = list(np.ones((1, 8), dtype=np.float32))
-        assert store.write_batch(collection.id, model_id, run_id, _records(["/x.jpg"]), vectors, []).already == set()
+        assert (
+            store.images.write_batch(collection.id, model_id, run_id, _records(["/x.jpg"]), vectors, []).already
+            == set()
+        )
         # ...but the switch waits.
         switcher = store.another()
         switcher.conn.execute("SET lock_timeout = '200ms'")
         with pytest.raises(Exception, match="lock timeout"):
-            switcher.switch_model(collection.id, other_model)
+            switcher.models.switch_model(collection.id, other_model)
         switcher.close()
     writer.close()
 
@@ -161,8 +164,8 @@ def test_a_role_short_of_connections_still_ingests_everything(
     password file) reaches its writers too."""
     from test_roles import _login
 
-    from imagedb import db
     from imagedb.access import grant_writer
+    from imagedb.pg.database import open_connection
 
     role = f"limited_{limit}_{os.getpid()}"
     grant_writer(store, role, "pw")
@@ -171,7 +174,7 @@ def test_a_role_short_of_connections_still_ingests_everything(
     first.mkdir()
     shutil.move(photos / "astronaut.jpg", first / "astronaut.jpg")
     ingest(store, [first], collection="limited", model=ModelSpec.parse(tiny_model))  # the owner creates it
-    writer = Store(db.open_connection(_login(database_url, role, "pw")))
+    writer = Store(open_connection(_login(database_url, role, "pw")))
     summary = ingest(writer, [photos], collection="limited", batch_size=2)
     writer.close()
     assert (summary.added + summary.reused, summary.failed) == (11, 0)
@@ -196,7 +199,7 @@ def test_ctrl_c_ends_a_run_whose_batches_wait_on_a_lock(
     first.mkdir()
     shutil.move(photos / "astronaut.jpg", first / "astronaut.jpg")
     ingest(store, [first], collection="held", model=ModelSpec.parse(tiny_model))
-    collection = store.get_collection("held")
+    collection = store.models.get_collection("held")
     assert collection is not None
     holder = store.another()
     holder.conn.execute("BEGIN")
@@ -253,12 +256,14 @@ def test_a_large_batch_fits_in_a_server_lock_table_others_fill(store: Store) -> 
         hog.conn.execute("SELECT pg_advisory_lock(1234567, g) FROM generate_series(1, 10000000) AS g")
     hog.conn.execute("SELECT pg_advisory_unlock(1234567, g) FROM generate_series(1, 1500) AS g")
     try:
-        model_id = store.ensure_model("pipeline-locks", "", 8)
-        collection = store.create_collection("locks", model_id)
-        run_id = store.start_run(collection.id)
+        model_id = store.models.ensure_model("pipeline-locks", "", 8)
+        collection = store.models.create_collection("locks", model_id)
+        run_id = store.images.start_run(collection.id)
         paths = [f"/many/{i:05d}.jpg" for i in range(4096)]
         vectors = list(np.ones((len(paths), 8), dtype=np.float32))
-        written = store.write_batch(collection.id, model_id, run_id, _records(paths), vectors, [("/many/x", "bad")])
+        written = store.images.write_batch(
+            collection.id, model_id, run_id, _records(paths), vectors, [("/many/x", "bad")]
+        )
         assert written.already == set()
     finally:
         hog.close()
@@ -291,7 +296,7 @@ class _SwitchAfterFirstBatch:
     def advance(self, n: int = 1) -> None:
         if self.switched or not self.embedding:  # files found while scanning come first
             return
-        other = self.store.ensure_model("switched-to", "", 64)
+        other = self.store.models.ensure_model("switched-to", "", 64)
         self.store.conn.execute("UPDATE collections SET model_id = %s WHERE name = %s", (other, self.collection))
         self.switched = True
 

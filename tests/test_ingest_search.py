@@ -25,8 +25,8 @@ def _count(store: Store, table: str) -> int:
 
 
 def _exact_ranking(store: Store, query: np.ndarray) -> list[int]:
-    collection = store.get_collection("default")
-    ids, matrix = store.all_vectors(collection)
+    collection = store.models.get_collection("default")
+    ids, matrix = store.search.all_vectors(collection)
     # Compare at the precision the database holds: halfvec values and a halfvec query.
     q = query.astype(np.float16).astype(np.float32)
     scores = matrix @ q / (np.linalg.norm(matrix, axis=1) * np.linalg.norm(q))
@@ -55,8 +55,8 @@ def test_round_trip_text_image_and_like(store: Store, photos: Path, tiny_model: 
 
 def test_results_equal_exact_cosine_ranking(store: Store, photos: Path, tiny_model: str) -> None:
     ingest(store, [photos], model=ModelSpec.parse(tiny_model))
-    collection = store.get_collection("default")
-    ids, matrix = store.all_vectors(collection)
+    collection = store.models.get_collection("default")
+    ids, matrix = store.search.all_vectors(collection)
     for image_id, vector in zip(ids, matrix, strict=True):
         got = [r.image_id for r in search(store, parse([f"id:{image_id}"]), limit=len(ids))]
         assert got == [i for i in _exact_ranking(store, vector) if i != image_id]
@@ -197,15 +197,15 @@ def test_bulk_load_builds_the_index_after_and_keeps_its_parameters(
 ) -> None:
     spec = ModelSpec.parse(tiny_model)
     ingest(store, [photos / "coffee.jpg"], model=spec)
-    store.rebuild_indexes(m=8, ef_construction=40)
+    store.index.rebuild_indexes(m=8, ef_construction=40)
     summary = ingest(store, [photos], bulk_threshold=5)
     assert summary.added == 11
     definition = store.conn.execute(
         "SELECT indexdef FROM pg_indexes WHERE indexname LIKE 'embeddings_hnsw_%'"
     ).fetchone()[0]
     assert "m='8'" in definition and "ef_construction='40'" in definition
-    assert store.problems() == []
+    assert store.admin.problems() == []
     # A bulk run that died in between left no index: the next run builds one.
-    store.drop_hnsw_index(1)
+    store.index.drop_hnsw_index(1)
     ingest(store, [photos])
-    assert store.problems() == []
+    assert store.admin.problems() == []

@@ -19,11 +19,13 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from imagedb import db
 from imagedb import search as searching
 from imagedb.cli import main
 from imagedb.embed import ModelSpec
 from imagedb.ingest import ingest
+from imagedb.pg.connection import sqlalchemy_url
+from imagedb.pg.database import open_connection
+from imagedb.pg.migrate import alembic_config
 from imagedb.query import parse
 from imagedb.store import Store
 
@@ -56,20 +58,20 @@ def _folder(path: Path, count: int, seed: int) -> Path:
 
 def _model_id(store: Store, spec: str) -> int:
     parsed = ModelSpec.parse(spec)
-    record = store.model_record(parsed.name, parsed.pretrained)
+    record = store.models.model_record(parsed.name, parsed.pretrained)
     assert record is not None
     return record.id
 
 
 def _count(store: Store, model_id: int) -> int:
-    return store.embedding_count(model_id)
+    return store.models.embedding_count(model_id)
 
 
 class SearchLoop:
     """Searches the collection over and over from its own connection, recording which model answered."""
 
     def __init__(self, database_url: str, collection: str) -> None:
-        self.store = Store(db.open_connection(database_url))
+        self.store = Store(open_connection(database_url))
         self.collection = collection
         self.seen: list[tuple[int, list[int]]] = []
         self.errors: list[BaseException] = []
@@ -128,7 +130,7 @@ def test_change_model_with_no_downtime(
         deadline = time.monotonic() + 90
         b = None
         while time.monotonic() < deadline and run.poll() is None:
-            record = store.model_record(*ModelSpec.parse(model_b).__dict__.values())
+            record = store.models.model_record(*ModelSpec.parse(model_b).__dict__.values())
             if record is not None and _count(store, record.id) >= 19:
                 b = record.id
                 break
@@ -168,7 +170,7 @@ def test_change_model_with_no_downtime(
         assert resumed.exit_code == 0, resumed.output
         assert "embedded 21" in resumed.output and "ready" in resumed.output  # 40 - 19, the 5 new ones had it
         assert _count(store, b) == 45 and _count(store, a) == 45
-        assert store.valid_hnsw_indexes(b) == [f"embeddings_hnsw_{b}"]
+        assert store.index.valid_hnsw_indexes(b) == [f"embeddings_hnsw_{b}"]
         before_switch = loop.mark()
 
         # Compare before switching: search --model B answers from B, the default still from A.
@@ -194,11 +196,11 @@ def test_change_model_with_no_downtime(
     assert after_drop >= dropped_at + 3 and all(m == b for m, _ in loop.seen[dropped_at:])
     # A is gone: its vectors, its index, its registration; B untouched.
     assert store.conn.execute("SELECT count(*) FROM embeddings WHERE model_id = %s", (a,)).fetchone()[0] == 0
-    assert store.valid_hnsw_indexes(a) == []
+    assert store.index.valid_hnsw_indexes(a) == []
     assert store.conn.execute("SELECT to_regclass(%s)", (f"embeddings_hnsw_{a}",)).fetchone()[0] is None
-    assert store.model_record(*ModelSpec.parse(tiny_model).__dict__.values()) is None
-    assert _count(store, b) == 45 and store.valid_hnsw_indexes(b)
-    assert store.problems() == []
+    assert store.models.model_record(*ModelSpec.parse(tiny_model).__dict__.values()) is None
+    assert _count(store, b) == 45 and store.index.valid_hnsw_indexes(b)
+    assert store.admin.problems() == []
     # Every vector names the run that made it: the two `models add` runs and the ingest.
     runs = store.conn.execute(
         "SELECT r.command, count(*) FROM embeddings e JOIN ingest_runs r ON r.id = e.run_id GROUP BY r.command"
@@ -237,7 +239,7 @@ def test_a_checkpoint_replaced_in_place_is_refused(
     checkpoint, spec = _copied_checkpoint(tiny_model, tmp_path / "weights")
     photos = _folder(tmp_path / "p", 4, seed=4)
     ingest(store, [photos / "img_4_000.png"], collection="c", model=ModelSpec.parse(spec))
-    record = store.model_record(*ModelSpec.parse(spec).__dict__.values())
+    record = store.models.model_record(*ModelSpec.parse(spec).__dict__.values())
     assert record is not None
     assert record.checkpoint_sha256 == hashlib.sha256(checkpoint.read_bytes()).hexdigest()
     assert _cli(database_url, "db", "check").exit_code == 0
@@ -249,7 +251,7 @@ def test_a_checkpoint_replaced_in_place_is_refused(
     ingest(store, [photos / "img_4_000.png"], collection="other", model=ModelSpec.parse(tiny_model))
     add = _cli(database_url, "models", "add", spec, "-c", "other")
     assert add.exit_code == 1 and "changed since it was registered" in add.output, add.output
-    assert store.embedding_count(record.id) == 1
+    assert store.models.embedding_count(record.id) == 1
     check = _cli(database_url, "db", "check")
     assert check.exit_code == 1 and f"checkpoint {checkpoint} of model" in check.output, check.output
     checkpoint.unlink()
@@ -314,7 +316,7 @@ def test_a_weightless_spec_is_refused_with_the_known_tags(database_url: str, sto
     assert result.exit_code == 2, result.output
     assert "names no weights" in result.output and "laion2b_s34b_b79k" in result.output
     assert "--allow-random-weights" in result.output
-    assert store.get_collection("c2") is None
+    assert store.models.get_collection("c2") is None
     unknown = _cli(database_url, "ingest", str(photos), "--model", "NoSuchNet")
     assert unknown.exit_code == 2 and "knows no model named" in unknown.output, unknown.output
 
@@ -417,7 +419,7 @@ def test_an_api_text_query_is_cached_for_the_api_and_sql(
 ) -> None:
     from fastapi.testclient import TestClient
 
-    from imagedb.server import create_app
+    from imagedb.api import create_app
 
     ingest(store, [_folder(tmp_path / "p", 5, seed=11)], model=ModelSpec.parse(tiny_model))
     client = TestClient(create_app(database_url), base_url="http://localhost")
@@ -460,8 +462,8 @@ def test_the_migration_keeps_existing_collections_and_their_writers(server_url: 
         conn.execute(f"DROP DATABASE IF EXISTS {name}")
         conn.execute(f"CREATE DATABASE {name}")
     url = with_database(server_url, name)
-    engine = create_engine(db.sqlalchemy_url(url))
-    cfg = db._alembic_config()
+    engine = create_engine(sqlalchemy_url(url))
+    cfg = alembic_config()
 
     def migrate(step: object, revision: str) -> None:
         with engine.begin() as conn:

@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from imagedb import db
+from imagedb.pg.embedded import stop_embedded
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
@@ -59,7 +59,7 @@ def test_the_first_command_runs_offline_with_a_local_checkpoint(
     finally:
         data = home / ".local" / "share" / "imagedb"
         if (data / "pgdata").exists():
-            db.stop_embedded(data)
+            stop_embedded(data)
 
 
 def test_ci_runs_the_readme_test_command() -> None:

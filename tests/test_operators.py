@@ -17,8 +17,11 @@ import psycopg
 import pytest
 from click.testing import CliRunner
 
-from imagedb import db, server_admin
 from imagedb.cli import main
+from imagedb.pg.cluster import postmaster
+from imagedb.pg.database import open_connection
+from imagedb.pg.embedded import embedded_url, stop_embedded
+from imagedb.pg.listen import load_listen, tls_supported
 
 # The installed command beside this Python: the tests need not run in an activated environment.
 IMAGEDB = str(Path(sys.executable).with_name("imagedb"))
@@ -46,16 +49,16 @@ def _tcp(host: str, port: int, user: str, password: str, **extra: str) -> psycop
 
 
 def _stop_replica(folder: Path) -> None:
-    if server_admin.postmaster(folder / "pgdata") is not None:
-        db.stop_embedded(folder)
+    if postmaster(folder / "pgdata") is not None:
+        stop_embedded(folder)
 
 
 @pytest.fixture(scope="module")
 def listening_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     home = tmp_path_factory.mktemp("listen-home")
-    db.open_connection(home=home).close()  # started and migrated
+    open_connection(home=home).close()  # started and migrated
     yield home
-    db.stop_embedded(home)
+    stop_embedded(home)
 
 
 def test_bi_login_over_tcp_needs_its_password_and_the_superuser_is_refused(listening_home: Path) -> None:
@@ -75,8 +78,8 @@ def test_bi_login_over_tcp_needs_its_password_and_the_superuser_is_refused(liste
     with pytest.raises(psycopg.OperationalError, match="rejects connection"):
         _tcp("127.0.0.1", port, "postgres", _owner_password(listening_home))
     # Every later start honours the setting, and the socket URL names the moved socket's port.
-    db.stop_embedded(listening_home)
-    assert f"port={port}" in db.embedded_url(listening_home)
+    stop_embedded(listening_home)
+    assert f"port={port}" in embedded_url(listening_home)
     with _tcp("127.0.0.1", port, "bi_reader", "s3cret pw") as conn:
         assert conn.execute("SELECT current_user").fetchone() == ("bi_reader",)
     # Listening twice on the same address is a no-op, not an "address in use".
@@ -95,7 +98,7 @@ def test_a_running_web_server_follows_the_socket_db_listen_moves(listening_home:
     answered 503 until restarted (documented, now fixed). A server stopped on purpose stays stopped."""
     from fastapi.testclient import TestClient
 
-    from imagedb.server import create_app
+    from imagedb.api import create_app
 
     with TestClient(create_app(home=listening_home), base_url="http://localhost") as client:
         assert client.get("/api/collections").status_code == 200
@@ -103,9 +106,9 @@ def test_a_running_web_server_follows_the_socket_db_listen_moves(listening_home:
         assert client.get("/api/collections").status_code == 200
         assert _run(listening_home, "db", "listen", "--off").exit_code == 0
         assert client.get("/api/collections").status_code == 200
-        db.stop_embedded(listening_home)
+        stop_embedded(listening_home)
         assert client.get("/api/collections").status_code == 503
-        assert server_admin.postmaster(listening_home / "pgdata") is None  # `db stop` meant it: not started again
+        assert postmaster(listening_home / "pgdata") is None  # `db stop` meant it: not started again
 
 
 @pytest.mark.parametrize(
@@ -120,21 +123,21 @@ def test_a_running_web_server_follows_the_socket_db_listen_moves(listening_home:
     ],
 )
 def test_a_bad_listen_address_is_one_line(listening_home: Path, address: str, message: str) -> None:
-    before = server_admin.load(listening_home)
+    before = load_listen(listening_home)
     result = _run(listening_home, "db", "listen", address)
     assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
-    assert server_admin.load(listening_home) == before
+    assert load_listen(listening_home) == before
 
 
 def test_a_port_in_use_is_refused_and_the_server_stays_as_it_was(listening_home: Path) -> None:
-    before = server_admin.load(listening_home)
+    before = load_listen(listening_home)
     with socket.socket() as squatter:
         squatter.bind(("127.0.0.1", 0))
         squatter.listen()
         taken = squatter.getsockname()[1]
         result = _run(listening_home, "db", "listen", f"127.0.0.1:{taken}")
         assert result.exit_code == 2 and "already in use by another program" in result.output
-    assert server_admin.load(listening_home) == before
+    assert load_listen(listening_home) == before
     assert _run(listening_home, "db", "info").exit_code == 0
 
 
@@ -148,12 +151,12 @@ def test_listening_beyond_loopback_requires_tls(listening_home: Path) -> None:
     if address.startswith("127."):
         pytest.skip("this machine has no non-loopback IPv4 address")
     port = _free_port()
-    if not server_admin.tls_supported():
-        before = server_admin.load(listening_home)
+    if not tls_supported():
+        before = load_listen(listening_home)
         for args in ([f"0.0.0.0:{port}"], [f"{address}:{port}"], ["*:" + str(port)]):
             result = _run(listening_home, "db", "listen", *args)
             assert result.exit_code == 2 and "built without TLS" in result.output, result.output
-        assert server_admin.load(listening_home) == before
+        assert load_listen(listening_home) == before
         with pytest.raises(psycopg.OperationalError):
             _tcp(address, port, "bi_reader", "s3cret pw", sslmode="disable")
         pytest.skip("the bundled PostgreSQL has no TLS: listening beyond loopback is refused (checked above)")
@@ -192,9 +195,9 @@ def test_psql_runs_on_the_database_with_the_arguments_given(listening_home: Path
 @pytest.fixture(scope="module")
 def primary(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     home = tmp_path_factory.mktemp("primary-home")
-    db.open_connection(home=home).close()
+    open_connection(home=home).close()
     yield home
-    db.stop_embedded(home)
+    stop_embedded(home)
 
 
 def test_a_replica_follows_its_primary_and_refuses_writes(
@@ -225,7 +228,7 @@ def test_a_replica_follows_its_primary_and_refuses_writes(
         assert "replica of host=" in info and "receiver streaming" in info and "12 images" in info
         assert "streaming" in _run(primary, "db", "info").output.split("replica imagedb_replica_")[1]
         # The primary stops: the replica goes on serving reads, and says it is cut off.
-        db.stop_embedded(primary)
+        stop_embedded(primary)
         assert "chelsea.jpg" in _run(folder, "search", "a cat", "-k", "100", "--paths").output
         assert "not connected" in _run(folder, "db", "info").output
         assert "read-only replica" in _run(folder, "tag", "1", "k=v").output
@@ -233,14 +236,14 @@ def test_a_replica_follows_its_primary_and_refuses_writes(
         dumped = _run(folder, "db", "dump", str(tmp_path / "replica.dump"))
         assert dumped.exit_code == 0 and (tmp_path / "replica.dump").stat().st_size > 0
         # The primary comes back: the replica reconnects by itself (it retries every 5 s).
-        db.embedded_url(primary)
+        embedded_url(primary)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and "receiver streaming" not in _run(folder, "db", "info").output:
             time.sleep(0.2)
         assert "receiver streaming" in _run(folder, "db", "info").output
     finally:
         _stop_replica(folder)
-    db.embedded_url(primary)
+    embedded_url(primary)
     assert "removed" in _run(primary, "db", "replica", "remove", str(folder)).output
     assert "replica imagedb_replica_" not in _run(primary, "db", "info").output
 
@@ -264,7 +267,7 @@ def test_a_replica_follows_its_primary_to_a_new_port(primary: Path, tmp_path: Pa
 
 
 def _roles(home: Path) -> str:
-    with psycopg.connect(db.embedded_url(home)) as conn:
+    with psycopg.connect(embedded_url(home)) as conn:
         return " ".join(r[0] for r in conn.execute("SELECT rolname FROM pg_roles"))
 
 
@@ -280,7 +283,7 @@ def test_replica_folders_and_servers_that_cannot_be_used(primary: Path, tmp_path
     result = _run(primary, "db", "replica", "create", str(tmp_path / "r"), "--max-wal", "lots")
     assert result.exit_code == 2 and "not a size" in result.output
     external = CliRunner().invoke(
-        main, ["db", "replica", "create", str(tmp_path / "x")], env={"IMAGEDB_DATABASE_URL": db.embedded_url(primary)}
+        main, ["db", "replica", "create", str(tmp_path / "x")], env={"IMAGEDB_DATABASE_URL": embedded_url(primary)}
     )
     assert external.exit_code == 2 and "manages the embedded server" in external.output
     assert not (tmp_path / "x").exists() and not (tmp_path / "r").exists()

@@ -14,16 +14,19 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from imagedb import db
 from imagedb.access import forget, grant_reader, grant_writer
 from imagedb.cli import main
 from imagedb.dupes import add_watches, find_duplicates
 from imagedb.embed import ModelSpec
-from imagedb.errors import InvalidInput, NotFound
+from imagedb.errors import DatabaseUnavailable, InvalidInput, NotFound
 from imagedb.ingest import ingest
+from imagedb.pg.backup import dump, restore
+from imagedb.pg.database import open_connection
+from imagedb.pg.migrate import upgrade
 from imagedb.query import parse
 from imagedb.search import search
 from imagedb.store import Store
+from imagedb.store.index import HNSW_INDEX_PREFIX
 
 PASSWORD = "a-role-password"
 
@@ -60,13 +63,13 @@ def test_writer_can_ingest_and_search_but_not_change_the_schema(
     ingest(store, [photos / "coffee.jpg"], model=spec)
     role = f"ingester_{os.getpid()}"
     grant_writer(store, role, PASSWORD)
-    writer = Store(db.open_connection(_as_role(database_url, role)))
+    writer = Store(open_connection(_as_role(database_url, role)))
     try:
         # Large enough to take the bulk path, whose index drop a writer may not do: it loads into the index.
         summary = ingest(writer, [photos], model=spec, bulk_threshold=2)
         assert (summary.added, summary.skipped, summary.failed) == (11, 1, 0)
         assert search(writer, parse([str(photos / "rocket.jpg")]), limit=1)[0].path == str(photos / "rocket.jpg")
-        assert writer.problems() == []
+        assert writer.admin.problems() == []
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             writer.conn.execute("DROP TABLE images")
     finally:
@@ -110,33 +113,33 @@ def test_dump_and_restore_round_trip(
     rocket = str(photos / "rocket.jpg")
     before = [r.image_id for r in search(store, parse([rocket]), limit=12)]
     backup = tmp_path / "backup.dump"
-    db.dump(database_url, backup)
+    dump(database_url, backup)
     assert backup.stat().st_mode & 0o777 == 0o600  # it holds everything: its owner's alone
     forget(store, "default", ["rocket.jpg"])
     store.close()
-    db.restore(database_url, backup)
-    restored = Store(db.open_connection(database_url))
+    restore(database_url, backup)
+    restored = Store(open_connection(database_url))
     try:
         assert [r.image_id for r in search(restored, parse([rocket]), limit=12)] == before
-        assert restored.problems() == []
+        assert restored.admin.problems() == []
     finally:
         restored.close()
     with pytest.raises(NotFound):
-        db.restore(database_url, tmp_path / "missing.dump")
+        restore(database_url, tmp_path / "missing.dump")
 
 
 def test_failed_dump_keeps_the_older_backup(database_url: str, tmp_path: Path) -> None:
     """A dump that fails (here: the server cannot be reached) leaves the backup made before as it was, byte for
     byte, and no half-written file beside it; the new dump replaces the old one only once it is complete."""
     backup = tmp_path / "backup.dump"
-    db.dump(database_url, backup)
+    dump(database_url, backup)
     good = backup.read_bytes()
     unreachable = f"postgresql://postgres@/imagedb?host={tmp_path / 'no-socket'}"
-    with pytest.raises(db.DatabaseUnavailable):
-        db.dump(unreachable, backup)
+    with pytest.raises(DatabaseUnavailable):
+        dump(unreachable, backup)
     assert backup.read_bytes() == good
     assert sorted(p.name for p in tmp_path.iterdir()) == ["backup.dump"]
-    db.dump(database_url, backup)  # over an existing file: still its owner's alone
+    dump(database_url, backup)  # over an existing file: still its owner's alone
     assert backup.stat().st_mode & 0o777 == 0o600
 
 
@@ -161,7 +164,7 @@ def test_dump_refuses_a_target_that_is_not_a_regular_file(database_url: str, tmp
     drainer.start()
     try:
         with pytest.raises(InvalidInput, match="not a regular file"):
-            db.dump(database_url, fifo)
+            dump(database_url, fifo)
         assert fifo.stat().st_mode & 0o777 == 0o666
         result = CliRunner().invoke(main, ["--database-url", database_url, "db", "dump", str(fifo)])
         assert result.exit_code == 2 and "not a regular file" in result.output and "Traceback" not in result.output
@@ -190,8 +193,8 @@ def test_check_reports_what_is_wrong(
         "1 images without an embedding",
     ):
         assert words in result.output
-    store.rebuild_indexes(16, 64)
-    store.conn.execute(f"DROP INDEX {db.HNSW_INDEX_PREFIX}1")
+    store.index.rebuild_indexes(16, 64)
+    store.conn.execute(f"DROP INDEX {HNSW_INDEX_PREFIX}1")
     store.conn.commit()
     assert "models without their HNSW index" in CliRunner().invoke(main, ["db", "check"]).output
 
@@ -223,21 +226,21 @@ def test_restore_where_a_role_of_the_dump_is_missing_says_what_to_create(
     ingest(store, [photos], model=ModelSpec.parse(tiny_model))
     grant_writer(store, "restore_gone_w")
     backup = tmp_path / "backup.dump"
-    db.dump(database_url, backup)
+    dump(database_url, backup)
     _drop_roles(store, "restore_gone_w")
     count = store.conn.execute("SELECT count(*) FROM images").fetchone()[0]
     with pytest.raises(NotFound) as info:
-        db.restore(database_url, backup)
+        restore(database_url, backup)
     message = str(info.value)
     assert "\n" not in message and "'restore_gone_w'" in message and "imagedb grant-writer restore_gone_w" in message
     assert store.conn.execute("SELECT count(*) FROM images").fetchone()[0] == count  # nothing restored
     # Several missing: all are named at once, before anything is touched, odd names shown as such.
     grant_writer(store, "restore_gone_w")
     grant_reader(store, 'gone "r"\nx')
-    db.dump(database_url, backup)
+    dump(database_url, backup)
     _drop_roles(store, "restore_gone_w", 'gone "r"\nx')
     with pytest.raises(NotFound) as info:
-        db.restore(database_url, backup)
+        restore(database_url, backup)
     message = str(info.value)
     assert "\n" not in message and "roles 'gone \"r\"\\nx', 'restore_gone_w'" in message
     assert store.conn.execute("SELECT count(*) FROM images").fetchone()[0] == count
@@ -272,17 +275,17 @@ def test_restore_on_a_server_where_a_superuser_made_the_extension(
     parts = urlsplit(admin_url)
     url = urlunsplit(parts._replace(netloc="ext_owner:ext%20pw@" + parts.netloc.rsplit("@", 1)[-1]))
     try:
-        db.upgrade(url)
-        with Store(db.open_connection(url)) as store:
+        upgrade(url)
+        with Store(open_connection(url)) as store:
             ingest(store, [photos], model=ModelSpec.parse(tiny_model))
         backup = tmp_path / "ext.dump"
-        db.dump(url, backup)
-        with Store(db.open_connection(url)) as store:
+        dump(url, backup)
+        with Store(open_connection(url)) as store:
             forget(store, "default", ["rocket.jpg"])
-        db.restore(url, backup)
-        with Store(db.open_connection(url)) as store:
+        restore(url, backup)
+        with Store(open_connection(url)) as store:
             assert store.conn.execute("SELECT count(*) FROM images").fetchone()[0] == 12
-            assert store.problems() == []
+            assert store.admin.problems() == []
     finally:
         with psycopg.connect(server_url, autocommit=True) as conn:
             conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")

@@ -8,13 +8,13 @@ from click.testing import CliRunner
 
 from imagedb.cli import main
 from imagedb.store import Store
-from imagedb.store.models import binary_index_name, hnsw_index_name
+from imagedb.store.index import binary_index_name, hnsw_index_name
 
 from helpers import fill_synthetic
 
 
 def _clustered_vectors(store: Store, collection) -> tuple[list[int], np.ndarray]:  # type: ignore[no-untyped-def]
-    return store.all_vectors(collection)
+    return store.search.all_vectors(collection)
 
 
 def test_quantize_binary_builds_the_index_and_searches_rerank_exactly(store: Store, database_url: str) -> None:
@@ -24,14 +24,14 @@ def test_quantize_binary_builds_the_index_and_searches_rerank_exactly(store: Sto
     )
     assert result.exit_code == 0, result.output
     assert "re-rank 300 candidates" in result.output
-    quantized = store.get_collection(collection.name)
+    quantized = store.models.get_collection(collection.name)
     assert quantized is not None and quantized.rerank == 300
     query = np.random.default_rng(9).standard_normal(64).astype(np.float32)
-    plan = store.explain_nearest(quantized, query, 10)
+    plan = store.search.explain_nearest(quantized, query, 10)
     assert f"Index Scan using {binary_index_name(collection.model_id)}" in plan, plan
     # Scores are exact cosine similarities, in order, and the halfvec index still exists for the model.
-    ids, matrix = store.all_vectors(collection)
-    hits = store.nearest(quantized, query, 10)
+    ids, matrix = store.search.all_vectors(collection)
+    hits = store.search.nearest(quantized, query, 10)
     exact = matrix @ (query / np.linalg.norm(query))
     by_id = dict(zip(ids, exact, strict=True))
     assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
@@ -39,8 +39,8 @@ def test_quantize_binary_builds_the_index_and_searches_rerank_exactly(store: Sto
         assert abs(h.score - by_id[h.image_id]) < 2e-3
     truth = set(np.array(ids)[np.argsort(-exact)[:10]].tolist())
     assert len(truth & {h.image_id for h in hits}) >= 6  # 64 random bits re-ranked from 300 candidates
-    assert store.valid_hnsw_indexes(collection.model_id) == [hnsw_index_name(collection.model_id)]
-    assert [p for p in store.problems() if "perceptual hash" not in p] == []
+    assert store.index.valid_hnsw_indexes(collection.model_id) == [hnsw_index_name(collection.model_id)]
+    assert [p for p in store.admin.problems() if "perceptual hash" not in p] == []
 
 
 def test_quantize_none_removes_the_binary_index_and_searches_use_halfvec_again(store: Store, database_url: str) -> None:
@@ -49,10 +49,10 @@ def test_quantize_none_removes_the_binary_index_and_searches_use_halfvec_again(s
     assert runner.invoke(main, ["--database-url", database_url, "db", "reindex", "--quantize", "binary"]).exit_code == 0
     result = runner.invoke(main, ["--database-url", database_url, "db", "reindex", "--quantize", "none"])
     assert result.exit_code == 0, result.output
-    back = store.get_collection(collection.name)
+    back = store.models.get_collection(collection.name)
     assert back is not None and back.rerank is None
     assert store.conn.execute("SELECT to_regclass(%s)", (binary_index_name(collection.model_id),)).fetchone()[0] is None
-    plan = store.explain_nearest(back, np.ones(32, dtype=np.float32), 10)
+    plan = store.search.explain_nearest(back, np.ones(32, dtype=np.float32), 10)
     assert "<~>" not in plan and "binary_quantize" not in plan, plan
 
 
@@ -63,8 +63,8 @@ def test_a_halfvec_rebuild_keeps_the_binary_index_apart(store: Store, database_u
     runner = CliRunner()
     assert runner.invoke(main, ["--database-url", database_url, "db", "reindex", "--quantize", "binary"]).exit_code == 0
     store.conn.execute(f"DROP INDEX {hnsw_index_name(collection.model_id)}")
-    store.restore_hnsw_index(collection.model_id, 32, None)
-    assert store.valid_hnsw_indexes(collection.model_id) == [hnsw_index_name(collection.model_id)]
+    store.index.restore_hnsw_index(collection.model_id, 32, None)
+    assert store.index.valid_hnsw_indexes(collection.model_id) == [hnsw_index_name(collection.model_id)]
     assert runner.invoke(main, ["--database-url", database_url, "db", "reindex", "--m", "8"]).exit_code == 0
     assert store.conn.execute("SELECT to_regclass(%s)", (binary_index_name(collection.model_id),)).fetchone()[0]
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 from pgvector import HalfVector
 
-from imagedb import db
 from imagedb.store import Store
+from imagedb.store.index import HNSW_INDEX_PREFIX
 
 from helpers import fill_synthetic
 
@@ -25,10 +25,10 @@ def test_readme_nearest_neighbour_queries_use_the_index_and_agree_with_imagedb(s
     queries = _readme_queries()
     assert len(queries) == 2
     collection = fill_synthetic(store, 3000)
-    ids, matrix = store.all_vectors(collection)
+    ids, matrix = store.search.all_vectors(collection)
     target_id, target = ids[42], matrix[42]
-    expected = [h.image_id for h in store.nearest(collection, target, 10, ef_search=None)]
-    index = f"{db.HNSW_INDEX_PREFIX}{collection.model_id}"
+    expected = [h.image_id for h in store.search.nearest(collection, target, 10, ef_search=None)]
+    index = f"{HNSW_INDEX_PREFIX}{collection.model_id}"
     for query in queries:
         # The README is written for ViT-B-32 (512 dimensions) and model 1; the synthetic model differs.
         sql = (
@@ -47,11 +47,11 @@ def test_readme_nearest_neighbour_queries_use_the_index_and_agree_with_imagedb(s
 
 def test_readme_sql_functions_run(store: Store) -> None:
     collection = fill_synthetic(store, 300)
-    ids, matrix = store.all_vectors(collection)
+    ids, matrix = store.search.all_vectors(collection)
     text = README.read_text()
     block = re.findall(r"```sql\n(SELECT \* FROM imagedb_similar.*?)```", text, flags=re.DOTALL)[0]
     similar, nearest = [line.split(";")[0] for line in block.strip().splitlines()]
-    expected = [h.image_id for h in store.nearest(collection, matrix[42], 11)]
+    expected = [h.image_id for h in store.search.nearest(collection, matrix[42], 11)]
     rows = store.conn.execute(
         similar.replace("42", str(ids[42])),
     ).fetchall()

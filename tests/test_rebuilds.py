@@ -14,13 +14,13 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from imagedb import db
 from imagedb.cli import main
 from imagedb.embed import ModelSpec
 from imagedb.errors import InvalidInput
 from imagedb.ingest import NoProgress, ingest
-from imagedb.store import Store, models
-from imagedb.store.models import BUILD_SUFFIX, HnswParams, hnsw_index_name
+from imagedb.pg.database import open_connection
+from imagedb.store import Store, index
+from imagedb.store.index import BUILD_SUFFIX, HnswParams, hnsw_index_name
 
 from helpers import fill_synthetic
 
@@ -52,7 +52,7 @@ def _model_indexes(store: Store, model_id: int) -> list[tuple[str, bool]]:
 
 def _index_problems(store: Store) -> list[str]:
     """`imagedb db check` findings, less the missing hashes of synthetic rows."""
-    return [p for p in store.problems() if "perceptual hash" not in p]
+    return [p for p in store.admin.problems() if "perceptual hash" not in p]
 
 
 class Watcher(threading.Thread):
@@ -61,7 +61,7 @@ class Watcher(threading.Thread):
 
     def __init__(self, database_url: str, collection) -> None:  # type: ignore[no-untyped-def]
         super().__init__(daemon=True)
-        self.store = Store(db.open_connection(database_url))
+        self.store = Store(open_connection(database_url))
         # Searches must never queue behind the rebuild: a lock wait longer than this fails the search.
         self.store.conn.execute("SET lock_timeout = '200ms'")
         self.collection = collection
@@ -74,9 +74,9 @@ class Watcher(threading.Thread):
         try:
             while not self.stop.is_set():
                 try:
-                    if not self.store.valid_hnsw_indexes(self.collection.model_id):
+                    if not self.store.index.valid_hnsw_indexes(self.collection.model_id):
                         self.failures.append(f"no valid index at check {self.checks}")
-                    if len(self.store.nearest(self.collection, self.query, 10)) != 10:
+                    if len(self.store.search.nearest(self.collection, self.query, 10)) != 10:
                         self.failures.append(f"short result at check {self.checks}")
                 except psycopg.Error as exc:
                     self.failures.append(f"check {self.checks} failed: {exc}")
@@ -131,7 +131,7 @@ def test_rebuild_keeps_a_valid_index_and_answers_searches_throughout(store: Stor
     held.start()
     before = watcher.checks
     started = time.perf_counter()
-    names = store.rebuild_indexes(m=16, ef_construction=128)
+    names = store.index.rebuild_indexes(m=16, ef_construction=128)
     seconds = time.perf_counter() - started
     during = watcher.checks - before
     held.join(30)
@@ -148,12 +148,14 @@ def test_rebuild_keeps_a_valid_index_and_answers_searches_throughout(store: Stor
 def test_rebuild_changes_parameters_keeps_the_name_and_resets_the_session(store: Store) -> None:
     collection = fill_synthetic(store, 3000)
     store.conn.execute("SET maintenance_work_mem = '100MB'")
-    store.rebuild_indexes(m=8, ef_construction=32)
-    assert store.hnsw_params(collection.model_id) == HnswParams(8, 32)
+    store.index.rebuild_indexes(m=8, ef_construction=32)
+    assert store.index.hnsw_params(collection.model_id) == HnswParams(8, 32)
     assert store.conn.execute("SHOW maintenance_work_mem").fetchone()[0] == "100MB"
     # The index the planner uses is the new one, under the name the README and EXPLAIN show.
     query = np.ones(32, dtype=np.float32)
-    assert f"Index Scan using {hnsw_index_name(collection.model_id)}" in store.explain_nearest(collection, query, 10)
+    assert f"Index Scan using {hnsw_index_name(collection.model_id)}" in store.search.explain_nearest(
+        collection, query, 10
+    )
     assert _index_problems(store) == []
 
 
@@ -186,7 +188,7 @@ def test_an_interrupted_concurrent_build_is_dropped_by_the_next_rebuild(store: S
 def test_an_interrupted_build_is_also_cleaned_up_by_the_next_ingest(store: Store, database_url: str) -> None:
     collection = fill_synthetic(store, 300)
     _interrupted_concurrent_build(store, database_url, collection.model_id, collection.dim)
-    store.restore_hnsw_index(collection.model_id, collection.dim, None)  # what every ingest runs at its end
+    store.index.restore_hnsw_index(collection.model_id, collection.dim, None)  # what every ingest runs at its end
     assert _model_indexes(store, collection.model_id) == [(hnsw_index_name(collection.model_id), True)]
 
 
@@ -198,10 +200,10 @@ def test_a_swap_stopped_after_the_old_index_was_dropped_is_finished(store: Store
         f" ((embedding::halfvec(32)) halfvec_cosine_ops) WITH (m = 8) WHERE model_id = {collection.model_id}"
     )
     store.conn.execute(f"DROP INDEX CONCURRENTLY {name}")
-    store.restore_hnsw_index(collection.model_id, collection.dim, None)
+    store.index.restore_hnsw_index(collection.model_id, collection.dim, None)
     # Renamed, not built again: it keeps the new index's parameters, and no second index is left.
     assert _model_indexes(store, collection.model_id) == [(name, True)]
-    assert store.hnsw_params(collection.model_id) == HnswParams(8, 64)
+    assert store.index.hnsw_params(collection.model_id) == HnswParams(8, 64)
 
 
 def test_renaming_an_index_takes_no_lock_that_blocks_searches_or_reaches_a_standby(store: Store) -> None:
@@ -222,9 +224,9 @@ def test_concurrent_rebuilds_of_one_model_take_turns(store: Store, database_url:
     errors: list[BaseException] = []
 
     def rebuild(m: int) -> None:
-        other = Store(db.open_connection(database_url))
+        other = Store(open_connection(database_url))
         try:
-            other.rebuild_indexes(m=m, ef_construction=64)
+            other.index.rebuild_indexes(m=m, ef_construction=64)
         except BaseException as exc:  # reported by the assertion below
             errors.append(exc)
         finally:
@@ -253,8 +255,8 @@ def test_a_bulk_load_into_a_serving_index_keeps_it(
 ) -> None:
     spec = ModelSpec.parse(tiny_model)
     ingest(store, [photos], model=spec)
-    model_id = store.get_collection("default").model_id  # type: ignore[union-attr]
-    observer = Store(db.open_connection(database_url))
+    model_id = store.models.get_collection("default").model_id  # type: ignore[union-attr]
+    observer = Store(open_connection(database_url))
     seen: list[list[str]] = []
     try:
         # More new files than are indexed, over the threshold: the case that used to drop the index.
@@ -264,7 +266,7 @@ def test_a_bulk_load_into_a_serving_index_keeps_it(
             [more],
             bulk_threshold=5,
             batch_size=4,
-            progress=_Observe(lambda: seen.append(observer.valid_hnsw_indexes(model_id))),
+            progress=_Observe(lambda: seen.append(observer.index.valid_hnsw_indexes(model_id))),
         )
     finally:
         observer.close()
@@ -277,7 +279,7 @@ def test_a_first_bulk_load_still_builds_the_index_after_the_load(
     store: Store, database_url: str, tiny_model: str, tmp_path: Path
 ) -> None:
     spec = ModelSpec.parse(tiny_model)
-    observer = Store(db.open_connection(database_url))
+    observer = Store(open_connection(database_url))
     seen: list[list[str]] = []
     try:
         more = _noise_images(tmp_path / "more", 12)
@@ -287,7 +289,7 @@ def test_a_first_bulk_load_still_builds_the_index_after_the_load(
             model=spec,
             bulk_threshold=5,
             batch_size=4,
-            progress=_Observe(lambda: seen.append(observer.valid_hnsw_indexes(1))),
+            progress=_Observe(lambda: seen.append(observer.index.valid_hnsw_indexes(1))),
         )
     finally:
         observer.close()
@@ -302,23 +304,23 @@ def test_build_parameters_follow_the_size_unless_chosen(
     """A model of LARGE_INDEX_ROWS vectors or more gets the denser graph (m 24, ef_construction 128) when nobody
     chose its parameters: at its first bulk load and at `imagedb db reindex` without --m/--ef-construction. The
     threshold is lowered here, so that 12 photos count as a large model and 3,000 vectors as a small one."""
-    monkeypatch.setattr(models, "LARGE_INDEX_ROWS", 10)
+    monkeypatch.setattr(index, "LARGE_INDEX_ROWS", 10)
     summary = ingest(store, [photos], collection="large", model=ModelSpec.parse(tiny_model), bulk_threshold=5)
-    model_id = store.get_collection("large").model_id  # type: ignore[union-attr]
+    model_id = store.models.get_collection("large").model_id  # type: ignore[union-attr]
     assert summary.added + summary.reused == 12
-    assert store.hnsw_params(model_id) == models.DENSE_HNSW
+    assert store.index.hnsw_params(model_id) == index.DENSE_HNSW
     small = fill_synthetic(store, 3000)
-    monkeypatch.setattr(models, "LARGE_INDEX_ROWS", 5000)
-    store.rebuild_indexes()
-    assert store.hnsw_params(small.model_id) == models.DEFAULT_HNSW
-    assert store.hnsw_params(model_id) == models.DEFAULT_HNSW  # 12 is small again
-    store.rebuild_indexes(m=32)  # ef_construction follows: at least 2 * m
-    assert store.hnsw_params(small.model_id) == HnswParams(32, 64)
+    monkeypatch.setattr(index, "LARGE_INDEX_ROWS", 5000)
+    store.index.rebuild_indexes()
+    assert store.index.hnsw_params(small.model_id) == index.DEFAULT_HNSW
+    assert store.index.hnsw_params(model_id) == index.DEFAULT_HNSW  # 12 is small again
+    store.index.rebuild_indexes(m=32)  # ef_construction follows: at least 2 * m
+    assert store.index.hnsw_params(small.model_id) == HnswParams(32, 64)
     with pytest.raises(InvalidInput, match="at least 2 \\* m = 64"):
-        store.rebuild_indexes(m=32, ef_construction=40)
-    monkeypatch.setattr(models, "LARGE_INDEX_ROWS", 1000)
-    store.rebuild_indexes(ef_construction=200)
-    assert store.hnsw_params(small.model_id) == HnswParams(24, 200)
+        store.index.rebuild_indexes(m=32, ef_construction=40)
+    monkeypatch.setattr(index, "LARGE_INDEX_ROWS", 1000)
+    store.index.rebuild_indexes(ef_construction=200)
+    assert store.index.hnsw_params(small.model_id) == HnswParams(24, 200)
 
 
 def test_db_check_advises_a_reindex_for_a_large_model_on_a_sparse_graph(
@@ -327,11 +329,11 @@ def test_db_check_advises_a_reindex_for_a_large_model_on_a_sparse_graph(
     """An index built small and grown past LARGE_INDEX_ROWS keeps its parameters: `db check` says so (exit 0).
     The threshold is lowered so that 12 photos make a large model; they go into the index the model started with."""
     summary = ingest(store, [photos], model=ModelSpec.parse(tiny_model))
-    model_id = store.get_collection(summary.collection).model_id  # type: ignore[union-attr]
+    model_id = store.models.get_collection(summary.collection).model_id  # type: ignore[union-attr]
     monkeypatch.setenv("IMAGEDB_DATABASE_URL", database_url)
     result = CliRunner().invoke(main, ["db", "check"])
     assert result.exit_code == 0 and "note:" not in result.output, result.output
-    monkeypatch.setattr(models, "LARGE_INDEX_ROWS", 10)
+    monkeypatch.setattr(index, "LARGE_INDEX_ROWS", 10)
     result = CliRunner().invoke(main, ["db", "check"])
     assert result.exit_code == 0, result.output
     assert "holds 12 vectors in an index built with m 16, ef_construction 64" in result.output
@@ -350,7 +352,7 @@ def test_bad_build_parameters_are_refused_before_any_index_changes(
     and failed with a database error (exit code 1)."""
     small = fill_synthetic(store, 50, name="small")
     large = fill_synthetic(store, 300, name="large", seed=1)
-    monkeypatch.setattr(models, "LARGE_INDEX_ROWS", 200)
+    monkeypatch.setattr(index, "LARGE_INDEX_ROWS", 200)
     runner = CliRunner()
     assert runner.invoke(main, ["--database-url", database_url, "db", "reindex", "--quantize", "binary"]).exit_code == 0
     indexes = store.conn.execute("SELECT indexrelid FROM pg_index ORDER BY 1").fetchall()
@@ -358,7 +360,7 @@ def test_bad_build_parameters_are_refused_before_any_index_changes(
         result = runner.invoke(main, ["--database-url", database_url, "db", "reindex", *options])
         assert result.exit_code == 2, result.output
         assert "at least 2 * m" in result.output.splitlines()[-1], result.output
-        assert store.hnsw_params(small.model_id) == store.hnsw_params(large.model_id) == models.DEFAULT_HNSW
+        assert store.index.hnsw_params(small.model_id) == store.index.hnsw_params(large.model_id) == index.DEFAULT_HNSW
         assert store.conn.execute("SELECT indexrelid FROM pg_index ORDER BY 1").fetchall() == indexes
         assert store.conn.execute("SELECT count(*) FROM embedding_models WHERE rerank IS NULL").fetchone() == (0,)
 
@@ -407,7 +409,7 @@ def test_ctrl_c_during_a_first_bulk_load_stops_without_building_the_index(
     with pytest.raises(KeyboardInterrupt):
         ingest(store, [photos], collection="bulk", model=ModelSpec.parse(tiny_model), batch_size=2, bulk_threshold=5,
                progress=_CtrlCWhileEmbedding())  # fmt: skip
-    model_id = store.get_collection("bulk").model_id  # type: ignore[union-attr]
+    model_id = store.models.get_collection("bulk").model_id  # type: ignore[union-attr]
     assert _model_indexes(store, model_id) == []
     assert any("without their HNSW index" in p for p in _index_problems(store))
     summary = ingest(store, [photos], collection="bulk", bulk_threshold=5)

@@ -16,6 +16,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from imagedb import relevance, tuning
+from imagedb.api import create_app
 from imagedb.cli import main
 from imagedb.dupes import find_duplicates
 from imagedb.embed import ModelSpec
@@ -23,7 +24,6 @@ from imagedb.errors import InvalidInput
 from imagedb.ingest import ingest
 from imagedb.query import parse
 from imagedb.search import plan, search
-from imagedb.server import create_app
 from imagedb.store import Store
 
 from helpers import fill_synthetic
@@ -51,10 +51,10 @@ def library(store: Store, photos: Path, tmp_path: Path, tiny_model: str) -> Path
 
 
 def test_relevance_is_the_score_in_deviations_above_the_collections_sample(store: Store, library: Path) -> None:
-    collection = store.get_collection("default")
-    assert store.tuning(collection)["sampled_count"] == 15  # ingest drew the sample: the whole small collection
+    collection = store.models.get_collection("default")
+    assert store.tuning.tuning(collection)["sampled_count"] == 15  # ingest drew the sample: the whole small collection
     results = search(store, parse([f"{library / 'rocket.jpg'}"]), limit=15)
-    ids, matrix = store.all_vectors(collection)
+    ids, matrix = store.search.all_vectors(collection)
     query = matrix[ids.index(results[0].image_id)]
     scores = matrix @ query / np.linalg.norm(matrix, axis=1) / np.linalg.norm(query)
     for r in results:
@@ -80,9 +80,9 @@ def test_sample_is_redrawn_as_the_collection_grows(store: Store) -> None:
     assert relevance.needs_sample(10, 11)  # a small sample is the whole collection: redrawn on every addition
     assert not relevance.needs_sample(1000, 1400) and relevance.needs_sample(1000, 1500)
     collection = fill_synthetic(store, 1200)  # rows written directly: no sample yet
-    assert store.tuning(collection) is None
+    assert store.tuning.tuning(collection) is None
     search(store, parse(["id:1"]), collection="synthetic")  # the first search draws it
-    assert store.tuning(collection)["sampled_count"] == 1200
+    assert store.tuning.tuning(collection)["sampled_count"] == 1200
     assert store.conn.execute("SELECT count(*) FROM relevance_samples").fetchone()[0] == relevance.SAMPLE_SIZE
     assert not relevance.refresh_sample(store, collection)
 
@@ -175,7 +175,7 @@ def test_db_check_recall_tune_and_db_info_on_the_server(cli, store: Store) -> No
     assert cli("tune", "-c", "nope").exit_code != 0 and "no collection named 'nope'" in cli("tune", "-c", "nope").output
 
     # The collection doubles: db info says to re-tune.
-    collection = store.get_collection("synthetic")
+    collection = store.models.get_collection("synthetic")
     store.conn.execute("UPDATE search_tuning SET recall_count = 1000 WHERE collection_id = %s", (collection.id,))
     assert "grown 2.0x since: re-tune with imagedb tune -c synthetic" in cli("db", "info").output
 
@@ -282,16 +282,16 @@ def test_two_redraws_of_one_sample_at_once_do_not_collide(store: Store, database
     sample, and one failed on relevance_samples' primary key."""
     import threading
 
-    from imagedb import db
+    from imagedb.pg.database import open_connection
 
     collection = fill_synthetic(store, 2000)
     errors: list[BaseException] = []
 
     def redraw() -> None:
-        other = Store(db.open_connection(database_url))
+        other = Store(open_connection(database_url))
         try:
             for _ in range(15):
-                other.draw_relevance_sample(collection, 500)
+                other.tuning.draw_relevance_sample(collection, 500)
         except BaseException as exc:  # noqa: BLE001 - any failure is the finding
             errors.append(exc)
         finally:

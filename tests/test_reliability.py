@@ -112,14 +112,15 @@ def test_kill_9_at_random_moments_then_rerun(store: Store, database_url: str, tm
 
 def test_database_stopped_mid_ingest_then_rerun(tmp_path: Path, tiny_model: str) -> None:
     """Its own embedded server, so stopping it disturbs no other test."""
-    from imagedb import db
+    from imagedb.pg.database import open_connection
+    from imagedb.pg.embedded import stop_embedded
 
     home = tmp_path / "home"
     folder = _many_photos(tmp_path / "many", 300)
     env = {**os.environ, "IMAGEDB_HOME": str(home), "IMAGEDB_MODEL": tiny_model}
     env.pop("IMAGEDB_DATABASE_URL", None)
     subprocess.run([_imagedb(), "ingest", str(folder / "img_0000.png")], env=env, check=True, capture_output=True)
-    store = Store(db.open_connection(None, home))
+    store = Store(open_connection(None, home))
     run = subprocess.Popen(
         [_imagedb(), "ingest", str(folder), "--batch-size", "4"],
         env=env,
@@ -132,14 +133,14 @@ def test_database_stopped_mid_ingest_then_rerun(tmp_path: Path, tiny_model: str)
         time.sleep(0.05)
     # Then the run must not finish before the server stops (300 images take ~3 s here, a fraction elsewhere): its
     # batches wait for the collection's write lock, held here, so the stop finds them mid-statement.
-    collection = store.get_collection("default")
+    collection = store.models.get_collection("default")
     assert collection is not None
     holder = store.another()
     holder.conn.execute("BEGIN")
     holder.conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (0x1A6E, collection.id))
     wait_for_a_batch_on_the_collection_lock(store, run)
     store.close()
-    db.stop_embedded(home)
+    stop_embedded(home)
     holder.conn.close()  # its server is gone
     out, err = run.communicate(timeout=120)
     assert run.returncode == 1, (out, err)
@@ -149,12 +150,12 @@ def test_database_stopped_mid_ingest_then_rerun(tmp_path: Path, tiny_model: str)
     # The next command starts the server again, and the rerun completes the job.
     again = subprocess.run([_imagedb(), "ingest", str(folder)], env=env, capture_output=True, text=True)
     assert again.returncode == 0, again.stderr
-    store = Store(db.open_connection(None, home))
+    store = Store(open_connection(None, home))
     try:
         _consistent(store, 300)
     finally:
         store.close()
-        db.stop_embedded(home)
+        stop_embedded(home)
 
 
 def _hostile_files(folder: Path) -> tuple[set[str], dict[str, str]]:

@@ -12,11 +12,12 @@ import psycopg
 import pytest
 from click.testing import CliRunner
 
-from imagedb import db
 from imagedb.access import forget, grant_reader, grant_writer
 from imagedb.cli import main
 from imagedb.embed import ModelSpec
 from imagedb.ingest import ingest
+from imagedb.pg.database import open_connection
+from imagedb.pg.migrate import head_revision
 from imagedb.store import Store
 
 from conftest import with_database
@@ -73,7 +74,7 @@ def test_a_writer_cannot_touch_schema_bookkeeping(store: Store, database_url: st
     role = f"writer_{os.getpid()}"
     grant_writer(store, role, "pw")
     with psycopg.connect(_login(database_url, role, "pw"), autocommit=True) as conn:
-        assert conn.execute("SELECT version_num FROM alembic_version").fetchone()[0] == db.head_revision()
+        assert conn.execute("SELECT version_num FROM alembic_version").fetchone()[0] == head_revision()
         for statement in (
             "UPDATE alembic_version SET version_num = 'x'",
             "UPDATE embedding_models SET dim = 3",
@@ -152,7 +153,7 @@ def test_forget_by_a_role_that_may_not_vacuum_says_so(
     role = f"forgetter_{os.getpid()}"
     grant_writer(store, role, "pw")
     writer_url = _login(database_url, role, "pw")
-    writer = Store(db.open_connection(writer_url))
+    writer = Store(open_connection(writer_url))
     try:  # a writer may VACUUM what forget touches (PostgreSQL 17's MAINTAIN privilege)
         assert forget(writer, "default", ["rocket.jpg"]).unvacuumed == []
     finally:

@@ -60,8 +60,8 @@ def _paths(results) -> set[str]:  # type: ignore[no-untyped-def]
 def test_combined_query_is_the_normalised_weighted_sum(store: Store, photos: Path, tiny_model: str) -> None:
     spec = ModelSpec.parse(tiny_model)
     ingest(store, [photos], model=spec)
-    collection = store.get_collection("default")
-    ids, matrix = store.all_vectors(collection)
+    collection = store.models.get_collection("default")
+    ids, matrix = store.search.all_vectors(collection)
     texts = embed.load(spec).encode_texts(["beach", "people"])
     stored = matrix[3] / np.linalg.norm(matrix[3])
     expected = 2 * texts[0] + stored - texts[1]
@@ -111,9 +111,9 @@ def test_min_score_sort_by_date_and_paging(store: Store, library: Path) -> None:
 
 def test_selective_filter_keeps_its_results_through_iterative_index_scans(store: Store) -> None:
     collection = fill_synthetic(store, 6000)
-    ids, matrix = store.all_vectors(collection)
+    ids, matrix = store.search.all_vectors(collection)
     rare = ids[::100]  # 1% of the rows
-    store.merge_attributes(rare, {"group": "rare"})
+    store.images.merge_attributes(rare, {"group": "rare"})
     filters = Filters(attributes=(("group", "rare"),))
     rare_set = set(rare)
     rare_rows = np.array([i in rare_set for i in ids])
@@ -123,7 +123,7 @@ def test_selective_filter_keeps_its_results_through_iterative_index_scans(store:
         found = 0
         for query in queries:
             exact = {ids[i] for i in np.argsort(-np.where(rare_rows, matrix @ query, -np.inf))[:10]}
-            hits = store.nearest(collection, query, 10, filters=filters)
+            hits = store.search.nearest(collection, query, 10, filters=filters)
             assert len(hits) == 10
             found += len(exact & {h.image_id for h in hits})
         return found / (10 * len(queries))
@@ -132,7 +132,7 @@ def test_selective_filter_keeps_its_results_through_iterative_index_scans(store:
     assert recall() >= 0.95
     store.conn.execute("SET enable_sort = off")  # as on a large table: the ordered index scan wins
     store.conn.commit()
-    assert "Index Scan using embeddings_hnsw_" in store.explain_nearest(collection, queries[0], 10, filters)
+    assert "Index Scan using embeddings_hnsw_" in store.search.explain_nearest(collection, queries[0], 10, filters)
     # Without iterative scans the index hands over ef_search candidates and the filter keeps about 1% of them.
     statement, params = store_search._nearest_query(collection, queries[0], 10, 0, filters)
     with store.conn.transaction():
@@ -194,7 +194,7 @@ def test_bad_metadata_files_stop_before_anything_is_stored(
 
 def test_tag_by_id_path_and_file_name(store: Store, library: Path) -> None:
     beach = library / "holidays" / "beach.jpg"
-    image_id = store.image_ids(store.get_collection("default").id, str(beach))[0]
+    image_id = store.images.image_ids(store.models.get_collection("default").id, str(beach))[0]
     assert tag(store, "default", str(image_id), {"rating": "5"}) == [image_id]
     assert tag(store, "default", str(beach), {"album": "summer"}) == [image_id]
     assert tag(store, "default", "beach.jpg", {"rating": "4"}) == [image_id]
@@ -217,7 +217,7 @@ def test_hostile_strings_are_data(store: Store, library: Path) -> None:
 
 
 def test_sql_functions_and_collection_stats(store: Store, library: Path) -> None:
-    beach_id = store.image_ids(store.get_collection("default").id, "beach.jpg")[0]
+    beach_id = store.images.image_ids(store.models.get_collection("default").id, "beach.jpg")[0]
     expected = [r.image_id for r in search(store, parse([f"id:{beach_id}"]), limit=3)]  # both leave it out
     rows = store.conn.execute("SELECT image_id, score FROM imagedb_similar(%s, 3)", (beach_id,)).fetchall()
     assert [r[0] for r in rows] == expected
@@ -327,6 +327,6 @@ def test_imagedb_nearest_refuses_a_null_or_zero_query_vector(store: Store, libra
     zero = "[" + ",".join(["0"] * dim) + "]"
     with pytest.raises(psycopg.errors.RaiseException, match="imagedb_nearest: the query vector has length 0"):
         store.conn.execute("SELECT * FROM imagedb_nearest(%s::halfvec, 'default', 3)", (zero,)).fetchall()
-    beach_id = store.image_ids(store.get_collection("default").id, "beach.jpg")[0]
+    beach_id = store.images.image_ids(store.models.get_collection("default").id, "beach.jpg")[0]
     rows = store.conn.execute("SELECT image_id, score FROM imagedb_similar(%s, 3)", (beach_id,)).fetchall()
     assert len(rows) == 3 and all(score is not None for _, score in rows)  # the checks leave real queries alone

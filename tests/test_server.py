@@ -15,16 +15,16 @@ from hypothesis.errors import Unsatisfiable
 from PIL import Image
 from schemathesis import GenerationMode
 
-from imagedb import db
+from imagedb.api import MAX_UPLOAD_BYTES, create_app
 from imagedb.embed import ModelSpec
 from imagedb.ingest import ingest
-from imagedb.server import MAX_UPLOAD_BYTES, create_app
+from imagedb.pg.database import open_connection
 from imagedb.store import Store
 
 
 @pytest.fixture
 def served(database_url: str, photos: Path, tiny_model: str) -> Path:
-    store = Store(db.open_connection(database_url))
+    store = Store(open_connection(database_url))
     ingest(store, [photos], model=ModelSpec.parse(tiny_model))
     store.close()
     return photos

@@ -24,13 +24,16 @@ from click.testing import CliRunner
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from imagedb import db, embed
+from imagedb import embed
+from imagedb.api import MAX_UPLOAD_BYTES, create_app, originals
 from imagedb.cli import main
 from imagedb.embed import ModelSpec
 from imagedb.errors import InvalidInput
 from imagedb.ingest import ingest
+from imagedb.pg.backup import dump, restore
+from imagedb.pg.database import open_connection
+from imagedb.pg.embedded import embedded_url, stop_embedded
 from imagedb.query import parse, parse_string
-from imagedb.server import MAX_UPLOAD_BYTES, create_app, originals
 from imagedb.store import Store
 
 LOCAL = "http://localhost"
@@ -39,7 +42,7 @@ UNREACHABLE_DB = "postgresql://imagedb@127.0.0.1:9/none"
 
 @pytest.fixture
 def served(database_url: str, photos: Path, tiny_model: str) -> Path:
-    store = Store(db.open_connection(database_url))
+    store = Store(open_connection(database_url))
     ingest(store, [photos], model=ModelSpec.parse(tiny_model))
     store.close()
     return photos
@@ -119,7 +122,7 @@ def test_a_polyglot_original_is_served_as_an_image_never_as_html(
 ) -> None:
     page = tmp_path / "page.html"
     page.write_bytes(_polyglot())
-    store = Store(db.open_connection(database_url))
+    store = Store(open_connection(database_url))
     summary = ingest(store, [page], model=ModelSpec.parse(tiny_model))
     store.close()
     assert summary.added == 1
@@ -311,11 +314,11 @@ def test_a_stopped_database_gets_503_quickly_and_recovery_needs_no_restart(
 ) -> None:
     monkeypatch.delenv("IMAGEDB_DATABASE_URL", raising=False)
     home = tmp_path_factory.mktemp("h")
-    db.embedded_url(home)
+    embedded_url(home)
     try:
         client = TestClient(create_app(home=home), base_url=LOCAL)
         assert client.get("/api/collections").status_code == 200
-        assert db.stop_embedded(home)
+        assert stop_embedded(home)
         for _ in range(2):
             started = time.monotonic()
             down = client.get("/api/collections")
@@ -323,7 +326,9 @@ def test_a_stopped_database_gets_503_quickly_and_recovery_needs_no_restart(
             assert down.json()["detail"].startswith("database unavailable:") and str(home) not in down.text
             assert down.headers["retry-after"].isdigit()
         # Started again by another process, as `imagedb db url` would: this one's pgserver still thinks it runs.
-        start = f"from pathlib import Path; from imagedb import db; db.embedded_url(Path({str(home)!r}))"
+        start = (
+            f"from pathlib import Path; from imagedb.pg.embedded import embedded_url; embedded_url(Path({str(home)!r}))"
+        )
         subprocess.run([sys.executable, "-c", start], check=True, timeout=60)
         statuses = []
         deadline = time.monotonic() + 30
@@ -333,7 +338,7 @@ def test_a_stopped_database_gets_503_quickly_and_recovery_needs_no_restart(
         assert set(statuses) <= {200, 503}, statuses
         assert [client.get("/api/images/1").status_code for _ in range(5)] == [404] * 5  # every pooled one works
     finally:
-        db.stop_embedded(home)
+        stop_embedded(home)
 
 
 # -- 7: values that used to reach a 500 ------------------------------------------------------------------------------
@@ -368,7 +373,7 @@ def test_errors_are_logged_with_a_traceback_and_requests_in_one_line(
     client: TestClient, database_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     logging.disable(logging.NOTSET)  # a CLI test in this process may have silenced logging
-    caplog.set_level(logging.INFO, logger="imagedb.server")
+    caplog.set_level(logging.INFO, logger="imagedb.api")
     assert client.get("/api/search", params={"q": "private words", "limit": 3}).status_code == 200
     _sql(database_url, "DROP TABLE thumbnails")  # an unexpected failure deep in a route
     broken = client.get("/api/images/1/thumbnail")
@@ -391,8 +396,8 @@ def test_clients_are_not_told_server_paths(
     assert bad.status_code == 400 and "not an image" in bad.json()["detail"]
     assert "imagedb-upload" not in bad.text and "/tmp" not in bad.text and "the upload" in bad.text
     hidden = tmp_path / "private-models" / "secret.safetensors"
-    store = Store(db.open_connection(database_url))
-    store.create_collection("broken", store.ensure_model("ViT-B-32", str(hidden), 512))
+    store = Store(open_connection(database_url))
+    store.models.create_collection("broken", store.models.ensure_model("ViT-B-32", str(hidden), 512))
     store.close()
     unavailable = client.get("/api/search", params={"q": "x", "collection": "broken"})
     assert unavailable.status_code == 503 and unavailable.json()["detail"].startswith("model unavailable")
@@ -476,7 +481,7 @@ def test_every_date_the_api_returns_has_its_zone(client: TestClient, served: Pat
     exif = Image.Exif()
     exif[0x8769] = {0x9003: "2024:05:01 10:00:00"}  # Exif IFD: DateTimeOriginal
     Image.new("RGB", (64, 48), (200, 30, 30)).save(dated, exif=exif)
-    store = Store(db.open_connection(database_url))
+    store = Store(open_connection(database_url))
     try:
         ingest(store, [dated])
     finally:
@@ -547,8 +552,8 @@ def test_a_restore_under_a_running_server_needs_no_restart(
     for _ in range(8):  # psycopg prepares a statement run 5 times on one connection
         assert client.get("/api/search", params={"q": "id:1", "limit": 3}).status_code == 200
     backup = tmp_path / "backup.dump"
-    db.dump(database_url, backup)
-    db.restore(database_url, backup)
+    dump(database_url, backup)
+    restore(database_url, backup)
     for _ in range(3):
         answer = client.get("/api/search", params={"q": "id:1", "limit": 3})
         assert answer.status_code == 200 and len(answer.json()["results"]) == 3, answer.text

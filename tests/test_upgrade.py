@@ -5,7 +5,7 @@ embedding_models, collections, ingest_runs, images, thumbnails, embeddings, and 
 name), from a real photo with real EXIF, real vectors of a real (tiny) CLIP and a real thumbnail. Halfway, at
 revision 0004, what the 0004 code let users add: attributes (`imagedb tag`), a watch (`imagedb watch add`), a
 writer and a reader role with the grants `grant-writer` / `grant-reader` gave then. Then today's upgrade path
-(db.upgrade, what open_connection runs for the embedded server and `imagedb db upgrade` for an external one), and
+(upgrade, what open_connection runs for the embedded server and `imagedb db upgrade` for an external one), and
 today's library must find everything, intact, and work on it.
 """
 
@@ -28,10 +28,13 @@ from PIL import ExifTags, Image
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from imagedb import db, dupes, embed, images, models_admin
+from imagedb import dupes, embed, images, models
 from imagedb import search as searching
 from imagedb.embed import ModelSpec
 from imagedb.ingest import ingest
+from imagedb.pg.connection import sqlalchemy_url
+from imagedb.pg.database import open_connection
+from imagedb.pg.migrate import alembic_config, current_revision, head_revision, upgrade
 from imagedb.query import parse
 from imagedb.store import Store
 from imagedb.store.records import Filters
@@ -59,8 +62,8 @@ def _migrate_to(url: str, revision: str) -> None:
     from alembic import command
     from sqlalchemy import create_engine
 
-    engine = create_engine(db.sqlalchemy_url(url))
-    cfg = db._alembic_config()
+    engine = create_engine(sqlalchemy_url(url))
+    cfg = alembic_config()
     try:
         with engine.begin() as conn:
             cfg.attributes["connection"] = conn
@@ -256,7 +259,7 @@ def test_a_database_of_the_first_release_upgrades_with_everything_intact(
 
     _migrate_to(url, "0001")
     with psycopg.connect(url, autocommit=True) as conn:
-        register_vector(conn)  # as the 0001 code's db.connect did
+        register_vector(conn)  # as the 0001 code's connect did
         ids = _write_like_0001(conn, spec, files)
         stored = _stored(conn)
     _migrate_to(url, "0004")
@@ -265,24 +268,24 @@ def test_a_database_of_the_first_release_upgrades_with_everything_intact(
         watched = _watched(conn)
         assert conn.execute("SELECT count(dhash) FROM images").fetchone()[0] == 0  # 0003 added the column empty
 
-    db.upgrade(url)
+    upgrade(url)
 
-    with db.open_connection(url) as conn:
-        assert db.current_revision(conn) == db.head_revision()
+    with open_connection(url) as conn:
+        assert current_revision(conn) == head_revision()
         assert _stored(conn) == stored
         assert _watched(conn) == watched
-    with Store(db.open_connection(url)) as store:
-        assert store.problems() == []  # `imagedb db check`: embeddings, thumbnails, hashes, indexes
-        details = store.image_details(ids[str(cat)])
+    with Store(open_connection(url)) as store:
+        assert store.admin.problems() == []  # `imagedb db check`: embeddings, thumbnails, hashes, indexes
+        details = store.images.image_details(ids[str(cat)])
         assert details is not None
         assert (details["camera_make"], details["camera_model"], details["orientation"]) == ("Canon", "EOS 5D", 6)
         assert details["taken_at"] == datetime(2019, 3, 12, 10, 20, 30, tzinfo=timezone.utc)
         assert details["exif"]["GPSInfo"]["GPSLatitudeRef"] == "N"
         assert details["attributes"] == {"animal": "cat", "rating": "5"}
-        with Image.open(io.BytesIO(store.thumbnail(ids[str(cat)]))) as thumb:  # type: ignore[arg-type]
+        with Image.open(io.BytesIO(store.images.thumbnail(ids[str(cat)]))) as thumb:  # type: ignore[arg-type]
             assert thumb.format == "JPEG" and thumb.height > thumb.width  # stored upright: the quarter turn applied
 
-        [held] = models_admin.list_models(store)
+        [held] = models.list_models(store)
         assert (held.collection, held.searched, held.ready, held.vectors, held.images, held.index) == (
             "old",
             True,
@@ -309,7 +312,7 @@ def test_a_database_of_the_first_release_upgrades_with_everything_intact(
         assert watched.stored_hits == 1
 
     # The roles made by the 0004 code still do their jobs.
-    with Store(db.open_connection(url)) as store:
+    with Store(open_connection(url)) as store:
         store.conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(writer)))
         assert searching.search(store, parse(["a rocket"]), collection="old", model=spec, limit=3)
         new = tmp_path / "new"

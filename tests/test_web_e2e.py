@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import uvicorn
 
-from imagedb import db
+from imagedb.api import create_app
 from imagedb.embed import ModelSpec
 from imagedb.ingest import ingest
-from imagedb.server import create_app
+from imagedb.pg.database import open_connection
 from imagedb.store import Store
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -24,7 +24,7 @@ pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="needs Chro
 
 @pytest.fixture
 def page_url(database_url: str, photos: Path, tiny_model: str):  # type: ignore[no-untyped-def]
-    store = Store(db.open_connection(database_url))
+    store = Store(open_connection(database_url))
     ingest(store, [photos], model=ModelSpec.parse(tiny_model))
     store.close()
     with socket.socket() as probe:

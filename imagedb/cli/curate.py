@@ -28,7 +28,7 @@ def tag(ctx: click.Context, image: str, pairs: tuple[str, ...], collection: str)
     attributes = parse_pairs(list(pairs))
     with _store(ctx) as store:
         ids = run_tag(store, collection, image, attributes)
-        paths = store.paths(ids)
+        paths = store.dupes.paths(ids)
     click.echo(f"tagged {len(ids)} image(s):")
     _echo_images([(i, paths.get(i, "?")) for i in ids])
 
@@ -146,7 +146,7 @@ def watch_add(ctx: click.Context, paths: tuple[Path, ...], label: str | None, ma
 def watch_list(ctx: click.Context) -> None:
     """Show the watched images."""
     with _store(ctx) as store:
-        rows = store.watches()
+        rows = store.dupes.watches()
     for r in rows:
         click.echo(
             f"{r['id']:>5}  {escape(r['label'] or '-'):<16}  max {r['max_distance']:>2}  {r['hits']:>5} hit(s)"
@@ -161,7 +161,7 @@ def watch_list(ctx: click.Context) -> None:
 def watch_hits(ctx: click.Context, watch_id: int | None, as_json: bool) -> None:
     """Show stored images that look like a watched one."""
     with _store(ctx) as store:
-        rows = store.watch_hits(watch_id)
+        rows = store.dupes.watch_hits(watch_id)
     if not rows and not as_json:
         click.echo("no hits yet", err=True)
     for r in rows:

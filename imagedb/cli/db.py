@@ -7,10 +7,11 @@ from pathlib import Path
 import click
 
 from imagedb import config
+from imagedb.cli.operators import listen, psql, replica, replication_lines, require_primary_url, role_url
 from imagedb.cli.support import Group, open_store
 from imagedb.display import escape
 from imagedb.store import DEFAULT_HNSW_EF_CONSTRUCTION, DEFAULT_HNSW_M
-from imagedb.store.models import DENSE_HNSW
+from imagedb.store.index import DENSE_HNSW
 
 DEFAULT_RERANK = 400  # candidates re-ranked per search with --quantize binary: at 1M, recall 0.80 against 0.60 at 200
 # for about the same latency (bench/results/scale_1000000.json)
@@ -33,12 +34,11 @@ def url(ctx: click.Context, role: str | None, password: str | None) -> None:
     With --role: the URL a BI login uses (host, port, database, user), over the TCP address set by
     `imagedb db listen`; the password only if given.
     """
-    from imagedb.db import resolve_url
+    from imagedb.pg.database import resolve_url
 
     if role is None:
         click.echo(resolve_url(ctx.obj["database_url"], ctx.obj["home"]))
         return
-    from imagedb.cli.operators import role_url
 
     click.echo(role_url(ctx, role, password))
 
@@ -47,15 +47,14 @@ def url(ctx: click.Context, role: str | None, password: str | None) -> None:
 @click.pass_context
 def info(ctx: click.Context) -> None:
     """Print server and pgvector versions, schema revision and per-collection counts."""
-    from imagedb.cli.operators import replication_lines
     from imagedb.cli.tune import info_lines
-    from imagedb.db import current_revision
+    from imagedb.pg.migrate import current_revision
 
     with open_store(ctx) as store:
-        server, pgvector = store.server_versions()
+        server, pgvector = store.admin.server_versions()
         revision = current_revision(store.conn)
-        stats = store.collection_stats()
-        replication = replication_lines(ctx, store)
+        stats = store.admin.collection_stats()
+        replication = replication_lines(ctx, store.conn)
         recall = {s["collection"]: info_lines(store, s["collection"]) for s in stats}
     click.echo(f"server: PostgreSQL {server}, pgvector {pgvector}")
     click.echo(f"schema: revision {revision}")
@@ -77,9 +76,9 @@ def info(ctx: click.Context) -> None:
 @click.pass_context
 def upgrade(ctx: click.Context) -> None:
     """Migrate the database schema to the newest revision."""
-    from imagedb.cli.operators import require_primary_url
-    from imagedb.db import head_revision, resolve_url
-    from imagedb.db import upgrade as run_upgrade
+    from imagedb.pg.database import resolve_url
+    from imagedb.pg.migrate import head_revision
+    from imagedb.pg.migrate import upgrade as run_upgrade
 
     url = resolve_url(ctx.obj["database_url"], ctx.obj["home"])
     require_primary_url(ctx, url)
@@ -141,7 +140,7 @@ def reindex(
     if quantize is not None:
         assert m is not None and ef_construction is not None
         with open_store(ctx) as store:
-            names = store.quantize_indexes(rerank if quantize == "binary" else None, m, ef_construction)
+            names = store.index.quantize_indexes(rerank if quantize == "binary" else None, m, ef_construction)
         if quantize == "none":
             click.echo("removed the binary-quantised indexes: searches use the halfvec indexes")
         else:
@@ -151,8 +150,8 @@ def reindex(
             )
         return
     with open_store(ctx) as store:
-        names = store.rebuild_indexes(m, ef_construction)
-        params = store.index_params(names)
+        names = store.index.rebuild_indexes(m, ef_construction)
+        params = store.index.index_params(names)
     built = ", ".join(f"{name} (m={p.m}, ef_construction={p.ef_construction})" for name, p in params)
     click.echo(
         f"rebuilt {len(names)} index(es): {built or 'none'}"
@@ -192,8 +191,8 @@ def check(ctx: click.Context, recall: bool, collection: str, queries: int) -> No
     if unused and not recall:  # said rather than ignored, as reindex does
         raise click.UsageError(f"{' and '.join(unused)} {'are' if len(unused) > 1 else 'is'} for --recall: add it")
     with open_store(ctx) as store:
-        problems = store.problems() + checkpoint_problems(store)
-        sparse = store.sparse_large_indexes()
+        problems = store.admin.problems() + checkpoint_problems(store)
+        sparse = store.index.sparse_large_indexes()
     if problems:
         raise click.ClickException("; ".join(problems))
     click.echo(
@@ -219,8 +218,8 @@ def check(ctx: click.Context, recall: bool, collection: str, queries: int) -> No
 @click.pass_context
 def dump(ctx: click.Context, file: Path) -> None:
     """Back up the whole database to FILE (pg_dump custom format)."""
-    from imagedb.db import dump as run_dump
-    from imagedb.db import resolve_url
+    from imagedb.pg.backup import dump as run_dump
+    from imagedb.pg.database import resolve_url
 
     run_dump(resolve_url(ctx.obj["database_url"], ctx.obj["home"]), file)
     click.echo(f"wrote {escape(str(file))} ({file.stat().st_size / 1e6:.1f} MB)")
@@ -232,9 +231,8 @@ def dump(ctx: click.Context, file: Path) -> None:
 @click.pass_context
 def restore(ctx: click.Context, file: Path, yes: bool) -> None:
     """Replace the database's contents by a backup made with `imagedb db dump`."""
-    from imagedb.cli.operators import require_primary_url
-    from imagedb.db import resolve_url
-    from imagedb.db import restore as run_restore
+    from imagedb.pg.backup import restore as run_restore
+    from imagedb.pg.database import resolve_url
 
     url = resolve_url(ctx.obj["database_url"], ctx.obj["home"])
     require_primary_url(ctx, url)
@@ -248,7 +246,7 @@ def restore(ctx: click.Context, file: Path, yes: bool) -> None:
 @click.pass_context
 def stop(ctx: click.Context) -> None:
     """Stop the embedded PostgreSQL server (it starts again on the next command)."""
-    from imagedb.db import stop_embedded
+    from imagedb.pg.embedded import stop_embedded
 
     if config.database_url(ctx.obj["database_url"]):
         raise click.UsageError("`imagedb db stop` stops the embedded server; this command uses an external one")
@@ -256,4 +254,5 @@ def stop(ctx: click.Context) -> None:
     click.echo("embedded server stopped" if stopped else "embedded server was not running")
 
 
-from imagedb.cli import operators  # noqa: E402,F401  (registers `db listen`, `db psql`, `db replica` on this group)
+for command in (listen, psql, replica):
+    db.add_command(command)

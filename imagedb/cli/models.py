@@ -32,7 +32,7 @@ def models() -> None:
 def list_models(ctx: click.Context) -> None:
     """Every model of every collection: vectors, dimension, state, index, provenance."""
     from imagedb.embed import ModelSpec
-    from imagedb.models_admin import list_models as run_list
+    from imagedb.models import list_models as run_list
 
     with open_store(ctx) as store:
         rows = run_list(store)
@@ -69,7 +69,7 @@ def add(ctx: click.Context, spec: str, collection: str, batch_size: int, allow_r
     """
     from imagedb.cli.ingest import BarProgress, PlainProgress, printable
     from imagedb.cli.options import announce_after
-    from imagedb.models_admin import add as run_add
+    from imagedb.models import add as run_add
 
     progress = BarProgress() if sys.stderr.isatty() else PlainProgress()
     announce_after(progress)
@@ -102,7 +102,7 @@ def add(ctx: click.Context, spec: str, collection: str, batch_size: int, allow_r
 @click.pass_context
 def move(ctx: click.Context, spec: str, new_checkpoint: Path) -> None:
     """Point model SPEC at its checkpoint's new place (the same file, by its recorded SHA-256)."""
-    from imagedb.models_admin import move as run_move
+    from imagedb.models import move as run_move
 
     with open_store(ctx) as store:
         moved = run_move(store, _spec(spec), new_checkpoint)
@@ -115,7 +115,7 @@ def move(ctx: click.Context, spec: str, new_checkpoint: Path) -> None:
 @click.pass_context
 def use(ctx: click.Context, spec: str, collection: str) -> None:
     """Make SPEC (fully added) the model searches of the collection use, at once."""
-    from imagedb.models_admin import use as run_use
+    from imagedb.models import use as run_use
 
     model = _spec(spec)
     with open_store(ctx) as store:
@@ -133,7 +133,7 @@ def use(ctx: click.Context, spec: str, collection: str) -> None:
 @click.pass_context
 def drop(ctx: click.Context, spec: str, collection: str, yes: bool) -> None:
     """Delete the collection's vectors of SPEC (not the model it searches with), and its index when unused."""
-    from imagedb.models_admin import drop as run_drop
+    from imagedb.models import drop as run_drop
 
     model = _spec(spec)
     if not yes:

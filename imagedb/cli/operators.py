@@ -1,4 +1,4 @@
-"""`imagedb db listen`, `db psql` and `db replica`: the embedded server for operators (on the `db` group)."""
+"""`imagedb db listen`, `db psql` and `db replica`: the embedded server for operators (added to the `db` group)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from imagedb import config
-from imagedb.cli.db import db
+from imagedb.cli.support import Command, Group
 
 
 def _embedded_home(ctx: click.Context, what: str) -> Path:
@@ -22,7 +22,7 @@ def _embedded_home(ctx: click.Context, what: str) -> Path:
     return config.home(ctx.obj["home"])
 
 
-@db.command()
+@click.command(cls=Command)
 @click.argument("address", required=False, metavar="HOST:PORT")
 @click.option("--off", is_flag=True, help="Stop listening on TCP: the Unix socket only, as by default.")
 @click.option("--cert", type=click.Path(dir_okay=False, path_type=Path), help="PEM certificate for TLS.")
@@ -36,21 +36,22 @@ def listen(ctx: click.Context, address: str | None, off: bool, cert: Path | None
     made by `imagedb grant-reader ROLE --password P`. Beyond 127.0.0.1 only TLS connections are accepted, with a
     self-signed certificate made on first use unless --cert/--key give one. Without arguments: show the setting.
     """
-    from imagedb import server_admin
+    from imagedb.pg.embedded import set_listen
+    from imagedb.pg.listen import load_listen, parse_address
 
     home = _embedded_home(ctx, "listen")
     if off and address:
         raise click.UsageError("give HOST:PORT or --off, not both")
     if not off and not address:
         if cert or key:
-            server_admin.set_listen(home, server_admin.load(home), cert, key)
+            set_listen(home, load_listen(home), cert, key)
             click.echo("installed the certificate")
             return
-        current = server_admin.load(home)
+        current = load_listen(home)
         click.echo(f"listening on {current} (TCP) and the Unix socket" if current else "Unix socket only (no TCP)")
         return
-    target = None if off else server_admin.parse_address(address or "")
-    server_admin.set_listen(home, target, cert, key)
+    target = None if off else parse_address(address or "")
+    set_listen(home, target, cert, key)
     if target is None:
         click.echo("the embedded server listens on its Unix socket only")
         return
@@ -63,12 +64,12 @@ def role_url(ctx: click.Context, role: str, password: str | None) -> str:
     """The URL a BI role logs in with: the embedded server's TCP address, or the external URL as that role."""
     from urllib.parse import quote, urlsplit, urlunsplit
 
-    from imagedb import server_admin
-    from imagedb.db import EMBEDDED_DBNAME
+    from imagedb.pg.embedded import EMBEDDED_DBNAME
+    from imagedb.pg.listen import login_url
 
     external = config.database_url(ctx.obj["database_url"])
     if not external:
-        return server_admin.login_url(config.home(ctx.obj["home"]), role, password, EMBEDDED_DBNAME)
+        return login_url(config.home(ctx.obj["home"]), role, password, EMBEDDED_DBNAME)
     parts = urlsplit(external)
     host = parts.netloc.rsplit("@", 1)[-1]
     secret = f":{quote(password, safe='')}" if password else ""
@@ -76,12 +77,14 @@ def role_url(ctx: click.Context, role: str, password: str | None) -> str:
     return urlunsplit(parts._replace(netloc=f"{quote(role, safe='')}{secret}@{host}", query=query))
 
 
-def replication_lines(ctx: click.Context, store: Any) -> list[str]:
+def replication_lines(ctx: click.Context, conn: Any) -> list[str]:
     """For `db info`: on a replica, its primary and lag; on a primary, its replicas and theirs; the TCP address."""
+    from imagedb.pg import standby
+
     lines = []
-    primary = store.primary_of_standby()
+    primary = standby.primary_of_standby(conn)
     if primary is not None:
-        status = store.standby_status()
+        status = standby.standby_status(conn)
         receiver = status["receiver"] or "not connected (the primary is down or unreachable; reads still work)"
         age = status["replay_age_seconds"]
         lines.append(f"replica of {primary}: receiver {receiver}")
@@ -95,7 +98,7 @@ def replication_lines(ctx: click.Context, store: Any) -> list[str]:
         )
     else:
         try:
-            replicas = store.replicas()
+            replicas = standby.replicas(conn)
         except Exception:  # noqa: BLE001 - a role without the rights to see replication: nothing to show
             replicas = []
         for r in replicas:
@@ -105,38 +108,39 @@ def replication_lines(ctx: click.Context, store: Any) -> list[str]:
                 f"replica {r['slot']}: {state}, {r['behind_bytes'] or 0} byte(s) behind{lag}, WAL {r['wal_status']}"
             )
     if not config.database_url(ctx.obj["database_url"]):
-        from imagedb import server_admin
+        from imagedb.pg.listen import load_listen
 
-        address = server_admin.load(config.home(ctx.obj["home"]))
+        address = load_listen(config.home(ctx.obj["home"]))
         lines.append(f"tcp: {address}" if address else "tcp: off (Unix socket only; `imagedb db listen HOST:PORT`)")
     return lines
 
 
 def require_primary_url(ctx: click.Context, url: str) -> None:
-    from imagedb.db import connect
-    from imagedb.replica import require_primary
-    from imagedb.store import Store
+    from imagedb.pg.connection import connect
+    from imagedb.pg.replicas import require_primary
 
-    with Store(connect(url)) as store:
+    with connect(url) as conn:
         external = config.database_url(ctx.obj["database_url"])
-        require_primary(store, None if external else config.home(ctx.obj["home"]))
+        require_primary(conn, None if external else config.home(ctx.obj["home"]))
 
 
-@db.command(
-    context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False, "help_option_names": []}
+@click.command(
+    cls=Command,
+    context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False, "help_option_names": []},
 )
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 @click.pass_context
 def psql(ctx: click.Context, args: tuple[str, ...]) -> None:
     """Open psql (PostgreSQL 18, bundled) on the database; ARGS go to psql, e.g. -c "select 1", --help."""
-    from imagedb.db import _postgres_program, resolve_url
+    from imagedb.pg.cluster import program as bundled
+    from imagedb.pg.database import resolve_url
 
     url = resolve_url(ctx.obj["database_url"], ctx.obj["home"])
-    program = _postgres_program("psql")
+    program = bundled("psql")
     os.execv(program, [program, f"--dbname={url}", *args])  # psql takes over the terminal, and its exit code
 
 
-@db.group()
+@click.group(cls=Group)
 def replica() -> None:
     """Read replicas of the embedded server (streaming standbys)."""
 
@@ -155,7 +159,7 @@ def replica_create(ctx: click.Context, folder: Path, max_wal: str) -> None:
 
     FOLDER is an imagedb home of its own: `imagedb --home FOLDER search ...` reads there; writes are refused.
     """
-    from imagedb.replica import create
+    from imagedb.pg.replicas import create
 
     home = _embedded_home(ctx, "replica create")
     made = create(home, folder, max_wal=max_wal)
@@ -168,7 +172,7 @@ def replica_create(ctx: click.Context, folder: Path, max_wal: str) -> None:
 @click.pass_context
 def replica_remove(ctx: click.Context, folder: Path) -> None:
     """Stop the replica in FOLDER and drop its slot and role on the primary (FOLDER's files stay)."""
-    from imagedb.replica import remove
+    from imagedb.pg.replicas import remove
 
     home = _embedded_home(ctx, "replica remove")
     found = remove(home, folder)

@@ -25,8 +25,8 @@ def serve(ctx: click.Context, host: str, port: int, token: str | None) -> None:
 
     import uvicorn
 
-    from imagedb.server import create_app
-    from imagedb.server.listen import bind, check_exposure, url
+    from imagedb.api import create_app
+    from imagedb.api.bind import bind, check_exposure, url
 
     class Refused(click.ClickException):
         exit_code = 2  # bad usage, in one line
@@ -47,8 +47,8 @@ def serve(ctx: click.Context, host: str, port: int, token: str | None) -> None:
         logging.getLogger().addHandler(logging.NullHandler())  # libraries stay quiet, as in other commands
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-        logging.getLogger("imagedb.server").addHandler(handler)
-    logging.getLogger("imagedb.server").setLevel(logging.INFO)
+        logging.getLogger("imagedb.api").addHandler(handler)
+    logging.getLogger("imagedb.api").setLevel(logging.INFO)
     click.echo(f"imagedb on {url(host, port)}", err=True)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
     server.run(sockets=[sock])

@@ -111,8 +111,8 @@ def open_store(ctx: click.Context) -> Iterator[Any]:
     import os
 
     from imagedb import config
-    from imagedb.db import open_connection
-    from imagedb.replica import require_primary
+    from imagedb.pg.database import open_connection
+    from imagedb.pg.replicas import require_primary
     from imagedb.store import Store
 
     root = ctx.find_root()
@@ -122,5 +122,5 @@ def open_store(ctx: click.Context) -> Iterator[Any]:
         url = os.environ["IMAGEDB_READ_DATABASE_URL"]  # never migrated: an external URL that is behind is refused
     with Store(open_connection(url, root.obj["home"])) as store:
         if command in WRITES:
-            require_primary(store, None if config.database_url(url) else config.home(root.obj["home"]))
+            require_primary(store.conn, None if config.database_url(url) else config.home(root.obj["home"]))
         yield store

@@ -80,7 +80,7 @@ def info_lines(store, name: str) -> list[str]:  # type: ignore[no-untyped-def]
     from imagedb.tuning import ef_search_for, last_recall
 
     found = collections.get(store, name)
-    ef = ef_search_for(store.tuning(found))
+    ef = ef_search_for(store.tuning.tuning(found))
     last = last_recall(store, found)
     if last is None:
         return [f"  ef_search {ef}; recall never measured: imagedb tune -c {escape(name)}"]

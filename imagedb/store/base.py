@@ -1,4 +1,4 @@
-"""What every part of the Store shares: one connection, in autocommit mode.
+"""What every part of the Store shares: one connection, in autocommit mode, and the store it belongs to.
 
 The transaction discipline: the connection is in autocommit mode, so a statement outside a `transaction()`
 block commits on its own and a read leaves no transaction open; every write of more than one statement runs in
@@ -8,20 +8,31 @@ pending for close() to roll back, so a command that says it stored something has
 
 from __future__ import annotations
 
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import psycopg
 from psycopg.pq import TransactionStatus
 
 from imagedb.errors import ImagedbError
 
+if TYPE_CHECKING:  # the parts reach each other through the store; only type checkers need its class here
+    from imagedb.store import Store
+
 _S = TypeVar("_S", bound="StoreBase")
+
+
+class Part:
+    """One family of tables' statements (images, models, index, ...), on the connection of the store that holds it."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.conn = store.conn
 
 
 class StoreBase:
     def __init__(self, conn: psycopg.Connection) -> None:
         if not conn.autocommit:
-            raise ValueError("the store needs an autocommit connection (see imagedb.db.connect)")
+            raise ValueError("the store needs an autocommit connection (see imagedb.pg.connection.connect)")
         self.conn = conn
 
     def another(self: _S) -> _S:

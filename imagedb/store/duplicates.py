@@ -8,7 +8,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from imagedb.store.base import StoreBase
+from imagedb.store.base import Part
 from imagedb.store.records import Collection
 
 # Each image's nearest hashes by Hamming distance; the LATERAL subquery reads the HNSW index once per image.
@@ -21,7 +21,7 @@ HASH_EDGES_SQL = (
 )
 
 
-class DuplicatesStore(StoreBase):
+class DuplicatesStore(Part):
     def hash_edges(self, collection_id: int, max_distance: int, neighbours: int) -> list[tuple[int, int, float]]:
         """(image, near image, Hamming distance) for each image's nearest hashes, through the HNSW index."""
         return self._edges(HASH_EDGES_SQL, {"c": collection_id, "k": neighbours, "max": max_distance})

@@ -15,7 +15,7 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from imagedb.errors import ConcurrentChange
-from imagedb.store.base import StoreBase
+from imagedb.store.base import Part
 from imagedb.store.dicom import insert_dicom_rows
 from imagedb.store.records import ImageRecord
 
@@ -54,7 +54,7 @@ def _parts(records: Sequence[ImageRecord]) -> list[list[int]]:
     ] or [[]]
 
 
-class ImagesStore(StoreBase):
+class ImagesStore(Part):
     def file_states(self, collection_id: int) -> dict[str, tuple[int, datetime]]:
         """path -> (size, mtime) of every image stored in the collection: what a rerun may skip."""
         rows = self.conn.execute(

@@ -9,8 +9,8 @@ import numpy as np
 from pgvector import HalfVector
 from psycopg import sql
 
-from imagedb.store.base import StoreBase
-from imagedb.store.models import binary_expression
+from imagedb.store.base import Part
+from imagedb.store.index import binary_expression
 from imagedb.store.records import Collection, Filters, Hit
 
 # How far an iterative index scan may read for a selective filter before giving up (pgvector's default is
@@ -148,7 +148,7 @@ COLLAPSE_FIRST_FACTOR = 4
 COLLAPSE_MAX_DEPTH = 20_000
 
 
-class SearchStore(StoreBase):
+class SearchStore(Part):
     def image_vector(self, image_id: int, model_id: int) -> np.ndarray | None:
         row = self.conn.execute(
             "SELECT embedding FROM embeddings WHERE image_id = %s AND model_id = %s", (image_id, model_id)

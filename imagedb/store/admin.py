@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from typing import Any
 
 import psycopg
 from psycopg import sql
 
-from imagedb.db import HNSW_INDEX_PREFIX
 from imagedb.errors import InvalidInput
-from imagedb.store.base import StoreBase
+from imagedb.store.base import Part
+from imagedb.store.index import HNSW_INDEX_PREFIX
 
 # What forgetting an image deletes rows from: the image, what cascades from it, and its paths' ingest errors.
 FORGET_TABLES = (
@@ -25,13 +24,13 @@ FORGET_TABLES = (
 )
 
 
-class RolesStore(StoreBase):
+class AdminStore(Part):
     def forget(self, collection_id: int, refs: Sequence[str], *, full: bool = False) -> tuple[list[int], list[str]]:
         """Delete images named by id, path or file name, with everything derived from them (foreign keys
         cascade to embeddings, thumbnails, duplicate groups and watch hits) and the ingest errors of their
         paths; then VACUUM the tables touched (FULL: rewrite them), so that no live index entry or dead row
         still holds their data. Returns the ids deleted and the tables PostgreSQL would not let this role vacuum."""
-        ids = sorted({i for ref in refs for i in self.image_ids(collection_id, ref)})
+        ids = sorted({i for ref in refs for i in self.store.images.image_ids(collection_id, ref)})
         if not ids:
             return [], []
         with self.conn.transaction():
@@ -177,106 +176,3 @@ class RolesStore(StoreBase):
         ).fetchall()
         keys = ("collection", "model", "pretrained", "dim", "images", "embeddings", "errors")
         return [dict(zip(keys, r, strict=True)) for r in rows]
-
-    # -- replication (imagedb db replica, db info) -------------------------------------------------------------
-
-    def primary_of_standby(self) -> str | None:
-        """None on a primary; on a standby, where its primary is ("host=... port=..."), or "its primary" when
-        this role may not read that (primary_conninfo is for superusers: it can hold a password)."""
-        if not self.conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]:  # type: ignore[index]
-            return None
-        try:
-            conninfo = self.conn.execute("SELECT current_setting('primary_conninfo')").fetchone()[0]  # type: ignore[index]
-        except psycopg.errors.InsufficientPrivilege:
-            return "its primary"
-        params = psycopg.conninfo.conninfo_to_dict(conninfo) if conninfo else {}
-        shown = " ".join(f"{k}={params[k]}" for k in ("host", "port") if params.get(k))  # never the password
-        return shown or "its primary"
-
-    def standby_status(self) -> dict[str, Any]:
-        """On a standby: whether its receiver streams, how long ago the last replayed commit was made on the
-        primary, and how many received bytes are not replayed yet."""
-        row = self.conn.execute(
-            "SELECT (SELECT status FROM pg_stat_wal_receiver),"
-            " extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float8,"
-            # A restarted standby's receive position starts at the segment it streams from, behind what it has
-            # already replayed: nothing is waiting then, not a negative amount.
-            " greatest(0, pg_wal_lsn_diff(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn()))::bigint"
-        ).fetchone()
-        keys = ("receiver", "replay_age_seconds", "unreplayed_bytes")
-        return dict(zip(keys, row, strict=True))  # type: ignore[arg-type]
-
-    def replicas(self) -> list[dict[str, Any]]:
-        """On a primary: each physical replication slot (one per replica imagedb made), whether its replica is
-        connected, and how far behind it is; a disconnected one shows the WAL its slot holds back."""
-        rows = self.conn.execute(
-            "SELECT s.slot_name, s.active, r.state,"
-            " pg_wal_lsn_diff(pg_current_wal_lsn(), coalesce(r.replay_lsn, s.restart_lsn))::bigint,"
-            " extract(epoch FROM r.replay_lag)::float8, s.wal_status"
-            " FROM pg_replication_slots s LEFT JOIN pg_stat_replication r ON r.pid = s.active_pid"
-            " WHERE s.slot_type = 'physical' ORDER BY s.slot_name"
-        ).fetchall()
-        keys = ("slot", "active", "state", "behind_bytes", "replay_lag_seconds", "wal_status")
-        return [dict(zip(keys, r, strict=True)) for r in rows]
-
-    def limit_slot_wal(self, size: str) -> None:
-        """Cap the WAL a replication slot may hold back (max_slot_wal_keep_size), so a dead replica cannot fill
-        the disk: past the cap its slot is invalidated and that replica must be made again."""
-        # Utility statements take no bound parameters; the size is checked by the caller (replica.WAL_SIZE).
-        self.conn.execute(sql.SQL("ALTER SYSTEM SET max_slot_wal_keep_size = {}").format(sql.Literal(size)))
-        self.conn.execute("SELECT pg_reload_conf()")
-
-    def create_replication_role(self, role: str, password: str) -> None:
-        """A role that may stream WAL and nothing else (not a superuser): one per replica, so one can be revoked."""
-        name = sql.Identifier(role)
-        with self.conn.transaction():
-            if self.conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone():
-                self.conn.execute(
-                    sql.SQL("ALTER ROLE {} REPLICATION LOGIN PASSWORD {}").format(name, sql.Literal(password))
-                )
-            else:
-                self.conn.execute(
-                    sql.SQL("CREATE ROLE {} REPLICATION LOGIN PASSWORD {}").format(name, sql.Literal(password))
-                )
-
-    def drop_replication(self, slot: str) -> bool:
-        """Drop a replica's slot (freeing the WAL it holds) and its replication role; False if neither existed."""
-        found = False
-        if self.conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (slot,)).fetchone():
-            # A standby still streaming (its folder deleted by hand, its server not yet noticed) must not log in
-            # again between its walsender's end and the slot's drop.
-            self.conn.execute(sql.SQL("ALTER ROLE {} NOLOGIN").format(sql.Identifier(slot)))
-        if self.conn.execute("SELECT 1 FROM pg_replication_slots WHERE slot_name = %s", (slot,)).fetchone():
-            self._release_slot(slot)
-            self.conn.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
-            found = True
-        if self.conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (slot,)).fetchone():
-            self.conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(slot)))
-            found = True
-        return found
-
-    def _release_slot(self, slot: str, seconds: float = 10.0) -> None:
-        """End the walsender holding a slot and wait until the slot is free: an active slot cannot be dropped."""
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            row = self.conn.execute(
-                "SELECT active_pid, pg_terminate_backend(active_pid) FROM pg_replication_slots"
-                " WHERE slot_name = %s AND active_pid IS NOT NULL",
-                (slot,),
-            ).fetchone()
-            if row is None:
-                return
-            time.sleep(0.1)
-
-    def repoint_standby(self, host: str, port: str) -> bool:
-        """On a standby: point primary_conninfo at the primary's new socket or port (it moves when `imagedb db
-        listen` changes the port), keeping the rest (the replication role's password); True if it changed."""
-        conninfo = self.conn.execute("SELECT current_setting('primary_conninfo')").fetchone()[0]  # type: ignore[index]
-        params = psycopg.conninfo.conninfo_to_dict(conninfo)
-        if (params.get("host"), str(params.get("port"))) == (host, port):
-            return False
-        params.update(host=host, port=port)
-        new = psycopg.conninfo.make_conninfo(**{k: str(v) for k, v in params.items()})
-        self.conn.execute(sql.SQL("ALTER SYSTEM SET primary_conninfo = {}").format(sql.Literal(new)))
-        self.conn.execute("SELECT pg_reload_conf()")  # the WAL receiver restarts with the new conninfo
-        return True

@@ -4,6 +4,6 @@ app.py holds the routes; guards.py the ASGI middlewares (security headers, acces
 originals.py serves original files only while they are the ingested ones; listen.py binds the socket.
 """
 
-from imagedb.server.app import MAX_UPLOAD_BYTES, create_app
+from imagedb.api.app import MAX_UPLOAD_BYTES, create_app
 
 __all__ = ["MAX_UPLOAD_BYTES", "create_app"]

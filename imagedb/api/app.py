@@ -30,21 +30,10 @@ from fastapi.staticfiles import StaticFiles
 from pgvector.psycopg import register_vector
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from imagedb import db
 from imagedb import search as searching
-from imagedb.errors import (
-    ConcurrentChange,
-    DatabaseUnavailable,
-    ImagedbError,
-    InvalidInput,
-    ModelMismatch,
-    ModelUnavailable,
-    NotFound,
-)
-from imagedb.query import Term, parse_string
-from imagedb.server import guards, originals
-from imagedb.server.originals import OriginalChanged
-from imagedb.server.schemas import (
+from imagedb.api import guards, originals
+from imagedb.api.originals import OriginalChanged
+from imagedb.api.schemas import (
     CollectionInfo,
     ImageInfo,
     Page,
@@ -54,9 +43,21 @@ from imagedb.server.schemas import (
     filters,
     page,
 )
+from imagedb.errors import (
+    ConcurrentChange,
+    DatabaseUnavailable,
+    ImagedbError,
+    InvalidInput,
+    ModelMismatch,
+    ModelUnavailable,
+    NotFound,
+)
+from imagedb.pg.connection import check_pooled
+from imagedb.pg.database import live_url, open_connection
+from imagedb.query import Term, parse_string
 from imagedb.store import Filters, Store
 
-log = logging.getLogger("imagedb.server")
+log = logging.getLogger("imagedb.api")
 
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 MAX_FORM_OVERHEAD = 64 * 1024  # multipart boundaries, headers and the q field around the file
@@ -99,14 +100,14 @@ def create_app(
     """
     if token is not None and not token.strip():
         raise InvalidInput("the API token cannot be empty")
-    db.open_connection(database_url, home).close()  # migrates the embedded database, checks an external one
+    open_connection(database_url, home).close()  # migrates the embedded database, checks an external one
     pool = ConnectionPool(
-        db.live_url(database_url, home),  # follows the embedded server's socket when `db listen` moves it
+        live_url(database_url, home),  # follows the embedded server's socket when `db listen` moves it
         min_size=1,
         max_size=pool_size,
         kwargs={"connect_timeout": 3, "autocommit": True},  # the store's transaction discipline (store/base.py)
         configure=register_vector,
-        check=db.check_pooled,  # a connection broken by a restart, or from before a restore, is replaced
+        check=check_pooled,  # a connection broken by a restart, or from before a restore, is replaced
         timeout=POOL_TIMEOUT_S,
         reconnect_timeout=2 * POOL_TIMEOUT_S,  # give up a retry cycle soon: the next request starts a fresh one
         open=False,
@@ -219,7 +220,7 @@ def create_app(
     @api.get("/images/{image_id}", response_model=ImageInfo)
     def image(image_id: Annotated[int, FastAPIPath(ge=1, le=MAX_ID)]) -> dict[str, Any]:
         with store() as s:
-            found = s.image_details(image_id)
+            found = s.images.image_details(image_id)
         if found is None:
             raise NotFound(f"no image with id {image_id}")
         return found
@@ -227,7 +228,7 @@ def create_app(
     @api.get("/images/{image_id}/thumbnail", response_class=Response, responses={200: {"content": {"image/jpeg": {}}}})
     def thumbnail(image_id: Annotated[int, FastAPIPath(ge=1, le=MAX_ID)]) -> Response:
         with store() as s:
-            jpeg = s.thumbnail(image_id)
+            jpeg = s.images.thumbnail(image_id)
         if jpeg is None:
             raise NotFound(f"no thumbnail for image {image_id}")
         return Response(jpeg, media_type="image/jpeg", headers={"Cache-Control": "max-age=3600"})
@@ -241,7 +242,7 @@ def create_app(
         """The original file, only while it is the file that was ingested (same size, mtime and SHA-256):
         404 when it is gone, 409 when it changed. Served as the image type of its stored format."""
         with store() as s:
-            row = s.image_details(image_id)
+            row = s.images.image_details(image_id)
         if row is None:
             raise NotFound(f"no image with id {image_id}")
         return originals.response(image_id, row)
@@ -255,7 +256,7 @@ def create_app(
         """Images most like a stored one, in its own collection, itself left out (as `imagedb search --like N`
         and imagedb_similar() leave it out)."""
         with store() as s:
-            found = s.image_details(image_id)
+            found = s.images.image_details(image_id)
         if found is None:
             raise NotFound(f"no image with id {image_id}")
         p = p.model_copy(update={"collection": found["collection"]})
@@ -264,7 +265,7 @@ def create_app(
     @api.get("/collections", response_model=list[CollectionInfo])
     def collections() -> list[dict[str, Any]]:
         with store() as s:
-            stats = s.collection_stats()
+            stats = s.admin.collection_stats()
         # A checkpoint's path is the server's business: clients see its file name only.
         return [
             {**c, "pretrained": Path(c["pretrained"]).name if "/" in c["pretrained"] else c["pretrained"]}

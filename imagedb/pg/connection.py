@@ -1,0 +1,52 @@
+"""Connections to PostgreSQL: autocommit, one-line failures, and the checks a pool runs."""
+
+from __future__ import annotations
+
+import psycopg
+
+from imagedb.errors import DatabaseUnavailable
+
+
+def connect(url: str) -> psycopg.Connection:
+    """An autocommit connection: every write the store makes is in an explicit transaction (store/base.py)."""
+    try:
+        return psycopg.connect(url, connect_timeout=10, autocommit=True)
+    except psycopg.OperationalError as exc:
+        raise DatabaseUnavailable(
+            f"cannot connect to the database: {_connect_failure(exc)}. Is the server running, and is the URL right?"
+        ) from exc
+
+
+def _connect_failure(exc: psycopg.OperationalError) -> str:
+    """The line of libpq's message that names the server and the cause. Its last line is often a hint ("Is the
+    server running locally...?"), said better by the caller; with several addresses tried (localhost: ::1, then
+    127.0.0.1), the last attempt's line."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    causes = [line for line in lines if not line.startswith(("Is the server running", "Multiple connection attempts"))]
+    return (causes or lines or [type(exc).__name__])[-1].removeprefix("- ")
+
+
+def check_pooled(conn: psycopg.Connection) -> None:
+    """Raise unless a pooled connection is still usable (the pool then replaces it): alive, and reading the
+    vector types it registered (register_vector) under the ids the database has now. `imagedb db restore`
+    recreates the vector extension, so a connection from before it would send and read vectors under the old
+    ids, and its prepared plans fail ("cached plan must not change result type"). One round trip, as the
+    pool's own check."""
+    registered = conn.adapters.types.get("halfvec")
+    row = conn.execute("SELECT to_regtype('halfvec')::oid").fetchone()
+    if registered is None or row is None or row[0] != registered.oid:
+        conn.close()  # the pool discards a closed connection; an open one it would hand out again
+        raise psycopg.OperationalError("the database's vector types changed (a restore?): a new connection is needed")
+
+
+def in_recovery(conn: psycopg.Connection) -> bool:
+    """Whether the server is a standby (a read-only replica replaying its primary's changes)."""
+    return bool(conn.execute("SELECT pg_is_in_recovery()").fetchone()[0])  # type: ignore[index]
+
+
+def sqlalchemy_url(url: str) -> str:
+    """SQLAlchemy needs the driver named in the scheme; psycopg (3) is the one installed."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url

@@ -1,0 +1,74 @@
+"""The database a command uses: an explicit URL, IMAGEDB_DATABASE_URL, or the embedded server's; connected and
+at the current schema."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import psycopg
+from pgvector.psycopg import register_vector
+
+from imagedb import config
+from imagedb.errors import ImagedbError, SchemaOutOfDate
+from imagedb.pg.cluster import postmaster
+from imagedb.pg.connection import connect, in_recovery
+from imagedb.pg.embedded import EMBEDDED_DBNAME, embedded_url, owner_url
+from imagedb.pg.migrate import current_revision, head_revision, upgrade
+
+
+def resolve_url(explicit: str | None, home: str | Path | None = None) -> str:
+    """The URL to use: an explicit one, IMAGEDB_DATABASE_URL, or the embedded server's."""
+    return config.database_url(explicit) or embedded_url(config.home(home))
+
+
+def live_url(explicit: str | None, home: str | Path | None = None) -> str | Callable[[], str]:
+    """What a long-running process (`imagedb serve`'s pool) connects with, asked again for each new connection.
+
+    An external URL is used as it is. The embedded server's socket is read afresh: `imagedb db listen` restarts the
+    server on another port, which moves its socket. Nothing here starts a stopped server: `imagedb db stop` meant
+    it, and connections fail until the next command starts it.
+    """
+    external = config.database_url(explicit)
+    if external:
+        return external
+    folder = config.home(home)
+    started = embedded_url(folder)
+
+    def current() -> str:
+        info = postmaster(folder / "pgdata")
+        return started if info is None else owner_url(folder, info.socket_dir, info.port, EMBEDDED_DBNAME)
+
+    return current
+
+
+def open_connection(explicit_url: str | None = None, home: str | Path | None = None) -> psycopg.Connection:
+    """A connection to a database whose schema is current.
+
+    The embedded database is migrated on the spot; an external one that is behind is refused with a message,
+    since migrating someone's server is their decision.
+    """
+    external = config.database_url(explicit_url)
+    url = external or embedded_url(config.home(home))
+    conn = connect(url)
+    head, current = head_revision(), current_revision(conn)
+    if current != head:
+        if in_recovery(conn):  # a replica: it cannot be migrated, it follows its primary
+            conn.close()
+            raise SchemaOutOfDate(
+                f"this database is a read-only replica at schema revision {current or 'none'}, imagedb needs {head}:"
+                " run `imagedb db upgrade` on its primary, and the replica follows"
+            )
+        if external:
+            conn.close()
+            raise SchemaOutOfDate(
+                f"the database schema is at revision {current or 'none'}, imagedb needs {head}:"
+                " run `imagedb db upgrade`"
+            )
+        try:
+            upgrade(url)
+        except ImagedbError:
+            conn.close()
+            raise
+    register_vector(conn)
+    return conn

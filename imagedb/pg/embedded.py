@@ -1,0 +1,162 @@
+"""The embedded server: started (or found running) under IMAGEDB_HOME, with every login needing a password.
+
+Every login to the embedded server needs a password (initdb's `trust` would let anyone who reaches the socket in
+as superuser, with any password). The owner's password is generated once and kept in a libpq password file in
+IMAGEDB_HOME, readable by the OS user who owns that folder alone; the URL names the file, never the secret.
+pg_hba.conf is written by listen.hba_text: local lines only, plus TCP lines once `imagedb db listen` is on.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+from urllib.parse import quote, urlencode
+
+import psycopg
+from psycopg import sql
+
+from imagedb.errors import DatabaseUnavailable, InvalidInput, first_line
+from imagedb.pg.cluster import OWNER_ROLE, pgserver, postmaster, stop
+from imagedb.pg.listen import (
+    HBA_MARKER,
+    Listen,
+    apply_listen,
+    check_address_free,
+    hba_text,
+    install_certificate,
+    load_listen,
+    restart_for_certificate,
+    running_listen,
+    save_listen,
+    start_listening_if_stopped,
+    tls_supported,
+)
+from imagedb.pg.standby import REPLICA_FILE, follow_primary, registered
+
+EMBEDDED_DBNAME = "imagedb"
+PASSFILE = "pgpass"
+
+
+def embedded_url(home: Path, database: str = EMBEDDED_DBNAME) -> str:
+    """Start (or find running) the embedded PostgreSQL under `home`, and return the imagedb database's URL."""
+    wheel = pgserver()
+    pgdata = home / "pgdata"
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+        start_listening_if_stopped(home)  # on the persisted TCP address, if `db listen` set one
+        # cleanup_mode=None keeps the server running after this process exits, so the next command reuses it.
+        server = wheel.get_server(pgdata, cleanup_mode=None)
+        if postmaster(pgdata) is None:  # pgserver caches its handle: stopped since, in this process
+            server.start()
+        info = postmaster(pgdata) or server.get_postmaster_info()
+        _require_passwords(home, info.socket_dir, info.port, hba_text(load_listen(home)))
+        info = apply_listen(home)  # restart on the persisted address if the server runs otherwise
+        url = owner_url(home, info.socket_dir, info.port, "postgres")
+        with psycopg.connect(url, autocommit=True) as conn:
+            if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,)).fetchone():
+                try:
+                    conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
+                except psycopg.errors.DuplicateDatabase:
+                    pass  # another imagedb command created it a moment ago
+        if (home / REPLICA_FILE).exists():  # a replica imagedb made: follow its primary's socket if it moved
+            follow_primary(home, url)
+        return owner_url(home, info.socket_dir, info.port, database)
+    except (DatabaseUnavailable, InvalidInput):
+        raise
+    except Exception as exc:  # the wheel raises bare RuntimeError/CalledProcessError/OSError
+        raise DatabaseUnavailable(
+            f"could not start the embedded PostgreSQL in {home}: {first_line(exc)}"
+            f" (see {pgdata / 'log'}, or set IMAGEDB_DATABASE_URL to use another server)"
+        ) from exc
+
+
+def owner_url(home: Path, socket_dir: object, port: int | None, database: str) -> str:
+    params = {"host": str(socket_dir), "passfile": str(home / PASSFILE)}
+    if port and port != 5432:  # the socket is named after the port: .s.PGSQL.PORT
+        params["port"] = str(port)
+    query = urlencode(params, quote_via=quote)
+    return f"postgresql://{OWNER_ROLE}@/{quote(database, safe='')}?{query}"
+
+
+def _require_passwords(home: Path, socket_dir: object, port: int | None, wanted_hba: str) -> None:
+    """Once per home: give the owner a generated password, then make the server ask every login for one.
+    Later, rewrite pg_hba.conf when the listen setting changed what it must say (and reload it)."""
+    import fcntl
+
+    pgdata = home / "pgdata"
+    hba = pgdata / "pg_hba.conf"
+    passfile = home / PASSFILE
+    if passfile.exists() and hba.read_text() == wanted_hba:
+        return
+    with open(home / ".auth.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # two first commands at once: one sets the password up
+        current = hba.read_text()
+        if passfile.exists() and current == wanted_hba:
+            return
+        if current.startswith(HBA_MARKER):  # passwords are required already
+            if not passfile.exists():
+                raise DatabaseUnavailable(
+                    f"the owner's password file {passfile} is missing, so the embedded server cannot be reached:"
+                    " restore it from a backup of that folder"
+                )
+            hba.write_text(wanted_hba)  # in place: the file keeps its owner (the server's user when run as root)
+            with psycopg.connect(owner_url(home, socket_dir, port, "postgres"), autocommit=True) as conn:
+                conn.execute("SELECT pg_reload_conf()")
+            return
+        password = secrets.token_urlsafe(32)  # letters, digits, - and _: nothing to escape in a password file
+        # Still `trust` here, as initdb left it: the last login without a password.
+        trust_url = f"postgresql://{OWNER_ROLE}@/postgres?host={quote(str(socket_dir))}&port={port or 5432}"
+        with psycopg.connect(trust_url, autocommit=True) as conn:
+            conn.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(sql.Identifier(OWNER_ROLE), sql.Literal(password)))
+            descriptor = os.open(passfile, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(descriptor, "w") as out:
+                out.write(f"*:*:*:{OWNER_ROLE}:{password}\n")
+            hba.write_text(wanted_hba)
+            conn.execute("SELECT pg_reload_conf()")
+
+
+def set_listen(home: Path, listen: Listen | None, cert: Path | None = None, key: Path | None = None) -> Listen | None:
+    """Persist a new TCP address (None: socket only) and restart the embedded server on it. If the server cannot
+    start there, the previous setting is put back and the server restarted on it, so the database stays reachable."""
+    if (cert is None) != (key is None):
+        raise InvalidInput("give --cert and --key together")
+    pgdata = home / "pgdata"
+    embedded_url(home)  # running, with passwords required, before any TCP opens
+    previous = load_listen(home)
+    info = postmaster(pgdata)
+    running = running_listen(pgdata, info)[0] if info is not None else None
+    if listen is not None and listen != running:
+        check_address_free(listen)
+    if ((listen is not None and not listen.loopback) or cert is not None) and not tls_supported():
+        raise InvalidInput(
+            "the bundled PostgreSQL is built without TLS, and passwords and rows would cross the network in the"
+            f" clear: listen on 127.0.0.1:{listen.port if listen else 5433} and reach it through an SSH tunnel"
+            " (ssh -L PORT:127.0.0.1:PORT HOST), or use a server with TLS through IMAGEDB_DATABASE_URL"
+        )
+    if cert is not None and key is not None:
+        install_certificate(pgdata, cert, key)
+        if listen is not None and listen == running and not listen.loopback:
+            restart_for_certificate(pgdata, listen, info)
+    save_listen(home, listen)
+    try:
+        embedded_url(home)
+    except DatabaseUnavailable as exc:
+        save_listen(home, previous)
+        embedded_url(home)  # back as it was; if even that fails, its own message says why
+        reason = str(exc).split(" (free the address")[0]
+        raise DatabaseUnavailable(f"{reason}; the server listens as before ({previous or 'Unix socket only'})") from exc
+    _tell_replicas(home)
+    return listen
+
+
+def _tell_replicas(home: Path) -> None:
+    """The socket is named after the port, so a new port moves it: running replicas are pointed at it."""
+    for folder in registered(home):
+        if postmaster(folder / "pgdata") is not None:
+            embedded_url(folder)  # follows the primary (replica.follow_primary)
+
+
+def stop_embedded(home: Path) -> bool:
+    """Stop the embedded server under `home`; False when none was running."""
+    return stop(home / "pgdata")
