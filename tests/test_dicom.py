@@ -329,7 +329,7 @@ def _series(source: Path, folder: Path, prefix: str, count: int, seed: int) -> N
 def test_slices_of_one_series_find_each_other_first(store: Store, tiny_model: str, tmp_path: Path) -> None:
     # What the tiny random model can show: slices that are windowed alike and differ a little (here: noise) are
     # nearest to each other, before other series and modalities. Real series, whose slices differ by anatomy,
-    # need a trained model (README, Medical images): the wheel's 16 x 16 DICOMDIR slices do not even group in
+    # need a trained model (docs/dicom.md, Models): the wheel's 16 x 16 DICOMDIR slices do not even group in
     # pixel space, so they serve as distractors only.
     _series(Path(DATA_ROOT, "test_files", "CT_small.dcm"), tmp_path, "ct", 4, seed=1)
     _series(Path(DATA_ROOT, "test_files", "MR_small.dcm"), tmp_path, "mr", 4, seed=2)

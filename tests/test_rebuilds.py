@@ -151,7 +151,7 @@ def test_rebuild_changes_parameters_keeps_the_name_and_resets_the_session(store:
     store.index.rebuild_indexes(m=8, ef_construction=32)
     assert store.index.hnsw_params(collection.model_id) == HnswParams(8, 32)
     assert store.conn.execute("SHOW maintenance_work_mem").fetchone()[0] == "100MB"
-    # The index the planner uses is the new one, under the name the README and EXPLAIN show.
+    # The index the planner uses is the new one, under the name docs/sql.md and EXPLAIN show.
     query = np.ones(32, dtype=np.float32)
     assert f"Index Scan using {hnsw_index_name(collection.model_id)}" in store.search.explain_nearest(
         collection, query, 10

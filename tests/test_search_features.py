@@ -314,7 +314,7 @@ def test_an_unknown_format_filter_is_refused(store: Store, photos: Path, tiny_mo
 
 
 def test_imagedb_nearest_refuses_a_null_or_zero_query_vector(store: Store, library: Path) -> None:
-    """The README's recipe, a text's cached vector as the query, gives NULL for a text never embedded: that must be
+    """docs/sql.md's recipe, a text's cached vector as the query, gives NULL for a text never embedded: that must be
     one readable error, not k arbitrary images with a NULL score (nor NaN scores for a zero vector). Found from
     outside, as a BI user."""
     import psycopg
