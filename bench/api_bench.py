@@ -11,18 +11,14 @@ baseline of the bare SQL nearest-neighbour query from Python.
 from __future__ import annotations
 
 import argparse
-import json
-import statistics
 import tempfile
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+from common import image_record, median_ms, random_clip_checkpoint, write_results
 from fastapi.testclient import TestClient
-from ingest_bench import _checkpoint
 from PIL import Image
-from results_dir import RESULTS
 
 from imagedb import embed
 from imagedb.api import create_app
@@ -30,17 +26,7 @@ from imagedb.embed import ModelSpec
 from imagedb.images import make_thumbnail
 from imagedb.pg.database import open_connection
 from imagedb.pg.embedded import stop_embedded
-from imagedb.store import ImageRecord, Store
-
-
-def _ms(fn, repeat: int = 30) -> float:  # type: ignore[no-untyped-def]
-    fn()
-    times = []
-    for _ in range(repeat):
-        started = time.perf_counter()
-        fn()
-        times.append(1000 * (time.perf_counter() - started))
-    return statistics.median(times)
+from imagedb.store import Store
 
 
 def main() -> None:
@@ -48,7 +34,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=10_000)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="imagedb-api-bench-"))
-    spec = ModelSpec.parse(_checkpoint(work))
+    spec = ModelSpec.parse(random_clip_checkpoint(work))
     dim = embed.load(spec).dim
     store = Store(open_connection(None, work / "home"))
     collection = store.models.create_collection("default", store.models.ensure_model(spec.name, spec.pretrained, dim))
@@ -58,22 +44,15 @@ def main() -> None:
     now = datetime.now(timezone.utc)
     for start in range(0, args.n, 1000):
         records = [
-            ImageRecord(
+            image_record(
                 f"/bench/{i:06d}.jpg",
                 f"{i:064x}",
-                1,
                 now,
-                256,
-                192,
-                "JPEG",
-                None,
-                None,
-                None,
-                None,
-                {},
-                thumb,
-                size,
-                "0" * 64,
+                width=256,
+                height=192,
+                thumbnail=thumb,
+                thumbnail_size=size,
+                dhash="0" * 64,
             )
             for i in range(start, min(start + 1000, args.n))
         ]
@@ -81,30 +60,30 @@ def main() -> None:
         store.images.write_batch(collection.id, collection.model_id, run, records, list(vectors), [])
     store.images.finish_run(run, args.n, 0, 0, 0)
     query = rng.standard_normal(dim).astype(np.float32)
-    bare = _ms(lambda: store.search.nearest(collection, query, 48, 100))
+    bare = median_ms(lambda: store.search.nearest(collection, query, 48, 100))
     client = TestClient(create_app(None, work / "home"), base_url="http://localhost")  # a loopback Host: no token
     timings = {
         "bare SQL nearest query (48 rows, ef_search 100)": bare,
-        "GET /api/search?q=a dog on a beach (text encoder + query)": _ms(
+        "GET /api/search?q=a dog on a beach (text encoder + query)": median_ms(
             lambda: client.get("/api/search", params={"q": "a dog on a beach", "limit": 48}).raise_for_status()
         ),
-        "GET /api/images/1/similar": _ms(
+        "GET /api/images/1/similar": median_ms(
             lambda: client.get("/api/images/1/similar", params={"limit": 48}).raise_for_status()
         ),
-        "GET /api/search with a date filter": _ms(
+        "GET /api/search with a date filter": median_ms(
             lambda: client.get(
                 "/api/search", params={"q": "id:1", "limit": 48, "after": "2020-01-01T00:00:00"}
             ).raise_for_status()
         ),
-        "GET /api/images/1/thumbnail": _ms(lambda: client.get("/api/images/1/thumbnail").raise_for_status()),
-        "GET /api/images/1": _ms(lambda: client.get("/api/images/1").raise_for_status()),
+        "GET /api/images/1/thumbnail": median_ms(lambda: client.get("/api/images/1/thumbnail").raise_for_status()),
+        "GET /api/images/1": median_ms(lambda: client.get("/api/images/1").raise_for_status()),
     }
     store.close()
     stop_embedded(work / "home")
     print(f"median latency over 30 requests, {args.n:,} images, 2 cores")
     for name, ms in timings.items():
         print(f"  {ms:>8.1f} ms  {name}")
-    (RESULTS / "api.json").write_text(json.dumps({"n": args.n, "median_ms": timings}))
+    write_results("api.json", {"n": args.n, "median_ms": timings})
 
 
 if __name__ == "__main__":

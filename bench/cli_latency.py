@@ -12,17 +12,14 @@ images, the embedded server already running.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from ingest_bench import _checkpoint, _images
-from results_dir import RESULTS
+from common import photo_files, random_clip_checkpoint, timed_process, write_results
 
 from imagedb.embed import ModelSpec
 from imagedb.ingest import ingest
@@ -41,8 +38,8 @@ def main() -> None:
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="imagedb-cli-bench-"))
     (work / "photos").mkdir()
-    _images(work / "photos", 8)
-    spec = ModelSpec.parse(_checkpoint(work))
+    photo_files(work / "photos", 8)
+    spec = ModelSpec.parse(random_clip_checkpoint(work))
     home = work / "home"
     store = Store(open_connection(None, home))
     ingest(store, [work / "photos"], model=spec)
@@ -52,9 +49,7 @@ def main() -> None:
     env.pop("IMAGEDB_DATABASE_URL", None)
 
     def timed(text: str) -> float:
-        started = time.perf_counter()
-        subprocess.run([str(executable), "search", text], env=env, check=True, capture_output=True)
-        return time.perf_counter() - started
+        return timed_process([str(executable), "search", text], env)[0]
 
     shell = [timed(f"{QUERY} {n}") for n in range(args.runs)]  # a new text each time: the model loads
     cached = [timed(f"{QUERY} 0") for _ in range(args.runs)]  # embedded before: read from the cache
@@ -85,7 +80,7 @@ def main() -> None:
     print(f"  {result['cli_cached_text_median_s']:>8.2f} s   the same, a text searched before (no model)")
     print(f"  {result['warm_process_median_ms']:>8.1f} ms  a new text in a warm process (as `imagedb serve`)")
     print(f"  {result['warm_process_cached_text_median_ms']:>8.1f} ms  a text searched before, in a warm process")
-    (RESULTS / "cli_latency.json").write_text(json.dumps(result, indent=1))
+    write_results("cli_latency.json", result)
 
 
 if __name__ == "__main__":

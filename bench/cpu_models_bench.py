@@ -15,13 +15,12 @@ vectors to the reference's (mean and minimum over the batch). A mode is acceptab
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from contextlib import nullcontext
 
 import numpy as np
 import torch
-from results_dir import RESULTS
+from common import write_results
 
 # (model, pretrained tag whose accuracy is quoted, ImageNet-1k zero-shot top-1 %, source)
 PUBLISHED = {
@@ -170,9 +169,7 @@ def main() -> None:
     table = models_table(args.models, args.rounds)
     print("\nViT-B-32 numeric modes (cosine to the fp32 reference's vectors; median of interleaved rounds)")
     modes = modes_table(args.rounds)
-    (RESULTS / "cpu_models.json").write_text(
-        json.dumps({"torch": torch.__version__, "batch": BATCH, "models": table, "modes": modes}, indent=1)
-    )
+    write_results("cpu_models.json", {"torch": torch.__version__, "batch": BATCH, "models": table, "modes": modes})
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from results_dir import RESULTS
+from common import write_results
 
 SIDE = 9000
 
@@ -114,7 +114,7 @@ def main() -> None:
             before, after = measure("before", files), measure("after", files)
             results[name] = {"before_mb": before, "after_mb": after}
             print(f"{name:16} {before:10.1f} {after:10.1f}")
-    (RESULTS / "decode_memory.json").write_text(json.dumps(results, indent=2) + "\n")
+    write_results("decode_memory.json", results)
 
 
 if __name__ == "__main__":

@@ -11,76 +11,23 @@ eight orientations and takes the nearest, as `imagedb watch` does.
 
 from __future__ import annotations
 
-import json
 import sys
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import skimage.data
-from PIL import Image, ImageDraw, ImageEnhance, ImageFont, ImageOps
-from results_dir import RESULTS
+from common import SKIMAGE_PHOTOS, copy_transforms, write_results
+from PIL import Image
 
 from imagedb.dupes import watch_hashes
 from imagedb.images import decode
 
-# Every photograph scikit-image ships without a download (chelsea and cat are the same picture). Its synthetic
-# graphics are left out: the Shepp-Logan phantom, nearly black and symmetric, has no stable hash.
-PHOTOS = [
-    "astronaut",
-    "brick",
-    "camera",
-    "chelsea",
-    "clock",
-    "coffee",
-    "coins",
-    "grass",
-    "gravel",
-    "horse",
-    "hubble_deep_field",
-    "immunohistochemistry",
-    "moon",
-    "page",
-    "retina",
-    "rocket",
-    "text",
-    "cell",
-    "microaneurysms",
-]
+PHOTOS = SKIMAGE_PHOTOS
+TRANSFORMS = copy_transforms()
 THRESHOLDS = [4, 6, 8, 10, 12, 14, 16]
 # The copies the default must catch: recall >= 0.95 at precision >= 0.99.
 REQUIRED = ["resize 50%", "resize 25%", "JPEG quality 30", "brightness +20%", "brightness -20%", "text watermark"]
-
-
-def _watermark(image: Image.Image) -> Image.Image:
-    marked = image.convert("RGBA")
-    layer = Image.new("RGBA", marked.size, (0, 0, 0, 0))
-    draw = ImageDraw.Draw(layer)
-    font = ImageFont.load_default(size=max(12, marked.width // 12))
-    draw.text((marked.width * 0.05, marked.height * 0.8), "© imagedb 2026", font=font, fill=(255, 255, 255, 160))
-    return Image.alpha_composite(marked, layer).convert("RGB")
-
-
-def _crop(image: Image.Image) -> Image.Image:
-    w, h = image.size  # 10% of the area gone: 5% from each side, about
-    dx, dy = int(w * 0.026), int(h * 0.026)
-    return image.crop((dx, dy, w - dx, h - dy))
-
-
-TRANSFORMS: dict[str, tuple[Callable[[Image.Image], Image.Image], int]] = {
-    # name: (transform, JPEG quality of the copy)
-    "resize 50%": (lambda im: im.resize((im.width // 2, im.height // 2), Image.Resampling.LANCZOS), 90),
-    "resize 25%": (lambda im: im.resize((im.width // 4, im.height // 4), Image.Resampling.LANCZOS), 90),
-    "JPEG quality 30": (lambda im: im, 30),
-    "brightness +20%": (lambda im: ImageEnhance.Brightness(im).enhance(1.2), 90),
-    "brightness -20%": (lambda im: ImageEnhance.Brightness(im).enhance(0.8), 90),
-    "text watermark": (_watermark, 90),
-    "crop 10%": (_crop, 90),
-    "grayscale": (lambda im: ImageOps.grayscale(im).convert("RGB"), 90),
-    "horizontal flip": (lambda im: im.transpose(Image.Transpose.FLIP_LEFT_RIGHT), 90),
-    "rotate 90°": (lambda im: im.transpose(Image.Transpose.ROTATE_90), 90),
-}
 
 
 # Bursts are not copies: two frames of one scene, the camera moved between them. Each photo gives two crops of
@@ -165,9 +112,8 @@ def main() -> None:
                     }
                 )
     burst_rows = bursts(folder)
-    out = RESULTS / "dupes_quality.json"
-    out.write_text(
-        json.dumps({"photos": PHOTOS, "thresholds": THRESHOLDS, "results": results, "bursts": burst_rows}, indent=1)
+    out = write_results(
+        "dupes_quality.json", {"photos": PHOTOS, "thresholds": THRESHOLDS, "results": results, "bursts": burst_rows}
     )
     _print_table(results)
     print("\nbursts (two frames of one scene, not copies): share of pairs within max distance\n")

@@ -12,21 +12,18 @@ exactly with numpy over all pairs, on a subsample, scaled by n^2 to N.
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
-from results_dir import RESULTS
+from common import DIM, image_record, write_results
 
 from imagedb.dupes import find_duplicates
 from imagedb.pg.database import open_connection
 from imagedb.pg.embedded import stop_embedded
-from imagedb.store import ImageRecord, Store
-
-DIM = 512
+from imagedb.store import Store
 
 
 def _data(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -52,23 +49,7 @@ def _load(store: Store, bits: np.ndarray, vectors: np.ndarray) -> None:
     for start in range(0, len(bits), 2000):
         stop = min(start + 2000, len(bits))
         records = [
-            ImageRecord(
-                path=f"/bench/{i:07d}.jpg",
-                sha256=f"{i:064x}",
-                size_bytes=1,
-                mtime=now,
-                width=1,
-                height=1,
-                format="JPEG",
-                taken_at=None,
-                camera_make=None,
-                camera_model=None,
-                orientation=None,
-                exif={},
-                thumbnail=b"",
-                thumbnail_size=(1, 1),
-                dhash="".join(map(str, bits[i])),
-            )
+            image_record(f"/bench/{i:07d}.jpg", f"{i:064x}", now, dhash="".join(map(str, bits[i])))
             for i in range(start, stop)
         ]
         store.images.write_batch(collection.id, model_id, run, records, list(vectors[start:stop]), [])
@@ -118,8 +99,7 @@ def main() -> None:
         " scaled by n^2)"
     )
     print(f"groups found: hash {rows['hash_groups']}, clip {rows['clip_groups']} (planted: {args.n // 20})")
-    out = RESULTS / "dupes_scale.json"
-    out.write_text(json.dumps(rows, indent=1))
+    write_results("dupes_scale.json", rows)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ beside numpy (float32 matrix-vector product + argpartition) and a memory-bandwid
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import tempfile
 import time
@@ -23,15 +22,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+from common import DIM, K, image_record, search_set, write_results
 from pgvector import HalfVector
-from results_dir import RESULTS
-from scale_bench import _data
 
 from imagedb.pg.database import open_connection
 from imagedb.pg.embedded import stop_embedded
-from imagedb.store import ImageRecord, Store
-
-DIM, K = 512, 10
+from imagedb.store import Store
 
 VARIANTS = {
     "cosine <=>": "SELECT e.image_id FROM embeddings e WHERE e.model_id = %(m)s"
@@ -64,25 +60,7 @@ def _load(store: Store, data: np.ndarray) -> int:
     now = datetime.now(timezone.utc)
     for start in range(0, len(data), 5000):
         stop = min(start + 5000, len(data))
-        records = [
-            ImageRecord(
-                path=f"/x/{i}.jpg",
-                sha256=f"{i:064x}",
-                size_bytes=1,
-                mtime=now,
-                width=1,
-                height=1,
-                format="JPEG",
-                taken_at=None,
-                camera_make=None,
-                camera_model=None,
-                orientation=None,
-                exif={},
-                thumbnail=b"",
-                thumbnail_size=(1, 1),
-            )  # fmt: skip
-            for i in range(start, stop)
-        ]
+        records = [image_record(f"/x/{i}.jpg", f"{i:064x}", now) for i in range(start, stop)]
         store.images.write_batch(collection.id, model_id, run_id, records, list(data[start:stop]), [])
     store.conn.execute("VACUUM ANALYZE embeddings")
     return model_id
@@ -92,7 +70,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--n", type=int, default=100_000)
     args = parser.parse_args()
-    data, queries, _ = _data(args.n, 0.6, np.random.default_rng(0))
+    data, queries, _ = search_set(args.n, 0.6, np.random.default_rng(0))
     home = Path(tempfile.mkdtemp(prefix="imagedb-exact-bench-"))
     store = Store(open_connection(None, home))
     model_id = _load(store, data)
@@ -135,9 +113,7 @@ def main() -> None:
     bandwidth = 2 * data.nbytes * 5 / (time.perf_counter() - started)
     floor = 1000 * data.nbytes / 2 / bandwidth
     print(f"  numpy exact (float32) {numpy_ms:.2f} ms; memory floor for halfvec {floor:.2f} ms")
-    (RESULTS / "exact.json").write_text(
-        json.dumps({"n": args.n, "variants": rows, "numpy_ms": numpy_ms, "halfvec_floor_ms": floor}, indent=1)
-    )
+    write_results("exact.json", {"n": args.n, "variants": rows, "numpy_ms": numpy_ms, "halfvec_floor_ms": floor})
 
 
 if __name__ == "__main__":

@@ -11,7 +11,10 @@
 #
 # It prints model-only vs end-to-end images/s (goal: end to end >= 0.85 of the model and >= 2,000 images/s) and
 # where the pipeline stalls: decoding alone with the thread pool, the store's writes alone into an indexed model,
-# and the model alone. Results go to $OUT (the device tool's folder) when set, else bench/results/.
+# and the model alone. Results go to $OUT (the device tool's folder) when set, else bench/results/: ingest_cuda.json
+# (with the "meta" block of bench/common.py) and ingest_gpu.txt (its first line the same facts). A tree copied
+# without its .git records no commit: name it, e.g. IMAGEDB_BENCH_COMMIT=$(git rev-parse --short HEAD) written
+# into the device command here.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -51,4 +54,7 @@ cd bench
 # More options (after IMAGES and BATCH) replace the default measurements, e.g. --naive-images 64 for a short run.
 MORE=("${@:3}")
 [[ ${#MORE[@]} -gt 0 ]] || MORE=(--naive-images 256 --incremental 4096 --breakdown)
-python3 ingest_bench.py --images "$IMAGES" --unique 512 --batch-size "$BATCH" "${MORE[@]}" | tee "$IMAGEDB_BENCH_RESULTS/ingest_gpu.txt"
+{
+  python3 common.py --header
+  python3 ingest_bench.py --images "$IMAGES" --unique 512 --batch-size "$BATCH" "${MORE[@]}"
+} | tee "$IMAGEDB_BENCH_RESULTS/ingest_gpu.txt"

@@ -11,14 +11,13 @@ turn (max_parallel_maintenance_workers 1: the leader and one worker, the two cor
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-from results_dir import RESULTS
-from scale_bench import DIM, EFS, _data, _truth, filtered, load, sweep
+from common import DIM, RESULTS, exact_top_k, search_set, write_results
+from scale_bench import EFS, filtered, load, sweep
 
 from imagedb.pg.database import open_connection
 from imagedb.pg.embedded import stop_embedded
@@ -37,8 +36,8 @@ def main() -> None:
     graphs = [HnswParams(*map(int, g.split("x"))) for g in args.graphs]
     home = Path(tempfile.mkdtemp(prefix="imagedb-graph-bench-"))
     store = Store(open_connection(None, home))
-    data, image_q, text_q = _data(args.n, 0.6, np.random.default_rng(0))
-    truths = {"image": _truth(data, image_q), "text": _truth(data, text_q)}
+    data, image_q, text_q = search_set(args.n, 0.6, np.random.default_rng(0))
+    truths = {"image": exact_top_k(data, image_q), "text": exact_top_k(data, text_q)}
     store.conn.execute("SELECT set_config('maintenance_work_mem', %s, false)", (args.build_memory,))
     (collection, first), loaded = load(store, "graphs", data, graphs[0])
     result: dict[str, object] = {"n": args.n, "dim": DIM, "build_memory": args.build_memory, "load": loaded}
@@ -62,7 +61,7 @@ def main() -> None:
         if args.filtered:
             runs[-1]["filtered"] = filtered(store, collection, first, data, image_q)
         result["runs"] = runs
-        (RESULTS / f"graph_{args.n}{args.tag}.json").write_text(json.dumps(result, indent=1, default=float))
+        write_results(f"graph_{args.n}{args.tag}.json", result)
     store.close()
     stop_embedded(home)
     plot(result, RESULTS / f"graph_{args.n}{args.tag}.png")

@@ -16,15 +16,23 @@ recall is then measured on the 200 held-out queries at that ef_search and at fix
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-from results_dir import RESULTS
-from vectors_bench import DIM, _connect, _copy, _data, _exact, _recall, _server_ms
+from common import (
+    DIM,
+    clustered_vectors,
+    connect,
+    copy_vectors,
+    exact_top_k,
+    isotropic_vectors,
+    recall_at_k,
+    server_ms,
+    write_results,
+)
 
 from imagedb.pg.database import open_connection, resolve_url
 from imagedb.pg.embedded import stop_embedded
@@ -34,20 +42,20 @@ TARGET = 0.95
 TUNING_QUERIES = 100
 
 
-def _held_out_recall(url: str, queries: np.ndarray, truth: np.ndarray, ef: int) -> float:
+def _held_out_recall(url: str, queries: np.ndarray, truth: list[list[int]], ef: int) -> float:
     from pgvector import HalfVector
 
-    conn = _connect(url)
+    conn = connect(url)
     conn.execute(f"SET hnsw.ef_search = {ef}; SET hnsw.iterative_scan = relaxed_order")
     found = [
         [r[0] for r in conn.execute("SELECT id FROM g ORDER BY embedding <=> %s LIMIT 10", (HalfVector(q),))]
         for q in queries
     ]
     conn.close()
-    return _recall(found, truth)
+    return recall_at_k(found, truth)
 
 
-def _tuned(url: str, data: np.ndarray, queries: np.ndarray, truth: np.ndarray) -> dict[str, object]:
+def _tuned(url: str, data: np.ndarray, queries: np.ndarray, truth: list[list[int]]) -> dict[str, object]:
     """The ef_search `imagedb tune` would choose on this table, and held-out recall there and at fixed values."""
     from pgvector import HalfVector
 
@@ -56,14 +64,14 @@ def _tuned(url: str, data: np.ndarray, queries: np.ndarray, truth: np.ndarray) -
     scores = data[picks] @ data.T
     scores[np.arange(len(picks)), picks] = -2.0  # each stored vector's nearest other one
     tuning_queries = held_out_like(data[picks], scores.max(1))
-    tuning_truth = _exact(data, tuning_queries)
-    conn = _connect(url)
+    tuning_truth = exact_top_k(data, tuning_queries)
+    conn = connect(url)
     conn.execute("SET hnsw.iterative_scan = relaxed_order")
 
     def measure(ef: int) -> RecallPoint:
         conn.execute(f"SET hnsw.ef_search = {ef}")
         found, times = 0, []
-        for q, expected in zip(tuning_queries, tuning_truth.tolist(), strict=True):
+        for q, expected in zip(tuning_queries, tuning_truth, strict=True):
             started = time.perf_counter()
             rows = conn.execute("SELECT id FROM g ORDER BY embedding <=> %s LIMIT 10", (HalfVector(q),)).fetchall()
             times.append((time.perf_counter() - started) * 1000)
@@ -87,17 +95,15 @@ def _tuned(url: str, data: np.ndarray, queries: np.ndarray, truth: np.ndarray) -
     return row
 
 
-def _isotropic(n: int, queries: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    points = rng.standard_normal((n + queries, DIM)).astype(np.float32)
-    points /= np.linalg.norm(points, axis=1, keepdims=True)
-    return points[:n], points[n:]
+def _split(points: np.ndarray, queries: int) -> tuple[np.ndarray, np.ndarray]:
+    return points[:-queries], points[-queries:]
 
 
 def _measure(url: str, name: str, data: np.ndarray, queries: np.ndarray, tune: bool = False) -> dict[str, object]:
-    conn = _connect(url)
+    conn = connect(url)
     conn.execute("SET maintenance_work_mem = '2GB'; SET max_parallel_maintenance_workers = 1")
     conn.execute(f"DROP TABLE IF EXISTS g; CREATE TABLE g (id int, embedding halfvec({DIM}))")
-    copy_rate = _copy(conn, "g", "halfvec", data)
+    copy_rate = copy_vectors(conn, "g", "halfvec", data)
     started = time.perf_counter()
     conn.execute(
         "CREATE INDEX g_idx ON g USING hnsw (embedding halfvec_cosine_ops) WITH (m = 16, ef_construction = 64)"
@@ -105,7 +111,7 @@ def _measure(url: str, name: str, data: np.ndarray, queries: np.ndarray, tune: b
     build = time.perf_counter() - started
     size = conn.execute("SELECT pg_relation_size('g_idx')").fetchone()[0]  # type: ignore[index]
     conn.close()
-    truth = _exact(data, queries)
+    truth = exact_top_k(data, queries)
     row: dict[str, object] = {
         "data": name,
         "n": len(data),
@@ -115,7 +121,7 @@ def _measure(url: str, name: str, data: np.ndarray, queries: np.ndarray, tune: b
     }
     for ef in (40, 160):
         found = []
-        check = _connect(url)
+        check = connect(url)
         check.execute(f"SET hnsw.ef_search = {ef}")
         from pgvector import HalfVector
 
@@ -129,8 +135,8 @@ def _measure(url: str, name: str, data: np.ndarray, queries: np.ndarray, tune: b
                 ]
             )
         check.close()
-        row[f"recall_ef{ef}"] = _recall(found, truth)
-        row[f"server_p50_ms_ef{ef}"] = statistics.median(_server_ms(url, "g", "halfvec", queries[:50], ef))
+        row[f"recall_ef{ef}"] = recall_at_k(found, truth)
+        row[f"server_p50_ms_ef{ef}"] = statistics.median(server_ms(url, "g", "halfvec", queries[:50], ef))
     print(
         f"{name:<10} {len(data):>8,} {build:>8.1f} s {size / 1e6:>7.0f} MB"
         f"  ef40: recall {row['recall_ef40']:.3f} p50 {row['server_p50_ms_ef40']:.2f} ms"
@@ -153,11 +159,15 @@ def main() -> None:
     print(f"{'data':<10} {'vectors':>8} {'build':>10} {'index':>10}")
     rows = []
     if not args.no_isotropic:
-        rows.append(_measure(url, "isotropic", *_isotropic(args.sizes[0], 200, np.random.default_rng(1))))
+        rows.append(
+            _measure(url, "isotropic", *_split(isotropic_vectors(args.sizes[0] + 200, np.random.default_rng(1)), 200))
+        )
     for n in args.sizes:
-        rows.append(_measure(url, "clustered", *_data(n, 200, np.random.default_rng(0)), tune=True))
+        rows.append(
+            _measure(url, "clustered", *_split(clustered_vectors(n + 200, np.random.default_rng(0)), 200), tune=True)
+        )
     stop_embedded(home)
-    (RESULTS / ("growth_tuned.json" if args.no_isotropic else "growth.json")).write_text(json.dumps(rows, indent=1))
+    write_results("growth_tuned.json" if args.no_isotropic else "growth.json", rows)
 
 
 if __name__ == "__main__":

@@ -13,15 +13,19 @@ With --breakdown (bench/gpu_ingest.sh uses it), where the pipeline stalls: each 
 - store: Store.write_batch of ready vectors (batch size as given) into a model that already has its HNSW index;
 the slowest of model, decode and store bounds the end-to-end rate.
 
-    python bench/ingest_bench.py [--images 96] [--batch-size 32] [--breakdown]
+With --precisions default fp32 (run_all.sh uses it), the whole measurement runs once per IMAGEDB_EMBED_PRECISION,
+each in a fresh child process, and ingest.json holds each run under its numeric mode (bf16_autocast, fp32, ...).
+
+    python bench/ingest_bench.py [--images 96] [--batch-size 32] [--breakdown] [--precisions default fp32]
 """
 
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
+import subprocess
+import sys
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
@@ -29,10 +33,9 @@ from pathlib import Path
 
 import numpy as np
 import psycopg
-import skimage.data
+from common import image_record, photo_files, random_clip_checkpoint, search_set, write_results
 from pgvector import HalfVector
 from PIL import Image
-from results_dir import RESULTS
 
 from imagedb import embed
 from imagedb.embed import ModelSpec
@@ -40,47 +43,6 @@ from imagedb.ingest import ingest
 from imagedb.pg.database import open_connection, resolve_url
 from imagedb.pg.embedded import stop_embedded
 from imagedb.store import Store
-
-PHOTOS = ["astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "immunohistochemistry", "retina"]
-
-
-def _photo(args: tuple[int, Path]) -> bytes:
-    """One camera-like JPEG: a scikit-image photograph resized to 1600-2400 x 1200-1800, turned, tinted."""
-    i, folder = args
-    rng = np.random.default_rng(i)
-    image = Image.fromarray(getattr(skimage.data, PHOTOS[i % len(PHOTOS)])()).convert("RGB")
-    size = (int(rng.integers(1600, 2400)), int(rng.integers(1200, 1800)))
-    big = image.resize(size).rotate(float(rng.uniform(-3, 3)))
-    tint = Image.new("RGB", size, tuple(int(v) for v in rng.integers(0, 40, 3)))
-    out = io.BytesIO()
-    Image.blend(big, tint, 0.1).save(out, format="JPEG", quality=90)
-    return out.getvalue()
-
-
-def _images(folder: Path, count: int, unique: int | None = None) -> list[Path]:
-    """`count` different files: `unique` photographs made in parallel, the rest copies of them with a few bytes
-    after the JPEG's end marker (decoders ignore them, the SHA-256 differs, so no vector is reused) - the same
-    decoding work as distinct photos, without minutes of making thousands of them."""
-    unique = min(count, unique or count)
-    with ProcessPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-        photos = list(pool.map(_photo, [(i, folder) for i in range(unique)]))
-    paths = []
-    for i in range(count):
-        path = folder / f"photo_{i:05d}.jpg"
-        path.write_bytes(photos[i % unique] + (b"" if i < unique else i.to_bytes(8, "little")))
-        paths.append(path)
-    return paths
-
-
-def _checkpoint(folder: Path) -> str:
-    import open_clip
-    import torch
-
-    torch.manual_seed(0)
-    model = open_clip.create_model("ViT-B-32", pretrained=None)
-    path = folder / "vit-b-32-random.pt"
-    torch.save({"state_dict": model.state_dict()}, path)
-    return f"ViT-B-32:{path}"
 
 
 def main() -> None:
@@ -93,13 +55,20 @@ def main() -> None:
         "--incremental", type=int, default=0, help="then this many more files into the indexed collection"
     )
     parser.add_argument("--breakdown", action="store_true", help="also time decoding and storing alone")
+    parser.add_argument(
+        "--precisions", nargs="+", help="IMAGEDB_EMBED_PRECISION of each run (default: unset), each in a child process"
+    )
+    parser.add_argument("--rows-to", type=Path, help=argparse.SUPPRESS)  # a child of --precisions: its rows, there
     args = parser.parse_args()
+    if args.precisions:
+        _by_precision(args.precisions, _without_precisions(sys.argv[1:]))
+        return
     work = Path(tempfile.mkdtemp(prefix="imagedb-ingest-bench-"))
     (work / "photos").mkdir()
     started = time.perf_counter()
-    files = _images(work / "photos", args.images, args.unique)
+    files = photo_files(work / "photos", args.images, args.unique)
     print(f"{len(files)} files made in {time.perf_counter() - started:.1f} s", flush=True)
-    spec = ModelSpec.parse(_checkpoint(work))
+    spec = ModelSpec.parse(random_clip_checkpoint(work))
     embedder = embed.load(spec)
     store = Store(open_connection(None, work / "home"))
 
@@ -174,8 +143,46 @@ def main() -> None:
         print(f"  {name}: {rate:,.1f}")
     for name, mode in modes.items():
         print(f"  model only, {name}: {mode['images_per_s']:,.1f} i/s, min cosine to fp32 {mode['min_cosine']:.6f}")
-    name = "ingest.json" if str(embedder.device) == "cpu" else f"ingest_{embedder.device}.json"
-    (RESULTS / name).write_text(json.dumps(rows, indent=1))
+    if args.rows_to:
+        args.rows_to.write_text(json.dumps(rows))
+    else:
+        write_results("ingest.json" if str(embedder.device) == "cpu" else f"ingest_{embedder.device}.json", rows)
+
+
+def _without_precisions(argv: list[str]) -> list[str]:
+    """The command line less --precisions and its values: what each child runs."""
+    out, skipping = [], False
+    for arg in argv:
+        if arg == "--precisions" or arg.startswith("--precisions="):
+            skipping = arg == "--precisions"
+        elif skipping and not arg.startswith("-"):
+            continue
+        else:
+            skipping = False
+            out.append(arg)
+    return out
+
+
+def _by_precision(precisions: list[str], arguments: list[str]) -> None:
+    """Each precision's run in a child of its own (as separate runs of this script), its output on ours, and one
+    ingest.json with each run under its numeric mode."""
+    runs: dict[str, object] = {}
+    device = "cpu"
+    with tempfile.TemporaryDirectory() as folder:
+        for precision in precisions:
+            env = dict(os.environ)
+            env.pop(embed.PRECISION_ENV, None)
+            if precision != "default":
+                env[embed.PRECISION_ENV] = precision
+            print(f"== {embed.PRECISION_ENV}={precision if precision != 'default' else '(unset: the default)'} ==",
+                  flush=True)  # fmt: skip
+            rows_to = Path(folder) / f"{precision}.json"
+            subprocess.run([sys.executable, __file__, *arguments, "--rows-to", str(rows_to)], env=env, check=True)
+            rows = json.loads(rows_to.read_text())
+            key = str(rows["numeric_mode"])
+            runs[key if key not in runs else f"{key}, {embed.PRECISION_ENV}={precision}"] = rows
+            device = str(rows["device"])
+    write_results("ingest.json" if device == "cpu" else f"ingest_{device}.json", runs)
 
 
 def _model_only(embedder: embed.Embedder, tensors: list[object], batch_size: int) -> float:
@@ -239,11 +246,8 @@ def _breakdown(store: Store, embedder: embed.Embedder, files: list[Path], batch_
     """Each stage of the pipeline alone: decoding in the ingest's pool, and storing ready vectors."""
     from datetime import datetime, timezone
 
-    from scale_bench import _data
-
     from imagedb.images import decode
     from imagedb.ingest import WRITERS, BatchWriters, _Embedded
-    from imagedb.store import ImageRecord
 
     def prepare(path: Path) -> object:
         decoded = decode(path, keep_gps=False, keep_identifying=False, min_side=224)
@@ -272,7 +276,7 @@ def _breakdown(store: Store, embedder: embed.Embedder, files: list[Path], batch_
     # Clustered unit vectors, like CLIP's (random ones are the worst case of HNSW inserts), into a model whose
     # index exists, one connection after the other and then with ingest's writers.
     count = max(len(files), 4 * batch_size)
-    vectors = _data(count, 0.6, np.random.default_rng(1))[0]
+    vectors = search_set(count, 0.6, np.random.default_rng(1))[0]
     now = datetime.now(timezone.utc)
     rates = {}
     for writers in (1, WRITERS):
@@ -283,22 +287,7 @@ def _breakdown(store: Store, embedder: embed.Embedder, files: list[Path], batch_
         with BatchWriters(store, writers) as pool:
             for start in range(0, count, batch_size):
                 records = [
-                    ImageRecord(
-                        path=f"/b/{i}.jpg",
-                        sha256=f"{i:064x}",
-                        size_bytes=1,
-                        mtime=now,
-                        width=1,
-                        height=1,
-                        format="JPEG",
-                        taken_at=None,
-                        camera_make=None,
-                        camera_model=None,
-                        orientation=None,
-                        exif={},
-                        thumbnail=b"x" * 8000,
-                        thumbnail_size=(1, 1),
-                    )  # fmt: skip
+                    image_record(f"/b/{i}.jpg", f"{i:064x}", now, thumbnail=b"x" * 8000)
                     for i in range(start, min(start + batch_size, count))
                 ]
                 batch = _Embedded(records, list(vectors[start : start + batch_size]), {}, [], set(), len(records))

@@ -16,7 +16,6 @@ Each configuration runs twice and keeps the faster (other work shares the two co
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import threading
 import time
@@ -24,8 +23,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
-from results_dir import RESULTS
-from scale_bench import DIM, _data, load
+from common import DIM, image_record, search_set, write_results
+from scale_bench import load
 
 from imagedb.pg.database import open_connection, resolve_url
 from imagedb.pg.embedded import stop_embedded
@@ -35,25 +34,7 @@ from imagedb.store.index import HnswParams
 
 def _records(prefix: str, start: int, count: int) -> list[ImageRecord]:
     now = datetime.now(timezone.utc)
-    return [
-        ImageRecord(
-            path=f"/{prefix}/{i:07d}.jpg",
-            sha256=f"{prefix}{i:060x}"[-64:],
-            size_bytes=1,
-            mtime=now,
-            width=1,
-            height=1,
-            format="JPEG",
-            taken_at=None,
-            camera_make=None,
-            camera_model=None,
-            orientation=None,
-            exif={},
-            thumbnail=b"",
-            thumbnail_size=(1, 1),
-        )  # fmt: skip
-        for i in range(start, start + count)
-    ]
+    return [image_record(f"/{prefix}/{i:07d}.jpg", f"{prefix}{i:060x}"[-64:], now) for i in range(start, start + count)]
 
 
 def writers(url: str, model_name: str, vectors: np.ndarray, count: int, *, same_collection: bool) -> float:
@@ -146,7 +127,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=100_000)
     parser.add_argument("--rows", type=int, default=2000, help="new rows per measurement")
     args = parser.parse_args()
-    data, _, _ = _data(args.n + args.rows, 0.6, np.random.default_rng(0))
+    data, _, _ = search_set(args.n + args.rows, 0.6, np.random.default_rng(0))
     base, new = data[: args.n], data[args.n :]
     home = Path(tempfile.mkdtemp(prefix="imagedb-insert-bench-"))
     store = Store(open_connection(None, home))
@@ -163,9 +144,7 @@ def main() -> None:
     print(f"  m 16, ef_construction 32 (rebuilt in {rebuild:.1f} s): 1 writer: {rate:,.0f} rows/s", flush=True)
     store.close()
     stop_embedded(home)
-    (RESULTS / f"insert_{args.n}.json").write_text(
-        json.dumps({"n": args.n, "rows": args.rows, "results": rows}, indent=1)
-    )
+    write_results(f"insert_{args.n}.json", {"n": args.n, "rows": args.rows, "results": rows})
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ from 2 s before the rebuild until the standby has replayed it; a third samples t
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import subprocess
@@ -26,39 +25,30 @@ from urllib.parse import quote
 
 import numpy as np
 import psycopg
+from common import DIM, clustered_vectors, image_record, write_results
 from psycopg import sql
-from results_dir import RESULTS
 
 from imagedb.pg.cluster import pgserver
 from imagedb.pg.database import open_connection
 from imagedb.pg.embedded import PASSFILE, embedded_url, stop_embedded
-from imagedb.store import ImageRecord, Store
+from imagedb.store import Store
 from imagedb.store.index import DEFAULT_HNSW, _create_sql, hnsw_index_name
-
-DIM = 512
 
 
 def _vectors(n: int, rng: np.random.Generator) -> np.ndarray:
-    centers = rng.standard_normal((max(n // 500, 10), DIM)).astype(np.float32)
-    vectors = centers[rng.integers(0, len(centers), n)] + 0.3 * rng.standard_normal((n, DIM)).astype(np.float32)
-    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
-
-
-def _records(start: int, stop: int, prefix: str) -> list[ImageRecord]:
-    now = datetime.now(timezone.utc)
-    return [
-        ImageRecord(
-            f"/{prefix}/{i:07d}.jpg", f"{prefix}{i:060x}", 1, now, 1, 1, "JPEG", None, None, None, None, {}, b"", (1, 1)
-        )
-        for i in range(start, stop)
-    ]
+    """n unit vectors around n / 500 centres (at least 10), spread 0.3, computed in float32."""
+    return clustered_vectors(n, rng, spread=0.3, centres=max(n // 500, 10), noise_dtype=np.float32)
 
 
 def _load(store: Store, collection_id: int, model_id: int, vectors: np.ndarray, prefix: str, offset: int = 0) -> None:
     run = store.images.start_run(collection_id)
     for start in range(0, len(vectors), 2000):
         stop = min(start + 2000, len(vectors))
-        records = _records(offset + start, offset + stop, prefix)
+        now = datetime.now(timezone.utc)
+        records = [
+            image_record(f"/{prefix}/{i:07d}.jpg", f"{prefix}{i:060x}", now)
+            for i in range(offset + start, offset + stop)
+        ]
         store.images.write_batch(collection_id, model_id, run, records, list(vectors[start:stop]), [])
     store.images.finish_run(run, len(vectors), 0, 0, 0)
 
@@ -292,7 +282,7 @@ def main() -> None:
         f" ({t['concurrent_rebuild_after_s']:.1f} s)"
     )
     print(f"  {t['old_drop_load_build_s']:>7.1f} s  old: drop the index, load, build (no index meanwhile)")
-    (RESULTS / "rebuild.json").write_text(json.dumps(results, indent=1))
+    write_results("rebuild.json", results)
 
 
 if __name__ == "__main__":

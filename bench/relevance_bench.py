@@ -21,25 +21,20 @@ exactly as imagedb.relevance computes it, against a random sample of 1000 of the
 
 from __future__ import annotations
 
-import json
 import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
-from results_dir import RESULTS
+from common import DIM, SKIMAGE_PHOTOS, copy_transforms, unit, write_results
 
 from imagedb.relevance import SAMPLE_SIZE, Baseline
 
-DIM, PAGE = 512, 48
-
-
-def _unit(x: np.ndarray) -> np.ndarray:
-    return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
+PAGE = 48
 
 
 def planted(rng: np.random.Generator) -> tuple[np.ndarray, list[np.ndarray], list[set[int]]]:
-    common = _unit(rng.standard_normal(DIM))
+    common = unit(rng.standard_normal(DIM))
     background_centres = rng.standard_normal((400, DIM))
     parts = [background_centres[rng.integers(0, 400, 20_000)] + 1.0 * rng.standard_normal((20_000, DIM))]
     planted_centres, members = rng.standard_normal((40, DIM)), []
@@ -50,20 +45,18 @@ def planted(rng: np.random.Generator) -> tuple[np.ndarray, list[np.ndarray], lis
         members.append(set(range(start, start + size)))
         start += size
     raw = np.concatenate(parts)
-    vectors = _unit(_unit(raw) * 0.7 + common * 0.7)  # the shared direction: unrelated images score about 0.5
+    vectors = unit(unit(raw) * 0.7 + common * 0.7)  # the shared direction: unrelated images score about 0.5
     queries = []
     for c in range(40):
         match, level = rng.uniform(0.25, 0.6), rng.uniform(0.3, 1.2)  # how well it matches; its score level
-        text = _unit(rng.standard_normal(DIM))
-        queries.append(_unit(match * _unit(planted_centres[c]) + level * common + text))
+        text = unit(rng.standard_normal(DIM))
+        queries.append(unit(match * unit(planted_centres[c]) + level * common + text))
     return vectors, queries, members
 
 
 def photo_copies() -> tuple[np.ndarray, list[np.ndarray], list[set[int]]]:
-    sys.path.insert(0, str(Path(__file__).parent))
     sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))
     import skimage.data
-    from dupes_quality import PHOTOS, TRANSFORMS
     from PIL import Image
 
     from imagedb import embed
@@ -76,20 +69,21 @@ def photo_copies() -> tuple[np.ndarray, list[np.ndarray], list[set[int]]]:
     embedder = embed.load(ModelSpec.parse(make_tiny_model(folder / "model")))
     chosen = ["resize 50%", "JPEG quality 30", "brightness +20%", "brightness -20%", "text watermark", "crop 10%"]
     originals, copies, members = [], [], []
-    for name in PHOTOS:
+    transforms = copy_transforms()
+    for name in SKIMAGE_PHOTOS:
         image = Image.fromarray(getattr(skimage.data, name)()).convert("RGB")
         image.save(folder / f"{name}.png")
         originals.append(embedder.preprocess(decode(folder / f"{name}.png").pixels))
         group = set()
         for transform in chosen:
-            fn, quality = TRANSFORMS[transform]
+            fn, quality = transforms[transform]
             path = folder / f"{name}-{transform.replace(' ', '_').replace('%', '')}.jpg"
             fn(image).save(path, quality=quality)
             group.add(len(copies))
             copies.append(embedder.preprocess(decode(path).pixels))
         members.append(group)
-    vectors = _unit(embedder.encode_images(copies))
-    queries = list(_unit(embedder.encode_images(originals)))
+    vectors = unit(embedder.encode_images(copies))
+    queries = list(unit(embedder.encode_images(originals)))
     return vectors, queries, members
 
 
@@ -143,7 +137,7 @@ def evaluate(name: str, vectors: np.ndarray, queries: list, members: list, split
 def main() -> None:
     rows = evaluate("planted clusters", *planted(np.random.default_rng(0)), split=20)
     rows += evaluate("copies of real photos (random-weight CLIP)", *photo_copies(), split=10)
-    (RESULTS / "relevance.json").write_text(json.dumps(rows, indent=1))
+    write_results("relevance.json", rows)
     print("| data | cutoff (tuned on the first query set) | value | precision | recall | F1 |")
     print("|---|---|---|---|---|---|")
     for r in rows:

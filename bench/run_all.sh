@@ -1,44 +1,72 @@
 #!/usr/bin/env bash
-# Every benchmark, one after the other (the million takes most of it; --quick took 4.5 minutes,
-# its results in a temporary folder).
+# Every benchmark, one after the other: each line writes the results files named in bench/results/README.md.
+# The two millions take most of the time (see their comments); --quick (about 5 minutes on 2 quiet cores) runs
+# every bench at a small size, with its results in a temporary folder, so the committed figures stay as they are.
+#
+# Not here: ingest_cuda.json and ingest_gpu.txt come from bench/gpu_ingest.sh on a machine with an NVIDIA GPU
+# (see that script), not from this CPU run.
+#
+# Each text result starts with a header line (commit, CPU, cores, torch, Python, date: python bench/common.py
+# --header); each JSON result carries the same facts in its "meta" block.
 # Needs the bench extra: pip install -e '.[bench]'
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
 if [[ "${1:-}" == "--quick" ]]; then
   IMAGEDB_BENCH_RESULTS=$(mktemp -d)
-  export IMAGEDB_BENCH_RESULTS
   echo "results in $IMAGEDB_BENCH_RESULTS"
-  python bench/ingest_bench.py --images 32
-  python bench/vectors_bench.py --quick
-  python bench/dupes_quality.py
-  python bench/dupes_scale.py --n 5000 --baseline-n 5000
-  python bench/growth_bench.py --sizes 10000 20000
-  python bench/api_bench.py --n 2000
-  python bench/cli_latency.py --runs 2
-  python bench/text_cache_bench.py --runs 2
-  python bench/decode_memory.py
-  python bench/rebuild_bench.py --n 3000 --threshold-n 500
-  python bench/cpu_models_bench.py --rounds 1 --models ViT-B-32 MobileCLIP-S1
-  python bench/exact_bench.py --n 5000
-  python bench/insert_bench.py --n 3000 --rows 256
-  python bench/scale_bench.py --n 5000 --sets clustered
-  python bench/graph_bench.py --n 5000
+fi
+RESULTS=${IMAGEDB_BENCH_RESULTS:-bench/results}
+export IMAGEDB_BENCH_RESULTS=$RESULTS
+
+# run TEXT_FILE BENCH [ARGS...]: the header line and the bench's output, on screen and into $RESULTS/TEXT_FILE.
+run() {
+  local out=$1
+  shift
+  { python bench/common.py --header; python "$@"; } | tee "$RESULTS/$out"
+}
+
+if [[ "${1:-}" == "--quick" ]]; then
+  run ingest.txt bench/ingest_bench.py --images 32
+  run vectors_quick.txt bench/vectors_bench.py --quick
+  run dupes_quality.md bench/dupes_quality.py
+  run dupes_scale.txt bench/dupes_scale.py --n 5000 --baseline-n 5000
+  run growth.txt bench/growth_bench.py --sizes 10000 20000
+  run growth_tuned.txt bench/growth_bench.py --sizes 10000 --no-isotropic
+  run api.txt bench/api_bench.py --n 2000
+  run cli_latency.txt bench/cli_latency.py --runs 2
+  run text_cache.txt bench/text_cache_bench.py --runs 2
+  run decode_memory.txt bench/decode_memory.py
+  run rebuild.txt bench/rebuild_bench.py --n 3000 --threshold-n 500
+  run cpu_models.txt bench/cpu_models_bench.py --rounds 1 --models ViT-B-32 MobileCLIP-S1
+  run relevance.md bench/relevance_bench.py
+  run exact.txt bench/exact_bench.py --n 5000
+  run insert_3000.txt bench/insert_bench.py --n 3000 --rows 256
+  run scale_5000.txt bench/scale_bench.py --n 5000 --sets clustered
+  run graph_5000.txt bench/graph_bench.py --n 5000
+  run graph_5000_filtered.txt bench/graph_bench.py --n 5000 --graphs 24x128 --filtered --tag _filtered
 else
-  python bench/ingest_bench.py | tee bench/results/ingest.txt
-  python bench/vectors_bench.py --n 100000 | tee bench/results/vectors_100000.txt
-  python bench/dupes_quality.py | tee bench/results/dupes_quality.md
-  python bench/dupes_scale.py --n 100000 | tee bench/results/dupes_scale.txt
-  python bench/growth_bench.py | tee bench/results/growth.txt
-  python bench/api_bench.py | tee bench/results/api.txt
-  python bench/cli_latency.py | tee bench/results/cli_latency.txt
-  python bench/text_cache_bench.py | tee bench/results/text_cache.txt
-  python bench/decode_memory.py | tee bench/results/decode_memory.txt
-  python bench/rebuild_bench.py --n 50000 | tee bench/results/rebuild.txt
-  python bench/cpu_models_bench.py | tee bench/results/cpu_models.txt
-  python bench/exact_bench.py --n 100000 | tee bench/results/exact.txt
-  python bench/insert_bench.py --n 100000 | tee bench/results/insert_100000.txt
+  run ingest.txt bench/ingest_bench.py --precisions default fp32
+  run vectors_100000.txt bench/vectors_bench.py --n 100000
+  run dupes_quality.md bench/dupes_quality.py
+  run dupes_scale.txt bench/dupes_scale.py --n 100000
+  run growth.txt bench/growth_bench.py
+  run growth_tuned.txt bench/growth_bench.py --no-isotropic
+  run api.txt bench/api_bench.py
+  run cli_latency.txt bench/cli_latency.py
+  run text_cache.txt bench/text_cache_bench.py
+  run decode_memory.txt bench/decode_memory.py
+  run rebuild.txt bench/rebuild_bench.py --n 50000
+  run cpu_models.txt bench/cpu_models_bench.py
+  run relevance.md bench/relevance_bench.py
+  run exact.txt bench/exact_bench.py --n 100000
+  run insert_100000.txt bench/insert_bench.py --n 100000
+  # Binary quantisation against halfvec at 100k: the clustered set alone, without hnswlib.
+  run scale_100000.txt bench/scale_bench.py --n 100000 --sets clustered --no-hnswlib
   # The million: about 40 minutes on 2 quiet cores for the clustered set, as long again for the overlapping one.
-  python bench/scale_bench.py --n 1000000 | tee bench/results/scale_1000000.txt
+  run scale_1000000.txt bench/scale_bench.py --n 1000000
   # Denser graphs at a million: 13 minutes on 2 quiet cores.
-  python bench/graph_bench.py --n 1000000 | tee bench/results/graph_1000000.txt
+  run graph_1000000.txt bench/graph_bench.py --n 1000000
+  # The denser graph alone again, with filtered searches (its build alone is about 6 minutes).
+  run graph_1000000_filtered.txt bench/graph_bench.py --n 1000000 --graphs 24x128 --filtered --tag _filtered
 fi

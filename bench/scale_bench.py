@@ -20,7 +20,6 @@ plot to scale_<N>.png.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import tempfile
 import time
@@ -28,48 +27,18 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
-from results_dir import RESULTS
+from common import DIM, RESULTS, K, exact_top_k, image_record, recall_at_k, search_set, write_results
 
 from imagedb.pg.database import open_connection, resolve_url
 from imagedb.pg.embedded import stop_embedded
-from imagedb.store import ImageRecord, Store
+from imagedb.store import Store
 from imagedb.store.index import HnswParams
 from imagedb.store.records import Filters
 from imagedb.store.search import _nearest_query, effective_ef_search
 
-DIM, K, QUERIES, BATCH = 512, 10, 200, 5000
+BATCH = 5000
 EFS = [40, 100, 200, 400]
 RERANKS = [100, 200, 400]
-TEXT_GAP = 1.2  # norm of the fixed image-to-text offset: cosine ~0.64 between a point and its "caption"
-
-
-def _data(n: int, spread: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    centres = rng.standard_normal((1000, DIM)).astype(np.float32)
-    points = np.empty((n + QUERIES, DIM), dtype=np.float32)
-    for start in range(0, n + QUERIES, 100_000):  # in slices: a 1M x 512 float64 temporary would be 4 GB
-        stop = min(start + 100_000, n + QUERIES)
-        block = centres[rng.integers(0, 1000, stop - start)] + spread * rng.standard_normal((stop - start, DIM))
-        points[start:stop] = block / np.linalg.norm(block, axis=1, keepdims=True)
-    gap = rng.standard_normal(DIM).astype(np.float32)
-    gap *= TEXT_GAP / np.linalg.norm(gap)
-    text = points[n:] + gap
-    text /= np.linalg.norm(text, axis=1, keepdims=True)
-    return points[:n], points[n:], text
-
-
-def _truth(data: np.ndarray, queries: np.ndarray, keep: np.ndarray | None = None) -> list[list[int]]:
-    out = []
-    candidates = np.flatnonzero(keep) if keep is not None else None
-    for q in queries:
-        scores = data @ q if candidates is None else data[candidates] @ q
-        top = np.argpartition(-scores, K)[:K]
-        top = top[np.argsort(-scores[top])]
-        out.append((top if candidates is None else candidates[top]).tolist())
-    return out
-
-
-def _recall(found: list[list[int]], truth: list[list[int]]) -> float:
-    return float(np.mean([len(set(f) & set(t)) / K for f, t in zip(found, truth, strict=True)]))
 
 
 def _format(i: int) -> str:
@@ -90,23 +59,7 @@ def load(store: Store, name: str, data: np.ndarray, index: HnswParams | None = N
     for start in range(0, len(data), BATCH):
         stop = min(start + BATCH, len(data))
         records = [
-            ImageRecord(
-                path=f"/{name}/{i:07d}.jpg",
-                sha256=f"{i:064x}",
-                size_bytes=1,
-                mtime=now,
-                width=1,
-                height=1,
-                format=_format(i),
-                taken_at=None,
-                camera_make=None,
-                camera_model=None,
-                orientation=None,
-                exif={},
-                thumbnail=b"",
-                thumbnail_size=(1, 1),
-            )  # fmt: skip
-            for i in range(start, stop)
+            image_record(f"/{name}/{i:07d}.jpg", f"{i:064x}", now, format=_format(i)) for i in range(start, stop)
         ]
         store.images.write_batch(collection.id, model_id, run_id, records, list(data[start:stop]), [])
     loaded = time.perf_counter() - started
@@ -159,7 +112,7 @@ def sweep(store, collection, first, label, image_q, text_q, truths, efs) -> list
                 "index": label,
                 "queries": kind,
                 "ef_search": ef,
-                "recall@10": _recall(found, truths[kind]),
+                "recall@10": recall_at_k(found, truths[kind]),
                 "server_p50_ms": statistics.median(server),
                 "server_p99_ms": float(np.percentile(server, 99)),
             }
@@ -181,13 +134,13 @@ def filtered(store, collection, first, data, image_q) -> list[dict[str, object]]
             if len(data) <= 1000
             else ((positions % 100 == 0) if fmt == "PNG" else (positions % 10 == 1))
         )
-        truth = _truth(data, image_q[:50], keep)
+        truth = exact_top_k(data, image_q[:50], keep)
         for ef in (100, 200):
             found, server = _search(store, collection, first, image_q[:50], ef, Filters(format=fmt))
             row = {
                 "filter_keeps": share,
                 "ef_search": ef,
-                "recall@10": _recall(found, truth),
+                "recall@10": recall_at_k(found, truth),
                 "rows_mean": float(np.mean([len(f) for f in found])),
                 "server_p50_ms": statistics.median(server),
                 "server_p99_ms": float(np.percentile(server, 99)),
@@ -226,7 +179,7 @@ def hnswlib_peer(data: np.ndarray, image_q: np.ndarray, text_q: np.ndarray, trut
                     "index": "hnswlib (in process)",
                     "queries": kind,
                     "ef_search": ef,
-                    "recall@10": _recall(found, truths[kind]),
+                    "recall@10": recall_at_k(found, truths[kind]),
                     "server_p50_ms": statistics.median(latency),
                     "server_p99_ms": float(np.percentile(latency, 99)),
                 }
@@ -243,7 +196,7 @@ def inserts(url: str, collection, rows: int) -> list[dict[str, object]]:  # type
     """Rows/s of new images written into this big index with 1, 2 and 4 writers (see insert_bench.py)."""
     from insert_bench import writers
 
-    extra = _data(rows, 0.6, np.random.default_rng(7))[0]
+    extra = search_set(rows, 0.6, np.random.default_rng(7))[0]
     out = []
     for count in (1, 2, 4):
         rate = writers(url, collection.name, extra, count, same_collection=False)
@@ -262,15 +215,14 @@ def main() -> None:
     home = Path(tempfile.mkdtemp(prefix="imagedb-scale-bench-"))
     store = Store(open_connection(None, home))
     result: dict[str, object] = {"n": args.n, "dim": DIM, "sets": {}}
-    out = RESULTS / f"scale_{args.n}.json"
 
     def save() -> None:
-        out.write_text(json.dumps(result, indent=1, default=float))
+        write_results(f"scale_{args.n}.json", result)
 
     for set_name in args.sets:
         spread = {"clustered": 0.6, "overlapping": 1.8}[set_name]
-        data, image_q, text_q = _data(args.n, spread, np.random.default_rng(0))
-        truths = {"image": _truth(data, image_q), "text": _truth(data, text_q)}
+        data, image_q, text_q = search_set(args.n, spread, np.random.default_rng(0))
+        truths = {"image": exact_top_k(data, image_q), "text": exact_top_k(data, text_q)}
         entry: dict[str, object] = {"spread": spread}
         result["sets"][set_name] = entry  # type: ignore[index]
         print(f"== {set_name}: {args.n:,} x {DIM} ==", flush=True)

@@ -10,17 +10,13 @@ already running. Each first query uses a new text, so none of them is cached.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from ingest_bench import _checkpoint, _images
-from results_dir import RESULTS
+from common import photo_files, random_clip_checkpoint, timed_process, write_results
 
 from imagedb.embed import ModelSpec
 from imagedb.ingest import ingest
@@ -30,9 +26,8 @@ from imagedb.store import Store
 
 
 def _timed(command: list[str], env: dict[str, str]) -> tuple[float, str]:
-    started = time.perf_counter()
-    done = subprocess.run(command, env=env, check=True, capture_output=True, text=True)
-    return time.perf_counter() - started, done.stderr
+    seconds, done = timed_process(command, env, text=True)
+    return seconds, done.stderr
 
 
 def main() -> None:
@@ -41,8 +36,8 @@ def main() -> None:
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="imagedb-text-cache-bench-"))
     (work / "photos").mkdir()
-    _images(work / "photos", 8)
-    spec = ModelSpec.parse(_checkpoint(work))
+    photo_files(work / "photos", 8)
+    spec = ModelSpec.parse(random_clip_checkpoint(work))
     home = work / "home"
     store = Store(open_connection(None, home))
     ingest(store, [work / "photos"], model=spec)
@@ -73,7 +68,7 @@ def main() -> None:
     print(f"`imagedb search TEXT` from the shell, ViT-B-32, {os.cpu_count()} cores, median of {args.runs}:")
     print(f"  {result['first_query_median_s']:>6.2f} s  first time a text is asked (imports torch, loads the model)")
     print(f"  {result['repeated_query_median_s']:>6.2f} s  the same text again (its vector from text_embeddings)")
-    (RESULTS / "text_cache.json").write_text(json.dumps(result, indent=1))
+    write_results("text_cache.json", result)
 
 
 if __name__ == "__main__":

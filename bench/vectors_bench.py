@@ -10,7 +10,6 @@ queries. Exact top-10 by numpy is the ground truth for recall.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import tempfile
 import threading
@@ -19,48 +18,29 @@ from pathlib import Path
 
 import numpy as np
 import psycopg
+from common import (
+    DIM,
+    RESULTS,
+    K,
+    clustered_vectors,
+    connect,
+    copy_vectors,
+    exact_top_k,
+    recall_at_k,
+    server_ms,
+    write_results,
+)
 from pgvector import HalfVector, Vector
-from pgvector.psycopg import register_vector
-from results_dir import RESULTS
 
 from imagedb.pg.database import open_connection, resolve_url
 from imagedb.pg.embedded import stop_embedded
-
-DIM, K = 512, 10
-
-
-def _data(n: int, queries: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    centres = rng.standard_normal((1000, DIM)).astype(np.float32)
-    points = centres[rng.integers(0, 1000, n + queries)] + 0.6 * rng.standard_normal((n + queries, DIM))
-    points = (points / np.linalg.norm(points, axis=1, keepdims=True)).astype(np.float32)
-    return points[:n], points[n:]
-
-
-def _exact(data: np.ndarray, queries: np.ndarray) -> np.ndarray:
-    return np.argsort(-(queries @ data.T), axis=1)[:, :K]
-
-
-def _connect(url: str) -> psycopg.Connection:
-    conn = psycopg.connect(url, autocommit=True)
-    register_vector(conn)
-    return conn
-
-
-def _copy(conn: psycopg.Connection, table: str, kind: str, data: np.ndarray) -> float:
-    wrap = HalfVector if kind == "halfvec" else Vector
-    started = time.perf_counter()
-    with conn.cursor().copy(f"COPY {table} (id, embedding) FROM STDIN WITH (FORMAT BINARY)") as copy:
-        copy.set_types(["integer", kind])
-        for i, v in enumerate(data):
-            copy.write_row((i, wrap(v)))
-    return len(data) / (time.perf_counter() - started)
 
 
 def loading(conn: psycopg.Connection, data: np.ndarray, quick: bool) -> dict[str, float]:
     out = {}
     for kind in ("halfvec", "vector"):
         conn.execute(f"DROP TABLE IF EXISTS load_{kind}; CREATE TABLE load_{kind} (id int, embedding {kind}({DIM}))")
-        out[f"COPY binary, {kind}"] = _copy(conn, f"load_{kind}", kind, data)
+        out[f"COPY binary, {kind}"] = copy_vectors(conn, f"load_{kind}", kind, data)
     sample = data[: 2000 if quick else 10000]
     conn.execute("TRUNCATE load_halfvec")
     started = time.perf_counter()
@@ -83,7 +63,7 @@ def loading(conn: psycopg.Connection, data: np.ndarray, quick: bool) -> dict[str
         f"DROP TABLE IF EXISTS load_idx; CREATE TABLE load_idx (id int, embedding halfvec({DIM}));"
         " CREATE INDEX ON load_idx USING hnsw (embedding halfvec_cosine_ops)"
     )
-    out["COPY binary into a table with its HNSW index (index during load)"] = _copy(
+    out["COPY binary into a table with its HNSW index (index during load)"] = copy_vectors(
         conn, "load_idx", "halfvec", data[: 2000 if quick else 10000]
     )
     return out
@@ -100,7 +80,7 @@ def builds(conn: psycopg.Connection, data: np.ndarray, quick: bool) -> list[dict
         conn.execute(f"DROP TABLE IF EXISTS {table}; CREATE TABLE {table} (id int, embedding {kind}({DIM}))")
         if storage == "PLAIN":
             conn.execute(f"ALTER TABLE {table} ALTER COLUMN embedding SET STORAGE PLAIN")
-        _copy(conn, table, kind, data)
+        copy_vectors(conn, table, kind, data)
         started = time.perf_counter()
         conn.execute(
             f"CREATE INDEX {table}_idx ON {table} USING hnsw (embedding {kind}_cosine_ops)"
@@ -123,7 +103,7 @@ def builds(conn: psycopg.Connection, data: np.ndarray, quick: bool) -> list[dict
 
 
 def _pg_queries(url: str, table: str, kind: str, queries: np.ndarray, ef: int) -> tuple[list[list[int]], list[float]]:
-    conn = _connect(url)
+    conn = connect(url)
     conn.execute(f"SET hnsw.ef_search = {ef}")
     wrap = HalfVector if kind == "halfvec" else Vector
     sql = f"SELECT id FROM {table} ORDER BY embedding <=> %s LIMIT {K}"
@@ -136,26 +116,8 @@ def _pg_queries(url: str, table: str, kind: str, queries: np.ndarray, ef: int) -
     return found, latency
 
 
-def _server_ms(url: str, table: str, kind: str, queries: np.ndarray, ef: int) -> list[float]:
-    conn = _connect(url)
-    conn.execute(f"SET hnsw.ef_search = {ef}")
-    wrap = HalfVector if kind == "halfvec" else Vector
-    times = []
-    for q in queries:
-        plan = conn.execute(
-            f"EXPLAIN (ANALYZE, FORMAT JSON) SELECT id FROM {table} ORDER BY embedding <=> %s LIMIT {K}", (wrap(q),)
-        ).fetchone()[0]  # type: ignore[index]
-        times.append(plan[0]["Execution Time"])
-    conn.close()
-    return times
-
-
-def _recall(found: list[list[int]], truth: np.ndarray) -> float:
-    return float(np.mean([len(set(f) & set(t)) / K for f, t in zip(found, truth.tolist(), strict=True)]))
-
-
 def queries_sweep(
-    url: str, built: list[dict[str, object]], queries: np.ndarray, truth: np.ndarray, efs: list[int]
+    url: str, built: list[dict[str, object]], queries: np.ndarray, truth: list[list[int]], efs: list[int]
 ) -> list[dict[str, object]]:
     out = []
     for b in built:
@@ -164,7 +126,7 @@ def queries_sweep(
         table, kind = str(b["table"]), str(b["type"])
         for ef in efs:
             found, latency = _pg_queries(url, table, kind, queries, ef)
-            server = _server_ms(url, table, kind, queries[:50], ef)
+            server = server_ms(url, table, kind, queries[:50], ef)
             started = time.perf_counter()
             threads = [threading.Thread(target=_pg_queries, args=(url, table, kind, queries, ef)) for _ in range(2)]
             for t in threads:
@@ -176,7 +138,7 @@ def queries_sweep(
                 {
                     "engine": f"pgvector {kind}",
                     "ef_search": ef,
-                    "recall@10": _recall(found, truth),
+                    "recall@10": recall_at_k(found, truth),
                     "client_p50_ms": 1000 * statistics.median(latency),
                     "client_p99_ms": 1000 * float(np.percentile(latency, 99)),
                     "server_p50_ms": statistics.median(server),
@@ -188,7 +150,7 @@ def queries_sweep(
     return out
 
 
-def hnswlib_peer(data: np.ndarray, queries: np.ndarray, truth: np.ndarray, efs: list[int]) -> tuple[float, list]:
+def hnswlib_peer(data: np.ndarray, queries: np.ndarray, truth: list[list[int]], efs: list[int]) -> tuple[float, list]:
     import hnswlib
 
     index = hnswlib.Index(space="cosine", dim=DIM)
@@ -211,7 +173,7 @@ def hnswlib_peer(data: np.ndarray, queries: np.ndarray, truth: np.ndarray, efs: 
             {
                 "engine": "hnswlib (1 thread)",
                 "ef_search": ef,
-                "recall@10": _recall(found, truth),
+                "recall@10": recall_at_k(found, truth),
                 "client_p50_ms": 1000 * statistics.median(latency),
                 "client_p99_ms": 1000 * float(np.percentile(latency, 99)),
                 "qps_1_client": len(queries) / sum(latency),
@@ -221,7 +183,7 @@ def hnswlib_peer(data: np.ndarray, queries: np.ndarray, truth: np.ndarray, efs: 
 
 
 def exact_scans(url: str, data: np.ndarray, queries: np.ndarray) -> dict[str, float]:
-    conn = _connect(url)
+    conn = connect(url)
     conn.execute("SET enable_indexscan = off; SET max_parallel_workers_per_gather = 0")
     out = {}
     for table, kind in (("b_halfvec_x", "halfvec"), ("b_vector_plain", "vector"), ("b_vector_ext", "vector")):
@@ -252,12 +214,12 @@ def _server_ms_conn(conn: psycopg.Connection, table: str, kind: str, queries: np
 
 
 def filtered(url: str, data: np.ndarray, queries: np.ndarray) -> list[dict[str, object]]:
-    conn = _connect(url)
+    conn = connect(url)
     conn.execute(
         "ALTER TABLE b_halfvec_x ADD COLUMN grp int; UPDATE b_halfvec_x SET grp = id % 100; ANALYZE b_halfvec_x"
     )
     keep = np.arange(len(data)) % 100 == 0
-    truth = [np.flatnonzero(keep)[np.argsort(-(data[keep] @ q))[:K]].tolist() for q in queries[:50]]
+    truth = exact_top_k(data, queries[:50], keep)
     out = []
     conn.execute("SET enable_seqscan = off; SET enable_sort = off")  # the plan a large table gets: the index
     for mode in ("off", "strict_order", "relaxed_order"):
@@ -279,7 +241,7 @@ def filtered(url: str, data: np.ndarray, queries: np.ndarray) -> list[dict[str, 
             {
                 "iterative_scan": mode,
                 "rows_returned_mean": float(np.mean([len(f) for f in found])),
-                "recall@10": _recall(found, np.array(truth)),
+                "recall@10": recall_at_k(found, truth),
                 "client_p50_ms": 1000 * statistics.median(latency),
             }
         )
@@ -295,12 +257,13 @@ def main() -> None:
     n = 20_000 if args.quick else args.n
     efs = [10, 40, 160] if args.quick else [10, 20, 40, 80, 160, 320]
     rng = np.random.default_rng(0)
-    data, queries = _data(n, 200, rng)
-    truth = _exact(data, queries)
+    points = clustered_vectors(n + 200, rng)
+    data, queries = points[:n], points[n:]
+    truth = exact_top_k(data, queries)
     home = Path(tempfile.mkdtemp(prefix="imagedb-vectors-bench-"))
     open_connection(None, home).close()  # starts the server and creates the vector extension
     url = resolve_url(None, home)
-    conn = _connect(url)
+    conn = connect(url)
     result: dict[str, object] = {"n": n, "dim": DIM}
     print(f"== {n} x {DIM} vectors ==\n\nloading (vectors/s)")
     result["loading"] = loading(conn, data, args.quick)
@@ -344,7 +307,7 @@ def main() -> None:
     conn.close()
     stop_embedded(home)
     name = "vectors_quick" if args.quick else f"vectors_{n}"
-    (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=1, default=float))
+    write_results(f"{name}.json", result)
     _plot(sweep, RESULTS / f"{name}.png", n)
 
 
