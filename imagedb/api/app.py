@@ -1,8 +1,8 @@
-"""The FastAPI application: routes over the library, with bounded work and a database that may come and go.
+"""The FastAPI application, assembled: its state, the routers under /api behind the token check, the page, the
+error handlers and the middlewares.
 
-Requests run in FastAPI's thread pool. A search takes a pooled connection to check itself and read stored
-vectors, gives it back while the model embeds (at most `embedding_slots` at once, the costly part in CPU and
-memory), and takes one again for the index query.
+Routes are plain functions, so requests run in FastAPI's thread pool; what bounds their work (the database pool,
+the embedding slots) is in state.py.
 """
 
 from __future__ import annotations
@@ -15,12 +15,16 @@ from fastapi import APIRouter, Depends, FastAPI
 
 from imagedb.api import guards, handlers
 from imagedb.api.deps import authorised
-from imagedb.api.limits import MAX_UPLOAD_BYTES, upload_limit
+from imagedb.api.limits import upload_limit
 from imagedb.api.routes import collections, images, page, search
 from imagedb.api.state import ApiState, Database, Embedding
 from imagedb.errors import InvalidInput
 
-__all__ = ["MAX_UPLOAD_BYTES", "create_app"]
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    yield
+    app.state.imagedb.close()
 
 
 def create_app(
@@ -41,13 +45,8 @@ def create_app(
         raise InvalidInput("the API token cannot be empty")
     state = ApiState(Database(database_url, home, pool_size), Embedding(embedding_slots, embedding_wait_s), token)
 
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        yield
-        state.close()
-
     # No Swagger UI or ReDoc: they load from a CDN. The schema itself is at /openapi.json.
-    app = FastAPI(title="imagedb", version="0.1.0", docs_url=None, redoc_url=None, lifespan=lifespan)
+    app = FastAPI(title="imagedb", version="0.1.0", docs_url=None, redoc_url=None, lifespan=_lifespan)
     app.state.imagedb = state
     handlers.install(app)
     api = APIRouter(prefix="/api", dependencies=[Depends(authorised)], responses=handlers.ERROR_RESPONSES)

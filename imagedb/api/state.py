@@ -62,7 +62,7 @@ class Embedding:
     waits longer than `wait_s` for a slot gets 503 with Retry-After."""
 
     def __init__(self, slots: int, wait_s: float) -> None:
-        self.count = slots
+        self.size = slots
         self.wait_s = wait_s
         self.slots = threading.BoundedSemaphore(slots)
         self.threads = ThreadPoolExecutor(slots, thread_name_prefix="imagedb-embed")
@@ -72,7 +72,7 @@ class Embedding:
         if not self.slots.acquire(timeout=self.wait_s):
             raise HTTPException(
                 503,
-                f"busy: {self.count} searches are being embedded already; retry in a moment",
+                f"busy: {self.size} searches are being embedded already; retry in a moment",
                 headers={"Retry-After": "2"},
             )
         try:
