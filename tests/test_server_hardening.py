@@ -247,7 +247,7 @@ def test_embedding_waits_for_a_slot_then_answers_503(database_url: str, served: 
     app = create_app(database_url, embedding_slots=1, embedding_wait_s=0.2)
     client = TestClient(app, base_url=LOCAL)
     photo = (served / "coffee.jpg").read_bytes()
-    assert app.state.embedding_slots.acquire(timeout=1)
+    assert app.state.imagedb.embedding.slots.acquire(timeout=1)
     try:
         for answer in (
             client.get("/api/search", params={"q": "a cup"}),
@@ -257,7 +257,7 @@ def test_embedding_waits_for_a_slot_then_answers_503(database_url: str, served: 
             assert answer.headers["retry-after"].isdigit()
         assert client.get("/api/search", params={"q": "id:1"}).status_code == 200  # stored vectors need no slot
     finally:
-        app.state.embedding_slots.release()
+        app.state.imagedb.embedding.slots.release()
     assert client.get("/api/search", params={"q": "a cup"}).status_code == 200
 
 
@@ -279,7 +279,7 @@ def test_searches_waiting_to_embed_hold_no_database_connection(database_url: str
     app = create_app(database_url, pool_size=2, embedding_slots=1, embedding_wait_s=30)
     client = TestClient(app, base_url=LOCAL)
     assert client.get("/api/search", params={"q": "warm up"}).status_code == 200
-    slots = app.state.embedding_slots
+    slots = app.state.imagedb.embedding.slots
     assert slots.acquire(timeout=1)
     asked: list[None] = []
     acquire = slots.acquire

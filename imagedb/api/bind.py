@@ -12,6 +12,9 @@ from imagedb.errors import ImagedbError, InvalidInput
 class CannotListen(ImagedbError):
     """The address or port cannot be listened on."""
 
+    exit_code = 1
+    http_status = 400
+
 
 def is_loopback(host: str) -> bool:
     if host.strip().lower() == "localhost":

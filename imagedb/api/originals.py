@@ -36,7 +36,10 @@ _FLAGS = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0) | getattr(os, 
 
 
 class OriginalChanged(ImagedbError):
-    """The file at the stored path is not the one that was ingested (answered with 409)."""
+    """The file at the stored path is not the one that was ingested."""
+
+    exit_code = 1
+    http_status = 409
 
 
 def response(image_id: int, row: dict[str, Any]) -> Response:

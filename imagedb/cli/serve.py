@@ -6,7 +6,7 @@ import logging
 
 import click
 
-from imagedb.cli.support import Command
+from imagedb.cli.support import Command, click_error
 from imagedb.errors import InvalidInput
 
 
@@ -28,13 +28,11 @@ def serve(ctx: click.Context, host: str, port: int, token: str | None) -> None:
     from imagedb.api import create_app
     from imagedb.api.bind import bind, check_exposure, url
 
-    class Refused(click.ClickException):
-        exit_code = 2  # bad usage, in one line
-
     try:
         check_exposure(host, token)
     except InvalidInput as exc:
-        raise Refused(str(exc)) from exc
+        # Bad usage (exit 2) in one line: each option parsed, so click's usage line would not help.
+        raise click_error(exc) from exc
     sock = bind(host, port)  # before the slow start: a busy port says so at once
     try:
         app = create_app(ctx.obj["database_url"], ctx.obj["home"], token)

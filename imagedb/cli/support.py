@@ -10,16 +10,16 @@ from typing import Any
 import click
 
 from imagedb.display import one_line
-from imagedb.errors import ImagedbError, InvalidInput, ModelMismatch
+from imagedb.errors import USAGE, ImagedbError
 
 
 @contextmanager
 def one_line_errors(ctx: click.Context) -> Iterator[None]:
     """The library's errors as one readable line and a non-zero exit, never a traceback.
 
-    Bad usage (InvalidInput, a --model the collection was not made with) exits with 2 and the usage line of the
-    command that was run; everything else with 1. Control characters in any message are escaped, so a file name
-    with a newline cannot split it into two lines.
+    A library error exits with its class's `exit_code`: bad usage (InvalidInput, a --model the collection was not
+    made with) with 2 and the usage line of the command that was run; everything else with 1. Control characters
+    in any message are escaped, so a file name with a newline cannot split it into two lines.
     """
     try:
         yield
@@ -37,10 +37,8 @@ def _mapped(exc: Exception, ctx: click.Context) -> click.ClickException | None:
     """The one-line click error for a library, database or file error; None for anything else (a bug)."""
     import psycopg  # here, not at the top: `imagedb --help` need not load it
 
-    if isinstance(exc, (InvalidInput, ModelMismatch)):
-        return click.UsageError(one_line(str(exc)), ctx)
     if isinstance(exc, ImagedbError):
-        return click.ClickException(one_line(str(exc)))
+        return click_error(exc, ctx)
     if isinstance(exc, psycopg.errors.ReadOnlySqlTransaction):  # a write the upfront check did not catch
         return click.ClickException(
             "this database is a read-only replica: run write commands on its primary; the replica follows it"
@@ -57,6 +55,17 @@ def _mapped(exc: Exception, ctx: click.Context) -> click.ClickException | None:
         where = f": {exc.filename}" if exc.filename else ""
         return click.ClickException(one_line(f"{exc.strerror or exc}{where}"))
     return None
+
+
+def click_error(exc: ImagedbError, ctx: click.Context | None = None) -> click.ClickException:
+    """A library error as click shows it, with the exit code its class declares; bad usage with the usage line of
+    `ctx`'s command when one is given."""
+    message = one_line(str(exc))
+    if exc.exit_code == USAGE and ctx is not None:
+        return click.UsageError(message, ctx)
+    error = click.ClickException(message)
+    error.exit_code = exc.exit_code
+    return error
 
 
 class Command(click.Command):
