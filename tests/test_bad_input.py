@@ -42,6 +42,7 @@ def _make_bad_files(folder: Path) -> dict[str, str]:
     }
 
 
+@pytest.mark.slow
 def test_bad_files_are_recorded_and_the_run_goes_on(
     store: Store, photos: Path, tmp_path: Path, tiny_model: str
 ) -> None:
@@ -87,6 +88,7 @@ def test_a_collection_refuses_another_model(store: Store, photos: Path, tiny_mod
     assert store.conn.execute("SELECT count(*) FROM images").fetchone()[0] == 1
 
 
+@pytest.mark.slow
 def test_unloadable_models_give_one_clear_message(store: Store, photos: Path, tmp_path: Path) -> None:
     with pytest.raises(ModelUnavailable, match="checkpoint file not found"):
         ingest(store, [photos], model=ModelSpec.parse(f"ViT-B-32:{tmp_path}/missing.pt"))
@@ -142,6 +144,7 @@ def test_an_offset_past_what_a_search_can_reach_is_bad_usage(
         assert result.exit_code == 2 and "offset" in result.output and "database error" not in result.output
 
 
+@pytest.mark.slow
 def test_a_checkpoint_of_another_architecture_says_so(
     store: Store, photos: Path, tiny_model: str, tmp_path: Path
 ) -> None:

@@ -103,6 +103,7 @@ def test_help_and_import_do_not_load_torch() -> None:
     assert result.exit_code == 0 and "ingest" in result.output
 
 
+@pytest.mark.slow
 def test_installed_executable_end_to_end(database_url: str, photos: Path, tiny_model: str, tmp_path: Path) -> None:
     executable = shutil.which("imagedb", path=str(Path(sys.executable).parent)) or shutil.which("imagedb")
     assert executable, "the imagedb console script is not installed"
@@ -120,6 +121,7 @@ def test_installed_executable_end_to_end(database_url: str, photos: Path, tiny_m
     assert json.loads(found.stdout)["path"] == str(photos / "rocket.jpg")
 
 
+@pytest.mark.slow
 def test_embedded_server_is_started_reused_and_stopped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("IMAGEDB_DATABASE_URL", raising=False)
     monkeypatch.setenv("IMAGEDB_HOME", str(tmp_path / "home"))

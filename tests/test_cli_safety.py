@@ -185,6 +185,7 @@ def test_one_argument_parses_as_the_api_parses(query: str) -> None:
     assert query_terms((query,), (), ()) == parse_string(query, files=False)
 
 
+@pytest.mark.slow
 def test_one_argument_in_the_cli(cli, odd: Path) -> None:  # type: ignore[no-untyped-def]
     assert "cannot end with an operator" in _one_line_error(cli("search", "dog +"))
     assert "two operators in a row" in _one_line_error(cli("search", "dog + - cat"))

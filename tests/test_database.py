@@ -24,6 +24,7 @@ from helpers import fill_synthetic
 NOW = datetime.now(timezone.utc)
 
 
+@pytest.mark.slow
 def test_nearest_neighbour_query_uses_the_hnsw_index(store: Store) -> None:
     collection = fill_synthetic(store, 3000)
     query = np.ones(32, dtype=np.float32) / np.sqrt(32)
@@ -31,6 +32,7 @@ def test_nearest_neighbour_query_uses_the_hnsw_index(store: Store) -> None:
     assert f"Index Scan using {HNSW_INDEX_PREFIX}{collection.model_id}" in plan, plan
 
 
+@pytest.mark.slow
 def test_hnsw_search_matches_exact_search_on_a_larger_set(store: Store) -> None:
     collection = fill_synthetic(store, 3000)
     ids, matrix = store.search.all_vectors(collection)
@@ -43,6 +45,7 @@ def test_hnsw_search_matches_exact_search_on_a_larger_set(store: Store) -> None:
     assert found / 200 >= 0.95
 
 
+@pytest.mark.slow
 def test_other_collections_of_the_same_model_do_not_starve_results(store: Store) -> None:
     big = fill_synthetic(store, 2000)
     small = store.models.create_collection("small", big.model_id)

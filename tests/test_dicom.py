@@ -125,6 +125,7 @@ def _kinds(names: dict[str, Path], *wanted: str) -> dict[str, str]:
     return {w: by_original[w] for w in wanted}
 
 
+@pytest.mark.slow
 def test_every_dicom_file_in_the_pydicom_wheel_is_stored_or_recorded(
     store: Store, tiny_model: str, dicom_source: tuple[Path, dict[str, Path]]
 ) -> None:
@@ -225,6 +226,7 @@ def _appears(value: str, stored: str) -> bool:
     return value in stored
 
 
+@pytest.mark.slow
 def test_no_identifying_value_of_any_header_reaches_the_database(
     store: Store, database_url: str, tiny_model: str, dicom_source: tuple[Path, dict[str, Path]], tmp_path: Path
 ) -> None:

@@ -42,23 +42,27 @@ def _read(home: Path, query: str) -> list[tuple]:  # type: ignore[type-arg]
         return conn.execute(query).fetchall()
 
 
+@pytest.mark.slow
 def test_watch_add_first(fresh_home: Path, photos: Path) -> None:
     assert "watching 1 image" in _run("watch", "add", photos / "coffee.jpg")
     assert _read(fresh_home, "SELECT path FROM watches") == [(str(photos / "coffee.jpg"),)]
     assert _read(fresh_home, "SELECT count(*) FROM watch_hashes")[0][0] >= 1
 
 
+@pytest.mark.slow
 def test_grant_reader_first(fresh_home: Path) -> None:
     _run("grant-reader", "first_bi", "--password", "pw-1")
     grants = _read(fresh_home, "SELECT table_name FROM information_schema.role_table_grants WHERE grantee = 'first_bi'")
     assert ("image_catalog",) in grants
 
 
+@pytest.mark.slow
 def test_grant_writer_first(fresh_home: Path) -> None:
     _run("grant-writer", "first_writer", "--password", "pw-2")
     assert _read(fresh_home, "SELECT rolname FROM pg_roles WHERE rolname = 'first_writer'") == [("first_writer",)]
 
 
+@pytest.mark.slow
 def test_ingest_first_then_every_other_write(fresh_home: Path, photos: Path, tiny_model: str) -> None:
     """ingest migrates; then tag, dupes, watch add and forget each start a new process-like command."""
     assert "added 12" in _run("ingest", photos, "--model", tiny_model)

@@ -86,6 +86,7 @@ def _ingest_cli(folder: Path | str, database_url: str, tiny_model: str) -> subpr
     )
 
 
+@pytest.mark.slow
 def test_every_kind_of_entry_is_stored_or_recorded_and_reruns_complete(
     store: Store, database_url: str, tiny_model: str, hostile: tuple[Path, set[str], dict[str, str]]
 ) -> None:
@@ -113,6 +114,7 @@ def test_every_kind_of_entry_is_stored_or_recorded_and_reruns_complete(
     assert "rename it" in recorded["caf\\xe9.jpg"]
 
 
+@pytest.mark.slow
 def test_a_fifo_or_device_given_by_name_does_not_hang(
     database_url: str, tiny_model: str, hostile: tuple[Path, set[str], dict[str, str]]
 ) -> None:
@@ -207,6 +209,7 @@ def deep(tmp_path: Path) -> Iterator[Path]:
             (top / "a").rmdir()
 
 
+@pytest.mark.slow
 def test_a_folder_nested_thousands_deep_does_not_stop_the_run(store: Store, tiny_model: str, deep: Path) -> None:
     """Found from outside: os.walk recursed, and 1,900 nested folders ended every ingest of the folder with a
     RecursionError traceback, storing nothing."""

@@ -183,6 +183,7 @@ def test_a_role_short_of_connections_still_ingests_everything(
     ).fetchone() == (12,)
 
 
+@pytest.mark.slow
 def test_ctrl_c_ends_a_run_whose_batches_wait_on_a_lock(
     store: Store, database_url: str, tiny_model: str, photos: Path, tmp_path: Path
 ) -> None:
@@ -245,6 +246,7 @@ def test_ctrl_c_ends_a_run_whose_batches_wait_on_a_lock(
     ).fetchone() == (12, 12)
 
 
+@pytest.mark.slow
 def test_a_large_batch_fits_in_a_server_lock_table_others_fill(store: Store) -> None:
     """`--batch-size 4096` on four writers, or two ingests at once, held a lock per path for every file of every
     batch in flight, 16,384 on a server whose shared lock table holds about 8,600 (max_locks_per_transaction 64 x
@@ -346,6 +348,7 @@ def test_a_failing_run_reports_its_own_error_not_a_writer_dropped_mid_statement(
         other.conn.execute("BEGIN")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(
     not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs to leave one"
 )

@@ -106,6 +106,7 @@ class SearchLoop:
         self.store.close()
 
 
+@pytest.mark.slow
 def test_change_model_with_no_downtime(
     store: Store, database_url: str, tmp_path: Path, tiny_model: str, model_b: str
 ) -> None:
@@ -321,6 +322,7 @@ def test_a_weightless_spec_is_refused_with_the_known_tags(database_url: str, sto
     assert unknown.exit_code == 2 and "knows no model named" in unknown.output, unknown.output
 
 
+@pytest.mark.slow
 def test_random_weights_only_when_asked_and_the_same_in_every_process(
     database_url: str, store: Store, tmp_path: Path
 ) -> None:
@@ -391,6 +393,7 @@ def test_repeated_text_query_needs_no_model(
         store.conn.execute("SELECT * FROM imagedb_search_text('a blue sky', 'nope', 3)").fetchall()
 
 
+@pytest.mark.slow
 def test_the_cli_says_when_it_loads_a_model_and_not_on_a_cached_query(
     store: Store, database_url: str, tmp_path: Path, tiny_model: str
 ) -> None:
@@ -519,6 +522,7 @@ def test_a_model_registered_before_provenance_gets_it_on_next_use(
     assert row[1] and row[2]["size"] == [64, 64]
 
 
+@pytest.mark.slow
 def test_a_moved_checkpoint_is_followed_by_its_sha256(database_url: str, tmp_path: Path, model_b: str) -> None:
     """Found from outside: after a checkpoint was moved, the collection could neither use it (not found) nor
     name its new place (another model). `models move` records the new path when the file is the same."""

@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from imagedb.pg.embedded import stop_embedded
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,6 +27,7 @@ def _two_commands() -> list[str]:
     return commands
 
 
+@pytest.mark.slow
 def test_the_first_command_runs_offline_with_a_local_checkpoint(
     tmp_path: Path, photo_source: Path, tiny_model: str
 ) -> None:

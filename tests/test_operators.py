@@ -61,6 +61,7 @@ def listening_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     stop_embedded(home)
 
 
+@pytest.mark.slow
 def test_bi_login_over_tcp_needs_its_password_and_the_superuser_is_refused(listening_home: Path) -> None:
     port = _free_port()
     result = _run(listening_home, "db", "listen", f"127.0.0.1:{port}")
@@ -93,6 +94,7 @@ def test_bi_login_over_tcp_needs_its_password_and_the_superuser_is_refused(liste
     assert _run(listening_home, "db", "info").exit_code == 0
 
 
+@pytest.mark.slow
 def test_a_running_web_server_follows_the_socket_db_listen_moves(listening_home: Path) -> None:
     """`db listen` restarts the embedded server on another port, which moves its socket: a running `imagedb serve`
     answered 503 until restarted (documented, now fixed). A server stopped on purpose stays stopped."""
@@ -200,6 +202,7 @@ def primary(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     stop_embedded(home)
 
 
+@pytest.mark.slow
 def test_a_replica_follows_its_primary_and_refuses_writes(
     primary: Path, tmp_path: Path, tiny_model: str, photos: Path
 ) -> None:
@@ -248,6 +251,7 @@ def test_a_replica_follows_its_primary_and_refuses_writes(
     assert "replica imagedb_replica_" not in _run(primary, "db", "info").output
 
 
+@pytest.mark.slow
 def test_a_replica_follows_its_primary_to_a_new_port(primary: Path, tmp_path: Path) -> None:
     folder = tmp_path / "replica"
     assert _run(primary, "db", "replica", "create", str(folder)).exit_code == 0
@@ -271,6 +275,7 @@ def _roles(home: Path) -> str:
         return " ".join(r[0] for r in conn.execute("SELECT rolname FROM pg_roles"))
 
 
+@pytest.mark.slow
 def test_replica_folders_and_servers_that_cannot_be_used(primary: Path, tmp_path: Path) -> None:
     busy = tmp_path / "busy"
     busy.mkdir()
@@ -289,6 +294,7 @@ def test_replica_folders_and_servers_that_cannot_be_used(primary: Path, tmp_path
     assert not (tmp_path / "x").exists() and not (tmp_path / "r").exists()
 
 
+@pytest.mark.slow
 def test_a_replica_whose_folder_was_deleted_by_hand_can_be_removed(primary: Path, tmp_path: Path) -> None:
     """rm -rf of a running replica's folder leaves its server streaming from the slot until it notices (up to a
     minute): `replica remove` must still drop the slot and role, not fail on the slot being active."""
@@ -308,6 +314,7 @@ def test_a_replica_whose_folder_was_deleted_by_hand_can_be_removed(primary: Path
             pass
 
 
+@pytest.mark.slow
 def test_replica_lag_after_a_restart_is_never_negative(primary: Path, tmp_path: Path) -> None:
     """A restarted standby's received position starts at a segment boundary, behind what it replayed."""
     folder = tmp_path / "replica"

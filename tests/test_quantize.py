@@ -4,6 +4,7 @@ binary_quantize(embedding), candidates re-ranked exactly on the stored halfvec, 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from click.testing import CliRunner
 
 from imagedb.cli import main
@@ -17,6 +18,7 @@ def _clustered_vectors(store: Store, collection) -> tuple[list[int], np.ndarray]
     return store.search.all_vectors(collection)
 
 
+@pytest.mark.slow
 def test_quantize_binary_builds_the_index_and_searches_rerank_exactly(store: Store, database_url: str) -> None:
     collection = fill_synthetic(store, 3000, dim=64)
     result = CliRunner().invoke(
@@ -43,6 +45,7 @@ def test_quantize_binary_builds_the_index_and_searches_rerank_exactly(store: Sto
     assert [p for p in store.admin.problems() if "perceptual hash" not in p] == []
 
 
+@pytest.mark.slow
 def test_quantize_none_removes_the_binary_index_and_searches_use_halfvec_again(store: Store, database_url: str) -> None:
     collection = fill_synthetic(store, 500, dim=32)
     runner = CliRunner()

@@ -122,6 +122,7 @@ class _HeldBuild(threading.Thread):
             self.snapshot.close()
 
 
+@pytest.mark.slow
 def test_rebuild_keeps_a_valid_index_and_answers_searches_throughout(store: Store, database_url: str) -> None:
     collection = fill_synthetic(store, 5000)
     watcher = Watcher(database_url, collection)
@@ -145,6 +146,7 @@ def test_rebuild_keeps_a_valid_index_and_answers_searches_throughout(store: Stor
     assert _model_indexes(store, collection.model_id) == [(names[0], True)]
 
 
+@pytest.mark.slow
 def test_rebuild_changes_parameters_keeps_the_name_and_resets_the_session(store: Store) -> None:
     collection = fill_synthetic(store, 3000)
     store.conn.execute("SET maintenance_work_mem = '100MB'")
@@ -219,6 +221,7 @@ def test_renaming_an_index_takes_no_lock_that_blocks_searches_or_reaches_a_stand
     assert locks == [("renamed_for_the_test", "ShareUpdateExclusiveLock")]
 
 
+@pytest.mark.slow
 def test_concurrent_rebuilds_of_one_model_take_turns(store: Store, database_url: str) -> None:
     collection = fill_synthetic(store, 1000)
     errors: list[BaseException] = []
@@ -298,6 +301,7 @@ def test_a_first_bulk_load_still_builds_the_index_after_the_load(
     assert _index_problems(store) == []
 
 
+@pytest.mark.slow
 def test_build_parameters_follow_the_size_unless_chosen(
     store: Store, tiny_model: str, photos: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -126,6 +126,7 @@ def test_cli_and_api_show_relevance_and_filter_by_it(cli, library: Path, databas
 # -- recall ------------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_tune_stores_an_ef_search_that_search_and_sql_use(store: Store) -> None:
     collection = fill_synthetic(store, 3000)
     assert plan(store, parse(["id:1"]), collection="synthetic").ef_search == 100  # untuned: the default
@@ -155,6 +156,7 @@ def test_tune_refuses_bad_targets_and_empty_collections(store: Store) -> None:
         tuning.tune(store, "synthetic")
 
 
+@pytest.mark.slow
 def test_db_check_recall_tune_and_db_info_on_the_server(cli, store: Store) -> None:  # type: ignore[no-untyped-def]
     fill_synthetic(store, 2000)
     store.conn.execute("UPDATE images SET dhash = repeat('0', 64)::bit(64)")  # db check wants every hash
@@ -260,6 +262,7 @@ def test_clip_similarity_is_printed_in_four_decimals() -> None:
 # -- every door ----------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_cli_api_and_sql_return_the_same_ids_in_the_same_order(
     cli, library: Path, database_url: str, store: Store
 ) -> None:  # type: ignore[no-untyped-def]
@@ -277,6 +280,7 @@ def test_cli_api_and_sql_return_the_same_ids_in_the_same_order(
         assert image_id not in by_cli and len(by_cli) == 6
 
 
+@pytest.mark.slow
 def test_two_redraws_of_one_sample_at_once_do_not_collide(store: Store, database_url: str) -> None:
     """Found by the concurrent-ingest test in CI: two ingests of one collection finishing together both redrew the
     sample, and one failed on relevance_samples' primary key."""

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from imagedb.embed import ModelSpec
@@ -56,6 +57,7 @@ def test_a_batch_of_only_bad_files(store: Store, tmp_path: Path, tiny_model: str
     assert (summary.added, summary.failed) == (0, 2)
 
 
+@pytest.mark.slow
 def test_two_ingests_of_one_folder_at_once(store: Store, database_url: str, tmp_path: Path, tiny_model: str) -> None:
     folder = _many_photos(tmp_path / "many", 120)
     env = {**os.environ, "IMAGEDB_DATABASE_URL": database_url, "IMAGEDB_MODEL": tiny_model}
@@ -83,6 +85,7 @@ def _stored(store: Store) -> int:
     return int(count)
 
 
+@pytest.mark.slow
 def test_kill_9_at_random_moments_then_rerun(store: Store, database_url: str, tmp_path: Path, tiny_model: str) -> None:
     folder = _many_photos(tmp_path / "many", 600)
     env = {**os.environ, "IMAGEDB_DATABASE_URL": database_url, "IMAGEDB_MODEL": tiny_model}
@@ -110,6 +113,7 @@ def test_kill_9_at_random_moments_then_rerun(store: Store, database_url: str, tm
     _consistent(store, 600)
 
 
+@pytest.mark.slow
 def test_database_stopped_mid_ingest_then_rerun(tmp_path: Path, tiny_model: str) -> None:
     """Its own embedded server, so stopping it disturbs no other test."""
     from imagedb.pg.database import open_connection
@@ -187,6 +191,7 @@ def _hostile_files(folder: Path) -> tuple[set[str], dict[str, str]]:
     return stored, {"a-link.jpg": "cannot read", "b-link.jpg": "cannot read", "bomb.png": "decompression bomb"}
 
 
+@pytest.mark.slow
 def test_hostile_files_are_stored_or_recorded(store: Store, tmp_path: Path, tiny_model: str) -> None:
     stored, refused = _hostile_files(tmp_path / "hostile")
     summary = ingest(store, [tmp_path / "hostile"], model=ModelSpec.parse(tiny_model))

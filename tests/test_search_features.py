@@ -109,6 +109,7 @@ def test_min_score_sort_by_date_and_paging(store: Store, library: Path) -> None:
     assert [r.rank for r in page_two] == [3, 4]
 
 
+@pytest.mark.slow
 def test_selective_filter_keeps_its_results_through_iterative_index_scans(store: Store) -> None:
     collection = fill_synthetic(store, 6000)
     ids, matrix = store.search.all_vectors(collection)

@@ -136,6 +136,7 @@ def _as_localhost(app: Any) -> Any:
     return wrapped
 
 
+@pytest.mark.slow
 def test_fuzzed_requests_never_get_a_server_error(database_url: str, served: Path) -> None:
     """schemathesis generates requests from the OpenAPI schema, valid and invalid; none may get a 5xx.
     (Driven through hypothesis directly: schemathesis' pytest plugin does not run on pytest 9 yet.)"""
@@ -159,6 +160,7 @@ def test_fuzzed_requests_never_get_a_server_error(database_url: str, served: Pat
     assert len(statuses) >= 100 and {200, 404, 422} <= set(statuses)  # it did explore
 
 
+@pytest.mark.slow
 def test_imagedb_serve_listens_on_loopback(database_url: str, served: Path) -> None:
     import json
     import shutil

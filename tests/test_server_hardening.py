@@ -309,6 +309,7 @@ def test_searches_waiting_to_embed_hold_no_database_connection(database_url: str
 # -- 6: the database goes away and comes back ------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_stopped_database_gets_503_quickly_and_recovery_needs_no_restart(
     tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -448,6 +449,7 @@ def test_serve_on_a_busy_port_says_so_in_one_line() -> None:
 # -- 11: an unreachable model hub ------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_an_unreachable_model_hub_fails_at_once_in_one_line(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
     env.update(HF_ENDPOINT="http://127.0.0.1:9", HF_HOME=str(tmp_path / "hf"))  # nothing cached, nothing listening
@@ -543,6 +545,7 @@ def test_an_unknown_format_is_a_400_as_the_cli_refuses_it(client: TestClient) ->
         assert answer.status_code == 200 and answer.json()["results"], alias
 
 
+@pytest.mark.slow
 def test_a_restore_under_a_running_server_needs_no_restart(
     client: TestClient, database_url: str, tmp_path: Path
 ) -> None:
