@@ -26,6 +26,7 @@ from imagedb.ingest import ingest
 from imagedb.pg.database import open_connection
 from imagedb.pg.embedded import stop_embedded
 from imagedb.query import parse
+from imagedb.request import SearchRequest
 from imagedb.search import search
 from imagedb.store import Store
 
@@ -54,14 +55,15 @@ def main() -> None:
     shell = [timed(f"{QUERY} {n}") for n in range(args.runs)]  # a new text each time: the model loads
     cached = [timed(f"{QUERY} 0") for _ in range(args.runs)]  # embedded before: read from the cache
 
-    search(store, parse([QUERY]))  # warm: the model is loaded once in this process, as in `imagedb serve`
+    # Warm: the model is loaded once in this process, as in `imagedb serve`.
+    search(store, SearchRequest(parse([QUERY])))
     warm, warm_cached = [], []
     for n in range(max(args.runs, 20)):
         started = time.perf_counter()
-        search(store, parse([f"{QUERY} warm {n}"]))  # a new text: the text encoder runs
+        search(store, SearchRequest(parse([f"{QUERY} warm {n}"])))  # a new text: the text encoder runs
         warm.append(time.perf_counter() - started)
         started = time.perf_counter()
-        search(store, parse([QUERY]))  # a text searched before: the cache answers
+        search(store, SearchRequest(parse([QUERY])))  # a text searched before: the cache answers
         warm_cached.append(time.perf_counter() - started)
     store.close()
     stop_embedded(home)

@@ -15,7 +15,8 @@ from imagedb.embed import ModelSpec
 from imagedb.errors import InvalidInput, ModelMismatch, ModelUnavailable, NotFound
 from imagedb.ingest import ingest
 from imagedb.query import parse
-from imagedb.search import MAX_OFFSET, search
+from imagedb.request import MAX_OFFSET, SearchRequest
+from imagedb.search import search
 from imagedb.store import Store
 
 
@@ -84,7 +85,7 @@ def test_a_collection_refuses_another_model(store: Store, photos: Path, tiny_mod
     with pytest.raises(ModelMismatch, match="searches with model imagedb-tiny-clip"):
         ingest(store, [photos], model=other)
     with pytest.raises(ModelMismatch):
-        search(store, parse(["coffee"]), model=other)
+        search(store, SearchRequest(parse(["coffee"]), model=other))
     assert store.conn.execute("SELECT count(*) FROM images").fetchone()[0] == 1
 
 
@@ -113,20 +114,20 @@ def test_unreachable_weights_name_the_model_and_the_way_out(store: Store, photos
 def test_bad_search_queries(store: Store, photos: Path, tiny_model: str, tmp_path: Path) -> None:
     ingest(store, [photos / "coffee.jpg"], model=ModelSpec.parse(tiny_model))
     with pytest.raises(InvalidInput, match="the query is empty"):
-        search(store, [])
+        search(store, SearchRequest([]))
     with pytest.raises(InvalidInput, match="limit"):
-        search(store, parse(["a"]), limit=0)
+        search(store, SearchRequest(parse(["a"]), limit=0))
     with pytest.raises(InvalidInput, match="min_score"):
-        search(store, parse(["a"]), min_score=2)
+        search(store, SearchRequest(parse(["a"]), min_score=2))
     with pytest.raises(NotFound, match="no stored image with id 999"):
-        search(store, parse(["id:999"]))
+        search(store, SearchRequest(parse(["id:999"])))
     with pytest.raises(NotFound, match="no collection named 'nope'"):
-        search(store, parse(["a"]), collection="nope")
+        search(store, SearchRequest(parse(["a"]), collection="nope"))
     (tmp_path / "fake.jpg").write_text("hello")
     with pytest.raises(InvalidInput, match="cannot use"):
-        search(store, parse([str(tmp_path / "fake.jpg")]))
+        search(store, SearchRequest(parse([str(tmp_path / "fake.jpg")])))
     with pytest.raises(InvalidInput, match="cancel each other out"):
-        search(store, parse(["a cat", "-", "a cat"]))
+        search(store, SearchRequest(parse(["a cat", "-", "a cat"])))
 
 
 def test_an_offset_past_what_a_search_can_reach_is_bad_usage(
@@ -137,8 +138,8 @@ def test_an_offset_past_what_a_search_can_reach_is_bad_usage(
     with the bound the HTTP API already had."""
     ingest(store, [photos / "coffee.jpg", photos / "rocket.jpg"], model=ModelSpec.parse(tiny_model))
     with pytest.raises(InvalidInput, match="offset"):
-        search(store, parse(["id:1"]), offset=10**20)
-    assert search(store, parse(["id:1"]), offset=MAX_OFFSET) == []
+        search(store, SearchRequest(parse(["id:1"]), offset=10**20))
+    assert search(store, SearchRequest(parse(["id:1"]), offset=MAX_OFFSET)) == []
     for offset in ("99999999999999999999", str(MAX_OFFSET + 1)):
         result = CliRunner().invoke(main, ["--database-url", database_url, "search", "id:1", "--offset", offset])
         assert result.exit_code == 2 and "offset" in result.output and "database error" not in result.output

@@ -31,6 +31,7 @@ from imagedb.pg.backup import dump
 from imagedb.pg.cluster import program
 from imagedb.pg.database import open_connection
 from imagedb.query import Term
+from imagedb.request import SearchRequest
 from imagedb.search import search
 from imagedb.store import Filters, Store
 
@@ -347,14 +348,14 @@ def test_slices_of_one_series_find_each_other_first(store: Store, tiny_model: st
     assert len({series_of[i] for i in ct}) == 1 and {n for i, _, n in rows if i in ct} == {4}
     for image_id in ct:
         # "More like this" leaves the image itself out, everywhere: its three siblings come first.
-        results = search(store, [Term("id", str(image_id), 1.0)], collection="series", limit=3)
+        results = search(store, SearchRequest([Term("id", str(image_id), 1.0)], collection="series", limit=3))
         assert sorted(r.image_id for r in results) == sorted(set(ct) - {image_id}), (image_id, results)
         # The SQL surface gives the same, the image itself left out.
         similar = store.conn.execute("SELECT image_id FROM imagedb_similar(%s, 3)", (image_id,)).fetchall()
         assert sorted(r[0] for r in similar) == sorted(set(ct) - {image_id})
     # A query by the file itself is windowed exactly as the stored copy: that copy first, score 1.
     query = Term("image", str(tmp_path / "ct2.dcm"), 1.0)
-    best = search(store, [query], collection="series", limit=1)[0]
+    best = search(store, SearchRequest([query], collection="series", limit=1))[0]
     assert paths[best.image_id] == str(tmp_path / "ct2.dcm") and best.score > 0.999
 
 
@@ -366,10 +367,13 @@ def test_modality_and_body_part_filters(
         shutil.copyfile(source, tmp_path / f"{source.parent.name}_{source.name}")
     ingest(store, [tmp_path], collection="f", model=ModelSpec.parse(tiny_model))
     query = [Term("text", "a scan", 1.0)]
-    assert len(search(store, query, collection="f", limit=50, filters=Filters(modality="ct"))) == 4
-    assert len(search(store, query, collection="f", limit=50, filters=Filters(modality="MR"))) == 7
-    assert len(search(store, query, collection="f", limit=50, filters=Filters(body_part="head"))) == 4
-    assert search(store, query, collection="f", limit=50, filters=Filters(modality="MR", body_part="HEAD")) == []
+    assert len(search(store, SearchRequest(query, collection="f", limit=50, filters=Filters(modality="ct")))) == 4
+    assert len(search(store, SearchRequest(query, collection="f", limit=50, filters=Filters(modality="MR")))) == 7
+    assert len(search(store, SearchRequest(query, collection="f", limit=50, filters=Filters(body_part="head")))) == 4
+    assert (
+        search(store, SearchRequest(query, collection="f", limit=50, filters=Filters(modality="MR", body_part="HEAD")))
+        == []
+    )
     monkeypatch.setenv("IMAGEDB_DATABASE_URL", database_url)
     out = CliRunner().invoke(
         main, ["search", "a scan", "-c", "f", "--modality", "CT", "--body-part", "Head", "--paths"]

@@ -15,6 +15,7 @@ from imagedb.embed import ModelSpec
 from imagedb.images import SUPPORTED_SUFFIXES, decode
 from imagedb.ingest import ingest
 from imagedb.query import parse
+from imagedb.request import SearchRequest
 from imagedb.search import search
 from imagedb.store import Filters, Store
 
@@ -70,7 +71,7 @@ def test_heic_from_a_phone_is_stored_upright_with_its_date(store: Store, tmp_pat
     assert Image.open(BytesIO(plain[8])).size[0] > Image.open(BytesIO(plain[8])).size[1]
     # Searched by the name phones give the files: HEIC is HEIF.
     for fmt in ("heic", "HEIF"):
-        found = search(store, parse(["x"]), filters=Filters(format=fmt))
+        found = search(store, SearchRequest(parse(["x"]), filters=Filters(format=fmt)))
         assert sorted(Path(r.path).name for r in found) == ["IMG_0001.HEIC", "IMG_0002.heif"]
 
 

@@ -16,6 +16,7 @@ from PIL import Image
 from imagedb.embed import ModelSpec
 from imagedb.ingest import ingest
 from imagedb.query import parse
+from imagedb.request import SearchRequest
 from imagedb.search import search
 from imagedb.store import Store
 
@@ -39,17 +40,17 @@ def test_round_trip_text_image_and_like(store: Store, photos: Path, tiny_model: 
     assert (summary.added, summary.reused, summary.skipped, summary.failed) == (12, 0, 0, 0)
     assert _count(store, "images") == _count(store, "embeddings") == _count(store, "thumbnails") == 12
 
-    by_text = search(store, parse(["a cat sitting on a sofa"]), limit=12)
+    by_text = search(store, SearchRequest(parse(["a cat sitting on a sofa"]), limit=12))
     assert len(by_text) == 12
     assert [r.rank for r in by_text] == list(range(1, 13))
     assert all(a.score >= b.score for a, b in itertools.pairwise(by_text))
 
-    by_image = search(store, parse([str(photos / "rocket.jpg")]), limit=3)
+    by_image = search(store, SearchRequest(parse([str(photos / "rocket.jpg")]), limit=3))
     assert by_image[0].path == str(photos / "rocket.jpg")
     assert by_image[0].score == pytest.approx(1.0, abs=1e-3)
 
     rocket_id = by_image[0].image_id
-    by_like = search(store, parse([f"id:{rocket_id}"]), limit=3)
+    by_like = search(store, SearchRequest(parse([f"id:{rocket_id}"]), limit=3))
     assert len(by_like) == 3 and rocket_id not in [r.image_id for r in by_like]  # "more like this": not itself
 
 
@@ -58,12 +59,12 @@ def test_results_equal_exact_cosine_ranking(store: Store, photos: Path, tiny_mod
     collection = store.models.get_collection("default")
     ids, matrix = store.search.all_vectors(collection)
     for image_id, vector in zip(ids, matrix, strict=True):
-        got = [r.image_id for r in search(store, parse([f"id:{image_id}"]), limit=len(ids))]
+        got = [r.image_id for r in search(store, SearchRequest(parse([f"id:{image_id}"]), limit=len(ids)))]
         assert got == [i for i in _exact_ranking(store, vector) if i != image_id]
     from imagedb import embed
 
     text_vector = embed.load(ModelSpec.parse(tiny_model)).encode_texts(["a red rocket"])[0]
-    got = [r.image_id for r in search(store, parse(["a red rocket"]), limit=len(ids))]
+    got = [r.image_id for r in search(store, SearchRequest(parse(["a red rocket"]), limit=len(ids)))]
     assert got == _exact_ranking(store, text_vector)
 
 
@@ -181,8 +182,10 @@ def test_search_can_pass_a_single_file_and_collections_are_separate(
     spec = ModelSpec.parse(tiny_model)
     ingest(store, [photos / "coffee.jpg"], collection="one", model=spec)
     ingest(store, [photos], collection="two", model=spec)
-    assert [r.path for r in search(store, parse(["x"]), collection="one")] == [str(photos / "coffee.jpg")]
-    assert len(search(store, parse(["x"]), collection="two", limit=50)) == 12
+    assert [r.path for r in search(store, SearchRequest(parse(["x"]), collection="one"))] == [
+        str(photos / "coffee.jpg")
+    ]
+    assert len(search(store, SearchRequest(parse(["x"]), collection="two", limit=50))) == 12
 
 
 def test_mtime_is_stored_exactly(store: Store, photos: Path, tiny_model: str) -> None:

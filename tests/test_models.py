@@ -27,6 +27,7 @@ from imagedb.pg.connection import sqlalchemy_url
 from imagedb.pg.database import open_connection
 from imagedb.pg.migrate import alembic_config
 from imagedb.query import parse
+from imagedb.request import SearchRequest
 from imagedb.store import Store
 
 from tiny_model import make_tiny_model
@@ -81,7 +82,9 @@ class SearchLoop:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                plan = searching.plan(self.store, parse(["a red square"]), collection=self.collection, limit=5)
+                plan = searching.plan(
+                    self.store, SearchRequest(parse(["a red square"]), collection=self.collection, limit=5)
+                )
                 results = searching.nearest(self.store, plan, searching.query_vector(plan))
                 self.seen.append((plan.target.model_id, [r.image_id for r in results]))
             except BaseException as exc:  # noqa: BLE001 - every failure is the finding
@@ -114,7 +117,9 @@ def test_change_model_with_no_downtime(
     ingest(store, [folder], collection="c", model=ModelSpec.parse(tiny_model))
     a = _model_id(store, tiny_model)
     ids = sorted(r[0] for r in store.conn.execute("SELECT id FROM images").fetchall())
-    expected_a = [r.image_id for r in searching.search(store, parse(["a red square"]), collection="c", limit=5)]
+    expected_a = [
+        r.image_id for r in searching.search(store, SearchRequest(parse(["a red square"]), collection="c", limit=5))
+    ]
     env = {**os.environ, "IMAGEDB_DATABASE_URL": database_url}
 
     with SearchLoop(database_url, "c") as loop:
@@ -177,8 +182,8 @@ def test_change_model_with_no_downtime(
         # Compare before switching: search --model B answers from B, the default still from A.
         compared = _cli(database_url, "search", "a red square", "-c", "c", "--model", model_b, "--json", "-k", "5")
         assert compared.exit_code == 0, compared.output
-        expected_b = [r.image_id for r in searching.search(store, parse(["a red square"]), collection="c",
-                                                            model=ModelSpec.parse(model_b), limit=5)]  # fmt: skip
+        query_b = SearchRequest(parse(["a red square"]), collection="c", model=ModelSpec.parse(model_b), limit=5)
+        expected_b = [r.image_id for r in searching.search(store, query_b)]
         assert expected_b != expected_a  # the two models rank differently, so the loop tells them apart
 
         used = _cli(database_url, "models", "use", model_b, "-c", "c")
@@ -376,15 +381,15 @@ def test_repeated_text_query_needs_no_model(
     with pytest.raises(psycopg.errors.RaiseException, match="has not been embedded by model") as raised:
         store.conn.execute("SELECT * FROM imagedb_search_text('a blue sky', 'default', 3)").fetchall()
     assert "imagedb search 'a blue sky'" in (raised.value.diag.message_hint or "")
-    first = searching.search(store, parse(["a blue sky"]), limit=3)
+    first = searching.search(store, SearchRequest(parse(["a blue sky"]), limit=3))
 
     def no_model(spec: ModelSpec) -> None:
         raise AssertionError("the model was loaded for a cached text")
 
     monkeypatch.setattr(searching.embed, "load", no_model)
-    plan = searching.plan(store, parse(["a blue sky"]), limit=3)
+    plan = searching.plan(store, SearchRequest(parse(["a blue sky"]), limit=3))
     assert not plan.needs_model
-    again = searching.search(store, parse(["a blue sky"]), limit=3)
+    again = searching.search(store, SearchRequest(parse(["a blue sky"]), limit=3))
     assert [(r.image_id, r.score) for r in again] == [(r.image_id, r.score) for r in first]
     rows = store.conn.execute("SELECT image_id, score FROM imagedb_search_text('a blue sky', 'default', 3)").fetchall()
     assert [r[0] for r in rows] == [r.image_id for r in first]
@@ -411,7 +416,7 @@ def test_a_text_cache_write_refused_does_not_fail_the_search(
 ) -> None:
     ingest(store, [_folder(tmp_path / "p", 3, seed=10)], model=ModelSpec.parse(tiny_model))
     store.conn.execute("SET default_transaction_read_only = on")  # as on a replica
-    results = searching.search(store, parse(["a yellow boat"]), limit=2)
+    results = searching.search(store, SearchRequest(parse(["a yellow boat"]), limit=2))
     assert len(results) == 2
     store.conn.execute("SET default_transaction_read_only = off")
     assert store.conn.execute("SELECT count(*) FROM text_embeddings").fetchone()[0] == 0

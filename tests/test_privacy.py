@@ -24,6 +24,7 @@ from imagedb.pg.backup import dump, restore
 from imagedb.pg.database import open_connection
 from imagedb.pg.migrate import upgrade
 from imagedb.query import parse
+from imagedb.request import SearchRequest
 from imagedb.search import search
 from imagedb.store import Store
 from imagedb.store.index import HNSW_INDEX_PREFIX
@@ -68,7 +69,9 @@ def test_writer_can_ingest_and_search_but_not_change_the_schema(
         # Large enough to take the bulk path, whose index drop a writer may not do: it loads into the index.
         summary = ingest(writer, [photos], model=spec, bulk_threshold=2)
         assert (summary.added, summary.skipped, summary.failed) == (11, 1, 0)
-        assert search(writer, parse([str(photos / "rocket.jpg")]), limit=1)[0].path == str(photos / "rocket.jpg")
+        assert search(writer, SearchRequest(parse([str(photos / "rocket.jpg")]), limit=1))[0].path == str(
+            photos / "rocket.jpg"
+        )
         assert writer.admin.problems() == []
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             writer.conn.execute("DROP TABLE images")
@@ -111,7 +114,7 @@ def test_dump_and_restore_round_trip(
 ) -> None:
     ingest(store, [photos], model=ModelSpec.parse(tiny_model))
     rocket = str(photos / "rocket.jpg")
-    before = [r.image_id for r in search(store, parse([rocket]), limit=12)]
+    before = [r.image_id for r in search(store, SearchRequest(parse([rocket]), limit=12))]
     backup = tmp_path / "backup.dump"
     dump(database_url, backup)
     assert backup.stat().st_mode & 0o777 == 0o600  # it holds everything: its owner's alone
@@ -120,7 +123,7 @@ def test_dump_and_restore_round_trip(
     restore(database_url, backup)
     restored = Store(open_connection(database_url))
     try:
-        assert [r.image_id for r in search(restored, parse([rocket]), limit=12)] == before
+        assert [r.image_id for r in search(restored, SearchRequest(parse([rocket]), limit=12))] == before
         assert restored.admin.problems() == []
     finally:
         restored.close()

@@ -23,6 +23,7 @@ from imagedb.embed import ModelSpec
 from imagedb.errors import InvalidInput
 from imagedb.ingest import ingest
 from imagedb.query import parse
+from imagedb.request import SearchRequest
 from imagedb.search import plan, search
 from imagedb.store import Store
 
@@ -53,7 +54,7 @@ def library(store: Store, photos: Path, tmp_path: Path, tiny_model: str) -> Path
 def test_relevance_is_the_score_in_deviations_above_the_collections_sample(store: Store, library: Path) -> None:
     collection = store.models.get_collection("default")
     assert store.tuning.tuning(collection)["sampled_count"] == 15  # ingest drew the sample: the whole small collection
-    results = search(store, parse([f"{library / 'rocket.jpg'}"]), limit=15)
+    results = search(store, SearchRequest(parse([f"{library / 'rocket.jpg'}"]), limit=15))
     ids, matrix = store.search.all_vectors(collection)
     query = matrix[ids.index(results[0].image_id)]
     scores = matrix @ query / np.linalg.norm(matrix, axis=1) / np.linalg.norm(query)
@@ -66,13 +67,13 @@ def test_relevance_is_the_score_in_deviations_above_the_collections_sample(store
 
 def test_min_relevance_keeps_only_results_above_it(store: Store, library: Path) -> None:
     query = parse([f"{library / 'rocket.jpg'}"])
-    every = search(store, query, limit=15)
+    every = search(store, SearchRequest(query, limit=15))
     cut = every[2].relevance
-    kept = search(store, query, limit=15, min_relevance=cut)
+    kept = search(store, SearchRequest(query, limit=15, min_relevance=cut))
     assert [r.image_id for r in kept] == [r.image_id for r in every if r.relevance >= cut]
     assert len(kept) == 3
     with pytest.raises(InvalidInput, match="standard deviations"):
-        search(store, query, min_relevance=float("nan"))
+        search(store, SearchRequest(query, min_relevance=float("nan")))
 
 
 def test_sample_is_redrawn_as_the_collection_grows(store: Store) -> None:
@@ -81,7 +82,7 @@ def test_sample_is_redrawn_as_the_collection_grows(store: Store) -> None:
     assert not relevance.needs_sample(1000, 1400) and relevance.needs_sample(1000, 1500)
     collection = fill_synthetic(store, 1200)  # rows written directly: no sample yet
     assert store.tuning.tuning(collection) is None
-    search(store, parse(["id:1"]), collection="synthetic")  # the first search draws it
+    search(store, SearchRequest(parse(["id:1"]), collection="synthetic"))  # the first search draws it
     assert store.tuning.tuning(collection)["sampled_count"] == 1200
     assert store.conn.execute("SELECT count(*) FROM relevance_samples").fetchone()[0] == relevance.SAMPLE_SIZE
     assert not relevance.refresh_sample(store, collection)
@@ -95,9 +96,9 @@ def test_a_search_without_write_access_goes_on_without_a_sample(store: Store, da
 
     register_vector(reader.conn)
     try:
-        results = search(reader, parse(["id:1"]), collection="synthetic", limit=3)
+        results = search(reader, SearchRequest(parse(["id:1"]), collection="synthetic", limit=3))
         assert len(results) == 3 and all(r.relevance is None for r in results)
-        assert search(reader, parse(["id:1"]), collection="synthetic", min_relevance=0) == []
+        assert search(reader, SearchRequest(parse(["id:1"]), collection="synthetic", min_relevance=0)) == []
     finally:
         reader.close()
 
@@ -129,12 +130,14 @@ def test_cli_and_api_show_relevance_and_filter_by_it(cli, library: Path, databas
 @pytest.mark.slow
 def test_tune_stores_an_ef_search_that_search_and_sql_use(store: Store) -> None:
     collection = fill_synthetic(store, 3000)
-    assert plan(store, parse(["id:1"]), collection="synthetic").ef_search == 100  # untuned: the default
+    assert plan(store, SearchRequest(parse(["id:1"]), collection="synthetic")).ef_search == 100  # untuned: the default
     tuned = tuning.tune(store, "synthetic", target=0.9, queries=30)
     assert tuned.met and tuned.points[-1].recall >= 0.9 and tuned.ef_search == tuned.points[-1].ef_search
     assert all(p.recall < 0.9 for p in tuned.points[:-1])  # the smallest that meets it
-    assert plan(store, parse(["id:1"]), collection="synthetic").ef_search == tuned.ef_search
-    assert plan(store, parse(["id:1"]), collection="synthetic", ef_search=7).ef_search == 7  # an explicit one wins
+    assert plan(store, SearchRequest(parse(["id:1"]), collection="synthetic")).ef_search == tuned.ef_search
+    assert (
+        plan(store, SearchRequest(parse(["id:1"]), collection="synthetic", ef_search=7)).ef_search == 7
+    )  # an explicit one wins
     with store.conn.transaction():
         store.conn.execute("SELECT * FROM imagedb_nearest((SELECT embedding FROM embeddings LIMIT 1), 'synthetic')")
         used = store.conn.execute("SELECT current_setting('hnsw.ef_search')").fetchone()[0]
@@ -191,14 +194,14 @@ def test_collapse_duplicates_returns_one_per_group_with_the_count(
     groups = find_duplicates(store)
     assert sorted(len(g.members) for g in groups) == [2, 3]
     query = parse([f"{library / 'rocket-small.jpg'}"])
-    plain = search(store, query, limit=15)
-    collapsed = search(store, query, limit=15, collapse_duplicates=True)
+    plain = search(store, SearchRequest(query, limit=15))
+    collapsed = search(store, SearchRequest(query, limit=15, collapse_duplicates=True))
     assert len(collapsed) == 15 - 3 and len(plain) == 15
     rockets = {r.image_id for r in plain if "rocket" in r.path}
     first = collapsed[0]
     assert first.image_id in rockets and first.others == 2 and first.image_id == plain[0].image_id
     assert sum(r.others for r in collapsed) == 3 and [r.rank for r in collapsed] == list(range(1, 13))
-    page = search(store, query, limit=5, offset=5, collapse_duplicates=True)
+    page = search(store, SearchRequest(query, limit=5, offset=5, collapse_duplicates=True))
     assert [r.image_id for r in page] == [r.image_id for r in collapsed[5:10]]
 
     result = cli("search", "--image", library / "rocket.jpg", "--json", "--collapse-duplicates", "-k", "3")

@@ -19,6 +19,7 @@ from imagedb.embed import ModelSpec
 from imagedb.errors import InvalidInput
 from imagedb.ingest import ingest
 from imagedb.query import parse
+from imagedb.request import SearchRequest
 from imagedb.search import search
 from imagedb.store import Filters, Store
 from imagedb.store import search as store_search
@@ -68,13 +69,13 @@ def test_combined_query_is_the_normalised_weighted_sum(store: Store, photos: Pat
     expected /= np.linalg.norm(expected)
     q = expected.astype(np.float16).astype(np.float32)
     exact = [ids[i] for i in np.argsort(-(matrix @ q / np.linalg.norm(matrix, axis=1))) if i != 3]  # id: term left out
-    got = search(store, parse(["2:beach", "+", f"id:{ids[3]}", "-", "people"]), limit=len(ids))
+    got = search(store, SearchRequest(parse(["2:beach", "+", f"id:{ids[3]}", "-", "people"]), limit=len(ids)))
     assert [r.image_id for r in got] == exact
 
 
 def test_each_filter_selects_exactly_its_images(store: Store, library: Path) -> None:
     def names(**kwargs) -> set[str]:  # type: ignore[no-untyped-def]
-        return _paths(search(store, parse(["anything"]), limit=100, filters=Filters(**kwargs)))
+        return _paths(search(store, SearchRequest(parse(["anything"]), limit=100, filters=Filters(**kwargs))))
 
     assert names() == {"beach.jpg", "hill.jpg", "city.jpg", "drawing.png"}
     assert names(after=datetime(2023, 1, 1), before=datetime(2024, 1, 1)) == {"beach.jpg"}
@@ -87,7 +88,7 @@ def test_each_filter_selects_exactly_its_images(store: Store, library: Path) -> 
     assert names(min_width=600, min_height=700) == {"city.jpg"}
     assert names(path="*/holidays/*") == {"beach.jpg", "hill.jpg"}
     assert names(path="*/h?ll.jpg") == {"hill.jpg"}
-    assert _paths(search(store, parse(["x"]), limit=100, filters=Filters(format="jpg"))) == {
+    assert _paths(search(store, SearchRequest(parse(["x"]), limit=100, filters=Filters(format="jpg")))) == {
         "beach.jpg",
         "hill.jpg",
         "city.jpg",
@@ -96,15 +97,15 @@ def test_each_filter_selects_exactly_its_images(store: Store, library: Path) -> 
 
 def test_min_score_sort_by_date_and_paging(store: Store, library: Path) -> None:
     beach = str(library / "holidays" / "beach.jpg")
-    everything = search(store, parse([beach]), limit=4)
+    everything = search(store, SearchRequest(parse([beach]), limit=4))
     assert everything[0].path == beach
     threshold = (everything[1].score + everything[2].score) / 2
-    assert [r.path for r in search(store, parse([beach]), limit=4, min_score=threshold)] == [
+    assert [r.path for r in search(store, SearchRequest(parse([beach]), limit=4, min_score=threshold))] == [
         r.path for r in everything[:2]
     ]
-    by_date = search(store, parse([beach]), limit=4, sort="date")
+    by_date = search(store, SearchRequest(parse([beach]), limit=4, sort="date"))
     assert [r.date for r in by_date] == sorted((r.date for r in by_date), reverse=True)
-    page_two = search(store, parse([beach]), limit=2, offset=2)
+    page_two = search(store, SearchRequest(parse([beach]), limit=2, offset=2))
     assert [r.path for r in page_two] == [r.path for r in everything[2:]]
     assert [r.rank for r in page_two] == [3, 4]
 
@@ -154,7 +155,7 @@ def test_metadata_files_attach_attributes_and_report_unmatched_rows(
     )
     summary = ingest(store, [photos], model=ModelSpec.parse(tiny_model), metadata=csv_file)
     assert (summary.metadata_matched, summary.metadata_unmatched) == (2, ["nothing-like-this.jpg"])
-    toys = search(store, parse(["x"]), limit=50, filters=Filters(attributes=(("category", "toys"),)))
+    toys = search(store, SearchRequest(parse(["x"]), limit=50, filters=Filters(attributes=(("category", "toys"),))))
     assert _paths(toys) == {"rocket.jpg"}
 
     relative = Path("..") / photos.name / "camera.jpg"  # a path relative to the metadata file's folder
@@ -206,20 +207,22 @@ def test_tag_by_id_path_and_file_name(store: Store, library: Path) -> None:
 def test_hostile_strings_are_data(store: Store, library: Path) -> None:
     tag(store, "default", "beach.jpg", {h: h for h in HOSTILE})
     for hostile in HOSTILE:
-        found = search(store, parse(["x"]), limit=10, filters=Filters(attributes=((hostile, hostile),)))
+        found = search(store, SearchRequest(parse(["x"]), limit=10, filters=Filters(attributes=((hostile, hostile),))))
         assert _paths(found) == {"beach.jpg"}
         for filters in (Filters(camera=hostile), Filters(path=hostile)):
-            assert search(store, parse(["x"]), limit=10, filters=filters) == []
+            assert search(store, SearchRequest(parse(["x"]), limit=10, filters=filters)) == []
         with pytest.raises(InvalidInput):  # not a format: refused before any SQL
-            search(store, parse(["x"]), limit=10, filters=Filters(format=hostile))
+            search(store, SearchRequest(parse(["x"]), limit=10, filters=Filters(format=hostile)))
     assert store.conn.execute("SELECT count(*) FROM images").fetchone()[0] == 4
     with pytest.raises(InvalidInput, match="has the attribute"):
-        search(store, parse(["x"]), filters=Filters(attributes=(("no such key", "x"),)))
+        search(store, SearchRequest(parse(["x"]), filters=Filters(attributes=(("no such key", "x"),))))
 
 
 def test_sql_functions_and_collection_stats(store: Store, library: Path) -> None:
     beach_id = store.images.image_ids(store.models.get_collection("default").id, "beach.jpg")[0]
-    expected = [r.image_id for r in search(store, parse([f"id:{beach_id}"]), limit=3)]  # both leave it out
+    expected = [
+        r.image_id for r in search(store, SearchRequest(parse([f"id:{beach_id}"]), limit=3))
+    ]  # both leave it out
     rows = store.conn.execute("SELECT image_id, score FROM imagedb_similar(%s, 3)", (beach_id,)).fetchall()
     assert [r[0] for r in rows] == expected
     nearest = store.conn.execute(
@@ -282,9 +285,9 @@ def test_a_date_a_writer_set_to_infinity_does_not_break_searches(store: Store, p
     ingest(store, [photos], model=ModelSpec.parse(tiny_model))
     store.conn.execute("UPDATE images SET taken_at = 'infinity' WHERE path LIKE '%/rocket.jpg'")
     store.conn.execute("UPDATE images SET taken_at = '-infinity' WHERE path LIKE '%/coffee.jpg'")
-    found = search(store, parse(["x"]), limit=12, sort="date")
+    found = search(store, SearchRequest(parse(["x"]), limit=12, sort="date"))
     assert len(found) == 12 and Path(found[0].path).name == "rocket.jpg" and Path(found[-1].path).name == "coffee.jpg"
-    after = search(store, parse(["x"]), limit=12, filters=Filters(after=datetime(2000, 1, 1)))
+    after = search(store, SearchRequest(parse(["x"]), limit=12, filters=Filters(after=datetime(2000, 1, 1))))
     assert "coffee.jpg" not in {Path(r.path).name for r in after}
 
 
@@ -300,10 +303,10 @@ def test_a_multi_picture_jpeg_is_a_jpeg(store: Store, photos: Path, tmp_path: Pa
     ingest(store, [folder, photos / "rocket.jpg"], model=ModelSpec.parse(tiny_model))
     stored = store.conn.execute("SELECT format FROM images WHERE path LIKE %s", ("%phone.jpg",)).fetchone()[0]
     assert stored == "JPEG"
-    found = [Path(r.path).name for r in search(store, parse(["x"]), filters=Filters(format="jpeg"))]
+    found = [Path(r.path).name for r in search(store, SearchRequest(parse(["x"]), filters=Filters(format="jpeg")))]
     assert sorted(found) == ["phone.jpg", "rocket.jpg"]
     store.conn.execute("UPDATE images SET format = 'MPO' WHERE path LIKE %s", ("%phone.jpg",))  # as stored before
-    found = [Path(r.path).name for r in search(store, parse(["x"]), filters=Filters(format="JPG"))]
+    found = [Path(r.path).name for r in search(store, SearchRequest(parse(["x"]), filters=Filters(format="JPG")))]
     assert sorted(found) == ["phone.jpg", "rocket.jpg"]
 
 
@@ -311,7 +314,7 @@ def test_an_unknown_format_filter_is_refused(store: Store, photos: Path, tiny_mo
     """The CLI refused an unknown --format, the library (and so the API) answered no results for it."""
     ingest(store, [photos / "rocket.jpg"], model=ModelSpec.parse(tiny_model))
     with pytest.raises(InvalidInput, match="unknown format 'jepg'"):
-        search(store, parse(["x"]), filters=Filters(format="jepg"))
+        search(store, SearchRequest(parse(["x"]), filters=Filters(format="jepg")))
 
 
 def test_imagedb_nearest_refuses_a_null_or_zero_query_vector(store: Store, library: Path) -> None:

@@ -469,7 +469,7 @@ def test_an_unreachable_model_hub_fails_at_once_in_one_line(tmp_path: Path) -> N
 
 
 def test_dates_from_any_timezone_compare_with_each_other() -> None:
-    from imagedb.search import _utc_naive
+    from imagedb.request import utc_naive as _utc_naive
 
     aware = datetime(2024, 1, 1, 12, 0, tzinfo=timezone.utc).astimezone()
     assert _utc_naive(aware) == datetime(2024, 1, 1, 12, 0)
@@ -526,7 +526,7 @@ def test_collections_name_a_checkpoint_file_not_its_path(client: TestClient) -> 
 def test_a_date_that_overflows_in_utc_is_a_400() -> None:
     """Found from outside: after=0001-01-01T00:00:00+01:00 was a 500 (OverflowError converting to UTC)."""
     from imagedb.errors import InvalidInput
-    from imagedb.search import _utc_naive
+    from imagedb.request import utc_naive as _utc_naive
 
     early = datetime(1, 1, 1, tzinfo=timezone(timedelta(hours=1)))
     late = datetime.max.replace(tzinfo=timezone(timedelta(hours=-1)))

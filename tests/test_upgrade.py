@@ -36,6 +36,7 @@ from imagedb.pg.connection import sqlalchemy_url
 from imagedb.pg.database import open_connection
 from imagedb.pg.migrate import alembic_config, current_revision, head_revision, upgrade
 from imagedb.query import parse
+from imagedb.request import SearchRequest
 from imagedb.store import Store
 from imagedb.store.records import Filters
 
@@ -294,12 +295,17 @@ def test_a_database_of_the_first_release_upgrades_with_everything_intact(
             len(files),
             "valid",
         )
-        found = searching.search(store, parse(["a cat"]), collection="old", model=spec, limit=10)
+        found = searching.search(store, SearchRequest(parse(["a cat"]), collection="old", model=spec, limit=10))
         assert {r.image_id for r in found} == set(ids.values())
-        like = searching.search(store, parse([f"id:{ids[str(folder / 'coffee.jpg')]}"]), collection="old", limit=1)
+        like = searching.search(
+            store, SearchRequest(parse([f"id:{ids[str(folder / 'coffee.jpg')]}"]), collection="old", limit=1)
+        )
         assert like[0].image_id == ids[str(folder / "coffee-copy.jpg")] and like[0].score > 0.999
         tagged = searching.search(
-            store, parse(["a cat"]), collection="old", model=spec, filters=Filters(attributes=(("animal", "cat"),))
+            store,
+            SearchRequest(
+                parse(["a cat"]), collection="old", model=spec, filters=Filters(attributes=(("animal", "cat"),))
+            ),
         )
         assert [r.image_id for r in tagged] == [ids[str(cat)]]
 
@@ -314,7 +320,7 @@ def test_a_database_of_the_first_release_upgrades_with_everything_intact(
     # The roles made by the 0004 code still do their jobs.
     with Store(open_connection(url)) as store:
         store.conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(writer)))
-        assert searching.search(store, parse(["a rocket"]), collection="old", model=spec, limit=3)
+        assert searching.search(store, SearchRequest(parse(["a rocket"]), collection="old", model=spec, limit=3))
         new = tmp_path / "new"
         new.mkdir()
         shutil.copy(photos / "rocket.jpg", new / "rocket.jpg")

@@ -5,7 +5,6 @@ from __future__ import annotations
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 MAX_FORM_OVERHEAD = 64 * 1024  # multipart boundaries, headers and the q field around the file
 MAX_OTHER_BODY = 64 * 1024  # no other route reads a body
-MAX_ID = 2**63 - 1
 SHOWN_INPUT_CHARS = 100  # of a rejected value, in a 422 answer
 POOL_TIMEOUT_S = 3.0  # how long a request waits for a database connection before a 503
 RETRY_AFTER_S = "5"

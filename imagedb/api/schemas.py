@@ -1,17 +1,20 @@
-"""What the API takes and gives: response models and the query parameters shared by the search routes."""
+"""What the API takes and gives: response models, and the query parameters of the search routes, derived from the
+declaration of a search (imagedb/request.py)."""
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Callable, Sequence
+from dataclasses import replace
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import Query
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
-from imagedb.attributes import parse_pairs
-from imagedb.config import DEFAULT_COLLECTION
-from imagedb.search import MAX_LIMIT, MAX_OFFSET
-from imagedb.store import Filters
+from imagedb import request
+from imagedb.query import Term
+from imagedb.request import Filters, Param, SearchRequest
 
 
 class SearchHit(BaseModel):
@@ -64,63 +67,64 @@ class Problem(BaseModel):
     detail: str
 
 
-def filters(
-    after: datetime | None = None,
-    before: datetime | None = None,
-    camera: str | None = None,
-    format: str | None = None,
-    min_width: Annotated[int | None, Query(ge=1, le=2**31 - 1)] = None,
-    min_height: Annotated[int | None, Query(ge=1, le=2**31 - 1)] = None,
-    path: str | None = None,
-    attr: Annotated[list[str], Query(description="KEY=VALUE, repeatable")] = [],  # noqa: B006
-    modality: Annotated[str | None, Query(max_length=64, description="DICOM modality: CT, MR...")] = None,
-    body_part: Annotated[str | None, Query(max_length=64, description="DICOM body part: CHEST...")] = None,
-) -> Filters:
-    return Filters(
-        after=after,
-        before=before,
-        camera=camera,
-        format=format,
-        min_width=min_width,
-        min_height=min_height,
-        path=path,
-        attributes=tuple(parse_pairs(attr).items()),
-        modality=modality or None,
-        body_part=body_part or None,
-    )
-
-
 class Page(BaseModel):
-    """Which results: collection, how many, from where, at least how good, in which order."""
+    """Which results: collection, how many, from where, at least how good, in which order. Its fields are the
+    settings of a search that the API takes (request.settings() with an Api), as the `page` dependency read them."""
 
-    collection: str = DEFAULT_COLLECTION
-    limit: int = 24
-    offset: int = 0
-    min_score: float | None = None
-    min_relevance: float | None = None
-    collapse_duplicates: bool = False
-    sort: Literal["score", "date"] = "score"
+    model_config = ConfigDict(extra="allow")
+
+    def request(self, terms: Sequence[Term], filters: Filters) -> SearchRequest:
+        return replace(request.from_values(terms, self.model_dump()), filters=filters)
 
 
-def page(
-    collection: str = DEFAULT_COLLECTION,
-    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 24,
-    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
-    min_score: Annotated[float | None, Query(ge=-1, le=1)] = None,
-    min_relevance: Annotated[
-        float | None, Query(ge=-1000, le=1000, description="standard deviations above an unrelated image's score")
-    ] = None,
-    collapse_duplicates: Annotated[
-        bool, Query(description="one result per duplicate group (`imagedb dupes`), its best match")
-    ] = False,
-    sort: Literal["score", "date"] = "score",
-) -> Page:
-    return Page(
-        collection=collection,
-        limit=limit,
-        offset=offset,
-        min_score=min_score,
-        min_relevance=min_relevance,
-        collapse_duplicates=collapse_duplicates,
-        sort=sort,
+class QueryParameters:
+    """A FastAPI dependency whose query parameters are Params: their names, types, bounds and descriptions, read
+    when a route is made, so that a filter registered before create_app() is a parameter of the search routes.
+    FastAPI checks each value (422) before make() gets them, by Param name."""
+
+    def __init__(self, declared: Callable[[], list[Param]], make: Callable[[dict[str, Any]], Any]) -> None:
+        self._declared = declared
+        self._make = make
+
+    @property
+    def __signature__(self) -> inspect.Signature:  # what FastAPI reads a dependency's parameters from
+        return inspect.Signature([_query_parameter(p) for p in self._declared()])
+
+    def __call__(self, **given: Any) -> Any:
+        values: dict[str, Any] = {}
+        for param in self._declared():
+            value = given.get(param.query_name)
+            assert param.api is not None  # declared() gives only Params with an Api
+            values[param.name] = None if param.api.blank_is_none and value == "" else value
+        return self._make(values)
+
+
+def _query_parameter(param: Param) -> inspect.Parameter:
+    assert param.api is not None
+    kind: Any = param.type
+    if param.choices and param.case_sensitive:  # choices in any case are left to the library's check (400)
+        kind = Literal[param.choices]  # type: ignore[valid-type]
+    default = param.query_default
+    if param.multiple:
+        kind, default = list[kind], []  # type: ignore[valid-type]
+    elif default is None:
+        kind = kind | None
+    bounds = {
+        "ge": param.minimum,
+        "le": param.api.maximum if param.api.maximum is not None else param.maximum,
+        "max_length": param.api.max_length,
+        "description": param.api.description,
+    }
+    query = Query(**{k: v for k, v in bounds.items() if v is not None})
+    return inspect.Parameter(
+        param.query_name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=Annotated[kind, query]
     )
+
+
+def _filters(values: dict[str, Any]) -> Filters:
+    return request.from_values((), values).filters
+
+
+# The query parameters shared by the search routes: the settings (collection, limit...), then the filters.
+page = QueryParameters(lambda: [p for p in request.settings() if p.api is not None], lambda values: Page(**values))
+filters = QueryParameters(lambda: [p for p in request.FILTERS.values() if p.api is not None], _filters)

@@ -41,10 +41,3 @@ model_option = click.option(
     help="open_clip model as NAME[:PRETRAINED] or NAME:/path/to/checkpoint. A new collection gets it (else"
     f" IMAGEDB_MODEL, else {config.DEFAULT_MODEL}); an existing one uses its own and refuses another.",
 )
-
-search_model_option = click.option(
-    "--model",
-    "-m",
-    help="Search with this model, one the collection holds (default: the one it searches with); e.g. a model"
-    " being added, to compare before `imagedb models use` (`imagedb models list` shows them).",
-)

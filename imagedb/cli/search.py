@@ -5,80 +5,61 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import click
 
-from imagedb import config
-from imagedb.cli.options import collection_option, model_spec, search_model_option
+from imagedb import request
 from imagedb.cli.support import Command
 from imagedb.cli.support import open_store as _store
 from imagedb.display import escape, iso
 from imagedb.errors import InvalidInput
 
-_DATE = click.DateTime(["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S"])
-# What --format accepts, in any case; JPG, TIF and HEIC are aliases of JPEG, TIFF and HEIF (search.FORMAT_ALIASES).
-FORMATS = ("JPEG", "JPG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "TIF", "HEIF", "HEIC", "AVIF", "DICOM")
+
+class SearchCommand(Command):
+    """`imagedb search`: its own options, and after --like one option per Param of a search (request.params()),
+    read from the declaration whenever click parses or shows help, so that a filter registered late is one too."""
+
+    _derived: tuple[tuple[request.Param, ...], list[click.Parameter]] = ((), [])
+
+    def get_params(self, ctx: click.Context) -> list[click.Parameter]:
+        declared = tuple(p for p in request.params() if p.flags)
+        if declared != self._derived[0]:  # the same Option objects across one parse: click orders them by identity
+            self._derived = (declared, [_option(p) for p in declared])
+        own = super().get_params(ctx)
+        at = next(n for n, p in enumerate(own) if p.name == "likes") + 1
+        return [*own[:at], *self._derived[1], *own[at:]]
 
 
-@click.command(cls=Command, short_help="Find images by text, by image file or by stored image.")
+def _option(param: request.Param) -> click.Option:
+    """The click option of a Param: its flags, help, bounds, choices, default and metavar."""
+    settings: dict[str, Any] = {"help": param.help}
+    if param.type is bool:
+        settings["is_flag"] = True
+    elif param.choices:
+        settings["type"] = click.Choice(param.choices, case_sensitive=param.case_sensitive)
+    elif param.type is datetime:
+        settings["type"] = click.DateTime(request.DATE_FORMATS)
+    elif param.type in (int, float) and (param.minimum is not None or param.maximum is not None):
+        bounded = click.IntRange if param.type is int else click.FloatRange
+        settings["type"] = bounded(param.minimum, param.maximum)
+    elif param.type is not str:
+        settings["type"] = param.type
+    if param.default is not None and param.type is not bool:
+        settings["default"] = param.default
+    for key in ("metavar", "multiple", "show_default"):
+        if getattr(param, key):
+            settings[key] = getattr(param, key)
+    return click.Option([*param.flags, param.name], **settings)
+
+
+@click.command(cls=SearchCommand, short_help="Find images by text, by image file or by stored image.")
 @click.argument("query", nargs=-1)
 @click.option("--image", "-i", "images", multiple=True, type=click.Path(), help="Add an image file to the query.")
 @click.option(
-    "--like", "-l", "likes", multiple=True, type=click.IntRange(1, 2**63 - 1), help="Add a stored image (by id)."
-)
-@collection_option
-@search_model_option
-@click.option("--limit", "-k", default=10, show_default=True, type=click.IntRange(1, 1000), help="Results to show.")
-@click.option("--offset", default=0, show_default=True, type=click.IntRange(0, 100000), help="Skip this many (paging).")
-@click.option("--after", type=_DATE, metavar="DATE", help="Taken (else file time) on or after DATE.")
-@click.option(
-    "--before",
-    type=_DATE,
-    metavar="DATE",
-    help="Taken (else file time) before DATE. DATE is YYYY-MM-DD[THH:MM:SS] (a space may replace the T), in UTC.",
-)
-@click.option("--camera", help="Camera make or model contains this text (any case).")
-@click.option(
-    "--format",
-    "image_format",
-    type=click.Choice(FORMATS, case_sensitive=False),
-    metavar="FORMAT",
-    help="File format, any case: JPEG (JPG), PNG, WEBP, GIF, BMP, TIFF (TIF), HEIF (HEIC), AVIF, DICOM.",
-)
-@click.option("--min-width", type=click.IntRange(1), help="At least this many pixels wide.")
-@click.option("--min-height", type=click.IntRange(1), help="At least this many pixels high.")
-@click.option("--path", "path_glob", help="Path matches this glob (* and ?), e.g. '*/holidays/*'.")
-@click.option("--attr", "attrs", multiple=True, metavar="KEY=VALUE", help="User attribute equals value; repeatable.")
-@click.option("--modality", help="DICOM modality, any case, e.g. CT, MR, CR, US.")
-@click.option("--body-part", help="DICOM body part examined, any case, e.g. CHEST, HEAD.")
-@click.option("--min-score", type=click.FloatRange(-1, 1), help="Drop results below this cosine similarity.")
-@click.option(
-    "--min-relevance",
-    type=click.FloatRange(-1000, 1000),
-    metavar="R",
-    help="Drop results less relevant than R: standard deviations above an unrelated image's score for this"
-    " query (one cutoff for every query; see the README).",
-)
-@click.option(
-    "--collapse-duplicates",
-    is_flag=True,
-    help="One result per duplicate group of the last `imagedb dupes` run: its best match, with the count of the"
-    " others.",
-)
-@click.option(
-    "--sort",
-    type=click.Choice(["score", "date"]),
-    default="score",
-    show_default=True,
-    help="Order of the best matches: by score, or by date, newest first.",
-)
-@click.option(
-    "--ef-search",
-    type=click.IntRange(1, 1000),
-    help="HNSW candidate list size: higher is more exact and slower. Default: the collection's, set by"
-    f" `imagedb tune`, else {config.DEFAULT_EF_SEARCH}.",
+    "--like", "-l", "likes", multiple=True, type=click.IntRange(1, request.MAX_ID), help="Add a stored image (by id)."
 )
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line (dates in UTC, ISO 8601).")
 @click.option("--paths", "as_paths", is_flag=True, help="Only the paths, one per line, escaped as the table's.")
@@ -89,28 +70,10 @@ def search(
     query: tuple[str, ...],
     images: tuple[str, ...],
     likes: tuple[int, ...],
-    collection: str,
-    model: str | None,
-    limit: int,
-    offset: int,
-    after: Any,
-    before: Any,
-    camera: str | None,
-    image_format: str | None,
-    min_width: int | None,
-    min_height: int | None,
-    path_glob: str | None,
-    attrs: tuple[str, ...],
-    modality: str | None,
-    body_part: str | None,
-    min_score: float | None,
-    min_relevance: float | None,
-    collapse_duplicates: bool,
-    sort: str,
-    ef_search: int | None,
     as_json: bool,
     as_paths: bool,
     as_null: bool,
+    **values: Any,  # one per Param of a search (SearchCommand), by name
 ) -> None:
     """Find the images nearest to QUERY: texts, image paths and id:N, joined by + and -, with W: weights.
 
@@ -124,41 +87,15 @@ def search(
     --paths are escaped (a backslash, then n, t, r, xNN or uNNNN, and a backslash doubled); --null prints them
     as they are.
     """
-    from imagedb.attributes import parse_pairs
     from imagedb.search import search as run_search
-    from imagedb.store import Filters
 
     chosen = [flag for flag, on in (("--json", as_json), ("--paths", as_paths), ("--null", as_null)) if on]
     if len(chosen) > 1:
         raise click.UsageError(f"{chosen[0]} and {chosen[1]} cannot be used together: choose one output")
-    terms = query_terms(query, images, likes)
-    filters = Filters(
-        after=after,
-        before=before,
-        camera=camera,
-        format=image_format,
-        min_width=min_width,
-        min_height=min_height,
-        path=path_glob,
-        attributes=tuple(parse_pairs(list(attrs)).items()),
-        modality=modality,
-        body_part=body_part,
-    )
+    wanted = request.from_values(query_terms(query, images, likes), values)
+    collapse_duplicates = wanted.collapse_duplicates
     with _store(ctx) as store:
-        results = run_search(
-            store,
-            terms,
-            collection=collection,
-            model=model_spec(model),
-            limit=limit,
-            offset=offset,
-            ef_search=ef_search,
-            filters=filters,
-            min_score=min_score,
-            sort=sort,  # type: ignore[arg-type]
-            min_relevance=min_relevance,
-            collapse_duplicates=collapse_duplicates,
-        )
+        results = run_search(store, wanted)
     if as_null:
         click.echo(b"".join(os.fsencode(r.path) + b"\0" for r in results), nl=False)  # bytes: written raw
     elif as_paths:

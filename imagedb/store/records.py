@@ -6,6 +6,9 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
 
+# Declared with the rest of a search (request.py), where each filter carries its SQL; the store takes it.
+from imagedb.request import Filters as Filters
+
 
 @dataclass(frozen=True)
 class Collection:
@@ -67,23 +70,6 @@ class Hit:
     score: float
     date: datetime  # when taken, else the file's time
     others: int = 0  # with collapsed duplicates: how many other images of its duplicate group were left out
-
-
-@dataclass(frozen=True)
-class Filters:
-    """Metadata conditions a search result must meet; every value reaches SQL as a bound parameter."""
-
-    after: datetime | None = None  # taken_at (or file time) on or after
-    before: datetime | None = None  # ... strictly before
-    camera: str | None = None  # substring of "make model", any case
-    format: str | None = None  # JPEG, PNG, ...
-    min_width: int | None = None
-    min_height: int | None = None
-    path: str | None = None  # glob: * any characters, ? one character
-    attributes: tuple[tuple[str, str], ...] = ()  # user attribute key = value (as text)
-    exclude: tuple[int, ...] = ()  # image ids left out (the stored images a query is made of)
-    modality: str | None = None  # DICOM modality (CT, MR...), any case
-    body_part: str | None = None  # DICOM body part examined (CHEST, HEAD...), any case
 
 
 @dataclass(frozen=True)

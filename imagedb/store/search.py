@@ -9,72 +9,16 @@ import numpy as np
 from pgvector import HalfVector
 from psycopg import sql
 
+from imagedb.request import IMAGE_DATE, MAX_EF_SEARCH, Filters
 from imagedb.store.base import Part
 from imagedb.store.index import binary_expression
-from imagedb.store.records import Collection, Filters, Hit
+from imagedb.store.records import Collection, Hit
 
 # How far an iterative index scan may read for a selective filter before giving up (pgvector's default is
 # 20,000): enough for a 1% filter to fill a page of results on a million images.
 MAX_SCAN_TUPLES = 100_000
 # Query texts cached per model (about 1 KB each at 512 dimensions): the oldest beyond this go.
 MAX_CACHED_TEXTS = 100_000
-
-
-# Photos carry the time they were taken; other images fall back to the file's time (in UTC). Kept within the years
-# Python can hold: a writer who stored 'infinity' made every search that reached that row fail.
-_IMAGE_DATE = (
-    "LEAST(GREATEST(COALESCE(i.taken_at, i.mtime AT TIME ZONE 'UTC'),"
-    " '0001-01-01'::timestamp), '9999-12-31'::timestamp)"
-)
-
-
-def _like_escape(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-
-
-def _glob_to_like(glob: str) -> str:
-    return _like_escape(glob).replace("*", "%").replace("?", "_")
-
-
-def _filter_clauses(filters: Filters) -> tuple[list[str], dict[str, Any]]:
-    clauses: list[str] = []
-    params: dict[str, Any] = {}
-    if filters.after is not None:
-        clauses.append(f"{_IMAGE_DATE} >= %(after)s")
-        params["after"] = filters.after
-    if filters.before is not None:
-        clauses.append(f"{_IMAGE_DATE} < %(before)s")
-        params["before"] = filters.before
-    if filters.camera is not None:
-        clauses.append("concat_ws(' ', i.camera_make, i.camera_model) ILIKE %(camera)s")
-        params["camera"] = f"%{_like_escape(filters.camera)}%"
-    if filters.format is not None:
-        clauses.append("i.format = ANY(%(formats)s)")
-        # Ingest stored multi-picture JPEGs as MPO before it stored them as JPEG.
-        params["formats"] = [filters.format, "MPO"] if filters.format == "JPEG" else [filters.format]
-    if filters.min_width is not None:
-        clauses.append("i.width >= %(min_width)s")
-        params["min_width"] = filters.min_width
-    if filters.min_height is not None:
-        clauses.append("i.height >= %(min_height)s")
-        params["min_height"] = filters.min_height
-    if filters.path is not None:
-        clauses.append("i.path LIKE %(path)s")
-        params["path"] = _glob_to_like(filters.path)
-    if filters.exclude:
-        clauses.append("i.id <> ALL(%(exclude)s)")
-        params["exclude"] = list(filters.exclude)
-    for field in ("modality", "body_part"):  # DICOM codes are upper case (CS); any case matches
-        value = getattr(filters, field)
-        if value is not None:
-            clauses.append(
-                f"EXISTS (SELECT 1 FROM dicom_images d WHERE d.image_id = i.id AND d.{field} = upper(%({field})s))"
-            )
-            params[field] = value.strip()
-    for n, (key, value) in enumerate(filters.attributes):
-        clauses.append(f"i.attributes ->> %(attr_key_{n})s = %(attr_value_{n})s")
-        params[f"attr_key_{n}"], params[f"attr_value_{n}"] = key, value
-    return clauses, params
 
 
 def _nearest_query(
@@ -85,8 +29,8 @@ def _nearest_query(
     group's other images."""
     # The cast to the model's dimension is what matches the expression of the model's partial HNSW index.
     vector = sql.SQL("e.embedding::halfvec({})").format(sql.Literal(collection.dim))
-    clauses, params = _filter_clauses(filters)
-    where = sql.SQL("").join(sql.SQL(" AND " + c) for c in clauses)
+    clauses, params = filters.clauses()  # each filter's own condition (request.FILTERS)
+    where = sql.SQL("").join(sql.SQL(" AND {}").format(c) for c in clauses)
     read = limit + offset if depth is None else depth
     order = sql.SQL("{} <=> %(q)s").format(vector)
     if collection.rerank is not None:
@@ -100,7 +44,7 @@ def _nearest_query(
     # the outer query puts them in order, ties by id (as imagedb_nearest does).
     nearest = sql.SQL(
         "WITH nearest AS MATERIALIZED ("
-        " SELECT i.id, i.path, {vector} <=> %(q)s AS distance, " + _IMAGE_DATE + " AS image_date"
+        " SELECT i.id, i.path, {vector} <=> %(q)s AS distance, " + IMAGE_DATE + " AS image_date"
         " FROM embeddings e JOIN images i ON i.id = e.image_id"
         " WHERE e.model_id = %(model_id)s AND i.collection_id = %(collection_id)s{where}"
         " ORDER BY {order} LIMIT %(depth)s)"
@@ -139,7 +83,7 @@ def effective_ef_search(collection: Collection, ef_search: int | None) -> int | 
     scan returns; its maximum is 1000)."""
     if collection.rerank is None:
         return ef_search
-    return min(max(ef_search or 0, collection.rerank), 1000)
+    return min(max(ef_search or 0, collection.rerank), MAX_EF_SEARCH)
 
 
 # Collapsing duplicates reads this many times the page's depth first, and four times more while groups leave the

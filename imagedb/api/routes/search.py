@@ -33,10 +33,7 @@ class Search:
 
     def __call__(self, terms: list[Term], p: Page, f: Filters, upload: Path | None = None) -> SearchResponse:
         with self.store() as s:
-            plan = searching.plan(
-                s, terms, collection=p.collection, limit=p.limit, offset=p.offset, filters=f, min_score=p.min_score,
-                sort=p.sort, min_relevance=p.min_relevance, collapse_duplicates=p.collapse_duplicates,
-            )  # fmt: skip
+            plan = searching.plan(s, p.request(terms, f))
         vector = self.embedding.vector(plan, upload)
         with self.store() as s:
             results = searching.nearest(s, plan, vector)
