@@ -171,17 +171,6 @@ def _check_text(text: str, where: str) -> None:
         raise InvalidInput(f"{where}: {exc.object[exc.start : exc.end]!r} is not a Unicode character") from exc
 
 
-def parse_pairs(pairs: list[str]) -> dict[str, str]:
-    """key=value arguments as a dict; raises InvalidInput for one without '=' or with an empty key."""
-    out = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise InvalidInput(f"expected key=value, not {pair!r}")
-        out[key.strip()] = value
-    return out
-
-
 def tag(store: Store, collection: str, ref: str, attributes: dict[str, Any]) -> list[int]:
     """Merge attributes into the image named by id, path or file name; returns the ids changed."""
     _check_value({ref: attributes}, "imagedb tag")  # PostgreSQL's text and jsonb cannot hold NUL

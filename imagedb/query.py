@@ -15,24 +15,16 @@ import os
 import re
 import shlex
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 from imagedb.errors import InvalidInput
 from imagedb.images import SUPPORTED_SUFFIXES
+from imagedb.request import Term
 
 _WEIGHT = re.compile(r"^(\d+(?:\.\d+)?):(.*)$", re.S)
 _ID = re.compile(r"^id:(.*)$", re.S)
 # Weights are relative; beyond this a weight says nothing more, and a huge one overflows to infinity.
 MAX_WEIGHT = 1000.0
-
-
-@dataclass(frozen=True)
-class Term:
-    kind: Literal["text", "image", "id"]
-    value: str
-    weight: float  # negative for a subtracted term
 
 
 def parse(tokens: Sequence[str], *, files: bool = True) -> list[Term]:

@@ -22,7 +22,6 @@ from imagedb.errors import InvalidInput
 
 if TYPE_CHECKING:
     from imagedb.embed import ModelSpec
-    from imagedb.query import Term
 
 # The bounds of a search, the same for the CLI, the API and the library.
 MAX_LIMIT = 1000
@@ -49,6 +48,15 @@ IMAGE_DATE = (
 
 Clause = tuple[sql.Composable, dict[str, Any]]  # a condition on the images row `i`, and its bound parameters
 _SAME = object()  # Api.default: the field's own default
+
+
+@dataclass(frozen=True)
+class Term:
+    """One term of a query (imagedb.query parses them): a text, an image file, or a stored image by id."""
+
+    kind: Literal["text", "image", "id"]
+    value: str
+    weight: float  # negative for a subtracted term
 
 
 @dataclass(frozen=True)
@@ -146,9 +154,18 @@ def _attributes(name: str, pairs: tuple[tuple[str, str], ...]) -> Clause:
     return sql.SQL(" AND ").join(clauses), params
 
 
-def _pairs(raw: Sequence[str]) -> tuple[tuple[str, str], ...]:
-    from imagedb.attributes import parse_pairs  # imports the store, which imports this module
+def parse_pairs(pairs: list[str]) -> dict[str, str]:
+    """key=value arguments as a dict; raises InvalidInput for one without '=' or with an empty key."""
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise InvalidInput(f"expected key=value, not {pair!r}")
+        out[key.strip()] = value
+    return out
 
+
+def _pairs(raw: Sequence[str]) -> tuple[tuple[str, str], ...]:
     return tuple(parse_pairs(list(raw)).items())
 
 

@@ -30,8 +30,7 @@ from imagedb.ingest import ingest
 from imagedb.pg.backup import dump
 from imagedb.pg.cluster import program
 from imagedb.pg.database import open_connection
-from imagedb.query import Term
-from imagedb.request import SearchRequest
+from imagedb.request import SearchRequest, Term
 from imagedb.search import search
 from imagedb.store import Filters, Store
 

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from imagedb.errors import InvalidInput
-from imagedb.query import Term, parse, parse_string
+from imagedb.query import parse, parse_string
+from imagedb.request import Term
 
 
 def test_terms_operators_and_weights(tmp_path: Path) -> None:

@@ -13,8 +13,7 @@ from fastapi import Query
 from pydantic import BaseModel, ConfigDict
 
 from imagedb import request
-from imagedb.query import Term
-from imagedb.request import Filters, Param, SearchRequest
+from imagedb.request import Filters, Param, SearchRequest, Term
 
 
 class SearchHit(BaseModel):

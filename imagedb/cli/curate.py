@@ -22,8 +22,8 @@ from imagedb.display import escape, iso
 @click.pass_context
 def tag(ctx: click.Context, image: str, pairs: tuple[str, ...], collection: str) -> None:
     """Set user attributes on IMAGE (an id, a path, or a file name)."""
-    from imagedb.attributes import parse_pairs
     from imagedb.attributes import tag as run_tag
+    from imagedb.request import parse_pairs
 
     attributes = parse_pairs(list(pairs))
     with _store(ctx) as store:

@@ -134,7 +134,8 @@ def query_terms(query: Sequence[str], images: Sequence[str], likes: Sequence[int
     `imagedb search "dog +"` is refused and `"beach + sunset"` is a sum, as on the web page. Several arguments
     are already split by the shell. One argument that names an existing file is that image, spaces and all.
     """
-    from imagedb.query import Term, is_file, names_image, no_image_file, parse, parse_string
+    from imagedb.query import is_file, names_image, no_image_file, parse, parse_string
+    from imagedb.request import Term
 
     terms: list[Term] = []
     if len(query) == 1 and not names_image(query[0]):

@@ -9,9 +9,9 @@ from fastapi import Path as FastAPIPath
 
 from imagedb.api import originals
 from imagedb.api.deps import Stores
-from imagedb.api.limits import MAX_ID
 from imagedb.api.schemas import ImageInfo
 from imagedb.errors import NotFound
+from imagedb.request import MAX_ID
 
 router = APIRouter()
 

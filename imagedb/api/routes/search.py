@@ -13,11 +13,12 @@ from fastapi import Path as FastAPIPath
 
 from imagedb import search as searching
 from imagedb.api.deps import Embeddings, StoreOpener, Stores
-from imagedb.api.limits import MAX_ID, MAX_UPLOAD_BYTES
+from imagedb.api.limits import MAX_UPLOAD_BYTES
 from imagedb.api.schemas import Page, SearchHit, SearchResponse, filters, page
 from imagedb.api.state import Embedding
 from imagedb.errors import NotFound
-from imagedb.query import Term, parse_string
+from imagedb.query import parse_string
+from imagedb.request import MAX_ID, Term
 from imagedb.store import Filters
 
 router = APIRouter()
