@@ -116,7 +116,7 @@ def printable(text: str) -> str:
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in readable(text))
 
 
-@click.command(cls=Command)
+@click.command(cls=Command, access="write")
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
 @collection_option
 @model_option

@@ -22,7 +22,7 @@ _DATE = click.DateTime(["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S"])
 FORMATS = ("JPEG", "JPG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "TIF", "HEIF", "HEIC", "AVIF", "DICOM")
 
 
-@click.command(cls=Command, short_help="Find images by text, by image file or by stored image.")
+@click.command(cls=Command, access="read", short_help="Find images by text, by image file or by stored image.")
 @click.argument("query", nargs=-1)
 @click.option("--image", "-i", "images", multiple=True, type=click.Path(), help="Add an image file to the query.")
 @click.option(

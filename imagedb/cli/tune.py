@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import click
 
 from imagedb import config
-from imagedb.cli.support import open_store
+from imagedb.cli.support import Command, open_store
 from imagedb.display import escape
 
 
@@ -19,7 +19,7 @@ def recall_table(points: Sequence, in_use: int | None = None) -> list[str]:  # t
     return lines
 
 
-@click.command("tune")
+@click.command("tune", cls=Command, access="none")
 @click.option("--collection", "-c", default=config.DEFAULT_COLLECTION, show_default=True, help="Collection to tune.")
 @click.option(
     "--target-recall",
