@@ -27,10 +27,10 @@ from results_dir import RESULTS
 from imagedb import embed
 from imagedb.api import create_app
 from imagedb.embed import ModelSpec
-from imagedb.images import make_thumbnail
 from imagedb.pg.database import open_connection
 from imagedb.pg.embedded import stop_embedded
 from imagedb.store import ImageRecord, Store
+from imagedb.thumbnails import make_thumbnail
 
 
 def _ms(fn, repeat: int = 30) -> float:  # type: ignore[no-untyped-def]

@@ -241,8 +241,10 @@ def _breakdown(store: Store, embedder: embed.Embedder, files: list[Path], batch_
 
     from scale_bench import _data
 
+    from imagedb.batch_writers import BatchWriters
+    from imagedb.batch_writers import EmbeddedBatch as _Embedded
     from imagedb.images import decode
-    from imagedb.ingest import WRITERS, BatchWriters, _Embedded
+    from imagedb.ingest import WRITERS
     from imagedb.store import ImageRecord
 
     def prepare(path: Path) -> object:

@@ -13,7 +13,7 @@ from typing import Literal
 
 from PIL import Image
 
-from imagedb import collection as collections
+from imagedb.collection import get_collection
 from imagedb.config import (
     DEFAULT_COLLECTION,
     DEFAULT_MAX_HASH_DISTANCE,
@@ -21,8 +21,10 @@ from imagedb.config import (
     DEFAULT_WATCH_MAX_DISTANCE,
 )
 from imagedb.errors import InvalidInput
-from imagedb.images import BadImage, decode, make_thumbnail, perceptual_hash
+from imagedb.files import BadImage
+from imagedb.images import decode
 from imagedb.store import Store
+from imagedb.thumbnails import make_thumbnail, perceptual_hash
 
 Method = Literal["hash", "clip", "both"]
 METHODS: tuple[str, ...] = ("hash", "clip", "both")
@@ -107,7 +109,7 @@ def find_duplicates(
     Identical files (same SHA-256) always form one group, whatever the method.
     """
     check_thresholds(method, max_distance, min_similarity)
-    target = collections.get(store, collection)
+    target = get_collection(store, collection)
     edges = [(a, b, d, "sha256") for a, b, d in store.dupes.sha256_edges(target.id)]
     if method in ("hash", "both"):
         edges += [(a, b, d, "hash") for a, b, d in store.dupes.hash_edges(target.id, max_distance, NEIGHBOURS)]

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Literal
 
 from imagedb.errors import InvalidInput
-from imagedb.images import SUPPORTED_SUFFIXES
+from imagedb.files import SUPPORTED_SUFFIXES
 
 _WEIGHT = re.compile(r"^(\d+(?:\.\d+)?):(.*)$", re.S)
 _ID = re.compile(r"^id:(.*)$", re.S)

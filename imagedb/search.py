@@ -22,7 +22,8 @@ from imagedb import embed, provenance, relevance, tuning
 from imagedb.config import DEFAULT_COLLECTION
 from imagedb.embed import ModelSpec
 from imagedb.errors import InvalidInput, NotFound
-from imagedb.images import BadImage, decode
+from imagedb.files import BadImage
+from imagedb.images import decode
 from imagedb.query import Term
 from imagedb.store import Collection, Filters, Store
 from imagedb.store.records import ModelRecord
@@ -144,7 +145,7 @@ def plan(
         raise InvalidInput(f"min_score is a cosine similarity, between -1 and 1, not {min_score}")
     if min_relevance is not None and not np.isfinite(min_relevance):
         raise InvalidInput(f"min_relevance is a number of standard deviations, not {min_relevance}")
-    target = collections.get(store, collection)
+    target = collections.get_collection(store, collection)
     if model is not None:  # any model the collection holds, e.g. one being added, to compare before switching
         target = collections.held_model(store, target, model)
     checked = _checked(store, target, filters)

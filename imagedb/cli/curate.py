@@ -191,10 +191,10 @@ def forget(ctx: click.Context, images: tuple[str, ...], collection: str, yes: bo
     their paths. The images are listed first, then you are asked (unless --yes).
     """
     from imagedb.access import forget as run_forget
-    from imagedb.collection import find_images
+    from imagedb.collection import find_stored_images
 
     with _store(ctx) as store:
-        found, missing = find_images(store, collection, images)
+        found, missing = find_stored_images(store, collection, images)
         for ref in missing:
             click.echo(f"not found: {escape(ref)}", err=True)
         click.echo(f"{len(found)} image(s) in collection {escape(collection)}:")
