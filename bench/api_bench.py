@@ -23,10 +23,10 @@ from PIL import Image
 from imagedb import embed
 from imagedb.api import create_app
 from imagedb.embed import ModelSpec
-from imagedb.images import make_thumbnail
 from imagedb.pg.database import open_connection
 from imagedb.pg.embedded import stop_embedded
 from imagedb.store import Store
+from imagedb.thumbnails import make_thumbnail
 
 
 def main() -> None:

@@ -58,7 +58,8 @@ def old_decode(path: Path):  # noqa: ANN201 - the pipeline as it was before this
 
     from PIL import Image, ImageOps
 
-    from imagedb.images import _to_rgb, make_thumbnail
+    from imagedb.images import _to_rgb
+    from imagedb.thumbnails import make_thumbnail
 
     data = path.read_bytes()
     hashlib.sha256(data).hexdigest()

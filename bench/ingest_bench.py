@@ -246,8 +246,10 @@ def _breakdown(store: Store, embedder: embed.Embedder, files: list[Path], batch_
     """Each stage of the pipeline alone: decoding in the ingest's pool, and storing ready vectors."""
     from datetime import datetime, timezone
 
+    from imagedb.batch_writers import BatchWriters
+    from imagedb.batch_writers import EmbeddedBatch as _Embedded
     from imagedb.images import decode
-    from imagedb.ingest import WRITERS, BatchWriters, _Embedded
+    from imagedb.ingest import WRITERS
 
     def prepare(path: Path) -> object:
         decoded = decode(path, keep_gps=False, keep_identifying=False, min_side=224)

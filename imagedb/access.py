@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from imagedb import collection as collections
+from imagedb.collection import get_collection
 from imagedb.errors import InvalidInput, NotFound
 from imagedb.store import Store
 from imagedb.store.admin import FORGET_TABLES
@@ -69,7 +69,7 @@ def _checked_password(password: str | None) -> str | None:
 
 def forget(store: Store, collection: str, refs: Sequence[str], *, full: bool = False) -> Forgotten:
     """Delete the images named by id, path or file name and everything derived from them, then VACUUM."""
-    target = collections.get(store, collection)
+    target = get_collection(store, collection)
     ids, unvacuumed = store.admin.forget(target.id, list(refs), full=full)
     if not ids:
         raise NotFound(f"no image {', '.join(refs)} in collection {collection!r}: give ids, paths or file names")

@@ -9,7 +9,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from imagedb import collection as collections
+from imagedb.collection import absolute_ref, get_collection
 from imagedb.errors import InvalidInput, NotFound
 from imagedb.store import Store
 
@@ -174,8 +174,8 @@ def _check_text(text: str, where: str) -> None:
 def tag(store: Store, collection: str, ref: str, attributes: dict[str, Any]) -> list[int]:
     """Merge attributes into the image named by id, path or file name; returns the ids changed."""
     _check_value({ref: attributes}, "imagedb tag")  # PostgreSQL's text and jsonb cannot hold NUL
-    target = collections.get(store, collection)
-    ref = collections.absolute_ref(ref)
+    target = get_collection(store, collection)
+    ref = absolute_ref(ref)
     ids = store.images.image_ids(target.id, ref)
     if not ids:
         raise NotFound(f"no image {ref!r} in collection {collection!r}: give an id, a path or a file name")

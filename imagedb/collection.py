@@ -37,7 +37,8 @@ def _checked_name(name: str) -> str:
     return name
 
 
-def get(store: Store, name: str, requested: ModelSpec | None = None) -> Collection:
+def get_collection(store: Store, name: str, requested: ModelSpec | None = None) -> Collection:
+    """The named collection; NotFound when there is none, ModelMismatch when `requested` is not its model."""
     collection = store.models.get_collection(_checked_name(name))
     if collection is None:
         raise NotFound(
@@ -47,7 +48,7 @@ def get(store: Store, name: str, requested: ModelSpec | None = None) -> Collecti
     return collection
 
 
-def get_or_create(
+def get_or_create_collection(
     store: Store,
     name: str,
     requested: ModelSpec | None,
@@ -98,13 +99,13 @@ def held_model(store: Store, collection: Collection, requested: ModelSpec) -> Co
     )
 
 
-def find_images(store: Store, name: str, refs: Sequence[str]) -> tuple[list[tuple[int, str]], list[str]]:
+def find_stored_images(store: Store, name: str, refs: Sequence[str]) -> tuple[list[tuple[int, str]], list[str]]:
     """(id, path) of the images named by ids, paths or file names, and the refs that named none.
 
     A ref with a `/` is a path, made absolute against the current folder. Raises NotFound when no ref names an
     image, InvalidInput for a ref with a NUL character (no path or name holds one).
     """
-    target = get(store, name)
+    target = get_collection(store, name)
     found: dict[int, None] = {}
     missing = []
     for ref in refs:

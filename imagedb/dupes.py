@@ -13,7 +13,7 @@ from typing import Literal
 
 from PIL import Image
 
-from imagedb import collection as collections
+from imagedb.collection import get_collection
 from imagedb.config import (
     DEFAULT_COLLECTION,
     DEFAULT_MAX_HASH_DISTANCE,
@@ -21,20 +21,15 @@ from imagedb.config import (
     DEFAULT_WATCH_MAX_DISTANCE,
 )
 from imagedb.errors import InvalidInput
-from imagedb.images import BadImage, decode, make_thumbnail, perceptual_hash
+from imagedb.files import BadImage
+from imagedb.images import decode
 from imagedb.store import Store
+from imagedb.thumbnails import make_thumbnail, perceptual_hash
 
 Method = Literal["hash", "clip", "both"]
 METHODS: tuple[str, ...] = ("hash", "clip", "both")
 NEIGHBOURS = 10  # candidates per image per rule; chains link larger groups
 _RULE_ORDER = {"sha256": 0, "hash": 1, "clip": 2}
-# Every value of a member's rule (the `rule` column of duplicate_groups), as the README lists them.
-RULES = {
-    "first": "the group's first image (smallest id): the others are linked to it, directly or in a chain",
-    "sha256": "the same bytes as the image it links to (identical files are grouped whatever the method)",
-    "hash": "its perceptual hash differs from the linked image's in at most --max-distance of 64 bits",
-    "clip": "its CLIP embedding has at least --min-similarity cosine similarity with the linked image's",
-}
 # Every flip and quarter turn of a square: the dihedral group of eight.
 _VARIANTS: tuple[Image.Transpose | None, ...] = (
     None,
@@ -50,10 +45,16 @@ _VARIANTS: tuple[Image.Transpose | None, ...] = (
 
 @dataclass(frozen=True)
 class Member:
+    """One image of a group, and how it joined it. Its rule (the `rule` column of duplicate_groups, as the README
+    lists them): "first", the group's first image (smallest id), to which the others are linked, directly or in a
+    chain; "sha256", the same bytes as the image it links to (identical files are grouped whatever the method);
+    "hash", its perceptual hash differs from the linked image's in at most --max-distance of 64 bits; "clip", its
+    CLIP embedding has at least --min-similarity cosine similarity with the linked image's."""
+
     image_id: int
     path: str
     matched_image_id: int | None  # the member it was linked through; None for the group's first image
-    rule: str  # first, sha256, hash or clip: see RULES
+    rule: str  # first, sha256, hash or clip
     distance: float | None  # Hamming bits for hash, cosine distance for clip, 0 for sha256
 
     @property
@@ -107,7 +108,7 @@ def find_duplicates(
     Identical files (same SHA-256) always form one group, whatever the method.
     """
     check_thresholds(method, max_distance, min_similarity)
-    target = collections.get(store, collection)
+    target = get_collection(store, collection)
     edges = [(a, b, d, "sha256") for a, b, d in store.dupes.sha256_edges(target.id)]
     if method in ("hash", "both"):
         edges += [(a, b, d, "hash") for a, b, d in store.dupes.hash_edges(target.id, max_distance, NEIGHBOURS)]

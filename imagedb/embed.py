@@ -132,6 +132,11 @@ class Embedder:
             probe = self._tokenizer(["a"]).to(self.device)
             self.dim = int(model.encode_text(probe).shape[-1])
 
+    def input_side(self) -> int:
+        """The side of the square image the model takes: 224 for most open_clip models, 336 or 384 for some."""
+        size = getattr(getattr(self._model, "visual", None), "image_size", 224)  # carried by the visual tower
+        return int(max(size) if isinstance(size, (tuple, list)) else size)
+
     def provenance(self) -> dict[str, Any]:
         """What these vectors depend on besides the weights file: library versions, preprocessing, tokenizer."""
         import open_clip

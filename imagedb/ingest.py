@@ -3,54 +3,36 @@
 from __future__ import annotations
 
 import os
-import queue
 import time
 from collections import deque
 from collections.abc import Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor, wait
-from contextlib import suppress
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 
-from imagedb import collection as collections
 from imagedb import cpus, provenance, relevance
 from imagedb.attributes import read_rows
+from imagedb.batch_writers import BatchWriters, EmbeddedBatch
+from imagedb.collection import get_or_create_collection, model_of
 from imagedb.config import DEFAULT_COLLECTION
 from imagedb.dicom import DicomOptions
 from imagedb.embed import Embedder, ModelSpec, Preprocess
-from imagedb.images import BadImage, decode, file_mtime, find_images, outside, readable
+from imagedb.files import BadImage, file_mtime, find_images, outside, readable
+from imagedb.images import decode
+from imagedb.progress import (
+    ATTACHING_METADATA,
+    BUILDING_INDEX,
+    EMBEDDING,
+    LOADING_MODEL,
+    SCANNING,
+    NoProgress,
+    Progress,
+)
 from imagedb.store import Collection, ImageRecord, Store
 from imagedb.store.images import BatchWritten
 from imagedb.store.records import ModelRecord
-
-# The phases of a run, in order, as Progress.phase names them. Scanning counts files found (no total known);
-# embedding counts files decoded and stored, out of those new or changed.
-SCANNING = "scanning"
-LOADING_MODEL = "loading model"
-EMBEDDING = "embedding"
-BUILDING_INDEX = "building index"
-ATTACHING_METADATA = "attaching metadata"
-
-
-class Progress(Protocol):
-    """Told what a run is doing; the library never prints, the caller shows it (a bar, log lines, nothing)."""
-
-    def phase(self, name: str, total: int | None = None, detail: str = "") -> None:
-        """A new phase begins; `total` is the count advance() will reach, when known."""
-
-    def advance(self, n: int = 1) -> None:
-        """`n` more items of the current phase are done."""
-
-
-class NoProgress:
-    def phase(self, name: str, total: int | None = None, detail: str = "") -> None:
-        pass
-
-    def advance(self, n: int = 1) -> None:
-        pass
 
 
 @dataclass
@@ -79,9 +61,6 @@ WRITERS = min(4, max(2, cpus.available() // 4))
 # Vectors a run keeps of what it embedded last, per model, so that content seen again before its batch commits is
 # not embedded twice (a few batches' worth: 4,096 x 512 x 4 bytes = 8 MB).
 RECENT_VECTORS = 4096
-# How long a failed or interrupted run waits for its batches in flight to commit before it cancels them.
-STOP_GRACE_S = 2.0
-
 # What a decode worker hands back: the path (printable), the record and its input per model id, or the reason it
 # failed. No pixels: a batch waiting to be embedded holds only thumbnails and model-sized tensors.
 _Prepared = tuple[str, ImageRecord | None, dict[int, object] | None, str | None]
@@ -106,7 +85,7 @@ def ingest(
 
     Bad files are recorded in ingest_errors and counted, never raised: one broken photo must not stop a
     library of thousands. Each batch is committed on its own. `metadata` (CSV or JSON Lines) attaches user
-    attributes once the images are stored. EXIF GPS and identifying fields (images.IDENTIFYING_EXIF_TAGS) are
+    attributes once the images are stored. EXIF GPS and identifying fields (exif.IDENTIFYING_EXIF_TAGS) are
     stored only with `keep_gps` / `keep_identifying`. DICOM files are de-identified unless `dicom.keep_phi`, which
     only a collection created with it accepts (see imagedb.dicom). New images get a vector of every model the
     collection holds (one being added by `imagedb models add` too); a registered model's checkpoint is verified
@@ -117,7 +96,7 @@ def ingest(
     progress.phase(SCANNING)
     files = find_images(paths, on_found=progress.advance)
     attribute_rows = read_rows(metadata) if metadata else []  # a bad file fails before anything is stored
-    target = collections.get_or_create(
+    target = get_or_create_collection(
         store, collection, model, keep_phi=dicom.keep_phi, allow_random_weights=allow_random_weights
     )
     summary = IngestSummary(collection=target.name, run_id=store.images.start_run(target.id, target.model_id))
@@ -133,7 +112,7 @@ def ingest(
     interrupted = False
     try:
         if todo:
-            spec = collections.model_of(target)
+            spec = model_of(target)
             progress.phase(LOADING_MODEL, detail=str(spec))
             models = _Models(store, target)
             models.refresh()
@@ -206,7 +185,7 @@ class _Models:
                 self.embedders[model_id] = provenance.load_registered(self._store, record)
 
     def input_side(self) -> int:
-        return max(_model_side(e) for e in self.embedders.values())
+        return max(e.input_side() for e in self.embedders.values())
 
     def current(self) -> dict[int, Embedder]:
         return dict(self.embedders)
@@ -219,12 +198,6 @@ class _DecodeOptions:
     min_side: int  # the model's input size: decoded pixels are shrunk to no less
     dicom: DicomOptions = DicomOptions()
     roots: tuple[Path, ...] = ()  # the files and folders given, resolved: no symlink may lead out of them
-
-
-def _model_side(embedder: Embedder) -> int:
-    # open_clip models carry their input size on the visual tower (224 for most, 336 or 384 for some).
-    size = getattr(getattr(getattr(embedder, "_model", None), "visual", None), "image_size", 224)
-    return int(max(size) if isinstance(size, (tuple, list)) else size)
 
 
 def _prepare(path: Path, preprocessors: dict[int, Preprocess], options: _DecodeOptions) -> list[_Prepared]:
@@ -276,19 +249,7 @@ def _prefetched(
         yield [item for f in pending.popleft() for item in f.result()]
 
 
-@dataclass
-class _Embedded:
-    """A batch ready to store: its records, each model's vectors, the files that failed."""
-
-    records: list[ImageRecord]
-    vectors: np.ndarray | list[np.ndarray]
-    others: dict[int, list[np.ndarray]]
-    errors: list[tuple[str, str]]
-    fresh: set[str]  # SHA-256s of the contents embedded for this batch (the others reused stored vectors)
-    files: int  # files, not frames: what progress counts
-
-
-def _embed(store: Store, target: Collection, batch: list[_Prepared], models: _Models) -> _Embedded:
+def _embed(store: Store, target: Collection, batch: list[_Prepared], models: _Models) -> EmbeddedBatch:
     errors = [(path, reason) for path, _, _, reason in batch if reason is not None]
     good = [(record, tensors) for _, record, tensors, _ in batch if record is not None and tensors is not None]
     fresh: set[str] = set()
@@ -301,10 +262,10 @@ def _embed(store: Store, target: Collection, batch: list[_Prepared], models: _Mo
                 fresh = computed
     others = {m: v for m, v in vectors.items() if m != target.model_id}
     files = len({path for path, *_ in batch})
-    return _Embedded([r for r, _ in good], vectors[target.model_id], others, errors, fresh, files)
+    return EmbeddedBatch([r for r, _ in good], vectors[target.model_id], others, errors, fresh, files)
 
 
-def _account(summary: IngestSummary, batch: _Embedded, written: BatchWritten) -> None:
+def _account(summary: IngestSummary, batch: EmbeddedBatch, written: BatchWritten) -> None:
     already = written.already
     summary.watch_hits += written.watch_hits
     # Another ingest of this collection may have stored some of these files first: they count as unchanged.
@@ -314,95 +275,6 @@ def _account(summary: IngestSummary, batch: _Embedded, written: BatchWritten) ->
     summary.skipped += len(already)
     summary.failed += len(batch.errors)
     summary.errors.extend(batch.errors)
-
-
-class BatchWriters:
-    """Stores batches on `count` connections of their own at once, while the caller embeds the next; results come
-    back in the order submitted. Each batch is still one transaction, or several of whole files when large
-    (Store.write_batch)."""
-
-    def __init__(self, store: Store, count: int) -> None:
-        self._store, self._count = store, count
-        self._idle: queue.SimpleQueue[Store] = queue.SimpleQueue()
-        self._opened: list[Store] = []
-        self._pool: ThreadPoolExecutor | None = None
-        self._in_flight: deque[tuple[_Embedded, Future[BatchWritten]]] = deque()
-
-    def __enter__(self) -> BatchWriters:
-        return self
-
-    def submit(self, target: Collection, run_id: int, batch: _Embedded) -> list[tuple[_Embedded, BatchWritten]]:
-        """Start storing `batch`; returns the batches that finished meanwhile (waiting for the oldest while all
-        writers are busy)."""
-        if self._pool is None:  # connections are opened for a run that stores something, not for every run
-            self._open()
-        assert self._pool is not None
-        if not self._opened:  # no connection to spare: written here, on the caller's own connection, in turn
-            future: Future[BatchWritten] = Future()
-            future.set_result(self._write(target, run_id, batch))
-        else:
-            future = self._pool.submit(self._write, target, run_id, batch)
-        self._in_flight.append((batch, future))
-        done = []
-        while self._in_flight and (len(self._in_flight) > self._count or self._in_flight[0][1].done()):
-            done.append(self._finish())
-        return done
-
-    def drain(self) -> list[tuple[_Embedded, BatchWritten]]:
-        return [self._finish() for _ in range(len(self._in_flight))]
-
-    def _finish(self) -> tuple[_Embedded, BatchWritten]:
-        batch, future = self._in_flight[0]
-        written = future.result()  # an interrupt while waiting here leaves the batch in flight, for __exit__
-        self._in_flight.popleft()
-        return batch, written
-
-    def _open(self) -> None:
-        for _ in range(self._count):
-            try:
-                self._opened.append(self._store.another())
-            except Exception:  # e.g. the role's or the server's connection limit: fewer writers, or none
-                break
-        for store in self._opened or [self._store]:
-            self._idle.put(store)
-        self._count = max(1, len(self._opened))
-        self._pool = ThreadPoolExecutor(max_workers=self._count, thread_name_prefix="imagedb-writer")
-
-    def _stop(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)  # batches not begun are dropped
-        pending = [f for _, f in self._in_flight if not f.done()]
-        if pending:
-            pending = list(wait(pending, timeout=STOP_GRACE_S).not_done)
-        while pending:
-            for store in self._opened:  # cancelling a connection with nothing running does nothing
-                with suppress(Exception):
-                    store.conn.cancel_safe(timeout=5)
-            pending = list(wait(pending, timeout=0.5).not_done)
-
-    def _write(self, target: Collection, run_id: int, batch: _Embedded) -> BatchWritten:
-        store = self._idle.get()
-        try:
-            return store.images.write_batch(
-                target.id, target.model_id, run_id, batch.records, batch.vectors, batch.errors, batch.others
-            )
-        finally:
-            self._idle.put(store)
-
-    def __exit__(self, exc_type: object, *exc: object) -> None:
-        # A batch in flight when the run fails (Ctrl-C, the database went away, a model switch) gets a moment to
-        # commit on its own connection; then it is cancelled: it may be waiting for a lock that another session
-        # holds for as long as it likes (a VACUUM FULL, an index build), and only this thread sees a Ctrl-C. None
-        # is left half written, since each is one transaction.
-        if exc_type is not None:
-            self._stop()
-        for _, future in self._in_flight:
-            if not future.cancelled():
-                future.exception()
-        if self._pool is not None:
-            self._pool.shutdown()
-        for store in self._opened:
-            store.close(failing=exc_type is not None)
 
 
 def _model_vectors(

@@ -17,12 +17,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from imagedb import collection as collections
 from imagedb import cpus, provenance
+from imagedb.collection import get_collection, model_of
 from imagedb.embed import Embedder, ModelSpec
 from imagedb.errors import InvalidInput, ModelMismatch, NotReady
-from imagedb.images import BadImage, decode
-from imagedb.ingest import BUILDING_INDEX, EMBEDDING, NoProgress, Progress, _model_side
+from imagedb.files import BadImage
+from imagedb.images import decode
+from imagedb.progress import BUILDING_INDEX, EMBEDDING, NoProgress, Progress
 from imagedb.store import Collection, Store
 from imagedb.store.records import HeldModel, ModelRecord
 
@@ -75,7 +76,7 @@ def add(
 ) -> AddSummary:
     """Give every image of `collection` a vector of `spec`, then its index; rerun to resume after a kill."""
     progress = progress or NoProgress()
-    target = collections.get(store, collection)
+    target = get_collection(store, collection)
     model_id, embedder = provenance.load_checked(store, spec, allow_random_weights=allow_random_weights)
     if model_id == target.model_id:
         raise InvalidInput(f"collection {target.name!r} searches with {spec} already: nothing to add")
@@ -118,7 +119,7 @@ def _embed_all(
     summary: AddSummary,
 ) -> int:
     """One pass over the images without the model's vector, in id order; returns how many it stored."""
-    stored, after, side = 0, 0, _model_side(embedder)
+    stored, after, side = 0, 0, embedder.input_side()
     failed_ids = {i for i, _ in summary.failed or []}
     while batch := store.models.images_without_vector(target.id, model_id, after, batch_size):
         after = batch[-1][0]
@@ -167,9 +168,9 @@ def _input(
 
 def use(store: Store, spec: ModelSpec, collection: str) -> str:
     """Make `spec` the collection's search model, in one transaction; returns the model it replaces."""
-    target = collections.get(store, collection)
+    target = get_collection(store, collection)
     record, ready = _held(store, target, spec)
-    previous = str(collections.model_of(target))
+    previous = str(model_of(target))
     if record.id == target.model_id:
         raise InvalidInput(f"collection {target.name!r} searches with {spec} already")
     if not ready:
@@ -194,7 +195,7 @@ def use(store: Store, spec: ModelSpec, collection: str) -> str:
 def drop(store: Store, spec: ModelSpec, collection: str) -> DropSummary:
     """Delete the collection's vectors of `spec` (not its search model); the index and the model row go too
     once no collection holds the model."""
-    target = collections.get(store, collection)
+    target = get_collection(store, collection)
     record, _ = _held(store, target, spec)
     if record.id == target.model_id:
         others = [

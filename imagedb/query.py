@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from imagedb.errors import InvalidInput
-from imagedb.images import SUPPORTED_SUFFIXES
+from imagedb.files import SUPPORTED_SUFFIXES
 from imagedb.request import Term
 
 _WEIGHT = re.compile(r"^(\d+(?:\.\d+)?):(.*)$", re.S)

@@ -28,7 +28,7 @@ MAX_LIMIT = 1000
 MAX_OFFSET = 100_000  # an index scan reads at most hnsw.max_scan_tuples rows: none lie past it
 MAX_EF_SEARCH = 1000  # pgvector's upper bound for hnsw.ef_search
 MAX_ID = 2**63 - 1  # image ids are PostgreSQL bigints
-MAX_PIXELS = 2**31 - 1  # widths and heights are PostgreSQL integers
+MAX_SIDE = 2**31 - 1  # a width or height in pixels: a PostgreSQL integer
 MAX_RELEVANCE = 1000  # standard deviations above an unrelated image's score: far beyond any real match
 MAX_CODE = 64  # the API's bound on a DICOM code (modality, body part), which is at most 16 characters
 
@@ -215,11 +215,11 @@ FILTERS: dict[str, Param] = {
         ),
         Param(
             "min_width", int, "At least this many pixels wide.", ("--min-width",), minimum=1,
-            clause=_condition("i.width >= {}"), api=Api(maximum=MAX_PIXELS),
+            clause=_condition("i.width >= {}"), api=Api(maximum=MAX_SIDE),
         ),
         Param(
             "min_height", int, "At least this many pixels high.", ("--min-height",), minimum=1,
-            clause=_condition("i.height >= {}"), api=Api(maximum=MAX_PIXELS),
+            clause=_condition("i.height >= {}"), api=Api(maximum=MAX_SIDE),
         ),
         Param(
             "path", str, "Path matches this glob (* and ?), e.g. '*/holidays/*'.", ("--path",),

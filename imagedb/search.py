@@ -19,7 +19,8 @@ from imagedb import collection as collections
 from imagedb import embed, provenance, relevance, tuning
 from imagedb.embed import ModelSpec
 from imagedb.errors import InvalidInput, NotFound
-from imagedb.images import BadImage, decode
+from imagedb.files import BadImage
+from imagedb.images import decode
 from imagedb.request import Filters, SearchRequest
 from imagedb.store import Collection, Store
 from imagedb.store.records import ModelRecord
@@ -75,7 +76,7 @@ def search(store: Store, request: SearchRequest) -> list[SearchResult]:
 def plan(store: Store, request: SearchRequest) -> Plan:
     """Check the search and read what it needs from the database; raises InvalidInput or NotFound."""
     request = request.checked()
-    target = collections.get(store, request.collection)
+    target = collections.get_collection(store, request.collection)
     if request.model is not None:  # any model the collection holds, e.g. one being added, to compare before switching
         target = collections.held_model(store, target, request.model)
     filters = _checked(store, target, request.filters)

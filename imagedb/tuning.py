@@ -16,7 +16,7 @@ from datetime import datetime
 
 import numpy as np
 
-from imagedb import collection as collections
+from imagedb.collection import get_collection
 from imagedb.config import DEFAULT_COLLECTION, DEFAULT_EF_SEARCH
 from imagedb.errors import InvalidInput
 from imagedb.store import Collection, Filters, Store
@@ -145,7 +145,7 @@ def tune(
     """Measure recall@10 at growing ef_search and store the smallest that meets `target` for the collection."""
     if not 0 < target <= 1:
         raise InvalidInput(f"the target recall is a share, above 0 and at most 1, not {target}")
-    found = collections.get(store, collection)
+    found = get_collection(store, collection)
     probe = _Probe(store, found, queries)
     ef, met, points = choose_ef_search(probe, target)
     store.tuning.save_tuned_ef_search(found, ef, target, points[-1].recall, probe.size)
@@ -157,7 +157,7 @@ def check_recall(
 ) -> tuple[int, list[RecallPoint], int]:
     """Recall@10 and latency at a few ef_search values and at the one searches use, which is stored as the
     collection's last recall. Returns (the ef_search in use, the points, the collection's size)."""
-    found = collections.get(store, collection)
+    found = get_collection(store, collection)
     in_use = ef_search_for(store.tuning.tuning(found))
     probe = _Probe(store, found, queries)
     points = [probe(ef) for ef in sorted({*CHECKED, in_use})]

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from imagedb.images import DECODE_LIMITS, MAX_PIXELS, THUMBNAIL_SIZE, decode, decode_limits
+from imagedb.images import DECODE_LIMITS, MAX_PIXELS, decode, decode_limits
+from imagedb.thumbnails import THUMBNAIL_SIZE
 
 SIDE = 6000  # 36 megapixels: 144 MB as Pillow holds RGB (4 bytes a pixel)
 

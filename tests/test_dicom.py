@@ -25,7 +25,8 @@ from imagedb.access import grant_reader, grant_writer
 from imagedb.cli import main
 from imagedb.dicom import DicomOptions, has_preamble
 from imagedb.embed import ModelSpec
-from imagedb.images import decode, find_images
+from imagedb.files import find_images
+from imagedb.images import decode
 from imagedb.ingest import ingest
 from imagedb.pg.backup import dump
 from imagedb.pg.cluster import program

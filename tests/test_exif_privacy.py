@@ -9,7 +9,7 @@ from PIL import ExifTags, Image
 
 from imagedb.cli import main
 from imagedb.embed import ModelSpec
-from imagedb.images import IDENTIFYING_EXIF_TAGS
+from imagedb.exif import IDENTIFYING_EXIF_TAGS
 from imagedb.ingest import ingest
 from imagedb.store import Store
 

@@ -12,7 +12,8 @@ from PIL import ExifTags, Image, features
 
 from imagedb.cli import main
 from imagedb.embed import ModelSpec
-from imagedb.images import SUPPORTED_SUFFIXES, decode
+from imagedb.files import SUPPORTED_SUFFIXES
+from imagedb.images import decode
 from imagedb.ingest import ingest
 from imagedb.query import parse
 from imagedb.request import SearchRequest

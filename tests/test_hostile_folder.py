@@ -18,7 +18,8 @@ import pytest
 from PIL import Image
 
 from imagedb.embed import ModelSpec
-from imagedb.images import MAX_FILE_BYTES, BadImage, decode, read_regular_file, readable
+from imagedb.files import MAX_FILE_BYTES, BadImage, read_regular_file, readable
+from imagedb.images import decode
 from imagedb.ingest import ingest
 from imagedb.store import Store
 

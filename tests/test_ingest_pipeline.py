@@ -15,9 +15,11 @@ from PIL import Image
 from psycopg import sql
 
 from imagedb import ingest as ingest_module
+from imagedb.batch_writers import BatchWriters
 from imagedb.embed import ModelSpec
 from imagedb.errors import DatabaseUnavailable, ImagedbError
-from imagedb.ingest import EMBEDDING, ingest
+from imagedb.ingest import ingest
+from imagedb.progress import EMBEDDING
 from imagedb.store import ImageRecord, Store
 
 from helpers import wait_for_a_batch_on_the_collection_lock
@@ -334,7 +336,7 @@ def _dropped_mid_statement(store: Store) -> None:
 def test_a_failing_run_reports_its_own_error_not_a_writer_dropped_mid_statement(store: Store) -> None:
     """Found by CI: the database stopped during an ingest, and the run reported "internal error: a transaction was
     left open" (a writer's connection had not yet noticed) instead of the database error."""
-    writers = ingest_module.BatchWriters(store, 2)
+    writers = BatchWriters(store, 2)
     with pytest.raises(DatabaseUnavailable, match="went away"), writers:
         writers._open()
         _dropped_mid_statement(writers._opened[0])

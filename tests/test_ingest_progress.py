@@ -13,7 +13,8 @@ from PIL import Image
 from imagedb import embed
 from imagedb.cli import main
 from imagedb.embed import ModelSpec
-from imagedb.ingest import BUILDING_INDEX, EMBEDDING, LOADING_MODEL, SCANNING, ingest
+from imagedb.ingest import ingest
+from imagedb.progress import BUILDING_INDEX, EMBEDDING, LOADING_MODEL, SCANNING
 from imagedb.store import Store
 
 

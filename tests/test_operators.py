@@ -13,11 +13,13 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import click
 import psycopg
 import pytest
 from click.testing import CliRunner
 
 from imagedb.cli import main
+from imagedb.cli.support import access_of
 from imagedb.pg.cluster import postmaster
 from imagedb.pg.database import open_connection
 from imagedb.pg.embedded import embedded_url, stop_embedded
@@ -192,6 +194,27 @@ def test_psql_runs_on_the_database_with_the_arguments_given(listening_home: Path
 
 
 # -- replicas ----------------------------------------------------------------------------------------------------
+
+
+def _leaf_commands(group: click.Group, path: tuple[str, ...] = ()) -> Iterator[tuple[str, click.Command]]:
+    for name, command in group.commands.items():
+        if isinstance(command, click.Group):
+            yield from _leaf_commands(command, (*path, name))
+        else:
+            yield " ".join((*path, name)), command
+
+
+def test_every_command_declares_where_its_database_work_goes() -> None:
+    """Writes are refused on a read-only replica before any work; reads may go to IMAGEDB_READ_DATABASE_URL."""
+    access = {name: access_of(command) for name, command in _leaf_commands(main)}  # TypeError if one declares none
+    writes = {name for name, declared in access.items() if declared == "write"}
+    reads = {name for name, declared in access.items() if declared == "read"}
+    assert writes == {
+        "ingest", "tag", "forget", "dupes", "watch add", "grant-reader", "grant-writer", "db reindex", "models add",
+        "models use", "models drop",
+    }  # fmt: skip
+    assert reads == {"search", "watch list", "watch hits", "db info", "db check", "models list"}
+    assert len(access) > len(writes) + len(reads)  # the others ("none", e.g. db dump) use the database as given
 
 
 @pytest.fixture(scope="module")

@@ -17,8 +17,9 @@ from PIL import Image
 from imagedb.cli import main
 from imagedb.embed import ModelSpec
 from imagedb.errors import InvalidInput
-from imagedb.ingest import NoProgress, ingest
+from imagedb.ingest import ingest
 from imagedb.pg.database import open_connection
+from imagedb.progress import NoProgress
 from imagedb.store import Store, index
 from imagedb.store.index import BUILD_SUFFIX, HnswParams, hnsw_index_name
 

@@ -18,7 +18,7 @@ from typing import Any, BinaryIO
 from fastapi.responses import Response, StreamingResponse
 
 from imagedb.errors import ImagedbError, NotFound
-from imagedb.images import file_mtime
+from imagedb.files import file_mtime
 
 # Pillow's format names for what ingest stores; anything else is offered as a download, never rendered.
 CONTENT_TYPES = {

@@ -15,7 +15,7 @@ from imagedb.cli.support import open_store as _store
 from imagedb.display import escape, iso
 
 
-@click.command(cls=Command)
+@click.command(cls=Command, access="write")
 @click.argument("image")
 @click.argument("pairs", nargs=-1, required=True, metavar="KEY=VALUE...")
 @collection_option
@@ -41,7 +41,7 @@ def _echo_images(images: Sequence[tuple[int, str]], shown: int = 10) -> None:
         click.echo(f"  and {len(images) - shown} more")
 
 
-@click.command(cls=Command)
+@click.command(cls=Command, access="write")
 @collection_option
 @click.option(
     "--method",
@@ -118,7 +118,7 @@ def watch() -> None:
     """A watch list for copy detection: later ingests record and NOTIFY copies of watched images."""
 
 
-@watch.command("add")
+@watch.command("add", access="write")
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--label", help="A name for these images, e.g. the rights holder.")
 @click.option(
@@ -141,7 +141,7 @@ def watch_add(ctx: click.Context, paths: tuple[Path, ...], label: str | None, ma
         click.echo(f"  watch {w.watch_id}: {escape(w.path)}  {w.stored_hits} stored image(s) already look like it")
 
 
-@watch.command("list")
+@watch.command("list", access="read")
 @click.pass_context
 def watch_list(ctx: click.Context) -> None:
     """Show the watched images."""
@@ -154,7 +154,7 @@ def watch_list(ctx: click.Context) -> None:
         )
 
 
-@watch.command("hits")
+@watch.command("hits", access="read")
 @click.option("--watch", "watch_id", type=int, help="Only the hits of this watch id.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 @click.pass_context
@@ -174,7 +174,7 @@ def watch_hits(ctx: click.Context, watch_id: int | None, as_json: bool) -> None:
             )
 
 
-@click.command(cls=Command, short_help="Delete images and everything derived from them.")
+@click.command(cls=Command, access="write", short_help="Delete images and everything derived from them.")
 @click.argument("images", nargs=-1, required=True)
 @collection_option
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
@@ -191,10 +191,10 @@ def forget(ctx: click.Context, images: tuple[str, ...], collection: str, yes: bo
     their paths. The images are listed first, then you are asked (unless --yes).
     """
     from imagedb.access import forget as run_forget
-    from imagedb.collection import find_images
+    from imagedb.collection import find_stored_images
 
     with _store(ctx) as store:
-        found, missing = find_images(store, collection, images)
+        found, missing = find_stored_images(store, collection, images)
         for ref in missing:
             click.echo(f"not found: {escape(ref)}", err=True)
         click.echo(f"{len(found)} image(s) in collection {escape(collection)}:")

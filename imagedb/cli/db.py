@@ -22,7 +22,7 @@ def db() -> None:
     """The database: its URL, state, schema and server."""
 
 
-@db.command()
+@db.command(access="none")
 @click.option("--role", help="The URL this role (e.g. made by grant-reader) logs in with over TCP, for BI tools.")
 @click.option(
     "--password", envvar="IMAGEDB_ROLE_PASSWORD", help="Put this password in the URL [env IMAGEDB_ROLE_PASSWORD]."
@@ -43,7 +43,7 @@ def url(ctx: click.Context, role: str | None, password: str | None) -> None:
     click.echo(role_url(ctx, role, password))
 
 
-@db.command()
+@db.command(access="read")
 @click.pass_context
 def info(ctx: click.Context) -> None:
     """Print server and pgvector versions, schema revision and per-collection counts."""
@@ -72,7 +72,7 @@ def info(ctx: click.Context) -> None:
             click.echo(line)
 
 
-@db.command()
+@db.command(access="none")
 @click.pass_context
 def upgrade(ctx: click.Context) -> None:
     """Migrate the database schema to the newest revision."""
@@ -86,7 +86,7 @@ def upgrade(ctx: click.Context) -> None:
     click.echo(f"schema at revision {head_revision()}")
 
 
-@db.command()
+@db.command(access="write")
 @click.option(
     "--m",
     "m",
@@ -164,7 +164,7 @@ def _given(ctx: click.Context, name: str) -> bool:
     return ctx.get_parameter_source(name) not in (None, click.core.ParameterSource.DEFAULT)
 
 
-@db.command()
+@db.command(access="read")
 @click.option(
     "--recall",
     is_flag=True,
@@ -213,7 +213,7 @@ def check(ctx: click.Context, recall: bool, collection: str, queries: int) -> No
             click.echo(line)
 
 
-@db.command()
+@db.command(access="none")
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
 @click.pass_context
 def dump(ctx: click.Context, file: Path) -> None:
@@ -225,7 +225,7 @@ def dump(ctx: click.Context, file: Path) -> None:
     click.echo(f"wrote {escape(str(file))} ({file.stat().st_size / 1e6:.1f} MB)")
 
 
-@db.command()
+@db.command(access="none")
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @click.pass_context
@@ -242,7 +242,7 @@ def restore(ctx: click.Context, file: Path, yes: bool) -> None:
     click.echo(f"restored {escape(str(file))}")
 
 
-@db.command()
+@db.command(access="none")
 @click.pass_context
 def stop(ctx: click.Context) -> None:
     """Stop the embedded PostgreSQL server (it starts again on the next command)."""

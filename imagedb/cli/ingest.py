@@ -26,7 +26,7 @@ class PlainProgress:
         self._last_step = 0
 
     def phase(self, name: str, total: int | None = None, detail: str = "") -> None:
-        from imagedb.ingest import ATTACHING_METADATA, LOADING_MODEL, SCANNING
+        from imagedb.progress import ATTACHING_METADATA, LOADING_MODEL, SCANNING
 
         self.close()
         if name == LOADING_MODEL:
@@ -48,7 +48,7 @@ class PlainProgress:
                 _progress_line(self._line(now))
 
     def close(self) -> None:
-        from imagedb.ingest import SCANNING
+        from imagedb.progress import SCANNING
 
         if self._name == SCANNING or (self._total and self._done):
             _progress_line(self._line(time.monotonic(), final=True))
@@ -76,7 +76,7 @@ class BarProgress:
     def phase(self, name: str, total: int | None = None, detail: str = "") -> None:
         from tqdm import tqdm
 
-        from imagedb.ingest import LOADING_MODEL, SCANNING
+        from imagedb.progress import LOADING_MODEL, SCANNING
 
         self.close()
         if name == LOADING_MODEL:
@@ -111,12 +111,12 @@ def _duration(seconds: float) -> str:
 
 def printable(text: str) -> str:
     """One line, whatever a file name holds: control characters (a newline in a name) as escapes."""
-    from imagedb.images import readable
+    from imagedb.files import readable
 
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in readable(text))
 
 
-@click.command(cls=Command)
+@click.command(cls=Command, access="write")
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
 @collection_option
 @model_option
@@ -173,7 +173,7 @@ def ingest(
 
     from imagedb.attributes import read_rows
     from imagedb.dicom import DicomOptions
-    from imagedb.images import check_paths
+    from imagedb.files import check_paths
     from imagedb.ingest import ingest as run_ingest
 
     check_paths(paths)  # a wrong path or metadata file fails here, before the database or the model is touched

@@ -27,7 +27,7 @@ def models() -> None:
     """Change a collection's model with no downtime: add, use, drop."""
 
 
-@models.command("list")
+@models.command("list", access="read")
 @click.pass_context
 def list_models(ctx: click.Context) -> None:
     """Every model of every collection: vectors, dimension, state, index, provenance."""
@@ -55,7 +55,7 @@ def list_models(ctx: click.Context) -> None:
         )
 
 
-@models.command()
+@models.command(access="write")
 @click.argument("spec")
 @_collection_option
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1, 4096), help="Images per batch.")
@@ -96,7 +96,7 @@ def add(ctx: click.Context, spec: str, collection: str, batch_size: int, allow_r
     click.echo(f"ready: switch with imagedb models use {model} -c {escape(collection)}")
 
 
-@models.command()
+@models.command(access="none")
 @click.argument("spec")
 @click.argument("new_checkpoint", type=click.Path(dir_okay=False, path_type=Path))
 @click.pass_context
@@ -109,7 +109,7 @@ def move(ctx: click.Context, spec: str, new_checkpoint: Path) -> None:
     click.echo(f"model {escape(str(_spec(spec)))} now reads {escape(str(moved.checkpoint))}")
 
 
-@models.command()
+@models.command(access="write")
 @click.argument("spec")
 @_collection_option
 @click.pass_context
@@ -126,7 +126,7 @@ def use(ctx: click.Context, spec: str, collection: str) -> None:
     )
 
 
-@models.command()
+@models.command(access="write")
 @click.argument("spec")
 @_collection_option
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")

@@ -22,7 +22,7 @@ def _embedded_home(ctx: click.Context, what: str) -> Path:
     return config.home(ctx.obj["home"])
 
 
-@click.command(cls=Command)
+@click.command(cls=Command, access="none")
 @click.argument("address", required=False, metavar="HOST:PORT")
 @click.option("--off", is_flag=True, help="Stop listening on TCP: the Unix socket only, as by default.")
 @click.option("--cert", type=click.Path(dir_okay=False, path_type=Path), help="PEM certificate for TLS.")
@@ -126,6 +126,7 @@ def require_primary_url(ctx: click.Context, url: str) -> None:
 
 @click.command(
     cls=Command,
+    access="none",
     context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False, "help_option_names": []},
 )
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
@@ -145,7 +146,7 @@ def replica() -> None:
     """Read replicas of the embedded server (streaming standbys)."""
 
 
-@replica.command("create")
+@replica.command("create", access="none")
 @click.argument("folder", type=click.Path(file_okay=True, path_type=Path))
 @click.option(
     "--max-wal",
@@ -167,7 +168,7 @@ def replica_create(ctx: click.Context, folder: Path, max_wal: str) -> None:
     click.echo(f"read from it: imagedb --home {made.home} search ...", err=True)
 
 
-@replica.command("remove")
+@replica.command("remove", access="none")
 @click.argument("folder", type=click.Path(file_okay=False, path_type=Path))
 @click.pass_context
 def replica_remove(ctx: click.Context, folder: Path) -> None:

@@ -13,7 +13,7 @@ _password_option = click.option(
 )
 
 
-@click.command("grant-reader", cls=Command)
+@click.command("grant-reader", cls=Command, access="write")
 @click.argument("role")
 @_password_option
 @click.pass_context
@@ -28,7 +28,7 @@ def grant_reader(ctx: click.Context, role: str, password: str | None) -> None:
     _warn_without_password(role, grant.can_log_in)
 
 
-@click.command("grant-writer", cls=Command)
+@click.command("grant-writer", cls=Command, access="write")
 @click.argument("role")
 @_password_option
 @click.pass_context

@@ -55,7 +55,7 @@ def _option(param: request.Param) -> click.Option:
     return click.Option([*param.flags, param.name], **settings)
 
 
-@click.command(cls=SearchCommand, short_help="Find images by text, by image file or by stored image.")
+@click.command(cls=SearchCommand, access="read", short_help="Find images by text, by image file or by stored image.")
 @click.argument("query", nargs=-1)
 @click.option("--image", "-i", "images", multiple=True, type=click.Path(), help="Add an image file to the query.")
 @click.option(

@@ -10,7 +10,7 @@ from imagedb.cli.support import Command, click_error
 from imagedb.errors import InvalidInput
 
 
-@click.command(cls=Command)
+@click.command(cls=Command, access="none")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (loopback only by default).")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535), help="TCP port to listen on.")
 @click.option(

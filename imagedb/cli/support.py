@@ -5,7 +5,7 @@ from __future__ import annotations
 import errno
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Literal, get_args
 
 import click
 
@@ -68,7 +68,20 @@ def click_error(exc: ImagedbError, ctx: click.Context | None = None) -> click.Cl
     return error
 
 
+# Where a command's database work goes, declared on each command (`@click.command(cls=Command, access="write")`):
+# "write": refused on a read-only replica before any work, in one line naming the primary;
+# "read": goes to IMAGEDB_READ_DATABASE_URL when it is set (a replica, or a libpq multi-host URL);
+# "none": the database of --database-url/--home as it is (or no database at all).
+Access = Literal["read", "write", "none"]
+
+
 class Command(click.Command):
+    def __init__(self, *args: Any, access: Access, **kwargs: Any) -> None:
+        if access not in get_args(Access):
+            raise ValueError(f"access must be one of {get_args(Access)}, not {access!r}")
+        super().__init__(*args, **kwargs)
+        self.access: Access = access
+
     def invoke(self, ctx: click.Context) -> Any:
         with one_line_errors(ctx):  # this command's context: its usage line goes with the error
             return super().invoke(ctx)
@@ -105,13 +118,11 @@ def _first_line(exc: Exception) -> str:
     return one_line((str(exc).strip().splitlines() or [type(exc).__name__])[0])
 
 
-# Commands that write: on a read-only replica they are refused before any work, in one line naming the primary.
-WRITES = frozenset(
-    {"ingest", "tag", "forget", "dupes", "watch add", "grant-reader", "grant-writer", "db reindex", "models add",
-     "models use", "models drop"}
-)  # fmt: skip
-# Commands that only read go to IMAGEDB_READ_DATABASE_URL when it is set (a replica, or a libpq multi-host URL).
-READS = frozenset({"search", "watch list", "watch hits", "db info", "db check", "models list"})
+def access_of(command: click.Command) -> Access:
+    """The access a command declares; every command of `imagedb` declares one."""
+    if not isinstance(command, Command):
+        raise TypeError(f"command {command.name!r} declares no access: make it with cls=Command, access=...")
+    return command.access
 
 
 @contextmanager
@@ -125,11 +136,11 @@ def open_store(ctx: click.Context) -> Iterator[Any]:
     from imagedb.store import Store
 
     root = ctx.find_root()
-    command = " ".join(ctx.command_path.split()[1:])
+    access = access_of(ctx.command)
     url = root.obj["database_url"]
-    if command in READS and os.environ.get("IMAGEDB_READ_DATABASE_URL"):
+    if access == "read" and os.environ.get("IMAGEDB_READ_DATABASE_URL"):
         url = os.environ["IMAGEDB_READ_DATABASE_URL"]  # never migrated: an external URL that is behind is refused
     with Store(open_connection(url, root.obj["home"])) as store:
-        if command in WRITES:
+        if access == "write":
             require_primary(store.conn, None if config.database_url(url) else config.home(root.obj["home"]))
         yield store

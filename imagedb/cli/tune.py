@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import click
 
 from imagedb import config
-from imagedb.cli.support import open_store
+from imagedb.cli.support import Command, open_store
 from imagedb.display import escape
 
 
@@ -19,7 +19,7 @@ def recall_table(points: Sequence, in_use: int | None = None) -> list[str]:  # t
     return lines
 
 
-@click.command("tune")
+@click.command("tune", cls=Command, access="none")
 @click.option("--collection", "-c", default=config.DEFAULT_COLLECTION, show_default=True, help="Collection to tune.")
 @click.option(
     "--target-recall",
@@ -75,11 +75,11 @@ def recall_check_lines(ctx: click.Context, collection: str, queries: int) -> lis
 
 def info_lines(store, name: str) -> list[str]:  # type: ignore[no-untyped-def]
     """What `db info` says of a collection's recall and its ef_search."""
-    from imagedb import collection as collections
+    from imagedb.collection import get_collection
     from imagedb.display import iso
     from imagedb.tuning import ef_search_for, last_recall
 
-    found = collections.get(store, name)
+    found = get_collection(store, name)
     ef = ef_search_for(store.tuning.tuning(found))
     last = last_recall(store, found)
     if last is None:

@@ -62,7 +62,7 @@ def upgrade() -> None:
 
 
 def _backfill_hashes(bind: sa.engine.Connection) -> None:
-    from imagedb.images import perceptual_hash
+    from imagedb.thumbnails import perceptual_hash
 
     after = 0
     while rows := bind.execute(

@@ -1,0 +1,118 @@
+"""Storing an ingest's embedded batches on connections of their own, while the next batch is embedded."""
+
+from __future__ import annotations
+
+import queue
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from contextlib import suppress
+from dataclasses import dataclass
+
+import numpy as np
+
+from imagedb.store import Collection, ImageRecord, Store
+from imagedb.store.images import BatchWritten
+
+# How long a failed or interrupted run waits for its batches in flight to commit before it cancels them.
+STOP_GRACE_S = 2.0
+
+
+@dataclass
+class EmbeddedBatch:
+    """A batch ready to store: its records, each model's vectors, the files that failed."""
+
+    records: list[ImageRecord]
+    vectors: np.ndarray | list[np.ndarray]
+    others: dict[int, list[np.ndarray]]
+    errors: list[tuple[str, str]]
+    fresh: set[str]  # SHA-256s of the contents embedded for this batch (the others reused stored vectors)
+    files: int  # files, not frames: what progress counts
+
+
+class BatchWriters:
+    """Stores batches on `count` connections of their own at once, while the caller embeds the next; results come
+    back in the order submitted. Each batch is still one transaction, or several of whole files when large
+    (Store.write_batch)."""
+
+    def __init__(self, store: Store, count: int) -> None:
+        self._store, self._count = store, count
+        self._idle: queue.SimpleQueue[Store] = queue.SimpleQueue()
+        self._opened: list[Store] = []
+        self._pool: ThreadPoolExecutor | None = None
+        self._in_flight: deque[tuple[EmbeddedBatch, Future[BatchWritten]]] = deque()
+
+    def __enter__(self) -> BatchWriters:
+        return self
+
+    def submit(self, target: Collection, run_id: int, batch: EmbeddedBatch) -> list[tuple[EmbeddedBatch, BatchWritten]]:
+        """Start storing `batch`; returns the batches that finished meanwhile (waiting for the oldest while all
+        writers are busy)."""
+        if self._pool is None:  # connections are opened for a run that stores something, not for every run
+            self._open()
+        assert self._pool is not None
+        if not self._opened:  # no connection to spare: written here, on the caller's own connection, in turn
+            future: Future[BatchWritten] = Future()
+            future.set_result(self._write(target, run_id, batch))
+        else:
+            future = self._pool.submit(self._write, target, run_id, batch)
+        self._in_flight.append((batch, future))
+        done = []
+        while self._in_flight and (len(self._in_flight) > self._count or self._in_flight[0][1].done()):
+            done.append(self._finish())
+        return done
+
+    def drain(self) -> list[tuple[EmbeddedBatch, BatchWritten]]:
+        return [self._finish() for _ in range(len(self._in_flight))]
+
+    def _finish(self) -> tuple[EmbeddedBatch, BatchWritten]:
+        batch, future = self._in_flight[0]
+        written = future.result()  # an interrupt while waiting here leaves the batch in flight, for __exit__
+        self._in_flight.popleft()
+        return batch, written
+
+    def _open(self) -> None:
+        for _ in range(self._count):
+            try:
+                self._opened.append(self._store.another())
+            except Exception:  # e.g. the role's or the server's connection limit: fewer writers, or none
+                break
+        for store in self._opened or [self._store]:
+            self._idle.put(store)
+        self._count = max(1, len(self._opened))
+        self._pool = ThreadPoolExecutor(max_workers=self._count, thread_name_prefix="imagedb-writer")
+
+    def _stop(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)  # batches not begun are dropped
+        pending = [f for _, f in self._in_flight if not f.done()]
+        if pending:
+            pending = list(wait(pending, timeout=STOP_GRACE_S).not_done)
+        while pending:
+            for store in self._opened:  # cancelling a connection with nothing running does nothing
+                with suppress(Exception):
+                    store.conn.cancel_safe(timeout=5)
+            pending = list(wait(pending, timeout=0.5).not_done)
+
+    def _write(self, target: Collection, run_id: int, batch: EmbeddedBatch) -> BatchWritten:
+        store = self._idle.get()
+        try:
+            return store.images.write_batch(
+                target.id, target.model_id, run_id, batch.records, batch.vectors, batch.errors, batch.others
+            )
+        finally:
+            self._idle.put(store)
+
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        # A batch in flight when the run fails (Ctrl-C, the database went away, a model switch) gets a moment to
+        # commit on its own connection; then it is cancelled: it may be waiting for a lock that another session
+        # holds for as long as it likes (a VACUUM FULL, an index build), and only this thread sees a Ctrl-C. None
+        # is left half written, since each is one transaction.
+        if exc_type is not None:
+            self._stop()
+        for _, future in self._in_flight:
+            if not future.cancelled():
+                future.exception()
+        if self._pool is not None:
+            self._pool.shutdown()
+        for store in self._opened:
+            store.close(failing=exc_type is not None)
