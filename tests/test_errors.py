@@ -98,7 +98,7 @@ def test_the_cli_exits_with_the_code_of_the_class(kind: type[ImagedbError]) -> N
     def cli() -> None:
         pass
 
-    @cli.command(cls=Command)
+    @cli.command(cls=Command, access="none")
     def fail() -> None:
         raise kind(f"{kind.__name__} happened")
 

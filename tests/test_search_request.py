@@ -25,7 +25,7 @@ from imagedb.embed import ModelSpec
 from imagedb.errors import InvalidInput
 from imagedb.ingest import ingest
 from imagedb.query import parse
-from imagedb.request import MAX_EF_SEARCH, MAX_LIMIT, MAX_OFFSET, MAX_PIXELS, Api, Filters, Param, SearchRequest
+from imagedb.request import MAX_EF_SEARCH, MAX_LIMIT, MAX_OFFSET, MAX_SIDE, Api, Filters, Param, SearchRequest
 from imagedb.search import search
 from imagedb.store import Store
 
@@ -168,7 +168,7 @@ MAX_WIDTH = Param(
     ("--max-width",),
     minimum=1,
     clause=_max_width,
-    api=Api(maximum=MAX_PIXELS, description="pixels"),
+    api=Api(maximum=MAX_SIDE, description="pixels"),
 )
 
 
@@ -194,7 +194,7 @@ def test_a_filter_declared_once_works_from_the_cli_the_api_and_sql(
             assert client.get("/api/search", params={"q": "x", "max_width": "0"}).status_code == 422
             listed = client.get("/openapi.json").json()["paths"]["/api/images/{image_id}/similar"]["get"]["parameters"]
             (declared,) = [p for p in listed if p["name"] == "max_width"]
-            assert declared["schema"]["anyOf"][0] == {"type": "integer", "minimum": 1, "maximum": MAX_PIXELS}
+            assert declared["schema"]["anyOf"][0] == {"type": "integer", "minimum": 1, "maximum": MAX_SIDE}
         with pytest.raises(ValueError, match="exists already"):
             request.register(MAX_WIDTH)
     # Gone with the test: nothing else was edited.
