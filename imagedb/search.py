@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import psycopg
 
-from imagedb import collection as collections
 from imagedb import embed, provenance, relevance, tuning
+from imagedb.collection import get_collection, held_model, model_of
 from imagedb.embed import ModelSpec
 from imagedb.errors import InvalidInput, NotFound
 from imagedb.files import BadImage
@@ -58,7 +58,7 @@ class Plan:
 
     @property
     def model(self) -> ModelSpec:
-        return collections.model_of(self.target)
+        return model_of(self.target)
 
 
 def search(store: Store, request: SearchRequest) -> list[SearchResult]:
@@ -76,9 +76,9 @@ def search(store: Store, request: SearchRequest) -> list[SearchResult]:
 def plan(store: Store, request: SearchRequest) -> Plan:
     """Check the search and read what it needs from the database; raises InvalidInput or NotFound."""
     request = request.checked()
-    target = collections.get_collection(store, request.collection)
+    target = get_collection(store, request.collection)
     if request.model is not None:  # any model the collection holds, e.g. one being added, to compare before switching
-        target = collections.held_model(store, target, request.model)
+        target = held_model(store, target, request.model)
     filters = _checked(store, target, request.filters)
     tuned = store.tuning.tuning(target)
     relevance.ensure_sample(store, tuned["sampled_count"] if tuned else None, target)
@@ -88,7 +88,7 @@ def plan(store: Store, request: SearchRequest) -> Plan:
         if term.kind == "id" and int(term.value) not in stored:
             found = store.search.image_vector(int(term.value), target.model_id)
             if found is None:
-                raise NotFound(f"no stored image with id {term.value} embedded by {collections.model_of(target)}")
+                raise NotFound(f"no stored image with id {term.value} embedded by {model_of(target)}")
             stored[int(term.value)] = found
     texts = store.search.cached_texts(target.model_id, sorted({t.value for t in terms if t.kind == "text"}))
     needs_model = any(t.kind == "image" or (t.kind == "text" and t.value not in texts) for t in terms)

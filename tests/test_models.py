@@ -19,7 +19,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from imagedb import search as searching
+from imagedb import search
 from imagedb.cli import main
 from imagedb.embed import ModelSpec
 from imagedb.ingest import ingest
@@ -82,10 +82,10 @@ class SearchLoop:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                plan = searching.plan(
+                plan = search.plan(
                     self.store, SearchRequest(parse(["a red square"]), collection=self.collection, limit=5)
                 )
-                results = searching.nearest(self.store, plan, searching.query_vector(plan))
+                results = search.nearest(self.store, plan, search.query_vector(plan))
                 self.seen.append((plan.target.model_id, [r.image_id for r in results]))
             except BaseException as exc:  # noqa: BLE001 - every failure is the finding
                 self.errors.append(exc)
@@ -118,7 +118,7 @@ def test_change_model_with_no_downtime(
     a = _model_id(store, tiny_model)
     ids = sorted(r[0] for r in store.conn.execute("SELECT id FROM images").fetchall())
     expected_a = [
-        r.image_id for r in searching.search(store, SearchRequest(parse(["a red square"]), collection="c", limit=5))
+        r.image_id for r in search.search(store, SearchRequest(parse(["a red square"]), collection="c", limit=5))
     ]
     env = {**os.environ, "IMAGEDB_DATABASE_URL": database_url}
 
@@ -183,7 +183,7 @@ def test_change_model_with_no_downtime(
         compared = _cli(database_url, "search", "a red square", "-c", "c", "--model", model_b, "--json", "-k", "5")
         assert compared.exit_code == 0, compared.output
         query_b = SearchRequest(parse(["a red square"]), collection="c", model=ModelSpec.parse(model_b), limit=5)
-        expected_b = [r.image_id for r in searching.search(store, query_b)]
+        expected_b = [r.image_id for r in search.search(store, query_b)]
         assert expected_b != expected_a  # the two models rank differently, so the loop tells them apart
 
         used = _cli(database_url, "models", "use", model_b, "-c", "c")
@@ -381,15 +381,15 @@ def test_repeated_text_query_needs_no_model(
     with pytest.raises(psycopg.errors.RaiseException, match="has not been embedded by model") as raised:
         store.conn.execute("SELECT * FROM imagedb_search_text('a blue sky', 'default', 3)").fetchall()
     assert "imagedb search 'a blue sky'" in (raised.value.diag.message_hint or "")
-    first = searching.search(store, SearchRequest(parse(["a blue sky"]), limit=3))
+    first = search.search(store, SearchRequest(parse(["a blue sky"]), limit=3))
 
     def no_model(spec: ModelSpec) -> None:
         raise AssertionError("the model was loaded for a cached text")
 
-    monkeypatch.setattr(searching.embed, "load", no_model)
-    plan = searching.plan(store, SearchRequest(parse(["a blue sky"]), limit=3))
+    monkeypatch.setattr(search.embed, "load", no_model)
+    plan = search.plan(store, SearchRequest(parse(["a blue sky"]), limit=3))
     assert not plan.needs_model
-    again = searching.search(store, SearchRequest(parse(["a blue sky"]), limit=3))
+    again = search.search(store, SearchRequest(parse(["a blue sky"]), limit=3))
     assert [(r.image_id, r.score) for r in again] == [(r.image_id, r.score) for r in first]
     rows = store.conn.execute("SELECT image_id, score FROM imagedb_search_text('a blue sky', 'default', 3)").fetchall()
     assert [r[0] for r in rows] == [r.image_id for r in first]
@@ -416,7 +416,7 @@ def test_a_text_cache_write_refused_does_not_fail_the_search(
 ) -> None:
     ingest(store, [_folder(tmp_path / "p", 3, seed=10)], model=ModelSpec.parse(tiny_model))
     store.conn.execute("SET default_transaction_read_only = on")  # as on a replica
-    results = searching.search(store, SearchRequest(parse(["a yellow boat"]), limit=2))
+    results = search.search(store, SearchRequest(parse(["a yellow boat"]), limit=2))
     assert len(results) == 2
     store.conn.execute("SET default_transaction_read_only = off")
     assert store.conn.execute("SELECT count(*) FROM text_embeddings").fetchone()[0] == 0
@@ -437,7 +437,7 @@ def test_an_api_text_query_is_cached_for_the_api_and_sql(
     def no_model(spec: ModelSpec) -> None:
         raise AssertionError("the model was loaded for a cached text")
 
-    monkeypatch.setattr(searching.embed, "load", no_model)
+    monkeypatch.setattr(search.embed, "load", no_model)
     again = client.get("/api/search", params={"q": "an orange cat", "limit": 3})
     assert again.json() == first.json()
     rows = store.conn.execute("SELECT image_id FROM imagedb_search_text('an orange cat', 'default', 3)").fetchall()

@@ -17,11 +17,11 @@ from fastapi import HTTPException
 from pgvector.psycopg import register_vector
 from psycopg_pool import ConnectionPool
 
-from imagedb import search as searching
 from imagedb.api.limits import POOL_TIMEOUT_S
 from imagedb.errors import ImagedbError
 from imagedb.pg.connection import check_pooled
 from imagedb.pg.database import live_url, open_connection
+from imagedb.search import Plan, load_model, query_vector
 from imagedb.store import Store
 
 
@@ -80,16 +80,16 @@ class Embedding:
         finally:
             self.slots.release()
 
-    def vector(self, plan: searching.Plan, upload: Path | None) -> np.ndarray:
+    def vector(self, plan: Plan, upload: Path | None) -> np.ndarray:
         """The query vector, computed holding no database connection and (for texts and images) a slot."""
         if not plan.needs_model:
-            return searching.query_vector(plan)
-        searching.load_model(plan)  # once per process, outside the slots: a second model must not wait behind it
+            return query_vector(plan)
+        load_model(plan)  # once per process, outside the slots: a second model must not wait behind it
         try:
             with self.slot():
                 # On the slots' own threads: the allocator keeps freed memory in per-thread arenas, so decodes
                 # spread over the request threads kept 5.5 GB resident for 2 at a time, these threads 2.7 GB.
-                return self.threads.submit(searching.query_vector, plan).result()
+                return self.threads.submit(query_vector, plan).result()
         except ImagedbError as exc:
             if upload is None or str(upload) not in str(exc):
                 raise

@@ -11,7 +11,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, File, Form, HTTPException, Query, UploadFile
 from fastapi import Path as FastAPIPath
 
-from imagedb import search as searching
+from imagedb import search
 from imagedb.api.deps import Embeddings, StoreOpener, Stores
 from imagedb.api.limits import MAX_UPLOAD_BYTES
 from imagedb.api.schemas import Page, SearchHit, SearchResponse, filters, page
@@ -34,10 +34,10 @@ class Search:
 
     def __call__(self, terms: list[Term], p: Page, f: Filters, upload: Path | None = None) -> SearchResponse:
         with self.store() as s:
-            plan = searching.plan(s, p.request(terms, f))
+            plan = search.plan(s, p.request(terms, f))
         vector = self.embedding.vector(plan, upload)
         with self.store() as s:
-            results = searching.nearest(s, plan, vector)
+            results = search.nearest(s, plan, vector)
         hits = [
             SearchHit(rank=r.rank, score=r.score, relevance=r.relevance, duplicates=r.others, id=r.image_id,
                       path=r.path, date=r.date, thumbnail=f"/api/images/{r.image_id}/thumbnail")
@@ -46,11 +46,11 @@ class Search:
         return SearchResponse(results=hits)
 
 
-async def search(store: Stores, embedding: Embeddings) -> Search:
+async def searcher(store: Stores, embedding: Embeddings) -> Search:
     return Search(store, embedding)
 
 
-Run = Annotated[Search, Depends(search)]
+Run = Annotated[Search, Depends(searcher)]
 
 
 @router.get("/search", response_model=SearchResponse)
