@@ -173,11 +173,11 @@ MAX_WIDTH = Param(
 
 
 def test_a_filter_declared_once_works_from_the_cli_the_api_and_sql(
-    store: Store, database_url: str, library: dict[str, int], monkeypatch: pytest.MonkeyPatch
+    store: Store, database_url: str, library: dict[str, int]
 ) -> None:
-    with monkeypatch.context() as patch:
-        patch.setattr(request, "FILTERS", dict(request.FILTERS))  # the declaration as it was comes back after
-        request.register(MAX_WIDTH)
+    saved = dict(request.FILTERS)  # the one dict every part reads: restored in place after
+    request.register(MAX_WIDTH)
+    try:
         narrow = Filters(max_width=500)
         assert _names(library, sorted(_sql_ids(store, narrow))) == {"hill.jpg", "drawing.png"}
         by_library = _library_ids(store, narrow)
@@ -197,6 +197,9 @@ def test_a_filter_declared_once_works_from_the_cli_the_api_and_sql(
             assert declared["schema"]["anyOf"][0] == {"type": "integer", "minimum": 1, "maximum": MAX_SIDE}
         with pytest.raises(ValueError, match="exists already"):
             request.register(MAX_WIDTH)
+    finally:
+        request.FILTERS.clear()
+        request.FILTERS.update(saved)
     # Gone with the test: nothing else was edited.
     with pytest.raises(TypeError, match="no filter named 'max_width'"):
         Filters(max_width=500)
