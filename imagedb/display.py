@@ -2,7 +2,7 @@
 
 A file name may hold any byte but `/` and NUL: a newline in it would split one path into two lines for `xargs`,
 and terminal escape codes or bidirectional overrides would rewrite what the user sees. Every path the CLI prints
-goes through `escape`, which is reversible and documented in the README:
+goes through `escape`, which is reversible and documented in docs/search.md:
 
     \\      a backslash
     \\n \\t \\r   newline, tab, carriage return

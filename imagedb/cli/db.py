@@ -204,7 +204,7 @@ def check(ctx: click.Context, recall: bool, collection: str, queries: int) -> No
             f"note: model {escape(name)} holds {count:,} vectors in an index built with m {params.m}, ef_construction"
             f" {params.ef_construction}; `imagedb db reindex` rebuilds it with m {DENSE_HNSW.m}, ef_construction"
             f" {DENSE_HNSW.ef_construction}, searches going on meanwhile (on 1M vectors recall@10 at ef_search 100"
-            " went from 0.855 to 0.968: see the README's benchmarks)"
+            " went from 0.855 to 0.968: see docs/benchmarks.md)"
         )
     if recall:
         from imagedb.cli.tune import recall_check_lines

@@ -126,7 +126,7 @@ def printable(text: str) -> str:
     "--keep-identifying",
     is_flag=True,
     help="Store EXIF fields that identify a person or device: serial numbers, owner, artist, copyright,"
-    " descriptions and comments (off by default, for privacy; see the README).",
+    " descriptions and comments (off by default, for privacy; see docs/privacy.md).",
 )
 @click.option(
     "--metadata",
@@ -138,7 +138,7 @@ def printable(text: str) -> str:
     "--keep-phi",
     is_flag=True,
     help="DICOM: store the whole header, patient name, ids and dates included. WARNING: patient data; only for a"
-    " collection created with this flag (see the README, Medical images).",
+    " collection created with this flag (see docs/dicom.md).",
 )
 @click.option("--all-frames", is_flag=True, help="DICOM: store every frame of a multi-frame file (else the middle).")
 @click.option(

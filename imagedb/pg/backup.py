@@ -55,7 +55,7 @@ def restore(url: str, file: Path) -> None:
 
 def _owns_vector_extension(url: str) -> bool:
     """Whether this login may drop and recreate the vector extension (pg_restore --clean does): not on a server
-    where a superuser made it for imagedb's own role, as the README tells one to."""
+    where a superuser made it for imagedb's own role, as docs/operations.md tells one to."""
     with connect(url) as conn:
         row = conn.execute(
             "SELECT e.extowner = r.oid OR r.rolsuper FROM pg_roles r LEFT JOIN pg_extension e ON e.extname = 'vector'"

@@ -105,7 +105,7 @@ class SearchRequest:
         float, None, flags=("--min-relevance",), minimum=-MAX_RELEVANCE, maximum=MAX_RELEVANCE, metavar="R",
         check=_finite, api=Api(description="standard deviations above an unrelated image's score"),
         help="Drop results less relevant than R: standard deviations above an unrelated image's score for this"
-        " query (one cutoff for every query; see the README).",
+        " query (one cutoff for every query; see docs/search.md).",
     )  # fmt: skip
     collapse_duplicates: bool = _setting(
         bool, False, flags=("--collapse-duplicates",),
