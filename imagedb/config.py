@@ -15,9 +15,9 @@ DEFAULT_COLLECTION = "default"
 # HNSW candidate list for searches. pgvector's default of 40 gave recall@10 0.99 at 100k vectors but 0.91 at 250k
 # and 0.82 at 500k (bench/results/growth.txt); 100 costs about a millisecond more.
 DEFAULT_EF_SEARCH = 100
-# Near-duplicate thresholds, chosen from the measured tables in docs/duplicates.md (bench/dupes_quality.py). 8
-# rather than 10: resizes, recompression, darkening and watermarks are caught alike at both; brightening loses 1 copy of 19 and
-# 10% crops drop to 0.84 (from 0.95), while two burst frames of one scene with the camera moved by 2% of the width
+# Near-duplicate thresholds, chosen from the measured tables in docs/duplicates.md (bench/dupes_quality.py). 8 rather
+# than 10: resizes, recompression, darkening and watermarks are caught alike at both; brightening loses 1 copy of 19
+# and 10% crops drop to 0.84 (from 0.95), while two burst frames of one scene with the camera moved by 2% of the width
 # are linked in 47% of pairs instead of 84%, and at 5% in 5% instead of 16%.
 DEFAULT_MAX_HASH_DISTANCE = 8
 # A watched image is compared in eight orientations, so eight times the chances of a false match: stricter.

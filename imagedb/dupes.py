@@ -46,10 +46,10 @@ _VARIANTS: tuple[Image.Transpose | None, ...] = (
 @dataclass(frozen=True)
 class Member:
     """One image of a group, and how it joined it. Its rule (the `rule` column of duplicate_groups, as
-    docs/duplicates.md lists them): "first", the group's first image (smallest id), to which the others are linked, directly or in a
-    chain; "sha256", the same bytes as the image it links to (identical files are grouped whatever the method);
-    "hash", its perceptual hash differs from the linked image's in at most --max-distance of 64 bits; "clip", its
-    CLIP embedding has at least --min-similarity cosine similarity with the linked image's."""
+    docs/duplicates.md lists them): "first", the group's first image (smallest id), to which the others are linked,
+    directly or in a chain; "sha256", the same bytes as the image it links to (identical files are grouped whatever
+    the method); "hash", its perceptual hash differs from the linked image's in at most --max-distance of 64 bits;
+    "clip", its CLIP embedding has at least --min-similarity cosine similarity with the linked image's."""
 
     image_id: int
     path: str
