@@ -21,7 +21,6 @@ from pydicom.data import get_charset_files, get_palette_files, get_testdata_file
 from pydicom.data.data_manager import DATA_ROOT
 from pydicom.uid import UID
 
-from imagedb.access import grant_reader, grant_writer
 from imagedb.cli import main
 from imagedb.dicom import DicomOptions, has_preamble
 from imagedb.embed import ModelSpec
@@ -32,6 +31,7 @@ from imagedb.pg.backup import dump
 from imagedb.pg.cluster import program
 from imagedb.pg.database import open_connection
 from imagedb.request import SearchRequest, Term
+from imagedb.roles import grant_reader, grant_writer
 from imagedb.search import search
 from imagedb.store import Filters, Store
 

@@ -166,8 +166,8 @@ def test_a_role_short_of_connections_still_ingests_everything(
     password file) reaches its writers too."""
     from test_roles import _login
 
-    from imagedb.access import grant_writer
     from imagedb.pg.database import open_connection
+    from imagedb.roles import grant_writer
 
     role = f"limited_{limit}_{os.getpid()}"
     grant_writer(store, role, "pw")

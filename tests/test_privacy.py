@@ -14,7 +14,6 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from imagedb.access import forget, grant_reader, grant_writer
 from imagedb.cli import main
 from imagedb.dupes import add_watches, find_duplicates
 from imagedb.embed import ModelSpec
@@ -25,6 +24,7 @@ from imagedb.pg.database import open_connection
 from imagedb.pg.migrate import upgrade
 from imagedb.query import parse
 from imagedb.request import SearchRequest
+from imagedb.roles import forget, grant_reader, grant_writer
 from imagedb.search import search
 from imagedb.store import Store
 from imagedb.store.index import HNSW_INDEX_PREFIX

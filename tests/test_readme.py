@@ -13,7 +13,7 @@ import psycopg
 import pytest
 from pgvector import HalfVector
 
-from imagedb.access import grant_reader
+from imagedb.roles import grant_reader
 from imagedb.store import Store
 from imagedb.store.index import HNSW_INDEX_PREFIX
 

@@ -12,12 +12,12 @@ import psycopg
 import pytest
 from click.testing import CliRunner
 
-from imagedb.access import forget, grant_reader, grant_writer
 from imagedb.cli import main
 from imagedb.embed import ModelSpec
 from imagedb.ingest import ingest
 from imagedb.pg.database import open_connection
 from imagedb.pg.migrate import head_revision
+from imagedb.roles import forget, grant_reader, grant_writer
 from imagedb.store import Store
 
 from conftest import with_database

@@ -190,8 +190,8 @@ def forget(ctx: click.Context, images: tuple[str, ...], collection: str, yes: bo
     That is their embeddings, hashes, thumbnails, duplicate-group and watch-hit rows, and the ingest errors of
     their paths. The images are listed first, then you are asked (unless --yes).
     """
-    from imagedb.access import forget as run_forget
     from imagedb.collection import find_stored_images
+    from imagedb.roles import forget as run_forget
 
     with _store(ctx) as store:
         found, missing = find_stored_images(store, collection, images)

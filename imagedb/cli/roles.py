@@ -19,8 +19,8 @@ _password_option = click.option(
 @click.pass_context
 def grant_reader(ctx: click.Context, role: str, password: str | None) -> None:
     """Let ROLE (created if missing) read the BI views only: no vectors, thumbnails, EXIF or GPS."""
-    from imagedb.access import READER_VIEWS
-    from imagedb.access import grant_reader as run_grant
+    from imagedb.roles import READER_VIEWS
+    from imagedb.roles import grant_reader as run_grant
 
     with _store(ctx) as store:
         grant = run_grant(store, role, password)
@@ -34,7 +34,7 @@ def grant_reader(ctx: click.Context, role: str, password: str | None) -> None:
 @click.pass_context
 def grant_writer(ctx: click.Context, role: str, password: str | None) -> None:
     """Let ROLE (created if missing) ingest, tag, search and find duplicates in existing collections."""
-    from imagedb.access import grant_writer as run_grant
+    from imagedb.roles import grant_writer as run_grant
 
     with _store(ctx) as store:
         grant = run_grant(store, role, password)

@@ -23,7 +23,7 @@ down_revision = "sqluser"
 branch_labels = None
 depends_on = None
 
-# What grant-writer grants today on the tables, view and function added after the revision 0004 (imagedb/access.py
+# What grant-writer grants today on the tables, view and function added after the revision 0004 (imagedb/roles.py
 # WRITER_TABLES, WRITER_READ_ONLY, FORGET_TABLES), spelled out here: a migration must not change with the code.
 _WRITER_GRANTS = r"""
 DO $$
