@@ -14,10 +14,6 @@ from imagedb.store.index import binary_index_name, hnsw_index_name
 from helpers import fill_synthetic
 
 
-def _clustered_vectors(store: Store, collection) -> tuple[list[int], np.ndarray]:  # type: ignore[no-untyped-def]
-    return store.search.all_vectors(collection)
-
-
 @pytest.mark.slow
 def test_quantize_binary_builds_the_index_and_searches_rerank_exactly(store: Store, database_url: str) -> None:
     collection = fill_synthetic(store, 3000, dim=64)
