@@ -149,7 +149,7 @@ def test_an_offset_past_what_a_search_can_reach_is_bad_usage(
 def test_a_checkpoint_of_another_architecture_says_so(
     store: Store, photos: Path, tiny_model: str, tmp_path: Path
 ) -> None:
-    """Found from outside: ViT-B-32 weights named as RN50 ended in "cannot load model ...: Error(s) in loading
+    """ViT-B-32 weights named as RN50 ended in "cannot load model ...: Error(s) in loading
     state_dict for CLIP:", a line that stops at its colon. Weights that do not fit the named architecture (other
     shapes, or tensors missing) now say so, and what to do."""
     import torch

@@ -168,7 +168,7 @@ def test_docker_compose_citus_profile_is_optional_and_built_with_pgvector() -> N
 
 
 def test_a_folder_given_as_an_image_is_called_a_folder(run, photos: Path, tiny_model: str) -> None:  # type: ignore[no-untyped-def]
-    """Found from outside: `watch add FOLDER` and `search --image FOLDER` said "no such file" of a folder that
+    """`watch add FOLDER` and `search --image FOLDER` said "no such file" of a folder that
     exists, which sends the user looking for a typo."""
     assert run("ingest", photos / "coffee.jpg", "--model", tiny_model).exit_code == 0
     for args in (("watch", "add", photos), ("search", "--image", photos), ("search", f"{photos}/")):

@@ -114,6 +114,6 @@ def test_a_database_that_is_down_gives_one_line(tmp_path) -> None:  # type: igno
     with pytest.raises(DatabaseUnavailable, match="cannot connect to the database") as info:
         open_connection(f"postgresql://postgres@/imagedb?host={tmp_path}")
     assert "\n" not in str(info.value)
-    # The line that names the socket and the cause, not libpq's closing hint (found from outside).
+    # The line that names the socket and the cause, not libpq's closing hint.
     assert f"{tmp_path}/.s.PGSQL.5432" in str(info.value) and "No such file or directory" in str(info.value)
     assert "\t" not in str(info.value) and "running locally" not in str(info.value)

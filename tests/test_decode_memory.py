@@ -95,7 +95,7 @@ print(json.dumps({"mb": hwm() - base, "shapes": shapes}))
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads VmHWM from /proc")
 def test_an_image_far_longer_than_wide_costs_no_memory_to_preprocess(tiny_model: str) -> None:
-    """Found from outside: a 1 x 60000 PNG of 312 bytes made the model's resize of the shortest side produce
+    """A 1 x 60000 PNG of 312 bytes made the model's resize of the shortest side produce
     224 x 13.4 million pixels (14 GB for one API query). Only the centre square is used: the rest is cut first."""
     run = subprocess.run([sys.executable, "-c", _PREPROCESS_CHILD, tiny_model], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr

@@ -163,7 +163,7 @@ def test_a_directory_given_to_decode_is_named(tmp_path: Path) -> None:
 
 
 def test_a_symlink_out_of_the_folder_is_not_followed(store: Store, tiny_model: str, tmp_path: Path) -> None:
-    """Found from outside: a link in a shared folder to the ingesting user's private photo was stored, and
+    """A link in a shared folder to the ingesting user's private photo was stored, and
     `imagedb serve` then handed it out. Links that stay inside the folders given are followed as before."""
     private = tmp_path / "private"
     private.mkdir(mode=0o700)
@@ -212,7 +212,7 @@ def deep(tmp_path: Path) -> Iterator[Path]:
 
 @pytest.mark.slow
 def test_a_folder_nested_thousands_deep_does_not_stop_the_run(store: Store, tiny_model: str, deep: Path) -> None:
-    """Found from outside: os.walk recursed, and 1,900 nested folders ended every ingest of the folder with a
+    """os.walk recursed, and 1,900 nested folders ended every ingest of the folder with a
     RecursionError traceback, storing nothing."""
     summary = ingest(store, [deep], model=ModelSpec.parse(tiny_model))
     assert summary.added == 1 and summary.failed == 0

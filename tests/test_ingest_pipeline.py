@@ -152,7 +152,7 @@ def test_a_copied_photo_tree_is_stored_whole_by_four_writers(
     Image.new("RGB", (300, 200), (1, 2, 3)).save(tmp_path / "tree" / "one more.png")
     summary = ingest(store, [tmp_path / "tree"], model=ModelSpec.parse(tiny_model), batch_size=5)
     assert (summary.added + summary.reused, summary.failed) == (37, 0)
-    # Each content embedded once, even when its first batch was still with the writers (found from outside).
+    # Each content embedded once, even when its first batch was still with the writers.
     assert summary.added == 13
     assert store.conn.execute("SELECT count(*), count(DISTINCT sha256) FROM images").fetchone() == (37, 13)
 
@@ -308,7 +308,7 @@ class _SwitchAfterFirstBatch:
 def test_a_model_switch_during_an_ingest_ends_it_as_a_conflict_not_bad_usage(
     store: Store, tiny_model: str, photos: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Found from outside: it ended with exit code 2 and the usage lines, as if the command had been mistyped."""
+    """It ended with exit code 2 and the usage lines, as if the command had been mistyped."""
     import click
 
     from imagedb.cli.support import one_line_errors
@@ -334,7 +334,7 @@ def _dropped_mid_statement(store: Store) -> None:
 
 
 def test_a_failing_run_reports_its_own_error_not_a_writer_dropped_mid_statement(store: Store) -> None:
-    """Found by CI: the database stopped during an ingest, and the run reported "internal error: a transaction was
+    """The database stopped during an ingest, and the run reported "internal error: a transaction was
     left open" (a writer's connection had not yet noticed) instead of the database error."""
     writers = BatchWriters(store, 2)
     with pytest.raises(DatabaseUnavailable, match="went away"), writers:

@@ -290,7 +290,7 @@ def test_a_search_refuses_a_replaced_checkpoint_and_caches_nothing(
 def test_models_use_refuses_a_model_whose_checkpoint_is_gone_or_changed(
     store: Store, database_url: str, tmp_path: Path, tiny_model: str, model_b: str
 ) -> None:
-    """Found from outside: `models use` switched a collection to a model whose checkpoint was truncated on disk,
+    """`models use` switched a collection to a model whose checkpoint was truncated on disk,
     said so as a success, and every text search failed from then on. It now checks the weights file first."""
     folder = tmp_path / "b"
     folder.mkdir()
@@ -529,7 +529,7 @@ def test_a_model_registered_before_provenance_gets_it_on_next_use(
 
 @pytest.mark.slow
 def test_a_moved_checkpoint_is_followed_by_its_sha256(database_url: str, tmp_path: Path, model_b: str) -> None:
-    """Found from outside: after a checkpoint was moved, the collection could neither use it (not found) nor
+    """After a checkpoint was moved, the collection could neither use it (not found) nor
     name its new place (another model). `models move` records the new path when the file is the same."""
     from tiny_model import make_tiny_model
 

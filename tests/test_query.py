@@ -66,7 +66,7 @@ def test_unbalanced_quotes() -> None:
 
 
 def test_a_bare_word_is_text_whatever_files_are_here(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    """Found from outside: a file named `sunset` in the current folder turned `imagedb search sunset` into an image
+    """A file named `sunset` in the current folder turned `imagedb search sunset` into an image
     search. Only a term that looks like an image path is tried as a file."""
     from imagedb.query import parse
 

@@ -371,11 +371,11 @@ def test_bad_build_parameters_are_refused_before_any_index_changes(
 
 
 def test_reindex_options_that_would_do_nothing_are_refused(database_url: str) -> None:
-    """Found from outside: `db reindex --hashes --m 30` ignored --m without a word."""
+    """`db reindex --hashes --m 30` ignored --m without a word."""
     for options, words in (
         (["--hashes", "--m", "30"], "--hashes builds no index: --m would do nothing"),
         (["--quantize", "none", "--ef-construction", "80"], "only removes the binary indexes: --ef-construction"),
-        # Found from outside, again: --rerank without --quantize binary rebuilt the halfvec indexes, rerank unused.
+        # --rerank without --quantize binary rebuilt the halfvec indexes, rerank unused.
         (["--rerank", "5"], "--rerank is for --quantize binary"),
         (["--quantize", "none", "--rerank", "5"], "--rerank is for --quantize binary"),
         (["--hashes", "--rerank", "5"], "--rerank is for --quantize binary"),
@@ -385,7 +385,7 @@ def test_reindex_options_that_would_do_nothing_are_refused(database_url: str) ->
 
 
 def test_check_options_for_recall_need_recall(database_url: str) -> None:
-    """Found from outside: `db check -c nope --queries 5` ran the plain check, the two options unused."""
+    """`db check -c nope --queries 5` ran the plain check, the two options unused."""
     for options in (["-c", "nope"], ["--queries", "5"]):
         result = CliRunner().invoke(main, ["--database-url", database_url, "db", "check", *options])
         assert result.exit_code == 2 and "for --recall" in result.output, result.output

@@ -285,7 +285,7 @@ def test_cli_api_and_sql_return_the_same_ids_in_the_same_order(
 
 @pytest.mark.slow
 def test_two_redraws_of_one_sample_at_once_do_not_collide(store: Store, database_url: str) -> None:
-    """Found by the concurrent-ingest test in CI: two ingests of one collection finishing together both redrew the
+    """Two ingests of one collection finishing together both redrew the
     sample, and one failed on relevance_samples' primary key."""
     import threading
 

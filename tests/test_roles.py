@@ -166,7 +166,7 @@ def test_forget_by_a_role_that_may_not_vacuum_says_so(
 
 
 def test_grant_refuses_the_owner(store: Store) -> None:
-    """Found from outside: `grant-reader postgres --password x` reset the owner's password and locked every
+    """`grant-reader postgres --password x` reset the owner's password and locked every
     command out."""
     from imagedb.errors import InvalidInput
 

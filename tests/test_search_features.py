@@ -280,7 +280,7 @@ def test_cli_malformed_input_exits_2_and_runs_nothing(cli, library: Path, args, 
 
 
 def test_a_date_a_writer_set_to_infinity_does_not_break_searches(store: Store, photos: Path, tiny_model: str) -> None:
-    """Found from outside: `UPDATE images SET taken_at = 'infinity'` (a writer may) made every search reaching
+    """`UPDATE images SET taken_at = 'infinity'` (a writer may) made every search reaching
     that row fail with "timestamp too large"."""
     ingest(store, [photos], model=ModelSpec.parse(tiny_model))
     store.conn.execute("UPDATE images SET taken_at = 'infinity' WHERE path LIKE '%/rocket.jpg'")
@@ -292,7 +292,7 @@ def test_a_date_a_writer_set_to_infinity_does_not_break_searches(store: Store, p
 
 
 def test_a_multi_picture_jpeg_is_a_jpeg(store: Store, photos: Path, tmp_path: Path, tiny_model: str) -> None:
-    """Found from outside: a JPEG with a second picture appended (MPO, as phones write a depth map or a second
+    """A JPEG with a second picture appended (MPO, as phones write a depth map or a second
     exposure) was stored as format 'MPO', so --format jpeg never found it and --format mpo was refused. It is
     stored as JPEG now, and a JPEG filter finds the rows stored as MPO before."""
     folder = tmp_path / "mpo"

@@ -495,7 +495,7 @@ def test_every_date_the_api_returns_has_its_zone(client: TestClient, served: Pat
 
 
 def test_requests_from_other_sites_are_refused_before_reading(client: TestClient) -> None:
-    """Found from outside: any web page could POST a decode-heavy upload to a local `imagedb serve`: its Host is a
+    """Any web page could POST a decode-heavy upload to a local `imagedb serve`: its Host is a
     real 127.0.0.1. Browsers say where a request comes from; a program (no such headers) is unaffected."""
     buffer = io.BytesIO()
     Image.new("RGB", (32, 32)).save(buffer, "PNG")
@@ -524,7 +524,7 @@ def test_collections_name_a_checkpoint_file_not_its_path(client: TestClient) -> 
 
 
 def test_a_date_that_overflows_in_utc_is_a_400() -> None:
-    """Found from outside: after=0001-01-01T00:00:00+01:00 was a 500 (OverflowError converting to UTC)."""
+    """After=0001-01-01T00:00:00+01:00 was a 500 (OverflowError converting to UTC)."""
     from imagedb.errors import InvalidInput
     from imagedb.request import utc_naive as _utc_naive
 
@@ -536,7 +536,7 @@ def test_a_date_that_overflows_in_utc_is_a_400() -> None:
 
 
 def test_an_unknown_format_is_a_400_as_the_cli_refuses_it(client: TestClient) -> None:
-    """Found from outside: format=jepg (a typo) answered 200 with no results, where `imagedb search --format jepg`
+    """Format=jepg (a typo) answered 200 with no results, where `imagedb search --format jepg`
     is refused; the library now refuses it for both, and aliases and any case still work."""
     typo = client.get("/api/search", params={"q": "x", "format": "jepg"})
     assert typo.status_code == 400 and "jepg" in typo.json()["detail"] and "JPEG" in typo.json()["detail"]
@@ -549,7 +549,7 @@ def test_an_unknown_format_is_a_400_as_the_cli_refuses_it(client: TestClient) ->
 def test_a_restore_under_a_running_server_needs_no_restart(
     client: TestClient, database_url: str, tmp_path: Path
 ) -> None:
-    """Found from outside: after `imagedb db restore` (which recreates the vector extension, so its types get new
+    """After `imagedb db restore` (which recreates the vector extension, so its types get new
     ids) every search of a running `imagedb serve` failed with 500, "cached plan must not change result type",
     until it was restarted. A pooled connection from before the restore is now replaced before it is used."""
     for _ in range(8):  # psycopg prepares a statement run 5 times on one connection
@@ -563,7 +563,7 @@ def test_a_restore_under_a_running_server_needs_no_restart(
 
 
 def test_a_rejected_value_is_not_echoed_back_whole(database_url: str) -> None:
-    """Found from outside: a 422 answer repeated each bad value whole (FastAPI's default), 100 KB for 100 KB sent."""
+    """A 422 answer repeated each bad value whole (FastAPI's default), 100 KB for 100 KB sent."""
     client = TestClient(create_app(database_url), base_url=LOCAL)
     sent = "x" * 50_000
     answer = client.get("/api/search", params={"q": sent})
