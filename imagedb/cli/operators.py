@@ -33,8 +33,9 @@ def listen(ctx: click.Context, address: str | None, off: bool, cert: Path | None
 
     \b
     Every TCP login needs its password; the superuser (postgres) is refused over TCP, so give BI tools a role
-    made by `imagedb grant-reader ROLE --password P`. Beyond 127.0.0.1 only TLS connections are accepted, with a
-    self-signed certificate made on first use unless --cert/--key give one. Without arguments: show the setting.
+    made by `imagedb grant-reader ROLE --password P`. Beyond loopback only TLS connections would be accepted
+    (--cert/--key, or a self-signed certificate); the bundled PostgreSQL has no TLS, so it listens on loopback
+    addresses only: reach it from elsewhere through an SSH tunnel. Without arguments: show the setting.
     """
     from imagedb.pg.embedded import set_listen
     from imagedb.pg.listen import load_listen, parse_address
