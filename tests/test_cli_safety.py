@@ -81,6 +81,7 @@ def test_search_paths_are_escaped_and_null_gives_the_raw_bytes(cli, odd: Path) -
     assert len(table) == 7 and any(line.endswith(str(odd / "x\\nimportant.jpg")) for line in table)
 
 
+@pytest.mark.slow
 def test_other_commands_escape_the_paths_they_print(cli, odd: Path) -> None:  # type: ignore[no-untyped-def]
     dupes = cli("dupes")
     assert dupes.exit_code == 0, dupes.output
@@ -160,6 +161,7 @@ def test_good_metadata_still_reads(tmp_path: Path) -> None:
     assert read_rows(nested) == [(str(tmp_path / "sub" / "c.jpg"), {"x": [[{"y": 1.5}]], "u": "\u2028 ok"})]
 
 
+@pytest.mark.slow
 def test_tag_refuses_nul(cli, odd: Path, store: Store) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(InvalidInput, match="NUL"):
         tag(store, "default", "coffee.jpg", {"k": "a\x00b"})
@@ -279,6 +281,7 @@ def test_forget_lists_the_files_before_asking(cli, odd: Path, store: Store) -> N
 # -- 7. dates -------------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_dates_are_iso_8601_in_utc_everywhere(cli, odd: Path) -> None:  # type: ignore[no-untyped-def]
     row = json.loads(cli("search", "x", "-k", "1", "--json").stdout)
     assert row["date"].endswith("Z") and datetime.fromisoformat(row["date"].replace("Z", "+00:00")).tzinfo
@@ -293,6 +296,7 @@ def test_dates_are_iso_8601_in_utc_everywhere(cli, odd: Path) -> None:  # type: 
 # -- 8. IMAGEDB_MODEL is for new collections -------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_imagedb_model_applies_only_to_new_collections(  # type: ignore[no-untyped-def]
     cli, odd: Path, tiny_model: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

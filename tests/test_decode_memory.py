@@ -29,6 +29,7 @@ def _big(path: Path, mode: str) -> Path:
     return path
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["RGB", "P", "1", "L", "I;16"])
 def test_decoded_pixels_are_model_sized(tmp_path: Path, mode: str) -> None:
     decoded = decode(_big(tmp_path / f"big-{mode}.png", mode))
@@ -64,6 +65,7 @@ print(json.dumps(hwm() - base))
 """
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads VmHWM from /proc")
 def test_peak_memory_is_about_one_decoded_image(tmp_path: Path) -> None:
     path = _big(tmp_path / "big.png", "RGB")

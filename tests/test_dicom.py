@@ -359,6 +359,7 @@ def test_slices_of_one_series_find_each_other_first(store: Store, tiny_model: st
     assert paths[best.image_id] == str(tmp_path / "ct2.dcm") and best.score > 0.999
 
 
+@pytest.mark.slow
 def test_modality_and_body_part_filters(
     store: Store, database_url: str, tiny_model: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

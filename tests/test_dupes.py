@@ -149,6 +149,7 @@ def test_cli_bad_input_exits_2(database_url: str, monkeypatch: pytest.MonkeyPatc
     assert result.exit_code == 2 and message in result.output, result.output
 
 
+@pytest.mark.slow
 def test_cli_dupes_and_watch(
     database_url: str, monkeypatch: pytest.MonkeyPatch, photos: Path, copies: Path, tiny_model: str
 ) -> None:

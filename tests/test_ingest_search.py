@@ -99,6 +99,7 @@ def test_identical_content_at_a_new_path_reuses_the_embedding(
     assert rows[0] == 1
 
 
+@pytest.mark.slow
 def test_duplicates_within_one_batch_are_embedded_once(store: Store, tmp_path: Path, tiny_model: str) -> None:
     folder = tmp_path / "same"
     folder.mkdir()
@@ -108,6 +109,7 @@ def test_duplicates_within_one_batch_are_embedded_once(store: Store, tmp_path: P
     assert (summary.added, summary.reused) == (1, 1)
 
 
+@pytest.mark.slow
 def test_changed_file_is_replaced_not_duplicated(store: Store, photos: Path, tiny_model: str) -> None:
     ingest(store, [photos], model=ModelSpec.parse(tiny_model))
     target = photos / "noise_0.png"

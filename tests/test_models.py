@@ -239,6 +239,7 @@ def _copied_checkpoint(model: str, folder: Path) -> tuple[Path, str]:
     return checkpoint, f"{ModelSpec.parse(model).name}:{checkpoint}"
 
 
+@pytest.mark.slow
 def test_a_checkpoint_replaced_in_place_is_refused(
     store: Store, database_url: str, tmp_path: Path, tiny_model: str, model_b: str
 ) -> None:
@@ -265,6 +266,7 @@ def test_a_checkpoint_replaced_in_place_is_refused(
     assert missing.exit_code == 1 and "is missing" in missing.output, missing.output
 
 
+@pytest.mark.slow
 def test_a_search_refuses_a_replaced_checkpoint_and_caches_nothing(
     store: Store, database_url: str, tmp_path: Path, tiny_model: str, model_b: str
 ) -> None:
@@ -287,6 +289,7 @@ def test_a_search_refuses_a_replaced_checkpoint_and_caches_nothing(
     assert _cli(database_url, "search", "a text asked before", "-c", "c").exit_code == 0  # no model needed
 
 
+@pytest.mark.slow
 def test_models_use_refuses_a_model_whose_checkpoint_is_gone_or_changed(
     store: Store, database_url: str, tmp_path: Path, tiny_model: str, model_b: str
 ) -> None:

@@ -109,6 +109,7 @@ def test_forget_leaves_nothing_behind(store: Store, photos: Path, tmp_path: Path
         forget(store, "default", ["no-such-image.jpg"])
 
 
+@pytest.mark.slow
 def test_dump_and_restore_round_trip(
     store: Store, database_url: str, photos: Path, tmp_path: Path, tiny_model: str
 ) -> None:
@@ -202,6 +203,7 @@ def test_check_reports_what_is_wrong(
     assert "models without their HNSW index" in CliRunner().invoke(main, ["db", "check"]).output
 
 
+@pytest.mark.slow
 def test_cli_forget_grant_dump(
     database_url: str, monkeypatch: pytest.MonkeyPatch, photos: Path, tiny_model: str, tmp_path: Path
 ) -> None:
@@ -221,6 +223,7 @@ def test_cli_forget_grant_dump(
     assert runner.invoke(main, ["db", "restore", str(tmp_path / "b.dump"), "--yes"]).exit_code == 0
 
 
+@pytest.mark.slow
 def test_restore_where_a_role_of_the_dump_is_missing_says_what_to_create(
     store: Store, database_url: str, photos: Path, tmp_path: Path, tiny_model: str
 ) -> None:
@@ -258,6 +261,7 @@ def _drop_roles(store: Store, *names: str) -> None:
             store.conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(name)))
 
 
+@pytest.mark.slow
 def test_restore_on_a_server_where_a_superuser_made_the_extension(
     server_url: str, photos: Path, tmp_path: Path, tiny_model: str
 ) -> None:

@@ -55,6 +55,7 @@ def test_quantize_none_removes_the_binary_index_and_searches_use_halfvec_again(s
     assert "<~>" not in plan and "binary_quantize" not in plan, plan
 
 
+@pytest.mark.slow
 def test_a_halfvec_rebuild_keeps_the_binary_index_apart(store: Store, database_url: str) -> None:
     """The binary index is not taken for the model's halfvec index: a halfvec rebuild and a first-load restore
     still build the halfvec one, and the binary one survives."""

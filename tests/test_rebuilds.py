@@ -175,6 +175,7 @@ def _interrupted_concurrent_build(store: Store, database_url: str, model_id: int
         store.conn.execute("RESET statement_timeout")
 
 
+@pytest.mark.slow
 def test_an_interrupted_concurrent_build_is_dropped_by_the_next_rebuild(store: Store, database_url: str) -> None:
     collection = fill_synthetic(store, 300)
     _interrupted_concurrent_build(store, database_url, collection.model_id, collection.dim)
@@ -188,6 +189,7 @@ def test_an_interrupted_concurrent_build_is_dropped_by_the_next_rebuild(store: S
     assert _index_problems(store) == []
 
 
+@pytest.mark.slow
 def test_an_interrupted_build_is_also_cleaned_up_by_the_next_ingest(store: Store, database_url: str) -> None:
     collection = fill_synthetic(store, 300)
     _interrupted_concurrent_build(store, database_url, collection.model_id, collection.dim)

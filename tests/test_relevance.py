@@ -76,6 +76,7 @@ def test_min_relevance_keeps_only_results_above_it(store: Store, library: Path) 
         search(store, SearchRequest(query, min_relevance=float("nan")))
 
 
+@pytest.mark.slow
 def test_sample_is_redrawn_as_the_collection_grows(store: Store) -> None:
     assert relevance.needs_sample(None, 5) and not relevance.needs_sample(None, 0)
     assert relevance.needs_sample(10, 11)  # a small sample is the whole collection: redrawn on every addition

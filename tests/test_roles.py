@@ -132,6 +132,7 @@ def _files_hold(conn: psycopg.Connection, tables: list[str], needle: bytes) -> l
     return found
 
 
+@pytest.mark.slow
 def test_forget_full_leaves_no_bytes_in_the_table_files(
     store: Store, photos: Path, tiny_model: str, database_url: str
 ) -> None:

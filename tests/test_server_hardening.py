@@ -138,6 +138,7 @@ def test_a_polyglot_original_is_served_as_an_image_never_as_html(
     assert download.headers["content-disposition"].startswith("attachment")
 
 
+@pytest.mark.slow
 def test_every_response_has_a_content_security_policy(client: TestClient, database_url: str) -> None:
     answers = [
         client.get("/"),
@@ -203,6 +204,7 @@ def test_an_upload_declared_too_large_is_refused_before_reading(live: int) -> No
     assert _status(reply) == 413 and b"larger than 20 MB" in reply
 
 
+@pytest.mark.slow
 def test_a_chunked_upload_is_cut_off_at_the_limit(live: int) -> None:
     """Without Content-Length the bytes are counted as they arrive; the server answers 413 as soon as they pass
     the limit, while the client is still sending (before: it spooled everything to disk, then said 413)."""
@@ -243,6 +245,7 @@ def test_a_chunked_upload_is_cut_off_at_the_limit(live: int) -> None:
 # -- 4, 5: bounded work, one model load, no connection held while embedding ----------------------------------------
 
 
+@pytest.mark.slow
 def test_embedding_waits_for_a_slot_then_answers_503(database_url: str, served: Path) -> None:
     app = create_app(database_url, embedding_slots=1, embedding_wait_s=0.2)
     client = TestClient(app, base_url=LOCAL)
@@ -345,6 +348,7 @@ def test_a_stopped_database_gets_503_quickly_and_recovery_needs_no_restart(
 # -- 7: values that used to reach a 500 ------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_odd_values_get_a_400_or_an_answer_never_a_500(client: TestClient) -> None:
     mixed = client.get("/api/search", params={"q": "x", "after": "2000-01-01T00:00:00+02:00", "before": "2100-01-01"})
     assert mixed.status_code == 200 and len(mixed.json()["results"]) == 12
@@ -388,6 +392,7 @@ def test_errors_are_logged_with_a_traceback_and_requests_in_one_line(
     assert "private words" not in caplog.text and "private+words" not in caplog.text
 
 
+@pytest.mark.slow
 def test_clients_are_not_told_server_paths(
     database_url: str, served: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -409,6 +414,7 @@ def test_clients_are_not_told_server_paths(
 # -- 9, 10: Host names, tokens, exposure, busy ports ---------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_without_a_token_only_loopback_host_names_are_served(database_url: str, served: Path) -> None:
     app = create_app(database_url)
     for host in ("localhost", "localhost:8000", "127.0.0.1:1234", "[::1]:80", "[::1]", "LOCALHOST"):
