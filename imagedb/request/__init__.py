@@ -61,9 +61,9 @@ def _finite(value: float) -> float:
 
 
 def _model_spec(value: str) -> ModelSpec | None:
-    from imagedb.embed import ModelSpec  # torch and open_clip load later, only when the model is used
+    from imagedb.embed import ModelSpec  # when a --model is given: `imagedb --help` imports this module, not embed
 
-    # Only an explicit --model: IMAGEDB_MODEL applies when a collection is created (collection.get_or_create).
+    # Only an explicit --model: IMAGEDB_MODEL applies when a collection is created (get_or_create_collection).
     return ModelSpec.parse(value) if value else None
 
 
