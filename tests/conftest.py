@@ -30,7 +30,22 @@ from imagedb.store import Store
 from tiny_model import make_tiny_model
 
 TEMPLATE_DB = "imagedb_test_template"
+_OWN_BASETEMP = pytest.StashKey[str]()
 _counter = itertools.count()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """A temporary root of this run's own: pytest's shared one (/tmp/pytest-of-USER) is reset to mode 0700 by every
+    other run as the same user, and the servers tests start as root run as the `pgserver` user, who then loses
+    its way into their data directories mid-run."""
+    if config.option.basetemp is None:
+        config.option.basetemp = tempfile.mkdtemp(prefix="imagedb-pytest-")
+        config.stash[_OWN_BASETEMP] = config.option.basetemp
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if (basetemp := config.stash.get(_OWN_BASETEMP, None)) is not None:
+        shutil.rmtree(basetemp, ignore_errors=True)
 
 
 def with_database(url: str, name: str) -> str:
