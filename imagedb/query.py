@@ -21,7 +21,7 @@ from imagedb.errors import InvalidInput
 from imagedb.files import SUPPORTED_SUFFIXES
 from imagedb.request import Term
 
-_WEIGHT = re.compile(r"^(\d+(?:\.\d+)?):(.*)$", re.S)
+_WEIGHT = re.compile(r"^([0-9]+(?:\.[0-9]+)?):(.*)$", re.S)  # ASCII digits: \d takes ² and ١ too
 _ID = re.compile(r"^id:(.*)$", re.S)
 # Weights are relative; beyond this a weight says nothing more, and a huge one overflows to infinity.
 MAX_WEIGHT = 1000.0
@@ -82,7 +82,7 @@ def _term(body: str, weight: float | None, files: bool) -> Term:
     if not body.strip():
         raise InvalidInput("a term is empty")
     if match := _ID.match(body):
-        if not match.group(1).isdigit():
+        if not re.fullmatch(r"[0-9]+", match.group(1)):  # str.isdigit() takes ², which int() refuses
             raise InvalidInput(f"id: needs a number, not {match.group(1)!r}")
         return Term("id", match.group(1), w)
     if not files:

@@ -71,6 +71,7 @@ def test_failures_are_listed_and_the_exit_code_is_zero(run, tmp_path: Path, tiny
         (("ingest", "/no/such/dir"), "no such file or folder: /no/such/dir"),
         (("search", "x", "--collection", "missing"), "no collection named 'missing'"),
         (("search",), "the query is empty"),
+        (("search", "id:\u00b2"), "id: needs a number"),  # str.isdigit() takes the superscript, int() does not
         (("search", "x", "--limit", "0"), "Invalid value for '--limit'"),
         (("search", "x", "--bogus"), "No such option '--bogus'"),
         (("db", "reindex", "--m", "32", "--ef-construction", "40"), "must be at least 2 * m = 64"),

@@ -49,6 +49,9 @@ def test_parse_string_splits_like_a_shell() -> None:
         (["a", "+", "-", "b"], "two operators in a row"),
         (["0:a"], "weight must be above 0"),
         (["id:abc"], "id: needs a number"),
+        (["id:\u00b2"], "id: needs a number"),  # a superscript two: a digit to str.isdigit(), not to int()
+        (["id:1\u00b2"], "id: needs a number"),
+        (["id:\u0661\u0662"], "id: needs a number"),  # Arabic-Indic digits
         (["id:3", "b"], "put + or - between"),
         (["./missing.jpg"], "no such image file"),
         (["holiday.png"], "no such image file"),

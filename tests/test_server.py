@@ -85,6 +85,8 @@ def test_errors_are_json_with_a_message(client: TestClient) -> None:
     cases = [
         ("/api/search?q=x&collection=nope", 404, "no collection named 'nope'"),
         ("/api/search?q=a%20%2B", 400, "cannot end with an operator"),
+        ("/api/search?q=id:%C2%B2", 400, "id: needs a number"),  # a superscript two
+        ("/api/search?q=id:1%C2%B2", 400, "id: needs a number"),
         ("/api/search?q=/etc/passwd", 400, "image paths are not accepted here"),
         ("/api/search?q=/no/such/file.jpg", 400, "image paths are not accepted here"),
         ("/api/search?q=x&attr=novalue", 400, "expected key=value"),
