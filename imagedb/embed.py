@@ -54,6 +54,11 @@ class ModelSpec:
         return f"{self.name}:{self.pretrained}" if self.pretrained else self.name
 
     @property
+    def shown(self) -> str:
+        """The spec as a client may see it: a checkpoint by its file name, since its folder is the server's."""
+        return f"{self.name}:{self.checkpoint.name}" if self.checkpoint is not None else str(self)
+
+    @property
     def checkpoint(self) -> Path | None:
         return Path(self.pretrained) if _looks_like_path(self.pretrained) else None
 

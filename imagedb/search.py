@@ -88,7 +88,7 @@ def plan(store: Store, request: SearchRequest) -> Plan:
         if term.kind == "id" and int(term.value) not in stored:
             found = store.search.image_vector(int(term.value), target.model_id)
             if found is None:
-                raise NotFound(f"no stored image with id {term.value} embedded by {model_of(target)}")
+                raise NotFound(f"no stored image with id {term.value} embedded by {model_of(target).shown}")
             stored[int(term.value)] = found
     texts = store.search.cached_texts(target.model_id, sorted({t.value for t in terms if t.kind == "text"}))
     needs_model = any(t.kind == "image" or (t.kind == "text" and t.value not in texts) for t in terms)

@@ -394,10 +394,14 @@ def test_errors_are_logged_with_a_traceback_and_requests_in_one_line(
 
 @pytest.mark.slow
 def test_clients_are_not_told_server_paths(
-    database_url: str, served: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    database_url: str, served: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture, tiny_model: str
 ) -> None:
     logging.disable(logging.NOTSET)
     client = TestClient(create_app(database_url), base_url=LOCAL)
+    checkpoint = Path(tiny_model.split(":", 1)[1])
+    missing = client.get("/api/search", params={"q": "id:999999"})  # its 404 names the model, by file name only
+    assert missing.status_code == 404 and checkpoint.name in missing.text, missing.text
+    assert str(checkpoint.parent) not in missing.text
     bad = client.post("/api/search/image", files={"file": ("notes.jpg", b"hello", "image/jpeg")})
     assert bad.status_code == 400 and "not an image" in bad.json()["detail"]
     assert "imagedb-upload" not in bad.text and "/tmp" not in bad.text and "the upload" in bad.text
