@@ -348,6 +348,30 @@ def test_a_stopped_database_gets_503_quickly_and_recovery_needs_no_restart(
 # -- 7: values that used to reach a 500 ------------------------------------------------------------------------------
 
 
+def test_an_image_row_a_writer_made_odd_is_shown_never_a_500(client: TestClient, database_url: str) -> None:
+    """A writer may store times PostgreSQL holds and Python does not ('infinity'), and JSON nested deeper than any
+    encoder walks: the image's details still answer, with the times at the ends of the range and the JSON cut."""
+    image_id = _id_of(client, "rocket.jpg")
+    deep_exif = "[" * 5000 + "]" * 5000
+    deep_attributes = '{"a":' * 100 + "1" + "}" * 100
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(
+            "UPDATE images SET taken_at = 'infinity', mtime = '-infinity', exif = %s::jsonb, attributes = %s::jsonb"
+            " WHERE id = %s",
+            (deep_exif, deep_attributes, image_id),
+        )
+    shown = client.get(f"/api/images/{image_id}")
+    assert shown.status_code == 200, shown.text
+    details = shown.json()
+    assert details["taken_at"].startswith("9999-12-30") and details["mtime"].startswith("0001-01-02")
+    assert details["exif"] == {"_not_shown": "nested deeper than 32 levels"}
+    level, depth = details["attributes"], 0
+    while isinstance(level, dict):
+        level, depth = level["a"], depth + 1
+    assert depth == 32 and level == "(nested deeper than 32 levels)"
+    assert client.get("/api/search", params={"q": "x", "limit": 12}).status_code == 200
+
+
 @pytest.mark.slow
 def test_odd_values_get_a_400_or_an_answer_never_a_500(client: TestClient) -> None:
     mixed = client.get("/api/search", params={"q": "x", "after": "2000-01-01T00:00:00+02:00", "before": "2100-01-01"})

@@ -3,6 +3,7 @@ and single images as the API shows them."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -52,6 +53,32 @@ def _parts(records: Sequence[ImageRecord]) -> list[list[int]]:
         [n for group in groups[i : i + PATHS_PER_TRANSACTION] for n in group]
         for i in range(0, len(groups), PATHS_PER_TRANSACTION)
     ] or [[]]
+
+
+def _finite_time(column: str) -> str:
+    """A timestamp within what Python's datetime holds: a writer may store 'infinity', which psycopg cannot read."""
+    return f"LEAST(GREATEST({column}, '0001-01-02'), '9999-12-30')"
+
+
+# How deep a stored JSON value is shown; a writer may store one nested thousands deep, which no JSON encoder walks.
+MAX_SHOWN_DEPTH = 32
+
+
+def _shown_json(text: str) -> Any:
+    try:
+        return _within_depth(json.loads(text), MAX_SHOWN_DEPTH)
+    except RecursionError:
+        return {"_not_shown": f"nested deeper than {MAX_SHOWN_DEPTH} levels"}
+
+
+def _within_depth(value: Any, depth: int) -> Any:
+    if not isinstance(value, (dict, list)):
+        return value
+    if depth == 0:
+        return f"(nested deeper than {MAX_SHOWN_DEPTH} levels)"
+    if isinstance(value, dict):
+        return {k: _within_depth(v, depth - 1) for k, v in value.items()}
+    return [_within_depth(v, depth - 1) for v in value]
 
 
 class ImagesStore(Part):
@@ -329,15 +356,20 @@ class ImagesStore(Part):
     def image_details(self, image_id: int) -> dict[str, Any] | None:
         """Everything about one image a person may look at: no vector, no bytes; GPS only if it was kept."""
         cur = self.conn.execute(
-            "SELECT i.id, c.name AS collection, i.path, i.sha256, i.size_bytes, i.mtime, i.width, i.height, i.format,"
+            f"SELECT i.id, c.name AS collection, i.path, i.sha256, i.size_bytes, {_finite_time('i.mtime')} AS mtime,"
+            " i.width, i.height, i.format,"
             # EXIF times carry no zone; like the date filters, the API reads them as UTC, so every date has one.
-            " i.taken_at AT TIME ZONE 'UTC' AS taken_at, i.camera_make, i.camera_model, i.orientation, i.exif,"
-            " i.attributes, i.ingested_at FROM images i JOIN collections c ON c.id = i.collection_id WHERE i.id = %s",
+            f" {_finite_time('i.taken_at')} AT TIME ZONE 'UTC' AS taken_at, i.camera_make, i.camera_model,"
+            " i.orientation, i.exif::text AS exif, i.attributes::text AS attributes,"
+            f" {_finite_time('i.ingested_at')} AS ingested_at"
+            " FROM images i JOIN collections c ON c.id = i.collection_id WHERE i.id = %s",
             (image_id,),
         )
         row = cur.fetchone()
-        names = [c.name for c in cur.description or []]
-        return dict(zip(names, row, strict=True)) if row else None
+        if row is None:
+            return None
+        found = dict(zip([c.name for c in cur.description or []], row, strict=True))
+        return {**found, "exif": _shown_json(found["exif"]), "attributes": _shown_json(found["attributes"])}
 
     def thumbnail(self, image_id: int) -> bytes | None:
         row = self.conn.execute("SELECT jpeg FROM thumbnails WHERE image_id = %s", (image_id,)).fetchone()
