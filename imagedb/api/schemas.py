@@ -31,6 +31,9 @@ class SearchHit(BaseModel):
 
 class SearchResponse(BaseModel):
     results: list[SearchHit]
+    # What each score measures: cosine similarity, euclidean distance, pearson correlation or inner product.
+    metric: str = "cosine"
+    higher_is_better: bool = True  # False for a distance (euclidean)
 
 
 class ImageInfo(BaseModel):
