@@ -320,3 +320,34 @@ def test_docs_sql_metric_calls_run(store: Store, vectors: tuple[Collection, list
     third = calls[2].replace("$1", "%s").replace("'default'", f"'{collection.name}'")
     rows = store.conn.execute(third, (HalfVector(matrix[42]),)).fetchall()
     assert [r[0] for r in rows] == [i for i, _ in _expected("pearson", ids, matrix, matrix[42], 10, -1)]
+
+
+def test_every_metric_with_collapsed_duplicates_and_with_a_binary_index(
+    store: Store, database_url: str, vectors: tuple[Collection, list[int], np.ndarray]
+) -> None:
+    """The other shapes of the search statement: collapsing duplicates, and a binary-quantised index whose
+    candidates (here all 90 images, rerank 100) are ranked by the measure."""
+    collection, ids, matrix = vectors
+    base = ["--database-url", database_url, "search", "--like", str(ids[5]), "-c", collection.name, "--json"]
+    expected = {m: _expected(m, ids, matrix, _query(matrix[5]), 10, ids[5]) for m in METRICS}
+    for metric in METRICS:
+        result = CliRunner().invoke(main, [*base, "--metric", metric, "--collapse-duplicates"])
+        assert result.exit_code == 0, result.output
+        rows = [json.loads(line) for line in result.output.splitlines()]
+        _assert_same([(r["id"], r["score"]) for r in rows], expected[metric], metric)  # no groups: nothing collapsed
+    reindex = ["--database-url", database_url, "db", "reindex", "--quantize", "binary", "--rerank", "100"]
+    assert CliRunner().invoke(main, reindex).exit_code == 0
+    for metric in METRICS:
+        result = CliRunner().invoke(main, [*base, "--metric", metric])
+        assert result.exit_code == 0, result.output
+        rows = [json.loads(line) for line in result.output.splitlines()]
+        _assert_same([(r["id"], r["score"]) for r in rows], expected[metric], f"{metric}, binary index")
+
+
+def test_the_page_offers_every_measure_next_to_sort() -> None:
+    page = (Path(__file__).resolve().parents[1] / "imagedb" / "web" / "index.html").read_text()
+    select = re.search(r'<select id="metric">(.*?)</select>', page)
+    assert select is not None and page.index('id="sort"') < page.index('id="metric"')
+    assert tuple(re.findall(r'<option value="(\w+)"', select.group(1))) == METRICS
+    script = (Path(__file__).resolve().parents[1] / "imagedb" / "web" / "app.js").read_text()
+    assert 'p.set("metric"' in script and "data.metric" in script
