@@ -61,7 +61,7 @@ def _nearest_query(
         " FROM embeddings e JOIN images i ON i.id = e.image_id"
         " WHERE e.model_id = %(model_id)s AND i.collection_id = %(collection_id)s{where}"
         " ORDER BY {order} LIMIT %(depth)s)"
-    ).format(pool=sql.Identifier(pool), key=metrics.key(metric, vector), where=where, order=order)
+    ).format(pool=sql.SQL(pool), key=metrics.key(metric, vector), where=where, order=order)
     if metric == "pearson":
         nearest += sql.SQL(", nearest AS MATERIALIZED (SELECT * FROM candidates WHERE distance IS NOT NULL)")
     score = metrics.score(metric, sql.SQL("distance"))
@@ -82,7 +82,7 @@ def _nearest_query(
             "   WHERE d.collection_id = %(collection_id)s AND d.group_no = ranked.group_no) END,"
             "  (SELECT count(*) FROM {pool})"
             " FROM ranked WHERE r = 1 ORDER BY distance, id LIMIT %(limit)s OFFSET %(offset)s"
-        ).format(score=score, pool=sql.Identifier(pool))
+        ).format(score=score, pool=sql.SQL(pool))
     params.update(
         q=HalfVector(query),
         model_id=collection.model_id,
