@@ -19,8 +19,8 @@ from imagedb.request import Filters, Param, SearchRequest, Term
 class SearchHit(BaseModel):
     rank: int
     score: float
-    # Standard deviations above the mean score of the collection's random sample for this query (None: the
-    # collection has too few images for a sample).
+    # Standard deviations better than the mean score of the collection's random sample for this query, in the
+    # search's metric (None: the collection has too few images for a sample).
     relevance: float | None
     duplicates: int = 0  # with collapse_duplicates: the other images of its duplicate group, not listed
     id: int
