@@ -41,6 +41,7 @@ if [[ "${1:-}" == "--quick" ]]; then
   run cpu_models.txt bench/cpu_models_bench.py --rounds 1 --models ViT-B-32 MobileCLIP-S1
   run relevance.md bench/relevance_bench.py
   run exact.txt bench/exact_bench.py --n 5000
+  run metric_5000.txt bench/metric_bench.py --n 5000
   run insert_3000.txt bench/insert_bench.py --n 3000 --rows 256
   run scale_5000.txt bench/scale_bench.py --n 5000 --sets clustered
   run graph_5000.txt bench/graph_bench.py --n 5000
@@ -60,6 +61,8 @@ else
   run cpu_models.txt bench/cpu_models_bench.py
   run relevance.md bench/relevance_bench.py
   run exact.txt bench/exact_bench.py --n 100000
+  # Each measure of search --metric: about 3 minutes.
+  run metric_100000.txt bench/metric_bench.py --n 100000
   run insert_100000.txt bench/insert_bench.py --n 100000
   # Binary quantisation against halfvec at 100k: the clustered set alone, without hnswlib.
   run scale_100000.txt bench/scale_bench.py --n 100000 --sets clustered --no-hnswlib

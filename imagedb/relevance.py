@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import psycopg
 
+from imagedb.request import LOWER_IS_BETTER
 from imagedb.store import Collection, Store
 
 SAMPLE_SIZE = 1000  # images in a collection's sample: the mean and deviation of 1000 scores vary by a few percent
@@ -31,11 +32,13 @@ class Baseline:
     mean: float
     deviation: float
     sampled: int
+    lower_is_better: bool = False  # a distance (euclidean): relevance counts deviations below the mean
 
     def relevance(self, score: float) -> float | None:
         if self.sampled < MIN_SAMPLE or self.deviation < MIN_DEVIATION:
             return None
-        return (score - self.mean) / self.deviation
+        above = (score - self.mean) / self.deviation
+        return -above if self.lower_is_better else above
 
 
 def needs_sample(sampled_count: int | None, size: int) -> bool:
@@ -66,6 +69,8 @@ def ensure_sample(store: Store, sampled_count: int | None, collection: Collectio
         refresh_sample(store, collection)
 
 
-def baseline(store: Store, collection: Collection, query: np.ndarray) -> Baseline:
-    mean, deviation, sampled = store.tuning.score_baseline(collection, query)
-    return Baseline(mean, deviation, sampled)
+def baseline(store: Store, collection: Collection, query: np.ndarray, metric: str = "cosine") -> Baseline:
+    """The sample's scores in the search's own measure, so that relevance compares like with like: a Euclidean
+    distance is not an affine function of the cosine, nor is a Pearson correlation."""
+    mean, deviation, sampled = store.tuning.score_baseline(collection, query, metric)
+    return Baseline(mean, deviation, sampled, metric in LOWER_IS_BETTER)

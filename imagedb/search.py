@@ -29,11 +29,11 @@ from imagedb.store.records import ModelRecord
 @dataclass(frozen=True)
 class SearchResult:
     rank: int
-    score: float  # cosine similarity, 1.0 for an identical vector
+    score: float  # in the request's metric: cosine similarity (1.0 for an identical vector) unless it names another
     image_id: int
     path: str
     date: datetime  # when taken, else the file's time
-    relevance: float | None = None  # standard deviations above an unrelated image's score (relevance.py)
+    relevance: float | None = None  # standard deviations better than an unrelated image's score (relevance.py)
     others: int = 0  # with collapse_duplicates: the other images of its duplicate group, left out
 
 
@@ -64,7 +64,8 @@ class Plan:
 def search(store: Store, request: SearchRequest) -> list[SearchResult]:
     """The `request.limit` best matches for its terms (see query.py) that pass its filters.
 
-    min_score drops matches below that cosine similarity, min_relevance those less relevant (relevance.py);
+    Results are ranked and scored by request.metric (cosine by default; store/metrics.py). min_score drops matches
+    below that similarity, max_distance (euclidean) those farther, min_relevance those less relevant (relevance.py);
     sort="date" orders the matches newest first. ef_search None: the collection's tuned value (tuning.py).
     Stored images named by id: terms are never results themselves ("more like this" leaves the image out).
     collapse_duplicates keeps the best match of each duplicate group (`imagedb dupes`).
@@ -117,11 +118,14 @@ def nearest(store: Store, plan: Plan, query: np.ndarray) -> list[SearchResult]:
         offset=request.offset,
         filters=request.filters,
         collapse=request.collapse_duplicates,
+        metric=request.metric,
     )
-    base = relevance.baseline(store, plan.target, query)
+    base = relevance.baseline(store, plan.target, query, request.metric)
     scored = [(h, base.relevance(h.score)) for h in hits]
     if request.min_score is not None:
         scored = [(h, r) for h, r in scored if h.score >= request.min_score]
+    if request.max_distance is not None:
+        scored = [(h, r) for h, r in scored if h.score <= request.max_distance]
     if request.min_relevance is not None:
         # Without a baseline (an empty sample) nothing can be shown to be relevant enough.
         scored = [(h, r) for h, r in scored if r is not None and r >= request.min_relevance]

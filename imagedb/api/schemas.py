@@ -19,8 +19,8 @@ from imagedb.request import Filters, Param, SearchRequest, Term
 class SearchHit(BaseModel):
     rank: int
     score: float
-    # Standard deviations above the mean score of the collection's random sample for this query (None: the
-    # collection has too few images for a sample).
+    # Standard deviations better than the mean score of the collection's random sample for this query, in the
+    # search's metric (None: the collection has too few images for a sample).
     relevance: float | None
     duplicates: int = 0  # with collapse_duplicates: the other images of its duplicate group, not listed
     id: int
@@ -31,6 +31,9 @@ class SearchHit(BaseModel):
 
 class SearchResponse(BaseModel):
     results: list[SearchHit]
+    # What each score measures: cosine similarity, euclidean distance, pearson correlation or inner product.
+    metric: str = "cosine"
+    higher_is_better: bool = True  # False for a distance (euclidean)
 
 
 class ImageInfo(BaseModel):

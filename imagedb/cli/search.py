@@ -94,6 +94,7 @@ def search(
         raise click.UsageError(f"{chosen[0]} and {chosen[1]} cannot be used together: choose one output")
     wanted = request.from_values(query_terms(query, images, likes), values)
     collapse_duplicates = wanted.collapse_duplicates
+    metric = wanted.metric
     with _store(ctx) as store:
         results = run_search(store, wanted)
     if as_null:
@@ -106,6 +107,7 @@ def search(
             row = {
                 "rank": r.rank,
                 "score": round(r.score, 6),
+                "metric": metric,  # what score measures: a distance (lower is better) for euclidean
                 "relevance": None if r.relevance is None else round(r.relevance, 3),
                 "id": r.image_id,
                 "path": r.path,
@@ -118,13 +120,25 @@ def search(
         click.echo("no results", err=True)
     else:
         more = "  more" if collapse_duplicates else ""
-        click.echo(f"{'rank':>4}  {'score':>6}  {'relev':>6}  {'id':>8}  {'date':<10}{more}  path")
+        # The score column is named by its measure, so a distance is not read as a similarity; cosine's stays "score".
+        label, width = _SCORE_COLUMNS[metric]
+        click.echo(f"{'rank':>4}  {label:>{width}}  {'relev':>6}  {'id':>8}  {'date':<10}{more}  path")
         for r in results:
             rel = "-" if r.relevance is None else f"{r.relevance:.1f}"
             others = f"  {'+' + str(r.others) if r.others else '':>4}" if collapse_duplicates else ""
             click.echo(
-                f"{r.rank:>4}  {r.score:>6.3f}  {rel:>6}  {r.image_id:>8}  {r.date:%Y-%m-%d}{others}  {escape(r.path)}"
+                f"{r.rank:>4}  {r.score:>{width}.3f}  {rel:>6}  {r.image_id:>8}  {r.date:%Y-%m-%d}{others}"
+                f"  {escape(r.path)}"
             )
+
+
+# The table's score column per metric: its header and width.
+_SCORE_COLUMNS = {
+    "cosine": ("score", 6),
+    "euclidean": ("distance", 8),
+    "pearson": ("pearson", 7),
+    "inner": ("inner", 6),
+}
 
 
 def query_terms(query: Sequence[str], images: Sequence[str], likes: Sequence[int]) -> list[Any]:

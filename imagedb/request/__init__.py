@@ -28,13 +28,16 @@ from imagedb.request.param import (
     FORMAT_CHOICES,
     FORMATS,
     IMAGE_DATE,
+    LOWER_IS_BETTER,
     MAX_CODE,
+    MAX_DISTANCE,
     MAX_EF_SEARCH,
     MAX_ID,
     MAX_LIMIT,
     MAX_OFFSET,
     MAX_RELEVANCE,
     MAX_SIDE,
+    METRICS,
     Api,
     Param,
     Term,
@@ -57,6 +60,13 @@ def _bounded(low: float, high: float, message: str) -> Callable[[Any], Any]:
 def _finite(value: float) -> float:
     if not np.isfinite(value):
         raise InvalidInput(f"min_relevance is a number of standard deviations, not {value}")
+    return value
+
+
+def _metric(value: str) -> str:
+    # The CLI and the API refuse other values before this (exit 2, 422); a library caller gets the same words.
+    if value not in METRICS:
+        raise InvalidInput(f"unknown metric {value!r}: use one of {', '.join(METRICS)}")
     return value
 
 
@@ -97,8 +107,19 @@ class SearchRequest:
     )  # fmt: skip
     filters: Filters = Filters()  # checked by Filters.checked(); the store turns them into SQL with Filters.clauses()
     min_score: float | None = _setting(
-        float, None, flags=("--min-score",), minimum=-1, maximum=1, help="Drop results below this cosine similarity.",
-        check=_bounded(-1.0, 1.0, "min_score is a cosine similarity, between -1 and 1, not {}"),
+        float, None, flags=("--min-score",), minimum=-1, maximum=1,
+        help="Drop results below this score: a cosine similarity, or the Pearson correlation or inner product with"
+        " that --metric (with euclidean, use --max-distance).",
+        check=_bounded(-1.0, 1.0, "min_score is a similarity (cosine, Pearson or inner product), between -1 and 1,"
+                       " not {}"),
+    )  # fmt: skip
+    # A distance is a maximum, not a minimum: a threshold of its own, so that no cutoff changes meaning by metric.
+    max_distance: float | None = _setting(
+        float, None, flags=("--max-distance",), minimum=0, maximum=MAX_DISTANCE, metavar="D",
+        check=_bounded(0.0, MAX_DISTANCE, f"max_distance is a Euclidean distance, between 0 and {MAX_DISTANCE:g},"
+                       " not {}"),
+        api=Api(description="with metric=euclidean: drop results farther than this"),
+        help="With --metric euclidean: drop results farther than this distance (0 to 2, as vectors have length 1).",
     )  # fmt: skip
     # Standard deviations above an unrelated image's score (relevance.py); the library takes any finite number.
     min_relevance: float | None = _setting(
@@ -116,6 +137,12 @@ class SearchRequest:
     sort: Literal["score", "date"] = _setting(
         str, "score", flags=("--sort",), choices=("score", "date"), show_default=True,
         help="Order of the best matches: by score, or by date, newest first.",
+    )  # fmt: skip
+    metric: str = _setting(
+        str, "cosine", flags=("--metric",), choices=METRICS, show_default=True, check=_metric,
+        api=Api(description="cosine, euclidean (a distance: lower is better), pearson or inner"),
+        help="Measure to rank and score by: cosine similarity, euclidean distance (lower is better), pearson"
+        " correlation or inner product. Pearson re-ranks candidates from the index (docs/search.md).",
     )  # fmt: skip
     # None: the collection's tuned value (tuning.py).
     ef_search: int | None = _setting(
@@ -138,7 +165,18 @@ class SearchRequest:
             for p in settings()
             if p.check is not None and getattr(self, p.name) is not None
         }
-        return replace(self, **changes)
+        request = replace(self, **changes)
+        # A threshold in a measure the search does not score by would filter on numbers it never shows.
+        if request.metric in LOWER_IS_BETTER and request.min_score is not None:
+            raise InvalidInput(
+                f"--min-score is a similarity, and --metric {request.metric} scores by distance (lower is better):"
+                " use --max-distance"
+            )
+        if request.max_distance is not None and request.metric not in LOWER_IS_BETTER:
+            raise InvalidInput(
+                f"--max-distance applies to --metric euclidean only, not {request.metric}: use --min-score"
+            )
+        return request
 
 
 def _declared(f: Field[Any]) -> Param:
@@ -180,7 +218,8 @@ def from_values(terms: Sequence[Term], values: Mapping[str, Any]) -> SearchReque
 
 
 __all__ = [
-    "DATE_FORMATS", "FILTERS", "FORMAT_ALIASES", "FORMAT_CHOICES", "FORMATS", "IMAGE_DATE", "MAX_CODE", "MAX_EF_SEARCH",
-    "MAX_ID", "MAX_LIMIT", "MAX_OFFSET", "MAX_RELEVANCE", "MAX_SIDE", "Api", "Filters", "Param", "SearchRequest",
+    "DATE_FORMATS", "FILTERS", "FORMAT_ALIASES", "FORMAT_CHOICES", "FORMATS", "IMAGE_DATE", "LOWER_IS_BETTER",
+    "MAX_CODE", "MAX_DISTANCE", "MAX_EF_SEARCH", "MAX_ID", "MAX_LIMIT", "MAX_OFFSET", "MAX_RELEVANCE", "MAX_SIDE",
+    "METRICS", "Api", "Filters", "Param", "SearchRequest",
     "Term", "from_values", "params", "parse_pairs", "register", "settings", "utc_naive",
 ]  # fmt: skip

@@ -24,6 +24,11 @@ MAX_ID = 2**63 - 1  # image ids are PostgreSQL bigints
 MAX_SIDE = 2**31 - 1  # a width or height in pixels: a PostgreSQL integer
 MAX_RELEVANCE = 1000  # standard deviations above an unrelated image's score: far beyond any real match
 MAX_CODE = 64  # the API's bound on a DICOM code (modality, body part), which is at most 16 characters
+MAX_DISTANCE = 2.0  # the largest Euclidean distance between two unit vectors (opposite ones)
+
+# The measures a search ranks and scores by (store/metrics.py says how each reaches SQL); cosine is the default.
+METRICS = ("cosine", "euclidean", "pearson", "inner")
+LOWER_IS_BETTER = frozenset({"euclidean"})  # a distance; the others are similarities, higher is better
 
 DATE_FORMATS = ("%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S")  # the CLI's; the API reads ISO 8601
 FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "HEIF", "AVIF", "DICOM")  # what ingest stores

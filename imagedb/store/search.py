@@ -10,6 +10,7 @@ from pgvector import HalfVector
 from psycopg import sql
 
 from imagedb.request import IMAGE_DATE, MAX_EF_SEARCH, Filters
+from imagedb.store import metrics
 from imagedb.store.base import Part
 from imagedb.store.index import binary_expression
 from imagedb.store.records import Collection, Hit
@@ -22,11 +23,19 @@ MAX_CACHED_TEXTS = 100_000
 
 
 def _nearest_query(
-    collection: Collection, query: np.ndarray, limit: int, offset: int, filters: Filters, depth: int | None = None
+    collection: Collection,
+    query: np.ndarray,
+    limit: int,
+    offset: int,
+    filters: Filters,
+    depth: int | None = None,
+    metric: str = "cosine",
+    ef_search: int | None = None,
 ) -> tuple[sql.Composed, dict[str, Any]]:
     """The search statement; with `depth`, duplicates are collapsed: the `depth` nearest are read, and of each
     duplicate group (the last `imagedb dupes` run) only its best-scoring member is kept, with the count of the
-    group's other images."""
+    group's other images. The index reads in cosine order whatever the metric; `distance` is the metric's rank key
+    (metrics.py), and Pearson re-ranks a pool of candidates (metrics.pearson_pool)."""
     # The cast to the model's dimension is what matches the expression of the model's partial HNSW index.
     vector = sql.SQL("e.embedding::halfvec({})").format(sql.Literal(collection.dim))
     clauses, params = filters.clauses()  # each filter's own condition (request.FILTERS)
@@ -40,20 +49,27 @@ def _nearest_query(
             binary_expression(sql.SQL("%(q)s"), collection.dim),
         )
         read = max(read, collection.rerank)
+    if metric == "pearson":
+        read = max(read, metrics.pearson_pool(limit + offset if depth is None else depth, ef_search))
     # A relaxed iterative scan may return rows slightly out of order (for better recall, as pgvector documents):
     # the outer query puts them in order, ties by id (as imagedb_nearest does).
+    # Pearson is undefined for a constant stored vector (NULL): such a candidate is left out.
+    pool = "candidates" if metric == "pearson" else "nearest"
     nearest = sql.SQL(
-        "WITH nearest AS MATERIALIZED ("
-        " SELECT i.id, i.path, {vector} <=> %(q)s AS distance, " + IMAGE_DATE + " AS image_date"
+        "WITH {pool} AS MATERIALIZED ("
+        " SELECT i.id, i.path, {key} AS distance, " + IMAGE_DATE + " AS image_date"
         " FROM embeddings e JOIN images i ON i.id = e.image_id"
         " WHERE e.model_id = %(model_id)s AND i.collection_id = %(collection_id)s{where}"
         " ORDER BY {order} LIMIT %(depth)s)"
-    ).format(vector=vector, where=where, order=order)
+    ).format(pool=sql.SQL(pool), key=metrics.key(metric, vector), where=where, order=order)
+    if metric == "pearson":
+        nearest += sql.SQL(", nearest AS MATERIALIZED (SELECT * FROM candidates WHERE distance IS NOT NULL)")
+    score = metrics.score(metric, sql.SQL("distance"))
     if depth is None:
         statement = nearest + sql.SQL(
-            " SELECT id, path, 1 - distance AS score, image_date, 0, 0 FROM nearest"
+            " SELECT id, path, {score} AS score, image_date, 0, 0 FROM nearest"
             " ORDER BY distance, id LIMIT %(limit)s OFFSET %(offset)s"
-        )
+        ).format(score=score)
     else:
         # Images outside any group are groups of one (keyed by their negated id, never a group number).
         statement = nearest + sql.SQL(
@@ -61,12 +77,12 @@ def _nearest_query(
             "  row_number() OVER (PARTITION BY coalesce(g.group_no::bigint, -n.id) ORDER BY n.distance, n.id) AS r"
             "  FROM nearest n LEFT JOIN duplicate_groups g"
             "  ON g.collection_id = %(collection_id)s AND g.image_id = n.id)"
-            " SELECT id, path, 1 - distance AS score, image_date,"
+            " SELECT id, path, {score} AS score, image_date,"
             "  CASE WHEN group_no IS NULL THEN 0 ELSE (SELECT count(*) - 1 FROM duplicate_groups d"
             "   WHERE d.collection_id = %(collection_id)s AND d.group_no = ranked.group_no) END,"
-            "  (SELECT count(*) FROM nearest)"
+            "  (SELECT count(*) FROM {pool})"
             " FROM ranked WHERE r = 1 ORDER BY distance, id LIMIT %(limit)s OFFSET %(offset)s"
-        )
+        ).format(score=score, pool=sql.SQL(pool))
     params.update(
         q=HalfVector(query),
         model_id=collection.model_id,
@@ -74,6 +90,7 @@ def _nearest_query(
         depth=read,
         limit=limit,
         offset=offset,
+        **metrics.params(metric, query),
     )
     return statement, params
 
@@ -109,14 +126,15 @@ class SearchStore(Part):
         offset: int = 0,
         filters: Filters = Filters(),
         collapse: bool = False,
+        metric: str = "cosine",
     ) -> list[Hit]:
-        """The images nearest to `query` by cosine distance that pass `filters`, through the HNSW index; with
-        `collapse`, one per duplicate group (see _nearest_query)."""
+        """The images nearest to `query` by `metric` (request.METRICS; scores in that measure) that pass `filters`,
+        through the HNSW index; with `collapse`, one per duplicate group (see _nearest_query)."""
         if not collapse:
-            return self._nearest(collection, query, limit, ef_search, offset, filters, None)[0]
+            return self._nearest(collection, query, limit, ef_search, offset, filters, None, metric)[0]
         depth = (limit + offset) * COLLAPSE_FIRST_FACTOR
         while True:
-            hits, candidates = self._nearest(collection, query, limit, ef_search, offset, filters, depth)
+            hits, candidates = self._nearest(collection, query, limit, ef_search, offset, filters, depth, metric)
             # Done when the page is full, the candidates ran out, or the depth reached its bound.
             if len(hits) == limit or candidates < depth or depth >= COLLAPSE_MAX_DEPTH:
                 return hits
@@ -131,8 +149,9 @@ class SearchStore(Part):
         offset: int,
         filters: Filters,
         depth: int | None,
+        metric: str,
     ) -> tuple[list[Hit], int]:
-        statement, params = _nearest_query(collection, query, limit, offset, filters, depth)
+        statement, params = _nearest_query(collection, query, limit, offset, filters, depth, metric, ef_search)
         with self.conn.transaction():
             # Filters (and other collections sharing the model) drop rows after the index scan; an iterative
             # scan keeps reading the index until enough rows pass, up to max_scan_tuples.
@@ -153,10 +172,15 @@ class SearchStore(Part):
         return hits, int(rows[0][5]) if rows else (depth or 0)
 
     def explain_nearest(
-        self, collection: Collection, query: np.ndarray, limit: int, filters: Filters = Filters()
+        self,
+        collection: Collection,
+        query: np.ndarray,
+        limit: int,
+        filters: Filters = Filters(),
+        metric: str = "cosine",
     ) -> str:
         """EXPLAIN of the query nearest() runs: tests assert that it reads the HNSW index."""
-        statement, params = _nearest_query(collection, query, limit, 0, filters)
+        statement, params = _nearest_query(collection, query, limit, 0, filters, metric=metric)
         rows = self.conn.execute(sql.SQL("EXPLAIN ") + statement, params).fetchall()
         return "\n".join(r[0] for r in rows)
 

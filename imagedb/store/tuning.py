@@ -9,6 +9,7 @@ import numpy as np
 from pgvector import HalfVector
 from psycopg import sql
 
+from imagedb.store import metrics
 from imagedb.store.base import Part
 from imagedb.store.records import Collection
 
@@ -61,18 +62,22 @@ class TuningStore(Part):
             )
         return count
 
-    def score_baseline(self, collection: Collection, query: np.ndarray) -> tuple[float, float, int]:
-        """Mean and standard deviation of the query's cosine similarity to the collection's relevance sample, and
-        the sample's size (0: no sample; then mean and deviation are 0)."""
+    def score_baseline(
+        self, collection: Collection, query: np.ndarray, metric: str = "cosine"
+    ) -> tuple[float, float, int]:
+        """Mean and standard deviation of the query's score in `metric` (cosine similarity by default) against the
+        collection's relevance sample, and how many sampled images have one (0: no sample; then mean and deviation
+        are 0)."""
         vector = sql.SQL("e.embedding::halfvec({})").format(sql.Literal(collection.dim))
+        score = metrics.score(metric, sql.SQL("({})").format(metrics.key(metric, vector)))
         row = self.conn.execute(
             sql.SQL(
-                "SELECT coalesce(avg(s), 0), coalesce(stddev_pop(s), 0), count(*) FROM ("
-                " SELECT 1 - ({v} <=> %(q)s) AS s FROM relevance_samples r"
+                "SELECT coalesce(avg(s), 0), coalesce(stddev_pop(s), 0), count(s) FROM ("
+                " SELECT {score} AS s FROM relevance_samples r"
                 " JOIN embeddings e ON e.image_id = r.image_id AND e.model_id = r.model_id"
                 " WHERE r.collection_id = %(c)s AND r.model_id = %(m)s) scores"
-            ).format(v=vector),
-            {"q": HalfVector(query), "c": collection.id, "m": collection.model_id},
+            ).format(score=score),
+            {"q": HalfVector(query), "c": collection.id, "m": collection.model_id, **metrics.params(metric, query)},
         ).fetchone()
         mean, std, n = row  # type: ignore[misc]
         return float(mean), float(std), int(n)

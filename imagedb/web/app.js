@@ -27,6 +27,7 @@ async function showImage(img, url) {
 
 function params() {
   const p = new URLSearchParams({ collection: $("collection").value || "default", sort: $("sort").value, limit: 48 });
+  if ($("metric").value !== "cosine") p.set("metric", $("metric").value);
   if ($("after").value) p.set("after", $("after").value + "T00:00:00");
   if ($("before").value) p.set("before", $("before").value + "T00:00:00");
   // 0 is "off": every result, however weakly it stands out.
@@ -42,7 +43,15 @@ function showMinRelevance() {
   $("min-relevance-value").textContent = value > 0 ? `${value.toFixed(1)} σ` : "off";
 }
 
-function render(results, label) {
+// What a score measures, by the response's metric: a distance reads the other way round from a similarity.
+const MEASURES = {
+  cosine: "cosine similarity (higher is better)",
+  euclidean: "Euclidean distance (lower is better)",
+  pearson: "Pearson correlation (higher is better)",
+  inner: "inner product (higher is better)",
+};
+
+function render(results, label, metric = "cosine") {
   $("grid").replaceChildren();
   $("status").textContent = results.length ? `${results.length} results for ${label}` : `No results for ${label}`;
   for (const r of results) {
@@ -55,6 +64,7 @@ function render(results, label) {
     const caption = document.createElement("div");
     caption.innerHTML = `<span class="score"></span><span class="relevance"></span><span class="name"></span>`;
     caption.querySelector(".score").textContent = r.score.toFixed(3);
+    caption.querySelector(".score").title = MEASURES[metric] || metric;
     caption.querySelector(".relevance").textContent = r.relevance === null ? "" : `${r.relevance.toFixed(1)} σ`;
     caption.querySelector(".relevance").title = "relevance: standard deviations above an unrelated image's score";
     if (r.duplicates > 0) {
@@ -75,7 +85,7 @@ async function run(label, request) {
   $("status").textContent = "Searching…";
   try {
     const data = await (await request()).json();
-    render(data.results, label);
+    render(data.results, label, data.metric);
   } catch (error) {
     $("grid").replaceChildren();
     $("status").textContent = error.message;
@@ -144,7 +154,7 @@ async function loadCollections() {
 $("search").addEventListener("submit", (event) => { event.preventDefault(); searchText(); });
 $("file").addEventListener("change", () => { if ($("file").files[0]) searchFile($("file").files[0]); });
 $("close").addEventListener("click", () => $("details").close());
-for (const id of ["collection", "after", "before", "sort", "min-relevance", "collapse"]) $(id).addEventListener("change", searchText);
+for (const id of ["collection", "after", "before", "sort", "metric", "min-relevance", "collapse"]) $(id).addEventListener("change", searchText);
 $("min-relevance").addEventListener("input", showMinRelevance);
 document.addEventListener("dragover", (event) => { event.preventDefault(); document.body.classList.add("dragging"); });
 document.addEventListener("dragleave", () => document.body.classList.remove("dragging"));

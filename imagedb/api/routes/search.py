@@ -18,7 +18,7 @@ from imagedb.api.schemas import Page, SearchHit, SearchResponse, filters, page
 from imagedb.api.state import Embedding
 from imagedb.errors import NotFound
 from imagedb.query import parse_string
-from imagedb.request import MAX_ID, Term
+from imagedb.request import LOWER_IS_BETTER, MAX_ID, Term
 from imagedb.store import Filters
 
 router = APIRouter()
@@ -43,7 +43,8 @@ class Search:
                       path=r.path, date=r.date, thumbnail=f"/api/images/{r.image_id}/thumbnail")
             for r in results
         ]  # fmt: skip
-        return SearchResponse(results=hits)
+        metric = plan.request.metric
+        return SearchResponse(results=hits, metric=metric, higher_is_better=metric not in LOWER_IS_BETTER)
 
 
 async def searcher(store: Stores, embedding: Embeddings) -> Search:
