@@ -64,7 +64,7 @@ def create(primary_home: Path, target: Path, *, max_wal: str = DEFAULT_MAX_WAL) 
         _copy_private(primary_home / PASSFILE, target / PASSFILE)
         (target / REPLICA_FILE).write_text(json.dumps({"primary_home": str(primary_home), "slot": slot}) + "\n")
         register(primary_home, target, add=True)
-        embedded_url(target)  # starts the standby (pgserver finds a data directory and starts it as it is)
+        embedded_url(target)  # starts the standby (a data directory there already: started as it is)
     except BaseException:
         _undo(primary_home, target, slot, made)
         raise
