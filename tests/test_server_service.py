@@ -290,3 +290,38 @@ def test_a_replica_reports_its_receiver_truthfully_to_a_bi_role(primary: Path, s
         _stop_replica(folder)
         embedded_url(primary)
         _run(primary, "db", "replica", "remove", str(folder))
+
+
+@pytest.mark.slow
+def test_a_text_searched_on_the_primary_needs_no_model_on_the_replica(
+    primary: Path,  # noqa: F811
+    server_folder: Path,
+    tiny_model: str,
+    photo_source: Path,
+) -> None:
+    """A replica cannot write the text-query cache, but the primary's cache rows replicate: a text searched there
+    once is answered on the replica with no model at all (here its checkpoint is gone by then)."""
+    name, _, checkpoint = tiny_model.partition(":")
+    weights = server_folder / "weights"
+    weights.mkdir()
+    for path in Path(checkpoint).parent.iterdir():
+        shutil.copy(path, weights / path.name)
+    model = f"{name}:{weights / Path(checkpoint).name}"
+    folder = server_folder / "replica"
+    assert _run(primary, "db", "replica", "create", str(folder)).exit_code == 0
+    try:
+        assert _run(primary, "ingest", str(photo_source), "-c", "cached", "--model", model).exit_code == 0
+        assert _run(primary, "search", "a cat", "-c", "cached").exit_code == 0
+        shutil.rmtree(weights)
+        deadline = time.monotonic() + 60
+        while True:
+            found = _run(folder, "search", "a cat", "-c", "cached", "-k", "12", "--paths")
+            if found.exit_code == 0 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert found.exit_code == 0 and "chelsea.jpg" in found.output, found.output
+        unseen = _run(folder, "search", "a text never searched", "-c", "cached")
+        assert unseen.exit_code == 1 and "checkpoint file not found" in unseen.output, unseen.output
+    finally:
+        _stop_replica(folder)
+        _run(primary, "db", "replica", "remove", str(folder))
