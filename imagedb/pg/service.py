@@ -79,7 +79,7 @@ def unit(home: Path, scope: str = "user", name: str = "imagedb") -> Unit:
     lines += [
         f"ExecStart={program} db start",
         f"ExecStop={program} db stop",
-        "TimeoutStartSec=300",  # a first start runs initdb; a start after a crash replays the WAL
+        "TimeoutStartSec=300",  # a first start runs initdb, then pg_ctl waits up to 30 s for the server
         "",
         "[Install]",
         f"WantedBy={'default.target' if scope == 'user' else 'multi-user.target'}",
