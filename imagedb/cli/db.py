@@ -7,7 +7,8 @@ from pathlib import Path
 import click
 
 from imagedb import config
-from imagedb.cli.operators import listen, psql, replica, replication_lines, require_primary_url, role_url
+from imagedb.cli.operators import listen, psql, replica, replication_lines, require_primary_url, role_url, tcp_lines
+from imagedb.cli.server import service, start, status, stop
 from imagedb.cli.support import Group, open_store
 from imagedb.display import escape
 from imagedb.store import DEFAULT_HNSW_EF_CONSTRUCTION, DEFAULT_HNSW_M
@@ -54,7 +55,7 @@ def info(ctx: click.Context) -> None:
         server, pgvector = store.admin.server_versions()
         revision = current_revision(store.conn)
         stats = store.admin.collection_stats()
-        replication = replication_lines(ctx, store.conn)
+        replication = replication_lines(store.conn) + tcp_lines(ctx)
         recall = {s["collection"]: info_lines(store, s["collection"]) for s in stats}
     click.echo(f"server: PostgreSQL {server}, pgvector {pgvector}")
     click.echo(f"schema: revision {revision}")
@@ -242,17 +243,5 @@ def restore(ctx: click.Context, file: Path, yes: bool) -> None:
     click.echo(f"restored {escape(str(file))}")
 
 
-@db.command(access="none")
-@click.pass_context
-def stop(ctx: click.Context) -> None:
-    """Stop the embedded PostgreSQL server (it starts again on the next command)."""
-    from imagedb.pg.embedded import stop_embedded
-
-    if config.database_url(ctx.obj["database_url"]):
-        raise click.UsageError("`imagedb db stop` stops the embedded server; this command uses an external one")
-    stopped = stop_embedded(config.home(ctx.obj["home"]))
-    click.echo("embedded server stopped" if stopped else "embedded server was not running")
-
-
-for command in (listen, psql, replica):
+for command in (start, stop, status, service, listen, psql, replica):
     db.add_command(command)

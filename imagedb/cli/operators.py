@@ -12,7 +12,7 @@ from imagedb import config
 from imagedb.cli.support import Command, Group
 
 
-def _embedded_home(ctx: click.Context, what: str) -> Path:
+def embedded_home(ctx: click.Context, what: str) -> Path:
     """The embedded server's home; these commands manage that server, so an external URL is refused."""
     if config.database_url(ctx.obj["database_url"]):
         raise click.UsageError(
@@ -40,7 +40,7 @@ def listen(ctx: click.Context, address: str | None, off: bool, cert: Path | None
     from imagedb.pg.embedded import set_listen
     from imagedb.pg.listen import load_listen, parse_address
 
-    home = _embedded_home(ctx, "listen")
+    home = embedded_home(ctx, "listen")
     if off and address:
         raise click.UsageError("give HOST:PORT or --off, not both")
     if not off and not address:
@@ -78,17 +78,17 @@ def role_url(ctx: click.Context, role: str, password: str | None) -> str:
     return urlunsplit(parts._replace(netloc=f"{quote(role, safe='')}{secret}@{host}", query=query))
 
 
-def replication_lines(ctx: click.Context, conn: Any) -> list[str]:
-    """For `db info`: on a replica, its primary and lag; on a primary, its replicas and theirs; the TCP address."""
+def replication_lines(conn: Any) -> list[str]:
+    """For `db info` and `db status`: on a replica, its primary and lag; on a primary, its replicas and theirs.
+    True for any role that may log in: what PostgreSQL hides from roles without pg_read_all_stats is said so."""
     from imagedb.pg import standby
 
     lines = []
     primary = standby.primary_of_standby(conn)
     if primary is not None:
         status = standby.standby_status(conn)
-        receiver = status["receiver"] or "not connected (the primary is down or unreachable; reads still work)"
         age = status["replay_age_seconds"]
-        lines.append(f"replica of {primary}: receiver {receiver}")
+        lines.append(f"replica of {primary}: receiver {standby.receiver_state(status)}")
         replayed = (
             "no commit replayed since the replica started"
             if age is None
@@ -103,17 +103,23 @@ def replication_lines(ctx: click.Context, conn: Any) -> list[str]:
         except Exception:  # noqa: BLE001 - a role without the rights to see replication: nothing to show
             replicas = []
         for r in replicas:
-            state = r["state"] or "not connected"
+            # A connected replica's state is hidden from roles without pg_read_all_stats; its slot is active.
+            state = r["state"] or ("connected (its state needs pg_read_all_stats)" if r["active"] else "not connected")
             lag = f", replay lag {r['replay_lag_seconds']:.3f} s" if r["replay_lag_seconds"] is not None else ""
             lines.append(
                 f"replica {r['slot']}: {state}, {r['behind_bytes'] or 0} byte(s) behind{lag}, WAL {r['wal_status']}"
             )
-    if not config.database_url(ctx.obj["database_url"]):
-        from imagedb.pg.listen import load_listen
-
-        address = load_listen(config.home(ctx.obj["home"]))
-        lines.append(f"tcp: {address}" if address else "tcp: off (Unix socket only; `imagedb db listen HOST:PORT`)")
     return lines
+
+
+def tcp_lines(ctx: click.Context) -> list[str]:
+    """For `db info`: the embedded server's TCP address (none for an external server)."""
+    if config.database_url(ctx.obj["database_url"]):
+        return []
+    from imagedb.pg.listen import load_listen
+
+    address = load_listen(config.home(ctx.obj["home"]))
+    return [f"tcp: {address}" if address else "tcp: off (Unix socket only; `imagedb db listen HOST:PORT`)"]
 
 
 def require_primary_url(ctx: click.Context, url: str) -> None:
@@ -163,7 +169,7 @@ def replica_create(ctx: click.Context, folder: Path, max_wal: str) -> None:
     """
     from imagedb.pg.replicas import create
 
-    home = _embedded_home(ctx, "replica create")
+    home = embedded_home(ctx, "replica create")
     made = create(home, folder, max_wal=max_wal)
     click.echo(f"replica in {made.home}: {made.receiver or 'not streaming yet'} (slot {made.slot})")
     click.echo(f"read from it: imagedb --home {made.home} search ...", err=True)
@@ -176,6 +182,6 @@ def replica_remove(ctx: click.Context, folder: Path) -> None:
     """Stop the replica in FOLDER and drop its slot and role on the primary (FOLDER's files stay)."""
     from imagedb.pg.replicas import remove
 
-    home = _embedded_home(ctx, "replica remove")
+    home = embedded_home(ctx, "replica remove")
     found = remove(home, folder)
     click.echo(f"replica in {folder} {'removed' if found else 'had no slot or role on this primary; stopped'}")

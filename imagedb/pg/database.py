@@ -27,7 +27,7 @@ def live_url(explicit: str | None, home: str | Path | None = None) -> str | Call
 
     An external URL is used as it is. The embedded server's socket is read afresh: `imagedb db listen` restarts the
     server on another port, which moves its socket. Nothing here starts a stopped server: `imagedb db stop` meant
-    it, and connections fail until the next command starts it.
+    it, and connections fail until `imagedb db start` (or any command) starts it.
     """
     external = config.database_url(explicit)
     if external:

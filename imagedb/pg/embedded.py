@@ -11,13 +11,15 @@ from __future__ import annotations
 import os
 import secrets
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote, urlencode
 
 import psycopg
 from psycopg import sql
 
 from imagedb.errors import DatabaseUnavailable, InvalidInput, first_line
-from imagedb.pg.cluster import OWNER_ROLE, pgserver, postmaster, stop
+from imagedb.pg.cluster import OWNER_ROLE, log_reason, pgserver, postmaster, stop
+from imagedb.pg.environment import ignore_libpq_environment
 from imagedb.pg.listen import (
     HBA_MARKER,
     Listen,
@@ -29,7 +31,7 @@ from imagedb.pg.listen import (
     restart_for_certificate,
     running_listen,
     save_listen,
-    start_listening_if_stopped,
+    start_if_stopped,
     tls_supported,
 )
 from imagedb.pg.standby import REPLICA_FILE, follow_primary, registered
@@ -40,16 +42,21 @@ PASSFILE = "pgpass"
 
 def embedded_url(home: Path, database: str = EMBEDDED_DBNAME) -> str:
     """Start (or find running) the embedded PostgreSQL under `home`, and return the imagedb database's URL."""
+    ignore_libpq_environment()  # before any connection or pg_ctl: a PGPASSWORD left in the shell is not the owner's
     wheel = pgserver()
     pgdata = home / "pgdata"
     try:
         home.mkdir(parents=True, exist_ok=True)
-        start_listening_if_stopped(home)  # on the persisted TCP address, if `db listen` set one
-        # cleanup_mode=None keeps the server running after this process exits, so the next command reuses it.
-        server = wheel.get_server(pgdata, cleanup_mode=None)
-        if postmaster(pgdata) is None:  # pgserver caches its handle: stopped since, in this process
-            server.start()
-        info = postmaster(pgdata) or server.get_postmaster_info()
+        # pgserver makes the data directory (initdb; as root, the permissions its `pgserver` user needs); imagedb
+        # starts the server itself, which then runs on after this process exits, for the next command.
+        server = wheel.get_server(pgdata, cleanup_mode=None, start=False)
+        with server._lock:  # two first commands at once: one initdb
+            server.ensure_pgdata_inited()
+        start_if_stopped(home)  # on the persisted TCP address, if `db listen` set one
+        info = postmaster(pgdata)
+        if info is None:
+            reason = log_reason(pgdata) or f"see {pgdata / 'log'}"
+            raise DatabaseUnavailable(f"the embedded server in {pgdata} stopped as soon as it started: {reason}")
         _require_passwords(home, info.socket_dir, info.port, hba_text(load_listen(home)))
         info = apply_listen(home)  # restart on the persisted address if the server runs otherwise
         url = owner_url(home, info.socket_dir, info.port, "postgres")
@@ -159,4 +166,15 @@ def _tell_replicas(home: Path) -> None:
 
 def stop_embedded(home: Path) -> bool:
     """Stop the embedded server under `home`; False when none was running."""
+    ignore_libpq_environment()
     return stop(home / "pgdata")
+
+
+def running_url(home: Path, database: str = "postgres") -> tuple[Any, str] | None:
+    """The running embedded server's postmaster info and the owner's URL of `database` on it, or None when it is
+    not running. Starts nothing: `imagedb db status` must not bring up a server someone stopped."""
+    ignore_libpq_environment()
+    info = postmaster(home / "pgdata")
+    if info is None:
+        return None
+    return info, owner_url(home, info.socket_dir, info.port, database)

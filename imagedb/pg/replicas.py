@@ -23,6 +23,7 @@ from imagedb.pg import standby
 from imagedb.pg.cluster import postmaster, program, stop
 from imagedb.pg.connection import connect
 from imagedb.pg.embedded import PASSFILE, embedded_url
+from imagedb.pg.environment import clean_environment
 from imagedb.pg.standby import REPLICA_FILE, read_meta, register, slot_name
 
 WAL_SIZE = re.compile(r"[1-9]\d{0,8}(kB|MB|GB|TB)")
@@ -63,7 +64,7 @@ def create(primary_home: Path, target: Path, *, max_wal: str = DEFAULT_MAX_WAL) 
         _copy_private(primary_home / PASSFILE, target / PASSFILE)
         (target / REPLICA_FILE).write_text(json.dumps({"primary_home": str(primary_home), "slot": slot}) + "\n")
         register(primary_home, target, add=True)
-        embedded_url(target)  # starts the standby (pgserver finds a data directory and starts it as it is)
+        embedded_url(target)  # starts the standby (a data directory there already: started as it is)
     except BaseException:
         _undo(primary_home, target, slot, made)
         raise
@@ -120,7 +121,7 @@ def _base_backup(info: Any, slot: str, password: str, pgdata: Path) -> None:
     done = subprocess.run(
         [program("pg_basebackup"), "-d", conninfo, "-D", str(pgdata), "-X", "stream", "-C", "-S", slot,
          "-c", "fast", "--no-password"],
-        capture_output=True, text=True, env={**os.environ, "PGPASSWORD": password},  # not on the command line
+        capture_output=True, text=True, env={**clean_environment(), "PGPASSWORD": password},  # not on the command line
     )  # fmt: skip
     if done.returncode != 0:
         lines = [line for line in done.stderr.splitlines() if line.strip()]

@@ -75,21 +75,36 @@ def primary_of_standby(conn: psycopg.Connection) -> str | None:
 
 def standby_status(conn: psycopg.Connection) -> dict[str, Any]:
     """On a standby: whether its receiver streams, how long ago the last replayed commit was made on the
-    primary, and how many received bytes are not replayed yet."""
+    primary, and how many received bytes are not replayed yet.
+
+    `receiver` is pg_stat_wal_receiver's status, which PostgreSQL shows only to superusers and roles with
+    pg_read_all_stats; every other role sees the receiver's pid alone (`receiver_pid`), enough to tell a
+    receiver that runs from none (the view has no row when the standby is cut off from its primary)."""
     row = conn.execute(
-        "SELECT (SELECT status FROM pg_stat_wal_receiver),"
+        "SELECT (SELECT status FROM pg_stat_wal_receiver), (SELECT pid FROM pg_stat_wal_receiver),"
         " extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float8,"
         # A restarted standby's receive position starts at the segment it streams from, behind what it has
         # already replayed: nothing is waiting then, not a negative amount.
         " greatest(0, pg_wal_lsn_diff(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn()))::bigint"
     ).fetchone()
-    keys = ("receiver", "replay_age_seconds", "unreplayed_bytes")
+    keys = ("receiver", "receiver_pid", "replay_age_seconds", "unreplayed_bytes")
     return dict(zip(keys, row, strict=True))  # type: ignore[arg-type]
+
+
+def receiver_state(status: dict[str, Any]) -> str:
+    """A standby's receiver in words, true for any role: its status when this role may see it, else whether one
+    runs (a plain role sees the pid of a receiver, never "not connected" for a receiver that streams)."""
+    if status["receiver"] is not None:
+        return str(status["receiver"])
+    if status["receiver_pid"] is not None:
+        return "running (streaming, unless it has just started; its exact state needs pg_read_all_stats)"
+    return "not connected (the primary is down or unreachable; reads still work)"
 
 
 def replicas(conn: psycopg.Connection) -> list[dict[str, Any]]:
     """On a primary: each physical replication slot (one per replica imagedb made), whether its replica is
-    connected, and how far behind it is; a disconnected one shows the WAL its slot holds back."""
+    connected, and how far behind it is; a disconnected one shows the WAL its slot holds back. pg_stat_replication
+    shows its state and lag only to superusers and pg_read_all_stats; the slot's `active` is there for any role."""
     rows = conn.execute(
         "SELECT s.slot_name, s.active, r.state,"
         " pg_wal_lsn_diff(pg_current_wal_lsn(), coalesce(r.replay_lsn, s.restart_lsn))::bigint,"
