@@ -6,7 +6,7 @@ cosine: both rank exactly as the cosine does, so the index answers them, and the
 the rows it returns (`<->`, `<#>`: the same numbers as the measure computed on the stored vectors). Pearson
 correlation is the cosine of the mean-centred vectors, which ranks differently: the index gives candidates, ranked
 by their exact Pearson correlation (pearson_pool); an image whose Pearson rank lies far above its cosine rank can be
-missed, as bench/results/metric.txt measures.
+missed, as bench/results/metric_100000.txt measures.
 
 Each measure is a rank key, lower first (the column `distance` of the search statement), and a score made from it.
 """
