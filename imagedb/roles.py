@@ -12,6 +12,12 @@ from imagedb.store.admin import FORGET_TABLES
 
 # What BI tools may see: plain metadata, no vectors, thumbnails, raw EXIF (which can hold GPS) or attributes.
 READER_VIEWS = ("image_catalog", "collection_stats", "duplicate_report", "dicom_catalog")
+# The SQL searches, which run as their owner and return ids, paths and scores, never vectors (migration 0012).
+READER_FUNCTIONS = (
+    "imagedb_nearest(halfvec, text, integer, integer, bigint, text)",
+    "imagedb_similar(bigint, integer, integer, text)",
+    "imagedb_search_text(text, text, integer, text)",
+)
 # What ingest, tag, dupes, watch and tune write (never dicom_secret: writers hash DICOM UIDs through
 # imagedb_uid_hash). Schema bookkeeping (alembic_version) and the model/collection
 # registry are read-only for writers: a writer that changed them would break every owner command.
@@ -46,8 +52,9 @@ class Forgotten:
 
 
 def grant_reader(store: Store, role: str, password: str | None = None) -> Grant:
-    """SELECT on the BI views only; the role is created (LOGIN) if missing."""
+    """SELECT on the BI views and EXECUTE on the SQL searches only; the role is created (LOGIN) if missing."""
     created = store.admin.grant(role, READER_VIEWS, "SELECT", _checked_password(password))
+    store.admin.grant_execute(role, READER_FUNCTIONS)
     return Grant(created, store.admin.has_password(role))
 
 

@@ -102,6 +102,16 @@ class AdminStore(Part):
             return True
         return bool(found and found[0])
 
+    def grant_execute(self, role: str, functions: Sequence[str]) -> None:
+        """EXECUTE on these functions, given with their argument types (constants of imagedb, never user input)."""
+        with self.conn.transaction():
+            self.conn.execute(
+                sql.SQL("GRANT EXECUTE ON FUNCTION {} TO {}").format(
+                    sql.SQL(", ".join(functions)),  # type: ignore[arg-type]
+                    sql.Identifier(role),
+                )
+            )
+
     def grant_sequences_and_functions(self, role: str) -> None:
         with self.conn.transaction():
             name = sql.Identifier(role)
