@@ -6,8 +6,12 @@ holds (COMMENT ON), so BI tools and psql's \\d+ show more than bare names."""
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import os
+import re
+import warnings
 from collections.abc import Iterator
+from pathlib import Path
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 import numpy as np
@@ -293,3 +297,59 @@ def test_the_migration_lets_existing_readers_search_and_downgrades(migration_dat
             for role in (reader, writer):
                 conn.execute(f"DROP OWNED BY {role}")
                 conn.execute(f"DROP ROLE IF EXISTS {role}")
+
+
+def _recipes() -> list[str]:
+    text = (Path(__file__).resolve().parents[1] / "docs" / "bi.md").read_text()
+    section = text.split("## From code")[1]
+    return re.findall(r"```python\n(.*?)```", section, flags=re.S)
+
+
+def test_the_docs_recipes_run_as_written_for_a_reader_and_a_writer(
+    store: Store, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    collection = fill_synthetic(store, 50, dim=512, name="default")
+    assert collection.model_id == 1 and store.conn.execute("SELECT 42 IN (SELECT id FROM images)").fetchone()[0]
+    register_vector(store.conn)
+    store.conn.execute(
+        "INSERT INTO text_embeddings (model_id, text_sha256, text, embedding)"
+        " SELECT 1, %s, 'a red car', embedding FROM embeddings WHERE image_id = 7",
+        (hashlib.sha256(b"a red car").digest(),),
+    )
+    store.conn.commit()
+    reader, writer = f"recipe_reader_{os.getpid()}", f"recipe_writer_{os.getpid()}"
+    grant_reader(store, reader, PASSWORD)
+    grant_writer(store, writer, PASSWORD)
+    monkeypatch.setenv("IMAGEDB_URL", login(database_url, reader))
+    monkeypatch.setenv("IMAGEDB_WRITER_URL", login(database_url, writer))
+    blocks = _recipes()
+    assert len(blocks) == 4
+    namespace: dict[str, object] = {}
+    engines = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # "Did not recognize type 'halfvec'" among them
+        for block in blocks[:3]:
+            exec(compile(block, "docs/bi.md", "exec"), namespace)
+            if "engine" in namespace:
+                engines.append(namespace["engine"])
+        assert [r[0] for r in namespace["like_42"]][:1] != [42] and len(namespace["like_42"]) == 10  # type: ignore[arg-type]
+        assert len(namespace["rows"]) == 10  # type: ignore[arg-type]
+        from sqlalchemy import MetaData
+
+        tables = MetaData()  # the writer's tables reflect with pgvector's types, without a warning
+        with namespace["engine"].connect() as conn:  # type: ignore[attr-defined]
+            tables.reflect(conn, only=["embeddings", "text_embeddings"])
+        assert type(tables.tables["embeddings"].c.embedding.type).__name__ == "HALFVEC"
+    assert len(namespace["cars"]) == 5  # type: ignore[arg-type]
+    try:
+        if importlib.util.find_spec("pandas") is not None:  # not in the test extra; the pandas recipe needs it
+            exec(compile(blocks[3], "docs/bi.md", "exec"), namespace)
+            assert len(namespace["frame"]) == 10  # type: ignore[arg-type]
+    finally:
+        for engine in engines:
+            engine.dispose()  # type: ignore[attr-defined]
+
+
+def test_the_pandas_recipe_needs_pandas() -> None:
+    pytest.importorskip("pandas", reason="pandas is not installed: the docs' pandas recipe was not run")
+    assert "pd.read_sql(" in _recipes()[3]
