@@ -353,3 +353,76 @@ def test_the_docs_recipes_run_as_written_for_a_reader_and_a_writer(
 def test_the_pandas_recipe_needs_pandas() -> None:
     pytest.importorskip("pandas", reason="pandas is not installed: the docs' pandas recipe was not run")
     assert "pd.read_sql(" in _recipes()[3]
+
+
+def _jdbc_driver() -> Path | None:
+    if os.environ.get("IMAGEDB_TEST_JDBC_JAR"):
+        return Path(os.environ["IMAGEDB_TEST_JDBC_JAR"])
+    found = sorted(Path.home().glob(".m2/repository/org/postgresql/postgresql/*/postgresql-*.jar"))
+    return found[-1] if found else None
+
+
+_JAVA = """
+import java.sql.*;
+
+public class Recipe {
+    public static void main(String[] args) throws Exception {
+        String vector = "[" + String.join(",", java.util.Collections.nCopies(512, "0.1")) + "]";
+        try (Connection conn = DriverManager.getConnection(args[0], args[1], args[2])) {
+            BLOCK
+            int rows = 0;
+            try (ResultSet r = st.executeQuery()) { while (r.next()) rows++; }
+            PreparedStatement untyped = DriverManager.getConnection(args[0] + "?stringtype=unspecified", args[1],
+                args[2]).prepareStatement("SELECT image_id FROM imagedb_nearest(?, ?, ?)");
+            untyped.setString(1, vector); untyped.setString(2, "default"); untyped.setInt(3, 10);
+            int more = 0;
+            try (ResultSet r = untyped.executeQuery()) { while (r.next()) more++; }
+            System.out.println(rows + " " + more);
+        }
+    }
+}
+"""
+
+
+@pytest.mark.slow
+def test_the_jdbc_recipe_runs_for_a_reader_over_tcp(tmp_path: Path) -> None:
+    """The docs' JDBC lines, as written, from a reader's login over TCP (`imagedb db listen`)."""
+    import shutil
+    import socket
+    import subprocess
+
+    from click.testing import CliRunner
+
+    from imagedb.cli import main
+    from imagedb.pg.database import open_connection
+    from imagedb.pg.embedded import stop_embedded
+
+    driver = _jdbc_driver()
+    if shutil.which("javac") is None or driver is None:
+        pytest.skip("no JDK or no PostgreSQL JDBC driver here: the JDBC recipe was not run")
+    text = (Path(__file__).resolve().parents[1] / "docs" / "bi.md").read_text()
+    block = re.findall(r"```java\n(.*?)```", text, flags=re.S)[0]
+    home = tmp_path / "home"
+    store = Store(open_connection(home=home))
+    try:
+        fill_synthetic(store, 20, dim=512, name="default")
+    finally:
+        store.close()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    try:
+        for args in (["db", "listen", f"127.0.0.1:{port}"], ["grant-reader", "jdbc_reader", "--password", PASSWORD]):
+            result = CliRunner().invoke(main, ["--home", str(home), *args], env={"IMAGEDB_DATABASE_URL": None})
+            assert result.exit_code == 0, result.output
+        (tmp_path / "Recipe.java").write_text(_JAVA.replace("BLOCK", block))
+        subprocess.run(["javac", "-cp", str(driver), "Recipe.java"], cwd=tmp_path, check=True, timeout=120)
+        run = subprocess.run(
+            ["java", "-cp", f"{driver}{os.pathsep}.", "Recipe", f"jdbc:postgresql://127.0.0.1:{port}/imagedb",
+             "jdbc_reader", PASSWORD],
+            cwd=tmp_path, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert run.returncode == 0, run.stderr
+        assert run.stdout.split() == ["10", "10"]
+    finally:
+        stop_embedded(home)
