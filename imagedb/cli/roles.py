@@ -18,13 +18,17 @@ _password_option = click.option(
 @_password_option
 @click.pass_context
 def grant_reader(ctx: click.Context, role: str, password: str | None) -> None:
-    """Let ROLE (created if missing) read the BI views only: no vectors, thumbnails, EXIF or GPS."""
-    from imagedb.roles import READER_VIEWS
+    """Let ROLE (created if missing) read the BI views and search in SQL: no vectors, thumbnails, EXIF or GPS."""
+    from imagedb.roles import READER_FUNCTIONS, READER_VIEWS
     from imagedb.roles import grant_reader as run_grant
 
     with _store(ctx) as store:
         grant = run_grant(store, role, password)
-    click.echo(f"{'created' if grant.created else 'updated'} role {escape(role)}: SELECT on {', '.join(READER_VIEWS)}")
+    searches = ", ".join(f.split("(")[0] for f in READER_FUNCTIONS)
+    click.echo(
+        f"{'created' if grant.created else 'updated'} role {escape(role)}: SELECT on {', '.join(READER_VIEWS)};"
+        f" EXECUTE on {searches}"
+    )
     _warn_without_password(role, grant.can_log_in)
 
 
