@@ -124,7 +124,7 @@ def test_a_reader_still_reads_no_vectors_thumbnails_exif_or_base_tables(
 
 
 def test_the_functions_refuse_hostile_arguments_in_one_line(
-    reader: tuple[psycopg.Connection, list[int], np.ndarray],
+    store: Store, reader: tuple[psycopg.Connection, list[int], np.ndarray]
 ) -> None:
     conn, ids, vectors = reader
     q = HalfVector(vectors[0])
@@ -149,6 +149,11 @@ def test_the_functions_refuse_hostile_arguments_in_one_line(
     _refused(conn, "SELECT * FROM imagedb_similar(%s)", (-1,), "no embedded image with id -1")
     _refused(conn, "SELECT * FROM imagedb_search_text(NULL, 'synthetic')", (), "the query text is NULL")
     _refused(conn, "SELECT * FROM imagedb_search_text('never searched', 'synthetic')", (), "has not been embedded")
+    store.conn.execute("UPDATE embedding_models SET pretrained = '/srv/private/weights/ckpt.pt'")
+    store.conn.commit()
+    with pytest.raises(psycopg.errors.RaiseException, match="synthetic:ckpt.pt yet") as info:  # no server path
+        conn.execute("SELECT * FROM imagedb_search_text('never searched', 'synthetic')")
+    assert "/srv/private" not in str(info.value)
     _refused(conn, "SELECT * FROM imagedb_nearest(%s, 'synthetic', 5, 100000)", (q,), "ef_search must be between")
     assert conn.execute("SELECT count(*) FROM image_catalog").fetchone()[0] == 50  # nothing dropped
 

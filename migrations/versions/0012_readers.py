@@ -188,7 +188,7 @@ BEGIN{_k_check("imagedb_search_text")}
     WHERE t.model_id = c.model_id AND t.text_sha256 = sha256(convert_to(query, 'UTF8'));
     IF NOT FOUND THEN
         RAISE EXCEPTION 'imagedb_search_text: the text % has not been embedded by model %:% yet',
-            quote_literal(query), c.name, c.pretrained
+            quote_literal(query), c.name, regexp_replace(c.pretrained, '^.*/', '')  -- a checkpoint's file name only
             USING HINT = format('embed it once: imagedb search %s -c %s (or the HTTP API); then it is cached',
                                 quote_literal(query), quote_literal(collection_name));
     END IF;
