@@ -72,3 +72,12 @@ def test_the_api_gives_every_result_a_number_and_db_check_reports_it(database_ur
         assert all(isinstance(h["relevance"], float) for h in hits), (metric, hits)
     checked = _cli("db", "check")
     assert checked.exit_code == 1 and "1 embeddings of zero length" in checked.output, checked.output
+
+
+@pytest.mark.slow
+def test_searching_like_a_zero_vector_says_why_it_cannot(database_url: str, zeroed: str) -> None:
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        found = conn.execute("SELECT id FROM images WHERE path = %s", (zeroed,)).fetchone()
+    assert found is not None
+    result = _cli("search", "--like", str(found[0]))
+    assert result.exit_code == 2 and "zero length" in result.output, result.output
