@@ -54,8 +54,8 @@ def _nearest_query(
     # A relaxed iterative scan may return rows slightly out of order (for better recall, as pgvector documents):
     # the outer query puts them in order, ties by id (as imagedb_nearest does).
     # A measure undefined for a stored vector leaves that candidate out: Pearson for a constant vector (NULL), the
-    # cosine for one of zero length (NaN, which a writer can store; the index holds no such vector, a sequential
-    # scan reads it). A NaN score would reach the page as null and the CLI's JSON as NaN, which is not JSON.
+    # cosine for one of zero length (NaN; a writer can store one). A NaN score would reach the page as null and the
+    # CLI's JSON as NaN, which is not JSON.
     nearest = sql.SQL(
         "WITH candidates AS MATERIALIZED ("
         " SELECT i.id, i.path, {key} AS distance, " + IMAGE_DATE + " AS image_date"
