@@ -90,6 +90,11 @@ def plan(store: Store, request: SearchRequest) -> Plan:
             found = store.search.image_vector(int(term.value), target.model_id)
             if found is None:
                 raise NotFound(f"no stored image with id {term.value} embedded by {model_of(target).shown}")
+            if not np.any(found):  # all zeros, as a writer can store: it has no direction to search along
+                raise InvalidInput(
+                    f"image {term.value} has a stored vector of zero length, which is like nothing: run"
+                    " `imagedb db check`"
+                )
             stored[int(term.value)] = found
     texts = store.search.cached_texts(target.model_id, sorted({t.value for t in terms if t.kind == "text"}))
     needs_model = any(t.kind == "image" or (t.kind == "text" and t.value not in texts) for t in terms)

@@ -55,11 +55,13 @@ def create_app(
     app.include_router(api)
     app.include_router(page.router)
     app.mount("/static", page.static_files(), name="static")
-    # Added innermost first: the body limit sees the request first after the Host check; the headers go on
+    # Added innermost first: the body limit sees the request first after the Host or token check; the headers go on
     # every answer, the middlewares' own included.
     app.add_middleware(guards.BodyLimit, limit_for=upload_limit)
     if token is None:
         app.add_middleware(guards.LoopbackHostOnly)
+    else:  # before the body limit too: a client without the token is told 401, not how large an upload may be
+        app.add_middleware(guards.BearerToken, token=token)
     app.add_middleware(guards.SameOriginOnly)
     app.add_middleware(guards.AccessLog)
     app.add_middleware(guards.SecurityHeaders)

@@ -6,13 +6,13 @@ hop each per request.
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import Annotated
 
 from fastapi import Depends, Header, HTTPException, Request
 
+from imagedb.api.guards import token_matches
 from imagedb.api.state import ApiState, Embedding
 from imagedb.store import Store
 
@@ -44,11 +44,11 @@ Embeddings = Annotated[Embedding, Depends(embedding)]
 
 
 async def authorised(state: AppState, authorization: Annotated[str | None, Header()] = None) -> None:
-    """Nothing without a token; with one, `Authorization: Bearer TOKEN` or 401."""
+    """Nothing without a token; with one, `Authorization: Bearer TOKEN` or 401. guards.BearerToken checks the same
+    before any body is read; this one keeps each route safe under another stack and names the header in OpenAPI."""
     if state.token is None:
         return
-    scheme, _, given = (authorization or "").partition(" ")
-    if scheme.lower() != "bearer" or not secrets.compare_digest(given.encode(), state.token.encode()):
+    if not token_matches(authorization, state.token):
         raise HTTPException(
             401, "missing or wrong token: send Authorization: Bearer TOKEN", headers={"WWW-Authenticate": "Bearer"}
         )

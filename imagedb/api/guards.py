@@ -1,4 +1,5 @@
-"""Pure ASGI middlewares around the API: security headers, an access log, the Host check, and a body limit.
+"""Pure ASGI middlewares around the API: security headers, an access log, the Host check, the token check and a
+body limit.
 
 Pure ASGI (not BaseHTTPMiddleware) so that they see the request before FastAPI reads its body, and can answer
 without reading it.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import secrets
 import time
 from collections.abc import Callable
 from typing import Any
@@ -164,6 +166,37 @@ class SameOriginOnly:
         if foreign:
             return await send_json(
                 send, 403, "requests from other web sites are refused: open imagedb's own page, or use a program"
+            )
+        await self.app(scope, receive, send)
+
+
+def token_matches(authorization: str | None, token: str) -> bool:
+    """Whether an Authorization header is `Bearer TOKEN`, compared in constant time."""
+    scheme, _, given = (authorization or "").partition(" ")
+    return scheme.lower() == "bearer" and secrets.compare_digest(given.encode(), token.encode())
+
+
+class BearerToken:
+    """With a token, every /api request without it gets 401 before its body is read: FastAPI resolves a route's
+    dependencies (the token check in deps.py among them) only after it has read and spooled a multipart body, so
+    clients without the token could fill the disk with uploads that were refused afterwards."""
+
+    def __init__(self, app: ASGIApp, token: str) -> None:
+        self.app = app
+        self.token = token
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            return await self.app(scope, receive, send)
+        path: str = scope.get("path", "")
+        if (path == "/api" or path.startswith("/api/")) and not token_matches(
+            _header(scope, b"authorization"), self.token
+        ):
+            return await send_json(
+                send,
+                401,
+                "missing or wrong token: send Authorization: Bearer TOKEN",
+                [(b"www-authenticate", b"Bearer")],
             )
         await self.app(scope, receive, send)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Sequence
 from datetime import datetime
@@ -106,16 +107,16 @@ def search(
         for r in results:
             row = {
                 "rank": r.rank,
-                "score": round(r.score, 6),
+                "score": _finite(r.score, 6),
                 "metric": metric,  # what score measures: a distance (lower is better) for euclidean
-                "relevance": None if r.relevance is None else round(r.relevance, 3),
+                "relevance": None if r.relevance is None else _finite(r.relevance, 3),
                 "id": r.image_id,
                 "path": r.path,
                 "date": iso(r.date),
             }
             if collapse_duplicates:
                 row["duplicates"] = r.others
-            click.echo(json.dumps(row))
+            click.echo(json.dumps(row, allow_nan=False))  # NaN or Infinity would not be JSON
     elif not results:
         click.echo("no results", err=True)
     else:
@@ -162,3 +163,8 @@ def query_terms(query: Sequence[str], images: Sequence[str], likes: Sequence[int
         terms.append(Term("image", str(Path(image).expanduser()), 1.0))
     terms += [Term("id", str(n), 1.0) for n in likes]
     return terms
+
+
+def _finite(value: float, digits: int) -> float | None:
+    """A score rounded for JSON, or None (null) for one that is not a number: JSON has no NaN or Infinity."""
+    return round(value, digits) if math.isfinite(value) else None

@@ -33,10 +33,13 @@ from imagedb.request.param import (
     MAX_DISTANCE,
     MAX_EF_SEARCH,
     MAX_ID,
+    MAX_IMAGE_TERMS,
     MAX_LIMIT,
     MAX_OFFSET,
     MAX_RELEVANCE,
     MAX_SIDE,
+    MAX_TERMS,
+    MAX_TEXT_TERMS,
     METRICS,
     Api,
     Param,
@@ -160,6 +163,7 @@ class SearchRequest:
         apart (Filters.checked), once the collection is known."""
         if not self.terms:
             raise InvalidInput("the query is empty: give a text, an image path or id:N")
+        _check_cost(self.terms)
         changes = {
             p.name: p.check(getattr(self, p.name))
             for p in settings()
@@ -177,6 +181,25 @@ class SearchRequest:
                 f"--max-distance applies to --metric euclidean only, not {request.metric}: use --min-score"
             )
         return request
+
+
+def _check_cost(terms: Sequence[Term]) -> None:
+    """Refuses a query that would hold the model for long (param.py says why), before anything is read or
+    embedded."""
+    texts = len({t.value for t in terms if t.kind == "text"})
+    images = sum(t.kind == "image" for t in terms)
+    if texts > MAX_TEXT_TERMS:
+        raise InvalidInput(
+            f"the query has {texts} different texts, at most {MAX_TEXT_TERMS} are allowed: each one is embedded"
+            " by the model, which other searches wait for"
+        )
+    if images > MAX_IMAGE_TERMS:
+        raise InvalidInput(
+            f"the query has {images} images, at most {MAX_IMAGE_TERMS} are allowed: each one is decoded and"
+            " embedded by the model, which other searches wait for"
+        )
+    if len(terms) > MAX_TERMS:
+        raise InvalidInput(f"the query has {len(terms)} terms, at most {MAX_TERMS} are allowed")
 
 
 def _declared(f: Field[Any]) -> Param:
@@ -219,7 +242,7 @@ def from_values(terms: Sequence[Term], values: Mapping[str, Any]) -> SearchReque
 
 __all__ = [
     "DATE_FORMATS", "FILTERS", "FORMAT_ALIASES", "FORMAT_CHOICES", "FORMATS", "IMAGE_DATE", "LOWER_IS_BETTER",
-    "MAX_CODE", "MAX_DISTANCE", "MAX_EF_SEARCH", "MAX_ID", "MAX_LIMIT", "MAX_OFFSET", "MAX_RELEVANCE", "MAX_SIDE",
-    "METRICS", "Api", "Filters", "Param", "SearchRequest",
+    "MAX_CODE", "MAX_DISTANCE", "MAX_EF_SEARCH", "MAX_ID", "MAX_IMAGE_TERMS", "MAX_LIMIT", "MAX_OFFSET",
+    "MAX_RELEVANCE", "MAX_SIDE", "MAX_TERMS", "MAX_TEXT_TERMS", "METRICS", "Api", "Filters", "Param", "SearchRequest",
     "Term", "from_values", "params", "parse_pairs", "register", "settings", "utc_naive",
 ]  # fmt: skip

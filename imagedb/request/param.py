@@ -25,6 +25,12 @@ MAX_SIDE = 2**31 - 1  # a width or height in pixels: a PostgreSQL integer
 MAX_RELEVANCE = 1000  # standard deviations above an unrelated image's score: far beyond any real match
 MAX_CODE = 64  # the API's bound on a DICOM code (modality, body part), which is at most 16 characters
 MAX_DISTANCE = 2.0  # the largest Euclidean distance between two unit vectors (opposite ones)
+# What one query may ask the model to embed. Each distinct text and each image file costs model time while it
+# holds one of the server's two embedding slots: 300 texts once held the model for minutes, and every other
+# search waited for it (503). A real query mixes a few; these bounds leave room and refuse the rest unread.
+MAX_TEXT_TERMS = 8  # distinct texts: a repeated text is embedded once
+MAX_IMAGE_TERMS = 4  # image files (or uploads), each decoded and embedded
+MAX_TERMS = 32  # all terms, stored images (id:N, one index read each) included
 
 # The measures a search ranks and scores by (store/metrics.py says how each reaches SQL); cosine is the default.
 METRICS = ("cosine", "euclidean", "pearson", "inner")

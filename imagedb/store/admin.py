@@ -13,6 +13,9 @@ from imagedb.store.base import Part
 from imagedb.store.index import HNSW_INDEX_PREFIX
 
 # What forgetting an image deletes rows from: the image, what cascades from it, and its paths' ingest errors.
+# How far from 1 a stored vector's length may be: halfvec rounding moves it by about 0.001.
+UNIT_TOLERANCE = 0.01
+
 FORGET_TABLES = (
     "images",
     "embeddings",
@@ -142,6 +145,18 @@ class AdminStore(Part):
                 "embeddings whose dimension is not their model's",
                 "SELECT count(*) FROM embeddings e JOIN embedding_models m ON m.id = e.model_id"
                 " WHERE vector_dims(e.embedding) <> m.dim",
+            ),
+            # embed.py stores vectors of length 1; a writer can store others. One of zero length has no cosine and
+            # no Pearson correlation, so searches leave it out; another length skews euclidean and inner scores.
+            (
+                "embeddings of zero length, which searches leave out (`imagedb forget` those images, then ingest"
+                " them again)",
+                "SELECT count(*) FROM embeddings WHERE l2_norm(embedding) = 0",
+            ),
+            (
+                "embeddings not of length 1 (changed after ingest), which skew euclidean and inner scores",
+                f"SELECT count(*) FROM embeddings WHERE l2_norm(embedding) > 0"
+                f" AND abs(l2_norm(embedding) - 1) > {UNIT_TOLERANCE}",
             ),
             (
                 "images without a thumbnail",

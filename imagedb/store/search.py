@@ -53,17 +53,17 @@ def _nearest_query(
         read = max(read, metrics.pearson_pool(limit + offset if depth is None else depth, ef_search))
     # A relaxed iterative scan may return rows slightly out of order (for better recall, as pgvector documents):
     # the outer query puts them in order, ties by id (as imagedb_nearest does).
-    # Pearson is undefined for a constant stored vector (NULL): such a candidate is left out.
-    pool = "candidates" if metric == "pearson" else "nearest"
+    # A measure undefined for a stored vector leaves that candidate out: Pearson for a constant vector (NULL), the
+    # cosine for one of zero length (NaN; a writer can store one). A NaN score would reach the page as null and the
+    # CLI's JSON as NaN, which is not JSON.
     nearest = sql.SQL(
-        "WITH {pool} AS MATERIALIZED ("
+        "WITH candidates AS MATERIALIZED ("
         " SELECT i.id, i.path, {key} AS distance, " + IMAGE_DATE + " AS image_date"
         " FROM embeddings e JOIN images i ON i.id = e.image_id"
         " WHERE e.model_id = %(model_id)s AND i.collection_id = %(collection_id)s{where}"
-        " ORDER BY {order} LIMIT %(depth)s)"
-    ).format(pool=sql.SQL(pool), key=metrics.key(metric, vector), where=where, order=order)
-    if metric == "pearson":
-        nearest += sql.SQL(", nearest AS MATERIALIZED (SELECT * FROM candidates WHERE distance IS NOT NULL)")
+        " ORDER BY {order} LIMIT %(depth)s),"
+        " nearest AS MATERIALIZED (SELECT * FROM candidates WHERE distance IS NOT NULL AND distance <> 'NaN')"
+    ).format(key=metrics.key(metric, vector), where=where, order=order)
     score = metrics.score(metric, sql.SQL("distance"))
     if depth is None:
         statement = nearest + sql.SQL(
@@ -80,9 +80,9 @@ def _nearest_query(
             " SELECT id, path, {score} AS score, image_date,"
             "  CASE WHEN group_no IS NULL THEN 0 ELSE (SELECT count(*) - 1 FROM duplicate_groups d"
             "   WHERE d.collection_id = %(collection_id)s AND d.group_no = ranked.group_no) END,"
-            "  (SELECT count(*) FROM {pool})"
+            "  (SELECT count(*) FROM candidates)"
             " FROM ranked WHERE r = 1 ORDER BY distance, id LIMIT %(limit)s OFFSET %(offset)s"
-        ).format(score=score, pool=sql.SQL(pool))
+        ).format(score=score)
     params.update(
         q=HalfVector(query),
         model_id=collection.model_id,

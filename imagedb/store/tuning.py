@@ -76,6 +76,8 @@ class TuningStore(Part):
                 " SELECT {score} AS s FROM relevance_samples r"
                 " JOIN embeddings e ON e.image_id = r.image_id AND e.model_id = r.model_id"
                 " WHERE r.collection_id = %(c)s AND r.model_id = %(m)s) scores"
+                # A sampled vector of zero length has no cosine (NaN), which would make every relevance NaN.
+                " WHERE s <> 'NaN'"
             ).format(score=score),
             {"q": HalfVector(query), "c": collection.id, "m": collection.model_id, **metrics.params(metric, query)},
         ).fetchone()

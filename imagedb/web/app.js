@@ -19,6 +19,24 @@ async function api(path, options = {}) {
   return response;
 }
 
+// A file name as the CLI prints it (imagedb/display.py escape): control characters and bidirectional controls
+// shown as escapes. A right-to-left override in "report_\u202efdp.jpg" would otherwise display as "report_gpj.pdf".
+const UNSAFE = /[\\\u0000-\u001f\u007f-\u009f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069\udc80-\udcff]/gu;
+const NAMED = { "\\": "\\\\", "\n": "\\n", "\t": "\\t", "\r": "\\r" };
+function shown(text) {
+  return String(text).replace(UNSAFE, (char) => {
+    if (char in NAMED) return NAMED[char];
+    const code = char.charCodeAt(0);
+    const hex = (n, width) => n.toString(16).padStart(width, "0");
+    if (code >= 0xdc80 && code <= 0xdcff) return `\\x${hex(code - 0xdc00, 2)}`; // a byte that was not UTF-8
+    return code < 0x80 ? `\\x${hex(code, 2)}` : `\\u${hex(code, 4)}`;
+  });
+}
+const fileName = (path) => shown(path.split("/").pop());
+
+// A number for the page, or a dash where the server gave none (null): a score a stored vector left undefined.
+const fixed = (value, digits) => (typeof value === "number" && Number.isFinite(value) ? value.toFixed(digits) : "—");
+
 async function showImage(img, url) {
   // Through fetch, so that the token travels with image requests too.
   const blob = await (await api(url)).blob();
@@ -59,13 +77,13 @@ function render(results, label, metric = "cosine") {
     card.className = "card";
     card.dataset.id = r.id;
     const img = document.createElement("img");
-    img.alt = r.path;
+    img.alt = shown(r.path);
     showImage(img, r.thumbnail);
     const caption = document.createElement("div");
     caption.innerHTML = `<span class="score"></span><span class="relevance"></span><span class="name"></span>`;
-    caption.querySelector(".score").textContent = r.score.toFixed(3);
+    caption.querySelector(".score").textContent = fixed(r.score, 3);
     caption.querySelector(".score").title = MEASURES[metric] || metric;
-    caption.querySelector(".relevance").textContent = r.relevance === null ? "" : `${r.relevance.toFixed(1)} σ`;
+    caption.querySelector(".relevance").textContent = r.relevance == null ? "" : `${fixed(r.relevance, 1)} σ`;
     caption.querySelector(".relevance").title = "relevance: standard deviations above an unrelated image's score";
     if (r.duplicates > 0) {
       const more = document.createElement("span");
@@ -74,7 +92,7 @@ function render(results, label, metric = "cosine") {
       more.title = `${r.duplicates} duplicate(s) of this image not shown`;
       caption.insertBefore(more, caption.querySelector(".name"));
     }
-    caption.querySelector(".name").textContent = r.path.split("/").pop();
+    caption.querySelector(".name").textContent = fileName(r.path);
     card.append(img, caption);
     card.addEventListener("click", () => details(r.id));
     $("grid").append(card);
@@ -105,14 +123,14 @@ function searchFile(file) {
   const form = new FormData();
   form.append("file", file);
   $("q").value = "";
-  run(file.name, () => api(`/api/search/image?${params()}`, { method: "POST", body: form }));
+  run(shown(file.name), () => api(`/api/search/image?${params()}`, { method: "POST", body: form }));
 }
 
 async function details(id) {
   const info = await (await api(`/api/images/${id}`)).json();
   showImage($("large"), `/api/images/${id}/thumbnail`);
   const rows = [
-    ["id", info.id], ["path", info.path], ["size", `${info.width} × ${info.height}, ${info.format}, ${info.size_bytes} bytes`],
+    ["id", info.id], ["path", shown(info.path)], ["size", `${info.width} × ${info.height}, ${info.format}, ${info.size_bytes} bytes`],
     ["taken", info.taken_at || "—"], ["camera", [info.camera_make, info.camera_model].filter(Boolean).join(" ") || "—"],
     ["collection", info.collection], ["attributes", JSON.stringify(info.attributes)], ["sha256", info.sha256],
   ];
@@ -137,7 +155,7 @@ async function details(id) {
   };
   $("more").onclick = () => {
     $("details").close();
-    run(`images like ${info.path.split("/").pop()}`, () => api(`/api/images/${id}/similar?${params()}`));
+    run(`images like ${fileName(info.path)}`, () => api(`/api/images/${id}/similar?${params()}`));
   };
   $("details").showModal();
 }
