@@ -1,7 +1,8 @@
 """A stored vector of zero length (a writer can store one) has no cosine and no Pearson correlation: it never
-breaks a search's output (issue #22, item 10). Such rows are left out where their score is undefined (a NaN score
-reached the page as null and the CLI's --json as NaN, which is not JSON), keep their defined euclidean and inner
-scores, and `imagedb db check` reports them."""
+breaks a search's output (issue #22, item 10). Such rows are left out of every search, under every measure (a NaN
+score reached the page as null and the CLI's --json as NaN, which is not JSON; and the cosine index holds no place
+for them, so euclidean and inner listed one only once a scan ran past every other image), in the CLI, the API and
+the SQL functions; `imagedb db check` reports them."""
 
 from __future__ import annotations
 
@@ -55,11 +56,39 @@ def test_a_zero_vector_never_breaks_the_json_output(zeroed: str, metric: str) ->
     rows = [_strict(line) for line in result.output.splitlines()]
     assert rows and all(isinstance(r["score"], float) and math.isfinite(r["score"]) for r in rows), rows
     assert all(r["relevance"] is None or math.isfinite(r["relevance"]) for r in rows)
-    paths = {r["path"] for r in rows}
-    if metric in ("cosine", "pearson"):  # undefined for a vector of no length: left out
-        assert zeroed not in paths
-    else:  # defined: a distance of 1 from any unit query, an inner product of 0
-        assert zeroed in paths
+    assert zeroed not in {r["path"] for r in rows}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("metric", ["euclidean", "inner"])
+def test_the_top_k_is_the_start_of_a_longer_list_with_a_zero_vector_stored(
+    database_url: str, zeroed: str, metric: str
+) -> None:
+    def ids(k: int) -> list[int]:
+        result = _cli("search", "a photo", "--json", "-k", str(k), "--metric", metric)
+        assert result.exit_code == 0, result.output
+        return [_strict(line)["id"] for line in result.output.splitlines()]
+
+    longest = ids(50)
+    assert all(ids(k) == longest[:k] for k in (1, 5, len(longest) - 1, len(longest)))
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT image_id, score FROM imagedb_search_text('a photo', 'default', 50, %s)", (metric,)
+        ).fetchall()
+        found = conn.execute("SELECT id FROM images WHERE path = %s", (zeroed,)).fetchone()
+        cosine = conn.execute("SELECT score FROM imagedb_similar(%s, 50)", (longest[0],)).fetchall()
+    assert found is not None and found[0] not in {r[0] for r in rows}
+    assert all(math.isfinite(score) for (score,) in cosine)  # the SQL functions leave it out too: no NaN
+
+    def relevance() -> float:
+        result = _cli("search", "a photo", "--json", "-k", "1", "--metric", metric)
+        return float(_strict(result.output.splitlines()[0])["relevance"])
+
+    # The relevance baseline leaves it out as well: the same with its sample row as without.
+    with_it = relevance()
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("DELETE FROM relevance_samples WHERE image_id = %s", (found[0],))
+    assert relevance() == with_it
 
 
 @pytest.mark.slow

@@ -61,9 +61,12 @@ def _nearest_query(
         " SELECT i.id, i.path, {key} AS distance, " + IMAGE_DATE + " AS image_date"
         " FROM embeddings e JOIN images i ON i.id = e.image_id"
         " WHERE e.model_id = %(model_id)s AND i.collection_id = %(collection_id)s{where}"
+        # A vector of zero length has no cosine (NaN), so the index holds no place for it: it is left out under
+        # every measure, or euclidean and inner would list it only when the scan runs past the others.
+        " AND ({vector} <=> %(q)s) <> 'NaN'"
         " ORDER BY {order} LIMIT %(depth)s),"
         " nearest AS MATERIALIZED (SELECT * FROM candidates WHERE distance IS NOT NULL AND distance <> 'NaN')"
-    ).format(key=metrics.key(metric, vector), where=where, order=order)
+    ).format(key=metrics.key(metric, vector), where=where, order=order, vector=vector)
     score = metrics.score(metric, sql.SQL("distance"))
     if depth is None:
         statement = nearest + sql.SQL(

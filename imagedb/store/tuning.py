@@ -75,10 +75,12 @@ class TuningStore(Part):
                 "SELECT coalesce(avg(s), 0), coalesce(stddev_pop(s), 0), count(s) FROM ("
                 " SELECT {score} AS s FROM relevance_samples r"
                 " JOIN embeddings e ON e.image_id = r.image_id AND e.model_id = r.model_id"
-                " WHERE r.collection_id = %(c)s AND r.model_id = %(m)s) scores"
-                # A sampled vector of zero length has no cosine (NaN), which would make every relevance NaN.
+                " WHERE r.collection_id = %(c)s AND r.model_id = %(m)s"
+                # A sampled vector of zero length is no image's neighbour under any measure (searches leave it
+                # out), so it is left out of the baseline too; its NaN cosine would make every relevance NaN.
+                " AND ({vector} <=> %(q)s) <> 'NaN') scores"
                 " WHERE s <> 'NaN'"
-            ).format(score=score),
+            ).format(score=score, vector=vector),
             {"q": HalfVector(query), "c": collection.id, "m": collection.model_id, **metrics.params(metric, query)},
         ).fetchone()
         mean, std, n = row  # type: ignore[misc]

@@ -54,6 +54,7 @@ _SCAN = (
     "' SELECT e.image_id, i.path, (%2$s)::float8 AS distance'\n"
     "        ' FROM public.embeddings e JOIN public.images i ON i.id = e.image_id'\n"
     "        ' WHERE e.model_id = $2 AND i.collection_id = $3 AND i.id IS DISTINCT FROM $5'\n"
+    "        ' AND (e.embedding::halfvec(%1$s) <=> $1::halfvec(%1$s)) <> ''NaN'''\n"
     "        ' ORDER BY e.embedding::halfvec(%1$s) <=> $1::halfvec(%1$s) LIMIT $4)'"
 )
 
@@ -106,6 +107,7 @@ BEGIN
             ' SELECT e.image_id, i.path, (e.embedding::halfvec(%1$s) <=> $1::halfvec(%1$s))::float8 AS distance'
             ' FROM public.embeddings e JOIN public.images i ON i.id = e.image_id'
             ' WHERE e.model_id = $2 AND i.collection_id = $3 AND i.id IS DISTINCT FROM $5'
+            ' AND (e.embedding::halfvec(%1$s) <=> $1::halfvec(%1$s)) <> ''NaN'''
             ' ORDER BY e.embedding::halfvec(%1$s) <=> $1::halfvec(%1$s) LIMIT $4)'
             ' SELECT n.image_id, n.path, 1 - n.distance FROM nearest n ORDER BY n.distance, n.image_id', c.dim)
         USING query, c.model_id, c.id, k, exclude;
