@@ -94,6 +94,21 @@ def test_install_writes_the_unit_and_says_how_to_enable_it(tmp_path: Path) -> No
     assert "systemctl --user enable --now imagedb-test.service" in result.output
     assert "loginctl enable-linger" in result.output
     assert [p.name for p in written.parent.iterdir()] == ["imagedb-test.service"]  # no partial file left
+    again = _run(tmp_path / "home", "db", "service", "--install", "--name", "imagedb-test", XDG_CONFIG_HOME=str(config))
+    assert again.exit_code == 0, again.output  # its own unit, written again
+
+
+def test_install_leaves_another_homes_unit_alone(tmp_path: Path) -> None:
+    config = tmp_path / "config"
+    first = _run(tmp_path / "a", "db", "service", "--install", XDG_CONFIG_HOME=str(config))
+    assert first.exit_code == 0, first.output
+    written = config / "systemd" / "user" / "imagedb.service"
+    before = written.read_text()
+    second = _run(tmp_path / "b", "db", "service", "--install", XDG_CONFIG_HOME=str(config))
+    assert second.exit_code == 2 and "is not this home's unit: give another --name" in second.output, second.output
+    assert written.read_text() == before and str(tmp_path / "a") in before
+    third = _run(tmp_path / "b", "db", "service", "--install", "--name", "imagedb-b", XDG_CONFIG_HOME=str(config))
+    assert third.exit_code == 0 and str(tmp_path / "b") in (written.parent / "imagedb-b.service").read_text()
 
 
 @pytest.mark.parametrize("name", ["", "../etc/passwd", "a b", "-x", "name\nExecStart=/bin/sh"])

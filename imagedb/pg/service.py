@@ -89,7 +89,18 @@ def unit(home: Path, scope: str = "user", name: str = "imagedb") -> Unit:
 
 
 def install(made: Unit) -> Path:
-    """Write the unit where systemd reads it (atomically: a unit half-written is never loaded)."""
+    """Write the unit where systemd reads it (atomically: a unit half-written is never loaded). A unit of that name
+    for another home is left alone: replacing it would silently stop that home's server from starting at boot."""
+    try:
+        current = made.path.read_text()
+    except OSError:
+        current = None
+    first = made.text.splitlines()[0]
+    if current is not None and current.splitlines()[:1] != [first]:
+        raise InvalidInput(
+            f"{made.path} exists and is not this home's unit: give another --name (e.g. --name imagedb-2), or"
+            " remove that file first"
+        )
     try:
         made.folder.mkdir(parents=True, exist_ok=True)
         partial = made.path.with_name(f".{made.name}.partial")
