@@ -340,3 +340,13 @@ def test_a_text_searched_on_the_primary_needs_no_model_on_the_replica(
     finally:
         _stop_replica(folder)
         _run(primary, "db", "replica", "remove", str(folder))
+
+
+@pytest.mark.parametrize("special", ["$", '"', "`", "\\"])
+def test_a_home_pg_ctl_cannot_pass_through_its_shell_is_refused_before_anything_is_made(
+    tmp_path: Path, special: str
+) -> None:
+    home = tmp_path / f"odd{special}home"
+    result = _run(home, "db", "start")
+    assert result.exit_code == 2 and "cannot pass through its shell" in result.output, result.output
+    assert "Traceback" not in result.output and not home.exists()

@@ -38,11 +38,19 @@ from imagedb.pg.standby import REPLICA_FILE, follow_primary, registered
 
 EMBEDDED_DBNAME = "imagedb"
 PASSFILE = "pgpass"
+_SHELL_SPECIAL = '"$`\\'
 
 
 def embedded_url(home: Path, database: str = EMBEDDED_DBNAME) -> str:
     """Start (or find running) the embedded PostgreSQL under `home`, and return the imagedb database's URL."""
     ignore_libpq_environment()  # before any connection or pg_ctl: a PGPASSWORD left in the shell is not the owner's
+    # pg_ctl starts the server through /bin/sh with the data directory in double quotes, where these characters
+    # mean something else: such a home could be initialised but never started.
+    if unusable := sorted(set(str(home)) & set(_SHELL_SPECIAL)):
+        raise InvalidInput(
+            f"the folder {str(home)!r} holds {' '.join(unusable)}, which PostgreSQL's pg_ctl cannot pass through its"
+            " shell: choose an IMAGEDB_HOME (or --home) without \" $ ` or \\"
+        )
     wheel = pgserver()
     pgdata = home / "pgdata"
     try:
