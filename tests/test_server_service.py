@@ -94,8 +94,11 @@ def test_install_writes_the_unit_and_says_how_to_enable_it(tmp_path: Path) -> No
     assert "systemctl --user enable --now imagedb-test.service" in result.output
     assert "loginctl enable-linger" in result.output
     assert [p.name for p in written.parent.iterdir()] == ["imagedb-test.service"]  # no partial file left
-    again = _run(tmp_path / "home", "db", "service", "--install", "--name", "imagedb-test", XDG_CONFIG_HOME=str(config))
-    assert again.exit_code == 0, again.output  # its own unit, written again
+    again = _run(
+        tmp_path / "home", "db", "service", "--install", "--name", "imagedb-test.service", XDG_CONFIG_HOME=str(config)
+    )
+    assert again.exit_code == 0, again.output  # its own unit, written again; NAME.service names the same unit
+    assert [p.name for p in written.parent.iterdir()] == ["imagedb-test.service"]
 
 
 def test_install_leaves_another_homes_unit_alone(tmp_path: Path) -> None:

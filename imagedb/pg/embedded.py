@@ -49,7 +49,7 @@ def embedded_url(home: Path, database: str = EMBEDDED_DBNAME) -> str:
     if unusable := sorted(set(str(home)) & set(_SHELL_SPECIAL)):
         raise InvalidInput(
             f"the folder {str(home)!r} holds {' '.join(unusable)}, which PostgreSQL's pg_ctl cannot pass through its"
-            " shell: choose an IMAGEDB_HOME (or --home) without \" $ ` or \\"
+            ' shell: choose an IMAGEDB_HOME (or --home) without " $ ` or \\'
         )
     wheel = pgserver()
     pgdata = home / "pgdata"

@@ -46,6 +46,7 @@ def unit(home: Path, scope: str = "user", name: str = "imagedb") -> Unit:
     """The unit for the embedded server of `home`, run by the imagedb of this installation."""
     if scope not in SCOPES:
         raise InvalidInput(f"scope must be one of {', '.join(SCOPES)}, not {scope!r}")
+    name = name.removesuffix(".service")  # --name imagedb.service means the same unit as --name imagedb
     # systemd's unit names, less `@` (a template's, which cannot be enabled as it is) and `\` escapes.
     valid = all(c.isascii() and (c.isalnum() or c in "-_.:") for c in name) and not name.startswith(("-", "."))
     if not name or not valid or len(name) > 200:
