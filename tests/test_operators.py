@@ -64,6 +64,31 @@ def listening_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 
 @pytest.mark.slow
+def test_a_replicas_role_may_only_stream_wal_over_the_socket(listening_home: Path) -> None:
+    """A connection with replication=database matches pg_hba's `all` lines, not `replication`, and can run
+    BASE_BACKUP: a replica's role is refused it, and any other login, over TCP and over the socket alike."""
+    port = _free_port()
+    assert _run(listening_home, "db", "listen", f"127.0.0.1:{port}").exit_code == 0
+    role, password = "imagedb_replica_hbatest", "a-replication-password"
+    owner = embedded_url(listening_home)
+    with psycopg.connect(owner, autocommit=True) as conn:
+        conn.execute(f"DROP ROLE IF EXISTS {role}")
+        conn.execute(f"CREATE ROLE {role} REPLICATION LOGIN PASSWORD '{password}'")
+    socket_dir = psycopg.conninfo.conninfo_to_dict(owner)["host"]
+    try:
+        for extra in ({}, {"replication": "database"}):
+            with pytest.raises(psycopg.OperationalError, match="rejects connection"):
+                _tcp("127.0.0.1", port, role, password, **extra)
+            with pytest.raises(psycopg.OperationalError, match="rejects connection"):
+                _tcp(socket_dir, port, role, password, **extra)
+        # Physical replication over the socket, as its replica streams: still let in.
+        _tcp(socket_dir, port, role, password, replication="true").close()
+    finally:
+        with psycopg.connect(embedded_url(listening_home), autocommit=True) as conn:
+            conn.execute(f"DROP ROLE IF EXISTS {role}")
+        assert _run(listening_home, "db", "listen", "--off").exit_code == 0
+
+
 def test_bi_login_over_tcp_needs_its_password_and_the_superuser_is_refused(listening_home: Path) -> None:
     port = _free_port()
     result = _run(listening_home, "db", "listen", f"127.0.0.1:{port}")

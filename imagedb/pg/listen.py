@@ -24,13 +24,20 @@ from typing import Any
 
 from imagedb.errors import DatabaseUnavailable, InvalidInput
 from imagedb.pg.cluster import OWNER_ROLE, bin_path, pg_ctl, postmaster, socket_dir
+from imagedb.pg.standby import SLOT_PREFIX
 
 LISTEN_FILE = "listen.json"
 DEFAULT_PORT = 5432
 HBA_MARKER = "# Written by imagedb."
 # Every login needs its password (scram-sha-256); none is trusted for being local.
+# A replica's role streams WAL by physical replication over the socket and does nothing else: a connection with
+# replication=database (logical replication, which can also run BASE_BACKUP) matches the `all` database lines, so
+# those lines reject the replicas' roles first. The pattern is a regular expression on the role's name.
+_REPLICA_ROLES = f"/^{SLOT_PREFIX}"
 _HBA_LOCAL = f"""{HBA_MARKER} Every login needs its password (scram-sha-256); none is trusted for being local.
 # The owner's password is in IMAGEDB_HOME/pgpass (mode 0600). Roles made by `imagedb grant-*` log in with theirs.
+# A replica's role (imagedb db replica create) may only stream WAL, over this socket.
+local   all             {_REPLICA_ROLES:<39} reject
 local   all             all                                     scram-sha-256
 local   replication     all                                     scram-sha-256
 """
@@ -105,6 +112,7 @@ def hba_text(listen: Listen | None) -> str:
     lines = [
         "# TCP (imagedb db listen): the superuser and replication are refused; every other role needs its password.",
         f"host    all             {OWNER_ROLE:<15} all                     reject",
+        f"host    all             {_REPLICA_ROLES:<15} all                     reject",
         "host    replication     all             all                     reject",
         "host    all             all             127.0.0.1/32            scram-sha-256",
         "host    all             all             ::1/128                 scram-sha-256",
