@@ -67,7 +67,9 @@ def test_the_owner_password_lives_in_a_private_file_not_in_the_url(server_url: s
     assert len(secret) >= 32 and secret not in server_url
     hba = (passfile.parent / "pgdata" / "pg_hba.conf").read_text()
     rules = [line.split() for line in hba.splitlines() if line.strip() and not line.startswith("#")]
-    assert rules and all(rule[-1] == "scram-sha-256" for rule in rules)
+    # Every rule asks for a password or refuses outright: none lets a login in on trust, peer or md5.
+    assert rules and all(rule[-1] in ("scram-sha-256", "reject") for rule in rules)
+    assert [rule for rule in rules if rule[-1] == "scram-sha-256"]
 
 
 def test_a_writer_cannot_touch_schema_bookkeeping(store: Store, database_url: str) -> None:
