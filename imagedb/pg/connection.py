@@ -3,14 +3,26 @@
 from __future__ import annotations
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict
 
 from imagedb.errors import DatabaseUnavailable
+
+# imagedb's tables live in a schema readers have no USAGE on (migration 0015), its views and SQL functions in public;
+# imagedb's own sessions find both, and create tables in the first, without relying on the database's setting.
+INTERNAL_SCHEMA = "imagedb_internal"
+SEARCH_PATH = f"{INTERNAL_SCHEMA},public"
+
+
+def session_options(url: str) -> str:
+    """libpq's `options` for imagedb's sessions: the URL's own, then imagedb's search_path."""
+    given = str(conninfo_to_dict(url).get("options") or "")
+    return f"{given} -c search_path={SEARCH_PATH}".strip()
 
 
 def connect(url: str) -> psycopg.Connection:
     """An autocommit connection: every write the store makes is in an explicit transaction (store/base.py)."""
     try:
-        return psycopg.connect(url, connect_timeout=10, autocommit=True)
+        return psycopg.connect(url, connect_timeout=10, autocommit=True, options=session_options(url))
     except psycopg.OperationalError as exc:
         raise DatabaseUnavailable(
             f"cannot connect to the database: {_connect_failure(exc)}. Is the server running, and is the URL right?"

@@ -7,7 +7,7 @@ from pathlib import Path
 import psycopg
 
 from imagedb.errors import DatabaseUnavailable, SchemaOutOfDate, first_line
-from imagedb.pg.connection import sqlalchemy_url
+from imagedb.pg.connection import session_options, sqlalchemy_url
 
 _PACKAGE = Path(__file__).resolve().parent.parent
 MIGRATIONS_DIR = _PACKAGE / "migrations"
@@ -46,7 +46,7 @@ def upgrade(url: str) -> None:
     from sqlalchemy.exc import DBAPIError, OperationalError
 
     cfg = alembic_config()
-    engine = create_engine(sqlalchemy_url(url))
+    engine = create_engine(sqlalchemy_url(url), connect_args={"options": session_options(url)})
     try:
         with engine.begin() as conn:
             cfg.attributes["connection"] = conn
