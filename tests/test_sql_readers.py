@@ -175,7 +175,9 @@ def test_the_functions_run_as_their_owner_with_a_pinned_search_path_and_not_for_
     owner = store.conn.execute("SELECT tableowner FROM pg_tables WHERE tablename = 'images'").fetchone()[0]
     assert sorted(r[0] for r in rows) == ["imagedb_nearest", "imagedb_search_text", "imagedb_similar"]
     for name, definer, config, function_owner, public in rows:
-        assert definer and config == ["search_path=pg_catalog, imagedb_internal, public"] and function_owner == owner, name
+        assert definer and config == ["search_path=pg_catalog, imagedb_internal, public"] and function_owner == owner, (
+            name
+        )
         assert public is False, name
     # A login that is neither reader nor writer may not run them; a writer may.
     plain, writer = f"sql_plain_{os.getpid()}", f"sql_writer_{os.getpid()}"

@@ -84,7 +84,9 @@ class AdminStore(Part):
                 (list(tables),),
             ).fetchall()
             self.conn.execute(
-                sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(sql.SQL(", ").join(sql.SQL(s) for (s,) in schemas), name)
+                sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(
+                    sql.SQL(", ").join(sql.SQL(s) for (s,) in schemas), name
+                )
             )
             self.conn.execute(
                 sql.SQL("GRANT {} ON {} TO {}").format(

@@ -122,7 +122,7 @@ def _move(source: str, target: str) -> list[str]:
 def _rewrite_functions(tables: list[str], source: str, target: str, handler: bool) -> None:
     """Requalify `source.TABLE` as `target.TABLE` in imagedb's pinned functions, put `target` in (or take it out of)
     their pinned search_path, and add (or remove) the error handler of the reader-facing plpgsql ones."""
-    qualified = re.compile(r'\b' + re.escape(source) + r'\.("?)(' + "|".join(map(re.escape, tables)) + r')\1\b')
+    qualified = re.compile(r"\b" + re.escape(source) + r'\.("?)(' + "|".join(map(re.escape, tables)) + r")\1\b")
     for signature, source_text, definition, language, path in _rows(_FUNCTIONS):
         body = qualified.sub(lambda m: f"{target}.{m.group(2)}", source_text) if tables else source_text
         name = signature.split("(", 1)[0]
