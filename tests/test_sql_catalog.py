@@ -15,14 +15,13 @@ import pytest
 from alembic import command
 from pgvector import HalfVector
 from sqlalchemy import create_engine
+from test_sql_readers import DIM, PASSWORD, VIEWS, login, reader  # noqa: F401  (reader is a fixture)
 
 from imagedb.pg.cluster import program
 from imagedb.pg.connection import INTERNAL_SCHEMA, session_options, sqlalchemy_url
 from imagedb.pg.migrate import alembic_config
 from imagedb.roles import grant_writer
 from imagedb.store import Store
-
-from test_sql_readers import DIM, PASSWORD, VIEWS, login, reader  # noqa: F401  (reader is a fixture)
 
 Reader = tuple[psycopg.Connection, list[int], np.ndarray]
 
@@ -44,7 +43,7 @@ def _psql(url: str, command_text: str) -> str:
     return done.stdout + done.stderr
 
 
-def test_a_reader_lists_only_the_views_it_can_read(reader: Reader, store: Store, database_url: str) -> None:
+def test_a_reader_lists_only_the_views_it_can_read(reader: Reader, store: Store, database_url: str) -> None:  # noqa: F811
     conn, _, _ = reader
     role = conn.info.user
     assert conn.execute(_JDBC_PUBLIC).fetchall() == [(v, "v") for v in sorted(VIEWS)]
@@ -132,7 +131,7 @@ def _message(conn: psycopg.Connection, statement: str, params: tuple[object, ...
     return f"{diag.message_primary}\nHINT: {diag.message_hint}"
 
 
-def test_errors_name_the_function_called(reader: Reader) -> None:
+def test_errors_name_the_function_called(reader: Reader) -> None:  # noqa: F811
     conn, ids, _ = reader
     similar = "SELECT * FROM imagedb_similar(%s, 3, %s, %s)"
     assert _message(conn, similar, (ids[0], None, "bogus")).startswith("imagedb_similar: unknown metric 'bogus'")
@@ -142,7 +141,7 @@ def test_errors_name_the_function_called(reader: Reader) -> None:
 
 
 @pytest.mark.parametrize("odd", ["bell\x07", "esc\x1b[31mred", "new\nline", "tab\there", "c1\x9bcsi", "del\x7f"])
-def test_control_characters_in_arguments_are_escaped_in_errors(reader: Reader, odd: str) -> None:
+def test_control_characters_in_arguments_are_escaped_in_errors(reader: Reader, odd: str) -> None:  # noqa: F811
     conn, ids, vectors = reader
     q = HalfVector(vectors[0])
     escaped = "".join(f"\\x{ord(c):02x}" if ord(c) < 32 or 127 <= ord(c) <= 159 else c for c in odd)

@@ -129,7 +129,9 @@ def _rewrite_functions(tables: list[str], source: str, target: str, handler: boo
         mine = _HANDLER.replace("NAME", name)
         if language == "plpgsql" and name.startswith("imagedb_"):
             if handler and mine not in body:
-                body = re.sub(r"\bEND\s*;?\s*$", lambda m: mine + "END\n", body.rstrip() + "\n", count=1)
+                closing = re.search(r"\bEND\s*;?\s*$", body)
+                assert closing is not None, f"{name}: no closing END"
+                body = body[: closing.start()] + mine + "END\n"
             elif not handler:
                 body = body.replace(mine, "")
         if body != source_text:
