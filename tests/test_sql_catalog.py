@@ -18,7 +18,7 @@ from sqlalchemy import create_engine
 from test_sql_readers import DIM, PASSWORD, VIEWS, login, reader  # noqa: F401  (reader is a fixture)
 
 from imagedb.pg.cluster import program
-from imagedb.pg.connection import INTERNAL_SCHEMA, session_options, sqlalchemy_url
+from imagedb.pg.connection import INTERNAL_SCHEMA, connect, session_options, sqlalchemy_url
 from imagedb.pg.migrate import alembic_config
 from imagedb.roles import grant_writer
 from imagedb.store import Store
@@ -95,6 +95,7 @@ def _functions(conn: psycopg.Connection) -> dict[str, tuple[str, list[str] | Non
 @pytest.mark.slow
 def test_the_move_downgrades_and_upgrades_again(store: Store, database_url: str) -> None:
     upgraded = _functions(store.conn)
+    writer = f"old_writer_{os.getpid()}"
     cfg = alembic_config()
     engine = create_engine(sqlalchemy_url(database_url), connect_args={"options": session_options(database_url)})
     try:
@@ -114,6 +115,11 @@ def test_the_move_downgrades_and_upgrades_again(store: Store, database_url: str)
                 " WHERE d.datname = current_database()"
             )
             assert setting.fetchone()[0] == 0
+        old_store = Store(connect(database_url))  # a writer made before the upgrade, by that release's grant-writer
+        try:
+            grant_writer(old_store, writer, PASSWORD)
+        finally:
+            old_store.close()
         with engine.begin() as conn:
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "head")
@@ -122,6 +128,8 @@ def test_the_move_downgrades_and_upgrades_again(store: Store, database_url: str)
     with psycopg.connect(database_url, autocommit=True) as conn:
         assert _functions(conn) == upgraded
         assert conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'").fetchone()[0] == 0
+    with psycopg.connect(login(database_url, writer), autocommit=True) as conn:  # given USAGE by the upgrade
+        assert conn.execute("SELECT count(*) FROM embeddings").fetchone()[0] == 0
 
 
 def _message(conn: psycopg.Connection, statement: str, params: tuple[object, ...]) -> str:
