@@ -59,7 +59,9 @@ LANGUAGE sql IMMUTABLE STRICT SET search_path = pg_catalog AS $$
         SELECT string_agg(CASE WHEN ch ~ '[\x01-\x1f\x7f-\x9f]' THEN '\x' || lpad(to_hex(ascii(ch)), 2, '0')
                                ELSE ch END, '' ORDER BY n)
         FROM generate_series(1, length(message)) n, substr(message, n, 1) ch) END
-$$;
+$$
+"""
+_PRINTABLE_COMMENT = rf"""
 COMMENT ON FUNCTION {PRINTABLE} IS 'The text with each control character (U+0001..U+001F, U+007F..U+009F) written '
     'as \xNN, for error messages that echo an argument.';
 """
@@ -93,6 +95,11 @@ def _rows(query: str) -> list[tuple]:  # type: ignore[type-arg]
     return [tuple(r) for r in op.get_bind().exec_driver_sql(query.replace("%", "%%")).fetchall()]
 
 
+def _exec(statement: str) -> None:
+    """Run a statement as written: no bind parameters (a function body may hold `:name` or `%`)."""
+    op.get_bind().exec_driver_sql(statement.replace("%", "%%"))
+
+
 def _set_path(path: str) -> None:
     """The session's search_path for the rest of this migration run (later revisions create in the first one)."""
     op.get_bind().exec_driver_sql(f"SELECT set_config('search_path', {_quote(path)}, false)")
@@ -106,7 +113,7 @@ def _database_path(path: str | None) -> None:
     )
     if may and may[0][0]:
         database = _ident(_rows("SELECT current_database()")[0][0])
-        op.execute(f"ALTER DATABASE {database} " + (f"SET search_path = {path}" if path else "RESET search_path"))
+        _exec(f"ALTER DATABASE {database} " + (f"SET search_path = {path}" if path else "RESET search_path"))
 
 
 def _move(source: str, target: str) -> list[str]:
@@ -114,7 +121,7 @@ def _move(source: str, target: str) -> list[str]:
     moved = []
     for name, kind in _rows(_MOVABLE.format(source=source)):
         what = "SEQUENCE" if kind == "S" else "TABLE"
-        op.execute(f"ALTER {what} {_ident(source)}.{_ident(name)} SET SCHEMA {_ident(target)}")
+        _exec(f"ALTER {what} {_ident(source)}.{_ident(name)} SET SCHEMA {_ident(target)}")
         moved.append(name)
     return moved
 
@@ -135,19 +142,19 @@ def _rewrite_functions(tables: list[str], source: str, target: str, handler: boo
             elif not handler:
                 body = body.replace(mine, "")
         if body != source_text:
-            op.execute(definition.replace(source_text, body, 1))
+            _exec(definition.replace(source_text, body, 1))
         if path is not None:
             schemas = [s.strip() for s in path.split("=", 1)[1].split(",") if s.strip()]
             schemas = [s for s in schemas if s.strip('"') != SCHEMA]
             if handler and "public" in schemas:
                 schemas.insert(schemas.index("public"), SCHEMA)
-            op.execute(f"ALTER FUNCTION {signature} SET search_path = {', '.join(schemas)}")
+            _exec(f"ALTER FUNCTION {signature} SET search_path = {', '.join(schemas)}")
 
 
 def upgrade() -> None:
-    op.execute(f"CREATE SCHEMA {SCHEMA}")
-    op.execute(f"REVOKE ALL ON SCHEMA {SCHEMA} FROM PUBLIC")
-    op.execute(
+    _exec(f"CREATE SCHEMA {SCHEMA}")
+    _exec(f"REVOKE ALL ON SCHEMA {SCHEMA} FROM PUBLIC")
+    _exec(
         f"COMMENT ON SCHEMA {SCHEMA} IS 'imagedb''s tables: vectors, thumbnails, raw metadata. Readers (grant-reader)"
         " have no access and use the views and functions in public; writers (grant-writer) and the owner have it in"
         " their search_path.'"
@@ -158,8 +165,9 @@ def upgrade() -> None:
         f" WHERE c.relnamespace = '{SCHEMA}'::regnamespace AND a.grantee <> 0 AND a.grantee <> c.relowner"
     )
     for (grantee,) in grantees:
-        op.execute(f"GRANT USAGE ON SCHEMA {SCHEMA} TO {grantee}")  # regrole::text is quoted as needed
-    op.execute(_PRINTABLE)
+        _exec(f"GRANT USAGE ON SCHEMA {SCHEMA} TO {grantee}")  # regrole::text is quoted as needed
+    _exec(_PRINTABLE)
+    _exec(_PRINTABLE_COMMENT)
     _rewrite_functions(moved, "public", SCHEMA, handler=True)
     _database_path(f"{SCHEMA}, public")
     _set_path(f"{SCHEMA}, public")
@@ -169,6 +177,6 @@ def downgrade() -> None:
     _set_path("public")
     moved = _move(SCHEMA, "public")
     _rewrite_functions(moved, SCHEMA, "public", handler=False)
-    op.execute(f"DROP FUNCTION {PRINTABLE}")
+    _exec(f"DROP FUNCTION {PRINTABLE}")
     _database_path(None)
-    op.execute(f"DROP SCHEMA {SCHEMA}")
+    _exec(f"DROP SCHEMA {SCHEMA}")
