@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from test_sql_readers import _jdbc_driver
 
 from imagedb.cli import main
 from imagedb.pg.database import open_connection
@@ -23,7 +24,6 @@ from imagedb.pg.embedded import stop_embedded
 from imagedb.store import Store
 
 from helpers import fill_synthetic
-from test_sql_readers import _jdbc_driver
 
 BI_DOC = Path(__file__).resolve().parents[1] / "docs" / "bi.md"
 PASSWORD = "a-bi-password"
@@ -59,7 +59,8 @@ public class Sync {
                     while (r.next()) { columns++; if (r.getString("REMARKS") != null) remarked++; }
                 }
                 System.out.println("columns " + name + " " + columns + " " + remarked);
-                try (ResultSet a = md.getPrimaryKeys(null, t[0], t[1]); ResultSet b = md.getImportedKeys(null, t[0], t[1])) {
+                try (ResultSet a = md.getPrimaryKeys(null, t[0], t[1]);
+                     ResultSet b = md.getImportedKeys(null, t[0], t[1])) {
                     while (a.next()) {} while (b.next()) {}
                 }
                 System.out.println("keys " + name);

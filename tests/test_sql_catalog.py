@@ -80,8 +80,22 @@ def test_the_owner_writers_and_later_migrations_find_the_tables_by_name(store: S
         store.conn.execute("CREATE TABLE made_later (id int)")
         where = store.conn.execute("SELECT relnamespace::regnamespace::text FROM pg_class WHERE relname = 'made_later'")
         assert where.fetchone()[0] == INTERNAL_SCHEMA
-    assert "imagedb_internal" in session_options("postgresql:///x?options=-c%20work_mem%3D8MB")
-    assert "work_mem=8MB" in session_options("postgresql:///x?options=-c%20work_mem%3D8MB")
+
+
+def test_an_external_urls_options_and_pgoptions_are_kept_beside_the_search_path(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from imagedb.pg.database import open_connection
+
+    monkeypatch.setenv("PGOPTIONS", "-c work_mem=7MB")
+    with open_connection(database_url) as conn:
+        assert conn.execute("SHOW work_mem").fetchone() == ("7MB",)
+        assert conn.execute("SHOW search_path").fetchone() == ("imagedb_internal,public",)
+    options = "options=-c%20work_mem%3D8MB"
+    url = f"{database_url}{'&' if '?' in database_url else '?'}{options}"
+    with open_connection(url) as conn:
+        assert conn.execute("SHOW work_mem").fetchone() == ("8MB",)
+        assert conn.execute("SELECT count(*) FROM embeddings").fetchone() == (0,)
 
 
 def _functions(conn: psycopg.Connection) -> dict[str, tuple[str, list[str] | None]]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
@@ -14,8 +16,9 @@ SEARCH_PATH = f"{INTERNAL_SCHEMA},public"
 
 
 def session_options(url: str) -> str:
-    """libpq's `options` for imagedb's sessions: the URL's own, then imagedb's search_path."""
-    given = str(conninfo_to_dict(url).get("options") or "")
+    """libpq's `options` for imagedb's sessions: the URL's own (else PGOPTIONS's, as libpq would take; it is gone
+    from the environment of a process on the embedded server), then imagedb's search_path."""
+    given = str(conninfo_to_dict(url).get("options") or os.environ.get("PGOPTIONS") or "")
     return f"{given} -c search_path={SEARCH_PATH}".strip()
 
 
