@@ -117,13 +117,12 @@ def _database_path(path: str | None) -> None:
 
 
 def _move(source: str, target: str) -> list[str]:
-    """Move the base tables and standalone sequences of `source` to `target`; their names."""
-    moved = []
+    """Move the base tables and standalone sequences of `source` to `target`; the names of all that moved (their
+    indexes and owned sequences with them), for requalifying function bodies."""
     for name, kind in _rows(_MOVABLE.format(source=source)):
         what = "SEQUENCE" if kind == "S" else "TABLE"
         _exec(f"ALTER {what} {_ident(source)}.{_ident(name)} SET SCHEMA {_ident(target)}")
-        moved.append(name)
-    return moved
+    return [name for (name,) in _rows(f"SELECT relname FROM pg_class WHERE relnamespace = '{target}'::regnamespace")]
 
 
 def _rewrite_functions(tables: list[str], source: str, target: str, handler: bool) -> None:
