@@ -14,7 +14,7 @@ import psycopg
 import pytest
 from alembic import command
 from pgvector import HalfVector
-from sqlalchemy import create_engine
+from sqlalchemy import create_engine, inspect
 from test_sql_readers import DIM, PASSWORD, VIEWS, login, reader  # noqa: F401  (reader is a fixture)
 
 from imagedb.pg.cluster import program
@@ -56,6 +56,13 @@ def test_a_reader_lists_only_the_views_it_can_read(reader: Reader, store: Store,
     # The owner's public schema holds no table either: every base table moved, whoever's migration made it.
     assert store.conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'").fetchone()[0] == 0
     url = login(database_url, role)
+    engine = create_engine(sqlalchemy_url(url))  # what Superset lists
+    try:
+        with engine.connect() as sa:
+            found = inspect(sa)
+            assert found.get_table_names() == [] and sorted(found.get_view_names()) == sorted(VIEWS)
+    finally:
+        engine.dispose()
     assert "Did not find any" in _psql(url, r"\dt")  # "relations." (psql 15), "tables." (newer)
     views = _psql(url, r"\dv")
     assert all(v in views for v in VIEWS) and "(4 rows)" in views

@@ -143,11 +143,12 @@ def _rewrite_functions(tables: list[str], source: str, target: str, handler: boo
         if body != source_text:
             _exec(definition.replace(source_text, body, 1))
         if path is not None:
-            schemas = [s.strip() for s in path.split("=", 1)[1].split(",") if s.strip()]
-            schemas = [s for s in schemas if s.strip('"') != SCHEMA]
+            given = [s.strip() for s in path.split("=", 1)[1].split(",") if s.strip()]
+            schemas = [s for s in given if s.strip('"') != SCHEMA]
             if handler and "public" in schemas:
                 schemas.insert(schemas.index("public"), SCHEMA)
-            _exec(f"ALTER FUNCTION {signature} SET search_path = {', '.join(schemas)}")
+            if schemas != given:  # a path without public (or an empty one) is the function's own business
+                _exec(f"ALTER FUNCTION {signature} SET search_path = {', '.join(schemas)}")
 
 
 def upgrade() -> None:
