@@ -28,14 +28,18 @@ def models() -> None:
 
 
 @models.command("list", access="read")
+@click.option("--collection", "-c", help="Only this collection's models [default: every collection's].")
 @click.pass_context
-def list_models(ctx: click.Context) -> None:
+def list_models(ctx: click.Context, collection: str | None) -> None:
     """Every model of every collection: vectors, dimension, state, index, provenance."""
+    from imagedb.collection import get_collection
     from imagedb.embed import ModelSpec
     from imagedb.models import list_models as run_list
 
     with open_store(ctx) as store:
-        rows = run_list(store)
+        if collection is not None:
+            get_collection(store, collection)  # a name that is no collection says so, rather than listing nothing
+        rows = [r for r in run_list(store) if collection is None or r.collection == collection]
     if not rows:
         click.echo("no collections yet (imagedb ingest PATH)")
     for r in rows:
@@ -137,8 +141,54 @@ def drop(ctx: click.Context, spec: str, collection: str, yes: bool) -> None:
 
     model = _spec(spec)
     if not yes:
-        click.confirm(f"Delete every vector of {model} in {collection}?", abort=True)
+        try:
+            confirmed = click.confirm(f"Delete every vector of {model} in {escape(collection)}?")
+        except click.Abort:  # no answer: stdin at its end, as under cron or a pipe
+            confirmed = False
+        if not confirmed:
+            where = "" if sys.stdin.isatty() else " (no terminal to ask on)"
+            raise click.ClickException(f"nothing dropped{where}: confirm with --yes, e.g. imagedb models drop"
+                                       f" {model} -c {escape(collection)} --yes")  # fmt: skip
     with open_store(ctx) as store:
         summary = run_drop(store, model, collection)
     index = "; its index and registration are dropped" if summary.index_dropped else ""
     click.echo(f"{escape(summary.collection)}: dropped {summary.vectors} vector(s) of {summary.model}{index}")
+
+
+@models.command(access="none")
+@click.argument("spec", required=False)
+def fetch(spec: str | None) -> None:
+    """Download model SPEC's weights (default: the model new collections get) into the home folder, and record
+    their SHA-256.
+
+    Ingests and searches with SPEC then find them there, offline and with HF_HUB_OFFLINE=1 too. Weights there
+    already are only recorded. Without a network here, copy the file the error names from a machine that has one
+    and use `imagedb models import`.
+    """
+    from imagedb.weights import fetch as run_fetch
+
+    model = _spec(spec or config.new_collection_model())
+    click.echo(f"fetching the weights of {model} ...", err=True)
+    weights = run_fetch(model)
+    state = "there already" if weights.already else "downloaded"
+    click.echo(f"{model}: {state}, {escape(str(weights.file))} ({weights.size / 1e6:.1f} MB, sha256 {weights.sha256})")
+
+
+@models.command("import", access="none")
+@click.argument("name")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+def import_weights(name: str, file: Path) -> None:
+    """Check that checkpoint FILE loads into the open_clip architecture NAME, copy it into the home folder and
+    record its SHA-256; prints the model to use it with.
+
+    A custom architecture needs NAME.json (an open_clip model config) beside FILE; it is copied along.
+    """
+    from imagedb.weights import import_checkpoint
+
+    weights = import_checkpoint(name, file)
+    state = "there already" if weights.already else "imported"
+    click.echo(f"{state}: {escape(str(weights.file))} ({weights.size / 1e6:.1f} MB, sha256 {weights.sha256})")
+    click.echo(
+        f"use it with --model {escape(weights.spec)}, or for every new collection: imagedb config set model"
+        f" {escape(weights.spec)}"
+    )

@@ -11,16 +11,24 @@ from imagedb.errors import InvalidInput
 
 
 @click.command(cls=Command, access="none")
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (loopback only by default).")
-@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535), help="TCP port to listen on.")
+@click.option("--host", help="Address to listen on [default: serve.host of the settings file, else 127.0.0.1].")
+@click.option("--port", type=click.IntRange(1, 65535), help="TCP port to listen on [default: serve.port, else 8000].")
 @click.option(
     "--token",
     envvar="IMAGEDB_API_TOKEN",
-    help="Require Authorization: Bearer TOKEN on the API [env IMAGEDB_API_TOKEN]; needed off loopback.",
+    help="Require Authorization: Bearer TOKEN on the API [env IMAGEDB_API_TOKEN; settings file: serve.token];"
+    " needed off loopback.",
 )
 @click.pass_context
-def serve(ctx: click.Context, host: str, port: int, token: str | None) -> None:
+def serve(ctx: click.Context, host: str | None, port: int | None, token: str | None) -> None:
     """Serve the web page and the JSON API (OpenAPI schema at /openapi.json)."""
+    from imagedb import config
+
+    host = str(config.resolve("serve.host", host).value)
+    port = int(config.resolve("serve.port", port).value or 8000)
+    token = config.resolve("serve.token", token).value or None  # type: ignore[assignment]
+    if not 1 <= port <= 65535:
+        raise click.BadParameter(f"{port} (from the settings file) is not a TCP port", param_hint="serve.port")
     import sys
 
     import uvicorn
