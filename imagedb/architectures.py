@@ -36,8 +36,8 @@ def check(name: str, checkpoint: Path | None) -> None:
     names = known()
     if not names or name in names:
         return  # without open_clip's folder nothing can be said here: loading says it
-    if checkpoint is not None and checkpoint.with_name(f"{name}.json").is_file():
-        return
+    if checkpoint is not None and (not checkpoint.is_file() or checkpoint.with_name(f"{name}.json").is_file()):
+        return  # a moved or missing checkpoint (`models move`, `models drop`) is named by its old place
     close = difflib.get_close_matches(name, names, n=3, cutoff=0.6)
     if not close:  # "vit-b-32": the case is what differs
         close = [n for n in sorted(names) if n.lower() == name.lower()]

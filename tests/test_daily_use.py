@@ -230,6 +230,8 @@ def test_a_misspelt_model_fails_before_torch_is_imported(tmp_path: Path, photo_s
         assert "exit 2 torch imported: False open_clip imported: False" in done.stdout, (done.stdout, done.stderr)
         assert "did you mean ViT-B-32" in done.stderr and "Traceback" not in done.stderr
     assert not (tmp_path / "config.toml").exists()
+    # A checkpoint no longer where it was (`models move OLD NEW`, `models drop`) is still named by its old place.
+    assert ModelSpec.parse(f"my-own-arch:{tmp_path}/moved/weights.pt").name == "my-own-arch"
 
 
 # -- the smaller items -------------------------------------------------------------------------------------------------
