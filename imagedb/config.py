@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextvars
 import difflib
+import fcntl
 import os
 import sys
 import tempfile
@@ -166,14 +167,25 @@ def _typed(s: Setting, value: Any, where: str) -> str | int:
 def write_setting(key: str, value: str | None, home_folder: str | os.PathLike[str] | None = None) -> Path:
     """Set (or, with None, remove) one setting in the file; written whole to a new file of mode 0600 and renamed
     over the old one, so a reader never sees half a file and a password in it is never readable by others."""
+    s = setting(key)
+    typed = None if value is None else _typed(s, value.strip(), "the command line")  # checked before anything is made
+    path = settings_file(home_folder)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    # Two `config set` at once: each reads, changes and writes the whole file, so one waits for the other rather
+    # than writing back a file without the other's value.
+    with open(path.parent / ".config.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _rewrite(key, typed, path, home_folder)
+
+
+def _rewrite(key: str, value: str | int | None, path: Path, home_folder: str | os.PathLike[str] | None) -> Path:
     import tomli_w
 
-    s = setting(key)
     flat = read_settings(home_folder)
     if value is None:
         flat.pop(key, None)
     else:
-        flat[key] = _typed(s, value.strip(), "the command line")
+        flat[key] = value
     nested: dict[str, Any] = {}
     for name, item in flat.items():
         *tables, last = name.split(".")
@@ -181,8 +193,6 @@ def write_setting(key: str, value: str | None, home_folder: str | os.PathLike[st
         for part in tables:
             table = table.setdefault(part, {})
         table[last] = item
-    path = settings_file(home_folder)
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=".config-", suffix=".toml")  # mode 0600
     try:
         with os.fdopen(descriptor, "wb") as out:

@@ -82,6 +82,8 @@ def test_settings_persist_with_precedence_flag_env_file_builtin(run: Callable[..
 
 
 def test_bad_settings_are_refused_in_one_line_and_change_nothing(run: Callable[..., Result], home: Path) -> None:
+    assert run("config", "set", "serve.port", "eighty").exit_code == 2
+    assert not home.exists()  # nothing made for a refused value
     assert run("config", "set", "serve.port", "9000").exit_code == 0
     before = (home / "config.toml").read_bytes()
     for args, words in (
@@ -288,3 +290,17 @@ def test_models_drop_without_a_terminal_says_how_to_confirm(run: Callable[..., R
     assert "imagedb models drop ViT-B-32:laion2b_s34b_b79k -c photos --yes" in done.output
     said_no = run("models", "drop", "ViT-B-32:laion2b_s34b_b79k", input="n\n", env={"IMAGEDB_DATABASE_URL": DEAD_URL})
     assert said_no.exit_code == 1 and "nothing dropped" in said_no.output
+
+
+def test_settings_written_at_once_keep_each_others_values(home: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from imagedb import config
+
+    def write(i: int) -> None:
+        config.write_setting("serve.port" if i % 2 else "serve.host", str(9000 + i) if i % 2 else f"127.0.0.{i}", home)
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(write, range(40)))
+    stored = config.read_settings(home)
+    assert set(stored) == {"serve.port", "serve.host"}, stored
