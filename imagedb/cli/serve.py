@@ -24,9 +24,11 @@ def serve(ctx: click.Context, host: str | None, port: int | None, token: str | N
     """Serve the web page and the JSON API (OpenAPI schema at /openapi.json)."""
     from imagedb import config
 
-    host = str(config.resolve("serve.host", host).value)
-    port = int(config.resolve("serve.port", port).value or 8000)
-    token = config.resolve("serve.token", token).value or None  # type: ignore[assignment]
+    # Only what was not given comes from the settings file: an empty --token is still refused as empty.
+    host = host if host is not None else str(config.resolve("serve.host").value)
+    port = port if port is not None else int(config.resolve("serve.port").value or 8000)
+    if token is None:
+        token = str(config.resolve("serve.token").value or "") or None
     if not 1 <= port <= 65535:
         raise click.BadParameter(f"{port} (from the settings file) is not a TCP port", param_hint="serve.port")
     import sys
