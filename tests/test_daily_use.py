@@ -304,3 +304,24 @@ def test_settings_written_at_once_keep_each_others_values(home: Path) -> None:
         list(pool.map(write, range(40)))
     stored = config.read_settings(home)
     assert set(stored) == {"serve.port", "serve.host"}, stored
+
+
+def test_a_bad_model_in_the_settings_file_says_where_it_was_set(
+    run: Callable[..., Result], home: Path, database_url: str, photos: Path
+) -> None:
+    home.mkdir()
+    (home / "config.toml").write_text('model = "ViT-B-23:laion2b_s34b_b79k"\n')  # edited by hand
+    done = run("ingest", str(photos), env={"IMAGEDB_DATABASE_URL": database_url})
+    assert done.exit_code == 2, done.output
+    assert "did you mean ViT-B-32" in done.output and f"from file ({home / 'config.toml'})" in done.output
+
+
+def test_home_option_picks_the_settings_file_for_that_command_only(run: Callable[..., Result], tmp_path: Path) -> None:
+    from imagedb import config
+
+    other = tmp_path / "other"
+    assert run("--home", str(other), "config", "set", "serve.port", "1234").exit_code == 0
+    assert (other / "config.toml").is_file()
+    assert config.HOME_OPTION.get() is None  # reset when the command ends
+    assert run("config", "get", "serve.port").output.strip() == "8000"
+    assert run("--home", str(other), "config", "get", "serve.port").output.strip() == "1234"
