@@ -325,3 +325,57 @@ def test_home_option_picks_the_settings_file_for_that_command_only(run: Callable
     assert config.HOME_OPTION.get() is None  # reset when the command ends
     assert run("config", "get", "serve.port").output.strip() == "8000"
     assert run("--home", str(other), "config", "get", "serve.port").output.strip() == "1234"
+
+
+@pytest.mark.slow
+def test_fetch_downloads_into_the_home_with_progress_and_records_the_sha256(tmp_path: Path) -> None:
+    """Against a stand-in of the hub on loopback, speaking the two requests the hub client makes for a file."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    body = os.urandom(300_000)
+    digest = hashlib.sha256(body).hexdigest()
+    wanted = f"/{DEFAULT_REPO}/resolve/main/{DEFAULT_FILE}"
+
+    class Hub(BaseHTTPRequestHandler):
+        def _head(self) -> bool:
+            found = self.path.split("?")[0] == wanted
+            self.send_response(200 if found else 404)
+            self.send_header("X-Repo-Commit", "a" * 40)
+            self.send_header("ETag", f'"{digest}"')
+            self.send_header("Content-Length", str(len(body) if found else 0))
+            self.end_headers()
+            return found
+
+        def do_HEAD(self) -> None:  # noqa: N802 - http.server's name
+            self._head()
+
+        def do_GET(self) -> None:  # noqa: N802
+            if self._head():
+                self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Hub)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "IMAGEDB_MODEL")}
+    env.update(
+        IMAGEDB_HOME=str(tmp_path / "home"),
+        HF_HOME=str(tmp_path / "hf"),
+        HF_ENDPOINT=f"http://127.0.0.1:{server.server_port}",
+        TQDM_POSITION="-1",  # the bar shows on a terminal only; this stands in for one
+    )
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "imagedb", "models", "fetch"], env=env, capture_output=True, text=True, timeout=120
+        )
+    finally:
+        server.shutdown()
+    assert done.returncode == 0, done.stderr
+    assert "ViT-B-32:laion2b_s34b_b79k: downloaded" in done.stdout and f"sha256 {digest}" in done.stdout
+    assert "100%" in done.stderr  # the hub client's progress bar
+    kept = list((tmp_path / "home" / "models" / "hub").rglob(DEFAULT_FILE))
+    assert kept and kept[0].read_bytes() == body
+    assert digest in (tmp_path / "home" / "models" / "weights.toml").read_text()
+    assert not (tmp_path / "hf").exists() or not list((tmp_path / "hf").rglob(DEFAULT_FILE))  # not in ~/.cache
