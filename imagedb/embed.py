@@ -348,7 +348,7 @@ def missing_weights_message(spec: ModelSpec, repo: str, filename: str, why: str)
     return (
         f"cannot load model {spec}: its weights, {filename} of the Hugging Face repository {repo}, are not"
         f" downloaded yet and {why}. Where there is a network: imagedb models fetch {spec}; or copy the file from"
-        f" https://huggingface.co/{repo}/blob/main/{filename} here and run imagedb models import {spec.name} FILE"
+        f" https://huggingface.co/{repo}/blob/main/{filename} here and run imagedb models import {spec} FILE"
         f" (or pass it: --model {spec.name}:/path/to/{filename})"
     )
 

@@ -114,16 +114,25 @@ def _recorded_weights(spec: ModelSpec, path: Path, source: str, already: bool = 
 
 
 def import_checkpoint(name: str, file: Path) -> Weights:
-    """Check that `file` loads into the open_clip architecture `name` (a custom one with NAME.json beside the
-    file), copy it (and its NAME.json) into the home folder under its SHA-256, and record it."""
+    """Check that `file` loads into the open_clip architecture of `name`, keep a copy in the home folder and
+    record its SHA-256.
+
+    `ARCH:TAG` (ViT-B-32:laion2b_s34b_b79k): the file is put where `models fetch` would have downloaded the tag's
+    weights, so the model keeps its name and loads offline. `ARCH` alone: the file is kept under its SHA-256 (with a
+    custom architecture's ARCH.json beside it) and used as ARCH:/that/path."""
     source = file.expanduser().resolve()
     if not source.is_file():
         raise InvalidInput(f"no file {file}")
-    spec = ModelSpec.parse(f"{name}:{source}")  # an unknown architecture fails here, before torch is imported
-    if spec.name.startswith(("hf-hub:", "local-dir:")):
-        raise InvalidInput(f"import takes an architecture name, such as ViT-B-32, not {name}")
+    arch, _, tag = name.partition(":")
+    if arch.startswith(("hf-hub", "local-dir")) or (tag and os.sep in tag):
+        raise InvalidInput(f"import takes an architecture, or ARCH:TAG, such as ViT-B-32:laion2b_s34b_b79k, not {name}")
+    spec = ModelSpec.parse(f"{arch}:{source}")  # an unknown architecture fails here, before torch is imported
+    tagged = ModelSpec.parse(name) if tag else None
+    hub = _tag_weights(tagged) if tagged is not None else None
     _load_into(spec)
     digest, size = provenance.file_digest(source)
+    if tagged is not None and hub is not None:
+        return _import_as_hub_download(tagged, hub, source, digest, size)
     target_folder = models_folder() / "imported" / digest[:16]
     target = target_folder / source.name
     config_file = source.with_name(f"{spec.name}.json")
@@ -134,6 +143,40 @@ def import_checkpoint(name: str, file: Path) -> Weights:
     if config_file.is_file():
         _copy(config_file, target.with_name(config_file.name))
     weights = Weights(f"{spec.name}:{target}", target, digest, size, f"import:{source}", already)
+    _record(weights)
+    return weights
+
+
+def _tag_weights(spec: ModelSpec) -> tuple[str, list[str]]:
+    import open_clip
+
+    hub = embed._hub_weights(spec, open_clip)
+    if hub is None:
+        raise InvalidInput(
+            f"open_clip downloads no weights of {spec} from the Hugging Face hub, so there is no place to keep them"
+            f" under that name: import the file as {spec.name} alone"
+        )
+    return hub
+
+
+def _import_as_hub_download(
+    spec: ModelSpec, hub: tuple[str, list[str]], source: Path, digest: str, size: int
+) -> Weights:
+    """Lay the file out as the hub client caches a download, under imagedb's hub folder: the tag's name then finds
+    it offline (and with a network the hub client replaces it by its own download, should they differ)."""
+    repo, names = hub
+    pickled = [n for n in names if not n.endswith(".safetensors")]
+    filename = names[0] if source.suffix == ".safetensors" or not pickled else pickled[0]
+    revision = digest[:40]  # stands for a commit of the repository: the hub client reads it from refs/main
+    repo_folder = embed.weights_folder() / f"models--{repo.replace('/', '--')}"
+    target = repo_folder / "snapshots" / revision / filename
+    already = target.is_file() and provenance.file_digest(target)[0] == digest
+    if not already:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        _copy(source, target)
+    (repo_folder / "refs").mkdir(exist_ok=True)
+    (repo_folder / "refs" / "main").write_text(revision)
+    weights = Weights(str(spec), target, digest, size, f"import:{source}", already)
     _record(weights)
     return weights
 

@@ -20,7 +20,7 @@ from imagedb import embed, provenance
 from imagedb.cli import main
 from imagedb.cli.tune import TUNE_MATTERS_FROM, info_lines
 from imagedb.embed import ModelSpec
-from imagedb.errors import ModelUnavailable
+from imagedb.errors import InvalidInput, ModelUnavailable
 from imagedb.store import Store
 
 from helpers import fill_synthetic
@@ -167,7 +167,12 @@ def test_fetch_offline_names_the_repository_the_file_and_the_import_route(run: C
     assert done.exit_code == 1, done.output
     error = [line for line in done.output.splitlines() if line.startswith("Error:")]
     assert len(error) == 1 and "Traceback" not in done.output
-    for words in (DEFAULT_REPO, DEFAULT_FILE, "HF_HUB_OFFLINE", "imagedb models import ViT-B-32 FILE"):
+    for words in (
+        DEFAULT_REPO,
+        DEFAULT_FILE,
+        "HF_HUB_OFFLINE",
+        "imagedb models import ViT-B-32:laion2b_s34b_b79k FILE",
+    ):
         assert words in error[0], error[0]
 
 
@@ -204,7 +209,9 @@ def test_the_offline_ingest_error_names_the_repository_and_file(
     message = str(info.value)
     assert DEFAULT_REPO in message and DEFAULT_FILE in message and "\n" not in message
     assert "imagedb models fetch ViT-B-32:laion2b_s34b_b79k" in message
-    assert "imagedb models import ViT-B-32 FILE" in message and "--model ViT-B-32:/path/to/" in message
+    assert (
+        "imagedb models import ViT-B-32:laion2b_s34b_b79k FILE" in message and "--model ViT-B-32:/path/to/" in message
+    )
 
 
 @pytest.mark.slow
@@ -379,3 +386,35 @@ def test_fetch_downloads_into_the_home_with_progress_and_records_the_sha256(tmp_
     assert kept and kept[0].read_bytes() == body
     assert digest in (tmp_path / "home" / "models" / "weights.toml").read_text()
     assert not (tmp_path / "hf").exists() or not list((tmp_path / "hf").rglob(DEFAULT_FILE))  # not in ~/.cache
+
+
+@pytest.mark.slow
+def test_import_under_a_tag_loads_offline_by_the_tags_name(
+    tiny_model: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The offline route for hub weights: the file brought over is imported under its tag and the model, still
+    named by the tag, loads with HF_HUB_OFFLINE=1 from the copy. The tiny architecture gets a hub tag of its own in
+    open_clip's table (as the real ones are declared), since a real model's weights are hundreds of MB."""
+    import open_clip.pretrained
+
+    from imagedb import weights
+
+    name, checkpoint = tiny_model.split(":", 1)
+    tags = {"tinytag": open_clip.pretrained._pcfg(hf_hub="imagedb-tests/tiny-clip/")}
+    monkeypatch.setitem(open_clip.pretrained._PRETRAINED, name, tags)
+    monkeypatch.setenv("IMAGEDB_HOME", str(tmp_path / "home"))
+    tagged = ModelSpec.parse(f"{name}:tinytag")
+    with pytest.raises(ModelUnavailable, match=f"imagedb models import {name}:tinytag FILE"):
+        embed.Embedder(tagged)  # not there yet: the error names the route
+
+    kept = weights.import_checkpoint(f"{name}:tinytag", Path(checkpoint))
+    assert kept.spec == f"{name}:tinytag" and kept.sha256 == hashlib.sha256(Path(checkpoint).read_bytes()).hexdigest()
+    assert kept.file.is_relative_to(tmp_path / "home" / "models" / "hub")
+    loaded = embed.Embedder(tagged)
+    assert loaded.dim == 32
+    # The very weights of the file: the same vectors as the checkpoint loaded by its path.
+    direct = embed.Embedder(ModelSpec.parse(tiny_model))
+    assert (loaded.encode_texts(["a cat"]) == direct.encode_texts(["a cat"])).all()
+    assert provenance.weights_file(tagged) == kept.file
+    with pytest.raises(InvalidInput, match="downloads no weights"):
+        weights.import_checkpoint("ViT-B-32:no_such_tag", Path(checkpoint))

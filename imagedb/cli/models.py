@@ -178,16 +178,23 @@ def fetch(spec: str | None) -> None:
 @click.argument("name")
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
 def import_weights(name: str, file: Path) -> None:
-    """Check that checkpoint FILE loads into the open_clip architecture NAME, copy it into the home folder and
+    """Check that checkpoint FILE loads into the open_clip architecture NAME, keep a copy in the home folder and
     record its SHA-256; prints the model to use it with.
 
-    A custom architecture needs NAME.json (an open_clip model config) beside FILE; it is copied along.
+    \b
+    NAME as ARCH:TAG (ViT-B-32:laion2b_s34b_b79k): the weights of that tag, brought from a machine with a network;
+    the model keeps its name and loads offline, as if `imagedb models fetch` had downloaded them.
+    NAME as ARCH alone: your own weights, used as ARCH:/path/to/the/copy. A custom architecture needs ARCH.json
+    (an open_clip model config) beside FILE; it is copied along.
     """
     from imagedb.weights import import_checkpoint
 
     weights = import_checkpoint(name, file)
     state = "there already" if weights.already else "imported"
     click.echo(f"{state}: {escape(str(weights.file))} ({weights.size / 1e6:.1f} MB, sha256 {weights.sha256})")
+    if ":" in name:  # the tag's own name: what uses it (the default model included) finds it there now
+        click.echo(f"{escape(weights.spec)} now loads from this copy, offline too")
+        return
     click.echo(
         f"use it with --model {escape(weights.spec)}, or for every new collection: imagedb config set model"
         f" {escape(weights.spec)}"
