@@ -176,7 +176,9 @@ def test_fetch_offline_names_the_repository_the_file_and_the_import_route(run: C
         assert words in error[0], error[0]
 
 
-def test_fetch_finds_and_records_weights_in_the_home_folder(run: Callable[..., Result], home: Path) -> None:
+def test_fetch_finds_and_records_weights_in_the_home_folder(
+    run: Callable[..., Result], home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Weights in $IMAGEDB_HOME/models/hub (where fetch downloads them) are found offline, by fetch, by the
     provenance check and by the model loader, and recorded with their SHA-256."""
     snapshot = home / "models" / "hub" / f"models--{DEFAULT_REPO.replace('/', '--')}" / "snapshots" / "0123abcd"
@@ -189,15 +191,9 @@ def test_fetch_finds_and_records_weights_in_the_home_folder(run: Callable[..., R
     digest = hashlib.sha256(b"weights stand-in").hexdigest()
     assert "there already" in done.output and f"sha256 {digest}" in done.output
     assert digest in (home / "models" / "weights.toml").read_text()
-    os.environ["IMAGEDB_HOME"], previous = str(home), os.environ.get("IMAGEDB_HOME")
-    try:
-        found = provenance.weights_file(ModelSpec.parse("ViT-B-32:laion2b_s34b_b79k"))
-        assert found is not None and found.read_bytes() == b"weights stand-in"
-    finally:
-        if previous is None:
-            del os.environ["IMAGEDB_HOME"]
-        else:
-            os.environ["IMAGEDB_HOME"] = previous
+    monkeypatch.setenv("IMAGEDB_HOME", str(home))
+    found = provenance.weights_file(ModelSpec.parse("ViT-B-32:laion2b_s34b_b79k"))
+    assert found is not None and found.read_bytes() == b"weights stand-in"
 
 
 def test_the_offline_ingest_error_names_the_repository_and_file(
