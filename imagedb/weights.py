@@ -69,9 +69,10 @@ def _record(weights: Weights) -> None:
     os.replace(temporary, folder / RECORD)
 
 
-def fetch(spec: ModelSpec) -> Weights:
-    """Download the hub weights of `spec` into the home folder's hub cache (the hub client shows its progress bar
-    on stderr) and record their SHA-256. Weights there already are only recorded."""
+def fetch(spec: ModelSpec, progress_bar: type | None = None) -> Weights:
+    """Download the hub weights of `spec` into the home folder's hub cache and record their SHA-256. Weights there
+    already are only recorded. `progress_bar`: a tqdm class for the download (default: the hub client's bar, shown
+    on a terminal only)."""
     import open_clip
     from huggingface_hub import constants, hf_hub_download
 
@@ -96,7 +97,7 @@ def fetch(spec: ModelSpec) -> Weights:
     failure: Exception | None = None
     for name in names:  # the safetensors file when the repository has one, else the pickled one
         try:
-            path = hf_hub_download(repo, name, cache_dir=str(folder))
+            path = hf_hub_download(repo, name, cache_dir=str(folder), tqdm_class=progress_bar)
         except Exception as exc:  # noqa: BLE001 - not found, no network, refused: the next name, then one line
             failure = failure or exc
             continue

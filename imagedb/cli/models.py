@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -169,9 +170,30 @@ def fetch(spec: str | None) -> None:
 
     model = _spec(spec or config.new_collection_model())
     click.echo(f"fetching the weights of {model} ...", err=True)
-    weights = run_fetch(model)
+    weights = run_fetch(model, None if sys.stderr.isatty() else _plain_bar())
     state = "there already" if weights.already else "downloaded"
     click.echo(f"{model}: {state}, {escape(str(weights.file))} ({weights.size / 1e6:.1f} MB, sha256 {weights.sha256})")
+
+
+def _plain_bar() -> type:
+    """A download's progress as a line at each tenth, for stderr that is not a terminal (a log, cron): the hub
+    client's bar shows on terminals only, so a 600 MB download said nothing for minutes."""
+    from tqdm import tqdm
+
+    class PlainBar(tqdm):  # type: ignore[misc]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            self._tenth = -1
+            kwargs.pop("name", None)
+            super().__init__(*args, **{**kwargs, "disable": False})
+
+        def display(self, msg: str | None = None, pos: int | None = None) -> bool:
+            tenth = int(10 * self.n / self.total) if self.total else 0
+            if tenth > self._tenth:
+                self._tenth = tenth
+                click.echo(f"{self.desc}: {self.n / 1e6:.1f}/{(self.total or 0) / 1e6:.1f} MB", err=True)
+            return True
+
+    return PlainBar
 
 
 @models.command("import", access="none")
