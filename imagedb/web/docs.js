@@ -5,12 +5,13 @@
   const status = document.getElementById("status");
   let token = localStorage.getItem("imagedb-token") || "";
   const withToken = (headers = {}) => (token ? { ...headers, Authorization: `Bearer ${token}` } : headers);
-  let response = await fetch("/openapi.json", { headers: withToken() });
-  if (response.status === 401) {
+  // An API route says whether the server asks for a token (the schema alone need not).
+  const probe = await fetch("/api/collections", { headers: withToken() });
+  if (probe.status === 401) {
     token = prompt("This imagedb server needs its token:") || "";
     localStorage.setItem("imagedb-token", token);
-    response = await fetch("/openapi.json", { headers: withToken() });
   }
+  const response = await fetch("/openapi.json", { headers: withToken() });
   if (!response.ok) {
     status.textContent = `The API's schema could not be read: ${response.status} ${response.statusText}`;
     return;

@@ -8,12 +8,13 @@ from importlib import resources
 
 from fastapi import APIRouter, Response
 from fastapi.responses import HTMLResponse
-from swagger_ui_bundle import swagger_ui_path
 
 from imagedb.errors import NotFound
 
 router = APIRouter(include_in_schema=False)
 _WEB = resources.files("imagedb") / "web"
+# Swagger UI 5 (OpenAPI 3.1, which FastAPI writes), as the fastapi-offline package ships it; only its files.
+_SWAGGER = resources.files("fastapi_offline") / "static"
 # What docs.html loads from the bundle; nothing else in its folder is served.
 _ASSETS = {
     "swagger-ui.css": "text/css; charset=utf-8",
@@ -31,7 +32,7 @@ def docs() -> HTMLResponse:
 def asset(name: str) -> Response:
     if name not in _ASSETS:
         raise NotFound(f"no such file: {name[:100]!r}")
-    return Response((swagger_ui_path / name).read_bytes(), media_type=_ASSETS[name], headers=_CACHE)
+    return Response((_SWAGGER / name).read_bytes(), media_type=_ASSETS[name], headers=_CACHE)
 
 
 @router.get("/favicon.ico")
