@@ -8,6 +8,7 @@ import os
 import shutil
 from datetime import datetime, timezone
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 import pytest
 from fastapi.testclient import TestClient
@@ -18,6 +19,7 @@ from imagedb.api import create_app
 from imagedb.embed import ModelSpec
 from imagedb.ingest import ingest
 from imagedb.request import Filters
+from imagedb.roles import grant_writer
 from imagedb.store import Store
 
 
@@ -157,3 +159,25 @@ def test_icon_and_offline_api_docs(client: TestClient) -> None:
         assert client.get(f"/docs/assets/{asset}").status_code == 200
     for other in ("index.html", "..%2F__init__.py", "swagger-ui-bundle.js.map"):
         assert client.get(f"/docs/assets/{other}").status_code == 404
+
+
+def _login(url: str, role: str, password: str) -> str:
+    """`url`'s database as `role` with `password`, without the owner's password file (as in test_roles)."""
+    parts = urlsplit(url)
+    query = "&".join(f"{k}={v[0]}" for k, v in parse_qs(parts.query).items() if k != "passfile")
+    return urlunsplit(parts._replace(netloc=f"{role}:{password}@{parts.netloc.split('@')[-1]}", query=query))
+
+
+def test_an_api_served_as_a_writer_role_browses(store: Store, database_url: str, dated: dict[str, datetime]) -> None:
+    role = f"browse_writer_{os.getpid()}"
+    grant_writer(store, role, "pw")
+    client = TestClient(create_app(_login(database_url, role, "pw")), base_url="http://localhost")
+    # Every filter at once: each one's condition reads its own table (attributes, DICOM codes) as this role.
+    every = {"format": "png", "camera": "x", "path": "*", "attr": "k=v", "modality": "CT", "body_part": "HEAD"}
+    every |= {"min_width": 1, "min_height": 1, "after": "2001-01-01T00:00:00", "before": "2100-01-01T00:00:00"}
+    for route in ("/api/browse", "/api/facets"):
+        assert client.get(route).status_code == 200
+        answer = client.get(route, params=every)
+        assert answer.status_code == 200, answer.text
+    assert len(client.get("/api/browse").json()["results"]) == 12
+    assert client.get("/api/facets", params=every).json()["total"] == 0
