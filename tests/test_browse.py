@@ -181,3 +181,17 @@ def test_an_api_served_as_a_writer_role_browses(store: Store, database_url: str,
         assert answer.status_code == 200, answer.text
     assert len(client.get("/api/browse").json()["results"]) == 12
     assert client.get("/api/facets", params=every).json()["total"] == 0
+
+
+def test_images_of_one_date_page_by_id(store: Store, photos: Path, tiny_model: str) -> None:
+    when = datetime(2020, 5, 5, tzinfo=timezone.utc).timestamp()
+    for path in photos.iterdir():
+        os.utime(path, (when, when))
+    ingest(store, [photos], model=ModelSpec.parse(tiny_model))
+    ids, cursor = [], None
+    while True:
+        page = browse.newest(store, "default", Filters(), 5, cursor)
+        ids += [i.id for i in page.images]
+        if (cursor := page.next) is None:
+            break
+    assert len(ids) == 12 and ids == sorted(ids, reverse=True)
