@@ -241,13 +241,12 @@ async function browse() {
   await nextPage();
   try {
     const data = await counted;
+    if (browsing !== listing) return; // counts for filters changed meanwhile
     renderFacets(data);
-    if (browsing === listing) {
-      listing.total = data.total;
-      $("status").textContent = describe(listing);
-    }
+    listing.total = data.total;
+    $("status").textContent = describe(listing);
   } catch (error) {
-    $("facets").replaceChildren();
+    if (browsing === listing) $("facets").replaceChildren();
   }
 }
 
