@@ -115,6 +115,9 @@ def test_facets_count_and_change_with_a_filter(client: TestClient, dated: dict[s
         ({"path": "a\x00b"}, 400, "NUL"),
         ({"after": "2021-01-01T00:00:00", "before": "2020-01-01T00:00:00"}, 400, "earlier"),
         ({"collection": "nope"}, 404, "no collection named 'nope'"),
+        ({"collection": "a\x00b"}, 400, "not a collection name"),
+        ({"collection": " "}, 400, "not a collection name"),
+        ({"attr": "novalue"}, 400, "expected key=value"),
     ],
 )
 def test_bad_parameters_are_one_line(client: TestClient, params: dict[str, str], status: int, words: str) -> None:
