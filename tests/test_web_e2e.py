@@ -215,3 +215,37 @@ def test_api_docs_work_offline_and_send_the_token(token_url: str) -> None:
     assert sent[token_url + "openapi.json"] == "Bearer s3cret-token"
     assert sent[token_url + "api/collections"] == "Bearer s3cret-token"
     assert loaded_s < 10
+
+
+def test_dicom_fields_show_only_for_a_collection_with_dicom(
+    page_url: str, database_url: str, tiny_model: str, tmp_path: Path
+) -> None:
+    from playwright.sync_api import expect, sync_playwright
+    from pydicom.data.data_manager import DATA_ROOT
+
+    tree = Path(DATA_ROOT, "test_files", "dicomdirtests")
+    scans = tmp_path / "scans"  # beside the photos the page serves
+    scans.mkdir()
+    for source in [*(tree / "77654033/CT2").iterdir(), *(tree / "98892003/MR700").iterdir()]:
+        shutil.copyfile(source, scans / f"{source.parent.name}_{source.name}")
+    store = Store(open_connection(database_url))
+    ingest(store, [scans], collection="scans", model=ModelSpec.parse(tiny_model))
+    store.close()
+    with sync_playwright() as playwright:
+        browser = _launch(playwright)
+        page = browser.new_page(viewport={"width": 1280, "height": 860})
+        page.goto(page_url)
+        expect(page.locator("#status")).to_contain_text("12 images")
+        expect(page.locator("#modality")).to_be_hidden()
+        page.select_option("#collection", "scans")
+        expect(page.locator("#status")).to_contain_text("11 images")
+        expect(page.locator("#modality")).to_be_visible()
+        page.locator('#facets [data-facet="modality"] .value[data-value="CT"]').click()
+        expect(page.locator("#status")).to_contain_text("4 images")
+        expect(page.locator("#modality")).to_have_value("CT")
+        page.select_option("#collection", "default")  # the photos: the DICOM fields go again (once emptied)
+        page.fill("#modality", "")
+        page.dispatch_event("#modality", "change")
+        expect(page.locator("#status")).to_contain_text("12 images")
+        expect(page.locator("#modality")).to_be_hidden()
+        browser.close()
