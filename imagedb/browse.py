@@ -9,7 +9,7 @@ from typing import Any
 
 from imagedb.collection import get_collection
 from imagedb.errors import InvalidInput
-from imagedb.request import MAX_ID, MAX_LIMIT, Filters
+from imagedb.request import MAX_ID, Filters, settings
 from imagedb.store import Store
 from imagedb.store.browse import Listed
 
@@ -50,11 +50,16 @@ def parse_cursor(text: str) -> tuple[datetime, int]:
     return parsed
 
 
+def _checked(name: str, value: Any) -> Any:
+    """`value` as the search's own setting `name` checks it (request.SearchRequest declares its bounds)."""
+    param = next(p for p in settings() if p.name == name)
+    return param.check(value) if param.check is not None else value
+
+
 def newest(store: Store, collection: str, filters: Filters, limit: int, after: str | None = None) -> Page:
     """Up to `limit` images of the collection that pass `filters`, newest first (taken, else the file's time),
     starting after the cursor `after` (a page's `next`)."""
-    if not 1 <= limit <= MAX_LIMIT:
-        raise InvalidInput(f"limit must be between 1 and {MAX_LIMIT}, not {limit}")
+    limit = _checked("limit", limit)
     key = parse_cursor(after) if after else None
     target = get_collection(store, collection)
     found = store.browse.newest(target.id, filters.checked(), limit + 1, key)

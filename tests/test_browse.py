@@ -17,6 +17,7 @@ from pydicom.data.data_manager import DATA_ROOT
 from imagedb import browse
 from imagedb.api import create_app
 from imagedb.embed import ModelSpec
+from imagedb.errors import InvalidInput
 from imagedb.ingest import ingest
 from imagedb.request import Filters
 from imagedb.roles import grant_writer
@@ -199,3 +200,11 @@ def test_images_of_one_date_page_by_id(store: Store, photos: Path, tiny_model: s
         if (cursor := page.next) is None:
             break
     assert len(ids) == 12 and ids == sorted(ids, reverse=True)
+
+
+def test_the_library_checks_limit_and_cursor_as_the_search_declares_them(store: Store) -> None:
+    for limit in (0, 1001):
+        with pytest.raises(InvalidInput, match="limit must be between 1 and 1000"):
+            browse.newest(store, "default", Filters(), limit)
+    with pytest.raises(InvalidInput, match="cursor"):
+        browse.newest(store, "default", Filters(), 5, "2020-13-01T00:00:00_1")
