@@ -135,6 +135,16 @@ def test_browse_without_a_query_and_filter_by_a_facet(page_url: str, tmp_path: P
         page.locator('#facets [data-facet="format"] .value.chosen').click()
         expect(collection_count).to_have_text("12")
         expect(page.locator(".card")).to_have_count(12)
+        # A year fills After and Before with that year; a second click empties them.
+        year = page.locator('#facets [data-facet="year"] .value').first
+        value = int(year.get_attribute("data-value") or 0)
+        year.click()
+        expect(page.locator("#after")).to_have_value(f"{value:04d}-01-01")
+        expect(page.locator("#before")).to_have_value(f"{value + 1:04d}-01-01")
+        expect(page.locator('#facets [data-facet="year"] .value.chosen')).to_have_count(1)
+        page.locator('#facets [data-facet="year"] .value.chosen').click()
+        expect(page.locator("#after")).to_have_value("")
+        expect(page.locator('#facets [data-facet="year"] .value.chosen')).to_have_count(0)
 
         # A search's labels keep apart, negative scores and long names included.
         page.fill("#q", "a red rocket")

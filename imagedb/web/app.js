@@ -137,10 +137,12 @@ let browsing = null; // the listing shown: its query string and the cursor of it
 
 const FACET_NAMES = { format: "Format", camera: "Camera", year: "Year", collection: "Collection", modality: "Modality", body_part: "Body part" };
 
+const yearStart = (year) => `${String(year).padStart(4, "0")}-01-01`;
+
+// The year After and Before hold when they span exactly one, as a year facet sets them; else null.
 function yearOf() {
-  const after = $("after").value, before = $("before").value;
-  const year = Number(after.slice(0, 4));
-  return after === `${after.slice(0, 4)}-01-01` && before === `${year + 1}-01-01` ? year : null;
+  const year = Number($("after").value.slice(0, 4));
+  return $("after").value === yearStart(year) && $("before").value === yearStart(year + 1) ? year : null;
 }
 
 function isChosen(name, value) {
@@ -153,8 +155,8 @@ function isChosen(name, value) {
 function choose(name, value) {
   const off = isChosen(name, value) && name !== "collection";
   if (name === "year") {
-    $("after").value = off ? "" : `${String(value).padStart(4, "0")}-01-01`;
-    $("before").value = off || value >= 9999 ? "" : `${String(value + 1).padStart(4, "0")}-01-01`;
+    $("after").value = off ? "" : yearStart(value);
+    $("before").value = off || value >= 9999 ? "" : yearStart(value + 1);
   } else if (name === "collection") {
     $("collection").value = value;
   } else if (name in chosen) {
@@ -179,7 +181,7 @@ function renderFacets(data) {
       button.type = "button";
       button.className = isChosen(name, value) ? "value chosen" : "value";
       button.dataset.value = value;
-      button.title = isChosen(name, value) && name !== "collection" ? "click again to show all" : `only ${value}`;
+      button.title = isChosen(name, value) && name !== "collection" ? "click again to show all" : `only ${shown(value)}`;
       label(button, "text", shown(value));
       label(button, "count", String(count));
       button.addEventListener("click", () => choose(name, value));
