@@ -14,15 +14,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from imagedb import architectures, config, cpus
+from imagedb import architectures, config, cpus, int8
 from imagedb.errors import InvalidInput, ModelUnavailable
 
 if TYPE_CHECKING:
     from PIL import Image
 
 _SCHEMAS = ("hf-hub:", "local-dir:")
-# IMAGEDB_EMBED_PRECISION=fp32 turns off bfloat16 autocast on CPUs that have native bfloat16 and TF32 on GPUs
-# (see numeric_mode).
+# IMAGEDB_EMBED_PRECISION=fp32 turns off bfloat16 autocast on CPUs that have native bfloat16 and TF32 on GPUs;
+# =int8 quantises the image tower on a CPU (see numeric_mode and imagedb/int8.py).
 PRECISION_ENV = "IMAGEDB_EMBED_PRECISION"
 HUB_PROBE_SECONDS = 3.0
 _CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
@@ -136,6 +136,8 @@ class Embedder:
         self._model = model
         self._torch = torch
         self.numeric_mode = numeric_mode(torch, self.device)
+        if self.numeric_mode == int8.INT8:
+            model.visual = int8.quantize(torch, model.visual)
         if self.device.startswith("cuda"):  # the flags are the process's: texts use TF32 too, at the same cosine
             torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = self.numeric_mode == TF32
         cfg = getattr(getattr(model, "visual", None), "preprocess_cfg", None) or {}
@@ -261,8 +263,12 @@ def numeric_mode(torch: Any, device: str) -> str:
     (bench/cpu_models_bench.py); texts stay fp32 (cheap). Other CPUs: fp32, which bfloat16 would only slow down.
     On a CUDA GPU, TF32 matrix products: 4.6x fp32's images/s for ViT-B-32 on an H200, at cosine >= 0.999999 to
     fp32's, where bfloat16 autocast reached 0.99994 (bench/results/ingest_cuda.json)."""
-    if os.environ.get(PRECISION_ENV, "").strip().lower() == FP32:
+    asked = os.environ.get(PRECISION_ENV, "").strip().lower()
+    if asked == FP32:
         return FP32
+    if asked == int8.ASKED:
+        int8.refuse_device(device)
+        return int8.INT8
     if device.startswith("cuda"):
         return TF32
     if device != "cpu":

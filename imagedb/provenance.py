@@ -16,7 +16,7 @@ from pathlib import Path
 
 import psycopg
 
-from imagedb import embed
+from imagedb import embed, int8
 from imagedb.embed import Embedder, ModelSpec
 from imagedb.errors import ModelUnavailable
 from imagedb.store import Store
@@ -100,8 +100,11 @@ def load_checked(store: Store, spec: ModelSpec, *, allow_random_weights: bool = 
         verify(spec, record)  # before loading: a changed file is never loaded to store vectors
     embedder = embed.load(spec)
     if record is not None and record.checkpoint_sha256 is not None:
+        check_mode(store, spec, record.id, embedder)
         return record.id, embedder
-    return _record(store, spec, embedder), embedder
+    model_id = _record(store, spec, embedder)
+    check_mode(store, spec, model_id, embedder)
+    return model_id, embedder
 
 
 def load_registered(store: Store, record: ModelRecord) -> Embedder:
@@ -114,7 +117,21 @@ def load_registered(store: Store, record: ModelRecord) -> Embedder:
         # A writer role may not update the registry: the owner's next use records it.
         with suppress(psycopg.errors.InsufficientPrivilege):
             _record(store, spec, embedder)
+    check_mode(store, spec, record.id, embedder)
     return embedder
+
+
+def check_mode(store: Store, spec: ModelSpec, model_id: int, embedder: Embedder) -> None:
+    """Refuse int8 vectors into a model whose vectors are not (or the reverse); a model without vectors takes
+    the mode of the process that stores its first ones."""
+    recorded = store.models.numeric_mode(model_id)
+    if int8.is_int8(recorded) == int8.is_int8(embedder.numeric_mode):
+        return
+    if not store.models.model_has_embeddings(model_id):
+        with suppress(psycopg.errors.InsufficientPrivilege):
+            store.models.record_numeric_mode(model_id, embedder.numeric_mode)
+        return
+    int8.refuse_mixing(str(spec), recorded, embedder.numeric_mode)
 
 
 def _record(store: Store, spec: ModelSpec, embedder: Embedder) -> int:

@@ -84,6 +84,22 @@ class ModelsStore(Part):
         rows = self.conn.execute(f"SELECT {_MODEL_COLUMNS} FROM embedding_models m ORDER BY m.id").fetchall()
         return [ModelRecord(*r) for r in rows]
 
+    def numeric_mode(self, model_id: int) -> str | None:
+        """The numeric mode recorded in the model's provenance (None: recorded before modes were)."""
+        row = self.conn.execute(
+            "SELECT preprocess->>'numeric_mode' FROM embedding_models WHERE id = %s", (model_id,)
+        ).fetchone()
+        return row[0] if row else None
+
+    def record_numeric_mode(self, model_id: int, mode: str) -> None:
+        """Record the mode of a model that holds no vectors yet, so the first ones stored set its family."""
+        self.conn.execute(
+            "UPDATE embedding_models SET preprocess = jsonb_set(COALESCE(preprocess, '{}'::jsonb),"
+            " '{numeric_mode}', to_jsonb(%s::text)) WHERE id = %s AND NOT EXISTS"
+            " (SELECT 1 FROM embeddings WHERE model_id = %s)",
+            (mode, model_id, model_id),
+        )
+
     def model_has_embeddings(self, model_id: int) -> bool:
         row = self.conn.execute("SELECT EXISTS (SELECT 1 FROM embeddings WHERE model_id = %s)", (model_id,)).fetchone()
         return bool(row[0])  # type: ignore[index]
