@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from imagedb import cpus, provenance, relevance
+from imagedb import cpus, gpu_decode, provenance, relevance
 from imagedb.attributes import read_rows
 from imagedb.batch_writers import BatchWriters, EmbeddedBatch
 from imagedb.collection import get_or_create_collection, model_of
@@ -20,7 +20,7 @@ from imagedb.config import DEFAULT_COLLECTION
 from imagedb.dicom import DicomOptions
 from imagedb.embed import Embedder, ModelSpec, Preprocess
 from imagedb.files import BadImage, file_mtime, find_images, outside, readable
-from imagedb.images import decode
+from imagedb.images import Decoded, decode
 from imagedb.progress import (
     ATTACHING_METADATA,
     BUILDING_INDEX,
@@ -213,15 +213,19 @@ def _prepare(path: Path, preprocessors: dict[int, Preprocess], options: _DecodeO
             min_side=options.min_side,
             dicom_options=options.dicom,
         )
-        # The other frames of a DICOM file stored frame by frame come in the same batch as the file.
-        return [
-            (shown, d.record, {m: p(d.pixels) for m, p in preprocessors.items()}, None)
-            for d in [decoded, *decoded.more]
-        ]
+        return _inputs(path, decoded, preprocessors)
     except BadImage as exc:
         return [(shown, None, None, readable(str(exc)))]
     except Exception as exc:  # a bug or an exotic file must not end the run; keep the reason
         return [(shown, None, None, readable(f"unexpected error: {type(exc).__name__}: {exc}"))]
+
+
+def _inputs(path: Path, decoded: Decoded, preprocessors: dict[int, Preprocess]) -> list[_Prepared]:
+    # The other frames of a DICOM file stored frame by frame come in the same batch as the file.
+    shown = readable(path)
+    return [
+        (shown, d.record, {m: p(d.pixels) for m, p in preprocessors.items()}, None) for d in [decoded, *decoded.more]
+    ]
 
 
 def _prefetched(
@@ -235,7 +239,15 @@ def _prefetched(
 
     def submit(paths: list[Path]) -> list[Future[list[_Prepared]]]:
         preprocessors = {m: e.preprocessor for m, e in models.current().items()}
-        return [pool.submit(_prepare, p, preprocessors, options) for p in paths]
+        device = gpu_decode.device_for(next(iter(models.current().values())).device)
+        if device is None:
+            return [pool.submit(_prepare, p, preprocessors, options) for p in paths]
+        return gpu_decode.submit_batch(
+            pool, paths, device, keep_gps=options.keep_gps, keep_identifying=options.keep_identifying,
+            min_side=options.min_side, take=lambda p: not outside(p, options.roots),
+            on_cpu=lambda p: _prepare(p, preprocessors, options),
+            prepare=lambda p, d: _inputs(p, d, preprocessors),
+        )  # fmt: skip
 
     # Two batches queued ahead: the pool never drains while the caller embeds and stores (with one, its threads
     # idled through each batch's last few files).

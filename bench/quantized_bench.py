@@ -1,0 +1,175 @@
+"""The int8 embedding mode (IMAGEDB_EMBED_PRECISION=int8) against fp32, all in this process on the same files:
+
+- images/s of the naive loop (open, preprocess, encode one, INSERT one row, commit; fp32, as in ingest_bench.py),
+  of `imagedb ingest` in fp32 and of `imagedb ingest` in int8, and of the model alone in each mode;
+- the cosine of each image's int8 vector to its fp32 vector (min, mean);
+- recall@10 of the int8 results against the fp32 results on the same images: image queries (each image's own
+  vector, itself excluded) and text queries (texts stay fp32 in both modes; the image vectors differ).
+
+The model is ViT-B-32 with random weights unless --model names a checkpoint (speed does not depend on the
+weights; cosine and recall do: random weights give vectors that are all alike, so rankings hang on small
+differences, which is harder on recall than trained weights). The fp32 and int8 models are the same weights under
+two paths, so each has its own column and the mixing check does not refuse the second ingest.
+
+    python bench/quantized_bench.py [--images 96] [--batch-size 32] [--model NAME:/path/to/checkpoint]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import psycopg
+from common import photo_files, random_clip_checkpoint, write_results
+from pgvector import HalfVector
+from PIL import Image
+
+from imagedb import embed, int8
+from imagedb.embed import PRECISION_ENV, Embedder, ModelSpec
+from imagedb.ingest import ingest
+from imagedb.pg.database import open_connection, resolve_url
+from imagedb.pg.embedded import stop_embedded
+from imagedb.store import Store
+
+K = 10
+TEXTS = [f"a photo of {what}" for what in (
+    "an astronaut", "a cup of coffee", "a cat", "a rocket", "stars and galaxies", "cells under a microscope",
+    "an eye", "a dog", "a beach", "a city at night", "a bowl of fruit", "a mountain", "a red car", "a forest",
+    "a person smiling", "a microscope slide", "a space shuttle", "a tabby cat", "a latte", "the night sky",
+)]  # fmt: skip
+
+
+def _embedder(spec: ModelSpec, precision: str) -> Embedder:
+    os.environ[PRECISION_ENV] = precision
+    try:
+        return Embedder(spec)
+    finally:
+        os.environ.pop(PRECISION_ENV, None)
+
+
+def _encode(embedder: Embedder, tensors: list[object], batch_size: int) -> tuple[np.ndarray, float]:
+    started, out = time.perf_counter(), []
+    for i in range(0, len(tensors), batch_size):
+        out.append(embedder.encode_images(tensors[i : i + batch_size]))
+    return np.concatenate(out), len(tensors) / (time.perf_counter() - started)
+
+
+def _top(matrix: np.ndarray, queries: np.ndarray, exclude_self: bool) -> np.ndarray:
+    # Ranked at the precision the database holds (halfvec), as a search would.
+    m = matrix.astype(np.float16).astype(np.float32)
+    scores = queries.astype(np.float16).astype(np.float32) @ m.T
+    if exclude_self:
+        np.fill_diagonal(scores, -np.inf)
+    return np.argsort(-scores, axis=1, kind="stable")[:, :K]
+
+
+def _recall(found: np.ndarray, truth: np.ndarray) -> float:
+    return float(np.mean([len(set(f) & set(t)) / K for f, t in zip(found, truth, strict=True)]))
+
+
+def _ingest(store: Store, folder: Path, spec: ModelSpec, embedder: Embedder, name: str, batch_size: int) -> float:
+    embed._loaded[spec] = embedder  # noqa: SLF001 - this process holds both modes; ingest loads through it
+    started = time.perf_counter()
+    summary = ingest(store, [folder], collection=name, model=spec, batch_size=batch_size)
+    rate = summary.added / (time.perf_counter() - started)
+    assert summary.failed == 0, summary
+    return rate
+
+
+def _naive(url: str, embedder: Embedder, files: list[Path]) -> float:
+    from pgvector.psycopg import register_vector
+
+    with psycopg.connect(url) as conn:
+        conn.execute("CREATE TABLE naive (path text, embedding halfvec(512))")
+        conn.commit()
+        register_vector(conn)
+        started = time.perf_counter()
+        for f in files:
+            with Image.open(f) as image:
+                vector = embedder.encode_images([embedder.preprocess(image.convert("RGB"))])[0]
+            conn.execute("INSERT INTO naive VALUES (%s, %s)", (str(f), HalfVector(vector)))
+            conn.commit()
+        return len(files) / (time.perf_counter() - started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--images", type=int, default=96)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--model", help="NAME:/path/to/checkpoint (default: ViT-B-32, random weights)")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="imagedb-quantized-bench-"))
+    (work / "photos").mkdir()
+    files = photo_files(work / "photos", args.images)
+    base = ModelSpec.parse(args.model or random_clip_checkpoint(work))
+    assert base.checkpoint is not None, "--model must name a local checkpoint"
+    twin = work / f"int8-{base.checkpoint.name}"
+    shutil.copy(base.checkpoint, twin)
+    json_beside = base.checkpoint.with_name(f"{base.name}.json")
+    if json_beside.is_file():
+        shutil.copy(json_beside, twin.with_name(json_beside.name))
+    spec_int8 = ModelSpec.parse(f"{base.name}:{twin}")
+    fp32, quantised = _embedder(base, "fp32"), _embedder(spec_int8, "int8")
+    assert quantised.numeric_mode == int8.INT8, quantised.numeric_mode
+    warm = [fp32.preprocess(Image.open(files[0]).convert("RGB"))] * 2
+    fp32.encode_images(warm), quantised.encode_images(warm)
+
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        tensors = list(pool.map(lambda f: fp32.preprocess(Image.open(f).convert("RGB")), files))
+    a, model_fp32 = _encode(fp32, tensors, args.batch_size)
+    b, model_int8 = _encode(quantised, tensors, args.batch_size)
+    del tensors
+    cosines = np.sum(a * b, axis=1)
+    texts = fp32.encode_texts(TEXTS)
+    recall_images = _recall(_top(b, b, True), _top(a, a, True))
+    recall_texts = _recall(_top(b, texts, False), _top(a, texts, False))
+    print(f"model alone: fp32 {model_fp32:.1f} images/s, int8 {model_int8:.1f} ({model_int8 / model_fp32:.2f}x)")
+    print(f"cosine int8 to fp32: min {cosines.min():.5f}, mean {cosines.mean():.5f}")
+    print(f"recall@{K} against fp32: image queries {recall_images:.4f}, text queries {recall_texts:.4f}", flush=True)
+
+    store = Store(open_connection(None, work / "home"))
+    # One after the other on the same files; the ratios are what compare (the machine is shared).
+    naive = _naive(resolve_url(None, work / "home"), fp32, files)
+    print(f"naive loop (fp32): {naive:.2f} images/s", flush=True)
+    ingest_fp32 = _ingest(store, work / "photos", base, fp32, "fp32", args.batch_size)
+    print(f"imagedb ingest, fp32: {ingest_fp32:.2f} images/s", flush=True)
+    ingest_int8 = _ingest(store, work / "photos", spec_int8, quantised, "int8", args.batch_size)
+    print(f"imagedb ingest, int8: {ingest_int8:.2f} images/s", flush=True)
+    store.close()
+    stop_embedded(work / "home")
+    shutil.rmtree(work, ignore_errors=True)
+
+    rows = {
+        "images": len(files),
+        "batch_size": args.batch_size,
+        "threads": os.cpu_count(),
+        "weights": "random (ViT-B-32, seed 0)" if not args.model else str(base),
+        "naive_images_per_s": naive,
+        "ingest_fp32_images_per_s": ingest_fp32,
+        "ingest_int8_images_per_s": ingest_int8,
+        "ingest_int8_vs_naive": ingest_int8 / naive,
+        "ingest_fp32_vs_naive": ingest_fp32 / naive,
+        "ingest_int8_vs_fp32": ingest_int8 / ingest_fp32,
+        "model_fp32_images_per_s": model_fp32,
+        "model_int8_images_per_s": model_int8,
+        "model_int8_vs_fp32": model_int8 / model_fp32,
+        "cosine_min": float(cosines.min()),
+        "cosine_mean": float(cosines.mean()),
+        "recall_at_10_image_queries": recall_images,
+        "recall_at_10_text_queries": recall_texts,
+        "text_queries": len(TEXTS),
+    }
+    print(f"{'naive':>8} {'ingest fp32':>12} {'ingest int8':>12} {'int8/naive':>10} {'int8/fp32':>10}")
+    print(f"{naive:>8.2f} {ingest_fp32:>12.2f} {ingest_int8:>12.2f} {ingest_int8 / naive:>10.2f}"
+          f" {ingest_int8 / ingest_fp32:>10.2f}")  # fmt: skip
+    print(write_results("quantized.json", rows))
+
+
+if __name__ == "__main__":
+    main()
