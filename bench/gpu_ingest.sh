@@ -9,9 +9,10 @@
 #   bench/gpu_ingest.sh [IMAGES] [BATCH] [OPTIONS]  # there (the device tool, carry [".whl"]): installs the wheels into
 #                                           # /tmp/site, runs bench/ingest_bench.py on the GPU, then the breakdown
 #
-# It prints model-only vs end-to-end images/s (goal: end to end >= 0.85 of the model and >= 2,000 images/s) and
-# where the pipeline stalls: decoding alone with the thread pool, the store's writes alone into an indexed model,
-# and the model alone. Results go to $OUT (the device tool's folder) when set, else bench/results/: ingest_cuda.json
+# It first runs tests/test_gpu_decode.py (the GPU JPEG decoder against the CPU way, on CUDA), then prints model-only
+# vs end-to-end images/s (goal: end to end >= 2,000 images/s and >= 0.5 of the model) and where the pipeline
+# stalls: decoding alone on the GPU and with the CPU thread pool, the store's writes alone into an indexed model,
+# and the model alone; then the same ingest with IMAGEDB_GPU_DECODE=0 (JPEGs decoded on the CPU), to compare. Results go to $OUT (the device tool's folder) when set, else bench/results/: ingest_cuda.json
 # (with the "meta" block of bench/common.py) and ingest_gpu.txt (its first line the same facts). A tree copied
 # without its .git records no commit: name it, e.g. IMAGEDB_BENCH_COMMIT=$(git rev-parse --short HEAD) written
 # into the device command here.
@@ -25,6 +26,7 @@ PACKAGES=(
   psycopg psycopg-binary psycopg-pool pgvector
   open_clip_torch ftfy wcwidth
   sqlalchemy greenlet alembic Mako imagehash PyWavelets pillow-heif
+  pytest pluggy iniconfig
 )
 
 if [[ "${1:-}" == "--download" ]]; then
@@ -50,6 +52,7 @@ export HF_HUB_OFFLINE=1
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
 echo "cpus: $(nproc), $(grep -m1 "model name" /proc/cpuinfo | cut -d: -f2)"
 python3 -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print('torch', torch.__version__)"
+python3 -m pytest -q -p no:cacheprovider tests/test_gpu_decode.py | tee "$IMAGEDB_BENCH_RESULTS/gpu_decode_tests.txt" || echo "GPU DECODE TESTS FAILED: see gpu_decode_tests.txt"
 cd bench
 # More options (after IMAGES and BATCH) replace the default measurements, e.g. --naive-images 64 for a short run.
 MORE=("${@:3}")
@@ -57,4 +60,7 @@ MORE=("${@:3}")
 {
   python3 common.py --header
   python3 ingest_bench.py --images "$IMAGES" --unique 512 --batch-size "$BATCH" "${MORE[@]}"
+  echo "== the same, JPEGs decoded on the CPU (IMAGEDB_GPU_DECODE=0) =="
+  IMAGEDB_GPU_DECODE=0 python3 ingest_bench.py --images "$IMAGES" --unique 512 --batch-size "$BATCH" \
+    --naive-images 16 --rows-to "$IMAGEDB_BENCH_RESULTS/ingest_cuda_cpu_decode.json"
 } | tee "$IMAGEDB_BENCH_RESULTS/ingest_gpu.txt"
