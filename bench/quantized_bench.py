@@ -127,10 +127,18 @@ def main() -> None:
     del tensors
     cosines = np.sum(a * b, axis=1)
     texts = fp32.encode_texts(TEXTS)
+    # How far apart the fp32 results are, against how far int8 moves them: with random weights every image's
+    # vector is nearly the same, and a text query's 10th and 11th scores differ by less than int8's change.
+    pairwise = (a @ a.T)[~np.eye(len(a), dtype=bool)]
+    text_scores = np.sort(texts @ a.T, axis=1)[:, ::-1]
+    gap = float(np.median(text_scores[:, K - 1] - text_scores[:, K]))
+    moved = float(np.median(np.abs(texts @ b.T - texts @ a.T)))
     recall_images = _recall(_top(b, b, True), _top(a, a, True))
     recall_texts = _recall(_top(b, texts, False), _top(a, texts, False))
     print(f"model alone: fp32 {model_fp32:.1f} images/s, int8 {model_int8:.1f} ({model_int8 / model_fp32:.2f}x)")
     print(f"cosine int8 to fp32: min {cosines.min():.5f}, mean {cosines.mean():.5f}")
+    print(f"fp32 vectors: mean pairwise cosine {pairwise.mean():.4f}; text queries: median gap between the"
+          f" {K}th and {K + 1}th score {gap:.6f}, median change of a score in int8 {moved:.6f}")  # fmt: skip
     print(f"recall@{K} against fp32: image queries {recall_images:.4f}, text queries {recall_texts:.4f}", flush=True)
 
     store = Store(open_connection(None, work / "home"))
@@ -164,6 +172,9 @@ def main() -> None:
         "recall_at_10_image_queries": recall_images,
         "recall_at_10_text_queries": recall_texts,
         "text_queries": len(TEXTS),
+        "fp32_mean_pairwise_cosine": float(pairwise.mean()),
+        "text_score_gap_10th_11th_median": gap,
+        "text_score_change_int8_median": moved,
     }
     print(f"{'naive':>8} {'ingest fp32':>12} {'ingest int8':>12} {'int8/naive':>10} {'int8/fp32':>10}")
     print(f"{naive:>8.2f} {ingest_fp32:>12.2f} {ingest_int8:>12.2f} {ingest_int8 / naive:>10.2f}"

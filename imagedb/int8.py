@@ -18,11 +18,51 @@ ASKED = "int8"  # the value of IMAGEDB_EMBED_PRECISION that selects it
 
 
 def quantize(torch: Any, module: Any) -> Any:
-    """`module` with its Linear layers in int8 (weights quantised once, activations per batch). Attention's
-    in-projection is a bare parameter in open_clip's towers and stays fp32: its cost is a small part."""
+    """`module` with its Linear layers in int8 (weights quantised once, activations per batch), attention's
+    projections included: nn.MultiheadAttention keeps its in-projection as a bare parameter, which dynamic
+    quantisation skips, so each self-attention is first rebuilt from two Linear layers (the same arithmetic)."""
+    for parent in list(module.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is torch.nn.MultiheadAttention and child._qkv_same_embed_dim:  # noqa: SLF001
+                setattr(parent, name, _self_attention(torch)(child))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.ao's deprecation notices: the API works in the torch we pin
         return torch.ao.quantization.quantize_dynamic(module, {torch.nn.Linear}, dtype=torch.qint8)
+
+
+_classes: dict[str, type] = {}
+
+
+def _self_attention(torch: Any) -> type:
+    """nn.MultiheadAttention's self-attention as two Linear layers around scaled_dot_product_attention (defined
+    here, when torch is loaded: imagedb imports torch only with a model)."""
+    if "attention" in _classes:
+        return _classes["attention"]
+    nn, functional = torch.nn, torch.nn.functional
+
+    class SelfAttention(nn.Module):
+        def __init__(self, mha: Any) -> None:
+            super().__init__()
+            dim = mha.embed_dim
+            self.heads, self.batch_first = mha.num_heads, mha.batch_first
+            self.in_proj = nn.Linear(dim, 3 * dim, bias=mha.in_proj_bias is not None)
+            self.in_proj.weight = mha.in_proj_weight
+            if mha.in_proj_bias is not None:
+                self.in_proj.bias = mha.in_proj_bias
+            self.out_proj = nn.Linear(dim, dim, bias=mha.out_proj.bias is not None)
+            self.out_proj.weight, self.out_proj.bias = mha.out_proj.weight, mha.out_proj.bias
+
+        def forward(self, query: Any, key: Any = None, value: Any = None, need_weights: bool = False,
+                    attn_mask: Any = None, **_: Any) -> tuple[Any, None]:  # fmt: skip
+            x = query if self.batch_first else query.transpose(0, 1)  # the towers attend to themselves only
+            batch, length, dim = x.shape
+            qkv = self.in_proj(x).reshape(batch, length, 3, self.heads, dim // self.heads).permute(2, 0, 3, 1, 4)
+            out = functional.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], attn_mask=attn_mask)
+            out = self.out_proj(out.transpose(1, 2).reshape(batch, length, dim))
+            return (out if self.batch_first else out.transpose(0, 1)), None
+
+    _classes["attention"] = SelfAttention
+    return SelfAttention
 
 
 def refuse_device(device: str) -> None:
