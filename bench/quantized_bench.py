@@ -1,7 +1,8 @@
 """The int8 embedding mode (IMAGEDB_EMBED_PRECISION=int8) against fp32, all in this process on the same files:
 
-- images/s of the naive loop (open, preprocess, encode one, INSERT one row, commit; fp32, as in ingest_bench.py),
-  of `imagedb ingest` in fp32 and of `imagedb ingest` in int8, and of the model alone in each mode;
+- images/s of the naive loop (open, preprocess, encode one, INSERT one row, commit, as in ingest_bench.py, in
+  imagedb's default mode: bfloat16 autocast on CPUs with native bfloat16, else fp32), of `imagedb ingest` in the
+  default mode, in fp32 and in int8, and of the model alone in each mode;
 - the cosine of each image's int8 vector to its fp32 vector (min, mean);
 - recall@10 of the int8 results against the fp32 results on the same images: image queries (each image's own
   vector, itself excluded) and text queries (texts stay fp32 in both modes; the image vectors differ).
@@ -9,9 +10,10 @@
 The model is ViT-B-32 with random weights unless --model names a checkpoint (speed does not depend on the
 weights; cosine and recall do: random weights give vectors that are all alike, so rankings hang on small
 differences, which is harder on recall than trained weights). The fp32 and int8 models are the same weights under
-two paths, so each has its own column and the mixing check does not refuse the second ingest.
+three paths, so each mode has its own column and the mixing check does not refuse the later ingests.
 
-    python bench/quantized_bench.py [--images 96] [--batch-size 32] [--model NAME:/path/to/checkpoint]
+    python bench/quantized_bench.py [--images 96] [--batch-size 32] [--naive-images N]
+                                    [--model NAME:/path/to/checkpoint]
 """
 
 from __future__ import annotations
@@ -46,11 +48,24 @@ TEXTS = [f"a photo of {what}" for what in (
 
 
 def _embedder(spec: ModelSpec, precision: str) -> Embedder:
-    os.environ[PRECISION_ENV] = precision
+    if precision:
+        os.environ[PRECISION_ENV] = precision
     try:
         return Embedder(spec)
     finally:
         os.environ.pop(PRECISION_ENV, None)
+
+
+def _twin(spec: ModelSpec, work: Path, name: str) -> ModelSpec:
+    """The same weights under another path: a model of its own, so each mode fills its own column."""
+    assert spec.checkpoint is not None, "--model must name a local checkpoint"
+    folder = work / name
+    folder.mkdir()
+    shutil.copy(spec.checkpoint, folder / spec.checkpoint.name)
+    config = spec.checkpoint.with_name(f"{spec.name}.json")
+    if config.is_file():
+        shutil.copy(config, folder / config.name)
+    return ModelSpec.parse(f"{spec.name}:{folder / spec.checkpoint.name}")
 
 
 def _encode(embedder: Embedder, tensors: list[object], batch_size: int) -> tuple[np.ndarray, float]:
@@ -102,6 +117,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--images", type=int, default=96)
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--naive-images", type=int, help="files the naive loop takes (default: all)")
     parser.add_argument("--model", help="NAME:/path/to/checkpoint (default: ViT-B-32, random weights)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="imagedb-quantized-bench-"))
@@ -109,21 +125,17 @@ def main() -> None:
     files = photo_files(work / "photos", args.images)
     base = ModelSpec.parse(args.model or random_clip_checkpoint(work))
     assert base.checkpoint is not None, "--model must name a local checkpoint"
-    twin = work / f"int8-{base.checkpoint.name}"
-    shutil.copy(base.checkpoint, twin)
-    json_beside = base.checkpoint.with_name(f"{base.name}.json")
-    if json_beside.is_file():
-        shutil.copy(json_beside, twin.with_name(json_beside.name))
-    spec_int8 = ModelSpec.parse(f"{base.name}:{twin}")
-    fp32, quantised = _embedder(base, "fp32"), _embedder(spec_int8, "int8")
+    spec_default, spec_int8 = _twin(base, work, "default"), _twin(base, work, "int8")
+    fp32, quantised, default = _embedder(base, "fp32"), _embedder(spec_int8, "int8"), _embedder(spec_default, "")
     assert quantised.numeric_mode == int8.INT8, quantised.numeric_mode
     warm = [fp32.preprocess(Image.open(files[0]).convert("RGB"))] * 2
-    fp32.encode_images(warm), quantised.encode_images(warm)
+    fp32.encode_images(warm), quantised.encode_images(warm), default.encode_images(warm)
 
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
         tensors = list(pool.map(lambda f: fp32.preprocess(Image.open(f).convert("RGB")), files))
     a, model_fp32 = _encode(fp32, tensors, args.batch_size)
     b, model_int8 = _encode(quantised, tensors, args.batch_size)
+    c, model_default = _encode(default, tensors, args.batch_size)
     del tensors
     cosines = np.sum(a * b, axis=1)
     texts = fp32.encode_texts(TEXTS)
@@ -135,7 +147,8 @@ def main() -> None:
     moved = float(np.median(np.abs(texts @ b.T - texts @ a.T)))
     recall_images = _recall(_top(b, b, True), _top(a, a, True))
     recall_texts = _recall(_top(b, texts, False), _top(a, texts, False))
-    print(f"model alone: fp32 {model_fp32:.1f} images/s, int8 {model_int8:.1f} ({model_int8 / model_fp32:.2f}x)")
+    print(f"model alone: fp32 {model_fp32:.1f} images/s, int8 {model_int8:.1f} ({model_int8 / model_fp32:.2f}x),"
+          f" default ({default.numeric_mode}) {model_default:.1f}")  # fmt: skip
     print(f"cosine int8 to fp32: min {cosines.min():.5f}, mean {cosines.mean():.5f}")
     print(f"fp32 vectors: mean pairwise cosine {pairwise.mean():.4f}; text queries: median gap between the"
           f" {K}th and {K + 1}th score {gap:.6f}, median change of a score in int8 {moved:.6f}")  # fmt: skip
@@ -143,8 +156,10 @@ def main() -> None:
 
     store = Store(open_connection(None, work / "home"))
     # One after the other on the same files; the ratios are what compare (the machine is shared).
-    naive = _naive(resolve_url(None, work / "home"), fp32, files)
-    print(f"naive loop (fp32): {naive:.2f} images/s", flush=True)
+    naive = _naive(resolve_url(None, work / "home"), default, files[: args.naive_images or len(files)])
+    print(f"naive loop ({default.numeric_mode}, imagedb's default here): {naive:.2f} images/s", flush=True)
+    ingest_default = _ingest(store, work / "photos", spec_default, default, "default", args.batch_size)
+    print(f"imagedb ingest, {default.numeric_mode}: {ingest_default:.2f} images/s", flush=True)
     ingest_fp32 = _ingest(store, work / "photos", base, fp32, "fp32", args.batch_size)
     print(f"imagedb ingest, fp32: {ingest_fp32:.2f} images/s", flush=True)
     ingest_int8 = _ingest(store, work / "photos", spec_int8, quantised, "int8", args.batch_size)
@@ -158,7 +173,14 @@ def main() -> None:
         "batch_size": args.batch_size,
         "threads": os.cpu_count(),
         "weights": "random (ViT-B-32, seed 0)" if not args.model else str(base),
+        "default_mode": default.numeric_mode,
+        "naive_images": args.naive_images or len(files),
         "naive_images_per_s": naive,
+        "ingest_default_images_per_s": ingest_default,
+        "ingest_default_vs_naive": ingest_default / naive,
+        "ingest_int8_vs_default": ingest_int8 / ingest_default,
+        "model_default_images_per_s": model_default,
+        "cosine_min_default_mode": float(np.sum(a * c, axis=1).min()),
         "ingest_fp32_images_per_s": ingest_fp32,
         "ingest_int8_images_per_s": ingest_int8,
         "ingest_int8_vs_naive": ingest_int8 / naive,
@@ -176,8 +198,10 @@ def main() -> None:
         "text_score_gap_10th_11th_median": gap,
         "text_score_change_int8_median": moved,
     }
-    print(f"{'naive':>8} {'ingest fp32':>12} {'ingest int8':>12} {'int8/naive':>10} {'int8/fp32':>10}")
-    print(f"{naive:>8.2f} {ingest_fp32:>12.2f} {ingest_int8:>12.2f} {ingest_int8 / naive:>10.2f}"
+    print(f"{'naive':>8} {'ingest default':>14} {'ingest fp32':>12} {'ingest int8':>12} {'int8/naive':>10}"
+          f" {'int8/default':>12} {'int8/fp32':>10}")  # fmt: skip
+    print(f"{naive:>8.2f} {ingest_default:>14.2f} {ingest_fp32:>12.2f} {ingest_int8:>12.2f}"
+          f" {ingest_int8 / naive:>10.2f} {ingest_int8 / ingest_default:>12.2f}"
           f" {ingest_int8 / ingest_fp32:>10.2f}")  # fmt: skip
     print(write_results("quantized.json", rows))
 
