@@ -28,6 +28,8 @@ run() {
 
 if [[ "${1:-}" == "--quick" ]]; then
   run ingest.txt bench/ingest_bench.py --images 32
+  run quantized.txt bench/quantized_bench.py --images 16 --batch-size 8
+  run decode_profile.txt bench/decode_profile.py --images 8 --rounds 1
   run vectors_quick.txt bench/vectors_bench.py --quick
   run dupes_quality.md bench/dupes_quality.py
   run dupes_scale.txt bench/dupes_scale.py --n 5000 --baseline-n 5000
@@ -48,6 +50,8 @@ if [[ "${1:-}" == "--quick" ]]; then
   run graph_5000_filtered.txt bench/graph_bench.py --n 5000 --graphs 24x128 --filtered --tag _filtered
 else
   run ingest.txt bench/ingest_bench.py --precisions default fp32
+  run quantized.txt bench/quantized_bench.py --images 96 --naive-images 48
+  run decode_profile.txt bench/decode_profile.py
   run vectors_100000.txt bench/vectors_bench.py --n 100000
   run dupes_quality.md bench/dupes_quality.py
   run dupes_scale.txt bench/dupes_scale.py --n 100000
