@@ -3,6 +3,8 @@
 - images/s of the naive loop (open, preprocess, encode one, INSERT one row, commit, as in ingest_bench.py, in
   imagedb's default mode: bfloat16 autocast on CPUs with native bfloat16, else fp32), of `imagedb ingest` in the
   default mode, in fp32 and in int8, and of the model alone in each mode;
+- ingest and the naive loop are timed round by round (--rounds slices of the files, every way on each slice, the
+  order turning), so that a shared machine's changing load weighs on each alike;
 - the cosine of each image's int8 vector to its fp32 vector (min, mean);
 - recall@10 of the int8 results against the fp32 results on the same images: image queries (each image's own
   vector, itself excluded) and text queries (texts stay fp32 in both modes; the image vectors differ).
@@ -12,7 +14,7 @@ weights; cosine and recall do: random weights give vectors that are all alike, s
 differences, which is harder on recall than trained weights). The fp32 and int8 models are the same weights under
 three paths, so each mode has its own column and the mixing check does not refuse the later ingests.
 
-    python bench/quantized_bench.py [--images 96] [--batch-size 32] [--naive-images N]
+    python bench/quantized_bench.py [--images 96] [--batch-size 32] [--naive-images N] [--rounds 3]
                                     [--model NAME:/path/to/checkpoint]
 """
 
@@ -89,19 +91,21 @@ def _recall(found: np.ndarray, truth: np.ndarray) -> float:
 
 
 def _ingest(store: Store, folder: Path, spec: ModelSpec, embedder: Embedder, name: str, batch_size: int) -> float:
+    """Seconds to ingest `folder` into collection `name`."""
     embed._loaded[spec] = embedder  # noqa: SLF001 - this process holds both modes; ingest loads through it
     started = time.perf_counter()
     summary = ingest(store, [folder], collection=name, model=spec, batch_size=batch_size)
-    rate = summary.added / (time.perf_counter() - started)
-    assert summary.failed == 0, summary
-    return rate
+    seconds = time.perf_counter() - started
+    assert summary.failed == 0 and summary.added == len(list(folder.iterdir())), summary
+    return seconds
 
 
 def _naive(url: str, embedder: Embedder, files: list[Path]) -> float:
     from pgvector.psycopg import register_vector
 
+    """Seconds for the naive loop over `files`."""
     with psycopg.connect(url) as conn:
-        conn.execute("CREATE TABLE naive (path text, embedding halfvec(512))")
+        conn.execute("CREATE TABLE IF NOT EXISTS naive (path text, embedding halfvec(512))")
         conn.commit()
         register_vector(conn)
         started = time.perf_counter()
@@ -110,7 +114,7 @@ def _naive(url: str, embedder: Embedder, files: list[Path]) -> float:
                 vector = embedder.encode_images([embedder.preprocess(image.convert("RGB"))])[0]
             conn.execute("INSERT INTO naive VALUES (%s, %s)", (str(f), HalfVector(vector)))
             conn.commit()
-        return len(files) / (time.perf_counter() - started)
+        return time.perf_counter() - started
 
 
 def main() -> None:
@@ -118,6 +122,8 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=96)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--naive-images", type=int, help="files the naive loop takes (default: all)")
+    parser.add_argument("--rounds", type=int, default=3, help="slices of the files, every way timed on each")
+    parser.add_argument("--quality-only", action="store_true", help="only the cosine and recall, no ingest")
     parser.add_argument("--model", help="NAME:/path/to/checkpoint (default: ViT-B-32, random weights)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="imagedb-quantized-bench-"))
@@ -147,23 +153,54 @@ def main() -> None:
     moved = float(np.median(np.abs(texts @ b.T - texts @ a.T)))
     recall_images = _recall(_top(b, b, True), _top(a, a, True))
     recall_texts = _recall(_top(b, texts, False), _top(a, texts, False))
+    # The same measure for imagedb's default mode, whose vectors already mix with fp32's: the yardstick.
+    default_images = _recall(_top(c, c, True), _top(a, a, True))
+    default_texts = _recall(_top(c, texts, False), _top(a, texts, False))
     print(f"model alone: fp32 {model_fp32:.1f} images/s, int8 {model_int8:.1f} ({model_int8 / model_fp32:.2f}x),"
           f" default ({default.numeric_mode}) {model_default:.1f}")  # fmt: skip
     print(f"cosine int8 to fp32: min {cosines.min():.5f}, mean {cosines.mean():.5f}")
     print(f"fp32 vectors: mean pairwise cosine {pairwise.mean():.4f}; text queries: median gap between the"
           f" {K}th and {K + 1}th score {gap:.6f}, median change of a score in int8 {moved:.6f}")  # fmt: skip
     print(f"recall@{K} against fp32: image queries {recall_images:.4f}, text queries {recall_texts:.4f}", flush=True)
+    print(f"  the same for {default.numeric_mode} (imagedb's default here;"
+          f" min cosine {np.sum(a * c, axis=1).min():.5f}): image queries {default_images:.4f},"
+          f" text queries {default_texts:.4f}", flush=True)  # fmt: skip
+    if args.quality_only:
+        shutil.rmtree(work, ignore_errors=True)
+        return
 
     store = Store(open_connection(None, work / "home"))
-    # One after the other on the same files; the ratios are what compare (the machine is shared).
-    naive = _naive(resolve_url(None, work / "home"), default, files[: args.naive_images or len(files)])
-    print(f"naive loop ({default.numeric_mode}, imagedb's default here): {naive:.2f} images/s", flush=True)
-    ingest_default = _ingest(store, work / "photos", spec_default, default, "default", args.batch_size)
-    print(f"imagedb ingest, {default.numeric_mode}: {ingest_default:.2f} images/s", flush=True)
-    ingest_fp32 = _ingest(store, work / "photos", base, fp32, "fp32", args.batch_size)
-    print(f"imagedb ingest, fp32: {ingest_fp32:.2f} images/s", flush=True)
-    ingest_int8 = _ingest(store, work / "photos", spec_int8, quantised, "int8", args.batch_size)
-    print(f"imagedb ingest, int8: {ingest_int8:.2f} images/s", flush=True)
+    # Round by round, each round a new slice of the files for every way in turn (the order turning each round), so
+    # that a shared machine's changing load weighs on each way alike; rates are files over summed seconds.
+    ways = {
+        "naive": lambda folder, naive_files: _naive(resolve_url(None, work / "home"), default, naive_files),
+        "default": lambda folder, _: _ingest(store, folder, spec_default, default, "default", args.batch_size),
+        "fp32": lambda folder, _: _ingest(store, folder, base, fp32, "fp32", args.batch_size),
+        "int8": lambda folder, _: _ingest(store, folder, spec_int8, quantised, "int8", args.batch_size),
+    }
+    seconds = dict.fromkeys(ways, 0.0)
+    per_round = -(-len(files) // args.rounds)
+    naive_total = min(args.naive_images or len(files), len(files))
+    naive_per_round = -(-naive_total // args.rounds)
+    naive_count = 0
+    for round_ in range(args.rounds):
+        folder = work / f"round-{round_}"
+        folder.mkdir()
+        chunk = files[round_ * per_round : (round_ + 1) * per_round]
+        for f in chunk:
+            f.rename(folder / f.name)
+        moved = sorted(folder.iterdir())
+        naive_files = moved[:naive_per_round]
+        naive_count += len(naive_files)
+        names = list(ways)
+        for name in names[round_ % len(names) :] + names[: round_ % len(names)]:
+            seconds[name] += ways[name](folder, naive_files)
+        print(f"round {round_ + 1}: " + ", ".join(f"{n} {s:.1f} s" for n, s in seconds.items()), flush=True)
+    naive = naive_count / seconds["naive"]
+    ingest_default, ingest_fp32, ingest_int8 = (len(files) / seconds[n] for n in ("default", "fp32", "int8"))
+    print(f"naive loop ({default.numeric_mode}, imagedb's default here): {naive:.2f} images/s")
+    print(f"imagedb ingest: {default.numeric_mode} {ingest_default:.2f}, fp32 {ingest_fp32:.2f},"
+          f" int8 {ingest_int8:.2f} images/s")  # fmt: skip
     store.close()
     stop_embedded(work / "home")
     shutil.rmtree(work, ignore_errors=True)
@@ -174,13 +211,16 @@ def main() -> None:
         "threads": os.cpu_count(),
         "weights": "random (ViT-B-32, seed 0)" if not args.model else str(base),
         "default_mode": default.numeric_mode,
-        "naive_images": args.naive_images or len(files),
+        "naive_images": naive_count,
+        "rounds": args.rounds,
         "naive_images_per_s": naive,
         "ingest_default_images_per_s": ingest_default,
         "ingest_default_vs_naive": ingest_default / naive,
         "ingest_int8_vs_default": ingest_int8 / ingest_default,
         "model_default_images_per_s": model_default,
         "cosine_min_default_mode": float(np.sum(a * c, axis=1).min()),
+        "recall_at_10_image_queries_default_mode": default_images,
+        "recall_at_10_text_queries_default_mode": default_texts,
         "ingest_fp32_images_per_s": ingest_fp32,
         "ingest_int8_images_per_s": ingest_int8,
         "ingest_int8_vs_naive": ingest_int8 / naive,
