@@ -11,7 +11,7 @@
 
 The model is ViT-B-32 with random weights unless --model names a checkpoint (speed does not depend on the
 weights; cosine and recall do: random weights give vectors that are all alike, so rankings hang on small
-differences, which is harder on recall than trained weights). The fp32 and int8 models are the same weights under
+differences, which is harder on recall than trained weights). The three modes' models are the same weights under
 three paths, so each mode has its own column and the mixing check does not refuse the later ingests.
 
     python bench/quantized_bench.py [--images 96] [--batch-size 32] [--naive-images N] [--rounds 3]
@@ -100,20 +100,30 @@ def _ingest(store: Store, folder: Path, spec: ModelSpec, embedder: Embedder, nam
     return seconds
 
 
+NAIVE_PARTS = {"open and preprocess": 0.0, "encode one": 0.0, "INSERT and commit": 0.0}  # seconds, summed
+
+
 def _naive(url: str, embedder: Embedder, files: list[Path]) -> float:
+    """Seconds for the naive loop over `files` (its parts summed into NAIVE_PARTS)."""
     from pgvector.psycopg import register_vector
 
-    """Seconds for the naive loop over `files`."""
     with psycopg.connect(url) as conn:
         conn.execute("CREATE TABLE IF NOT EXISTS naive (path text, embedding halfvec(512))")
         conn.commit()
         register_vector(conn)
         started = time.perf_counter()
         for f in files:
+            t0 = time.perf_counter()
             with Image.open(f) as image:
-                vector = embedder.encode_images([embedder.preprocess(image.convert("RGB"))])[0]
+                tensor = embedder.preprocess(image.convert("RGB"))
+            t1 = time.perf_counter()
+            vector = embedder.encode_images([tensor])[0]
+            t2 = time.perf_counter()
             conn.execute("INSERT INTO naive VALUES (%s, %s)", (str(f), HalfVector(vector)))
             conn.commit()
+            t3 = time.perf_counter()
+            for part, spent in zip(NAIVE_PARTS, (t1 - t0, t2 - t1, t3 - t2), strict=True):
+                NAIVE_PARTS[part] += spent
         return time.perf_counter() - started
 
 
@@ -189,8 +199,7 @@ def main() -> None:
         chunk = files[round_ * per_round : (round_ + 1) * per_round]
         for f in chunk:
             f.rename(folder / f.name)
-        moved = sorted(folder.iterdir())
-        naive_files = moved[:naive_per_round]
+        naive_files = sorted(folder.iterdir())[:naive_per_round]
         naive_count += len(naive_files)
         names = list(ways)
         for name in names[round_ % len(names) :] + names[: round_ % len(names)]:
@@ -198,7 +207,8 @@ def main() -> None:
         print(f"round {round_ + 1}: " + ", ".join(f"{n} {s:.1f} s" for n, s in seconds.items()), flush=True)
     naive = naive_count / seconds["naive"]
     ingest_default, ingest_fp32, ingest_int8 = (len(files) / seconds[n] for n in ("default", "fp32", "int8"))
-    print(f"naive loop ({default.numeric_mode}, imagedb's default here): {naive:.2f} images/s")
+    print(f"naive loop ({default.numeric_mode}, imagedb's default here): {naive:.2f} images/s; per image: "
+          + ", ".join(f"{part} {spent / naive_count * 1000:.0f} ms" for part, spent in NAIVE_PARTS.items()))  # fmt: skip
     print(f"imagedb ingest: {default.numeric_mode} {ingest_default:.2f}, fp32 {ingest_fp32:.2f},"
           f" int8 {ingest_int8:.2f} images/s")  # fmt: skip
     store.close()
@@ -214,6 +224,7 @@ def main() -> None:
         "naive_images": naive_count,
         "rounds": args.rounds,
         "naive_images_per_s": naive,
+        "naive_ms_per_image": {part: spent / naive_count * 1000 for part, spent in NAIVE_PARTS.items()},
         "ingest_default_images_per_s": ingest_default,
         "ingest_default_vs_naive": ingest_default / naive,
         "ingest_int8_vs_default": ingest_int8 / ingest_default,
