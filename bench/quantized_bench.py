@@ -208,7 +208,7 @@ def main() -> None:
     naive = naive_count / seconds["naive"]
     ingest_default, ingest_fp32, ingest_int8 = (len(files) / seconds[n] for n in ("default", "fp32", "int8"))
     print(f"naive loop ({default.numeric_mode}, imagedb's default here): {naive:.2f} images/s; per image: "
-          + ", ".join(f"{part} {spent / naive_count * 1000:.0f} ms" for part, spent in NAIVE_PARTS.items()))  # fmt: skip
+          + ", ".join(f"{part} {t / naive_count * 1000:.0f} ms" for part, t in NAIVE_PARTS.items()))  # fmt: skip
     print(f"imagedb ingest: {default.numeric_mode} {ingest_default:.2f}, fp32 {ingest_fp32:.2f},"
           f" int8 {ingest_int8:.2f} images/s")  # fmt: skip
     store.close()
