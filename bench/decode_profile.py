@@ -5,8 +5,10 @@ in turn (the machine may be shared: each round runs every variant once, and the 
 
 - decode alone, as ingest's workers do it (read, decode, EXIF, SHA-256, thumbnail, perceptual hash, the model's
   preprocessing to a float tensor): 1 thread; a thread pool of one thread per CPU; a fork process pool of as many
-  processes, (a) as forked (each process inherits torch's thread count), (b) one torch thread per process,
-  (c) handing back uint8 pixels instead of the float tensor (4x fewer bytes to pickle), the parent preprocessing;
+  processes, (b) one torch thread per process, (c) the same handing back uint8 pixels instead of the float tensor
+  (fewer bytes to pickle), the parent preprocessing. (a), processes left with the thread count they inherit, hung
+  here at their first preprocessing: forked after the parent's torch had run multi-threaded, they wait forever on
+  its OpenMP pool, so a process pool must set one torch thread in each process first;
 - `imagedb ingest` end to end with a model whose image tower costs next to nothing (ViT-shaped, 224-pixel input,
   one 64-wide layer), so its rate is the decode rate inside ingest: with its thread pool, and with the pool
   swapped for the fork process pool of (b).
@@ -138,7 +140,6 @@ def main() -> None:
     variants: dict[str, Callable[[list[Path]], object]] = {
         "decode alone, 1 thread": lambda paths: [_tensor(p) for p in paths],
         f"decode alone, {workers} threads": threads,
-        f"decode alone, {workers} processes (torch threads as forked)": processes(None, _tensor, False),
         f"decode alone, {workers} processes, 1 torch thread each": processes(_one_torch_thread, _tensor, False),
         f"decode alone, {workers} processes, uint8 pixels back": processes(_one_torch_thread, _pixels, True),
         f"ingest, {workers} decode threads": ingest_with(ThreadPoolExecutor),
@@ -166,9 +167,9 @@ def main() -> None:
         "median_images_per_s": {name: statistics.median(r) for name, r in rates.items()},
         "all_images_per_s": rates,
         "handover": handover,
-        "ingest_threads_vs_decode_threads": best[names[5]] / best[names[1]],
-        "ingest_processes_vs_decode_processes": best[names[6]] / best[names[3]],
-        "ingest_processes_vs_threads": best[names[6]] / best[names[5]],
+        "ingest_threads_vs_decode_threads": best[names[4]] / best[names[1]],
+        "ingest_processes_vs_decode_processes": best[names[5]] / best[names[2]],
+        "ingest_processes_vs_threads": best[names[5]] / best[names[4]],
         "load_average": os.getloadavg(),
     }
     for name in names:
