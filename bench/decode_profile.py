@@ -13,7 +13,7 @@ in turn (the machine may be shared: each round runs every variant once, and the 
   one 64-wide layer), so its rate is the decode rate inside ingest: with its thread pool, and with the pool
   swapped for the fork process pool of (b).
 
-    python bench/decode_profile.py [--images 48] [--rounds 2]
+    python bench/decode_profile.py [--images 96] [--rounds 2]
 """
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ def _rate(files: list[Path], run: Callable[[list[Path]], object]) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--images", type=int, default=48)
+    parser.add_argument("--images", type=int, default=96)
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
     global _PREPROCESS
