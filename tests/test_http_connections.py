@@ -5,17 +5,22 @@ real `imagedb serve` process with a low open-file limit."""
 from __future__ import annotations
 
 import http.client
+import io
 import resource
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import uvicorn
+from PIL import Image
 
-from imagedb.api.connections import HEADER_TIMEOUT_S, MAX_CONNECTIONS_PER_CLIENT
+from imagedb.api import create_app
+from imagedb.api.connections import HEADER_TIMEOUT_S, MAX_CONNECTIONS_PER_CLIENT, server_config
 from imagedb.embed import ModelSpec
 from imagedb.ingest import ingest
 from imagedb.pg.database import open_connection
@@ -160,3 +165,58 @@ def test_content_length_with_transfer_encoding_closes_the_connection(server: int
         assert first.startswith(b"HTTP/1.1 200") and b"connection: close" not in first.lower()
         sock.sendall(f"GET /api/collections HTTP/1.1\r\nHost: localhost:{server}\r\n\r\n".encode())
         assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+
+
+@pytest.fixture
+def quick(database_url: str) -> Iterator[int]:
+    """The app in a real uvicorn in this process, with the guarded protocol's body timeout shortened to 2 s."""
+    port = _free_port()
+    config = server_config(
+        create_app(database_url), limits={"body_timeout_s": 2.0}, host="127.0.0.1", port=port, log_level="error"
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    yield port
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+def test_a_body_sent_a_byte_at_a_time_is_cut_off(quick: int) -> None:
+    """With its head in, a request whose body came a byte a second held its connection (and the route waiting
+    for the body) for as long as the client liked."""
+    head = (
+        f"POST /api/search/image HTTP/1.1\r\nHost: localhost:{quick}\r\nContent-Length: 1000\r\n"
+        "Content-Type: multipart/form-data; boundary=xx\r\n\r\n"
+    ).encode()
+    with socket.create_connection(("127.0.0.1", quick), timeout=10) as sock:
+        sock.sendall(head + b"--xx\r\n")
+        started = time.monotonic()
+        closed = False
+        while time.monotonic() - started < 8 and not closed:
+            try:
+                sock.sendall(b"a")
+                time.sleep(0.5)
+            except OSError:
+                closed = True
+            closed = closed or _closed_by_server(sock)
+            sock.setblocking(True)
+        assert closed and time.monotonic() - started < 5, time.monotonic() - started
+    # A body sent at once is read and answered as before (no collection here: 404 after reading it all).
+    image = io.BytesIO()
+    Image.new("RGB", (32, 32)).save(image, "PNG")
+    body = b'--xx\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\nContent-Type: image/png'
+    body += b"\r\n\r\n" + image.getvalue() + b"\r\n--xx--\r\n"
+    conn = http.client.HTTPConnection("127.0.0.1", quick, timeout=10)
+    conn.request(
+        "POST",
+        "/api/search/image",
+        body=body,
+        headers={"Host": f"localhost:{quick}", "Content-Type": "multipart/form-data; boundary=xx"},
+    )
+    answer = conn.getresponse()
+    assert answer.status in (200, 404), answer.read()
+    conn.close()
