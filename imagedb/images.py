@@ -32,10 +32,12 @@ MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
 # LARGE_DECODES_AT_ONCE together: a folder of huge PNGs then costs a few hundred MB, not workers x 360 MB.
 LARGE_DECODE_PIXELS = 24_000_000
 LARGE_DECODES_AT_ONCE = 2
-# Images longer than this many times their width (or wider than their height) are refused before decoding. Pillow
-# holds a pointer for every row, so a 97 KB PNG of 1 x 50,000,000 pixels cost 600 MB to decode and 1.1 GB in all;
-# such a strip has no picture to show or search (its thumbnail would be under a pixel wide).
+# Images longer than this many times their width (or wider than their height), and longer than MAX_STRIP_SIDE,
+# are refused before decoding. Pillow holds a pointer for every row, so a 97 KB PNG of 1 x 50,000,000 pixels cost
+# 600 MB to decode and 1.1 GB in all; such a strip has no picture to show or search (its thumbnail would be under a
+# pixel wide). Shorter strips (up to the largest side JPEG and WebP allow) cost little and are stored.
 MAX_ASPECT_RATIO = 1000
+MAX_STRIP_SIDE = 65_535
 # The working pixels' longer side is at most this many times the working side: a panorama up to 16:1 keeps its
 # shorter side at the working side, a longer one is reduced further, so every image costs about the same after
 # decoding, whatever its shape.
@@ -229,7 +231,7 @@ def _check_size(width: int, height: int) -> None:
         raise BadImage(f"refused as a decompression bomb: {width}x{height} pixels exceeds {MAX_PIXELS}")
     if width < 1 or height < 1:
         raise BadImage(f"refused: an image of {width}x{height} pixels has nothing to show")
-    if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
+    if max(width, height) > max(MAX_STRIP_SIDE, MAX_ASPECT_RATIO * min(width, height)):
         raise BadImage(
             f"refused: {width}x{height} pixels is more than {MAX_ASPECT_RATIO} times longer than wide,"
             " a strip with no picture to show or search"

@@ -162,7 +162,7 @@ def _decode_in_child(paths: list[Path]) -> list[dict[str, object]]:
     return json.loads(run.stdout)
 
 
-STRIPS = [(1, 50_000_000), (50_000_000, 1), (2, 20_000_000), (20_000_000, 2), (3, 5_000)]
+STRIPS = [(1, 50_000_000), (50_000_000, 1), (2, 20_000_000), (20_000_000, 2), (3, 5_000_000), (65, 65_536)]
 
 
 @pytest.mark.slow
@@ -190,7 +190,9 @@ def test_a_refused_strip_is_recorded_with_its_reason(store: Store, tiny_model: s
     assert "1x2000000 pixels is more than" in reason
 
 
-PANORAMAS = [(100, 90_000, "L"), (90_000, 100, "P"), (100, 90_000, "RGB"), (20_000, 600, "L")]
+# The last two: strips within MAX_STRIP_SIDE are stored, reduced like the others.
+PANORAMAS = [(100, 90_000, "L"), (90_000, 100, "P"), (100, 90_000, "RGB"), (20_000, 600, "L"), (1, 65_535, "L")]
+PANORAMAS += [(65_535, 2, "RGB")]
 
 
 @pytest.mark.slow
