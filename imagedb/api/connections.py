@@ -69,6 +69,9 @@ class GuardedH11Protocol(H11Protocol):
 
     def handle_events(self) -> None:
         super().handle_events()
+        if self.transport.get_protocol() is not self:  # upgraded (a WebSocket): the connection is no longer ours
+            self._disarm()
+            return
         cycle = self.cycle
         if cycle is not None and cycle is not self._seen_cycle:  # a request head arrived whole
             self._seen_cycle = cycle

@@ -65,7 +65,10 @@ class ParamError(InvalidInput):
         super().__init__(self.named(lambda name: name))
 
     def named(self, name_of: Callable[[str], str]) -> str:
-        return self.template.format_map(_Naming(name_of, self.values))
+        try:
+            return self.template.format_map(_Naming(name_of, self.values))
+        except (ValueError, IndexError):  # remade from its own text (a copy of a message with braces in a value)
+            return self.template
 
 
 class _Naming(dict[str, Any]):
