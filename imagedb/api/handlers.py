@@ -16,6 +16,7 @@ from psycopg_pool import PoolTimeout
 from imagedb.api.limits import POOL_TIMEOUT_S, RETRY_AFTER_S, SHOWN_INPUT_CHARS
 from imagedb.api.schemas import Problem
 from imagedb.errors import ImagedbError, ModelUnavailable
+from imagedb.request import ParamError, surface_name
 
 log = logging.getLogger("imagedb.api")
 
@@ -28,6 +29,8 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 async def library_error(request: Request, exc: ImagedbError) -> JSONResponse:
     status = exc.http_status
     detail = str(exc)
+    if isinstance(exc, ParamError):  # named as the client sent it: min_score, not the CLI's --min-score
+        detail = exc.named(lambda name: surface_name(name, "api"))
     if isinstance(exc, ModelUnavailable):  # its message names checkpoint paths and cache folders
         log.error("model unavailable: %s", exc, exc_info=exc)
         detail = "model unavailable: the server cannot load the collection's model (see the server's log)"

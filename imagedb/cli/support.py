@@ -61,6 +61,10 @@ def click_error(exc: ImagedbError, ctx: click.Context | None = None) -> click.Cl
     """A library error as click shows it, with the exit code its class declares; bad usage with the usage line of
     `ctx`'s command when one is given."""
     message = one_line(str(exc))
+    if hasattr(exc, "named"):  # a search field (request.ParamError), named by its option: --min-score
+        from imagedb.request import surface_name
+
+        message = one_line(exc.named(lambda name: surface_name(name, "cli")))
     if exc.exit_code == USAGE and ctx is not None:
         return click.UsageError(message, ctx)
     error = click.ClickException(message)
