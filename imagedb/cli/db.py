@@ -214,6 +214,22 @@ def check(ctx: click.Context, recall: bool, collection: str, queries: int) -> No
             click.echo(line)
 
 
+@db.command(access="write")
+@click.pass_context
+def repair(ctx: click.Context) -> None:
+    """Remove what `imagedb db check` names for removal: indexes imagedb does not keep (left by an interrupted
+    `db reindex` or `--quantize binary`) and cached query texts that searches ignore.
+
+    Indexes go with DROP INDEX CONCURRENTLY: searches and writes go on meanwhile.
+    """
+    with open_store(ctx) as store:
+        removed = store.leftovers.remove()
+        texts = store.admin.remove_untrusted_texts()
+    for leftover in removed:
+        click.echo(f"removed index {escape(leftover.describe())}")
+    click.echo(f"removed {len(removed)} leftover index(es) and {texts} cached text(s) that searches ignore")
+
+
 @db.command(access="none")
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
 @click.pass_context

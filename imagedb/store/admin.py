@@ -11,6 +11,7 @@ from psycopg import sql
 from imagedb.errors import InvalidInput
 from imagedb.store.base import Part
 from imagedb.store.index import HNSW_INDEX_PREFIX
+from imagedb.store.search import TRUSTED_TEXT_ROW
 
 # What forgetting an image deletes rows from: the image, what cascades from it, and its paths' ingest errors.
 # How far from 1 a stored vector's length may be: halfvec rounding moves it by about 0.001.
@@ -171,9 +172,10 @@ class AdminStore(Part):
                 "SELECT count(*) FROM embedding_models m WHERE to_regclass(%s || m.id) IS NULL",
             ),
             (
-                "invalid indexes (a build was interrupted: run `imagedb db reindex`)",
-                "SELECT count(*) FROM pg_index x JOIN pg_class c ON c.oid = x.indexrelid"
-                " JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'public' AND NOT x.indisvalid",
+                "cached query texts not of their model's dimension, not of length 1 or under another text's hash,"
+                " which searches ignore (`imagedb db repair` deletes them)",
+                "SELECT count(*) FROM text_embeddings t JOIN embedding_models m ON m.id = t.model_id"
+                f" WHERE NOT {TRUSTED_TEXT_ROW}",
             ),
         ]
         found = []
@@ -182,7 +184,21 @@ class AdminStore(Part):
             count = self.conn.execute(query, params).fetchone()[0]  # type: ignore[index]
             if count:
                 found.append(f"{count} {label}")
+        leftovers = self.store.leftovers.indexes()
+        if leftovers:
+            found.append(
+                f"{len(leftovers)} index(es) imagedb does not keep, which every insert still maintains: "
+                + ", ".join(x.describe() for x in leftovers)
+                + " (`imagedb db repair` removes them)"
+            )
         return found
+
+    def remove_untrusted_texts(self) -> int:
+        """Delete the cached query texts that searches ignore (store/search.py TRUSTED_TEXT_ROW); returns how many."""
+        cur = self.conn.execute(
+            f"DELETE FROM text_embeddings t USING embedding_models m WHERE m.id = t.model_id AND NOT {TRUSTED_TEXT_ROW}"
+        )
+        return cur.rowcount
 
     def server_versions(self) -> tuple[str, str]:
         row = self.conn.execute(
