@@ -30,6 +30,7 @@ from imagedb.errors import (
     ReadOnlyReplica,
     SchemaOutOfDate,
 )
+from imagedb.pg.diskspace import DiskFull
 from imagedb.provenance import CheckpointChanged
 
 # The mapping as it was before it moved onto the classes (the CLI's `_mapped`, `serve`'s `Refused`, the API's
@@ -48,6 +49,7 @@ EXPECTED: dict[type[ImagedbError], tuple[int, int]] = {
     NotReady: (1, 400),
     OriginalChanged: (1, 409),
     CannotListen: (1, 400),
+    DiskFull: (1, 507),
 }
 
 

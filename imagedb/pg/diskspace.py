@@ -26,6 +26,9 @@ _LOG_TAIL = 64 * 1024
 class DiskFull(DatabaseUnavailable):
     """The database's disk is full: nothing more can be stored until space is freed."""
 
+    exit_code = 1
+    http_status = 507  # Insufficient Storage: the server's state, not the request; no retry helps until space is freed
+
 
 def disk_full(exc: BaseException, url: str | None, home: str | Path | None) -> DiskFull | None:
     """The DiskFull error that explains `exc` (a psycopg error), or None when the disk is not what failed."""
