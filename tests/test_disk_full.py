@@ -10,6 +10,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import psycopg
 import pytest
 from click.testing import CliRunner
 from PIL import Image
@@ -74,6 +75,13 @@ def test_a_full_disk_is_said_and_a_rerun_after_freeing_space_restores_everything
         errors = [line for line in again.output.splitlines() if line.startswith("Error")]
         assert len(errors) == 1 and "disk is full" in errors[0] and "MB free" in errors[0], again.output
         assert "rerun when the database is back" not in again.output
+
+        # A server that went away (here: stopped) while its disk is full: the connection error says nothing of
+        # the disk, the message does.
+        stop_embedded(home)
+        with pytest.raises(psycopg.OperationalError) as gone:
+            psycopg.connect(url, connect_timeout=5)
+        assert "disk is full" in str(disk_full(gone.value, None, home)), gone.value
 
         ballast.unlink()
         rerun = CliRunner().invoke(main, ["ingest", str(images), "--model", tiny_model], env=env)

@@ -36,7 +36,7 @@ def disk_full(exc: BaseException, url: str | None, home: str | Path | None) -> D
         return None
     pgdata = data_directory(url, home)
     said = isinstance(exc, psycopg.errors.DiskFull) or _NO_SPACE in str(exc)
-    if not said and isinstance(exc, psycopg.OperationalError) and pgdata is not None:
+    if not said and _server_gone(exc) and pgdata is not None:
         said = _log_says_full(pgdata) or _free(pgdata) < _NEARLY_FULL
     if not said:
         return None
@@ -63,6 +63,14 @@ def data_directory(url: str | None, home: str | Path | None) -> Path | None:
         if host.startswith("/") and (Path(host) / "PG_VERSION").exists():
             return Path(host)
     return None
+
+
+def _server_gone(exc: psycopg.Error) -> bool:
+    """The connection was lost or refused (no SQLSTATE: libpq's own error), or the server is crashing or
+    restarting (57P..): not a statement's own error such as a lock timeout."""
+    return isinstance(exc, psycopg.OperationalError) and (
+        exc.sqlstate is None or exc.sqlstate.startswith(("57P", "08"))
+    )
 
 
 def _free(pgdata: Path) -> int:
