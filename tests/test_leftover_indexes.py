@@ -118,6 +118,8 @@ def test_a_build_under_way_elsewhere_is_not_a_leftover(store: Store, database_ur
         assert store.leftovers.indexes() == []
         assert store.leftovers.remove() == []
         assert name in dict(_indexes(store))
+        # Unlocked here: a closed connection's backend may hold its locks a moment longer.
+        builder.execute("SELECT pg_advisory_unlock(%s, %s)", (0x1A6F, collection.model_id))
     assert [x.name for x in store.leftovers.indexes()] == [name]
 
 

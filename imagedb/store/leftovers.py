@@ -8,7 +8,8 @@ model's `embeddings_hnsw_<id>` and, while the model records a rerank (the chosen
 `embeddings_hnsw_bit_<id>`. Every other index of imagedb's names there, and every invalid index on imagedb's tables,
 is a leftover. An index a DBA made under another name is theirs and stays.
 
-A model whose build lock another session holds is being built right now: its indexes are left alone.
+A model whose build lock another session holds is being built right now: its indexes are left alone, and so is any
+index whose build is under way (pg_stat_progress_create_index).
 """
 
 from __future__ import annotations
@@ -40,7 +41,11 @@ class LeftoverStore(Part):
         rows = self.conn.execute(
             "SELECT c.relname, t.relname, x.indisvalid AND x.indisready, pg_get_expr(x.indpred, x.indrelid)"
             " FROM pg_index x JOIN pg_class c ON c.oid = x.indexrelid JOIN pg_class t ON t.oid = x.indrelid"
-            " WHERE x.indrelid IN (SELECT to_regclass(n) FROM unnest(%s::text[]) AS n) ORDER BY c.relname",
+            " WHERE x.indrelid IN (SELECT to_regclass(n) FROM unnest(%s::text[]) AS n)"
+            # An index being built right now (by anyone) is invalid until its build ends: not a leftover.
+            " AND x.indexrelid NOT IN (SELECT index_relid FROM pg_stat_progress_create_index"
+            "  WHERE index_relid IS NOT NULL AND pid <> pg_backend_pid())"
+            " ORDER BY c.relname",
             (sorted(metadata.tables),),
         ).fetchall()
         reranks = dict(self.conn.execute("SELECT id, rerank FROM embedding_models").fetchall())
