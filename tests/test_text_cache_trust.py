@@ -145,3 +145,28 @@ def test_the_migration_takes_the_cache_from_writers_and_empties_it(store: Store,
     ).fetchall()
     assert privileges == [("SELECT",)]
     assert store.conn.execute("SELECT count(*) FROM text_embeddings").fetchone()[0] == 0
+
+
+def test_a_grant_made_by_hand_is_reported_and_repair_takes_it_back(store: Store, database_url: str) -> None:
+    role = f"hand_granted_{os.getpid()}"
+    grant_writer(store, role, "pw")
+    model_id = store.models.ensure_model("m", "", 3)
+    store.conn.execute(
+        "INSERT INTO text_embeddings (model_id, text_sha256, text, embedding)"
+        " VALUES (%s, sha256(convert_to('x', 'UTF8')), 'x', '[1,0,0]')",
+        (model_id,),
+    )
+    assert store.admin.cache_writers() == []  # grant-writer gives SELECT only
+    store.conn.execute(f"GRANT INSERT ON text_embeddings TO {role}")
+    store.conn.execute("GRANT UPDATE ON text_embeddings TO PUBLIC")
+    check = _cli(database_url, "db", "check")
+    assert check.exit_code == 1 and f"may write the text-query cache, which every search trusts: PUBLIC, {role}" in (
+        check.output
+    ), check.output
+    repair = _cli(database_url, "db", "repair")
+    assert repair.exit_code == 0 and f"revoked writing it from PUBLIC, {role}" in repair.output, repair.output
+    assert store.admin.cache_writers() == []
+    assert store.conn.execute("SELECT count(*) FROM text_embeddings").fetchone()[0] == 0
+    with psycopg.connect(_login(database_url, role, "pw"), autocommit=True) as conn:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("DELETE FROM text_embeddings")

@@ -184,6 +184,11 @@ class AdminStore(Part):
             count = self.conn.execute(query, params).fetchone()[0]  # type: ignore[index]
             if count:
                 found.append(f"{count} {label}")
+        if writers := self.cache_writers():
+            found.append(
+                f"{len(writers)} role(s) besides the owner may write the text-query cache, which every search"
+                f" trusts: {', '.join(writers)} (`imagedb db repair` revokes it)"
+            )
         leftovers = self.store.leftovers.indexes()
         if leftovers:
             found.append(
@@ -192,6 +197,32 @@ class AdminStore(Part):
                 + " (`imagedb db repair` removes them)"
             )
         return found
+
+    def cache_writers(self) -> list[str]:
+        """Roles other than its owner that may change text_embeddings (PUBLIC included): the cache is the owner's
+        alone (migration 0014), a GRANT made by hand since undoes that."""
+        rows = self.conn.execute(
+            "SELECT DISTINCT CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE pg_get_userbyid(a.grantee) END"
+            " FROM pg_class c, aclexplode(c.relacl) a WHERE c.oid = 'text_embeddings'::regclass"
+            " AND a.grantee <> c.relowner AND a.privilege_type IN ('INSERT', 'UPDATE', 'DELETE', 'TRUNCATE', 'TRIGGER')"
+        ).fetchall()
+        return sorted(str(r[0]) for r in rows)  # in code-point order, whatever the database's collation
+
+    def revoke_cache_writers(self) -> list[str]:
+        """Take every write privilege on the text-query cache from the roles cache_writers() names, and empty the
+        cache if there were any: their rows cannot be told from the owner's (as migration 0014 does)."""
+        writers = self.cache_writers()
+        if writers:
+            with self.conn.transaction():
+                for role in writers:
+                    grantee = sql.SQL("PUBLIC") if role == "PUBLIC" else sql.Identifier(role)
+                    self.conn.execute(
+                        sql.SQL("REVOKE INSERT, UPDATE, DELETE, TRUNCATE, TRIGGER ON text_embeddings FROM {}").format(
+                            grantee
+                        )
+                    )
+                self.conn.execute("DELETE FROM text_embeddings")
+        return writers
 
     def remove_untrusted_texts(self) -> int:
         """Delete the cached query texts that searches ignore (store/search.py TRUSTED_TEXT_ROW); returns how many."""
