@@ -26,6 +26,11 @@ from imagedb.store import Store
 from imagedb.store.index import hnsw_index_name
 
 
+def store_count(url: str, table: str) -> int:
+    with psycopg.connect(url) as conn:
+        return int(conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
+
+
 def _noise(folder: Path, count: int) -> Path:
     folder.mkdir()
     rng = np.random.default_rng(3)
@@ -75,6 +80,11 @@ def test_a_full_disk_is_said_and_a_rerun_after_freeing_space_restores_everything
         errors = [line for line in again.output.splitlines() if line.startswith("Error")]
         assert len(errors) == 1 and "disk is full" in errors[0] and "MB free" in errors[0], again.output
         assert "rerun when the database is back" not in again.output
+
+        # A search still answers: the text-query cache cannot keep its text, and need not.
+        search = CliRunner().invoke(main, ["search", "a cat", "--json"], env=env)
+        assert search.exit_code == 0, search.output
+        assert store_count(url, "text_embeddings") == 0
 
         # A server that went away (here: stopped) while its disk is full: the connection error says nothing of
         # the disk, the message does.
