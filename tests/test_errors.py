@@ -30,6 +30,7 @@ from imagedb.errors import (
     ReadOnlyReplica,
     SchemaOutOfDate,
 )
+from imagedb.pg.diskspace import DiskFull
 from imagedb.provenance import CheckpointChanged
 from imagedb.request import ParamError
 
@@ -50,6 +51,7 @@ EXPECTED: dict[type[ImagedbError], tuple[int, int]] = {
     NotReady: (1, 400),
     OriginalChanged: (1, 409),
     CannotListen: (1, 400),
+    DiskFull: (1, 507),
 }
 
 

@@ -50,6 +50,8 @@ async def database_gone(request: Request, exc: psycopg.OperationalError) -> JSON
     # PoolTimeout is one too: no working connection within POOL_TIMEOUT_S. The full text (socket paths,
     # host names) goes to the log only.
     log.error("database unavailable: %s", exc, exc_info=exc)
+    if isinstance(exc, psycopg.errors.DiskFull):  # where, and how much is free, only in the log: a server path
+        return JSONResponse({"detail": "the database's disk is full: see the server's log"}, status_code=507)
     reason = f"no connection within {POOL_TIMEOUT_S:g} s" if isinstance(exc, PoolTimeout) else "the connection was lost"
     return JSONResponse(
         {"detail": f"database unavailable: {reason}; retry in a few seconds"},
