@@ -7,9 +7,10 @@ import re
 import tempfile
 from pathlib import Path
 
-from imagedb.errors import DatabaseUnavailable, InvalidInput, NotFound
+from imagedb.errors import DatabaseUnavailable, InvalidInput, LockTimeout, NotFound
 from imagedb.pg.cluster import client_output
 from imagedb.pg.connection import connect
+from imagedb.pg.limits import LOCK_TIMEOUT_S, blocker_line, lock_watch
 
 
 def dump(url: str, file: Path) -> None:
@@ -25,11 +26,18 @@ def dump(url: str, file: Path) -> None:
     except OSError as exc:
         raise NotFound(f"cannot write the dump to {file}: {exc.strerror or exc}") from exc
     try:
-        client_output("pg_dump", ["--format=custom", f"--file={partial}", f"--dbname={url}"])  # it fsyncs the file
+        client_output(  # it fsyncs the file
+            "pg_dump",
+            ["--format=custom", f"--file={partial}", f"--dbname={url}", f"--lock-wait-timeout={LOCK_TIMEOUT_S}s"],
+        )
         try:
             os.replace(partial, target)
         except OSError as exc:
             raise NotFound(f"cannot write the dump to {file}: {exc.strerror or exc}") from exc
+    except DatabaseUnavailable as exc:
+        Path(partial).unlink(missing_ok=True)
+        _explain_lock_wait(url, exc)
+        raise
     except BaseException:
         Path(partial).unlink(missing_ok=True)
         raise
@@ -46,11 +54,22 @@ def restore(url: str, file: Path) -> None:
         if not _owns_vector_extension(url):
             kept = [line for line in toc if not _VECTOR_EXTENSION.search(_entry(line))]  # the one there stays
             args.append(f"--use-list={_listing(kept, Path(scratch) / 'restore.list')}")
-        try:
-            client_output("pg_restore", [*args, str(file)])
-        except DatabaseUnavailable as exc:
-            _explain_missing_role(exc)
-            raise
+        application = f"imagedb restore {os.getpid()}"
+        with lock_watch(url, application) as blocked:
+            try:
+                client_output("pg_restore", [*args, str(file)], application)
+            except DatabaseUnavailable as exc:
+                _explain_missing_role(exc)
+                if blocked:  # cancelled by the watch: its single transaction restored nothing
+                    raise LockTimeout(blocked[0]) from exc
+                raise
+
+
+def _explain_lock_wait(url: str, exc: DatabaseUnavailable) -> None:
+    """pg_dump or pg_restore gave up waiting for a lock: name the session that holds it, as other commands do."""
+    if "lock timeout" in str(exc) or "could not obtain lock" in str(exc):
+        with connect(url) as conn:
+            raise LockTimeout(blocker_line(conn)) from exc
 
 
 def _owns_vector_extension(url: str) -> bool:

@@ -5,12 +5,16 @@ from __future__ import annotations
 import psycopg
 
 from imagedb.errors import DatabaseUnavailable
+from imagedb.pg.limits import set_lock_timeout
 
 
 def connect(url: str) -> psycopg.Connection:
-    """An autocommit connection: every write the store makes is in an explicit transaction (store/base.py)."""
+    """An autocommit connection: every write the store makes is in an explicit transaction (store/base.py). Its lock
+    waits end after pg/limits.py's LOCK_TIMEOUT_S, so that no command waits forever behind another session."""
     try:
-        return psycopg.connect(url, connect_timeout=10, autocommit=True)
+        conn = psycopg.connect(url, connect_timeout=10, autocommit=True)
+        set_lock_timeout(conn)
+        return conn
     except psycopg.OperationalError as exc:
         raise DatabaseUnavailable(
             f"cannot connect to the database: {_connect_failure(exc)}. Is the server running, and is the URL right?"

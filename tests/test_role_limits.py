@@ -1,0 +1,261 @@
+"""What one login may cost (issue 22, items 1, 6 and 15): per-role limits set by grant-* and by the migration, no
+large objects or temporary tables for imagedb's roles, owner commands that never wait forever behind another
+session's lock, failed logins logged with the client's address, and password rules."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import threading
+import time
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit, urlunsplit
+
+import psycopg
+import pytest
+from alembic import command
+from click.testing import CliRunner
+
+from imagedb.cli import main
+from imagedb.errors import InvalidInput
+from imagedb.pg.cluster import program
+from imagedb.pg.connection import sqlalchemy_url
+from imagedb.pg.limits import LOCK_TIMEOUT_S, READER_LIMITS
+from imagedb.pg.migrate import alembic_config
+from imagedb.roles import checked_password, grant_reader, grant_writer
+from imagedb.store import Store
+
+PASSWORD = "a-limited-login-pw"
+_names = iter(range(1_000_000))
+
+
+def _role(kind: str) -> str:
+    return f"lim_{kind}_{os.getpid()}_{next(_names)}"
+
+
+def _login(url: str, role: str, password: str = PASSWORD) -> str:
+    parts = urlsplit(url)
+    host = parts.netloc.split("@")[-1]
+    query = "&".join(f"{k}={v[0]}" for k, v in parse_qs(parts.query).items() if k != "passfile")
+    return urlunsplit(parts._replace(netloc=f"{role}:{password}@{host}", query=query))
+
+
+def _settings(conn: psycopg.Connection, role: str) -> tuple[int, dict[str, str]]:
+    limit, config = conn.execute("SELECT rolconnlimit, rolconfig FROM pg_roles WHERE rolname = %s", (role,)).fetchone()
+    return limit, dict(item.split("=", 1) for item in config or [])
+
+
+def test_grant_gives_each_role_its_default_limits_and_db_info_shows_them(
+    store: Store, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reader, writer = _role("r"), _role("w")
+    grant_reader(store, reader, PASSWORD)
+    grant_writer(store, writer, PASSWORD)
+    assert _settings(store.conn, reader) == (
+        20,
+        {"statement_timeout": "60s", "idle_in_transaction_session_timeout": "60s", "temp_file_limit": "1024MB"},
+    )
+    assert _settings(store.conn, writer)[1]["statement_timeout"] == "300s"
+    monkeypatch.setenv("IMAGEDB_DATABASE_URL", database_url)
+    result = CliRunner().invoke(main, ["grant-reader", reader, "--statement-timeout", "5", "--connection-limit", "3"])
+    assert result.exit_code == 0, result.output
+    assert "limits: statements 5 s" in result.output and "3 connections" in result.output
+    assert _settings(store.conn, reader)[0] == 3 and _settings(store.conn, reader)[1]["statement_timeout"] == "5s"
+    info = CliRunner().invoke(main, ["db", "info"])
+    assert info.exit_code == 0, info.output
+    assert f"role '{reader}' (reader): statement_timeout=5s" in info.output and "connection limit 3" in info.output
+    assert f"role '{writer}' (writer): statement_timeout=300s" in info.output
+    assert "large objects: creation refused to imagedb's roles" in info.output
+
+
+def test_readers_and_writers_cannot_create_large_objects_or_temporary_tables(store: Store, database_url: str) -> None:
+    roles = [_role("r"), _role("w")]
+    grant_reader(store, roles[0], PASSWORD)
+    grant_writer(store, roles[1], PASSWORD)
+    payload = Path(os.environ.get("TMPDIR", "/tmp")) / f"lo_{os.getpid()}.bin"
+    payload.write_bytes(b"x" * 1000)
+    try:
+        for role in roles:
+            with psycopg.connect(_login(database_url, role), autocommit=True) as conn:
+                for statement in (
+                    "SELECT lo_from_bytea(0, 'x')",
+                    "SELECT lo_creat(-1)",
+                    "SELECT lo_create(0)",
+                    "CREATE TEMP TABLE filler (x text)",
+                ):
+                    with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                        conn.execute(statement)
+                with pytest.raises(psycopg.errors.InsufficientPrivilege):  # a superuser's setting
+                    conn.execute("SET temp_file_limit = -1")
+            # psql's \lo_import creates the object over the fastpath (lo_creat), which checks EXECUTE too.
+            done = subprocess.run(
+                [program("psql"), "-X", "-d", _login(database_url, role), "-c", f"\\lo_import {payload}"],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert done.returncode != 0 and "permission denied for function lo_creat" in done.stderr, done.stderr
+        assert store.conn.execute("SELECT count(*) FROM pg_largeobject_metadata").fetchone()[0] == 0
+    finally:
+        payload.unlink()
+
+
+def test_each_limit_holds_for_the_role(store: Store, database_url: str) -> None:
+    role = _role("r")
+    tight = READER_LIMITS.adjusted(
+        statement_timeout_s=1, idle_in_transaction_s=1, connection_limit=2, temp_file_limit_mb=1
+    )
+    grant_reader(store, role, PASSWORD, tight)
+    url = _login(database_url, role)
+    with psycopg.connect(url, autocommit=True) as conn:
+        with pytest.raises(psycopg.errors.QueryCanceled, match="statement timeout"):
+            conn.execute("SELECT pg_sleep(5)")
+        conn.execute("SET statement_timeout = 0")  # a session may lower its own, not the temp_file_limit
+        conn.execute("SET work_mem = '64kB'")
+        with pytest.raises(psycopg.errors.ConfigurationLimitExceeded, match="temp_file_limit"):
+            conn.execute("SELECT count(*) FROM (SELECT md5(g::text) FROM generate_series(1, 300000) g ORDER BY 1) s")
+    conn = psycopg.connect(url)  # not autocommit: the SELECT opens a transaction left idle
+    with conn:
+        conn.execute("SELECT 1")
+        time.sleep(2.5)
+        with pytest.raises(psycopg.errors.IdleInTransactionSessionTimeout):
+            conn.execute("SELECT 1")
+    first, second = psycopg.connect(url), psycopg.connect(url)
+    try:
+        with pytest.raises(psycopg.OperationalError, match="too many connections for role"):
+            psycopg.connect(url).close()
+    finally:
+        first.close()
+        second.close()
+
+
+def test_the_migration_limits_roles_made_before_it(store: Store, database_url: str) -> None:
+    reader, writer = _role("r"), _role("w")
+    grant_reader(store, reader, PASSWORD)
+    grant_writer(store, writer, PASSWORD)
+    _migrate(database_url, command.downgrade, "readers")  # as an older imagedb left them: no limits
+    assert _settings(store.conn, reader) == (-1, {})
+    assert store.conn.execute("SELECT has_function_privilege('public', 'lo_creat(integer)', 'EXECUTE')").fetchone()[0]
+    _migrate(database_url, command.upgrade, "head")
+    assert _settings(store.conn, reader) == (20, _settings(store.conn, reader)[1])
+    assert _settings(store.conn, reader)[1]["statement_timeout"] == "60s"
+    assert _settings(store.conn, writer)[1]["statement_timeout"] == "300s"
+    assert _settings(store.conn, writer)[1]["temp_file_limit"] == "1024MB"
+    with psycopg.connect(_login(database_url, reader), autocommit=True) as conn:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("SELECT lo_from_bytea(0, 'x')")
+
+
+def _migrate(url: str, step, revision: str) -> None:  # type: ignore[no-untyped-def]
+    from sqlalchemy import create_engine
+
+    engine = create_engine(sqlalchemy_url(url))
+    config = alembic_config()
+    try:
+        with engine.begin() as conn:
+            config.attributes["connection"] = conn
+            step(config, revision)
+    finally:
+        engine.dispose()
+
+
+def test_passwords_a_guesser_tries_early_are_refused(database_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    for weak in ("short-pw", "aaaaaaaaaaaaaaaa", "121212121212121", "bi_reader_2026!"):
+        with pytest.raises(InvalidInput):
+            checked_password(weak, "bi_reader")
+    assert checked_password("correct horse battery", "bi_reader") == "correct horse battery"
+    monkeypatch.setenv("IMAGEDB_DATABASE_URL", database_url)
+    role = _role("r")
+    refused = CliRunner().invoke(main, ["grant-reader", role, "--password", "secret"])
+    assert refused.exit_code == 2 and "shorter than 12 characters" in refused.output
+    made = CliRunner().invoke(main, ["grant-reader", role, "--generate-password"])
+    assert made.exit_code == 0, made.output
+    password = made.output.split("password (shown once, store it now): ")[1].strip()
+    assert len(password) >= 20
+    with psycopg.connect(_login(database_url, role, password)) as conn:
+        assert conn.execute("SELECT current_user").fetchone()[0] == role
+
+
+def test_a_failed_login_is_logged_with_the_client_address(server_url: str, store: Store, database_url: str) -> None:
+    home = Path(parse_qs(urlsplit(server_url).query)["passfile"][0]).parent
+    if not (home / "pgdata" / "log").exists():
+        pytest.skip("an external server: its log is its administrator's")
+    role = _role("r")
+    grant_reader(store, role, PASSWORD)
+    with pytest.raises(psycopg.OperationalError):
+        psycopg.connect(_login(database_url, role, "a-wrong-guess-of-it"), connect_timeout=5).close()
+    deadline = time.monotonic() + 5
+    wanted = f'password authentication failed for user "{role}"'
+    while time.monotonic() < deadline:
+        lines = [line for line in (home / "pgdata" / "log").read_text(errors="replace").splitlines() if wanted in line]
+        if lines:
+            break
+        time.sleep(0.1)
+    assert lines and f"client=[local] user={role} " in lines[-1], lines
+
+
+def _hold(url: str, statements: list[str], ready: threading.Event, done: threading.Event) -> None:
+    with psycopg.connect(url, application_name="lock-holder") as conn:
+        for statement in statements:
+            conn.execute(statement)
+        ready.set()
+        done.wait(60)
+        conn.rollback()
+
+
+def _while_held(url: str, statements: list[str]):  # type: ignore[no-untyped-def]
+    ready, done = threading.Event(), threading.Event()
+    thread = threading.Thread(target=_hold, args=(url, statements, ready, done), daemon=True)
+    thread.start()
+    assert ready.wait(30)
+    return done, thread
+
+
+@pytest.mark.slow
+def test_an_owner_command_behind_a_writers_exclusive_lock_ends_naming_it(
+    store: Store, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writer = _role("w")
+    grant_writer(store, writer, PASSWORD)
+    done, thread = _while_held(_login(database_url, writer), ["LOCK TABLE images IN ACCESS EXCLUSIVE MODE"])
+    try:
+        pid = store.conn.execute("SELECT pid FROM pg_stat_activity WHERE usename = %s", (writer,)).fetchone()[0]
+        monkeypatch.setenv("IMAGEDB_DATABASE_URL", database_url)
+        started = time.monotonic()
+        result = CliRunner().invoke(main, ["db", "check"])
+        took = time.monotonic() - started
+    finally:
+        done.set()
+        thread.join()
+    assert result.exit_code == 1 and result.output.count("\n") == 1, result.output
+    assert LOCK_TIMEOUT_S <= took < LOCK_TIMEOUT_S + 10
+    assert f"session {pid} (role '{writer}', application 'lock-holder'" in result.output
+    assert "'LOCK TABLE images IN ACCESS EXCLUSIVE MODE'" in result.output
+    assert f"SELECT pg_terminate_backend({pid})" in result.output
+
+
+@pytest.mark.slow
+def test_a_restore_behind_a_reader_idle_in_a_transaction_ends_naming_it_and_changes_nothing(
+    store: Store, database_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    reader = _role("r")
+    grant_reader(store, reader, PASSWORD)
+    monkeypatch.setenv("IMAGEDB_DATABASE_URL", database_url)
+    dump = tmp_path / "before.dump"
+    assert CliRunner().invoke(main, ["db", "dump", str(dump)]).exit_code == 0
+    store.conn.execute("COMMENT ON TABLE images IS 'made after the dump'")
+    done, thread = _while_held(_login(database_url, reader), ["SELECT count(*) FROM image_catalog"])
+    try:
+        pid = store.conn.execute("SELECT pid FROM pg_stat_activity WHERE usename = %s", (reader,)).fetchone()[0]
+        started = time.monotonic()
+        result = CliRunner().invoke(main, ["db", "restore", str(dump), "--yes"])
+        took = time.monotonic() - started
+    finally:
+        done.set()
+        thread.join()
+    assert result.exit_code == 1 and result.output.count("\n") == 1, result.output
+    assert took < LOCK_TIMEOUT_S + 20
+    assert f"session {pid} (role '{reader}'" in result.output and "idle in transaction" in result.output
+    assert "'SELECT count(*) FROM image_catalog'" in result.output
+    comment = store.conn.execute("SELECT obj_description('images'::regclass)").fetchone()[0]
+    assert comment == "made after the dump"  # the restore's single transaction was rolled back whole
