@@ -175,7 +175,7 @@ def test_grant_refuses_the_owner(store: Store) -> None:
 
     for grant in (grant_reader, grant_writer):
         with pytest.raises(InvalidInput, match="superuser or the role imagedb runs as"):
-            grant(store, "postgres", "x")
+            grant(store, "postgres", "long enough to pass")
     assert store.conn.execute("SELECT 1").fetchone() == (1,)
 
 
