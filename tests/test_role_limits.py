@@ -5,6 +5,8 @@ session's lock, failed logins logged with the client's address, and password rul
 from __future__ import annotations
 
 import os
+import re
+import socket
 import subprocess
 import threading
 import time
@@ -20,6 +22,7 @@ from imagedb.cli import main
 from imagedb.errors import InvalidInput
 from imagedb.pg.cluster import program
 from imagedb.pg.connection import sqlalchemy_url
+from imagedb.pg.embedded import stop_embedded
 from imagedb.pg.limits import LOCK_TIMEOUT_S, READER_LIMITS
 from imagedb.pg.migrate import alembic_config
 from imagedb.roles import checked_password, grant_reader, grant_writer
@@ -194,6 +197,40 @@ def test_a_failed_login_is_logged_with_the_client_address(server_url: str, store
     assert lines and f"client=[local] user={role} " in lines[-1], lines
 
 
+def _logged(log: Path, wanted: str) -> list[str]:
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        if lines := [line for line in log.read_text(errors="replace").splitlines() if wanted in line]:
+            return lines
+        time.sleep(0.1)
+    return []
+
+
+@pytest.mark.slow
+def test_a_failed_login_over_tcp_is_logged_with_its_address(tmp_path: Path) -> None:
+    """The line a rate limiter (fail2ban) matches: the client's IP address and the failure, on one line."""
+    home = tmp_path / "home"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    run = CliRunner(env={"IMAGEDB_DATABASE_URL": None})
+    try:
+        assert run.invoke(main, ["--home", str(home), "db", "listen", f"127.0.0.1:{port}"]).exit_code == 0
+        granted = run.invoke(main, ["--home", str(home), "grant-reader", "bi_guessed", "--password", PASSWORD])
+        assert granted.exit_code == 0, granted.output
+        for _ in range(3):
+            with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+                psycopg.connect(
+                    host="127.0.0.1", port=port, user="bi_guessed", password="not-the-one-at-all", dbname="imagedb",
+                    connect_timeout=5,
+                ).close()  # fmt: skip
+        lines = _logged(home / "pgdata" / "log", 'password authentication failed for user "bi_guessed"')
+        assert len(lines) == 3 and all("client=127.0.0.1 user=bi_guessed db=imagedb " in line for line in lines)
+        assert re.search(r"client=(\S+) .*password authentication failed", lines[0]).group(1) == "127.0.0.1"
+    finally:
+        stop_embedded(home)
+
+
 def _hold(url: str, statements: list[str], ready: threading.Event, done: threading.Event) -> None:
     with psycopg.connect(url, application_name="lock-holder") as conn:
         for statement in statements:
@@ -259,3 +296,24 @@ def test_a_restore_behind_a_reader_idle_in_a_transaction_ends_naming_it_and_chan
     assert "'SELECT count(*) FROM image_catalog'" in result.output
     comment = store.conn.execute("SELECT obj_description('images'::regclass)").fetchone()[0]
     assert comment == "made after the dump"  # the restore's single transaction was rolled back whole
+
+
+@pytest.mark.slow
+def test_an_api_request_behind_a_held_table_gets_a_503_not_a_hang(database_url: str) -> None:
+    from fastapi.testclient import TestClient
+
+    from imagedb.api import create_app
+
+    client = TestClient(create_app(database_url), base_url="http://localhost")
+    assert client.get("/api/collections").status_code == 200
+    done, thread = _while_held(database_url, ["LOCK TABLE collections IN ACCESS EXCLUSIVE MODE"])
+    try:
+        started = time.monotonic()
+        answer = client.get("/api/collections")
+        took = time.monotonic() - started
+    finally:
+        done.set()
+        thread.join()
+    assert answer.status_code == 503 and "another session has held a table" in answer.json()["detail"]
+    assert took < LOCK_TIMEOUT_S + 10
+    assert client.get("/api/collections").status_code == 200
