@@ -317,3 +317,26 @@ def test_an_api_request_behind_a_held_table_gets_a_503_not_a_hang(database_url: 
     assert answer.status_code == 503 and "another session has held a table" in answer.json()["detail"]
     assert took < LOCK_TIMEOUT_S + 10
     assert client.get("/api/collections").status_code == 200
+
+
+@pytest.mark.slow
+def test_a_migration_behind_a_held_table_ends_naming_it(
+    store: Store, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _migrate(database_url, command.downgrade, "readers")
+    done, thread = _while_held(database_url, ["LOCK TABLE alembic_version IN ACCESS EXCLUSIVE MODE"])
+    try:
+        pid = store.conn.execute("SELECT pid FROM pg_stat_activity WHERE application_name = 'lock-holder'").fetchone()[
+            0
+        ]
+        monkeypatch.setenv("IMAGEDB_DATABASE_URL", database_url)
+        started = time.monotonic()
+        result = CliRunner().invoke(main, ["db", "upgrade"])
+        took = time.monotonic() - started
+    finally:
+        done.set()
+        thread.join()
+    assert result.exit_code == 1 and result.output.count("\n") == 1, result.output
+    assert took < LOCK_TIMEOUT_S + 10 and f"SELECT pg_terminate_backend({pid})" in result.output
+    assert store.conn.execute("SELECT version_num FROM alembic_version").fetchone()[0] == "readers"
+    assert CliRunner().invoke(main, ["db", "upgrade"]).exit_code == 0
