@@ -340,3 +340,61 @@ def test_a_migration_behind_a_held_table_ends_naming_it(
     assert took < LOCK_TIMEOUT_S + 10 and f"SELECT pg_terminate_backend({pid})" in result.output
     assert store.conn.execute("SELECT version_num FROM alembic_version").fetchone()[0] == "readers"
     assert CliRunner().invoke(main, ["db", "upgrade"]).exit_code == 0
+
+
+@pytest.mark.slow
+def test_an_ingest_behind_a_held_table_ends_naming_it_and_a_rerun_completes(
+    store: Store, database_url: str, monkeypatch: pytest.MonkeyPatch, photos: Path, tiny_model: str
+) -> None:
+    monkeypatch.setenv("IMAGEDB_DATABASE_URL", database_url)
+    first = CliRunner().invoke(main, ["ingest", str(photos / "coffee.jpg"), "--model", tiny_model])
+    assert first.exit_code == 0, first.output
+    writer = _role("w")
+    grant_writer(store, writer, PASSWORD)
+    done, thread = _while_held(_login(database_url, writer), ["LOCK TABLE images IN ACCESS EXCLUSIVE MODE"])
+    try:
+        pid = store.conn.execute("SELECT pid FROM pg_stat_activity WHERE usename = %s", (writer,)).fetchone()[0]
+        started = time.monotonic()
+        result = CliRunner().invoke(main, ["ingest", str(photos)])
+        took = time.monotonic() - started
+    finally:
+        done.set()
+        thread.join()
+    assert result.exit_code == 1 and f"SELECT pg_terminate_backend({pid})" in result.output, result.output
+    assert "Traceback" not in result.output and took < 2 * LOCK_TIMEOUT_S + 20
+    again = CliRunner().invoke(main, ["ingest", str(photos)])
+    assert again.exit_code == 0, again.output
+    assert store.conn.execute("SELECT count(*) FROM images").fetchone()[0] == 12
+
+
+@pytest.mark.slow
+def test_an_owner_that_is_no_superuser_grants_and_is_told_which_limits_it_could_not_set(server_url: str) -> None:
+    """A server of one's own, as docs/operations.md sets it up: imagedb's role owns the database, a superuser made
+    the extension and the BI role. The migration and grant-* still work; what only an administrator may set is
+    named."""
+    from conftest import with_database
+
+    name, owner, role = f"imagedb_plain_{os.getpid()}", "plain_limits_owner", "dba_made_reader"
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name}")
+        for r in (owner, role):
+            conn.execute(f"DROP ROLE IF EXISTS {r}")
+        conn.execute(f"CREATE ROLE {owner} LOGIN PASSWORD '{PASSWORD}'")
+        conn.execute(f"CREATE ROLE {role} LOGIN PASSWORD '{PASSWORD}'")
+        conn.execute(f"CREATE DATABASE {name} OWNER {owner}")
+    with psycopg.connect(with_database(server_url, name), autocommit=True) as conn:
+        conn.execute("CREATE EXTENSION vector")
+    url = _login(with_database(server_url, name), owner)
+    try:
+        assert CliRunner().invoke(main, ["--database-url", url, "db", "upgrade"]).exit_code == 0
+        result = CliRunner().invoke(main, ["--database-url", url, "grant-reader", role])
+        assert result.exit_code == 0, result.output
+        assert "may not set connection limit, statement_timeout, idle_in_transaction_session_timeout," in result.output
+        assert "large objects and temporary tables" in result.output
+        with psycopg.connect(_login(with_database(server_url, name), role), autocommit=True) as conn:
+            assert conn.execute("SELECT count(*) FROM image_catalog").fetchone()[0] == 0
+    finally:
+        with psycopg.connect(server_url, autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE {name} WITH (FORCE)")
+            conn.execute(f"DROP ROLE {role}")
+            conn.execute(f"DROP ROLE {owner}")

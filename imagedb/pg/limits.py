@@ -56,8 +56,9 @@ WRITER_LIMITS = RoleLimits(statement_timeout_s=300, idle_in_transaction_s=60, co
 
 
 def set_role_limits(conn: psycopg.Connection, role: str, limits: RoleLimits) -> list[str]:
-    """Give `role` these limits. temp_file_limit may only be set by a superuser (or a role granted SET on it): on
-    a server where imagedb's role is neither, it is left as it is and named in the list returned."""
+    """Give `role` these limits; returns those the server refused. temp_file_limit may only be set by a superuser
+    (or a role granted SET on it), any of them only by a role with CREATEROLE (ADMIN on the role since PostgreSQL
+    16): on a server where imagedb's role has neither, they are left to its administrator."""
     import psycopg
     from psycopg import sql
 
@@ -67,17 +68,21 @@ def set_role_limits(conn: psycopg.Connection, role: str, limits: RoleLimits) -> 
         "idle_in_transaction_session_timeout": f"{limits.idle_in_transaction_s}s",
         "temp_file_limit": f"{limits.temp_file_limit_mb}MB" if limits.temp_file_limit_mb >= 0 else "-1",
     }
+    statements = {"connection limit": sql.SQL("ALTER ROLE {} CONNECTION LIMIT {}").format(
+        name, sql.Literal(limits.connection_limit)
+    )}  # fmt: skip
+    for setting, value in settings.items():
+        statements[setting] = sql.SQL("ALTER ROLE {} SET {} = {}").format(
+            name, sql.Identifier(setting), sql.Literal(value)
+        )
     refused = []
     with conn.transaction():
-        conn.execute(sql.SQL("ALTER ROLE {} CONNECTION LIMIT {}").format(name, sql.Literal(limits.connection_limit)))
-        for setting, value in settings.items():
+        for what, statement in statements.items():
             try:
-                with conn.transaction():  # a savepoint: one refused setting leaves the others
-                    conn.execute(
-                        sql.SQL("ALTER ROLE {} SET {} = {}").format(name, sql.Identifier(setting), sql.Literal(value))
-                    )
+                with conn.transaction():  # a savepoint: one refused limit leaves the others
+                    conn.execute(statement)
             except psycopg.errors.InsufficientPrivilege:
-                refused.append(setting)
+                refused.append(what)
     return refused
 
 

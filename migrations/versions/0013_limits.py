@@ -46,17 +46,24 @@ def _superuser() -> bool:
     )
 
 
+def _try(statement: str) -> None:
+    """Run a role statement unless imagedb's role may not (no CREATEROLE, or not a superuser for temp_file_limit):
+    then the role keeps its settings, and `imagedb grant-*` says which it could not set."""
+    op.execute(
+        f"DO $imagedb_limits$ BEGIN {statement}; EXCEPTION WHEN insufficient_privilege THEN"
+        f" RAISE NOTICE 'not set: %', SQLERRM; END $imagedb_limits$"
+    )
+
+
 def upgrade() -> None:
     superuser = _superuser()
     writers = set(_roles("INSERT", "embeddings"))
     readers = set(_roles("SELECT", "image_catalog")) - writers
     for roles, settings in ((readers, _READER), (writers, _WRITER)):
         for role in sorted(roles):
-            op.execute(f"ALTER ROLE {_ident(role)} CONNECTION LIMIT {_CONNECTION_LIMIT}")
+            _try(f"ALTER ROLE {_ident(role)} CONNECTION LIMIT {_CONNECTION_LIMIT}")
             for name, value in settings.items():
-                if name == "temp_file_limit" and not superuser:
-                    continue  # a superuser-only setting: the administrator's (docs/security.md)
-                op.execute(f"ALTER ROLE {_ident(role)} SET {name} = '{value}'")
+                _try(f"ALTER ROLE {_ident(role)} SET {name} = '{value}'")
     if superuser:
         database = op.get_bind().exec_driver_sql("SELECT current_database()").scalar_one()
         op.execute(f"REVOKE EXECUTE ON FUNCTION {_LARGE_OBJECTS} FROM PUBLIC")
@@ -66,9 +73,9 @@ def upgrade() -> None:
 def downgrade() -> None:
     writers = set(_roles("INSERT", "embeddings"))
     for role in sorted(writers | set(_roles("SELECT", "image_catalog"))):
-        op.execute(f"ALTER ROLE {_ident(role)} CONNECTION LIMIT -1")
+        _try(f"ALTER ROLE {_ident(role)} CONNECTION LIMIT -1")
         for name in _READER:
-            op.execute(f"ALTER ROLE {_ident(role)} RESET {name}")
+            _try(f"ALTER ROLE {_ident(role)} RESET {name}")
     if _superuser():
         database = op.get_bind().exec_driver_sql("SELECT current_database()").scalar_one()
         # lo_import is the server's file reader: PUBLIC never had it.
