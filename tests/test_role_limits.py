@@ -28,6 +28,8 @@ from imagedb.pg.migrate import alembic_config
 from imagedb.roles import checked_password, grant_reader, grant_writer
 from imagedb.store import Store
 
+from conftest import with_database
+
 PASSWORD = "a-limited-login-pw"
 _names = iter(range(1_000_000))
 
@@ -99,6 +101,11 @@ def test_readers_and_writers_cannot_create_large_objects_or_temporary_tables(sto
             )
             assert done.returncode != 0 and "permission denied for function lo_creat" in done.stderr, done.stderr
         assert store.conn.execute("SELECT count(*) FROM pg_largeobject_metadata").fetchone()[0] == 0
+        # Nor in the embedded server's own databases, where the revokes above do not reach: no login there at all.
+        if "passfile" in database_url:
+            for other in ("postgres", "template1"):
+                with pytest.raises(psycopg.OperationalError, match="permission denied for database"):
+                    psycopg.connect(_login(with_database(database_url, other), roles[0])).close()
     finally:
         payload.unlink()
 
@@ -113,7 +120,7 @@ def test_each_limit_holds_for_the_role(store: Store, database_url: str) -> None:
     with psycopg.connect(url, autocommit=True) as conn:
         with pytest.raises(psycopg.errors.QueryCanceled, match="statement timeout"):
             conn.execute("SELECT pg_sleep(5)")
-        conn.execute("SET statement_timeout = 0")  # a session may lower its own, not the temp_file_limit
+        conn.execute("SET statement_timeout = 0")  # a session may change its own timeouts, never temp_file_limit
         conn.execute("SET work_mem = '64kB'")
         with pytest.raises(psycopg.errors.ConfigurationLimitExceeded, match="temp_file_limit"):
             conn.execute("SELECT count(*) FROM (SELECT md5(g::text) FROM generate_series(1, 300000) g ORDER BY 1) s")
@@ -372,8 +379,6 @@ def test_an_owner_that_is_no_superuser_grants_and_is_told_which_limits_it_could_
     """A server of one's own, as docs/operations.md sets it up: imagedb's role owns the database, a superuser made
     the extension and the BI role. The migration and grant-* still work; what only an administrator may set is
     named."""
-    from conftest import with_database
-
     name, owner, role = f"imagedb_plain_{os.getpid()}", "plain_limits_owner", "dba_made_reader"
     with psycopg.connect(server_url, autocommit=True) as conn:
         conn.execute(f"DROP DATABASE IF EXISTS {name}")
