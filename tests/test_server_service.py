@@ -270,7 +270,7 @@ def test_a_replica_reports_its_receiver_truthfully_to_a_bi_role(primary: Path, s
         assert _run(primary, "grant-reader", "replica_bi", "--password", "bi-login-pw-1").exit_code == 0
         port = _free_port()
         assert _run(folder, "db", "listen", f"127.0.0.1:{port}").exit_code == 0
-        url = f"postgresql://replica_bi:pw@127.0.0.1:{port}/imagedb"
+        url = f"postgresql://replica_bi:bi-login-pw-1@127.0.0.1:{port}/imagedb"
         deadline = time.monotonic() + 60
         while True:  # the role comes over from the primary
             try:
