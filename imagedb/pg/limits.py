@@ -116,14 +116,15 @@ def _is_superuser(conn: psycopg.Connection) -> bool:
     return bool(row and row[0])
 
 
-# imagedb's roles, found by what grant-reader (SELECT on image_catalog) and grant-writer (INSERT on embeddings) gave.
+# imagedb's roles, found by what grant-reader (SELECT on image_catalog) and grant-writer (INSERT on embeddings) gave;
+# imagedb's tables are in public or, from the revision `internal` on, in imagedb_internal.
 _ROLE_LIMITS = """
 SELECT r.rolname, kind, r.rolconnlimit,
        (SELECT array_agg(s) FROM pg_db_role_setting d, unnest(d.setconfig) s
         WHERE d.setrole = r.oid AND d.setdatabase = 0)
 FROM (SELECT DISTINCT grantee::text AS role, CASE table_name WHEN 'embeddings' THEN 'writer' ELSE 'reader' END AS kind
       FROM information_schema.role_table_grants
-      WHERE table_schema = 'public' AND grantee NOT IN (current_user, 'PUBLIC')
+      WHERE table_schema IN ('public', 'imagedb_internal') AND grantee NOT IN (current_user, 'PUBLIC')
         AND ((table_name = 'embeddings' AND privilege_type = 'INSERT')
              OR (table_name = 'image_catalog' AND privilege_type = 'SELECT'))) g
 JOIN pg_roles r ON r.rolname = g.role

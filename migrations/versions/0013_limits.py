@@ -26,7 +26,7 @@ _LARGE_OBJECTS = "lo_creat(integer), lo_create(oid), lo_from_bytea(oid, bytea), 
 
 _ROLES = """
 SELECT DISTINCT grantee FROM information_schema.role_table_grants
-WHERE table_schema = 'public' AND privilege_type = '{privilege}' AND table_name = '{table}'
+WHERE table_schema IN ('public', 'imagedb_internal') AND privilege_type = '{privilege}' AND table_name = '{table}'
   AND grantee NOT IN (current_user, 'PUBLIC')
 """
 
