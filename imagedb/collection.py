@@ -8,8 +8,7 @@ from pathlib import Path
 
 import psycopg
 
-from imagedb import provenance
-from imagedb.config import new_collection_model
+from imagedb import config, provenance
 from imagedb.embed import ModelSpec
 from imagedb.errors import InvalidInput, ModelMismatch, NotFound
 from imagedb.store import Collection, Store
@@ -71,7 +70,7 @@ def get_or_create_collection(
                 f" ingest with --keep-phi into a new collection (--collection NEW_NAME), or leave out --keep-phi"
             )
         return collection
-    spec = requested or ModelSpec.parse(new_collection_model())
+    spec = requested or _configured_model()
     try:
         model_id, _ = provenance.load_checked(store, spec, allow_random_weights=allow_random_weights)
         created = store.models.create_collection(name, model_id, keep_phi=keep_phi)
@@ -83,6 +82,15 @@ def get_or_create_collection(
     if keep_phi and not created.keep_phi:  # another process created it a moment earlier, without --keep-phi
         raise InvalidInput(f"collection {name!r} was just created without --keep-phi by another process")
     return created
+
+
+def _configured_model() -> ModelSpec:
+    """A new collection's model when --model names none; a bad one says where it was set."""
+    found = config.resolve("model")
+    try:
+        return ModelSpec.parse(str(found.value))
+    except InvalidInput as exc:
+        raise InvalidInput(f"{exc} (the model of new collections, from {found.source})") from exc
 
 
 def held_model(store: Store, collection: Collection, requested: ModelSpec) -> Collection:

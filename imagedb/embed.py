@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from imagedb import cpus
+from imagedb import architectures, config, cpus
 from imagedb.errors import InvalidInput, ModelUnavailable
 
 if TYPE_CHECKING:
@@ -48,7 +48,9 @@ class ModelSpec:
         name, _, pretrained = spec.partition(":")
         if _looks_like_path(pretrained):
             pretrained = str(Path(pretrained).expanduser().resolve())
-        return cls(name, pretrained)
+        parsed = cls(name, pretrained)
+        architectures.check(name, parsed.checkpoint)  # before torch is imported: a typo fails at once
+        return parsed
 
     def __str__(self) -> str:
         return f"{self.name}:{self.pretrained}" if self.pretrained else self.name
@@ -118,9 +120,14 @@ class Embedder:
         _check_hub_reachable(spec, open_clip)
         if not spec.has_weights:
             torch.manual_seed(RANDOM_WEIGHTS_SEED)  # only reached with --allow-random-weights: see require_weights
+        weights = _hub_weights(spec, open_clip)
+        cached = hub_cached(*weights) if weights else None
         try:
             model, _, preprocess = open_clip.create_model_and_transforms(
-                spec.name, pretrained=spec.pretrained or None, device=self.device
+                spec.name,
+                pretrained=spec.pretrained or None,
+                device=self.device,
+                cache_dir=cached[0] if cached else None,  # `imagedb models fetch`'s folder, when they are there
             )
             self._tokenizer = open_clip.get_tokenizer(spec.name)
         except Exception as exc:  # open_clip raises RuntimeError, OSError, hub errors, KeyError...
@@ -318,24 +325,59 @@ def _hub_weights(spec: ModelSpec, open_clip: Any) -> tuple[str, list[str]] | Non
     return repo, [filename]
 
 
+def weights_folder() -> Path:
+    """Where `imagedb models fetch` keeps hub weights: a hub cache under the home folder, kept with the data."""
+    return config.home() / "models" / "hub"
+
+
+def hub_cached(repo: str, names: list[str]) -> tuple[str | None, Path] | None:
+    """(cache folder, file) of weights downloaded already: imagedb's folder first, then the hub's own cache."""
+    from huggingface_hub import try_to_load_from_cache
+
+    for cache_dir in (str(weights_folder()), None):
+        for name in names:
+            found = try_to_load_from_cache(repo, name, cache_dir=cache_dir)
+            if isinstance(found, str):
+                return cache_dir, Path(found)
+    return None
+
+
+def missing_weights_message(spec: ModelSpec, repo: str, filename: str, why: str) -> str:
+    """What to do when hub weights are not here and cannot be downloaded: the repository and file, and the two
+    ways to bring them."""
+    return (
+        f"cannot load model {spec}: its weights, {filename} of the Hugging Face repository {repo}, are not"
+        f" downloaded yet and {why}. Where there is a network: imagedb models fetch {spec}; or copy the file from"
+        f" https://huggingface.co/{repo}/blob/main/{filename} here and run imagedb models import {spec} FILE"
+        f" (or pass it: --model {spec.name}:/path/to/{filename})"
+    )
+
+
 def _check_hub_reachable(spec: ModelSpec, open_clip: Any) -> None:
     """Fail at once, not after a minute of silent retries, when weights must be downloaded and cannot be."""
-    from huggingface_hub import constants, try_to_load_from_cache
+    from huggingface_hub import constants
 
     weights = _hub_weights(spec, open_clip)
-    if weights is None or constants.HF_HUB_OFFLINE:
+    if weights is None:
         return
     repo, names = weights
-    if any(isinstance(try_to_load_from_cache(repo, name), str) for name in names):
+    if hub_cached(repo, names) is not None:
         return
+    if constants.HF_HUB_OFFLINE:
+        raise ModelUnavailable(missing_weights_message(spec, repo, names[0], "HF_HUB_OFFLINE is set"))
+    why = hub_unreachable()
+    if why is not None:
+        raise ModelUnavailable(missing_weights_message(spec, repo, names[0], why))
+
+
+def hub_unreachable() -> str | None:
+    """Why the model hub cannot be reached, in a few seconds; None when it answers (with any status)."""
+    from huggingface_hub import constants
+
     try:
         urllib.request.urlopen(constants.ENDPOINT, timeout=HUB_PROBE_SECONDS).close()
     except urllib.error.HTTPError:
-        return  # the hub answered, even if not with 200: it is reachable
+        return None  # the hub answered, even if not with 200: it is reachable
     except (OSError, ValueError) as exc:
-        reason = getattr(exc, "reason", exc)
-        raise ModelUnavailable(
-            f"cannot load model {spec}: its weights are not downloaded yet and the model hub {constants.ENDPOINT}"
-            f" cannot be reached ({reason}). Download them where there is a network, or pass a local checkpoint:"
-            f" --model {spec.name}:/path/to/open_clip_model.safetensors"
-        ) from exc
+        return f"the model hub {constants.ENDPOINT} cannot be reached ({getattr(exc, 'reason', exc)})"
+    return None

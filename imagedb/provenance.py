@@ -57,17 +57,10 @@ def weights_file(spec: ModelSpec) -> Path | None:
 
 def _hub_cached_file(spec: ModelSpec) -> Path | None:
     import open_clip
-    from huggingface_hub import try_to_load_from_cache
 
     weights = embed._hub_weights(spec, open_clip)
-    if weights is None:
-        return None
-    repo, names = weights
-    for name in names:
-        found = try_to_load_from_cache(repo, name)
-        if isinstance(found, str):
-            return Path(os.path.realpath(found))
-    return None
+    cached = embed.hub_cached(*weights) if weights else None
+    return Path(os.path.realpath(cached[1])) if cached else None
 
 
 def verify(spec: ModelSpec, record: ModelRecord) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import create_engine, text
 
-from imagedb.pg.connection import sqlalchemy_url
+from imagedb.pg.connection import session_options, sqlalchemy_url
 from imagedb.pg.database import resolve_url
 from imagedb.schema import metadata
 from imagedb.store.index import HNSW_INDEX_PREFIX
@@ -31,6 +31,6 @@ connection = context.config.attributes.get("connection")
 if connection is not None:
     run(connection)
 else:
-    url = sqlalchemy_url(context.config.get_main_option("sqlalchemy.url") or resolve_url(None))
-    with create_engine(url).connect() as conn:
+    url = context.config.get_main_option("sqlalchemy.url") or resolve_url(None)
+    with create_engine(sqlalchemy_url(url), connect_args={"options": session_options(url)}).connect() as conn:
         run(conn)

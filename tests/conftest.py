@@ -89,6 +89,14 @@ def database_url(server_url: str, template_url: str) -> Iterator[str]:
     name = f"imagedb_test_{os.getpid()}_{next(_counter)}"
     with psycopg.connect(server_url, autocommit=True) as conn:
         conn.execute(f"CREATE DATABASE {name} TEMPLATE {TEMPLATE_DB}")
+        # A copy does not take the template's ALTER DATABASE settings (the migrations' search_path): copy them.
+        for (setting,) in conn.execute(
+            "SELECT unnest(s.setconfig) FROM pg_db_role_setting s JOIN pg_database d ON d.oid = s.setdatabase"
+            " WHERE d.datname = %s AND s.setrole = 0",
+            (TEMPLATE_DB,),
+        ).fetchall():
+            key, value = setting.split("=", 1)
+            conn.execute(f"ALTER DATABASE {name} SET {key} = {value}")
     yield with_database(server_url, name)
     with psycopg.connect(server_url, autocommit=True) as conn:
         conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")

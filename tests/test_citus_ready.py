@@ -55,7 +55,7 @@ def violations(store: Store) -> set[str]:
         "SELECT t.relname, t.oid, i.relname, x.indkey::int2[] FROM pg_index x"
         " JOIN pg_class t ON t.oid = x.indrelid JOIN pg_class i ON i.oid = x.indexrelid"
         " JOIN pg_namespace n ON n.oid = t.relnamespace"
-        " WHERE n.nspname = 'public' AND x.indisunique AND t.relname = ANY(%s)",
+        " WHERE n.nspname = ANY(current_schemas(false)) AND x.indisunique AND t.relname = ANY(%s)",
         (list(DISTRIBUTED),),
     ).fetchall()
     for table, oid, index, keys in uniques:
@@ -65,7 +65,8 @@ def violations(store: Store) -> set[str]:
     foreign = store.conn.execute(
         "SELECT t.relname, t.oid, c.conname, c.conkey, r.relname, r.oid, c.confkey FROM pg_constraint c"
         " JOIN pg_class t ON t.oid = c.conrelid JOIN pg_class r ON r.oid = c.confrelid"
-        " JOIN pg_namespace n ON n.oid = t.relnamespace WHERE n.nspname = 'public' AND c.contype = 'f'"
+        " JOIN pg_namespace n ON n.oid = t.relnamespace"
+        " WHERE n.nspname = ANY(current_schemas(false)) AND c.contype = 'f'"
     ).fetchall()
     for table, oid, name, keys, target, target_oid, target_keys in foreign:
         if target in REFERENCE:
@@ -84,7 +85,8 @@ def test_every_table_has_a_place_in_the_distribution_design(store: Store) -> Non
         r[0]
         for r in store.conn.execute(
             "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
-            " WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p') AND c.relname <> 'alembic_version'"
+            " WHERE n.nspname = ANY(current_schemas(false)) AND c.relkind IN ('r', 'p')"
+            " AND c.relname <> 'alembic_version'"
         ).fetchall()
     }
     # A new table must be put in DISTRIBUTED or REFERENCE here, and in docs/scaling.md.

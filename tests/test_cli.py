@@ -130,7 +130,7 @@ def test_embedded_server_is_started_reused_and_stopped(tmp_path: Path, monkeypat
     first = runner.invoke(main, ["db", "url"])
     assert first.exit_code == 0 and "/imagedb?host=" in first.output
     info = runner.invoke(main, ["db", "info"])
-    assert "schema: revision" in info.output and "collections: none yet" in info.output
+    assert "schema: up to date (revision" in info.output and "collections: none yet" in info.output
     assert runner.invoke(main, ["db", "url"]).output == first.output
     assert "embedded server stopped" in runner.invoke(main, ["db", "stop"]).output
 

@@ -327,7 +327,7 @@ def test_a_weightless_spec_is_refused_with_the_known_tags(database_url: str, sto
     assert "--allow-random-weights" in result.output
     assert store.models.get_collection("c2") is None
     unknown = _cli(database_url, "ingest", str(photos), "--model", "NoSuchNet")
-    assert unknown.exit_code == 2 and "knows no model named" in unknown.output, unknown.output
+    assert unknown.exit_code == 2 and "has no model architecture 'NoSuchNet'" in unknown.output, unknown.output
 
 
 @pytest.mark.slow

@@ -69,3 +69,23 @@ def test_ci_runs_the_readme_test_command() -> None:
     second = _two_commands()[1]
     assert "pytest" in second
     assert second in (ROOT / ".ci" / "run").read_text()
+
+
+CPU_INDEX = "https://download.pytorch.org/whl/cpu"
+CPU_STEP = f"pip install torch torchvision --index-url {CPU_INDEX}"
+
+
+def test_the_cpu_only_route_is_the_first_command_with_both_torch_packages_from_the_cpu_index() -> None:
+    """Issue 23: the CPU-only advice named no index, and a CPU torch installed alone did not hold (pip then took a
+    torchvision that brought the CUDA torch back). The README writes the route out: torch and torchvision together
+    from PyTorch's CPU index (--index-url, so no other index offers a CUDA build), then the first command's steps."""
+    section = README.split("**Install size, and the CPU-only route.**", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```sh\n(.*?)```", section, flags=re.S)
+    assert len(blocks) == 1, blocks
+    (cpu,) = [line for line in blocks[0].splitlines() if line.strip()]
+    steps = cpu.split(" && ")
+    first = _two_commands()[0].split(" && ")
+    assert steps == first[:2] + [CPU_STEP] + first[2:], cpu
+    assert "--extra-index-url" not in cpu
+    # docs/models.md sends the reader to this section rather than giving a second recipe.
+    assert "README.md#two-commands" in (ROOT / "docs" / "models.md").read_text()

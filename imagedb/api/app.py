@@ -16,7 +16,7 @@ from fastapi import APIRouter, Depends, FastAPI
 from imagedb.api import guards, handlers
 from imagedb.api.deps import authorised
 from imagedb.api.limits import upload_limit
-from imagedb.api.routes import collections, images, page, search
+from imagedb.api.routes import browse, collections, docs, images, page, search
 from imagedb.api.state import ApiState, Database, Embedding
 from imagedb.errors import InvalidInput
 
@@ -45,15 +45,16 @@ def create_app(
         raise InvalidInput("the API token cannot be empty")
     state = ApiState(Database(database_url, home, pool_size), Embedding(embedding_slots, embedding_wait_s), token)
 
-    # No Swagger UI or ReDoc: they load from a CDN. The schema itself is at /openapi.json.
+    # FastAPI's own /docs loads Swagger UI from a CDN: routes/docs.py serves it from the package instead.
     app = FastAPI(title="imagedb", version="0.1.0", docs_url=None, redoc_url=None, lifespan=_lifespan)
     app.state.imagedb = state
     handlers.install(app)
     api = APIRouter(prefix="/api", dependencies=[Depends(authorised)], responses=handlers.ERROR_RESPONSES)
-    for resource in (search, images, collections):
+    for resource in (search, images, collections, browse):
         api.include_router(resource.router)
     app.include_router(api)
     app.include_router(page.router)
+    app.include_router(docs.router)
     app.mount("/static", page.static_files(), name="static")
     # Added innermost first: the body limit sees the request first after the Host or token check; the headers go on
     # every answer, the middlewares' own included.

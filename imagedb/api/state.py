@@ -18,9 +18,10 @@ from fastapi import HTTPException
 from pgvector.psycopg import register_vector
 from psycopg_pool import ConnectionPool
 
+from imagedb import config
 from imagedb.api.limits import POOL_TIMEOUT_S
 from imagedb.errors import ImagedbError
-from imagedb.pg.connection import check_pooled
+from imagedb.pg.connection import check_pooled, session_options
 from imagedb.pg.database import live_url, open_connection
 from imagedb.pg.limits import set_lock_timeout
 from imagedb.search import Plan, load_model, query_vector
@@ -43,7 +44,12 @@ class Database:
             live_url(database_url, home),  # follows the embedded server's socket when `db listen` moves it
             min_size=1,
             max_size=pool_size,
-            kwargs={"connect_timeout": 3, "autocommit": True},  # the store's transaction discipline (store/base.py)
+            # autocommit: the store's transaction discipline (store/base.py); options: imagedb's search_path
+            kwargs={
+                "connect_timeout": 3,
+                "autocommit": True,
+                "options": session_options(config.database_url(database_url) or ""),
+            },
             configure=_configure,
             check=check_pooled,  # a connection broken by a restart, or from before a restore, is replaced
             timeout=POOL_TIMEOUT_S,

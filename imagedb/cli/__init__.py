@@ -23,7 +23,8 @@ Examples:
 @click.option(
     "--database-url",
     envvar="IMAGEDB_DATABASE_URL",
-    help="PostgreSQL with pgvector to use [env IMAGEDB_DATABASE_URL]. Default: the embedded server.",
+    help="PostgreSQL with pgvector to use [env IMAGEDB_DATABASE_URL; settings file: database_url]. Default: the"
+    " embedded server.",
 )
 @click.option(
     "--home",
@@ -42,6 +43,11 @@ def main(ctx: click.Context, database_url: str | None, home: str | None, verbose
         # open_clip and the hub client log each retry and failure; the error the user sees says it in one line.
         logging.disable(logging.ERROR)
     ctx.obj = {"database_url": database_url, "home": home}
+    from imagedb import config
+
+    # --home for the whole command: the settings file read deep in the library (a new collection's model) is its.
+    token = config.HOME_OPTION.set(home)
+    ctx.call_on_close(lambda: config.HOME_OPTION.reset(token))
     from imagedb import embed
 
     # The first use of a model in this process says what the wait is (seconds to load, or a download).
@@ -49,6 +55,7 @@ def main(ctx: click.Context, database_url: str | None, home: str | None, verbose
 
 
 # Each command group in a module of its own; imported here, after `main`, so that `imagedb --help` stays light.
+from imagedb.cli.config import config_group  # noqa: E402
 from imagedb.cli.curate import dupes, forget, tag, watch  # noqa: E402
 from imagedb.cli.db import db  # noqa: E402
 from imagedb.cli.ingest import ingest  # noqa: E402
@@ -58,7 +65,8 @@ from imagedb.cli.search import query_terms, search  # noqa: E402
 from imagedb.cli.serve import serve  # noqa: E402
 from imagedb.cli.tune import tune  # noqa: E402
 
-for command in (ingest, search, tag, dupes, watch, forget, grant_reader, grant_writer, serve, db, tune, models):
+for command in (ingest, search, tag, dupes, watch, forget, grant_reader, grant_writer, serve, db, tune, models,
+                config_group):  # fmt: skip
     main.add_command(command)
 
 __all__ = ["main", "query_terms"]

@@ -104,6 +104,10 @@ def _progress_line(text: str) -> None:
     click.echo(printable(text), err=True)
 
 
+# Fewer images embedded than this give no rate: one image's time says nothing about the next thousand.
+RATE_MIN_IMAGES = 10
+
+
 def _duration(seconds: float) -> str:
     seconds = int(seconds)
     return f"{seconds // 60} min {seconds % 60} s" if seconds >= 60 else f"{seconds} s"
@@ -207,9 +211,11 @@ def ingest(
             f"metadata: {summary.metadata_matched} row(s) attached, {len(summary.metadata_unmatched)} matched"
             " no image" + "".join(f"\n  unmatched: {printable(key)}" for key in summary.metadata_unmatched[:20])
         )
-    stored = summary.added + summary.reused
-    # The rate of the embedding phase: over the whole run a first model load (seconds) would swamp it.
-    rate = f" ({stored / summary.embedding_seconds:.1f} images/s)" if stored and summary.embedding_seconds else ""
+    rate = ""
+    if summary.added >= RATE_MIN_IMAGES and summary.embedding_seconds:
+        # Of the images embedded, over the embedding phase, and said so: the total time holds the model load too
+        # (seconds), and images reused from identical content cost no embedding at all.
+        rate = f" ({summary.added / summary.embedding_seconds:.1f} images/s while embedding)"
     click.echo(
         f"{summary.collection}: added {summary.added}, reused {summary.reused}, skipped {summary.skipped} unchanged,"
         f" failed {summary.failed}, watch hits {summary.watch_hits} in {summary.seconds:.1f} s{rate}"

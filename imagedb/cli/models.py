@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -28,14 +29,18 @@ def models() -> None:
 
 
 @models.command("list", access="read")
+@click.option("--collection", "-c", help="Only this collection's models [default: every collection's].")
 @click.pass_context
-def list_models(ctx: click.Context) -> None:
+def list_models(ctx: click.Context, collection: str | None) -> None:
     """Every model of every collection: vectors, dimension, state, index, provenance."""
+    from imagedb.collection import get_collection
     from imagedb.embed import ModelSpec
     from imagedb.models import list_models as run_list
 
     with open_store(ctx) as store:
-        rows = run_list(store)
+        if collection is not None:
+            get_collection(store, collection)  # a name that is no collection says so, rather than listing nothing
+        rows = [r for r in run_list(store) if collection is None or r.collection == collection]
     if not rows:
         click.echo("no collections yet (imagedb ingest PATH)")
     for r in rows:
@@ -137,8 +142,82 @@ def drop(ctx: click.Context, spec: str, collection: str, yes: bool) -> None:
 
     model = _spec(spec)
     if not yes:
-        click.confirm(f"Delete every vector of {model} in {collection}?", abort=True)
+        try:
+            confirmed = click.confirm(f"Delete every vector of {model} in {escape(collection)}?")
+        except click.Abort:  # no answer: stdin at its end, as under cron or a pipe
+            confirmed = False
+        if not confirmed:
+            where = "" if sys.stdin.isatty() else " (no terminal to ask on)"
+            raise click.ClickException(f"nothing dropped{where}: confirm with --yes, e.g. imagedb models drop"
+                                       f" {model} -c {escape(collection)} --yes")  # fmt: skip
     with open_store(ctx) as store:
         summary = run_drop(store, model, collection)
     index = "; its index and registration are dropped" if summary.index_dropped else ""
     click.echo(f"{escape(summary.collection)}: dropped {summary.vectors} vector(s) of {summary.model}{index}")
+
+
+@models.command(access="none")
+@click.argument("spec", required=False)
+def fetch(spec: str | None) -> None:
+    """Download model SPEC's weights (default: the model new collections get) into the home folder, and record
+    their SHA-256.
+
+    Ingests and searches with SPEC then find them there, offline and with HF_HUB_OFFLINE=1 too. Weights there
+    already are only recorded. Without a network here, copy the file the error names from a machine that has one
+    and use `imagedb models import`.
+    """
+    from imagedb.weights import fetch as run_fetch
+
+    model = _spec(spec or config.new_collection_model())
+    click.echo(f"fetching the weights of {model} ...", err=True)
+    weights = run_fetch(model, None if sys.stderr.isatty() else _plain_bar())
+    state = "there already" if weights.already else "downloaded"
+    click.echo(f"{model}: {state}, {escape(str(weights.file))} ({weights.size / 1e6:.1f} MB, sha256 {weights.sha256})")
+
+
+def _plain_bar() -> type:
+    """A download's progress as a line at each tenth, for stderr that is not a terminal (a log, cron): the hub
+    client's bar shows on terminals only, so a 600 MB download said nothing for minutes."""
+    from tqdm import tqdm
+
+    class PlainBar(tqdm):  # type: ignore[misc]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            self._tenth = -1
+            kwargs.pop("name", None)
+            super().__init__(*args, **{**kwargs, "disable": False})
+
+        def display(self, msg: str | None = None, pos: int | None = None) -> bool:
+            tenth = int(10 * self.n / self.total) if self.total else 0
+            if tenth > self._tenth:
+                self._tenth = tenth
+                click.echo(f"{self.desc}: {self.n / 1e6:.1f}/{(self.total or 0) / 1e6:.1f} MB", err=True)
+            return True
+
+    return PlainBar
+
+
+@models.command("import", access="none")
+@click.argument("name")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+def import_weights(name: str, file: Path) -> None:
+    """Check that checkpoint FILE loads into the open_clip architecture NAME, keep a copy in the home folder and
+    record its SHA-256; prints the model to use it with.
+
+    \b
+    NAME as ARCH:TAG (ViT-B-32:laion2b_s34b_b79k): the weights of that tag, brought from a machine with a network;
+    the model keeps its name and loads offline, as if `imagedb models fetch` had downloaded them.
+    NAME as ARCH alone: your own weights, used as ARCH:/path/to/the/copy. A custom architecture needs ARCH.json
+    (an open_clip model config) beside FILE; it is copied along.
+    """
+    from imagedb.weights import import_checkpoint
+
+    weights = import_checkpoint(name, file)
+    state = "there already" if weights.already else "imported"
+    click.echo(f"{state}: {escape(str(weights.file))} ({weights.size / 1e6:.1f} MB, sha256 {weights.sha256})")
+    if ":" in name:  # the tag's own name: what uses it (the default model included) finds it there now
+        click.echo(f"{escape(weights.spec)} now loads from this copy, offline too")
+        return
+    click.echo(
+        f"use it with --model {escape(weights.spec)}, or for every new collection: imagedb config set model"
+        f" {escape(weights.spec)}"
+    )

@@ -25,17 +25,19 @@ def embedded_home(ctx: click.Context, what: str) -> Path:
 @click.command(cls=Command, access="none")
 @click.argument("address", required=False, metavar="HOST:PORT")
 @click.option("--off", is_flag=True, help="Stop listening on TCP: the Unix socket only, as by default.")
-@click.option("--cert", type=click.Path(dir_okay=False, path_type=Path), help="PEM certificate for TLS.")
-@click.option("--key", type=click.Path(dir_okay=False, path_type=Path), help="Its PEM private key.")
+# --cert/--key stay for a server built with TLS, hidden: the bundled PostgreSQL has none, so they can only be refused.
+@click.option("--cert", type=click.Path(dir_okay=False, path_type=Path), hidden=True)
+@click.option("--key", type=click.Path(dir_okay=False, path_type=Path), hidden=True)
 @click.pass_context
 def listen(ctx: click.Context, address: str | None, off: bool, cert: Path | None, key: Path | None) -> None:
     """Make the embedded server listen on TCP at HOST:PORT as well (for BI tools), from now on.
 
     \b
     Every TCP login needs its password; the superuser (postgres) is refused over TCP, so give BI tools a role
-    made by `imagedb grant-reader ROLE --password P`. Beyond loopback only TLS connections would be accepted
-    (--cert/--key, or a self-signed certificate); the bundled PostgreSQL has no TLS, so it listens on loopback
-    addresses only: reach it from elsewhere through an SSH tunnel. Without arguments: show the setting.
+    made by `imagedb grant-reader ROLE --password P`. The bundled PostgreSQL is built without TLS, so it listens
+    on loopback addresses only (127.0.0.1, ::1): reach it from another machine through an SSH tunnel
+    (ssh -L 5433:127.0.0.1:5433 HOST), or use a server of your own with TLS through IMAGEDB_DATABASE_URL.
+    Without arguments: show the setting.
     """
     from imagedb.pg.embedded import set_listen
     from imagedb.pg.listen import load_listen, parse_address
@@ -139,7 +141,7 @@ def require_primary_url(ctx: click.Context, url: str) -> None:
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 @click.pass_context
 def psql(ctx: click.Context, args: tuple[str, ...]) -> None:
-    """Open psql (PostgreSQL 18, bundled) on the database; ARGS go to psql, e.g. -c "select 1", --help."""
+    """Open psql (PostgreSQL 18, bundled) on the database, passing ARGS on to it (such as -c "select 1" or --help)."""
     from imagedb.pg.cluster import program as bundled
     from imagedb.pg.database import resolve_url
 

@@ -35,9 +35,26 @@ def model_spec(value: str | None) -> Any:
 collection_option = click.option(
     "--collection", "-c", default=config.DEFAULT_COLLECTION, show_default=True, help="Collection to use."
 )
+
+
+def _checked_model(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """A misspelt architecture is refused while the options are read: before the database, the files, or torch."""
+    from imagedb.embed import ModelSpec
+    from imagedb.errors import InvalidInput
+
+    if value:
+        try:
+            ModelSpec.parse(value)
+        except InvalidInput as exc:
+            raise click.BadParameter(one_line(str(exc)), ctx, param) from exc
+    return value
+
+
 model_option = click.option(
     "--model",
     "-m",
+    callback=_checked_model,
     help="open_clip model as NAME[:PRETRAINED] or NAME:/path/to/checkpoint. A new collection gets it (else"
-    f" IMAGEDB_MODEL, else {config.DEFAULT_MODEL}); an existing one uses its own and refuses another.",
+    f" IMAGEDB_MODEL, else the settings file's model, else {config.DEFAULT_MODEL}); an existing one uses its own"
+    " and refuses another.",
 )

@@ -11,16 +11,26 @@ from imagedb.errors import InvalidInput
 
 
 @click.command(cls=Command, access="none")
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (loopback only by default).")
-@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535), help="TCP port to listen on.")
+@click.option("--host", help="Address to listen on [default: serve.host of the settings file, else 127.0.0.1].")
+@click.option("--port", type=click.IntRange(1, 65535), help="TCP port to listen on [default: serve.port, else 8000].")
 @click.option(
     "--token",
     envvar="IMAGEDB_API_TOKEN",
-    help="Require Authorization: Bearer TOKEN on the API [env IMAGEDB_API_TOKEN]; needed off loopback.",
+    help="Require Authorization: Bearer TOKEN on the API [env IMAGEDB_API_TOKEN; settings file: serve.token];"
+    " needed off loopback.",
 )
 @click.pass_context
-def serve(ctx: click.Context, host: str, port: int, token: str | None) -> None:
+def serve(ctx: click.Context, host: str | None, port: int | None, token: str | None) -> None:
     """Serve the web page and the JSON API (OpenAPI schema at /openapi.json)."""
+    from imagedb import config
+
+    # Only what was not given comes from the settings file: an empty --token is still refused as empty.
+    host = host if host is not None else str(config.resolve("serve.host").value)
+    port = port if port is not None else int(config.resolve("serve.port").value or 8000)
+    if token is None:
+        token = str(config.resolve("serve.token").value or "") or None
+    if not 1 <= port <= 65535:
+        raise click.BadParameter(f"{port} (from the settings file) is not a TCP port", param_hint="serve.port")
     import sys
 
     import uvicorn

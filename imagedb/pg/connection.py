@@ -2,17 +2,32 @@
 
 from __future__ import annotations
 
+import os
+
 import psycopg
+from psycopg.conninfo import conninfo_to_dict
 
 from imagedb.errors import DatabaseUnavailable
 from imagedb.pg.limits import set_lock_timeout
+
+# imagedb's tables live in a schema readers have no USAGE on (migration 0015), its views and SQL functions in public;
+# imagedb's own sessions find both, and create tables in the first, without relying on the database's setting.
+INTERNAL_SCHEMA = "imagedb_internal"
+SEARCH_PATH = f"{INTERNAL_SCHEMA},public"
+
+
+def session_options(url: str) -> str:
+    """libpq's `options` for imagedb's sessions: the URL's own (else PGOPTIONS's, as libpq would take; it is gone
+    from the environment of a process on the embedded server), then imagedb's search_path."""
+    given = str(conninfo_to_dict(url).get("options") or os.environ.get("PGOPTIONS") or "")
+    return f"{given} -c search_path={SEARCH_PATH}".strip()
 
 
 def connect(url: str) -> psycopg.Connection:
     """An autocommit connection: every write the store makes is in an explicit transaction (store/base.py). Its lock
     waits end after pg/limits.py's LOCK_TIMEOUT_S, so that no command waits forever behind another session."""
     try:
-        conn = psycopg.connect(url, connect_timeout=10, autocommit=True)
+        conn = psycopg.connect(url, connect_timeout=10, autocommit=True, options=session_options(url))
         set_lock_timeout(conn)
         return conn
     except psycopg.OperationalError as exc:

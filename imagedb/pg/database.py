@@ -19,7 +19,7 @@ from imagedb.pg.migrate import current_revision, head_revision, upgrade
 
 def resolve_url(explicit: str | None, home: str | Path | None = None) -> str:
     """The URL to use: an explicit one, IMAGEDB_DATABASE_URL, or the embedded server's."""
-    return config.database_url(explicit) or embedded_url(config.home(home))
+    return config.database_url(explicit, home) or embedded_url(config.home(home))
 
 
 def live_url(explicit: str | None, home: str | Path | None = None) -> str | Callable[[], str]:
@@ -29,7 +29,7 @@ def live_url(explicit: str | None, home: str | Path | None = None) -> str | Call
     server on another port, which moves its socket. Nothing here starts a stopped server: `imagedb db stop` meant
     it, and connections fail until `imagedb db start` (or any command) starts it.
     """
-    external = config.database_url(explicit)
+    external = config.database_url(explicit, home)
     if external:
         return external
     folder = config.home(home)
@@ -48,7 +48,7 @@ def open_connection(explicit_url: str | None = None, home: str | Path | None = N
     The embedded database is migrated on the spot; an external one that is behind is refused with a message,
     since migrating someone's server is their decision.
     """
-    external = config.database_url(explicit_url)
+    external = config.database_url(explicit_url, home)
     url = external or embedded_url(config.home(home))
     conn = connect(url)
     head, current = head_revision(), current_revision(conn)

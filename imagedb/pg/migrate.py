@@ -7,7 +7,7 @@ from pathlib import Path
 import psycopg
 
 from imagedb.errors import DatabaseUnavailable, LockTimeout, SchemaOutOfDate, first_line
-from imagedb.pg.connection import connect, sqlalchemy_url
+from imagedb.pg.connection import connect, session_options, sqlalchemy_url
 from imagedb.pg.limits import LOCK_TIMEOUT_S, blocker_line
 
 _PACKAGE = Path(__file__).resolve().parent.parent
@@ -47,7 +47,7 @@ def upgrade(url: str) -> None:
     from sqlalchemy.exc import DBAPIError, OperationalError
 
     cfg = alembic_config()
-    engine = create_engine(sqlalchemy_url(url))
+    engine = create_engine(sqlalchemy_url(url), connect_args={"options": session_options(url)})
     try:
         with engine.begin() as conn:
             # As every connection of imagedb's (pg/limits.py): a migration behind a held table ends, naming it.

@@ -77,7 +77,17 @@ class AdminStore(Part):
                 self.conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(name))
             if password is not None:
                 self.conn.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(name, sql.Literal(password)))
-            self.conn.execute(sql.SQL("GRANT USAGE ON SCHEMA public TO {}").format(name))
+            # public (the views and functions) and the schema of each table granted (imagedb's own for a writer).
+            schemas = self.conn.execute(
+                "SELECT DISTINCT c.relnamespace::regnamespace::text FROM unnest(%s::text[]) t, pg_class c"
+                " WHERE c.oid = to_regclass(quote_ident(t)) UNION SELECT 'public'",
+                (list(tables),),
+            ).fetchall()
+            self.conn.execute(
+                sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(
+                    sql.SQL(", ").join(sql.SQL(s) for (s,) in schemas), name
+                )
+            )
             self.conn.execute(
                 sql.SQL("GRANT {} ON {} TO {}").format(
                     sql.SQL(privileges), sql.SQL(", ").join(map(sql.Identifier, tables)), name
@@ -118,8 +128,11 @@ class AdminStore(Part):
     def grant_sequences_and_functions(self, role: str) -> None:
         with self.conn.transaction():
             name = sql.Identifier(role)
-            self.conn.execute(sql.SQL("GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {}").format(name))
             self.conn.execute(sql.SQL("GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA public TO {}").format(name))
+            for (schema,) in self.conn.execute("SELECT unnest(current_schemas(false))::text").fetchall():
+                self.conn.execute(
+                    sql.SQL("GRANT USAGE ON ALL SEQUENCES IN SCHEMA {} TO {}").format(sql.Identifier(schema), name)
+                )
 
     def problems(self) -> list[str]:
         """What is wrong with the stored data, one line each; empty when all is well."""
@@ -173,7 +186,8 @@ class AdminStore(Part):
             (
                 "invalid indexes (a build was interrupted: run `imagedb db reindex`)",
                 "SELECT count(*) FROM pg_index x JOIN pg_class c ON c.oid = x.indexrelid"
-                " JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'public' AND NOT x.indisvalid",
+                " JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = ANY(current_schemas(false))"
+                " AND NOT x.indisvalid",
             ),
         ]
         found = []

@@ -7,14 +7,14 @@ Where imagedb's role is a superuser (the embedded server), creating large object
 to every other role of this database. docs/security.md says why each value.
 
 Revision ID: limits
-Revises: readers
+Revises: internal
 Create Date: 2026-12-07
 """
 
 from alembic import op
 
 revision = "limits"
-down_revision = "readers"
+down_revision = "internal"
 branch_labels = None
 depends_on = None
 
