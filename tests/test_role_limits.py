@@ -410,3 +410,21 @@ def test_an_owner_that_is_no_superuser_grants_and_is_told_which_limits_it_could_
             conn.execute(f"DROP DATABASE {name} WITH (FORCE)")
             conn.execute(f"DROP ROLE {role}")
             conn.execute(f"DROP ROLE {owner}")
+
+
+@pytest.mark.slow
+def test_an_ingest_behind_a_readers_advisory_lock_ends_naming_the_reader(
+    store: Store, database_url: str, monkeypatch: pytest.MonkeyPatch, photos: Path, tiny_model: str
+) -> None:
+    """docs/bi.md: any login may take advisory locks, so a reader can hold the keys ingest's batches wait on."""
+    monkeypatch.setenv("IMAGEDB_DATABASE_URL", database_url)
+    assert CliRunner().invoke(main, ["ingest", str(photos / "coffee.jpg"), "--model", tiny_model]).exit_code == 0
+    reader = _role("r")
+    grant_reader(store, reader, PASSWORD)
+    collection = store.conn.execute("SELECT min(id) FROM collections").fetchone()[0]
+    with psycopg.connect(_login(database_url, reader), autocommit=True, application_name="bi-lock") as holder:
+        holder.execute("SELECT pg_advisory_lock(%s, %s)", (0x1A6E, collection))  # store/images.py's batch-write key
+        result = CliRunner().invoke(main, ["ingest", str(photos)])
+        pid = holder.info.backend_pid
+    assert result.exit_code == 1 and f"SELECT pg_terminate_backend({pid})" in result.output, result.output
+    assert f"role '{reader}', application 'bi-lock'" in result.output
