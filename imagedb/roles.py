@@ -65,6 +65,7 @@ class Forgotten:
 def grant_reader(store: Store, role: str, password: str | None = None, limits: RoleLimits = READER_LIMITS) -> Grant:
     """SELECT on the BI views and EXECUTE on the SQL searches only; the role is created (LOGIN) if missing, and
     given `limits` (pg/limits.py)."""
+    _check(limits)
     created = store.admin.grant(role, READER_VIEWS, "SELECT", checked_password(password, role))
     store.admin.grant_execute(role, READER_FUNCTIONS)
     return _limited(store, role, created, limits)
@@ -78,6 +79,11 @@ def grant_writer(store: Store, role: str, password: str | None = None, limits: R
     store.admin.grant_maintain(role, FORGET_TABLES)
     store.admin.grant_sequences_and_functions(role)
     return _limited(store, role, created, limits)
+
+
+def _check(limits: RoleLimits) -> None:
+    if problem := limits.problem():
+        raise InvalidInput(problem)
 
 
 def _limited(store: Store, role: str, created: bool, limits: RoleLimits) -> Grant:

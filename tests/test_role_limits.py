@@ -23,7 +23,7 @@ from imagedb.errors import InvalidInput
 from imagedb.pg.cluster import program
 from imagedb.pg.connection import sqlalchemy_url
 from imagedb.pg.embedded import stop_embedded
-from imagedb.pg.limits import LOCK_TIMEOUT_S, READER_LIMITS
+from imagedb.pg.limits import LOCK_TIMEOUT_S, MAX_TEMP_FILE_MB, READER_LIMITS
 from imagedb.pg.migrate import alembic_config
 from imagedb.roles import checked_password, grant_reader, grant_writer
 from imagedb.store import Store
@@ -428,3 +428,19 @@ def test_an_ingest_behind_a_readers_advisory_lock_ends_naming_the_reader(
         pid = holder.info.backend_pid
     assert result.exit_code == 1 and f"SELECT pg_terminate_backend({pid})" in result.output, result.output
     assert f"role '{reader}', application 'bi-lock'" in result.output
+
+
+def test_limits_out_of_the_servers_range_are_refused_before_anything_is_granted(
+    store: Store, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    role = _role("r")
+    with pytest.raises(InvalidInput, match="temporary-file limit"):
+        grant_reader(store, role, PASSWORD, READER_LIMITS.adjusted(temp_file_limit_mb=1 << 30))
+    assert store.conn.execute("SELECT count(*) FROM pg_roles WHERE rolname = %s", (role,)).fetchone()[0] == 0
+    monkeypatch.setenv("IMAGEDB_DATABASE_URL", database_url)
+    largest = ["--temp-file-limit", str(MAX_TEMP_FILE_MB), "--statement-timeout", "86400", "--idle-timeout", "0"]
+    made = CliRunner().invoke(main, ["grant-writer", role, "--password", PASSWORD, *largest])
+    assert made.exit_code == 0, made.output
+    assert _settings(store.conn, role)[1]["idle_in_transaction_session_timeout"] == "0s"
+    too_big = CliRunner().invoke(main, ["grant-writer", role, "--temp-file-limit", str(MAX_TEMP_FILE_MB + 1)])
+    assert too_big.exit_code == 2

@@ -10,7 +10,13 @@ import click
 from imagedb.cli.support import Command
 from imagedb.cli.support import open_store as _store
 from imagedb.display import escape
-from imagedb.pg.limits import READER_LIMITS, WRITER_LIMITS
+from imagedb.pg.limits import (
+    MAX_CONNECTIONS,
+    MAX_TEMP_FILE_MB,
+    MAX_TIMEOUT_S,
+    READER_LIMITS,
+    WRITER_LIMITS,
+)
 
 
 def _role_options(kind: str, defaults: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -27,24 +33,24 @@ def _role_options(kind: str, defaults: Any) -> Callable[[Callable[..., Any]], Ca
         ),
         click.option(
             "--statement-timeout",
-            type=click.IntRange(0, 86_400),
+            type=click.IntRange(0, MAX_TIMEOUT_S),
             help=f"Seconds a statement of this role may run, 0 for no limit [default for a {kind}:"
             f" {defaults.statement_timeout_s}].",
         ),
         click.option(
             "--idle-timeout",
-            type=click.IntRange(0, 86_400),
+            type=click.IntRange(0, MAX_TIMEOUT_S),
             help="Seconds this role's session may sit idle inside a transaction (holding its locks) before the"
             f" server ends it, 0 for no limit [default: {defaults.idle_in_transaction_s}].",
         ),
         click.option(
             "--connection-limit",
-            type=click.IntRange(-1, 10_000),
+            type=click.IntRange(-1, MAX_CONNECTIONS),
             help=f"Connections this role may hold at once, -1 for no limit [default: {defaults.connection_limit}].",
         ),
         click.option(
             "--temp-file-limit",
-            type=click.IntRange(-1, 1 << 30),
+            type=click.IntRange(-1, MAX_TEMP_FILE_MB),
             help="MB of temporary files (sorts, hashes) one session of this role may write, -1 for no limit"
             f" [default: {defaults.temp_file_limit_mb}].",
         ),

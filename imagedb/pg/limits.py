@@ -37,12 +37,31 @@ LARGE_OBJECT_FUNCTIONS = (
 )
 
 
+# The largest values the options take: a day of statement, and what the server's settings hold (temp_file_limit is
+# an int of kB).
+MAX_TIMEOUT_S = 86_400
+MAX_CONNECTIONS = 10_000
+MAX_TEMP_FILE_MB = (2**31 - 1) // 1024
+
+
 @dataclass(frozen=True)
 class RoleLimits:
     statement_timeout_s: int  # 0: none
     idle_in_transaction_s: int  # 0: none
     connection_limit: int  # -1: none
     temp_file_limit_mb: int  # -1: none
+
+    def problem(self) -> str | None:
+        """What PostgreSQL would refuse in these limits (checked before anything is granted), or None."""
+        for label, value, low, high in (
+            ("statement timeout", self.statement_timeout_s, 0, MAX_TIMEOUT_S),
+            ("idle-in-transaction timeout", self.idle_in_transaction_s, 0, MAX_TIMEOUT_S),
+            ("connection limit", self.connection_limit, -1, MAX_CONNECTIONS),
+            ("temporary-file limit", self.temp_file_limit_mb, -1, MAX_TEMP_FILE_MB),
+        ):
+            if not low <= value <= high:
+                return f"the {label} must be between {low} and {high}, not {value}"
+        return None
 
     def adjusted(self, **given: int | None) -> RoleLimits:
         """These limits with the ones given (not None) in their place."""
