@@ -109,7 +109,7 @@ def checked_password(password: str | None, role: str = "") -> str | None:
         weak = f"is shorter than {MIN_PASSWORD_LENGTH} characters"
     elif len(set(password)) < _MIN_DISTINCT:
         weak = f"has fewer than {_MIN_DISTINCT} different characters"
-    elif role and len(password.lower().replace(role.lower(), "")) < MIN_PASSWORD_LENGTH:
+    elif len(role) >= 3 and len(password.lower().replace(role.lower(), "")) < MIN_PASSWORD_LENGTH:
         weak = "is little more than the role's name"
     if weak:
         raise InvalidInput(f"the password {weak}: choose a stronger one, or use --generate-password instead")

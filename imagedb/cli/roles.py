@@ -69,7 +69,7 @@ def _grant(ctx: click.Context, role: str, kind: str, options: dict[str, Any]) ->
 
     password, generate = options.pop("password"), options.pop("generate_password")
     if generate and password is not None:
-        raise click.UsageError("give --password or --generate-password, not both")
+        raise click.UsageError("give --password (or IMAGEDB_ROLE_PASSWORD) or --generate-password, not both")
     if generate:
         password = roles.generate_password()
     limits = (READER_LIMITS if kind == "reader" else WRITER_LIMITS).adjusted(
