@@ -36,9 +36,17 @@ WRITER_TABLES = (
     "relevance_samples",
     "search_tuning",
     "dicom_images",
-    "text_embeddings",  # a writer's text searches are cached too
 )
-WRITER_READ_ONLY = ("alembic_version", "embedding_models", "collections", "collection_models", *READER_VIEWS)
+# The text-query cache too: every search trusts a cached vector, so only the owner writes it (migration 0014); a
+# writer's searches read it, and what they embed is not kept.
+WRITER_READ_ONLY = (
+    "alembic_version",
+    "embedding_models",
+    "collections",
+    "collection_models",
+    "text_embeddings",
+    *READER_VIEWS,
+)
 
 
 # A password must be at least this long: the server answers about a hundred tries a second per connection, and

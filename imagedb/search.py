@@ -111,8 +111,11 @@ def plan(store: Store, request: SearchRequest) -> Plan:
 def nearest(store: Store, plan: Plan, query: np.ndarray) -> list[SearchResult]:
     """The plan's results for the query vector from query_vector(); caches the texts it embedded first."""
     if plan.fresh:
-        # A replica or a role that may not write still searches; the text is embedded again next time.
-        with suppress(psycopg.errors.ReadOnlySqlTransaction, psycopg.errors.InsufficientPrivilege):
+        # A replica, a role that may not write (only the owner writes the cache) or a full disk: the search still
+        # answers; the text is embedded again next time.
+        with suppress(
+            psycopg.errors.ReadOnlySqlTransaction, psycopg.errors.InsufficientPrivilege, psycopg.errors.DiskFull
+        ):
             store.search.cache_texts(plan.target.model_id, plan.fresh)
     request = plan.request
     hits = store.search.nearest(

@@ -181,7 +181,7 @@ def test_an_interrupted_concurrent_build_is_dropped_by_the_next_rebuild(store: S
     _interrupted_concurrent_build(store, database_url, collection.model_id, collection.dim)
     leftover = f"{hnsw_index_name(collection.model_id)}{BUILD_SUFFIX}"
     assert (leftover, False) in _model_indexes(store, collection.model_id)
-    assert any("invalid indexes" in p for p in _index_problems(store))
+    assert any("invalid: its build was interrupted" in p for p in _index_problems(store))
     result = CliRunner().invoke(main, ["--database-url", database_url, "db", "reindex"])
     assert result.exit_code == 0, result.output
     assert "searches used the old index meanwhile" in result.output

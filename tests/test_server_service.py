@@ -353,3 +353,14 @@ def test_a_home_pg_ctl_cannot_pass_through_its_shell_is_refused_before_anything_
     result = _run(home, "db", "start")
     assert result.exit_code == 2 and "cannot pass through its shell" in result.output, result.output
     assert "Traceback" not in result.output and not home.exists()
+
+
+def test_user_and_system_together_are_refused(tmp_path: Path) -> None:
+    """Both were accepted, the last one winning: a unit for the other manager than the one asked for."""
+    for flags in (["--user", "--system"], ["--system", "--user"]):
+        result = _run(tmp_path / "home", "db", "service", *flags, "--install")
+        assert result.exit_code == 2, result.output
+        assert "--user and --system cannot be used together" in result.output
+    assert not (tmp_path / "home").exists()
+    user = _unit(_run(tmp_path / "home", "db", "service", "--user").output)
+    assert user["WantedBy"] == "default.target"

@@ -174,6 +174,38 @@ def watch_hits(ctx: click.Context, watch_id: int | None, as_json: bool) -> None:
             )
 
 
+# "none": LISTEN needs the primary, where ingest raises the notifications (a replica refuses it), whatever
+# IMAGEDB_READ_DATABASE_URL says; it writes nothing.
+@watch.command("follow", access="none")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@click.option(
+    "--seconds", type=click.FloatRange(min=0.1), help="Stop after this many seconds [default: until interrupted]."
+)
+@click.pass_context
+def watch_follow(ctx: click.Context, as_json: bool, seconds: float | None) -> None:
+    """Print each new hit as ingests record it (LISTEN imagedb_watch).
+
+    A notification only names a hit's id, and is believed only when watch_hits holds that hit, recorded after this
+    command began: any login may send a notification on the channel, a reader's forged one is dropped.
+    """
+    import time
+
+    from imagedb.watch_feed import WatchFeed
+
+    with _store(ctx) as store:
+        feed = WatchFeed(store)
+        stop = None if seconds is None else time.monotonic() + seconds
+        while stop is None or (left := stop - time.monotonic()) > 0:
+            for r in feed.poll(1.0 if stop is None else min(1.0, left)):
+                if as_json:
+                    click.echo(json.dumps({**r, "found_at": iso(r["found_at"])}))
+                else:
+                    click.echo(
+                        f"watch {r['watch_id']} ({escape(r['label'] or '-')}): image {r['image_id']}"
+                        f" {escape(r['path'])}  distance {r['distance']}"
+                    )
+
+
 @click.command(cls=Command, access="write", short_help="Delete images and everything derived from them.")
 @click.argument("images", nargs=-1, required=True)
 @collection_option

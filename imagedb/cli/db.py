@@ -219,6 +219,29 @@ def check(ctx: click.Context, recall: bool, collection: str, queries: int) -> No
             click.echo(line)
 
 
+@db.command(access="write")
+@click.pass_context
+def repair(ctx: click.Context) -> None:
+    """Remove what `imagedb db check` names for removal: indexes imagedb does not keep (left by an interrupted
+    `db reindex` or `--quantize binary`), cached query texts that searches ignore, and other roles' right to write
+    that cache.
+
+    Indexes go with DROP INDEX CONCURRENTLY: searches and writes go on meanwhile.
+    """
+    with open_store(ctx) as store:
+        revoked = store.admin.revoke_cache_writers()
+        removed = store.leftovers.remove()
+        texts = store.admin.remove_untrusted_texts()
+    if revoked:
+        click.echo(
+            f"the text-query cache is the owner's again: revoked writing it from {escape(', '.join(revoked))}"
+            " and emptied it (their rows could not be told from the owner's)"
+        )
+    for leftover in removed:
+        click.echo(f"removed index {escape(leftover.describe())}")
+    click.echo(f"removed {len(removed)} leftover index(es) and {texts} cached text(s) that searches ignore")
+
+
 @db.command(access="none")
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
 @click.pass_context

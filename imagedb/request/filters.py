@@ -18,6 +18,7 @@ from imagedb.request.param import (
     Api,
     Clause,
     Param,
+    ParamError,
     parse_format,
     parse_pairs_tuple,
     utc_naive,
@@ -181,7 +182,7 @@ class Filters:
             raise InvalidInput("a filter value cannot contain a NUL character")
         checked = Filters(**{p.name: p.check(v) if p.check else v for p, v in self.items()})
         if checked.after and checked.before and checked.after >= checked.before:
-            raise InvalidInput("--after must be earlier than --before")
+            raise ParamError("{after} must be earlier than {before}")
         return checked
 
     def clauses(self) -> tuple[list[sql.Composable], dict[str, Any]]:

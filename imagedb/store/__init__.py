@@ -1,8 +1,7 @@
 """Every SQL statement imagedb runs on its own tables, behind one Store made of one part per table family:
-`store.images`, `store.models`, `store.index`, `store.search`, `store.dupes`, `store.tuning`, `store.admin`,
-`store.browse`.
-Values are always bound parameters; the only composed pieces are integers (a model's id and dimension) and
-identifiers, built with psycopg.sql. See base.py for the transaction discipline."""
+`store.images`, `store.models`, `store.index`, `store.leftovers`, `store.search`, `store.dupes`, `store.tuning`,
+`store.admin`, `store.browse`. Values are always bound parameters; the only composed pieces are integers (a model's
+id and dimension) and identifiers, built with psycopg.sql. See base.py for the transaction discipline."""
 
 from __future__ import annotations
 
@@ -14,6 +13,7 @@ from imagedb.store.browse import BrowseStore
 from imagedb.store.duplicates import HASH_EDGES_SQL, DuplicatesStore
 from imagedb.store.images import ImagesStore
 from imagedb.store.index import BUILD_MEMORY, DEFAULT_HNSW_EF_CONSTRUCTION, DEFAULT_HNSW_M, IndexStore
+from imagedb.store.leftovers import LeftoverStore
 from imagedb.store.models import ModelsStore
 from imagedb.store.records import Collection, Filters, Hit, ImageRecord
 from imagedb.store.search import MAX_SCAN_TUPLES, SearchStore
@@ -28,6 +28,7 @@ class Store(StoreBase):
         self.images = ImagesStore(self)
         self.models = ModelsStore(self)
         self.index = IndexStore(self)
+        self.leftovers = LeftoverStore(self)
         self.search = SearchStore(self)
         self.dupes = DuplicatesStore(self)
         self.tuning = TuningStore(self)

@@ -11,6 +11,7 @@ from psycopg import sql
 from imagedb.errors import InvalidInput
 from imagedb.store.base import Part
 from imagedb.store.index import HNSW_INDEX_PREFIX
+from imagedb.store.search import TRUSTED_TEXT_ROW
 
 # What forgetting an image deletes rows from: the image, what cascades from it, and its paths' ingest errors.
 # How far from 1 a stored vector's length may be: halfvec rounding moves it by about 0.001.
@@ -184,10 +185,10 @@ class AdminStore(Part):
                 "SELECT count(*) FROM embedding_models m WHERE to_regclass(%s || m.id) IS NULL",
             ),
             (
-                "invalid indexes (a build was interrupted: run `imagedb db reindex`)",
-                "SELECT count(*) FROM pg_index x JOIN pg_class c ON c.oid = x.indexrelid"
-                " JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = ANY(current_schemas(false))"
-                " AND NOT x.indisvalid",
+                "cached query texts not of their model's dimension, not of length 1 or under another text's hash,"
+                " which searches ignore (`imagedb db repair` deletes them)",
+                "SELECT count(*) FROM text_embeddings t JOIN embedding_models m ON m.id = t.model_id"
+                f" WHERE NOT {TRUSTED_TEXT_ROW}",
             ),
         ]
         found = []
@@ -196,7 +197,52 @@ class AdminStore(Part):
             count = self.conn.execute(query, params).fetchone()[0]  # type: ignore[index]
             if count:
                 found.append(f"{count} {label}")
+        if writers := self.cache_writers():
+            found.append(
+                f"{len(writers)} role(s) besides the owner may write the text-query cache, which every search"
+                f" trusts: {', '.join(writers)} (`imagedb db repair` revokes it)"
+            )
+        leftovers = self.store.leftovers.indexes()
+        if leftovers:
+            found.append(
+                f"{len(leftovers)} index(es) imagedb does not keep, which every insert still maintains: "
+                + ", ".join(x.describe() for x in leftovers)
+                + " (`imagedb db repair` removes them)"
+            )
         return found
+
+    def cache_writers(self) -> list[str]:
+        """Roles other than its owner that may change text_embeddings (PUBLIC included): the cache is the owner's
+        alone (migration 0014), a GRANT made by hand since undoes that."""
+        rows = self.conn.execute(
+            "SELECT DISTINCT CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE pg_get_userbyid(a.grantee) END"
+            " FROM pg_class c, aclexplode(c.relacl) a WHERE c.oid = 'text_embeddings'::regclass"
+            " AND a.grantee <> c.relowner AND a.privilege_type IN ('INSERT', 'UPDATE', 'DELETE', 'TRUNCATE', 'TRIGGER')"
+        ).fetchall()
+        return sorted(str(r[0]) for r in rows)  # in code-point order, whatever the database's collation
+
+    def revoke_cache_writers(self) -> list[str]:
+        """Take every write privilege on the text-query cache from the roles cache_writers() names, and empty the
+        cache if there were any: their rows cannot be told from the owner's (as migration 0014 does)."""
+        writers = self.cache_writers()
+        if writers:
+            with self.conn.transaction():
+                for role in writers:
+                    grantee = sql.SQL("PUBLIC") if role == "PUBLIC" else sql.Identifier(role)
+                    self.conn.execute(
+                        sql.SQL("REVOKE INSERT, UPDATE, DELETE, TRUNCATE, TRIGGER ON text_embeddings FROM {}").format(
+                            grantee
+                        )
+                    )
+                self.conn.execute("DELETE FROM text_embeddings")
+        return writers
+
+    def remove_untrusted_texts(self) -> int:
+        """Delete the cached query texts that searches ignore (store/search.py TRUSTED_TEXT_ROW); returns how many."""
+        cur = self.conn.execute(
+            f"DELETE FROM text_embeddings t USING embedding_models m WHERE m.id = t.model_id AND NOT {TRUSTED_TEXT_ROW}"
+        )
+        return cur.rowcount
 
     def server_versions(self) -> tuple[str, str]:
         row = self.conn.execute(

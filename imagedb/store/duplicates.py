@@ -117,9 +117,10 @@ class DuplicatesStore(Part):
             "  JOIN watch_hashes h ON h.watch_id = w.id CROSS JOIN images i"
             "  WHERE w.id = %s AND i.dhash IS NOT NULL AND (h.hash <~> i.dhash) <= w.max_distance"
             "  GROUP BY w.id, i.id"
-            "  ON CONFLICT DO NOTHING RETURNING watch_id, image_id, distance)"
-            " SELECT pg_notify('imagedb_watch', json_build_object("
-            "  'watch_id', watch_id, 'image_id', image_id, 'distance', distance)::text) FROM hits",
+            "  ON CONFLICT DO NOTHING RETURNING id)"
+            # Only the hit's id: any login can NOTIFY this channel, so a listener reads the hit from watch_hits
+            # (imagedb/watch_feed.py), which readers cannot write.
+            " SELECT pg_notify('imagedb_watch', json_build_object('hit_id', id)::text) FROM hits",
             (watch_id,),
         )
         return cur.rowcount
@@ -141,3 +142,17 @@ class DuplicatesStore(Part):
         )
         rows = [dict(zip([c.name for c in cur.description or []], r, strict=True)) for r in cur.fetchall()]
         return rows
+
+    def verified_hits(self, ids: Sequence[int], after: int) -> list[dict[str, Any]]:
+        """The stored hits among `ids` (as a notification names them) whose id is above `after`: a notification is
+        believed only as far as watch_hits, which readers cannot write, holds it."""
+        cur = self.conn.execute(
+            "SELECT h.id, h.watch_id, w.label, w.path AS watched_path, h.image_id, i.path, h.distance, h.found_at"
+            " FROM watch_hits h JOIN watches w ON w.id = h.watch_id JOIN images i ON i.id = h.image_id"
+            " WHERE h.id = ANY(%s::bigint[]) AND h.id > %s ORDER BY h.id",
+            (list(ids), after),
+        )
+        return [dict(zip([c.name for c in cur.description or []], r, strict=True)) for r in cur.fetchall()]
+
+    def last_hit_id(self) -> int:
+        return int(self.conn.execute("SELECT coalesce(max(id), 0) FROM watch_hits").fetchone()[0])  # type: ignore[index]

@@ -281,9 +281,10 @@ class ImagesStore(Part):
             "  JOIN watches w ON w.id = n.watch_id"
             "  WHERE i.id = ANY(%s) AND i.dhash IS NOT NULL AND n.distance <= w.max_distance"
             "  GROUP BY n.watch_id, i.id"
-            "  ON CONFLICT DO NOTHING RETURNING watch_id, image_id, distance)"
-            " SELECT pg_notify('imagedb_watch', json_build_object("
-            "  'watch_id', watch_id, 'image_id', image_id, 'distance', distance)::text) FROM hits",
+            "  ON CONFLICT DO NOTHING RETURNING id)"
+            # Only the hit's id: any login can NOTIFY this channel, so a listener reads the hit from watch_hits
+            # (imagedb/watch_feed.py), which readers cannot write.
+            " SELECT pg_notify('imagedb_watch', json_build_object('hit_id', id)::text) FROM hits",
             (ids,),
         )
         return cur.rowcount  # one row per hit recorded

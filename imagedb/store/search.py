@@ -21,6 +21,15 @@ MAX_SCAN_TUPLES = 100_000
 # Query texts cached per model (about 1 KB each at 512 dimensions): the oldest beyond this go.
 MAX_CACHED_TEXTS = 100_000
 
+# What a cached text's row must be to be used (t: text_embeddings, m: its embedding_models row): of the model's
+# dimension, of length 1 as embed.py stores every vector (halfvec rounding moves it by about 0.001), and filed
+# under its own text's hash. Only the owner writes the cache (migration 0014); this guards rows from before, or
+# from a hand-made INSERT. `imagedb db check` counts the others and `imagedb db repair` deletes them.
+TRUSTED_TEXT_ROW = (
+    "(vector_dims(t.embedding) = m.dim AND abs(l2_norm(t.embedding) - 1) <= 0.01"
+    " AND t.text_sha256 = sha256(convert_to(t.text, 'UTF8')))"
+)
+
 
 def _nearest_query(
     collection: Collection,
@@ -204,10 +213,13 @@ class SearchStore(Part):
         """The stored vectors of these query texts by this model (those embedded before)."""
         if not texts:
             return {}
+        # A row that is not what the model gives (another dimension, not of length 1, another text under this
+        # text's hash) is not used: the text is embedded again and the row replaced (cache_texts).
         rows = self.conn.execute(
-            "SELECT t.text, t.embedding FROM text_embeddings t WHERE t.model_id = %s"
-            " AND t.text_sha256 = ANY(SELECT sha256(convert_to(q, 'UTF8')) FROM unnest(%s::text[]) AS q)",
-            (model_id, texts),
+            "SELECT t.text, t.embedding FROM text_embeddings t JOIN embedding_models m ON m.id = t.model_id"
+            " WHERE t.model_id = %s AND t.text_sha256 = ANY(SELECT sha256(convert_to(q, 'UTF8'))"
+            " FROM unnest(%s::text[]) AS q) AND t.text = ANY(%s::text[]) AND " + TRUSTED_TEXT_ROW,
+            (model_id, texts, texts),
         ).fetchall()
         return {text: vector.to_numpy().astype(np.float32) for text, vector in rows}
 
@@ -220,7 +232,9 @@ class SearchStore(Part):
             self.conn.execute(
                 "INSERT INTO text_embeddings (model_id, text_sha256, text, embedding)"
                 " SELECT %s, sha256(convert_to(q, 'UTF8')), q, v FROM unnest(%s::text[], %s::halfvec[]) AS u(q, v)"
-                " ON CONFLICT DO NOTHING",
+                # A row that was not used (cached_texts) is replaced by what the model gave now.
+                " ON CONFLICT (model_id, text_sha256) DO UPDATE"
+                " SET text = EXCLUDED.text, embedding = EXCLUDED.embedding, created_at = now()",
                 (model_id, list(vectors), [HalfVector(v) for v in vectors.values()]),
             )
             self.conn.execute(
