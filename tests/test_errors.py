@@ -23,6 +23,7 @@ from imagedb.errors import (
     DatabaseUnavailable,
     ImagedbError,
     InvalidInput,
+    LockTimeout,
     ModelMismatch,
     ModelUnavailable,
     NotFound,
@@ -52,6 +53,7 @@ EXPECTED: dict[type[ImagedbError], tuple[int, int]] = {
     OriginalChanged: (1, 409),
     CannotListen: (1, 400),
     DiskFull: (1, 507),
+    LockTimeout: (1, 503),  # another session holds a lock the command needs (pg/limits.py)
 }
 
 

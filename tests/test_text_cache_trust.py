@@ -51,8 +51,8 @@ def test_a_writer_may_read_the_cache_but_never_write_it(
 ) -> None:
     ingest(store, [photos], model=ModelSpec.parse(tiny_model))
     role = f"cache_writer_{os.getpid()}"
-    grant_writer(store, role, "pw")
-    writer = _login(database_url, role, "pw")
+    grant_writer(store, role, "writer-login-pw")
+    writer = _login(database_url, role, "writer-login-pw")
     owner_ids = _search_ids(database_url, "a cat")
     assert _cached(store) == {"a cat": 32}
     stored = store.conn.execute("SELECT embedding::text FROM embeddings ORDER BY image_id DESC LIMIT 1").fetchone()[0]
@@ -121,7 +121,7 @@ def test_the_migration_takes_the_cache_from_writers_and_empties_it(store: Store,
     from imagedb.pg.migrate import alembic_config
 
     role = f"old_cache_writer_{os.getpid()}"
-    grant_writer(store, role, "pw")
+    grant_writer(store, role, "writer-login-pw")
     model_id = store.models.ensure_model("m", "", 3)
     store.conn.execute(f"GRANT INSERT, UPDATE, DELETE ON text_embeddings TO {role}")
     store.conn.execute(
@@ -149,7 +149,7 @@ def test_the_migration_takes_the_cache_from_writers_and_empties_it(store: Store,
 
 def test_a_grant_made_by_hand_is_reported_and_repair_takes_it_back(store: Store, database_url: str) -> None:
     role = f"hand_granted_{os.getpid()}"
-    grant_writer(store, role, "pw")
+    grant_writer(store, role, "writer-login-pw")
     model_id = store.models.ensure_model("m", "", 3)
     store.conn.execute(
         "INSERT INTO text_embeddings (model_id, text_sha256, text, embedding)"
@@ -167,6 +167,6 @@ def test_a_grant_made_by_hand_is_reported_and_repair_takes_it_back(store: Store,
     assert repair.exit_code == 0 and f"revoked writing it from PUBLIC, {role}" in repair.output, repair.output
     assert store.admin.cache_writers() == []
     assert store.conn.execute("SELECT count(*) FROM text_embeddings").fetchone()[0] == 0
-    with psycopg.connect(_login(database_url, role, "pw"), autocommit=True) as conn:
+    with psycopg.connect(_login(database_url, role, "writer-login-pw"), autocommit=True) as conn:
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             conn.execute("DELETE FROM text_embeddings")

@@ -39,12 +39,12 @@ def test_a_readers_forged_notifications_are_dropped_and_real_hits_reported_once(
     [watched] = add_watches(store, [photos / "astronaut.jpg"], label="NASA")
     old_hit = store.dupes.watch_hits()[0]["id"]  # the astronaut already stored
     role = f"forger_{os.getpid()}"
-    grant_reader(store, role, "pw")
+    grant_reader(store, role, "reader-login-pw")
     with Store(open_connection(database_url)) as listening:
         feed = WatchFeed(listening)
         raw = psycopg.connect(database_url, autocommit=True)  # a program reading payloads as they come
         raw.execute("LISTEN imagedb_watch")
-        with psycopg.connect(_login(database_url, role, "pw"), autocommit=True) as forger:
+        with psycopg.connect(_login(database_url, role, "reader-login-pw"), autocommit=True) as forger:
             forger_pid = forger.info.backend_pid
             for payload in (
                 json.dumps({"watch_id": watched.watch_id, "image_id": 1, "distance": 0}),  # the old payload's form

@@ -16,6 +16,7 @@ from psycopg_pool import PoolTimeout
 from imagedb.api.limits import POOL_TIMEOUT_S, RETRY_AFTER_S, SHOWN_INPUT_CHARS
 from imagedb.api.schemas import Problem
 from imagedb.errors import ImagedbError, ModelUnavailable
+from imagedb.pg.limits import LOCK_TIMEOUT_S
 from imagedb.request import ParamError, surface_name
 
 log = logging.getLogger("imagedb.api")
@@ -53,6 +54,8 @@ async def database_gone(request: Request, exc: psycopg.OperationalError) -> JSON
     if isinstance(exc, psycopg.errors.DiskFull):  # where, and how much is free, only in the log: a server path
         return JSONResponse({"detail": "the database's disk is full: see the server's log"}, status_code=507)
     reason = f"no connection within {POOL_TIMEOUT_S:g} s" if isinstance(exc, PoolTimeout) else "the connection was lost"
+    if isinstance(exc, psycopg.errors.LockNotAvailable):  # lock_timeout (pg/limits.py): another session holds a table
+        reason = f"another session has held a table this request needs for {LOCK_TIMEOUT_S} s"
     return JSONResponse(
         {"detail": f"database unavailable: {reason}; retry in a few seconds"},
         status_code=503,

@@ -49,6 +49,7 @@ def url(ctx: click.Context, role: str | None, password: str | None) -> None:
 def info(ctx: click.Context) -> None:
     """Print server and pgvector versions, schema revision and per-collection counts."""
     from imagedb.cli.tune import info_lines
+    from imagedb.pg.limits import role_limit_lines
     from imagedb.pg.migrate import current_revision, head_revision
 
     with open_store(ctx) as store:
@@ -57,12 +58,13 @@ def info(ctx: click.Context) -> None:
         stats = store.admin.collection_stats()
         replication = replication_lines(store.conn) + tcp_lines(ctx)
         recall = {s["collection"]: info_lines(store, s["collection"], s["images"]) for s in stats}
+        limits = role_limit_lines(store.conn)
     click.echo(f"server: PostgreSQL {server}, pgvector {pgvector}")
     head = head_revision()
     # "revision upgrade" alone read as "needs an upgrade": the revision names are words.
     state = "up to date" if revision == head else f"behind, imagedb needs revision {head}: imagedb db upgrade"
     click.echo(f"schema: {state} (revision {revision})")
-    for line in replication:
+    for line in replication + [escape(line) for line in limits]:
         click.echo(line)
     if not stats:
         click.echo("collections: none yet (imagedb ingest PATH)")

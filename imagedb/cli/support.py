@@ -140,6 +140,8 @@ def open_store(ctx: click.Context) -> Iterator[Any]:
     """The store of the database this command uses: reads may go to a replica, writes must reach a primary."""
     import os
 
+    import psycopg
+
     from imagedb import config
     from imagedb.pg.database import open_connection
     from imagedb.pg.replicas import require_primary
@@ -153,4 +155,10 @@ def open_store(ctx: click.Context) -> Iterator[Any]:
     with Store(open_connection(url, root.obj["home"])) as store:
         if access == "write":
             require_primary(store.conn, None if config.database_url(url) else config.home(root.obj["home"]))
-        yield store
+        try:
+            yield store
+        except psycopg.errors.LockNotAvailable as exc:  # a lock wait timed out: say who holds the lock
+            from imagedb.errors import LockTimeout
+            from imagedb.pg.limits import blocker_line
+
+            raise LockTimeout(blocker_line(store.conn)) from exc
