@@ -37,7 +37,7 @@ WRITER_TABLES = (
     "search_tuning",
     "dicom_images",
 )
-# The text-query cache too: every search trusts a cached vector, so only the owner writes it (migration 0014); a
+# The text-query cache too: every search trusts a cached vector, so only the owner writes it (migration 0013); a
 # writer's searches read it, and what they embed is not kept.
 WRITER_READ_ONLY = (
     "alembic_version",

@@ -394,7 +394,7 @@ def test_a_reader_sees_dicom_catalog_and_nobody_else_the_secret(
     grant_writer(store, writer, "writer-pass-394")
     with psycopg.connect(_login(database_url, reader, "reader-pass-393"), autocommit=True) as conn:
         assert conn.execute("SELECT modality, series_images FROM dicom_catalog").fetchall() == [("CT", 1)]
-        # The tables are in imagedb_internal, which a reader may not use (migration 0015).
+        # The tables are in imagedb_internal, which a reader may not use (migration 0014).
         secret, images = "SELECT * FROM imagedb_internal.dicom_secret", "SELECT * FROM imagedb_internal.dicom_images"
         for statement in (secret, images, "SELECT imagedb_uid_hash('1')"):
             with pytest.raises(psycopg.errors.InsufficientPrivilege):

@@ -505,7 +505,7 @@ def test_the_migration_keeps_existing_collections_and_their_writers(server_url: 
                 (role,),
             ).fetchall()
             assert ("collection_models", "SELECT") in grants and ("text_embeddings", "SELECT") in grants
-            assert ("text_embeddings", "INSERT") not in grants  # the cache is the owner's alone (migration 0014)
+            assert ("text_embeddings", "INSERT") not in grants  # the cache is the owner's alone (migration 0013)
         migrate(command.downgrade, "dicom")
         with psycopg.connect(url, autocommit=True) as conn:
             assert conn.execute("SELECT to_regclass('collection_models')").fetchone()[0] is None

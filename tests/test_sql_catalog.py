@@ -1,4 +1,4 @@
-"""What a reader's catalog shows (migration 0015): imagedb's tables live in `imagedb_internal`, which a reader has no
+"""What a reader's catalog shows (migration 0014): imagedb's tables live in `imagedb_internal`, which a reader has no
 USAGE on, so psql's `\\dt`, `information_schema.tables` and JDBC's `getTables` on `public` list only the views it may
 read; the owner, writers and later migrations still find the tables by their plain names. And the errors of the SQL
 functions name the function called and show control characters escaped."""

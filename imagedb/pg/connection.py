@@ -10,7 +10,7 @@ from psycopg.conninfo import conninfo_to_dict
 from imagedb.errors import DatabaseUnavailable
 from imagedb.pg.limits import set_lock_timeout
 
-# imagedb's tables live in a schema readers have no USAGE on (migration 0015), its views and SQL functions in public;
+# imagedb's tables live in a schema readers have no USAGE on (migration 0014), its views and SQL functions in public;
 # imagedb's own sessions find both, and create tables in the first, without relying on the database's setting.
 INTERNAL_SCHEMA = "imagedb_internal"
 SEARCH_PATH = f"{INTERNAL_SCHEMA},public"

@@ -213,7 +213,7 @@ class AdminStore(Part):
 
     def cache_writers(self) -> list[str]:
         """Roles other than its owner that may change text_embeddings (PUBLIC included): the cache is the owner's
-        alone (migration 0014), a GRANT made by hand since undoes that."""
+        alone (migration 0013), a GRANT made by hand since undoes that."""
         rows = self.conn.execute(
             "SELECT DISTINCT CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE pg_get_userbyid(a.grantee) END"
             " FROM pg_class c, aclexplode(c.relacl) a WHERE c.oid = 'text_embeddings'::regclass"
@@ -223,7 +223,7 @@ class AdminStore(Part):
 
     def revoke_cache_writers(self) -> list[str]:
         """Take every write privilege on the text-query cache from the roles cache_writers() names, and empty the
-        cache if there were any: their rows cannot be told from the owner's (as migration 0014 does)."""
+        cache if there were any: their rows cannot be told from the owner's (as migration 0013 does)."""
         writers = self.cache_writers()
         if writers:
             with self.conn.transaction():

@@ -23,7 +23,7 @@ MAX_CACHED_TEXTS = 100_000
 
 # What a cached text's row must be to be used (t: text_embeddings, m: its embedding_models row): of the model's
 # dimension, of length 1 as embed.py stores every vector (halfvec rounding moves it by about 0.001), and filed
-# under its own text's hash. Only the owner writes the cache (migration 0014); this guards rows from before, or
+# under its own text's hash. Only the owner writes the cache (migration 0013); this guards rows from before, or
 # from a hand-made INSERT. `imagedb db check` counts the others and `imagedb db repair` deletes them.
 TRUSTED_TEXT_ROW = (
     "(vector_dims(t.embedding) = m.dim AND abs(l2_norm(t.embedding) - 1) <= 0.01"
