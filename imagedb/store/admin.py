@@ -10,6 +10,7 @@ from psycopg import sql
 
 from imagedb.errors import InvalidInput
 from imagedb.store.base import Part
+from imagedb.store.duplicates import forget_matches
 from imagedb.store.index import HNSW_INDEX_PREFIX
 
 # What forgetting an image deletes rows from: the image, what cascades from it, and its paths' ingest errors.
@@ -30,7 +31,8 @@ FORGET_TABLES = (
 class AdminStore(Part):
     def forget(self, collection_id: int, refs: Sequence[str], *, full: bool = False) -> tuple[list[int], list[str]]:
         """Delete images named by id, path or file name, with everything derived from them (foreign keys
-        cascade to embeddings, thumbnails, duplicate groups and watch hits) and the ingest errors of their
+        cascade to embeddings, thumbnails, duplicate groups and watch hits; a group member matched through one
+        of them leaves its group) and the ingest errors of their
         paths; then VACUUM the tables touched (FULL: rewrite them), so that no live index entry or dead row
         still holds their data. Returns the ids deleted and the tables PostgreSQL would not let this role vacuum."""
         ids = sorted({i for ref in refs for i in self.store.images.image_ids(collection_id, ref)})
@@ -39,6 +41,8 @@ class AdminStore(Part):
         with self.conn.transaction():
             paths = [r[0] for r in self.conn.execute("SELECT path FROM images WHERE id = ANY(%s)", (ids,))]
             self.conn.execute("DELETE FROM images WHERE id = ANY(%s)", (ids,))
+            with self.conn.cursor() as cur:
+                forget_matches(cur, ids)
             self.conn.execute("DELETE FROM ingest_errors WHERE path = ANY(%s)", (paths,))
         return ids, self.vacuum(FORGET_TABLES, full=full)
 

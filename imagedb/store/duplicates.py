@@ -9,6 +9,7 @@ import psycopg
 from psycopg import sql
 
 from imagedb.store.base import Part
+from imagedb.store.settings import set_local
 from imagedb.store.records import Collection
 
 # Each image's nearest hashes by Hamming distance; the LATERAL subquery reads the HNSW index once per image.
@@ -19,6 +20,14 @@ HASH_EDGES_SQL = (
     "  ORDER BY j.dhash <~> i.dhash LIMIT %(k)s) n"
     " WHERE i.collection_id = %(c)s AND i.dhash IS NOT NULL AND n.distance <= %(max)s"
 )
+
+
+def forget_matches(cur: psycopg.Cursor[Any], image_ids: Sequence[int]) -> None:
+    """Take out of their groups the members linked through deleted images: `matched_image_id` has no foreign key
+    (under Citus the matched image is on another shard), so every statement that deletes images calls this in its
+    transaction, as ON DELETE CASCADE did."""
+    if image_ids:
+        cur.execute("DELETE FROM duplicate_groups WHERE matched_image_id = ANY(%s)", (list(image_ids),))
 
 
 class DuplicatesStore(Part):
@@ -53,7 +62,7 @@ class DuplicatesStore(Part):
 
     def _edges(self, statement: str | sql.Composed, params: dict[str, Any]) -> list[tuple[int, int, float]]:
         with self.conn.transaction():
-            self.conn.execute("SELECT set_config('hnsw.iterative_scan', 'relaxed_order', true)")
+            set_local(self.conn, {"hnsw.iterative_scan": "relaxed_order"})
             rows = self.conn.execute(statement, params, prepare=False).fetchall()
         return [(int(a), int(b), float(d)) for a, b, d in rows if a != b]
 

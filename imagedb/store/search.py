@@ -12,6 +12,7 @@ from psycopg import sql
 from imagedb.request import IMAGE_DATE, MAX_EF_SEARCH, Filters
 from imagedb.store import metrics
 from imagedb.store.base import Part
+from imagedb.store.settings import set_local
 from imagedb.store.index import binary_expression
 from imagedb.store.records import Collection, Hit
 
@@ -158,11 +159,11 @@ class SearchStore(Part):
         with self.conn.transaction():
             # Filters (and other collections sharing the model) drop rows after the index scan; an iterative
             # scan keeps reading the index until enough rows pass, up to max_scan_tuples.
-            self.conn.execute("SELECT set_config('hnsw.iterative_scan', 'relaxed_order', true)")
-            self.conn.execute("SELECT set_config('hnsw.max_scan_tuples', %s, true)", (str(MAX_SCAN_TUPLES),))
+            settings: dict[str, str | int] = {"hnsw.iterative_scan": "relaxed_order", "hnsw.max_scan_tuples": MAX_SCAN_TUPLES}
             ef_search = effective_ef_search(collection, ef_search)
             if ef_search is not None:
-                self.conn.execute("SELECT set_config('hnsw.ef_search', %s, true)", (str(ef_search),))
+                settings["hnsw.ef_search"] = ef_search
+            set_local(self.conn, settings)
             # Not prepared: after five runs PostgreSQL may switch a prepared statement to a generic plan, chosen
             # without the LIMIT and filter values, which need not read the index.
             rows = self.conn.execute(statement, params, prepare=False).fetchall()
