@@ -67,8 +67,14 @@ def build(source: Path, jobs: int = 2) -> None:
         stage = Path(scratch) / "stage"
         run = {"cwd": source, "check": True}
         subprocess.run(
-            ["./configure", f"PG_CONFIG={prefix}/bin/pg_config", "--without-lz4", "--without-zstd",
-             "--without-libcurl", f"CC={cc}"],
+            [
+                "./configure",
+                f"PG_CONFIG={prefix}/bin/pg_config",
+                "--without-lz4",
+                "--without-zstd",
+                "--without-libcurl",
+                f"CC={cc}",
+            ],
             **run,  # type: ignore[arg-type]
         )
         subprocess.run(["make", f"-j{jobs}"], **run)  # type: ignore[arg-type]
@@ -88,7 +94,11 @@ class Cluster:
 
 def _as_server(cmd: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [str(bin_path() / cmd[0]), *cmd[1:]], user=system_user(), check=True, text=True, capture_output=True,
+        [str(bin_path() / cmd[0]), *cmd[1:]],
+        user=system_user(),
+        check=True,
+        text=True,
+        capture_output=True,
         **kwargs,  # type: ignore[arg-type]
     )
 
@@ -113,7 +123,7 @@ def start(folder: Path, workers: int = 2, port: int = 56432, settings: dict[str,
         secret.write_text(secrets.token_urlsafe(18))
     password = secret.read_text().strip()
     passfile = folder / "pgpass"
-    passfile.write_text(f"127.0.0.1:*:*:postgres:{password}\n")
+    passfile.write_text(f"*:*:*:postgres:{password}\n")
     passfile.chmod(0o600)
     for path in (secret, passfile):
         if system_user():
@@ -125,6 +135,8 @@ def start(folder: Path, workers: int = 2, port: int = 56432, settings: dict[str,
         "password_encryption": "'scram-sha-256'",
         "max_connections": "200",
         "citus.propagate_set_commands": "'local'",
+        # a node's connections to itself (EXPLAIN ANALYZE, intermediate results) go to this host, not localhost
+        "citus.local_hostname": "'127.0.0.1'",
         **(settings or {}),
     }
     for n, node_port in enumerate(ports):

@@ -34,12 +34,9 @@ REFERENCE = {
     "text_embeddings",
 }
 
-# What remains before `create_distributed_table` works; docs/scaling.md lists the same, with the way out of each.
-KNOWN_REMAINING = {
-    "images: unique images_collection_id_path_key (collection_id, path) lacks id",
-    "duplicate_groups: foreign key duplicate_groups_matched_image_id_fkey (matched_image_id) -> images(id)"
-    " is not on the distribution column",
-}
+# Migration 0017 removed the last two (images' unique path key, duplicate_groups.matched_image_id's foreign key);
+# tests/test_citus.py distributes the schema on a real cluster.
+KNOWN_REMAINING: set[str] = set()
 
 
 def _columns(store: Store, table_oid: int, attnums: list[int]) -> list[str]:
@@ -92,7 +89,7 @@ def test_every_table_has_a_place_in_the_distribution_design(store: Store) -> Non
 
 
 def test_unique_and_foreign_keys_include_the_distribution_column(store: Store) -> None:
-    # Exactly the known remainder: a new violation fails, and so does fixing one without updating the list.
+    # None: a new violation fails.
     assert violations(store) == KNOWN_REMAINING
 
 
@@ -115,3 +112,24 @@ def test_watch_hits_still_ignores_a_second_hit_of_the_same_watch_and_image(store
             "INSERT INTO watch_hits (watch_id, image_id, distance) VALUES (1, 1, 3) ON CONFLICT DO NOTHING"
         )
     assert store.conn.execute("SELECT count(*), min(id) FROM watch_hits").fetchone() == (1, 1)
+
+
+def test_the_design_here_is_the_one_imagedb_db_distribute_applies() -> None:
+    from imagedb.store import citus
+
+    assert dict.fromkeys([citus.DISTRIBUTED, *citus.COLOCATED]) == dict.fromkeys(DISTRIBUTED)
+    assert set(citus.REFERENCE) == REFERENCE
+
+
+def test_forget_takes_out_the_group_members_matched_through_a_forgotten_image(store: Store) -> None:
+    # duplicate_groups.matched_image_id has no foreign key now; forget does what its ON DELETE CASCADE did
+    store.conn.execute(
+        "INSERT INTO embedding_models (name, pretrained, dim) VALUES ('m', '', 2);"
+        " INSERT INTO collections (name, model_id) VALUES ('c', 1);"
+        " INSERT INTO images (collection_id, path, sha256, size_bytes, mtime, width, height, format)"
+        "  SELECT 1, '/' || n || '.jpg', 'x', 1, now(), 1, 1, 'JPEG' FROM generate_series(1, 3) n;"
+        " INSERT INTO duplicate_groups (collection_id, group_no, image_id, matched_image_id, rule)"
+        "  VALUES (1, 1, 1, NULL, 'first'), (1, 1, 2, 1, 'sha256'), (1, 1, 3, 2, 'sha256');"
+    )
+    assert store.admin.forget(1, ["1"])[0] == [1]
+    assert store.conn.execute("SELECT image_id FROM duplicate_groups ORDER BY 1").fetchall() == [(3,)]

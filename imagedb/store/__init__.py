@@ -1,7 +1,7 @@
 """Every SQL statement imagedb runs on its own tables, behind one Store made of one part per table family:
-`store.images`, `store.models`, `store.index`, `store.search`, `store.dupes`, `store.tuning`, `store.admin`, `store.citus`.
-Values are always bound parameters; the only composed pieces are integers (a model's id and dimension) and
-identifiers, built with psycopg.sql. See base.py for the transaction discipline."""
+`store.images`, `store.models`, `store.index`, `store.search`, `store.dupes`, `store.tuning`, `store.admin`,
+`store.citus`. Values are always bound parameters; the only composed pieces are integers (a model's id and
+dimension) and identifiers, built with psycopg.sql. See base.py for the transaction discipline."""
 
 from __future__ import annotations
 

@@ -196,12 +196,16 @@ class AdminStore(Part):
 
     def collection_stats(self) -> list[dict[str, Any]]:
         rows = self.conn.execute(
-            "SELECT c.name, m.name, m.pretrained, m.dim,"
-            " (SELECT count(*) FROM images i WHERE i.collection_id = c.id),"
-            " (SELECT count(*) FROM embeddings e JOIN images i ON i.id = e.image_id WHERE i.collection_id = c.id),"
-            " (SELECT count(*) FROM ingest_errors r JOIN ingest_runs u ON u.id = r.run_id"
-            "   WHERE u.collection_id = c.id)"
-            " FROM collections c JOIN embedding_models m ON m.id = c.model_id ORDER BY c.name"
+            # Grouped subqueries, not correlated ones, which Citus cannot run on distributed tables
+            "SELECT c.name, m.name, m.pretrained, m.dim, coalesce(i.n, 0), coalesce(e.n, 0), coalesce(r.n, 0)"
+            " FROM collections c JOIN embedding_models m ON m.id = c.model_id"
+            " LEFT JOIN (SELECT collection_id, count(*) AS n FROM images GROUP BY collection_id) i"
+            "  ON i.collection_id = c.id"
+            " LEFT JOIN (SELECT i.collection_id, count(*) AS n FROM embeddings e JOIN images i ON i.id = e.image_id"
+            "  GROUP BY i.collection_id) e ON e.collection_id = c.id"
+            " LEFT JOIN (SELECT u.collection_id, count(*) AS n FROM ingest_errors r JOIN ingest_runs u"
+            "  ON u.id = r.run_id GROUP BY u.collection_id) r ON r.collection_id = c.id"
+            " ORDER BY c.name"
         ).fetchall()
         keys = ("collection", "model", "pretrained", "dim", "images", "embeddings", "errors")
         return [dict(zip(keys, r, strict=True)) for r in rows]

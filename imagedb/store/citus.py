@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from psycopg import sql
 
+from imagedb.config import DEFAULT_EF_SEARCH
 from imagedb.errors import InvalidInput
 from imagedb.store.base import Part
 
@@ -35,6 +36,12 @@ REFERENCE = (
 )
 TABLES = (DISTRIBUTED, *COLOCATED, *REFERENCE)
 
+# The defaults for this database, on the coordinator and the workers. imagedb's own searches SET LOCAL their values
+# in a transaction block, which Citus passes on; the SQL functions (imagedb_nearest, ...) set theirs with
+# set_config(), which stays on the coordinator, so on the workers they search with these (the functions' own default
+# ef_search).
+WORKER_DEFAULTS = {"hnsw.ef_search": str(DEFAULT_EF_SEARCH), "hnsw.iterative_scan": "relaxed_order"}
+
 
 @dataclass(frozen=True)
 class Placement:
@@ -44,10 +51,22 @@ class Placement:
 
 
 class CitusStore(Part):
+    _distributed: bool | None = None
+
     def version(self) -> str | None:
         """The Citus extension's version in this database, None without it."""
         row = self.conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'citus'").fetchone()
         return row[0] if row else None
+
+    def distributed(self) -> bool:
+        """Whether `images` is a distributed table here (asked once per store: distributing is a one-time step)."""
+        if self._distributed is None:
+            self._distributed = self.version() is not None and bool(
+                self.conn.execute(
+                    "SELECT 1 FROM pg_dist_partition WHERE logicalrelid = to_regclass('images')"
+                ).fetchone()
+            )
+        return self._distributed
 
     def placements(self) -> list[Placement]:
         """Where each of imagedb's tables is: distributed (with its shard count), reference, or local."""
@@ -106,6 +125,13 @@ class CitusStore(Part):
                 self.conn.execute(
                     "SELECT create_distributed_table(%s, 'image_id', colocate_with => %s)", (table, DISTRIBUTED)
                 )
+            for name, value in WORKER_DEFAULTS.items():
+                # Citus passes ALTER DATABASE ... SET on to the workers (it refuses it run on a worker)
+                self.conn.execute(
+                    sql.SQL("ALTER DATABASE {} SET {} = {}").format(
+                        sql.Identifier(self.conn.info.dbname), sql.SQL(name), sql.Literal(value)
+                    )
+                )
             for table, name, definition in keys:
                 # The definition is the server's own text (pg_get_constraintdef), the table name its regclass text
                 self.conn.execute(
@@ -113,4 +139,5 @@ class CitusStore(Part):
                         sql.SQL(table), sql.Identifier(name), sql.SQL(definition)
                     )
                 )
+        self._distributed = True
         return self.placements()

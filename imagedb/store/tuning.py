@@ -11,8 +11,8 @@ from psycopg import sql
 
 from imagedb.store import metrics
 from imagedb.store.base import Part
-from imagedb.store.settings import set_local
 from imagedb.store.records import Collection
+from imagedb.store.settings import set_local
 
 # Advisory lock class for redrawing a relevance sample; the second key is the collection.
 _SAMPLE_LOCK = 0x1A6F
