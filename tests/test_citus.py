@@ -211,3 +211,35 @@ def test_distribute_refuses_a_server_without_citus_in_one_line(database_url: str
     assert result.output.strip().splitlines()[-1] == (
         "Error: this database has no Citus extension: connect to a Citus coordinator"
     )
+
+
+def test_watch_hits_and_their_notifications_come_through_the_coordinator(citus_url: str, photo_source: Path) -> None:
+    run = _runner(citus_url)
+    assert run("watch", "add", photo_source / "rocket.jpg").exit_code == 0
+    listener = psycopg.connect(citus_url, autocommit=True)
+    try:
+        listener.execute("LISTEN imagedb_watch")
+        copy = photo_source.parent / "citus-watch"
+        copy.mkdir(exist_ok=True)
+        (copy / "rocket-copy.jpg").write_bytes((photo_source / "rocket.jpg").read_bytes())
+        result = run("ingest", copy)
+        assert "watch hits 1" in result.output, result.output
+        notes = [json.loads(n.payload) for n in listener.notifies(timeout=5, stop_after=1)]
+        assert notes and notes[0]["distance"] == 0
+    finally:
+        listener.close()
+    assert "rocket-copy.jpg" in run("watch", "hits").output
+
+
+def test_a_reader_role_searches_through_the_coordinator(cluster: Any, citus_url: str) -> None:
+    # Citus opens the worker connections as the same role, with a password from the nodes' passfile
+    result = _runner(citus_url)("grant-reader", "citus_reader", "--password", "reader-secret")
+    assert result.exit_code == 0, result.output
+    passfile = cluster.folder / "pgpass"
+    passfile.write_text(passfile.read_text() + "*:*:*:citus_reader:reader-secret\n")
+    url = citus_url.replace(f"postgres:{cluster.password}@", "citus_reader:reader-secret@")
+    with psycopg.connect(url) as conn:
+        first = conn.execute("SELECT image_id FROM imagedb_similar(1, 2)").fetchall()
+        assert len(first) == 2
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("SELECT embedding FROM embeddings LIMIT 1")
