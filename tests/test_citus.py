@@ -243,3 +243,24 @@ def test_a_reader_role_searches_through_the_coordinator(cluster: Any, citus_url:
         assert len(first) == 2
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             conn.execute("SELECT embedding FROM embeddings LIMIT 1")
+
+
+def test_the_http_api_searches_through_the_coordinator(citus_url: str, photo_source: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from imagedb.api import create_app
+
+    client = TestClient(create_app(citus_url), base_url="http://localhost")
+    found = client.get("/api/search", params={"q": "a rocket", "limit": 3})
+    assert found.status_code == 200 and len(found.json()["results"]) == 3, found.text
+    upload = client.post(
+        "/api/search/image",
+        params={"limit": 1},
+        files={"file": ("coffee.jpg", (photo_source / "chelsea.jpg").read_bytes(), "image/jpeg")},
+    )
+    assert upload.status_code == 200 and upload.json()["results"][0]["path"] == str(photo_source / "chelsea.jpg")
+    first = upload.json()["results"][0]["id"]
+    similar = client.get(f"/api/images/{first}/similar", params={"limit": 2})
+    assert similar.status_code == 200 and len(similar.json()["results"]) == 2, similar.text
+    assert client.get(f"/api/images/{first}/thumbnail").headers["content-type"] == "image/jpeg"
+    assert client.get("/api/collections").status_code == 200
