@@ -9,7 +9,7 @@ with `cat = 3` (a tenth of the rows, iterative scan), recall@10 against numpy's 
 latency (a round trip through the coordinator included) at several ef_search values, each set with SET LOCAL in
 the query's transaction, as imagedb does (imagedb.store.settings).
 
-    python bench/citus_bench.py [--n 100000] [--shards 8] [--queries 200]
+    python bench/citus_bench.py [--n 100000] [--shards 8] [--queries 200] [--cluster-only]
 """
 
 from __future__ import annotations
@@ -105,6 +105,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=100_000)
     parser.add_argument("--shards", type=int, default=8)
     parser.add_argument("--queries", type=int, default=QUERIES)
+    parser.add_argument("--cluster-only", action="store_true", help="Measure the 2-worker cluster alone.")
     args = parser.parse_args()
     if not citus_local.installed():
         sys.exit("Citus is not installed in the embedded server: python bench/citus_local.py build CITUS_SOURCE")
@@ -117,7 +118,8 @@ def main() -> None:
         truth[(kind, False)] = exact_top_k(data, queries)
         truth[(kind, True)] = exact_top_k(data, queries, cats == 3)
     results: dict[str, Any] = {"n": args.n, "dim": data.shape[1], "shards": args.shards, "queries": args.queries}
-    for name, workers in (("1 node", 0), ("2 workers", 2)):
+    setups = (("2 workers", 2),) if args.cluster_only else (("1 node", 0), ("2 workers", 2))
+    for name, workers in setups:
         with tempfile.TemporaryDirectory(prefix="citus-bench-") as folder:
             cluster = citus_local.start(Path(folder), workers=workers, port=58432, settings=SETTINGS)
             try:
@@ -128,7 +130,7 @@ def main() -> None:
                 results[name] = setup
             finally:
                 citus_local.stop(Path(folder))
-    print(write_results(f"citus_{args.n}.json", results))
+    print(write_results(f"citus_{args.n}_{args.shards}shards{'_cluster' if args.cluster_only else ''}.json", results))
 
 
 if __name__ == "__main__":
