@@ -8,7 +8,13 @@ columns of co-located tables; a distributed table may reference a reference tabl
 
 from __future__ import annotations
 
-from imagedb.store import Store
+from datetime import datetime, timedelta
+
+import numpy as np
+
+from imagedb.store import ImageRecord, Store
+
+from helpers import fill_synthetic
 
 # The design in docs/scaling.md: the image tables are distributed by image id (co-located, so the joins of a search
 # stay on each shard), the small tables are reference tables copied to every node.
@@ -133,3 +139,27 @@ def test_forget_takes_out_the_group_members_matched_through_a_forgotten_image(st
     )
     assert store.admin.forget(1, ["1"])[0] == [1]
     assert store.conn.execute("SELECT image_id FROM duplicate_groups ORDER BY 1").fetchall() == [(3,)]
+
+
+def test_a_changed_file_replaced_by_ingest_takes_out_the_members_matched_through_it(store: Store) -> None:
+
+    collection = fill_synthetic(store, 3, dim=4)
+    first, second = (r[0] for r in store.conn.execute("SELECT id FROM images ORDER BY id LIMIT 2").fetchall())
+    store.conn.execute(
+        "INSERT INTO duplicate_groups (collection_id, group_no, image_id, matched_image_id, rule)"
+        " VALUES (%s, 1, %s, NULL, 'first'), (%s, 1, %s, %s, 'sha256')",
+        (collection.id, first, collection.id, second, first),
+    )
+    path, mtime = store.conn.execute("SELECT path, mtime FROM images WHERE id = %s", (first,)).fetchone()  # type: ignore[misc]
+    assert path in store.images.file_states(collection.id)
+    record = _record(path, mtime + timedelta(seconds=1))
+    run_id = store.images.start_run(collection.id)
+    store.images.write_batch(collection.id, collection.model_id, run_id, [record], [np.ones(4, np.float32) / 2], [])
+    assert store.conn.execute("SELECT count(*) FROM duplicate_groups").fetchone() == (0,)
+
+
+def _record(path: str, mtime: datetime) -> ImageRecord:
+    return ImageRecord(
+        path=path, sha256="f" * 64, size_bytes=1, mtime=mtime, width=1, height=1, format="JPEG", taken_at=None,
+        camera_make=None, camera_model=None, orientation=None, exif={}, thumbnail=b"", thumbnail_size=(1, 1),
+    )  # fmt: skip

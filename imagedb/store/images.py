@@ -223,17 +223,16 @@ class ImagesStore(Part):
         gone = [row[0] for row in cur.fetchall()]
         # A changed multi-frame DICOM file takes its former frame rows (path#frame=N) with it, those it has now
         # come back below: a file with fewer frames, or ingested again without --all-frames, leaves none behind.
-        frames = [r.path for r, _ in todo if r.dicom is not None and "#frame=" not in r.path]
-        if frames:
-            # Citus routes no DELETE ... USING unnest() on a distributed table: the ids are found first
-            cur.execute(
-                "SELECT i.id FROM images i, unnest(%s::text[]) AS f(path) WHERE i.collection_id = %s"
-                " AND starts_with(i.path, f.path || '#frame=') AND NOT i.path = ANY(%s)",
-                (frames, collection_id, [r.path for r, _ in todo]),
-            )
-            frame_ids = [row[0] for row in cur.fetchall()]
-            cur.execute("DELETE FROM images WHERE id = ANY(%s)", (frame_ids,))
-            gone += frame_ids
+        cur.execute(
+            "DELETE FROM images i USING unnest(%s::text[]) AS f(path) WHERE i.collection_id = %s"
+            " AND starts_with(i.path, f.path || '#frame=') AND NOT i.path = ANY(%s) RETURNING i.id",
+            (
+                [r.path for r, _ in todo if r.dicom is not None and "#frame=" not in r.path],
+                collection_id,
+                [r.path for r, _ in todo],
+            ),
+        )
+        gone += [row[0] for row in cur.fetchall()]
         forget_matches(cur, gone)
         cur.executemany(
             "INSERT INTO images (collection_id, path, sha256, size_bytes, mtime, width, height, format,"
