@@ -136,6 +136,8 @@ def test_dupes_forget_tune_check_and_info_run_through_the_coordinator(citus_url:
     copy.mkdir(exist_ok=True)
     (copy / "coffee-again.jpg").write_bytes((photo_source / "coffee.jpg").read_bytes())
     assert "added 0, reused 1" in run("ingest", copy).output
+    both = run("dupes", "--method", "both", "--json")  # the CLIP pass too (its groups are replaced just below)
+    assert both.exit_code == 0 and "sha256" in both.output, both.output
     result = run("dupes")
     assert result.exit_code == 0, result.output
     assert "sha256: same file as" in result.output
