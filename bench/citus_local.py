@@ -79,7 +79,20 @@ def build(source: Path, jobs: int = 2) -> None:
         )
         subprocess.run(["make", f"-j{jobs}"], **run)  # type: ignore[arg-type]
         subprocess.run(["make", "install", f"DESTDIR={stage}"], **run)  # type: ignore[arg-type]
-        shutil.copytree(f"{stage}{prefix}", prefix, dirs_exist_ok=True)
+        _install(Path(f"{stage}{prefix}"), prefix)
+
+
+def _install(staged: Path, prefix: Path) -> None:
+    """Copy the staged files into place, each by a rename: a running server keeps the library it mapped (writing
+    over a loaded citus.so in place: a running cluster here died then, without a line in its logs)."""
+    for source in staged.rglob("*"):
+        target = prefix / source.relative_to(staged)
+        if source.is_dir():
+            target.mkdir(parents=True, exist_ok=True)
+            continue
+        partial = target.with_name(target.name + ".partial")
+        shutil.copy2(source, partial)
+        os.replace(partial, target)
 
 
 @dataclass
