@@ -158,6 +158,8 @@ def test_dupes_forget_tune_check_and_info_run_through_the_coordinator(citus_url:
         (("tune", "--target-recall", "0.9"), "searches use it from now on"),
         (("db", "check", "--recall"), "<- searches use this"),
         (("db", "info"), "collection default: 13 images, 13 embeddings"),
+        # CREATE INDEX CONCURRENTLY, DROP INDEX CONCURRENTLY and the rename run on every shard
+        (("db", "reindex", "--m", "8", "--ef-construction", "32"), "embeddings_hnsw_1 (m=8, ef_construction=32)"),
         (("db", "check"), "ok:"),
     ):
         result = run(*args)
