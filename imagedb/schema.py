@@ -98,7 +98,8 @@ images = Table(
     Column("attributes", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
     Column("ingested_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("dhash", BIT(64)),
-    UniqueConstraint("collection_id", "path", name="images_collection_id_path_key"),
+    # Not unique: Citus enforces only keys that include `id`; the writer keeps one row per path (migration 0017)
+    Index("images_collection_id_path_idx", "collection_id", "path"),
     Index("images_sha256_idx", "sha256"),
     Index("images_dhash_hnsw", "dhash", postgresql_using="hnsw", postgresql_ops={"dhash": "bit_hamming_ops"}),
 )
@@ -174,7 +175,8 @@ duplicate_groups = Table(
     Column("collection_id", Integer, ForeignKey("collections.id", ondelete="CASCADE"), primary_key=True),
     Column("group_no", Integer, nullable=False),
     Column("image_id", BigInteger, ForeignKey("images.id", ondelete="CASCADE"), primary_key=True),
-    Column("matched_image_id", BigInteger, ForeignKey("images.id", ondelete="CASCADE")),
+    # An image on another shard under Citus: no foreign key; the statements that delete images delete these rows
+    Column("matched_image_id", BigInteger),
     Column(
         "rule",
         Text,

@@ -273,3 +273,22 @@ def restore(ctx: click.Context, file: Path, yes: bool) -> None:
 
 for command in (start, stop, status, service, listen, psql, replica):
     db.add_command(command)
+
+
+@db.command(access="write")
+@click.option(
+    "--shards",
+    type=click.IntRange(1, 1024),
+    help="Shards of the image tables [default: the coordinator's citus.shard_count, 32 unless set].",
+)
+@click.pass_context
+def distribute(ctx: click.Context, shards: int | None) -> None:
+    """Spread the tables over a Citus cluster (IMAGEDB_DATABASE_URL at its coordinator, after `imagedb db upgrade`).
+
+    The image tables are distributed by image id (co-located), the small ones become reference tables on every node
+    (docs/scaling.md). Run once; a second run changes nothing.
+    """
+    with open_store(ctx) as store:
+        placements = store.citus.distribute(shards)
+    for p in placements:
+        click.echo(f"{p.table}: {p.kind}" + (f", {p.shards} shards" if p.kind == "distributed" else ""))

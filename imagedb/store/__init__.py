@@ -1,7 +1,8 @@
 """Every SQL statement imagedb runs on its own tables, behind one Store made of one part per table family:
 `store.images`, `store.models`, `store.index`, `store.leftovers`, `store.search`, `store.dupes`, `store.tuning`,
-`store.admin`, `store.browse`. Values are always bound parameters; the only composed pieces are integers (a model's
-id and dimension) and identifiers, built with psycopg.sql. See base.py for the transaction discipline."""
+`store.admin`, `store.browse`, `store.citus`. Values are always bound parameters; the only composed pieces are
+integers (a model's id and dimension) and identifiers, built with psycopg.sql.
+See base.py for the transaction discipline."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import psycopg
 from imagedb.store.admin import AdminStore
 from imagedb.store.base import StoreBase
 from imagedb.store.browse import BrowseStore
+from imagedb.store.citus import CitusStore
 from imagedb.store.duplicates import HASH_EDGES_SQL, DuplicatesStore
 from imagedb.store.images import ImagesStore
 from imagedb.store.index import BUILD_MEMORY, DEFAULT_HNSW_EF_CONSTRUCTION, DEFAULT_HNSW_M, IndexStore
@@ -34,6 +36,7 @@ class Store(StoreBase):
         self.tuning = TuningStore(self)
         self.admin = AdminStore(self)
         self.browse = BrowseStore(self)
+        self.citus = CitusStore(self)
 
 
 __all__ = [

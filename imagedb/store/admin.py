@@ -10,6 +10,7 @@ from psycopg import sql
 
 from imagedb.errors import InvalidInput
 from imagedb.store.base import Part
+from imagedb.store.duplicates import forget_matches
 from imagedb.store.index import HNSW_INDEX_PREFIX
 from imagedb.store.search import TRUSTED_TEXT_ROW
 
@@ -31,7 +32,8 @@ FORGET_TABLES = (
 class AdminStore(Part):
     def forget(self, collection_id: int, refs: Sequence[str], *, full: bool = False) -> tuple[list[int], list[str]]:
         """Delete images named by id, path or file name, with everything derived from them (foreign keys
-        cascade to embeddings, thumbnails, duplicate groups and watch hits) and the ingest errors of their
+        cascade to embeddings, thumbnails, duplicate groups and watch hits; a group member matched through one
+        of them leaves its group) and the ingest errors of their
         paths; then VACUUM the tables touched (FULL: rewrite them), so that no live index entry or dead row
         still holds their data. Returns the ids deleted and the tables PostgreSQL would not let this role vacuum."""
         ids = sorted({i for ref in refs for i in self.store.images.image_ids(collection_id, ref)})
@@ -40,6 +42,8 @@ class AdminStore(Part):
         with self.conn.transaction():
             paths = [r[0] for r in self.conn.execute("SELECT path FROM images WHERE id = ANY(%s)", (ids,))]
             self.conn.execute("DELETE FROM images WHERE id = ANY(%s)", (ids,))
+            with self.conn.cursor() as cur:
+                forget_matches(cur, ids)
             self.conn.execute("DELETE FROM ingest_errors WHERE path = ANY(%s)", (paths,))
         return ids, self.vacuum(FORGET_TABLES, full=full)
 
@@ -252,12 +256,16 @@ class AdminStore(Part):
 
     def collection_stats(self) -> list[dict[str, Any]]:
         rows = self.conn.execute(
-            "SELECT c.name, m.name, m.pretrained, m.dim,"
-            " (SELECT count(*) FROM images i WHERE i.collection_id = c.id),"
-            " (SELECT count(*) FROM embeddings e JOIN images i ON i.id = e.image_id WHERE i.collection_id = c.id),"
-            " (SELECT count(*) FROM ingest_errors r JOIN ingest_runs u ON u.id = r.run_id"
-            "   WHERE u.collection_id = c.id)"
-            " FROM collections c JOIN embedding_models m ON m.id = c.model_id ORDER BY c.name"
+            # Grouped subqueries, not correlated ones, which Citus cannot run on distributed tables
+            "SELECT c.name, m.name, m.pretrained, m.dim, coalesce(i.n, 0), coalesce(e.n, 0), coalesce(r.n, 0)"
+            " FROM collections c JOIN embedding_models m ON m.id = c.model_id"
+            " LEFT JOIN (SELECT collection_id, count(*) AS n FROM images GROUP BY collection_id) i"
+            "  ON i.collection_id = c.id"
+            " LEFT JOIN (SELECT i.collection_id, count(*) AS n FROM embeddings e JOIN images i ON i.id = e.image_id"
+            "  GROUP BY i.collection_id) e ON e.collection_id = c.id"
+            " LEFT JOIN (SELECT u.collection_id, count(*) AS n FROM ingest_errors r JOIN ingest_runs u"
+            "  ON u.id = r.run_id GROUP BY u.collection_id) r ON r.collection_id = c.id"
+            " ORDER BY c.name"
         ).fetchall()
         keys = ("collection", "model", "pretrained", "dim", "images", "embeddings", "errors")
         return [dict(zip(keys, r, strict=True)) for r in rows]

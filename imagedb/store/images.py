@@ -18,6 +18,7 @@ from psycopg.types.json import Jsonb
 from imagedb.errors import ConcurrentChange
 from imagedb.store.base import Part
 from imagedb.store.dicom import insert_dicom_rows
+from imagedb.store.duplicates import forget_matches
 from imagedb.store.records import ImageRecord
 
 
@@ -216,20 +217,23 @@ class ImagesStore(Part):
         # A file that changed since the last run is replaced whole, with everything derived from it,
         # but the attributes a user gave it stay.
         cur.execute(
-            "DELETE FROM images WHERE collection_id = %s AND path = ANY(%s)",
+            "DELETE FROM images WHERE collection_id = %s AND path = ANY(%s) RETURNING id",
             (collection_id, [r.path for r, _ in todo if r.path in stored]),
         )
+        gone = [row[0] for row in cur.fetchall()]
         # A changed multi-frame DICOM file takes its former frame rows (path#frame=N) with it, those it has now
         # come back below: a file with fewer frames, or ingested again without --all-frames, leaves none behind.
         cur.execute(
             "DELETE FROM images i USING unnest(%s::text[]) AS f(path) WHERE i.collection_id = %s"
-            " AND starts_with(i.path, f.path || '#frame=') AND NOT i.path = ANY(%s)",
+            " AND starts_with(i.path, f.path || '#frame=') AND NOT i.path = ANY(%s) RETURNING i.id",
             (
                 [r.path for r, _ in todo if r.dicom is not None and "#frame=" not in r.path],
                 collection_id,
                 [r.path for r, _ in todo],
             ),
         )
+        gone += [row[0] for row in cur.fetchall()]
+        forget_matches(cur, gone)
         cur.executemany(
             "INSERT INTO images (collection_id, path, sha256, size_bytes, mtime, width, height, format,"
             " taken_at, camera_make, camera_model, orientation, exif, attributes, dhash)"

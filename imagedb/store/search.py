@@ -14,6 +14,7 @@ from imagedb.store import metrics
 from imagedb.store.base import Part
 from imagedb.store.index import binary_expression
 from imagedb.store.records import Collection, Hit
+from imagedb.store.settings import set_local
 
 # How far an iterative index scan may read for a selective filter before giving up (pgvector's default is
 # 20,000): enough for a 1% filter to fill a page of results on a million images.
@@ -89,11 +90,13 @@ def _nearest_query(
             "  row_number() OVER (PARTITION BY coalesce(g.group_no::bigint, -n.id) ORDER BY n.distance, n.id) AS r"
             "  FROM nearest n LEFT JOIN duplicate_groups g"
             "  ON g.collection_id = %(collection_id)s AND g.image_id = n.id)"
-            " SELECT id, path, {score} AS score, image_date,"
-            "  CASE WHEN group_no IS NULL THEN 0 ELSE (SELECT count(*) - 1 FROM duplicate_groups d"
-            "   WHERE d.collection_id = %(collection_id)s AND d.group_no = ranked.group_no) END,"
-            "  (SELECT count(*) FROM candidates)"
-            " FROM ranked WHERE r = 1 ORDER BY distance, id LIMIT %(limit)s OFFSET %(offset)s"
+            # The group sizes by a join, not a correlated subquery per row, which Citus cannot run
+            ", sizes AS (SELECT d.group_no, count(*) - 1 AS others FROM duplicate_groups d"
+            "  WHERE d.collection_id = %(collection_id)s AND d.group_no IN (SELECT group_no FROM ranked WHERE r = 1)"
+            "  GROUP BY d.group_no)"
+            " SELECT id, path, {score} AS score, image_date, coalesce(s.others, 0), (SELECT count(*) FROM candidates)"
+            " FROM ranked LEFT JOIN sizes s USING (group_no) WHERE r = 1 ORDER BY distance, id"
+            " LIMIT %(limit)s OFFSET %(offset)s"
         ).format(score=score)
     params.update(
         q=HalfVector(query),
@@ -167,11 +170,14 @@ class SearchStore(Part):
         with self.conn.transaction():
             # Filters (and other collections sharing the model) drop rows after the index scan; an iterative
             # scan keeps reading the index until enough rows pass, up to max_scan_tuples.
-            self.conn.execute("SELECT set_config('hnsw.iterative_scan', 'relaxed_order', true)")
-            self.conn.execute("SELECT set_config('hnsw.max_scan_tuples', %s, true)", (str(MAX_SCAN_TUPLES),))
+            settings: dict[str, str | int] = {
+                "hnsw.iterative_scan": "relaxed_order",
+                "hnsw.max_scan_tuples": MAX_SCAN_TUPLES,
+            }
             ef_search = effective_ef_search(collection, ef_search)
             if ef_search is not None:
-                self.conn.execute("SELECT set_config('hnsw.ef_search', %s, true)", (str(ef_search),))
+                settings["hnsw.ef_search"] = ef_search
+            set_local(self.conn, settings)
             # Not prepared: after five runs PostgreSQL may switch a prepared statement to a generic plan, chosen
             # without the LIMIT and filter values, which need not read the index.
             rows = self.conn.execute(statement, params, prepare=False).fetchall()

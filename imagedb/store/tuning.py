@@ -12,6 +12,7 @@ from psycopg import sql
 from imagedb.store import metrics
 from imagedb.store.base import Part
 from imagedb.store.records import Collection
+from imagedb.store.settings import set_local
 
 # Advisory lock class for redrawing a relevance sample; the second key is the collection.
 _SAMPLE_LOCK = 0x1A6F
@@ -107,8 +108,7 @@ class TuningStore(Part):
         # cast costs every row a check and a copy (about 12% of the scan: bench/results/exact.txt).
         vector = sql.SQL("e.embedding")
         with self.conn.transaction():
-            self.conn.execute("SELECT set_config('enable_indexscan', 'off', true)")
-            self.conn.execute("SELECT set_config('enable_bitmapscan', 'off', true)")
+            set_local(self.conn, {"enable_indexscan": "off", "enable_bitmapscan": "off"})
             rows = self.conn.execute(
                 sql.SQL(
                     "SELECT i.id FROM embeddings e JOIN images i ON i.id = e.image_id"
