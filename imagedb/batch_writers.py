@@ -6,7 +6,8 @@ import queue
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
 
 import numpy as np
 
@@ -27,6 +28,9 @@ class EmbeddedBatch:
     errors: list[tuple[str, str]]
     fresh: set[str]  # SHA-256s of the contents embedded for this batch (the others reused stored vectors)
     files: int  # files, not frames: what progress counts
+    paths: tuple[str, ...] = ()  # those files, as claimed (store/claims.py) and shown
+    excluded: int = 0  # files left out as forgotten content
+    error_states: dict[str, tuple[int, datetime]] = field(default_factory=dict)  # failed files' size and mtime
 
 
 class BatchWriters:
@@ -64,6 +68,10 @@ class BatchWriters:
     def drain(self) -> list[tuple[EmbeddedBatch, BatchWritten]]:
         return [self._finish() for _ in range(len(self._in_flight))]
 
+    def completed(self) -> list[tuple[EmbeddedBatch, BatchWritten]]:
+        """After the run stopped (Ctrl-C): the batches still in flight that committed all the same."""
+        return [(b, f.result()) for b, f in self._in_flight if f.done() and not f.cancelled() and not f.exception()]
+
     def _finish(self) -> tuple[EmbeddedBatch, BatchWritten]:
         batch, future = self._in_flight[0]
         written = future.result()  # an interrupt while waiting here leaves the batch in flight, for __exit__
@@ -97,7 +105,13 @@ class BatchWriters:
         store = self._idle.get()
         try:
             return store.images.write_batch(
-                target.id, target.model_id, run_id, batch.records, batch.vectors, batch.errors, batch.others
+                target.id,
+                target.model_id,
+                run_id,
+                batch.records,
+                batch.vectors,
+                [(path, reason, *batch.error_states.get(path, (None, None))) for path, reason in batch.errors],
+                batch.others,
             )
         finally:
             self._idle.put(store)

@@ -32,6 +32,8 @@ REFERENCE = {
     "dicom_secret",
     "collection_models",
     "text_embeddings",
+    "ingest_claims",
+    "forgotten",
 }
 
 # What remains before `create_distributed_table` works; docs/scaling.md lists the same, with the way out of each.

@@ -1,5 +1,6 @@
 """Every SQL statement imagedb runs on its own tables, behind one Store made of one part per table family:
-`store.images`, `store.models`, `store.index`, `store.search`, `store.dupes`, `store.tuning`, `store.admin`.
+`store.images`, `store.models`, `store.index`, `store.search`, `store.dupes`, `store.tuning`, `store.admin`,
+`store.claims`, `store.exclusions`.
 Values are always bound parameters; the only composed pieces are integers (a model's id and dimension) and
 identifiers, built with psycopg.sql. See base.py for the transaction discipline."""
 
@@ -9,7 +10,9 @@ import psycopg
 
 from imagedb.store.admin import AdminStore
 from imagedb.store.base import StoreBase
+from imagedb.store.claims import ClaimsStore
 from imagedb.store.duplicates import HASH_EDGES_SQL, DuplicatesStore
+from imagedb.store.exclusions import ExclusionsStore
 from imagedb.store.images import ImagesStore
 from imagedb.store.index import BUILD_MEMORY, DEFAULT_HNSW_EF_CONSTRUCTION, DEFAULT_HNSW_M, IndexStore
 from imagedb.store.models import ModelsStore
@@ -30,6 +33,8 @@ class Store(StoreBase):
         self.dupes = DuplicatesStore(self)
         self.tuning = TuningStore(self)
         self.admin = AdminStore(self)
+        self.claims = ClaimsStore(self)
+        self.exclusions = ExclusionsStore(self)
 
 
 __all__ = [

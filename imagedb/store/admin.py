@@ -28,16 +28,23 @@ FORGET_TABLES = (
 
 
 class AdminStore(Part):
-    def forget(self, collection_id: int, refs: Sequence[str], *, full: bool = False) -> tuple[list[int], list[str]]:
+    def forget(
+        self, collection_id: int, refs: Sequence[str], *, full: bool = False, remember: bool = True,
+        by_content: bool = False,
+    ) -> tuple[list[int], list[str]]:  # fmt: skip
         """Delete images named by id, path or file name, with everything derived from them (foreign keys
         cascade to embeddings, thumbnails, duplicate groups and watch hits) and the ingest errors of their
         paths; then VACUUM the tables touched (FULL: rewrite them), so that no live index entry or dead row
-        still holds their data. Returns the ids deleted and the tables PostgreSQL would not let this role vacuum."""
+        still holds their data. `remember`: ingest leaves their files out from now on (`by_content`: any file of the
+        same bytes too; store/exclusions.py). Returns the ids deleted and the tables PostgreSQL would not let this
+        role vacuum."""
         ids = sorted({i for ref in refs for i in self.store.images.image_ids(collection_id, ref)})
         if not ids:
             return [], []
         with self.conn.transaction():
             paths = [r[0] for r in self.conn.execute("SELECT path FROM images WHERE id = ANY(%s)", (ids,))]
+            if remember:
+                self.store.exclusions.remember_forgotten(collection_id, ids, by_hash=by_content)
             self.conn.execute("DELETE FROM images WHERE id = ANY(%s)", (ids,))
             self.conn.execute("DELETE FROM ingest_errors WHERE path = ANY(%s)", (paths,))
         return ids, self.vacuum(FORGET_TABLES, full=full)
@@ -196,8 +203,9 @@ class AdminStore(Part):
             " (SELECT count(*) FROM images i WHERE i.collection_id = c.id),"
             " (SELECT count(*) FROM embeddings e JOIN images i ON i.id = e.image_id WHERE i.collection_id = c.id),"
             " (SELECT count(*) FROM ingest_errors r JOIN ingest_runs u ON u.id = r.run_id"
-            "   WHERE u.collection_id = c.id)"
+            "   WHERE u.collection_id = c.id),"
+            " (SELECT count(*) FROM forgotten f WHERE f.collection_id = c.id)"
             " FROM collections c JOIN embedding_models m ON m.id = c.model_id ORDER BY c.name"
         ).fetchall()
-        keys = ("collection", "model", "pretrained", "dim", "images", "embeddings", "errors")
+        keys = ("collection", "model", "pretrained", "dim", "images", "embeddings", "errors", "excluded")
         return [dict(zip(keys, r, strict=True)) for r in rows]
