@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
+from psycopg.pq import TransactionStatus
+
 from imagedb import cpus, relevance
 from imagedb.attributes import read_rows
 from imagedb.batch_writers import BatchWriters, EmbeddedBatch
@@ -146,6 +148,8 @@ def ingest(
         if claimer is not None:
             summary.by_others += claimer.by_others
             summary.busy += claimer.busy
+        if summary.interrupted:
+            _settle(store)
         usable = not (store.conn.closed or store.conn.broken)
         if claimer is not None and usable:
             with suppress(Exception):  # after Ctrl-C; the claims end with the session anyway
@@ -170,6 +174,17 @@ def ingest(
     if summary.added or summary.reused:
         relevance.refresh_sample(store, target)  # the baseline of relevance follows the collection's growth
     return summary
+
+
+def _settle(store: Store) -> None:
+    """After Ctrl-C, which may have come in the middle of a statement or transaction on the run's own connection:
+    end it, so that the summary can still be recorded and the connection closes cleanly."""
+    with suppress(Exception):
+        if store.conn.info.transaction_status == TransactionStatus.ACTIVE:
+            store.conn.cancel_safe(timeout=5)
+    with suppress(Exception):
+        if store.conn.info.transaction_status != TransactionStatus.IDLE:
+            store.conn.rollback()
 
 
 def _finish(store: Store, summary: IngestSummary) -> None:
@@ -235,10 +250,12 @@ class _Pipeline:
                 for prepared in prefetched(pool, batches, self.models, self.options):
                     embedded = embed_batch(self.store, self.target, prepared, self.models, forgotten)
                     embedded.error_states = {p: self.states[p] for p, _ in embedded.errors if p in self.states}
-                    for done, written in writers.submit(self.target, self.summary.run_id, embedded):
+                    writers.put(self.target, self.summary.run_id, embedded)
+                    for done, written in writers.finished():
                         self._account(done, written)
                     self.models.refresh()
-                for done, written in writers.drain():
+                writers.wait_all()
+                for done, written in writers.finished():
                     self._account(done, written)
         except KeyboardInterrupt:
             # The batches that committed while the run stopped (BatchWriters gives them a moment) were kept.
@@ -247,16 +264,17 @@ class _Pipeline:
             raise
 
     def _account(self, batch: EmbeddedBatch, written: BatchWritten, release: bool = True) -> None:
+        # The claims first: a Ctrl-C while they are released leaves the batch to BatchWriters.completed(), uncounted.
+        if release:
+            self.claimer.release(batch.paths)
+        self.progress.advance(batch.files)
         summary, already = self.summary, written.already
-        summary.watch_hits += written.watch_hits
         # Another ingest of this collection may have stored some of these files first.
         fresh_written = {r.sha256 for r in batch.records if r.path not in already} & batch.fresh
+        summary.watch_hits += written.watch_hits
         summary.added += len(fresh_written)
         summary.reused += len(batch.records) - len(already) - len(fresh_written)
         summary.by_others += len(already)
         summary.failed += len(batch.errors)
         summary.forgotten += batch.excluded
         summary.errors.extend(batch.errors)
-        if release:
-            self.claimer.release(batch.paths)
-        self.progress.advance(batch.files)
