@@ -19,7 +19,7 @@ from imagedb.batch_writers import BatchWriters, EmbeddedBatch
 from imagedb.collection import get_or_create_collection, model_of
 from imagedb.config import DEFAULT_COLLECTION
 from imagedb.dicom import DicomOptions
-from imagedb.embed import ModelSpec
+from imagedb.embed import Embedder, ModelSpec
 from imagedb.files import file_mtime, find_images, readable
 from imagedb.ingest_claims import Claimer
 from imagedb.ingest_decode import DecodeOptions, Models, embed_batch, prefetched
@@ -82,6 +82,7 @@ def ingest(
     retry_failed: bool = False,
     include_forgotten: bool = False,
     roots: Sequence[Path] | None = None,
+    loaded_models: dict[int, Embedder] | None = None,
 ) -> IngestSummary:
     """Store every image under `paths` in `collection`; rerunning adds only what is new or changed.
 
@@ -97,7 +98,8 @@ def ingest(
     Ingests of the same collection running at once share the files (imagedb.ingest_claims). Files `imagedb
     forget` removed stay out unless `include_forgotten`, which lets them back in for good. Ctrl-C (KeyboardInterrupt)
     ends the run with a summary of what was committed (`interrupted`), not an exception, once it has begun
-    storing. `roots`: the folders no symlink may lead out of, when not `paths` themselves (a watch's folders).
+    storing. `roots`: the folders no symlink may lead out of, when not `paths` themselves (a watch's folders);
+    `loaded_models`: the models of earlier runs of the caller, kept (and filled) to load each once.
     """
     started = time.perf_counter()
     progress = progress or NoProgress()
@@ -128,7 +130,7 @@ def ingest(
         if todo:
             spec = model_of(target)
             progress.phase(LOADING_MODEL, detail=str(spec))
-            models = Models(store, target)
+            models = Models(store, target, loaded_models)
             models.refresh()
             progress.phase(EMBEDDING, len(todo))
             given = roots or [Path(p).expanduser() for p in paths]

@@ -33,9 +33,10 @@ class Models:
     """The embedders of every model the collection holds, the search model first. Read again after each batch:
     a `models add` started during this run gets the vectors of the images this run stores from then on."""
 
-    def __init__(self, store: Store, target: Collection) -> None:
+    def __init__(self, store: Store, target: Collection, loaded: dict[int, Embedder] | None = None) -> None:
         self._store, self._target = store, target
-        self.embedders: dict[int, Embedder] = {}
+        # `loaded`: a caller's models kept from run to run (a watch ingests every few seconds), filled here.
+        self.embedders: dict[int, Embedder] = {} if loaded is None else loaded
         self.recent: dict[int, dict[str, np.ndarray]] = {}  # see RECENT_VECTORS
 
     def refresh(self) -> None:

@@ -237,7 +237,8 @@ def ingest(
     stopped = _stop_on_signals()
     try:
         if watch_folders:
-            _watch(ctx, paths, options, progress, poll, settle)
+            if _watch(ctx, paths, options, progress, poll, settle):
+                ctx.exit(128 + stopped.get("signal", signal.SIGINT))
             return
         with _store(ctx) as store:
             try:
@@ -273,7 +274,8 @@ def _command() -> str:
 
 def _watch(
     ctx: click.Context, paths: tuple[str, ...], options: dict[str, Any], progress: Any, poll: bool, settle: float
-) -> None:
+) -> bool:
+    """Run the watch until Ctrl-C or SIGTERM; returns whether one stopped it."""
     from imagedb.folder_watch import watch
     from imagedb.pg.database import open_connection
     from imagedb.store import Store
@@ -294,6 +296,7 @@ def _watch(
         f"watch stopped: added {totals.added}, reused {totals.reused}, removed {totals.removed}, failed"
         f" {totals.failed} in {totals.passes} pass(es)"
     )
+    return totals.interrupted
 
 
 def _status(text: str) -> None:

@@ -63,3 +63,14 @@ class ExclusionsStore(Part):
     def excluded_count(self, collection_id: int) -> int:
         row = self.conn.execute("SELECT count(*) FROM forgotten WHERE collection_id = %s", (collection_id,))
         return int(row.fetchone()[0])  # type: ignore[index]
+
+    def remove_files(self, collection_id: int, paths: Sequence[str]) -> int:
+        """Delete the images of files (with their DICOM frames) and of folders (everything under them) that left
+        a watched folder; nothing is remembered, so they come back if they return. Returns how many went."""
+        with self.conn.transaction():
+            cur = self.conn.execute(
+                "DELETE FROM images i WHERE i.collection_id = %s AND (split_part(i.path, '#frame=', 1) = ANY(%s)"
+                " OR EXISTS (SELECT 1 FROM unnest(%s::text[]) AS f(p) WHERE starts_with(i.path, f.p || '/')))",
+                (collection_id, list(paths), list(paths)),
+            )
+        return cur.rowcount
