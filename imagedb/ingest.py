@@ -33,6 +33,7 @@ from imagedb.progress import (
     Progress,
 )
 from imagedb.store import Collection, Store
+from imagedb.store.exclusions import path_key
 from imagedb.store.images import BatchWritten
 
 
@@ -217,7 +218,7 @@ def _todo(
     for path in files:
         shown = readable(str(path))
         state = states.get(shown)
-        if shown in forgotten:
+        if forgotten and path_key(shown) in forgotten:
             summary.forgotten += 1
         elif state is not None and known.get(shown) == state:
             summary.skipped += 1

@@ -89,11 +89,11 @@ def forget(
     return Forgotten(ids, unvacuumed)
 
 
-def unforget(store: Store, collection: str, refs: Sequence[str] | None) -> list[str]:
-    """Let ingest store forgotten files again: refs are paths, file names or SHA-256s, None all of them. Returns
-    the paths let in again; NotFound when none matched."""
+def unforget(store: Store, collection: str, refs: Sequence[str] | None) -> int:
+    """Let ingest store forgotten files again: refs are paths or content SHA-256s, None all of them. Returns how
+    many; NotFound when none matched."""
     target = get_collection(store, collection)
-    absolute = [os.path.abspath(os.path.expanduser(r)) for r in refs or [] if "/" in r]
+    absolute = [os.path.abspath(os.path.expanduser(r)) for r in refs or []]
     done = store.exclusions.unforget(target.id, None if refs is None else [*refs, *absolute])
     if not done:
         raise NotFound(f"nothing forgotten in collection {collection!r} matches {', '.join(refs or ['*'])}")

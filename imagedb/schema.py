@@ -182,13 +182,14 @@ ingest_claims = Table(
     Column("claimed_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
 )
 
-# What `imagedb forget` removed, which ingest leaves out until `imagedb unforget`: the path, and the content's
-# SHA-256 when asked (then the same bytes under any name stay out).
+# What `imagedb forget` removed, which ingest leaves out until `imagedb unforget`: the SHA-256 of the path (never
+# the path itself: forget --full leaves it readable nowhere), and the content's when asked (then the same bytes
+# under any name stay out).
 forgotten = Table(
     "forgotten",
     metadata,
     Column("collection_id", Integer, ForeignKey("collections.id", ondelete="CASCADE"), primary_key=True),
-    Column("path", Text, primary_key=True),
+    Column("path_sha256", Text, primary_key=True),
     Column("sha256", Text),
     Column("forgotten_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Index("forgotten_sha256_idx", "collection_id", "sha256"),

@@ -228,9 +228,10 @@ def forget(ctx: click.Context, images: tuple[str, ...], collection: str, yes: bo
 @click.option("--all", "everything", is_flag=True, help="Every forgotten file of the collection.")
 @click.pass_context
 def unforget(ctx: click.Context, files: tuple[str, ...], collection: str, everything: bool) -> None:
-    """Let the next ingest store FILES again (paths, file names or SHA-256s) that `imagedb forget` removed.
+    """Let the next ingest store FILES again (their paths, or content SHA-256s) that `imagedb forget` removed.
 
-    Nothing is stored by this command: run `imagedb ingest` afterwards.
+    Nothing is stored by this command: run `imagedb ingest` afterwards. Forgotten paths are kept only as their
+    SHA-256, so give each path as it was ingested (a file name alone cannot be matched).
     """
     from imagedb.roles import unforget as run_unforget
 
@@ -238,6 +239,4 @@ def unforget(ctx: click.Context, files: tuple[str, ...], collection: str, everyt
         raise click.UsageError("give FILES or --all")
     with _store(ctx) as store:
         done = run_unforget(store, collection, None if everything else list(files))
-    for path in done:
-        click.echo(f"  {escape(path)}")
-    click.echo(f"{len(done)} file(s) no longer left out of collection {escape(collection)}")
+    click.echo(f"{done} file(s) no longer left out of collection {escape(collection)}")

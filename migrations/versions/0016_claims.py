@@ -4,10 +4,11 @@
   run. A claim is live while its run holds the session advisory lock (0x1A71, run id): a run that crashes or loses
   its connection loses that lock with its session, and another run takes its claims over.
 - ingest_errors.size_bytes, mtime: the file as it was when it failed; an ingest retries it only once it changes.
-- forgotten: paths (and, when asked, content hashes) `imagedb forget` removed, which ingest leaves out until
-  `imagedb unforget`.
+- forgotten: the SHA-256 of each path `imagedb forget` removed (not the path: forget --full promises that no table
+  keeps it readable) and, when asked, of its content, which ingest leaves out until `imagedb unforget`.
 
-Writer roles (those granted INSERT on images) get the same rights on the new tables.
+Writer roles (those granted INSERT on images) get the same rights on the new tables, and may VACUUM
+ingest_claims (which `forget` vacuums) where the server has the MAINTAIN privilege.
 
 Revision ID: claims
 Revises: readers
@@ -36,7 +37,7 @@ def upgrade() -> None:
     op.create_table(
         "forgotten",
         sa.Column("collection_id", sa.Integer, sa.ForeignKey("collections.id", ondelete="CASCADE"), primary_key=True),
-        sa.Column("path", sa.Text, primary_key=True),
+        sa.Column("path_sha256", sa.Text, primary_key=True),
         sa.Column("sha256", sa.Text),
         sa.Column("forgotten_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
     )
@@ -52,9 +53,12 @@ def upgrade() -> None:
         )
         .fetchall()
     )
+    maintain = int(op.get_bind().exec_driver_sql("SHOW server_version_num").scalar_one()) >= 170000
     for (role,) in writers:
         quoted = '"' + role.replace('"', '""') + '"'
         op.execute(f"GRANT SELECT, INSERT, UPDATE, DELETE ON {', '.join(NEW_TABLES)} TO {quoted}")
+        if maintain:  # forget vacuums ingest_claims, whose rows name paths
+            op.execute(f"GRANT MAINTAIN ON ingest_claims TO {quoted}")
 
 
 def downgrade() -> None:
