@@ -105,7 +105,8 @@ def main() -> None:
         "two_over_one_cpu": two_cpu / one_cpu,
         "two_over_one_cpu_beyond_idle": (two_cpu - 2 * idle_cpu) / (one_cpu - idle_cpu),
     }
-    print(f"{args.images} camera-like JPEGs, {result['model']}, {os.cpu_count()} CPUs, each experiment on a server of its own:")
+    where = f"{os.cpu_count()} CPUs, each experiment on a server of its own"
+    print(f"{args.images} camera-like JPEGs, {result['model']}, {where}:")
     print(f"  one ingest          {one_cpu:7.1f} s CPU  {one_wall:6.1f} s wall   {one[0]}")
     stored = result["two_at_once"]["added"]
     print(f"  two at once         {two_cpu:7.1f} s CPU  {two_wall:6.1f} s wall   stored {stored}")

@@ -167,15 +167,21 @@ def ingest(
         with suppress(Exception):
             _finish(store, summary)
         return summary
-    if attribute_rows:
-        progress.phase(ATTACHING_METADATA, len(attribute_rows))
-        unmatched = store.images.attach_attributes(target.id, attribute_rows)
-        summary.metadata_unmatched = sorted(unmatched)
-        summary.metadata_matched = sum(1 for key, _ in attribute_rows if key not in unmatched)
-    summary.seconds = time.perf_counter() - started
-    _finish(store, summary)
-    if summary.added or summary.reused:
-        relevance.refresh_sample(store, target)  # the baseline of relevance follows the collection's growth
+    try:
+        if attribute_rows:
+            progress.phase(ATTACHING_METADATA, len(attribute_rows))
+            unmatched = store.images.attach_attributes(target.id, attribute_rows)
+            summary.metadata_unmatched = sorted(unmatched)
+            summary.metadata_matched = sum(1 for key, _ in attribute_rows if key not in unmatched)
+        summary.seconds = time.perf_counter() - started
+        _finish(store, summary)
+        if summary.added or summary.reused:
+            relevance.refresh_sample(store, target)  # the baseline of relevance follows the collection's growth
+    except KeyboardInterrupt:  # the images are stored: say so, as above
+        summary.interrupted = True
+        _settle(store)
+        with suppress(Exception):
+            _finish(store, summary)
     return summary
 
 

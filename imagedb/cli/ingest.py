@@ -245,8 +245,8 @@ def ingest(
                 summary = run_ingest(store, paths, progress=progress, **options)
             finally:
                 progress.close()
-    except KeyboardInterrupt:  # before anything was stored: scanning, loading the model
-        click.echo(f"interrupted: nothing stored yet; to continue: {_command()}", err=True)
+    except KeyboardInterrupt:  # before the run began storing (scanning, loading the model), or building the index
+        click.echo(f"interrupted: what was stored is kept; to continue: {_command()}", err=True)
         ctx.exit(128 + stopped.get("signal", signal.SIGINT))
     finally:
         signal.signal(signal.SIGTERM, stopped["previous"])
