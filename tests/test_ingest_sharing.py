@@ -183,8 +183,8 @@ def test_ctrl_c_prints_what_was_kept_and_how_to_continue(
     assert "Traceback" not in err and "Aborted" not in err
     added = int(re.search(r"default: added (\d+), reused 0, skipped 1 unchanged", out).group(1))  # type: ignore[union-attr]
     stored = _count(store, "SELECT count(*) FROM images")
-    assert 30 <= stored < 300
-    assert added == stored - 1  # exactly what was committed
+    assert 30 <= stored < 300, (out, err)
+    assert added == stored - 1, (out, err)  # exactly what was committed
     assert f"to continue: imagedb ingest {folder} --batch-size 4" in err
     again = subprocess.run(command, env=env, capture_output=True, text=True)
     assert again.returncode == 0, again.stderr
