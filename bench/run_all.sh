@@ -35,6 +35,7 @@ if [[ "${1:-}" == "--quick" ]]; then
   run growth_tuned.txt bench/growth_bench.py --sizes 10000 --no-isotropic
   run api.txt bench/api_bench.py --n 2000
   run cli_latency.txt bench/cli_latency.py --runs 2
+  run concurrent_ingest.txt bench/concurrent_ingest.py --images 32 --model tiny
   run text_cache.txt bench/text_cache_bench.py --runs 2
   run decode_memory.txt bench/decode_memory.py
   run rebuild.txt bench/rebuild_bench.py --n 3000 --threshold-n 500
@@ -55,6 +56,7 @@ else
   run growth_tuned.txt bench/growth_bench.py --no-isotropic
   run api.txt bench/api_bench.py
   run cli_latency.txt bench/cli_latency.py
+  run concurrent_ingest.txt bench/concurrent_ingest.py
   run text_cache.txt bench/text_cache_bench.py
   run decode_memory.txt bench/decode_memory.py
   run rebuild.txt bench/rebuild_bench.py --n 50000

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -36,6 +37,8 @@ WRITER_TABLES = (
     "relevance_samples",
     "search_tuning",
     "dicom_images",
+    "ingest_claims",  # ingests running at once share the files
+    "forgotten",  # `forget` remembers what ingest must leave out
 )
 # The text-query cache too: every search trusts a cached vector, so only the owner writes it (migration 0013); a
 # writer's searches read it, and what they embed is not kept.
@@ -124,10 +127,24 @@ def checked_password(password: str | None, role: str = "") -> str | None:
     return password
 
 
-def forget(store: Store, collection: str, refs: Sequence[str], *, full: bool = False) -> Forgotten:
-    """Delete the images named by id, path or file name and everything derived from them, then VACUUM."""
+def forget(
+    store: Store, collection: str, refs: Sequence[str], *, full: bool = False, by_content: bool = False
+) -> Forgotten:
+    """Delete the images named by id, path or file name and everything derived from them, then VACUUM. Ingest
+    leaves their files out from then on (`by_content`: any file of the same bytes too), until unforget()."""
     target = get_collection(store, collection)
-    ids, unvacuumed = store.admin.forget(target.id, list(refs), full=full)
+    ids, unvacuumed = store.admin.forget(target.id, list(refs), full=full, by_content=by_content)
     if not ids:
         raise NotFound(f"no image {', '.join(refs)} in collection {collection!r}: give ids, paths or file names")
     return Forgotten(ids, unvacuumed)
+
+
+def unforget(store: Store, collection: str, refs: Sequence[str] | None) -> int:
+    """Let ingest store forgotten files again: refs are paths or content SHA-256s, None all of them. Returns how
+    many; NotFound when none matched."""
+    target = get_collection(store, collection)
+    absolute = [os.path.abspath(os.path.expanduser(r)) for r in refs or []]
+    done = store.exclusions.unforget(target.id, None if refs is None else [*refs, *absolute])
+    if not done:
+        raise NotFound(f"nothing forgotten in collection {collection!r} matches {', '.join(refs or ['*'])}")
+    return done

@@ -166,7 +166,34 @@ ingest_errors = Table(
     Column("path", Text, nullable=False),
     Column("reason", Text, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("size_bytes", BigInteger),  # the file as it was when it failed: retried only once it changes
+    Column("mtime", DateTime(timezone=True)),
     Index("ingest_errors_run_id_idx", "run_id"),
+    Index("ingest_errors_path_idx", "path"),
+)
+
+# The files ingests are decoding and storing now; a claim is live while its run holds the session advisory lock
+# (0x1A71, run id), so a crashed run's claims are taken over (store/claims.py).
+ingest_claims = Table(
+    "ingest_claims",
+    metadata,
+    Column("collection_id", Integer, ForeignKey("collections.id", ondelete="CASCADE"), primary_key=True),
+    Column("path", Text, primary_key=True),
+    Column("run_id", BigInteger, ForeignKey("ingest_runs.id", ondelete="CASCADE"), nullable=False),
+    Column("claimed_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
+# What `imagedb forget` removed, which ingest leaves out until `imagedb unforget`: the SHA-256 of the path (never
+# the path itself: forget --full leaves it readable nowhere), and the content's when asked (then the same bytes
+# under any name stay out).
+forgotten = Table(
+    "forgotten",
+    metadata,
+    Column("collection_id", Integer, ForeignKey("collections.id", ondelete="CASCADE"), primary_key=True),
+    Column("path_sha256", Text, primary_key=True),
+    Column("sha256", Text),
+    Column("forgotten_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Index("forgotten_sha256_idx", "collection_id", "sha256"),
 )
 
 duplicate_groups = Table(

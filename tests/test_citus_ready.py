@@ -38,6 +38,8 @@ REFERENCE = {
     "dicom_secret",
     "collection_models",
     "text_embeddings",
+    "ingest_claims",
+    "forgotten",
 }
 
 # Migration 0016 removed the last two (images' unique path key, duplicate_groups.matched_image_id's foreign key);

@@ -146,7 +146,8 @@ def test_forget_full_leaves_no_bytes_in_the_table_files(
         assert "images" in _files_hold(admin, ["images"], needle)  # the test can see it when it is there
         done = forget(store, "default", [target.name], full=True)
         assert len(done.ids) == 1 and done.unvacuumed == []
-        assert _files_hold(admin, ["images", "ingest_errors", "duplicate_groups", "watch_hits"], needle) == []
+        tables = ["images", "ingest_errors", "duplicate_groups", "watch_hits", "forgotten", "ingest_claims"]
+        assert _files_hold(admin, tables, needle) == []
 
 
 def test_forget_by_a_role_that_may_not_vacuum_says_so(

@@ -115,7 +115,10 @@ def dupes(
 
 @click.group(cls=Group)
 def watch() -> None:
-    """A watch list for copy detection: later ingests record and NOTIFY copies of watched images."""
+    """A watch list for copy detection: later ingests record and NOTIFY copies of watched images.
+
+    This watches images, not folders: to keep a collection in step with a folder, use `imagedb ingest --watch`.
+    """
 
 
 @watch.command("add", access="write")
@@ -215,12 +218,19 @@ def watch_follow(ctx: click.Context, as_json: bool, seconds: float | None) -> No
     is_flag=True,
     help="VACUUM FULL: rewrite the tables, so no free space in them keeps the old bytes (locks them meanwhile).",
 )
+@click.option(
+    "--content",
+    is_flag=True,
+    help="Also leave out the same bytes under any other name (keeps their SHA-256 in the forgotten table).",
+)
 @click.pass_context
-def forget(ctx: click.Context, images: tuple[str, ...], collection: str, yes: bool, full: bool) -> None:
+def forget(ctx: click.Context, images: tuple[str, ...], collection: str, yes: bool, full: bool, content: bool) -> None:
     """Delete IMAGES (ids, paths or file names) and everything derived from them, then VACUUM.
 
     That is their embeddings, hashes, thumbnails, duplicate-group and watch-hit rows, and the ingest errors of
-    their paths. The images are listed first, then you are asked (unless --yes).
+    their paths. The images are listed first, then you are asked (unless --yes). Later ingests leave their files
+    out (with --content, the same bytes under any name too) until `imagedb unforget`, or `imagedb ingest
+    --include-forgotten`.
     """
     from imagedb.collection import find_stored_images
     from imagedb.roles import forget as run_forget
@@ -234,11 +244,31 @@ def forget(ctx: click.Context, images: tuple[str, ...], collection: str, yes: bo
         if not yes:
             click.confirm("Forget them for good?", abort=True)
         # By path, which names exactly the images listed: a file name could match an image stored meanwhile.
-        done = run_forget(store, collection, [path for _, path in found], full=full)
-    click.echo(f"forgot {len(done.ids)} image(s)")
+        done = run_forget(store, collection, [path for _, path in found], full=full, by_content=content)
+    click.echo(f"forgot {len(done.ids)} image(s); ingest leaves them out until imagedb unforget")
     if done.unvacuumed:
         click.echo(
             f"warning: this role may not VACUUM {', '.join(done.unvacuumed)}: the deleted rows' bytes stay in"
             " those table files until the owner runs VACUUM on them",
             err=True,
         )
+
+
+@click.command(cls=Command, access="write", short_help="Let ingest store forgotten files again.")
+@click.argument("files", nargs=-1)
+@collection_option
+@click.option("--all", "everything", is_flag=True, help="Every forgotten file of the collection.")
+@click.pass_context
+def unforget(ctx: click.Context, files: tuple[str, ...], collection: str, everything: bool) -> None:
+    """Let the next ingest store FILES again (their paths, or content SHA-256s) that `imagedb forget` removed.
+
+    Nothing is stored by this command: run `imagedb ingest` afterwards. Forgotten paths are kept only as their
+    SHA-256, so give each path as it was ingested (a file name alone cannot be matched).
+    """
+    from imagedb.roles import unforget as run_unforget
+
+    if bool(files) == everything:
+        raise click.UsageError("give FILES or --all")
+    with _store(ctx) as store:
+        done = run_unforget(store, collection, None if everything else list(files))
+    click.echo(f"{done} file(s) no longer left out of collection {escape(collection)}")

@@ -72,7 +72,7 @@ def info(ctx: click.Context) -> None:
         model = f"{s['model']}:{s['pretrained']}" if s["pretrained"] else s["model"]
         click.echo(
             f"collection {escape(s['collection'])}: {s['images']} images, {s['embeddings']} embeddings,"
-            f" {s['errors']} ingest errors; model {model} (dim {s['dim']})"
+            f" {s['errors']} ingest errors, {s['excluded']} forgotten file(s) left out; model {model} (dim {s['dim']})"
         )
         for line in recall[s["collection"]]:
             click.echo(line)

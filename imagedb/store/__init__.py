@@ -1,6 +1,7 @@
 """Every SQL statement imagedb runs on its own tables, behind one Store made of one part per table family:
 `store.images`, `store.models`, `store.index`, `store.leftovers`, `store.search`, `store.dupes`, `store.tuning`,
-`store.admin`, `store.browse`, `store.citus`. Values are always bound parameters; the only composed pieces are
+`store.admin`, `store.browse`, `store.citus`, `store.claims`,
+`store.exclusions`. Values are always bound parameters; the only composed pieces are
 integers (a model's id and dimension) and identifiers, built with psycopg.sql.
 See base.py for the transaction discipline."""
 
@@ -12,7 +13,9 @@ from imagedb.store.admin import AdminStore
 from imagedb.store.base import StoreBase
 from imagedb.store.browse import BrowseStore
 from imagedb.store.citus import CitusStore
+from imagedb.store.claims import ClaimsStore
 from imagedb.store.duplicates import HASH_EDGES_SQL, DuplicatesStore
+from imagedb.store.exclusions import ExclusionsStore
 from imagedb.store.images import ImagesStore
 from imagedb.store.index import BUILD_MEMORY, DEFAULT_HNSW_EF_CONSTRUCTION, DEFAULT_HNSW_M, IndexStore
 from imagedb.store.leftovers import LeftoverStore
@@ -37,6 +40,8 @@ class Store(StoreBase):
         self.admin = AdminStore(self)
         self.browse = BrowseStore(self)
         self.citus = CitusStore(self)
+        self.claims = ClaimsStore(self)
+        self.exclusions = ExclusionsStore(self)
 
 
 __all__ = [

@@ -26,21 +26,29 @@ FORGET_TABLES = (
     "watch_hits",
     "ingest_errors",
     "dicom_images",
+    "ingest_claims",  # its rows name paths; released claims leave dead rows and index entries until a VACUUM
 )
 
 
 class AdminStore(Part):
-    def forget(self, collection_id: int, refs: Sequence[str], *, full: bool = False) -> tuple[list[int], list[str]]:
+    def forget(
+        self, collection_id: int, refs: Sequence[str], *, full: bool = False, remember: bool = True,
+        by_content: bool = False,
+    ) -> tuple[list[int], list[str]]:  # fmt: skip
         """Delete images named by id, path or file name, with everything derived from them (foreign keys
         cascade to embeddings, thumbnails, duplicate groups and watch hits; a group member matched through one
         of them leaves its group) and the ingest errors of their
         paths; then VACUUM the tables touched (FULL: rewrite them), so that no live index entry or dead row
-        still holds their data. Returns the ids deleted and the tables PostgreSQL would not let this role vacuum."""
+        still holds their data. `remember`: ingest leaves their files out from now on (`by_content`: any file of the
+        same bytes too; store/exclusions.py). Returns the ids deleted and the tables PostgreSQL would not let this
+        role vacuum."""
         ids = sorted({i for ref in refs for i in self.store.images.image_ids(collection_id, ref)})
         if not ids:
             return [], []
         with self.conn.transaction():
             paths = [r[0] for r in self.conn.execute("SELECT path FROM images WHERE id = ANY(%s)", (ids,))]
+            if remember:
+                self.store.exclusions.remember_forgotten(collection_id, ids, by_hash=by_content)
             self.conn.execute("DELETE FROM images WHERE id = ANY(%s)", (ids,))
             with self.conn.cursor() as cur:
                 forget_matches(cur, ids)
@@ -257,7 +265,8 @@ class AdminStore(Part):
     def collection_stats(self) -> list[dict[str, Any]]:
         rows = self.conn.execute(
             # Grouped subqueries, not correlated ones, which Citus cannot run on distributed tables
-            "SELECT c.name, m.name, m.pretrained, m.dim, coalesce(i.n, 0), coalesce(e.n, 0), coalesce(r.n, 0)"
+            "SELECT c.name, m.name, m.pretrained, m.dim, coalesce(i.n, 0), coalesce(e.n, 0), coalesce(r.n, 0),"
+            " coalesce(f.n, 0)"
             " FROM collections c JOIN embedding_models m ON m.id = c.model_id"
             " LEFT JOIN (SELECT collection_id, count(*) AS n FROM images GROUP BY collection_id) i"
             "  ON i.collection_id = c.id"
@@ -265,7 +274,9 @@ class AdminStore(Part):
             "  GROUP BY i.collection_id) e ON e.collection_id = c.id"
             " LEFT JOIN (SELECT u.collection_id, count(*) AS n FROM ingest_errors r JOIN ingest_runs u"
             "  ON u.id = r.run_id GROUP BY u.collection_id) r ON r.collection_id = c.id"
+            " LEFT JOIN (SELECT collection_id, count(*) AS n FROM forgotten GROUP BY collection_id) f"
+            "  ON f.collection_id = c.id"
             " ORDER BY c.name"
         ).fetchall()
-        keys = ("collection", "model", "pretrained", "dim", "images", "embeddings", "errors")
+        keys = ("collection", "model", "pretrained", "dim", "images", "embeddings", "errors", "excluded")
         return [dict(zip(keys, r, strict=True)) for r in rows]

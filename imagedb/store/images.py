@@ -115,7 +115,7 @@ class ImagesStore(Part):
         run_id: int,
         records: Sequence[ImageRecord],
         vectors: Sequence[np.ndarray],
-        errors: Iterable[tuple[str, str]],
+        errors: Iterable[tuple[Any, ...]],
         other_models: dict[int, Sequence[np.ndarray]] | None = None,
     ) -> BatchWritten:
         """Store one batch, in one transaction up to PATHS_PER_TRANSACTION files (a larger one in several, each of
@@ -151,7 +151,7 @@ class ImagesStore(Part):
         run_id: int,
         records: Sequence[ImageRecord],
         vectors: Sequence[np.ndarray],
-        errors: Iterable[tuple[str, str]],
+        errors: Iterable[tuple[Any, ...]],
         other_models: dict[int, Sequence[np.ndarray]],
     ) -> BatchWritten:
         with self.conn.transaction(), self.conn.cursor() as cur:
@@ -186,9 +186,10 @@ class ImagesStore(Part):
                 by_path = {r.path: n for n, r in enumerate(records)}
                 extra_todo = {m: [vs[by_path[r.path]] for r, _ in todo] for m, vs in extra.items()}
                 hits = self._insert_images(cur, collection_id, model_id, run_id, todo, stored, extra_todo)
+            # (path, reason) or (path, reason, size, mtime): the file as it was, so a rerun retries it once changed
             cur.executemany(
-                "INSERT INTO ingest_errors (run_id, path, reason) VALUES (%s, %s, %s)",
-                [(run_id, path, reason) for path, reason in errors],
+                "INSERT INTO ingest_errors (run_id, path, reason, size_bytes, mtime) VALUES (%s, %s, %s, %s, %s)",
+                [(run_id, *error, *(None,) * (4 - len(error))) for error in errors],
             )
         return BatchWritten(done, hits)
 
