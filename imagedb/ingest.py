@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from imagedb import cpus, provenance, relevance
+from imagedb import cpus, keywords, provenance, relevance
+from imagedb import ocr as ocr_module
 from imagedb.attributes import read_rows
 from imagedb.batch_writers import BatchWriters, EmbeddedBatch
 from imagedb.collection import get_or_create_collection, model_of
@@ -21,6 +22,7 @@ from imagedb.dicom import DicomOptions
 from imagedb.embed import Embedder, ModelSpec, Preprocess
 from imagedb.files import BadImage, file_mtime, find_images, outside, readable
 from imagedb.images import decode
+from imagedb.keywords import WordsSummary
 from imagedb.progress import (
     ATTACHING_METADATA,
     BUILDING_INDEX,
@@ -49,6 +51,7 @@ class IngestSummary:
     metadata_matched: int = 0  # rows of the --metadata file attached to images
     metadata_unmatched: list[str] = field(default_factory=list)  # their keys, for rows that matched no image
     watch_hits: int = 0  # stored images that look like a watched one (`imagedb watch hits`)
+    words: WordsSummary | None = None  # captions and OCR text read after the batches (imagedb.keywords)
 
 
 # From this many new images on (and more than are indexed already), the HNSW index is built after the load.
@@ -80,6 +83,7 @@ def ingest(
     bulk_threshold: int = BULK_THRESHOLD,
     dicom: DicomOptions = DicomOptions(),
     allow_random_weights: bool = False,
+    ocr: bool = False,
 ) -> IngestSummary:
     """Store every image under `paths` in `collection`; rerunning adds only what is new or changed.
 
@@ -90,7 +94,10 @@ def ingest(
     only a collection created with it accepts (see imagedb.dicom). New images get a vector of every model the
     collection holds (one being added by `imagedb models add` too); a registered model's checkpoint is verified
     before use (provenance.verify), and a new collection's model must have weights unless `allow_random_weights`.
+    Once the batches are stored, the new images' captions are read, and with `ocr` their text (imagedb.keywords).
     """
+    if ocr:
+        ocr_module.require()  # one line saying how to turn it on, before any work
     started = time.perf_counter()
     progress = progress or NoProgress()
     progress.phase(SCANNING)
@@ -145,6 +152,7 @@ def ingest(
         unmatched = store.images.attach_attributes(target.id, attribute_rows)
         summary.metadata_unmatched = sorted(unmatched)
         summary.metadata_matched = sum(1 for key, _ in attribute_rows if key not in unmatched)
+    summary.words = keywords.after_ingest(store, target, read_ocr=ocr)
     summary.seconds = time.perf_counter() - started
     store.images.finish_run(summary.run_id, summary.added, summary.skipped, summary.reused, summary.failed)
     if summary.added or summary.reused:
