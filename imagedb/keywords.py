@@ -101,8 +101,12 @@ def _xmp(value: object) -> str:
 
 def _unescape(text: str) -> str:
     text = re.sub(r"<[^>]*>", " ", text)
-    return text.replace("&lt;", "<").replace("&gt;", ">").replace("&quot;", '"').replace("&apos;", "'").replace(
-        "&amp;", "&"
+    return (
+        text.replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&quot;", '"')
+        .replace("&apos;", "'")
+        .replace("&amp;", "&")
     )
 
 

@@ -17,6 +17,7 @@ READER_FUNCTIONS = (
     "imagedb_nearest(halfvec, text, integer, integer, bigint, text)",
     "imagedb_similar(bigint, integer, integer, text)",
     "imagedb_search_text(text, text, integer, text)",
+    "imagedb_search_hybrid(text, text, integer)",
 )
 # What ingest, tag, dupes, watch and tune write (never dicom_secret: writers hash DICOM UIDs through
 # imagedb_uid_hash). Schema bookkeeping (alembic_version) and the model/collection

@@ -3,15 +3,24 @@ OCR text, found from the library, the CLI, the API and SQL, alone and fused with
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 
+import psycopg
 import pytest
-from PIL import Image, ImageDraw
+from click.testing import CliRunner
+from fastapi.testclient import TestClient
+from PIL import Image
+from test_sql_readers import PASSWORD, login
 
+from imagedb.api import create_app
+from imagedb.cli import main
 from imagedb.embed import ModelSpec
 from imagedb.ingest import ingest
 from imagedb.query import parse, parse_string
 from imagedb.request import SearchRequest
+from imagedb.roles import grant_reader
 from imagedb.search import search
 from imagedb.store import Filters, Store
 
@@ -101,3 +110,70 @@ def test_attribute_change_updates_words(store: Store, worded: Path) -> None:
     tag(store, "default", str(worded / "misc" / "DSC_1003_holiday.jpg"), {"mood": "favourite"})
     results = search(store, SearchRequest(parse_string("kw:favourite")))
     assert _names(results) == ["DSC_1003_holiday.jpg"]
+
+
+@pytest.fixture
+def cli(database_url: str, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("IMAGEDB_DATABASE_URL", database_url)
+    return lambda *args: CliRunner().invoke(main, [str(a) for a in args])
+
+
+def test_cli_finds_words_and_says_why(cli, worded: Path) -> None:  # type: ignore[no-untyped-def]
+    result = cli("search", "invoice", "--hybrid", "--json", "-k", "3")
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in result.output.splitlines()]
+    assert Path(rows[0]["path"]).name == "IMG_4711_invoice.jpg"
+    assert rows[0]["keyword_rank"] == 1 and rows[0]["matched"] == ["invoice"] and rows[0]["vector_rank"] >= 1
+    table = cli("search", "kw:lisbon")
+    assert table.exit_code == 0 and "kw#1 lisbon" in table.output and "P1000.jpg" in table.output
+    chinese = cli("search", "blue", "--keyword", "发票", "--paths")
+    assert chinese.exit_code == 0 and chinese.output.strip().endswith("P1001.jpg")
+    assert cli("search", "kw:发票", "--paths").output.strip().endswith("P1001.jpg")
+    for bad in (["kw:"], ["kw:  ...  "], ["--keyword", "!!", "x"]):
+        refused = cli("search", *bad)
+        error = refused.output.strip().splitlines()[-1]
+        assert refused.exit_code == 2 and error.startswith("Error: ") and "Traceback" not in refused.output
+        assert "kw:" in error or "keyword" in error, refused.output
+
+
+def test_api_finds_words_and_says_why(database_url: str, worded: Path) -> None:
+    with TestClient(create_app(database_url), base_url="http://localhost") as client:
+        body = client.get("/api/search", params={"q": "invoice", "hybrid": "true", "limit": 3}).json()
+        top = body["results"][0]
+        assert Path(top["path"]).name == "IMG_4711_invoice.jpg" and top["matched"] == ["invoice"]
+        assert top["keyword_rank"] == 1
+        only = client.get("/api/search", params={"q": "kw:azulejo"}).json()["results"]
+        assert [Path(r["path"]).name for r in only] == ["P1001.jpg"]
+        filtered = client.get("/api/search", params={"q": "red", "keyword": "tram", "limit": 5}).json()["results"]
+        assert [Path(r["path"]).name for r in filtered] == ["P1000.jpg"]
+        bad = client.get("/api/search", params={"q": "kw:--"})
+        assert bad.status_code == 400 and "kw:" in bad.json()["detail"]
+
+
+def test_a_reader_finds_words_in_sql(store: Store, database_url: str, worded: Path) -> None:
+    role = f"kw_reader_{os.getpid()}"
+    grant_reader(store, role, PASSWORD)
+    with psycopg.connect(login(database_url, role), autocommit=True) as conn:
+        # never searched: no cached vector, so the keywords alone rank (score NULL)
+        rows = conn.execute(
+            "SELECT path, score, keyword_rank, matched FROM imagedb_search_hybrid('invoice', 'default', 5)"
+        ).fetchall()
+        assert Path(rows[0][0]).name == "IMG_4711_invoice.jpg" and rows[0][1] is None and rows[0][3] == ["invoice"]
+        chinese = conn.execute("SELECT path, matched FROM imagedb_search_hybrid('发票', 'default')").fetchall()
+        assert [Path(p).name for p, _ in chinese] == ["P1001.jpg"] and chinese[0][1] == ["发票"]
+    search(store, SearchRequest(parse(["tram"]), hybrid=True))  # caches the text's vector
+    with psycopg.connect(login(database_url, role), autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT path, score, vector_rank, keyword_rank FROM imagedb_search_hybrid('tram', 'default', 4)"
+        ).fetchall()
+        assert Path(rows[0][0]).name == "P1000.jpg" and rows[0][1] is not None and rows[0][3] == 1
+        assert len(rows) == 4 and all(r[2] is not None for r in rows[1:])
+        for args, message in [
+            (("", "default", 5), "the query is empty"),
+            (("x", "default", 0), "k must be between 1 and 1000"),
+            (("x", "nope\x01", 5), r"no collection named 'nope\\x01'"),
+            (("x" * 10_001, "default", 5), "at most 10000"),
+        ]:
+            with pytest.raises(psycopg.errors.RaiseException, match=message) as info:
+                conn.execute("SELECT * FROM imagedb_search_hybrid(%s, %s, %s)", args)
+            assert "\n" not in (info.value.diag.message_primary or "\n")

@@ -52,6 +52,7 @@ def main(ctx: click.Context, database_url: str | None, home: str | None, verbose
 from imagedb.cli.curate import dupes, forget, tag, watch  # noqa: E402
 from imagedb.cli.db import db  # noqa: E402
 from imagedb.cli.ingest import ingest  # noqa: E402
+from imagedb.cli.keywords import keywords  # noqa: E402
 from imagedb.cli.models import models  # noqa: E402
 from imagedb.cli.roles import grant_reader, grant_writer  # noqa: E402
 from imagedb.cli.search import query_terms, search  # noqa: E402
@@ -59,6 +60,8 @@ from imagedb.cli.serve import serve  # noqa: E402
 from imagedb.cli.tune import tune  # noqa: E402
 
 for command in (ingest, search, tag, dupes, watch, forget, grant_reader, grant_writer, serve, db, tune, models):
+    main.add_command(command)
+for command in (keywords,):
     main.add_command(command)
 
 __all__ = ["main", "query_terms"]

@@ -146,6 +146,12 @@ def printable(text: str) -> str:
     is_flag=True,
     help="Let a new collection's model have no weights (NAME alone): random, for tests only. Refused otherwise.",
 )
+@click.option(
+    "--ocr",
+    is_flag=True,
+    help="Read the text in the new images for keyword search, after they are embedded (the ocr extra:"
+    " pip install 'imagedb[ocr]').",
+)
 @click.pass_context
 def ingest(
     ctx: click.Context,
@@ -160,6 +166,7 @@ def ingest(
     keep_phi: bool,
     all_frames: bool,
     allow_random_weights: bool,
+    ocr: bool,
 ) -> None:
     """Add the images in PATHS (files or folders, recursive) to a collection.
 
@@ -176,6 +183,10 @@ def ingest(
     from imagedb.files import check_paths
     from imagedb.ingest import ingest as run_ingest
 
+    if ocr:
+        from imagedb.ocr import require
+
+        require()  # one line saying how to turn it on, before any work
     check_paths(paths)  # a wrong path or metadata file fails here, before the database or the model is touched
     if metadata:
         read_rows(metadata)
@@ -195,6 +206,7 @@ def ingest(
                 progress=progress,
                 dicom=DicomOptions(keep_dates=keep_dates, keep_phi=keep_phi, all_frames=all_frames),
                 allow_random_weights=allow_random_weights,
+                ocr=ocr,
             )
         finally:
             progress.close()
@@ -214,5 +226,9 @@ def ingest(
         f"{summary.collection}: added {summary.added}, reused {summary.reused}, skipped {summary.skipped} unchanged,"
         f" failed {summary.failed}, watch hits {summary.watch_hits} in {summary.seconds:.1f} s{rate}"
     )
+    if ocr and summary.words is not None:
+        from imagedb.cli.keywords import report
+
+        report(summary.words)
     if summary.watch_hits:
         click.echo(f"{summary.watch_hits} image(s) look like a watched one: see imagedb watch hits", err=True)

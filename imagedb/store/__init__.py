@@ -1,5 +1,6 @@
 """Every SQL statement imagedb runs on its own tables, behind one Store made of one part per table family:
-`store.images`, `store.models`, `store.index`, `store.search`, `store.dupes`, `store.tuning`, `store.admin`, `store.keywords`.
+`store.images`, `store.models`, `store.index`, `store.search`, `store.dupes`, `store.tuning`, `store.admin`,
+`store.keywords`.
 Values are always bound parameters; the only composed pieces are integers (a model's id and dimension) and
 identifiers, built with psycopg.sql. See base.py for the transaction discipline."""
 
@@ -11,8 +12,8 @@ from imagedb.store.admin import AdminStore
 from imagedb.store.base import StoreBase
 from imagedb.store.duplicates import HASH_EDGES_SQL, DuplicatesStore
 from imagedb.store.images import ImagesStore
-from imagedb.store.keywords import KeywordsStore
 from imagedb.store.index import BUILD_MEMORY, DEFAULT_HNSW_EF_CONSTRUCTION, DEFAULT_HNSW_M, IndexStore
+from imagedb.store.keywords import KeywordsStore
 from imagedb.store.models import ModelsStore
 from imagedb.store.records import Collection, Filters, Hit, ImageRecord
 from imagedb.store.search import MAX_SCAN_TUPLES, SearchStore

@@ -249,7 +249,7 @@ def downgrade() -> None:
         "keyword_document(text, jsonb, text, text)",
         "keyword_matches(tsvector, text)",
         "keyword_query(text, text)",
-        "keyword_vector(text, \"char\")",
+        'keyword_vector(text, "char")',
         "keyword_literal(text)",
         "keyword_lexemes(text)",
     ):
