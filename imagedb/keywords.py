@@ -146,7 +146,9 @@ def read_text(
             try:
                 text, reason = engine.read(path), None
             except Exception as exc:
-                text, reason = None, readable(f"{type(exc).__name__}: {exc}") or type(exc).__name__
+                # One line, at most 500 characters: engines' messages run over several, with their internals.
+                reason = " ".join(readable(f"{type(exc).__name__}: {exc}").split())[:500]
+                text = None
                 summary.ocr_failed.append((path, reason))
             store.keywords.set_ocr(image_id, text, reason)
             summary.ocr_read += 1

@@ -36,6 +36,7 @@ WRITER_TABLES = (
     "search_tuning",
     "dicom_images",
     "text_embeddings",  # a writer's text searches are cached too
+    "image_words",  # captions and OCR text; the triggers on images write it as the writer
 )
 WRITER_READ_ONLY = ("alembic_version", "embedding_models", "collections", "collection_models", *READER_VIEWS)
 

@@ -29,9 +29,12 @@ def refresh(ctx: click.Context, collection: str, read_ocr: bool, retry_failed: b
     """Remake the words of every image of a collection, read captions never read, and with --ocr the text in
     the images (after the embedding: it never holds up an ingest)."""
     from imagedb import keywords as run
+    from imagedb import ocr
 
     if retry_failed and not read_ocr:
         raise click.UsageError("--retry-failed goes with --ocr")
+    if read_ocr:
+        ocr.require()  # one line saying how to turn it on, before the database
     with _store(ctx) as store:
         summary = run.refresh(store, collection, read_ocr=read_ocr, retry=retry_failed)
     report(summary)

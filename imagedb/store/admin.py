@@ -24,6 +24,7 @@ FORGET_TABLES = (
     "watch_hits",
     "ingest_errors",
     "dicom_images",
+    "image_words",
 )
 
 

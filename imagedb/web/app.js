@@ -51,6 +51,7 @@ function params() {
   // 0 is "off": every result, however weakly it stands out.
   if (Number($("min-relevance").value) > 0) p.set("min_relevance", $("min-relevance").value);
   if ($("collapse").checked) p.set("collapse_duplicates", "true");
+  if ($("hybrid").checked) p.set("hybrid", "true");
   if ($("modality").value.trim()) p.set("modality", $("modality").value.trim());
   if ($("body_part").value.trim()) p.set("body_part", $("body_part").value.trim());
   return p;
@@ -93,6 +94,14 @@ function render(results, label, metric = "cosine") {
       caption.insertBefore(more, caption.querySelector(".name"));
     }
     caption.querySelector(".name").textContent = fileName(r.path);
+    if (r.matched && r.matched.length) {
+      // Why a keyword or hybrid result matched: the query's words it holds, and its ranks in the title.
+      const words = document.createElement("span");
+      words.className = "matched";
+      words.textContent = r.matched.join(" ");
+      words.title = `words matched; keyword rank ${r.keyword_rank ?? "-"}, vector rank ${r.vector_rank ?? "-"}`;
+      caption.append(words);
+    }
     card.append(img, caption);
     card.addEventListener("click", () => details(r.id));
     $("grid").append(card);
@@ -172,7 +181,7 @@ async function loadCollections() {
 $("search").addEventListener("submit", (event) => { event.preventDefault(); searchText(); });
 $("file").addEventListener("change", () => { if ($("file").files[0]) searchFile($("file").files[0]); });
 $("close").addEventListener("click", () => $("details").close());
-for (const id of ["collection", "after", "before", "sort", "metric", "min-relevance", "collapse"]) $(id).addEventListener("change", searchText);
+for (const id of ["collection", "after", "before", "sort", "metric", "min-relevance", "collapse", "hybrid"]) $(id).addEventListener("change", searchText);
 $("min-relevance").addEventListener("input", showMinRelevance);
 document.addEventListener("dragover", (event) => { event.preventDefault(); document.body.classList.add("dragging"); });
 document.addEventListener("dragleave", () => document.body.classList.remove("dragging"));

@@ -227,6 +227,13 @@ BEGIN
     LOOP
         EXECUTE format('GRANT EXECUTE ON FUNCTION {HYBRID} TO %s', r);
     END LOOP;
+    -- Writers (roles that may insert images) write image_words through the triggers and ingest.
+    FOR r IN SELECT DISTINCT a.grantee::regrole::text FROM pg_class c, aclexplode(c.relacl) a
+             WHERE c.oid = '{SCHEMA}.images'::regclass AND a.privilege_type = 'INSERT'
+               AND a.grantee <> 0 AND a.grantee <> c.relowner
+    LOOP
+        EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON {SCHEMA}.image_words TO %s', r);
+    END LOOP;
 END $$;
 """
 
