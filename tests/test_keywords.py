@@ -177,3 +177,77 @@ def test_a_reader_finds_words_in_sql(store: Store, database_url: str, worded: Pa
             with pytest.raises(psycopg.errors.RaiseException, match=message) as info:
                 conn.execute("SELECT * FROM imagedb_search_hybrid(%s, %s, %s)", args)
             assert "\n" not in (info.value.diag.message_primary or "\n")
+
+
+@pytest.mark.slow
+def test_the_migration_indexes_stored_images_and_grants_old_roles(server_url: str) -> None:
+    """Images stored before revision "keywords" get their words from it; readers and writers made before it may
+    call the hybrid function and write image_words; the downgrade removes it all."""
+    from alembic import command
+    from sqlalchemy import create_engine
+
+    from imagedb.pg.connection import sqlalchemy_url
+    from imagedb.pg.migrate import alembic_config
+
+    from conftest import with_database
+
+    name = f"imagedb_keywords_migration_{os.getpid()}"
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name}")
+        conn.execute(f"CREATE DATABASE {name}")
+    url = with_database(server_url, name)
+    engine = create_engine(sqlalchemy_url(url))
+    cfg = alembic_config()
+
+    def migrate(step: object, revision: str) -> None:
+        with engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            step(cfg, revision)  # type: ignore[operator]
+
+    reader, writer = f"kw_old_reader_{os.getpid()}", f"kw_old_writer_{os.getpid()}"
+    try:
+        migrate(command.upgrade, "internal")
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("SET search_path = imagedb_internal, public")
+            model = conn.execute(
+                "INSERT INTO embedding_models (name, pretrained, dim) VALUES ('m', '', 4) RETURNING id"
+            ).fetchone()[0]
+            collection = conn.execute(
+                "INSERT INTO collections (name, model_id) VALUES ('default', %s) RETURNING id", (model,)
+            ).fetchone()[0]
+            conn.execute(
+                "INSERT INTO images (collection_id, path, sha256, size_bytes, mtime, width, height, format, attributes)"
+                " VALUES (%s, '/scans/IMG_4711_invoice.jpg', 'x', 1, now(), 1, 1, 'JPEG', '{\"place\": \"Lisbon\"}')",
+                (collection,),
+            )
+            for role in (reader, writer):
+                conn.execute(f"DROP ROLE IF EXISTS {role}")
+                conn.execute(f"CREATE ROLE {role}")
+            conn.execute(f"GRANT EXECUTE ON FUNCTION public.imagedb_search_text(text, text, integer, text) TO {reader}")
+            conn.execute(f"GRANT SELECT, INSERT ON imagedb_internal.images TO {writer}")
+        migrate(command.upgrade, "head")
+        with psycopg.connect(url, autocommit=True) as conn:
+            rows = conn.execute(
+                "SELECT path, matched FROM imagedb_search_hybrid('lisbon invoice', 'default')"
+            ).fetchall()
+            assert rows == [("/scans/IMG_4711_invoice.jpg", ["invoice", "lisbon"])]
+            hybrid = "public.imagedb_search_hybrid(text, text, integer)"
+            can = "SELECT has_function_privilege(%s, %s, 'EXECUTE')"
+            assert [conn.execute(can, (r, hybrid)).fetchone()[0] for r in (reader, "public")] == [True, False]
+            assert conn.execute(
+                "SELECT has_table_privilege(%s, 'imagedb_internal.image_words', 'INSERT')", (writer,)
+            ).fetchone()[0]
+        migrate(command.downgrade, "internal")
+        with psycopg.connect(url, autocommit=True) as conn:
+            assert conn.execute("SELECT to_regclass('imagedb_internal.image_words')").fetchone()[0] is None
+            conn.execute(
+                "INSERT INTO imagedb_internal.images (collection_id, path, sha256, size_bytes, mtime, width, height,"
+                " format) SELECT collection_id, '/b.jpg', 'y', 1, now(), 1, 1, 'JPEG' FROM imagedb_internal.images"
+            )  # no trigger left behind
+        migrate(command.upgrade, "head")
+    finally:
+        engine.dispose()
+        with psycopg.connect(server_url, autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+            for role in (reader, writer):
+                conn.execute(f"DROP ROLE IF EXISTS {role}")
