@@ -16,6 +16,9 @@ from imagedb.errors import InvalidInput
 HOW_TO_ENABLE = "OCR is off: install it with  pip install 'imagedb[ocr]'  (rapidocr_onnxruntime)"
 # Text this small in a bigger picture is unreadable anyway; the detector's cost grows with the pixels.
 MAX_SIDE = 2048
+# A smaller picture is read enlarged (at most 3x): the recogniser drops the spaces between small English words
+# ("ticketcoffeemenu" from 18-pixel text, "ticket coffee menu" at twice the size; bench/ocr_bench.py).
+MIN_SIDE = 1280
 MIN_CONFIDENCE = 0.5  # recognised lines below this are mostly noise (measured: bench/ocr_bench.py)
 
 
@@ -45,6 +48,9 @@ class Engine:
         with Image.open(path) as opened:
             image = ImageOps.exif_transpose(opened).convert("RGB")
         image.thumbnail((MAX_SIDE, MAX_SIDE))
+        if max(image.size) < MIN_SIDE:
+            scale = min(3.0, MIN_SIDE / max(image.size))
+            image = image.resize((round(image.width * scale), round(image.height * scale)), Image.Resampling.LANCZOS)
         with self._lock:
             # No angle classifier: text upside down is rare in photos and screenshots, and it costs a third pass.
             result, _ = self._engine(image, use_cls=False)

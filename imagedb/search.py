@@ -164,8 +164,11 @@ def nearest(store: Store, plan: Plan, query: np.ndarray) -> list[SearchResult]:
         scored = [(h, r) for h, r in scored if r is not None and r >= request.min_relevance]
     if request.sort == "date":
         scored = sorted(scored, key=lambda pair: pair[0].date, reverse=True)
+    # kw: conditions hold for every result: their words are what each matched.
+    words = " ".join(request.filters.keywords) if scored else ""
+    matched = tuple(dict.fromkeys(store.keywords.lexemes(words))) if words else ()
     return [
-        SearchResult(rank, hit.score, hit.image_id, hit.path, hit.date, rel, hit.others)
+        SearchResult(rank, hit.score, hit.image_id, hit.path, hit.date, rel, hit.others, matched=matched)
         for rank, (hit, rel) in enumerate(scored, start=request.offset + 1)
     ]
 

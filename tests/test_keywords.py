@@ -90,6 +90,9 @@ def test_words_of_names_exif_and_xmp_rank_first(store: Store, worded: Path) -> N
     # a phrase holds its words in order; -kw: excludes
     assert search(store, SearchRequest(parse_string('kw:"tiles blue"'))) == []
     assert "IMG_4711_invoice.jpg" not in _names(search(store, SearchRequest(parse_string("red -kw:invoice"), limit=20)))
+    # a kw: condition on a vector search: every result holds its words, and says so
+    held = search(store, SearchRequest(parse_string("red kw:holiday"), limit=20))
+    assert len(held) == 12 and {r.matched for r in held} == {("holiday",)}
 
 
 def test_hybrid_fuses_vector_and_words(store: Store, worded: Path) -> None:

@@ -81,3 +81,19 @@ def test_ocr_off_says_how_to_turn_it_on(monkeypatch: pytest.MonkeyPatch, tmp_pat
     assert result.exit_code == 2 and result.output.strip().splitlines()[-1].endswith(ocr.HOW_TO_ENABLE)
     result = CliRunner().invoke(main, ["keywords", "refresh", "--ocr"])
     assert result.exit_code == 2 and ocr.HOW_TO_ENABLE in result.output
+
+
+@pytest.mark.slow
+def test_ingest_ocr_reads_after_embedding(database_url: str, store: Store, tmp_path: Path, tiny_model: str) -> None:
+    drawn(tmp_path / "receipt.png", "RECEIPT 2024")
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"junk" * 10)  # a file that fails decoding
+    result = CliRunner().invoke(
+        main,
+        ["ingest", "--ocr", "--allow-random-weights", "--model", tiny_model, str(tmp_path)],
+        env={"IMAGEDB_DATABASE_URL": database_url},
+    )
+    assert result.exit_code == 0, result.output
+    assert "ocr: 1 image(s) read, 1 with text, 0 failed" in result.output
+    assert "added 1" in result.output and "failed 1" in result.output  # the broken file is ingest's to report
+    found = search(store, SearchRequest(parse_string("kw:receipt")))
+    assert [Path(r.path).name for r in found] == ["receipt.png"] and found[0].matched == ("receipt",)

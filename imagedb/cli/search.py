@@ -101,7 +101,7 @@ def search(
     metric = wanted.metric
     with _store(ctx) as store:
         results = run_search(store, wanted)
-    ranked_by_words = any(r.keyword_rank is not None or r.vector_rank is not None for r in results)
+    ranked_by_words = any(r.keyword_rank is not None or r.vector_rank is not None or r.matched for r in results)
     if as_null:
         click.echo(b"".join(os.fsencode(r.path) + b"\0" for r in results), nl=False)  # bytes: written raw
     elif as_paths:
