@@ -107,6 +107,21 @@ def test_hybrid_fuses_vector_and_words(store: Store, worded: Path) -> None:
     assert len(kept) == 3 and all("/misc/" in r.path for r in kept)
 
 
+def test_a_keyword_ranking_reads_the_gin_index(store: Store, worded: Path) -> None:
+    from imagedb.collection import get_collection
+
+    target = get_collection(store, "default")
+    store.conn.execute(  # 5,000 more images (no vectors needed), so that walking them all costs more
+        "INSERT INTO images (collection_id, path, sha256, size_bytes, mtime, width, height, format)"
+        " SELECT %s, '/more/DSC_' || n || '.jpg', 'x', 1, now(), 1, 1, 'JPEG' FROM generate_series(1, 5000) n",
+        (target.id,),
+    )
+    store.conn.execute("ANALYZE images")
+    store.conn.execute("VACUUM ANALYZE image_words")  # flushes the GIN pending list, as autovacuum does
+    plan = store.keywords.explain_ranked(target, "invoice")
+    assert "image_words_document_idx" in plan, plan
+
+
 def test_attribute_change_updates_words(store: Store, worded: Path) -> None:
     from imagedb.attributes import tag
 
