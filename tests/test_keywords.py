@@ -177,6 +177,8 @@ def test_a_reader_finds_words_in_sql(store: Store, database_url: str, worded: Pa
             "SELECT path, score, keyword_rank, matched FROM imagedb_search_hybrid('invoice', 'default', 5)"
         ).fetchall()
         assert Path(rows[0][0]).name == "IMG_4711_invoice.jpg" and rows[0][1] is None and rows[0][3] == ["invoice"]
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):  # captions and OCR text stay the owner's
+            conn.execute("SELECT caption FROM imagedb_internal.image_words")
         chinese = conn.execute("SELECT path, matched FROM imagedb_search_hybrid('发票', 'default')").fetchall()
         assert [Path(p).name for p, _ in chinese] == ["P1001.jpg"] and chinese[0][1] == ["发票"]
     search(store, SearchRequest(parse(["tram"]), hybrid=True))  # caches the text's vector
