@@ -271,3 +271,22 @@ def test_the_migration_indexes_stored_images_and_grants_old_roles(server_url: st
             conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
             for role in (reader, writer):
                 conn.execute(f"DROP ROLE IF EXISTS {role}")
+
+
+def test_dicom_words_are_the_kept_header(store: Store, worded: Path) -> None:
+    from imagedb.keywords import refresh
+
+    image_id = store.conn.execute("SELECT id FROM images WHERE path LIKE '%%P1000.jpg'").fetchone()[0]
+    # a DICOM image as ingest stores it: its de-identified header in dicom_images, no caption read yet
+    store.conn.execute("UPDATE images SET format = 'DICOM' WHERE id = %s", (image_id,))
+    store.conn.execute("UPDATE image_words SET caption = NULL WHERE image_id = %s", (image_id,))
+    store.conn.execute(
+        "INSERT INTO dicom_images (image_id, modality, body_part, header) VALUES (%s, 'CT', 'CHEST',"
+        ' \'{"Manufacturer": "Acme Medical", "PatientName": "never read"}\')',
+        (image_id,),
+    )
+    summary = refresh(store, "default")
+    assert summary.captions == 1 and summary.with_caption == 1
+    for word in ("chest", "acme", "ct"):
+        assert _names(search(store, SearchRequest(parse_string(f"kw:{word}")))) == ["P1000.jpg"], word
+    assert search(store, SearchRequest(parse_string("kw:never"))) == []

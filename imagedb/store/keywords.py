@@ -64,10 +64,12 @@ class KeywordsStore(Part):
         return [(int(i), p) for i, p in rows]
 
     def dicom_descriptions(self, image_ids: list[int]) -> dict[int, str]:
-        """The words DICOM de-identification keeps: modality, body part and the kept header's descriptions."""
+        """The words of a DICOM image's kept header: modality, body part, manufacturer and model, and (stored only
+        in a --keep-phi collection) the study, series and protocol descriptions."""
         rows = self.conn.execute(
-            "SELECT d.image_id, concat_ws(' ', d.modality, d.body_part, d.header ->> 'StudyDescription',"
-            " d.header ->> 'SeriesDescription', d.header ->> 'BodyPartExamined', d.header ->> 'ProtocolName')"
+            "SELECT d.image_id, concat_ws(' ', d.modality, d.body_part, d.header ->> 'Manufacturer',"
+            " d.header ->> 'ManufacturerModelName', d.header ->> 'StudyDescription',"
+            " d.header ->> 'SeriesDescription', d.header ->> 'ProtocolName')"
             " FROM dicom_images d WHERE d.image_id = ANY(%s)",
             (image_ids,),
         ).fetchall()
