@@ -69,6 +69,11 @@ def _names(results) -> list[str]:  # type: ignore[no-untyped-def]
 
 def test_lexemes_split_names_and_cut_chinese_into_bigrams(store: Store) -> None:
     assert store.keywords.lexemes("IMG_4711_invoice.jpg") == ["img", "4711", "invoice", "jpg"]
+    # a document leaves out the file's suffix, which nearly every image shares
+    document = store.conn.execute(
+        "SELECT keyword_document('/a/b/c/Lisbon 2024/IMG_4711_invoice.jpg', '{}', NULL, NULL)::text"
+    ).fetchone()[0]
+    assert "jpg" not in document and "'lisbon'" in document and "'invoice'" in document and "'a'" not in document
     assert store.keywords.lexemes("增值税发票 Café") == ["增值", "值税", "税发", "发票", "café"]
     assert store.keywords.lexemes("it's \\ 'quoted' \x01") == ["it", "s", "quoted"]
 

@@ -93,12 +93,13 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog AS $$
     FROM unnest({SCHEMA}.keyword_lexemes(source)) AS l WHERE l = ANY(tsvector_to_array(document))
 $$;
 
--- The words of a path: its last three folders and the file name.
+-- The words of a path: its last three folders and the file name without its suffix (every JPEG would match
+-- "jpg", and a word every image holds makes a keyword ranking read them all).
 CREATE FUNCTION {SCHEMA}.keyword_document(path text, attributes jsonb, caption text, ocr text) RETURNS tsvector
 LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog AS $$
-    SELECT {SCHEMA}.keyword_vector(
+    SELECT {SCHEMA}.keyword_vector(regexp_replace(
                array_to_string((string_to_array(path, '/'))[greatest(1, cardinality(string_to_array(path, '/')) - 3):],
-                               ' '), 'A')
+                               ' '), '\.[a-zA-Z0-9]{{1,5}}$', ''), 'A')
         || {SCHEMA}.keyword_vector(
                (SELECT string_agg(key || ' ' || CASE jsonb_typeof(value) WHEN 'string' THEN value #>> '{{}}'
                                                      ELSE value::text END, ' ')
