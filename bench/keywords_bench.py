@@ -5,7 +5,7 @@ written through Store.write_batch into a fresh embedded server, once with the im
 without it (the write cost of the words), then queried: a keyword ranking alone, a hybrid ranking (vector and
 words fused by reciprocal rank) and the vector ranking alone, p50 over the queries.
 
-    python bench/keyword_bench.py --n 50000      # prints a table, writes bench/results/keywords.json
+    python bench/keywords_bench.py --n 50000      # prints a table, writes bench/results/keywords.json
 """
 
 from __future__ import annotations
