@@ -152,6 +152,8 @@ def test_cli_finds_words_and_says_why(cli, worded: Path) -> None:  # type: ignor
     chinese = cli("search", "blue", "--keyword", "发票", "--paths")
     assert chinese.exit_code == 0 and chinese.output.strip().endswith("P1001.jpg")
     assert cli("search", "kw:发票", "--paths").output.strip().endswith("P1001.jpg")
+    status = cli("keywords", "status")
+    assert status.exit_code == 0 and "images: 17" in status.output and "with caption: 3" in status.output
     for excluded in (["red", "-", "kw:invoice"], ["red -kw:invoice"]):
         paths = cli("search", *excluded, "--paths", "-k", "20").output
         assert "IMG_4711_invoice.jpg" not in paths and "P1001.jpg" in paths, excluded
