@@ -41,6 +41,8 @@ if [[ "${1:-}" == "--quick" ]]; then
   run rebuild.txt bench/rebuild_bench.py --n 3000 --threshold-n 500
   run cpu_models.txt bench/cpu_models_bench.py --rounds 1 --models ViT-B-32 MobileCLIP-S1
   run relevance.md bench/relevance_bench.py
+  run ocr.txt bench/ocr_bench.py 1
+  run keywords.txt bench/keywords_bench.py --n 5000
   run exact.txt bench/exact_bench.py --n 5000
   run metric_5000.txt bench/metric_bench.py --n 5000
   run insert_3000.txt bench/insert_bench.py --n 3000 --rows 256
@@ -62,6 +64,9 @@ else
   run rebuild.txt bench/rebuild_bench.py --n 50000
   run cpu_models.txt bench/cpu_models_bench.py
   run relevance.md bench/relevance_bench.py
+  # OCR (the ocr extra): seconds per image on a shared CPU, so about 4 minutes.
+  run ocr.txt bench/ocr_bench.py 6
+  run keywords.txt bench/keywords_bench.py --n 50000
   run exact.txt bench/exact_bench.py --n 100000
   # Each measure of search --metric: about 3 minutes.
   run metric_100000.txt bench/metric_bench.py --n 100000

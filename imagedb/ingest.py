@@ -13,7 +13,8 @@ from pathlib import Path
 
 from psycopg.pq import TransactionStatus
 
-from imagedb import cpus, relevance
+from imagedb import cpus, keywords, relevance
+from imagedb import ocr as ocr_module
 from imagedb.attributes import read_rows
 from imagedb.batch_writers import BatchWriters, EmbeddedBatch
 from imagedb.collection import get_or_create_collection, model_of
@@ -23,6 +24,7 @@ from imagedb.embed import Embedder, ModelSpec
 from imagedb.files import file_mtime, find_images, readable
 from imagedb.ingest_claims import Claimer
 from imagedb.ingest_decode import DecodeOptions, Models, embed_batch, prefetched
+from imagedb.keywords import WordsSummary
 from imagedb.progress import (
     ATTACHING_METADATA,
     BUILDING_INDEX,
@@ -56,6 +58,7 @@ class IngestSummary:
     failed_unchanged: int = 0  # files that failed before and have not changed since: not tried again
     forgotten: int = 0  # files `imagedb forget` keeps out (by path, or by content)
     interrupted: bool = False  # stopped by Ctrl-C or SIGTERM: the counts are what was committed
+    words: WordsSummary | None = None  # captions and OCR text read after the batches (imagedb.keywords)
 
 
 # From this many new images on (and more than are indexed already), the HNSW index is built after the load.
@@ -84,6 +87,7 @@ def ingest(
     include_forgotten: bool = False,
     roots: Sequence[Path] | None = None,
     loaded_models: dict[int, Embedder] | None = None,
+    ocr: bool = False,
 ) -> IngestSummary:
     """Store every image under `paths` in `collection`; rerunning adds only what is new or changed.
 
@@ -101,7 +105,10 @@ def ingest(
     ends the run with a summary of what was committed (`interrupted`), not an exception, once it has begun
     storing. `roots`: the folders no symlink may lead out of, when not `paths` themselves (a watch's folders);
     `loaded_models`: the models of earlier runs of the caller, kept (and filled) to load each once.
+    Once the batches are stored, the new images' captions are read, and with `ocr` their text (imagedb.keywords).
     """
+    if ocr:
+        ocr_module.require()  # one line saying how to turn it on, before any work
     started = time.perf_counter()
     progress = progress or NoProgress()
     progress.phase(SCANNING)
@@ -173,6 +180,7 @@ def ingest(
             unmatched = store.images.attach_attributes(target.id, attribute_rows)
             summary.metadata_unmatched = sorted(unmatched)
             summary.metadata_matched = sum(1 for key, _ in attribute_rows if key not in unmatched)
+        summary.words = keywords.after_ingest(store, target, read_ocr=ocr)
         summary.seconds = time.perf_counter() - started
         _finish(store, summary)
         if summary.added or summary.reused:

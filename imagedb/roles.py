@@ -20,6 +20,7 @@ READER_FUNCTIONS = (
     "imagedb_nearest(halfvec, text, integer, integer, bigint, text)",
     "imagedb_similar(bigint, integer, integer, text)",
     "imagedb_search_text(text, text, integer, text)",
+    "imagedb_search_hybrid(text, text, integer)",
 )
 # What ingest, tag, dupes, watch and tune write (never dicom_secret: writers hash DICOM UIDs through
 # imagedb_uid_hash). Schema bookkeeping (alembic_version) and the model/collection
@@ -39,6 +40,7 @@ WRITER_TABLES = (
     "dicom_images",
     "ingest_claims",  # ingests running at once share the files
     "forgotten",  # `forget` remembers what ingest must leave out
+    "image_words",  # captions and OCR text; the triggers on images write it as the writer
 )
 # The text-query cache too: every search trusts a cached vector, so only the owner writes it (migration 0013); a
 # writer's searches read it, and what they embed is not kept.

@@ -28,7 +28,7 @@ from sqlalchemy import (
     func,
     text,
 )
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import JSONB, TSVECTOR
 
 metadata = MetaData()
 
@@ -314,4 +314,19 @@ dicom_secret = Table(
     ),
     Column("inner_pad", LargeBinary, nullable=False),
     Column("outer_pad", LargeBinary, nullable=False),
+)
+
+# The words in and around an image for keyword search (imagedb/keywords.py, docs/keywords.md): the caption and
+# keywords read from the file and the OCR text (NULL until read), and `document`, their tsvector with the file
+# name, folders and attributes, which triggers keep current (migration 0018).
+image_words = Table(
+    "image_words",
+    metadata,
+    Column("image_id", BigInteger, ForeignKey("images.id", ondelete="CASCADE"), primary_key=True),
+    Column("caption", Text),
+    Column("ocr_text", Text),
+    Column("ocr_reason", Text),
+    Column("document", TSVECTOR, nullable=False, server_default=text("''::tsvector")),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Index("image_words_document_idx", "document", postgresql_using="gin"),
 )

@@ -26,6 +26,7 @@ DISTRIBUTED = {
     "watch_hits": "image_id",
     "relevance_samples": "image_id",
     "dicom_images": "image_id",
+    "image_words": "image_id",
 }
 REFERENCE = {
     "embedding_models",

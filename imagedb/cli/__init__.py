@@ -59,6 +59,7 @@ from imagedb.cli.config import config_group  # noqa: E402
 from imagedb.cli.curate import dupes, forget, tag, unforget, watch  # noqa: E402
 from imagedb.cli.db import db  # noqa: E402
 from imagedb.cli.ingest import ingest  # noqa: E402
+from imagedb.cli.keywords import keywords  # noqa: E402
 from imagedb.cli.models import models  # noqa: E402
 from imagedb.cli.roles import grant_reader, grant_writer  # noqa: E402
 from imagedb.cli.search import query_terms, search  # noqa: E402
@@ -67,6 +68,8 @@ from imagedb.cli.tune import tune  # noqa: E402
 
 _COMMANDS = (ingest, search, tag, dupes, watch, forget, unforget, grant_reader, grant_writer, serve, db, tune, models)
 for command in (*_COMMANDS, config_group):
+    main.add_command(command)
+for command in (keywords,):
     main.add_command(command)
 
 __all__ = ["main", "query_terms"]

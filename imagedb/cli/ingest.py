@@ -170,6 +170,12 @@ def printable(text: str) -> str:
     help="Keep running after the first pass: ingest new and changed files within seconds, and remove deleted ones,"
     " until Ctrl-C. (Not `imagedb watch`, which is copy detection.)",
 )
+@click.option(
+    "--ocr",
+    is_flag=True,
+    help="Read the text in the new images for keyword search, after they are embedded (the ocr extra:"
+    " pip install 'imagedb[ocr]').",
+)
 @click.option("--poll", is_flag=True, help="With --watch: look for changes by polling (network folders: NFS, SMB).")
 @click.option(
     "--settle",
@@ -197,6 +203,7 @@ def ingest(
     watch_folders: bool,
     poll: bool,
     settle: float,
+    ocr: bool,
 ) -> None:
     """Add the images in PATHS (files or folders, recursive) to a collection.
 
@@ -219,6 +226,10 @@ def ingest(
     from imagedb.files import check_paths
     from imagedb.ingest import ingest as run_ingest
 
+    if ocr:
+        from imagedb.ocr import require
+
+        require()  # one line saying how to turn it on, before any work
     check_paths(paths)  # a wrong path or metadata file fails here, before the database or the model is touched
     if metadata:
         read_rows(metadata)
@@ -237,6 +248,7 @@ def ingest(
         allow_random_weights=allow_random_weights,
         retry_failed=retry_failed,
         include_forgotten=include_forgotten,
+        ocr=ocr,
     )
     stopped = _stop_on_signals()
     try:
@@ -335,6 +347,10 @@ def _echo_summary(summary: Any, metadata: bool) -> None:
         + "".join(f", {count} {what}" for count, what in others if count)
         + f" in {summary.seconds:.1f} s{rate}"
     )
+    if summary.words is not None and summary.words.ocr_read:
+        from imagedb.cli.keywords import report
+
+        report(summary.words)
     if summary.watch_hits:
         click.echo(f"{summary.watch_hits} image(s) look like a watched one: see imagedb watch hits", err=True)
     if summary.interrupted:

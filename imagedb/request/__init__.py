@@ -149,6 +149,12 @@ class SearchRequest:
         help="Measure to rank and score by: cosine similarity, euclidean distance (lower is better), pearson"
         " correlation or inner product. Pearson re-ranks candidates from the index (docs/search.md).",
     )  # fmt: skip
+    hybrid: bool = _setting(
+        bool, False, flags=("--hybrid",),
+        help="Rank by the texts' vector and by their words (file name, folders, attributes, captions, OCR text)"
+        " together, by reciprocal rank fusion (docs/keywords.md); cosine only.",
+        api=Api(description="rank by vector and keywords together (reciprocal rank fusion)"),
+    )  # fmt: skip
     # None: the collection's tuned value (tuning.py).
     ef_search: int | None = _setting(
         int, None, flags=("--ef-search",), minimum=1, maximum=MAX_EF_SEARCH, api=None,
@@ -179,6 +185,8 @@ class SearchRequest:
                 " use {max_distance}",
                 chosen=request.metric,
             )
+        if request.hybrid and (request.metric != "cosine" or request.collapse_duplicates):
+            raise InvalidInput("--hybrid ranks by cosine similarity, without --collapse-duplicates")
         if request.max_distance is not None and request.metric not in LOWER_IS_BETTER:
             raise ParamError(
                 "{max_distance} applies to {metric} euclidean only, not {chosen}: use {min_score}",

@@ -82,9 +82,9 @@ class _Naming(dict[str, Any]):
 
 @dataclass(frozen=True)
 class Term:
-    """One term of a query (imagedb.query parses them): a text, an image file, or a stored image by id."""
+    """One term of a query (imagedb.query parses them): a text, an image file, a stored image by id, or a keyword."""
 
-    kind: Literal["text", "image", "id"]
+    kind: Literal["text", "image", "id", "keyword"]  # a keyword's weight only says include (+) or exclude (-)
     value: str
     weight: float  # negative for a subtracted term
 

@@ -1,7 +1,7 @@
 """Every SQL statement imagedb runs on its own tables, behind one Store made of one part per table family:
 `store.images`, `store.models`, `store.index`, `store.leftovers`, `store.search`, `store.dupes`, `store.tuning`,
 `store.admin`, `store.browse`, `store.citus`, `store.claims`,
-`store.exclusions`. Values are always bound parameters; the only composed pieces are
+`store.exclusions`, `store.keywords`. Values are always bound parameters; the only composed pieces are
 integers (a model's id and dimension) and identifiers, built with psycopg.sql.
 See base.py for the transaction discipline."""
 
@@ -18,6 +18,7 @@ from imagedb.store.duplicates import HASH_EDGES_SQL, DuplicatesStore
 from imagedb.store.exclusions import ExclusionsStore
 from imagedb.store.images import ImagesStore
 from imagedb.store.index import BUILD_MEMORY, DEFAULT_HNSW_EF_CONSTRUCTION, DEFAULT_HNSW_M, IndexStore
+from imagedb.store.keywords import KeywordsStore
 from imagedb.store.leftovers import LeftoverStore
 from imagedb.store.models import ModelsStore
 from imagedb.store.records import Collection, Filters, Hit, ImageRecord
@@ -42,6 +43,7 @@ class Store(StoreBase):
         self.citus = CitusStore(self)
         self.claims = ClaimsStore(self)
         self.exclusions = ExclusionsStore(self)
+        self.keywords = KeywordsStore(self)
 
 
 __all__ = [

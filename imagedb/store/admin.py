@@ -27,6 +27,7 @@ FORGET_TABLES = (
     "ingest_errors",
     "dicom_images",
     "ingest_claims",  # its rows name paths; released claims leave dead rows and index entries until a VACUUM
+    "image_words",
 )
 
 
