@@ -108,7 +108,9 @@ def main() -> None:
     parser.add_argument("--cluster-only", action="store_true", help="Measure the 2-worker cluster alone.")
     args = parser.parse_args()
     if not citus_local.installed():
-        sys.exit("Citus is not installed in the embedded server: python bench/citus_local.py build CITUS_SOURCE")
+        # Said and skipped, not failed: run_all.sh runs this on machines without Citus too.
+        print("Citus is not installed in the embedded server: python bench/citus_local.py build CITUS_SOURCE")
+        return
     rng = np.random.default_rng(0)
     data, image, text = search_set(args.n, 0.6, rng)
     cats = rng.integers(0, CATEGORIES, len(data))

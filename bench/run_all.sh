@@ -58,7 +58,8 @@ else
   run growth_tuned.txt bench/growth_bench.py --no-isotropic
   run api.txt bench/api_bench.py
   run cli_latency.txt bench/cli_latency.py
-  run concurrent_ingest.txt bench/concurrent_ingest.py
+  run concurrent_ingest.txt bench/concurrent_ingest.py --images 160
+  run browse_100000.txt bench/browse_bench.py --n 100000
   run text_cache.txt bench/text_cache_bench.py
   run decode_memory.txt bench/decode_memory.py
   run rebuild.txt bench/rebuild_bench.py --n 50000
@@ -79,4 +80,9 @@ else
   run graph_1000000.txt bench/graph_bench.py --n 1000000
   # The denser graph alone again, with filtered searches (its build alone is about 6 minutes).
   run graph_1000000_filtered.txt bench/graph_bench.py --n 1000000 --graphs 24x128 --filtered --tag _filtered
+  # Citus, where it is built into the embedded server (python bench/citus_local.py build SRC); each line says so
+  # and does nothing otherwise. A 1-node and a 2-worker cluster at 100k, then 2 shards; then the Citus tests.
+  run citus_100000_8shards.txt bench/citus_bench.py --n 100000 --shards 8
+  run citus_100000_2shards_cluster.txt bench/citus_bench.py --n 100000 --shards 2 --cluster-only
+  run citus_tests.txt -m pytest -v tests/test_citus.py tests/test_citus_ready.py
 fi
