@@ -125,6 +125,11 @@ def ingest(
     if not include_forgotten:
         forgotten_paths, forgotten_hashes = store.exclusions.forgotten(target.id)
     failed = {} if retry_failed else store.exclusions.failed_states(target.id)
+    # A file named on the command line is the user asking for it again: tried whatever it failed with before
+    # (a link refused as outside the folders given when its folder was walked, for one).
+    for given in paths:
+        if not Path(given).expanduser().is_dir():
+            failed.pop(readable(str(Path(given).expanduser().absolute())), None)
     todo = _todo(files, states, store.images.file_states(target.id), failed, forgotten_paths, summary)
     # A model's first large load: inserting row by row into HNSW costs 100x a COPY, and building the index
     # afterwards is faster than both together (bench/results/vectors_100000.txt). Only while the index serves

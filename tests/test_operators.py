@@ -236,9 +236,9 @@ def test_every_command_declares_where_its_database_work_goes() -> None:
     reads = {name for name, declared in access.items() if declared == "read"}
     assert writes == {
         "ingest", "tag", "forget", "dupes", "watch add", "grant-reader", "grant-writer", "db reindex", "models add",
-        "models use", "models drop",
+        "models use", "models drop", "unforget", "db repair", "db distribute", "keywords refresh",
     }  # fmt: skip
-    assert reads == {"search", "watch list", "watch hits", "db info", "db check", "models list"}
+    assert reads == {"search", "watch list", "watch hits", "db info", "db check", "models list", "keywords status"}
     assert len(access) > len(writes) + len(reads)  # the others ("none", e.g. db dump) use the database as given
 
 
