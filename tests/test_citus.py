@@ -9,6 +9,7 @@ import importlib.util
 import json
 import socket
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from imagedb.cli import main
 from imagedb.pg.database import open_connection
 from imagedb.store import Store
 from imagedb.store.settings import set_local
+from imagedb.watch_feed import WatchFeed
 
 from helpers import fill_synthetic
 
@@ -153,6 +155,10 @@ def test_dupes_forget_tune_check_and_info_run_through_the_coordinator(citus_url:
     assert "forgot 1 image(s)" in result.output, result.output
     with psycopg.connect(citus_url) as conn:
         assert conn.execute("SELECT count(*) FROM duplicate_groups").fetchone() == (0,)
+    # forget remembers the file (the reference table `forgotten`): ingest leaves it out until unforget
+    assert "1 forgotten, left out" in run("ingest", photo_source).output
+    result = run("unforget", photo_source / "coffee.jpg")
+    assert result.exit_code == 0, result.output
     assert "reused 1, skipped 11" in run("ingest", photo_source).output
     for args, expected in (
         (("tune", "--target-recall", "0.9"), "searches use it from now on"),
@@ -225,18 +231,20 @@ def test_distribute_refuses_a_server_without_citus_in_one_line(database_url: str
 def test_watch_hits_and_their_notifications_come_through_the_coordinator(citus_url: str, photo_source: Path) -> None:
     run = _runner(citus_url)
     assert run("watch", "add", photo_source / "rocket.jpg").exit_code == 0
-    listener = psycopg.connect(citus_url, autocommit=True)
+    # Ingest announces each hit by its id alone; WatchFeed reads the hit it names from watch_hits (a distributed
+    # table joined with the images and the reference table watches), through the coordinator.
+    follower = Store(open_connection(citus_url))
     try:
-        listener.execute("LISTEN imagedb_watch")
+        feed = WatchFeed(follower)
         copy = photo_source.parent / "citus-watch"
         copy.mkdir(exist_ok=True)
         (copy / "rocket-copy.jpg").write_bytes((photo_source / "rocket.jpg").read_bytes())
         result = run("ingest", copy)
         assert "watch hits 1" in result.output, result.output
-        notes = [json.loads(n.payload) for n in listener.notifies(timeout=5, stop_after=1)]
-        assert notes and notes[0]["distance"] == 0
+        hits = feed.poll(5)
+        assert [(h["distance"], h["path"]) for h in hits] == [(0, str(copy / "rocket-copy.jpg"))]
     finally:
-        listener.close()
+        follower.close()
     assert "rocket-copy.jpg" in run("watch", "hits").output
 
 
@@ -251,8 +259,8 @@ def test_a_reader_role_searches_through_the_coordinator(cluster: Any, citus_url:
     with psycopg.connect(url) as conn:
         first = conn.execute("SELECT image_id FROM imagedb_similar(1, 2)").fetchall()
         assert len(first) == 2
-        with pytest.raises(psycopg.errors.InsufficientPrivilege):
-            conn.execute("SELECT embedding FROM embeddings LIMIT 1")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):  # the tables' schema is not the reader's
+            conn.execute("SELECT embedding FROM imagedb_internal.embeddings LIMIT 1")
 
 
 @pytest.mark.slow
@@ -275,3 +283,31 @@ def test_the_http_api_searches_through_the_coordinator(citus_url: str, photo_sou
     assert similar.status_code == 200 and len(similar.json()["results"]) == 2, similar.text
     assert client.get(f"/api/images/{first}/thumbnail").headers["content-type"] == "image/jpeg"
     assert client.get("/api/collections").status_code == 200
+
+
+@pytest.mark.slow
+def test_a_live_runs_claims_are_kept_and_a_dead_runs_taken_over_through_the_coordinator(citus_url: str) -> None:
+    # A run's claims are live while its session holds an advisory lock, which is taken on the coordinator:
+    # ingest_claims (a reference table) is on every node, so whether the run lives must be read there, not on a worker
+    stores = [Store(open_connection(citus_url)) for _ in range(2)]
+    try:
+        collection = stores[0].models.get_collection("default")
+        assert collection is not None
+        paths = ["/elsewhere/a.jpg", "/elsewhere/b\nc.jpg"]
+        runs = [s.images.start_run(collection.id) for s in stores]
+        for store, run_id in zip(stores, runs, strict=True):
+            store.claims.hold_run(run_id)
+        assert stores[0].claims.claim(collection.id, runs[0], paths) == set(paths)
+        assert stores[1].claims.claim(collection.id, runs[1], paths) == set()
+        assert stores[1].claims.forget_dead(collection.id) == 0
+        stores[0].close()  # its server process ends, and its lock with it, a moment later
+        deadline = time.monotonic() + 10
+        while not (taken := stores[1].claims.claim(collection.id, runs[1], paths[:1])) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert taken == set(paths[:1])
+        assert stores[1].claims.forget_dead(collection.id) == 1
+        stores[1].claims.release_run(collection.id, runs[1])
+        assert stores[1].conn.execute("SELECT count(*) FROM ingest_claims").fetchone() == (0,)
+    finally:
+        for store in stores:
+            store.close()

@@ -33,6 +33,8 @@ REFERENCE = (
     "search_tuning",
     "dicom_secret",
     "text_embeddings",
+    "ingest_claims",  # keyed by (collection, path), like ingest_errors; rows live only while a run stores a file
+    "forgotten",  # keyed by (collection, path hash): ingest reads all of a collection's rows before it starts
 )
 TABLES = (DISTRIBUTED, *COLOCATED, *REFERENCE)
 

@@ -17,12 +17,13 @@ from imagedb.store.base import Part
 
 _CLAIM_LOCK = 0x1A71  # advisory lock class of a run's claims; the second key is the run id
 
-# A claim whose run no longer holds its lock (`{claim}` names the claim's row). pg_locks shows every session's locks
-# to every role.
-_DEAD = (
-    "NOT EXISTS (SELECT 1 FROM pg_locks l WHERE l.locktype = 'advisory' AND l.objsubid = 2 AND l.granted"
-    f" AND l.classid = {_CLAIM_LOCK} AND l.objid::bigint = {{claim}}.run_id"
-    " AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()))"
+# Which runs hold their lock is read from pg_locks apart from the statements that change ingest_claims, which then
+# name the dead runs by id: on Citus, ingest_claims is a reference table whose statements run on every node, where a
+# pg_locks subquery would see that node's locks, not the coordinator's that the runs hold (and a DO UPDATE may use
+# only immutable functions). A run found dead stays dead: its id is never reused, its lock never taken again.
+_LIVE = (
+    "SELECT objid::bigint FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 2 AND granted AND classid = %s"
+    " AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) AND objid::bigint = ANY(%s)"
 )
 
 
@@ -43,11 +44,17 @@ class ClaimsStore(Part):
         if not paths:
             return set()
         with self.conn.transaction():
+            dead = self._dead_runs(collection_id, paths)
+            if dead:  # taken over by deleting them first: Citus 14 loses a parameter in a DO UPDATE's WHERE
+                self.conn.execute(
+                    "DELETE FROM ingest_claims WHERE collection_id = %s AND path = ANY(%s) AND run_id = ANY(%s)",
+                    (collection_id, list(paths), dead),
+                )
             rows = self.conn.execute(
                 "INSERT INTO ingest_claims AS c (collection_id, path, run_id)"
-                " SELECT %s, p, %s FROM unnest(%s::text[]) AS p ORDER BY p"
-                " ON CONFLICT (collection_id, path) DO UPDATE SET run_id = excluded.run_id, claimed_at = now()"
-                f" WHERE c.run_id = excluded.run_id OR {_DEAD.format(claim='c')}"
+                " SELECT %s::integer, p, %s::bigint FROM unnest(%s::text[]) AS p ORDER BY p"
+                " ON CONFLICT (collection_id, path) DO UPDATE SET claimed_at = excluded.claimed_at"
+                " WHERE c.run_id = excluded.run_id"
                 " RETURNING path",
                 (collection_id, run_id, list(paths)),
             ).fetchall()
@@ -64,11 +71,29 @@ class ClaimsStore(Part):
     def forget_dead(self, collection_id: int) -> int:
         """Delete the claims of runs that ended without releasing them (killed, or cut off)."""
         with self.conn.transaction():
+            dead = self._dead_runs(collection_id, None)
+            if not dead:
+                return 0
             cur = self.conn.execute(
-                f"DELETE FROM ingest_claims WHERE collection_id = %s AND {_DEAD.format(claim='ingest_claims')}",
-                (collection_id,),
+                "DELETE FROM ingest_claims WHERE collection_id = %s AND run_id = ANY(%s::bigint[])",
+                (collection_id, dead),
             )
         return cur.rowcount
+
+    def _dead_runs(self, collection_id: int, paths: Sequence[str] | None) -> list[int]:
+        """The runs holding claims in the collection (on these paths, or any) that no longer hold their lock."""
+        runs = [
+            r
+            for (r,) in self.conn.execute(
+                "SELECT DISTINCT run_id FROM ingest_claims WHERE collection_id = %s"
+                " AND (%s::text[] IS NULL OR path = ANY(%s::text[]))",
+                (collection_id, None if paths is None else list(paths), None if paths is None else list(paths)),
+            ).fetchall()
+        ]
+        if not runs:
+            return []
+        live = {r for (r,) in self.conn.execute(_LIVE, (_CLAIM_LOCK, runs)).fetchall()}
+        return [r for r in runs if r not in live]
 
     def stored_states(self, collection_id: int, paths: Sequence[str]) -> dict[str, tuple[int, datetime]]:
         """path -> (size, mtime) of those of `paths` stored in the collection now (another run may have stored

@@ -42,7 +42,7 @@ class ExclusionsStore(Part):
             f" SELECT DISTINCT ON (1, 2) collection_id, {_PATH_KEY_SQL}, CASE WHEN %s THEN sha256 END"
             " FROM images WHERE collection_id = %s AND id = ANY(%s)"
             " ON CONFLICT (collection_id, path_sha256) DO UPDATE"
-            " SET sha256 = COALESCE(excluded.sha256, forgotten.sha256), forgotten_at = now()",
+            " SET sha256 = COALESCE(excluded.sha256, forgotten.sha256), forgotten_at = excluded.forgotten_at",
             (by_hash, collection_id, list(ids)),
         )
 

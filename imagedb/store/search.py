@@ -240,7 +240,7 @@ class SearchStore(Part):
                 " SELECT %s, sha256(convert_to(q, 'UTF8')), q, v FROM unnest(%s::text[], %s::halfvec[]) AS u(q, v)"
                 # A row that was not used (cached_texts) is replaced by what the model gave now.
                 " ON CONFLICT (model_id, text_sha256) DO UPDATE"
-                " SET text = EXCLUDED.text, embedding = EXCLUDED.embedding, created_at = now()",
+                " SET text = EXCLUDED.text, embedding = EXCLUDED.embedding, created_at = EXCLUDED.created_at",
                 (model_id, list(vectors), [HalfVector(v) for v in vectors.values()]),
             )
             self.conn.execute(
