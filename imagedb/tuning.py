@@ -186,8 +186,6 @@ def choose_ef_search(
 
 def _choice(measure: Callable[[int], RecallPoint], target: float, max_latency_ms: float | None) -> Choice:
     ef, met, points = choose_ef_search(measure, target, max_latency_ms=max_latency_ms)
-    if all(p.ef_search != ef for p in points):  # the first candidate was already over the bound
-        points = [*points, measure(ef)]
     limited = max_latency_ms is not None and any(p.p50_ms > max_latency_ms for p in points)
     return Choice(ef, met, points, limited and not met)
 
