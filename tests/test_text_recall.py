@@ -161,8 +161,9 @@ def test_tune_uses_the_most_recent_cached_texts_when_there_are_enough(store: Sto
 
 
 def test_tune_refuses_a_latency_bound_that_is_no_time(store: Store) -> None:
-    with pytest.raises(InvalidInput, match="latency bound"):
-        tuning.tune(store, "default", max_latency_ms=0)
+    for bound in (0, -1, float("nan")):
+        with pytest.raises(InvalidInput, match="latency bound"):
+            tuning.tune(store, "default", max_latency_ms=bound)
 
 
 @pytest.mark.slow
