@@ -76,5 +76,6 @@ else
   # Text queries and `imagedb tune` at 200,000 with the graph a collection of that size gets (about 10 minutes on 2
   # shared cores), then at the million on the dense graph (the load and build as above, then tune).
   run text_recall_200000_m16.txt bench/text_recall_bench.py --n 200000 --graph 16x64 --efs 40 100 200 400 640 --tag _m16
+  run text_recall_500000.txt bench/text_recall_bench.py --n 500000 --efs 100 200 400 640 --queries 50
   run text_recall_1000000.txt bench/text_recall_bench.py --n 1000000
 fi
