@@ -49,6 +49,7 @@ if [[ "${1:-}" == "--quick" ]]; then
   run scale_5000.txt bench/scale_bench.py --n 5000 --sets clustered
   run graph_5000.txt bench/graph_bench.py --n 5000
   run graph_5000_filtered.txt bench/graph_bench.py --n 5000 --graphs 24x128 --filtered --tag _filtered
+  run text_recall_5000.txt bench/text_recall_bench.py --n 5000 --efs 40 100 --queries 20
 else
   run ingest.txt bench/ingest_bench.py --precisions default fp32
   run vectors_100000.txt bench/vectors_bench.py --n 100000
@@ -80,6 +81,11 @@ else
   run graph_1000000.txt bench/graph_bench.py --n 1000000
   # The denser graph alone again, with filtered searches (its build alone is about 6 minutes).
   run graph_1000000_filtered.txt bench/graph_bench.py --n 1000000 --graphs 24x128 --filtered --tag _filtered
+  # Text queries and `imagedb tune` at 200,000 with the graph a collection of that size gets (about 10 minutes on 2
+  # shared cores), then at the million on the dense graph (the load and build as above, then tune).
+  run text_recall_200000_m16.txt bench/text_recall_bench.py --n 200000 --graph 16x64 --efs 40 100 200 400 640 --tag _m16
+  run text_recall_500000.txt bench/text_recall_bench.py --n 500000 --efs 100 200 400 640 --queries 50
+  run text_recall_1000000.txt bench/text_recall_bench.py --n 1000000
   # Citus, where it is built into the embedded server (python bench/citus_local.py build SRC); each line says so
   # and does nothing otherwise. A 1-node and a 2-worker cluster at 100k, then 2 shards; then the Citus tests.
   run citus_100000_8shards.txt bench/citus_bench.py --n 100000 --shards 8

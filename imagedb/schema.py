@@ -271,6 +271,15 @@ search_tuning = Table(
     Column("recall_ef_search", Integer),
     Column("recall_count", BigInteger),
     Column("recall_at", DateTime(timezone=True)),
+    # Text queries' own: they sit far from the images (CLIP's modality gap) and need a wider search (tuning.py).
+    Column(
+        "text_ef_search",
+        Integer,
+        CheckConstraint("text_ef_search BETWEEN 1 AND 1000", name="search_tuning_text_ef_search_check"),
+    ),
+    Column("text_recall", Float(53)),
+    Column("text_recall_ef_search", Integer),
+    Column("text_queries", Text),  # what text recall was measured on: "N cached texts" or "N probes"
 )
 
 # The fixed random sample of a collection's images whose scores are the baseline of relevance (imagedb/relevance.py).

@@ -50,7 +50,7 @@ class Plan:
     target: Collection
     request: SearchRequest  # checked, its filters normalised and the id: terms' images excluded
     stored: dict[int, np.ndarray]  # the vectors of the id: terms, by id
-    ef_search: int  # the request's, else the collection's tuned value
+    ef_search: int  # the request's, else the collection's tuned value (for a query with text, text queries')
     texts: dict[str, np.ndarray] = field(default_factory=dict)  # the text terms' cached vectors (text_embeddings)
     # The texts query_vector() embedded, for nearest() to cache: the same query later needs no model.
     fresh: dict[str, np.ndarray] = field(default_factory=dict)
@@ -116,7 +116,10 @@ def plan(store: Store, request: SearchRequest) -> Plan:
         target=target,
         request=replace(request, terms=terms, filters=filters.replace(exclude=tuple(stored))),
         stored=stored,
-        ef_search=request.ef_search if request.ef_search is not None else tuning.ef_search_for(tuned),
+        # A query with text in it gets text queries' own tuned ef_search: they sit far from the images (tuning.py).
+        ef_search=request.ef_search
+        if request.ef_search is not None
+        else tuning.ef_search_for(tuned, text=any(t.kind == "text" for t in terms)),
         texts=texts,
         weights=store.models.model_record(target.model_name, target.pretrained) if needs_model else None,
         words=words,

@@ -182,14 +182,15 @@ def _given(ctx: click.Context, name: str) -> bool:
     default=100,
     show_default=True,
     type=click.IntRange(1, 10_000),
-    help="With --recall: stored images used as queries (each needs one exact scan).",
+    help="With --recall: queries of each kind, image and text (each needs one exact scan).",
 )
 @click.pass_context
 def check(ctx: click.Context, recall: bool, collection: str, queries: int) -> None:
     """Check the stored data: embeddings, thumbnails, hashes, indexes. Exit code 1 when something is wrong.
 
-    With --recall, also measure recall@10 of one collection's index at several ef_search values (stored images
-    as queries, compared with an exact scan); the one searches use is kept for `imagedb db info`.
+    With --recall, also measure recall@10 of one collection's index at several ef_search values against an exact
+    scan, for image queries (made from stored images) and text queries (the cached query texts when there are
+    enough, else text-like probes) apart; the recall at the values searches use is kept for `imagedb db info`.
     """
     from imagedb.provenance import checkpoint_problems
 
