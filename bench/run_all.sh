@@ -37,17 +37,21 @@ if [[ "${1:-}" == "--quick" ]]; then
   run growth_tuned.txt bench/growth_bench.py --sizes 10000 --no-isotropic
   run api.txt bench/api_bench.py --n 2000
   run cli_latency.txt bench/cli_latency.py --runs 2
+  run concurrent_ingest.txt bench/concurrent_ingest.py --images 32 --model tiny
   run text_cache.txt bench/text_cache_bench.py --runs 2
   run decode_memory.txt bench/decode_memory.py
   run rebuild.txt bench/rebuild_bench.py --n 3000 --threshold-n 500
   run cpu_models.txt bench/cpu_models_bench.py --rounds 1 --models ViT-B-32 MobileCLIP-S1
   run relevance.md bench/relevance_bench.py
+  run ocr.txt bench/ocr_bench.py 1
+  run keywords.txt bench/keywords_bench.py --n 5000
   run exact.txt bench/exact_bench.py --n 5000
   run metric_5000.txt bench/metric_bench.py --n 5000
   run insert_3000.txt bench/insert_bench.py --n 3000 --rows 256
   run scale_5000.txt bench/scale_bench.py --n 5000 --sets clustered
   run graph_5000.txt bench/graph_bench.py --n 5000
   run graph_5000_filtered.txt bench/graph_bench.py --n 5000 --graphs 24x128 --filtered --tag _filtered
+  run text_recall_5000.txt bench/text_recall_bench.py --n 5000 --efs 40 100 --queries 20
 else
   run ingest.txt bench/ingest_bench.py --precisions default fp32
   run quantized.txt bench/quantized_bench.py --images 96 --naive-images 48
@@ -59,11 +63,16 @@ else
   run growth_tuned.txt bench/growth_bench.py --no-isotropic
   run api.txt bench/api_bench.py
   run cli_latency.txt bench/cli_latency.py
+  run concurrent_ingest.txt bench/concurrent_ingest.py --images 160
+  run browse_100000.txt bench/browse_bench.py --n 100000
   run text_cache.txt bench/text_cache_bench.py
   run decode_memory.txt bench/decode_memory.py
   run rebuild.txt bench/rebuild_bench.py --n 50000
   run cpu_models.txt bench/cpu_models_bench.py
   run relevance.md bench/relevance_bench.py
+  # OCR (the ocr extra): seconds per image on a shared CPU, so about 4 minutes.
+  run ocr.txt bench/ocr_bench.py 6
+  run keywords.txt bench/keywords_bench.py --n 50000
   run exact.txt bench/exact_bench.py --n 100000
   # Each measure of search --metric: about 3 minutes.
   run metric_100000.txt bench/metric_bench.py --n 100000
@@ -76,4 +85,14 @@ else
   run graph_1000000.txt bench/graph_bench.py --n 1000000
   # The denser graph alone again, with filtered searches (its build alone is about 6 minutes).
   run graph_1000000_filtered.txt bench/graph_bench.py --n 1000000 --graphs 24x128 --filtered --tag _filtered
+  # Text queries and `imagedb tune` at 200,000 with the graph a collection of that size gets (about 10 minutes on 2
+  # shared cores), then at the million on the dense graph (the load and build as above, then tune).
+  run text_recall_200000_m16.txt bench/text_recall_bench.py --n 200000 --graph 16x64 --efs 40 100 200 400 640 --tag _m16
+  run text_recall_500000.txt bench/text_recall_bench.py --n 500000 --efs 100 200 400 640 --queries 50
+  run text_recall_1000000.txt bench/text_recall_bench.py --n 1000000
+  # Citus, where it is built into the embedded server (python bench/citus_local.py build SRC); each line says so
+  # and does nothing otherwise. A 1-node and a 2-worker cluster at 100k, then 2 shards; then the Citus tests.
+  run citus_100000_8shards.txt bench/citus_bench.py --n 100000 --shards 8
+  run citus_100000_2shards_cluster.txt bench/citus_bench.py --n 100000 --shards 2 --cluster-only
+  run citus_tests.txt -m pytest -v tests/test_citus.py tests/test_citus_ready.py
 fi

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import queue
 from collections import deque
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
 
 import numpy as np
 
@@ -27,6 +29,9 @@ class EmbeddedBatch:
     errors: list[tuple[str, str]]
     fresh: set[str]  # SHA-256s of the contents embedded for this batch (the others reused stored vectors)
     files: int  # files, not frames: what progress counts
+    paths: tuple[str, ...] = ()  # those files, as claimed (store/claims.py) and shown
+    excluded: int = 0  # files left out as forgotten content
+    error_states: dict[str, tuple[int, datetime]] = field(default_factory=dict)  # failed files' size and mtime
 
 
 class BatchWriters:
@@ -40,13 +45,14 @@ class BatchWriters:
         self._opened: list[Store] = []
         self._pool: ThreadPoolExecutor | None = None
         self._in_flight: deque[tuple[EmbeddedBatch, Future[BatchWritten]]] = deque()
+        self._ready: deque[tuple[EmbeddedBatch, BatchWritten]] = deque()
 
     def __enter__(self) -> BatchWriters:
         return self
 
-    def submit(self, target: Collection, run_id: int, batch: EmbeddedBatch) -> list[tuple[EmbeddedBatch, BatchWritten]]:
-        """Start storing `batch`; returns the batches that finished meanwhile (waiting for the oldest while all
-        writers are busy)."""
+    def put(self, target: Collection, run_id: int, batch: EmbeddedBatch) -> None:
+        """Start storing `batch` (waiting for the oldest while all writers are busy); the batches that finished
+        wait in finished() until the caller has accounted for them."""
         if self._pool is None:  # connections are opened for a run that stores something, not for every run
             self._open()
         assert self._pool is not None
@@ -56,19 +62,45 @@ class BatchWriters:
         else:
             future = self._pool.submit(self._write, target, run_id, batch)
         self._in_flight.append((batch, future))
-        done = []
         while self._in_flight and (len(self._in_flight) > self._count or self._in_flight[0][1].done()):
-            done.append(self._finish())
-        return done
+            self._finish()
+
+    def submit(self, target: Collection, run_id: int, batch: EmbeddedBatch) -> list[tuple[EmbeddedBatch, BatchWritten]]:
+        """put(), and the batches that finished meanwhile."""
+        self.put(target, run_id, batch)
+        return list(self.finished())
+
+    def wait_all(self) -> None:
+        while self._in_flight:
+            self._finish()
 
     def drain(self) -> list[tuple[EmbeddedBatch, BatchWritten]]:
-        return [self._finish() for _ in range(len(self._in_flight))]
+        self.wait_all()
+        return list(self.finished())
 
-    def _finish(self) -> tuple[EmbeddedBatch, BatchWritten]:
+    def finished(self) -> Iterator[tuple[EmbeddedBatch, BatchWritten]]:
+        """The batches stored, in the order put; each leaves only once the caller asks for the next, so one whose
+        accounting a Ctrl-C interrupted is still in completed()."""
+        while self._ready:
+            yield self._ready[0]
+            self._ready.popleft()
+
+    def completed(self) -> list[tuple[EmbeddedBatch, BatchWritten]]:
+        """After the run stopped (Ctrl-C): the batches not yet taken from finished(), and those in flight that
+        committed all the same."""
+        ready = list(self._ready)
+        seen = {id(batch) for batch, _ in ready}
+        return ready + [
+            (b, f.result())
+            for b, f in self._in_flight
+            if id(b) not in seen and f.done() and not f.cancelled() and not f.exception()
+        ]
+
+    def _finish(self) -> None:
         batch, future = self._in_flight[0]
         written = future.result()  # an interrupt while waiting here leaves the batch in flight, for __exit__
+        self._ready.append((batch, written))  # before it leaves _in_flight: completed() skips it there
         self._in_flight.popleft()
-        return batch, written
 
     def _open(self) -> None:
         for _ in range(self._count):
@@ -97,7 +129,13 @@ class BatchWriters:
         store = self._idle.get()
         try:
             return store.images.write_batch(
-                target.id, target.model_id, run_id, batch.records, batch.vectors, batch.errors, batch.others
+                target.id,
+                target.model_id,
+                run_id,
+                batch.records,
+                batch.vectors,
+                [(path, reason, *batch.error_states.get(path, (None, None))) for path, reason in batch.errors],
+                batch.others,
             )
         finally:
             self._idle.put(store)

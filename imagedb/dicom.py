@@ -10,6 +10,7 @@ pydicom is imported lazily: `imagedb --help` and photo-only runs do not pay for 
 from __future__ import annotations
 
 import io
+import logging
 import math
 import os
 import re
@@ -69,10 +70,15 @@ KEPT_FIELDS = (
 _DATE_FIELDS = (("StudyDate", "StudyTime"), ("SeriesDate", "SeriesTime"), ("AcquisitionDate", "AcquisitionTime"))
 # Binary value representations never stored, not even with keep_phi: pixel data, overlays, blobs.
 _BINARY_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
-_QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")
+# Quoted text as Python's repr writes it (a quote inside is escaped by a backslash).
+_QUOTED = re.compile(r"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"")
+_PRINTABLE_RUN = re.compile(rb"[\x20-\x7e]{3,}")
 # pydicom warns of invalid values quoting them (on stderr, where a patient's name has no business); what cannot be
 # read is recorded as the file's reason instead. A filter, not catch_warnings, which is not thread-safe.
 warnings.filterwarnings("ignore", module=r"pydicom(\..*)?$")
+# It also logs them ("Invalid value for VR UI: '1.2.840...'") to its own logger, which `imagedb --verbose` would
+# print with every other library's: its records stop at its own (silent) handler, whatever the root logger does.
+logging.getLogger("pydicom").propagate = False
 
 
 @dataclass(frozen=True)
@@ -164,14 +170,42 @@ def display_pixels(ds: Dataset, index: int) -> np.ndarray:
     except DicomError:
         raise
     except Exception as exc:  # a missing codec, truncated pixel data, inconsistent sizes...
-        raise DicomError(f"cannot decode DICOM pixel data: {_reason(exc)}") from exc
+        raise DicomError(f"cannot decode DICOM pixel data: {reason(exc, ds)}") from exc
 
 
-def _reason(exc: Exception) -> str:
-    # pydicom's messages name the codec, the transfer syntax or the sizes; a value it quotes from the header
-    # (an invalid number, say) could be anything, so quoted text is left out. One short line.
-    text = _QUOTED.sub("'...'", " ".join(str(exc).split()))
-    return f"{type(exc).__name__}: {text[:200]}"
+def reason(exc: BaseException, ds: Dataset | None = None) -> str:
+    """An exception raised while reading `ds`, as one short line without any value of its header.
+
+    pydicom's messages name the codec, the transfer syntax or the sizes, which help; a value they quote from the
+    header (an invalid number, a UID) could be anything. So any text of the header is left out, then quoted text,
+    and everything after a quote left unbalanced."""
+    text = " ".join(str(exc).split())
+    for value in sorted(header_texts(ds), key=len, reverse=True) if ds is not None else ():
+        text = text.replace(value, "...")
+    text = _QUOTED.sub("\0", text)
+    cut = min((i for i in (text.find("'"), text.find('"')) if i >= 0), default=len(text))
+    text = text[:cut].replace("\0", "'...'")
+    return f"{type(exc).__name__}: {text[:200]}".rstrip(": ")
+
+
+def header_texts(ds: Dataset) -> set[str]:
+    """Every run of three or more printable characters in the header's values, nested ones included, as the file
+    holds them (never converted: a value that cannot be converted is what an error message would quote)."""
+    found: set[str] = set()
+    for source in (getattr(ds, "file_meta", None), ds):
+        for tag in list(source.keys()) if source is not None else ():
+            if tag.group == 0x7FE0:  # pixel data
+                continue
+            try:
+                raw = source.get_item(tag).value
+            except Exception:  # noqa: BLE001 - an element pydicom cannot even hand over raw has nothing to scrub
+                continue
+            data = raw if isinstance(raw, bytes) else str(raw).encode("latin-1", "replace")
+            for run in _PRINTABLE_RUN.findall(data):
+                text = run.decode("ascii")
+                parts = [text, *text.split("\\"), *re.split(r"[\\'\"]", text)]
+                found.update(p.strip() for p in parts if len(p.strip()) >= 3)
+    return found
 
 
 def _first(value: Any) -> float:

@@ -55,6 +55,13 @@ class ConcurrentChange(ImagedbError):
     http_status = 409
 
 
+class LockTimeout(ImagedbError):
+    """A lock wait ended (pg/limits.py LOCK_TIMEOUT_S): another session holds what the command needs."""
+
+    exit_code = 1
+    http_status = 503
+
+
 class NotFound(ImagedbError):
     """A collection, image or path that does not exist."""
 

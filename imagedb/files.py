@@ -129,6 +129,11 @@ def outside(path: Path, roots: Sequence[Path]) -> str | None:
     return "a symbolic link to a file outside the folders given: skipped (give that folder too to ingest it)"
 
 
+def is_image_name(path: Path) -> bool:
+    """Whether a file found in a folder is one ingest reads (by its name, or the DICOM magic of a suffixless one)."""
+    return _wanted(path)
+
+
 def _wanted(path: Path) -> bool:
     # A file without a suffix is opened (never blocking) for the DICOM magic: DICOM exports often have no suffix.
     suffix = path.suffix.lower()

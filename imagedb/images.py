@@ -32,6 +32,16 @@ MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
 # LARGE_DECODES_AT_ONCE together: a folder of huge PNGs then costs a few hundred MB, not workers x 360 MB.
 LARGE_DECODE_PIXELS = 24_000_000
 LARGE_DECODES_AT_ONCE = 2
+# Images longer than this many times their width (or wider than their height), and longer than MAX_STRIP_SIDE,
+# are refused before decoding. Pillow holds a pointer for every row, so a 97 KB PNG of 1 x 50,000,000 pixels cost
+# 600 MB to decode and 1.1 GB in all; such a strip has no picture to show or search (its thumbnail would be under a
+# pixel wide). Shorter strips (up to the largest side JPEG and WebP allow) cost little and are stored.
+MAX_ASPECT_RATIO = 1000
+MAX_STRIP_SIDE = 65_535
+# The working pixels' longer side is at most this many times the working side: a panorama up to 16:1 keeps its
+# shorter side at the working side, a longer one is reduced further, so every image costs about the same after
+# decoding, whatever its shape.
+WORKING_LONG_SIDES = 16
 _large_decodes = threading.BoundedSemaphore(LARGE_DECODES_AT_ONCE)
 # Pillow only warns between MAX_IMAGE_PIXELS and twice that; an error stops the decode instead.
 warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
@@ -88,7 +98,8 @@ def decode(
 
     Memory: the file's bytes (at most MAX_FILE_BYTES) plus the decoded pixels, which JPEG decodes at reduced
     scale and other formats hold at full size (at most MAX_PIXELS in the file's own mode) only until they are
-    shrunk to the working side, before any conversion or copy.
+    shrunk to the working side, the longer side to at most WORKING_LONG_SIDES times it, before any conversion or
+    copy; images far longer than wide are refused unread (MAX_ASPECT_RATIO).
     """
     data, info = read_regular_file(path)
     if not data:
@@ -97,8 +108,7 @@ def decode(
         return _decode_dicom(path, data, info, dicom_options, decode_limits(min_side).working_side)
     image = _open(data)
     width, height = image.size
-    if width * height > MAX_PIXELS:
-        raise BadImage(f"refused as a decompression bomb: {width}x{height} pixels exceeds {MAX_PIXELS}")
+    _check_size(width, height)
     # MPO is a JPEG with more pictures appended (phones write a depth map or a second exposure); the first is
     # what is decoded, and the file is a JPEG to filters, to the content type of its original and to BI tools.
     fmt = "JPEG" if image.format == "MPO" else image.format or path.suffix.lstrip(".").upper()
@@ -149,9 +159,11 @@ def _decode_dicom(path: Path, data: bytes, info: os.stat_result, options: DicomO
     with only the non-identifying header fields (see imagedb.dicom)."""
     try:
         ds = dicom.read(data)
+    except dicom.DicomError as exc:
+        raise BadImage(str(exc)) from exc
+    try:
         width, height = int(ds.Columns), int(ds.Rows)
-        if width * height > MAX_PIXELS:
-            raise BadImage(f"refused as a decompression bomb: {width}x{height} pixels exceeds {MAX_PIXELS}")
+        _check_size(width, height)
         frames = dicom.frame_count(ds)
         indexes = dicom.frames_to_decode(ds, options)
         sha256 = hashlib.sha256(data).hexdigest()
@@ -172,8 +184,12 @@ def _decode_dicom(path: Path, data: bytes, info: os.stat_result, options: DicomO
             thumbnail_size=(0, 0),
         )
         decoded = [_dicom_frame(base, ds, options, index, frames, side) for index in indexes]
+    except BadImage:
+        raise
     except dicom.DicomError as exc:
         raise BadImage(str(exc)) from exc
+    except Exception as exc:  # a header value of the wrong type or form: the reason must not quote it
+        raise BadImage(f"cannot read this DICOM file's header: {dicom.reason(exc, ds)}") from exc
     main = len(decoded) // 2 if len(decoded) > 1 else 0  # the middle frame keeps the file's own path
     first = decoded[main]
     first.more = [d for n, d in enumerate(decoded) if n != main]
@@ -184,12 +200,10 @@ def _dicom_frame(
     base: ImageRecord, ds: dicom.Dataset, options: DicomOptions, index: int, frames: int, side: int
 ) -> Decoded:
     if base.width * base.height > LARGE_DECODE_PIXELS:
-        with _large_decodes:
-            array = dicom.display_pixels(ds, index)
+        with _large_decodes:  # the full-size frame and its RGB copy exist only in here
+            pixels = _dicom_pixels(ds, index, side)
     else:
-        array = dicom.display_pixels(ds, index)
-    pixels = _shrink(Image.fromarray(array, "RGB"), side)
-    del array
+        pixels = _dicom_pixels(ds, index, side)
     thumbnail, thumbnail_size = make_thumbnail(pixels)
     details = dicom.info(ds, options, frame=index + 1, frames=frames)
     own_row = options.all_frames and frames > 1 and index != frames // 2
@@ -206,6 +220,22 @@ def _dicom_frame(
         dicom=details,
     )
     return Decoded(record, pixels)
+
+
+def _dicom_pixels(ds: dicom.Dataset, index: int, side: int) -> Image.Image:
+    return _shrink(Image.fromarray(dicom.display_pixels(ds, index), "RGB"), side)
+
+
+def _check_size(width: int, height: int) -> None:
+    if width * height > MAX_PIXELS:
+        raise BadImage(f"refused as a decompression bomb: {width}x{height} pixels exceeds {MAX_PIXELS}")
+    if width < 1 or height < 1:
+        raise BadImage(f"refused: an image of {width}x{height} pixels has nothing to show")
+    if max(width, height) > max(MAX_STRIP_SIDE, MAX_ASPECT_RATIO * min(width, height)):
+        raise BadImage(
+            f"refused: {width}x{height} pixels is more than {MAX_ASPECT_RATIO} times longer than wide,"
+            " a strip with no picture to show or search"
+        )
 
 
 def _open(data: bytes) -> Image.Image:
@@ -225,8 +255,9 @@ def _load_shrunk(image: Image.Image, side: int) -> Image.Image:
 
 
 def _shrink(image: Image.Image, side: int) -> Image.Image:
-    """The image reduced (by an integer factor) until its shorter side is below 2 * side; unchanged if smaller."""
-    factor = min(image.size) // side
+    """The image reduced (by an integer factor) until its shorter side is below 2 * side and its longer side at most
+    WORKING_LONG_SIDES * side; unchanged if smaller."""
+    factor = max(min(image.size) // side, -(-max(image.size) // (WORKING_LONG_SIDES * side)))
     if factor < 2:
         return image
     if image.mode == "1":

@@ -4,23 +4,27 @@ from __future__ import annotations
 
 import os
 import time
-from collections import deque
 from collections.abc import Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import suppress
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
-import numpy as np
+from psycopg.pq import TransactionStatus
 
-from imagedb import cpus, gpu_decode, provenance, relevance
+from imagedb import cpus, keywords, relevance
+from imagedb import ocr as ocr_module
 from imagedb.attributes import read_rows
 from imagedb.batch_writers import BatchWriters, EmbeddedBatch
 from imagedb.collection import get_or_create_collection, model_of
 from imagedb.config import DEFAULT_COLLECTION
 from imagedb.dicom import DicomOptions
-from imagedb.embed import Embedder, ModelSpec, Preprocess
-from imagedb.files import BadImage, file_mtime, find_images, outside, readable
-from imagedb.images import Decoded, decode
+from imagedb.embed import Embedder, ModelSpec
+from imagedb.files import file_mtime, find_images, readable
+from imagedb.ingest_claims import Claimer
+from imagedb.ingest_decode import DecodeOptions, Models, embed_batch, prefetched
+from imagedb.keywords import WordsSummary
 from imagedb.progress import (
     ATTACHING_METADATA,
     BUILDING_INDEX,
@@ -30,9 +34,9 @@ from imagedb.progress import (
     NoProgress,
     Progress,
 )
-from imagedb.store import Collection, ImageRecord, Store
+from imagedb.store import Collection, Store
+from imagedb.store.exclusions import path_key
 from imagedb.store.images import BatchWritten
-from imagedb.store.records import ModelRecord
 
 
 @dataclass
@@ -49,21 +53,20 @@ class IngestSummary:
     metadata_matched: int = 0  # rows of the --metadata file attached to images
     metadata_unmatched: list[str] = field(default_factory=list)  # their keys, for rows that matched no image
     watch_hits: int = 0  # stored images that look like a watched one (`imagedb watch hits`)
+    by_others: int = 0  # files another ingest running at the same time stored (store/claims.py)
+    busy: int = 0  # files another ingest was still ingesting when this one ended
+    failed_unchanged: int = 0  # files that failed before and have not changed since: not tried again
+    forgotten: int = 0  # files `imagedb forget` keeps out (by path, or by content)
+    interrupted: bool = False  # stopped by Ctrl-C or SIGTERM: the counts are what was committed
+    words: WordsSummary | None = None  # captions and OCR text read after the batches (imagedb.keywords)
 
 
 # From this many new images on (and more than are indexed already), the HNSW index is built after the load.
 BULK_THRESHOLD = 5000
-PREFETCH_BATCHES = 2
 # Batches stored at once, each on its own connection: HNSW inserts take nearly all of a batch's write time and
 # pgvector runs them in parallel across backends (bench/insert_bench.py). At least two, so storing one batch
 # overlaps embedding the next.
 WRITERS = min(4, max(2, cpus.available() // 4))
-# Vectors a run keeps of what it embedded last, per model, so that content seen again before its batch commits is
-# not embedded twice (a few batches' worth: 4,096 x 512 x 4 bytes = 8 MB).
-RECENT_VECTORS = 4096
-# What a decode worker hands back: the path (printable), the record and its input per model id, or the reason it
-# failed. No pixels: a batch waiting to be embedded holds only thumbnails and model-sized tensors.
-_Prepared = tuple[str, ImageRecord | None, dict[int, object] | None, str | None]
 
 
 def ingest(
@@ -80,17 +83,32 @@ def ingest(
     bulk_threshold: int = BULK_THRESHOLD,
     dicom: DicomOptions = DicomOptions(),
     allow_random_weights: bool = False,
+    retry_failed: bool = False,
+    include_forgotten: bool = False,
+    roots: Sequence[Path] | None = None,
+    loaded_models: dict[int, Embedder] | None = None,
+    ocr: bool = False,
 ) -> IngestSummary:
     """Store every image under `paths` in `collection`; rerunning adds only what is new or changed.
 
     Bad files are recorded in ingest_errors and counted, never raised: one broken photo must not stop a
-    library of thousands. Each batch is committed on its own. `metadata` (CSV or JSON Lines) attaches user
+    library of thousands; a rerun tries such a file again only once its size or mtime changed, or with
+    `retry_failed`. Each batch is committed on its own. `metadata` (CSV or JSON Lines) attaches user
     attributes once the images are stored. EXIF GPS and identifying fields (exif.IDENTIFYING_EXIF_TAGS) are
     stored only with `keep_gps` / `keep_identifying`. DICOM files are de-identified unless `dicom.keep_phi`, which
     only a collection created with it accepts (see imagedb.dicom). New images get a vector of every model the
     collection holds (one being added by `imagedb models add` too); a registered model's checkpoint is verified
     before use (provenance.verify), and a new collection's model must have weights unless `allow_random_weights`.
+
+    Ingests of the same collection running at once share the files (imagedb.ingest_claims). Files `imagedb
+    forget` removed stay out unless `include_forgotten`, which lets them back in for good. Ctrl-C (KeyboardInterrupt)
+    ends the run with a summary of what was committed (`interrupted`), not an exception, once it has begun
+    storing. `roots`: the folders no symlink may lead out of, when not `paths` themselves (a watch's folders);
+    `loaded_models`: the models of earlier runs of the caller, kept (and filled) to load each once.
+    Once the batches are stored, the new images' captions are read, and with `ocr` their text (imagedb.keywords).
     """
+    if ocr:
+        ocr_module.require()  # one line saying how to turn it on, before any work
     started = time.perf_counter()
     progress = progress or NoProgress()
     progress.phase(SCANNING)
@@ -100,8 +118,19 @@ def ingest(
         store, collection, model, keep_phi=dicom.keep_phi, allow_random_weights=allow_random_weights
     )
     summary = IngestSummary(collection=target.name, run_id=store.images.start_run(target.id, target.model_id))
-    todo = _changed_files(files, store.images.file_states(target.id))
-    summary.skipped = len(files) - len(todo)
+    states = _states(files)
+    if include_forgotten:
+        store.exclusions.unforget_paths(target.id, [readable(str(f)) for f in files])
+    forgotten_paths, forgotten_hashes = set(), set()
+    if not include_forgotten:
+        forgotten_paths, forgotten_hashes = store.exclusions.forgotten(target.id)
+    failed = {} if retry_failed else store.exclusions.failed_states(target.id)
+    # A file named on the command line is the user asking for it again: tried whatever it failed with before
+    # (a link refused as outside the folders given when its folder was walked, for one).
+    for given in paths:
+        if not Path(given).expanduser().is_dir():
+            failed.pop(readable(str(Path(given).expanduser().absolute())), None)
+    todo = _todo(files, states, store.images.file_states(target.id), failed, forgotten_paths, summary)
     # A model's first large load: inserting row by row into HNSW costs 100x a COPY, and building the index
     # afterwards is faster than both together (bench/results/vectors_100000.txt). Only while the index serves
     # nothing: once the model has embeddings the load goes into the index, so searches never lose it (building a
@@ -109,207 +138,165 @@ def ingest(
     # between leaves no index; the next run builds it (restore_hnsw_index is a no-op when a valid one exists).
     bulk = len(todo) >= bulk_threshold and not store.models.model_has_embeddings(target.model_id)
     index_definition = store.index.drop_hnsw_index(target.model_id) if bulk else None
-    interrupted = False
+    claimer: Claimer | None = None
     try:
         if todo:
             spec = model_of(target)
             progress.phase(LOADING_MODEL, detail=str(spec))
-            models = _Models(store, target)
+            models = Models(store, target, loaded_models)
             models.refresh()
             progress.phase(EMBEDDING, len(todo))
-            roots = tuple(Path(p).expanduser().resolve() for p in paths)
-            options = _DecodeOptions(keep_gps, keep_identifying, models.input_side(), dicom, roots)
+            given = roots or [Path(p).expanduser() for p in paths]
+            options = DecodeOptions(keep_gps, keep_identifying, models.input_side(), dicom,
+                                    tuple(Path(p).resolve() for p in given))  # fmt: skip
             embedding_started = time.perf_counter()
-            with ThreadPoolExecutor(cpus.available()) as pool, BatchWriters(store, WRITERS) as writers:
-                for prepared in _prefetched(pool, todo, batch_size, models, options):
-                    embedded = _embed(store, target, prepared, models)
-                    for done, written in writers.submit(target, summary.run_id, embedded):
-                        _account(summary, done, written)
-                        progress.advance(done.files)
-                    models.refresh()
-                for done, written in writers.drain():
-                    _account(summary, done, written)
-                    progress.advance(done.files)
+            claimer = Claimer(store, target.id, summary.run_id, states)
+            remaining = todo
+            while remaining:
+                run = _Pipeline(store, target, summary, models, options, progress, claimer, states)
+                run.store_all(claimer.batches(remaining, batch_size, progress.advance), frozenset(forgotten_hashes))
+                remaining = claimer.wait_for_deferred(progress.advance)
             summary.embedding_seconds = time.perf_counter() - embedding_started
     except KeyboardInterrupt:
-        interrupted = True  # Ctrl-C stops now, as a kill would: the build (minutes at a million) is the next run's
-        raise
+        summary.interrupted = True  # Ctrl-C stops now, as a kill would: the index build is the next run's
     finally:
+        if claimer is not None:
+            summary.by_others += claimer.by_others
+            summary.busy += claimer.busy
+        if summary.interrupted:
+            _settle(store)
+        usable = not (store.conn.closed or store.conn.broken)
+        if claimer is not None and usable:
+            with suppress(Exception):  # after Ctrl-C; the claims end with the session anyway
+                claimer.close()
         # Not after Ctrl-C, nor when the database went away: the next run builds the index (or `db reindex`).
-        if not (interrupted or store.conn.closed or store.conn.broken):
+        if not summary.interrupted and usable:
             if index_definition is not None:
                 progress.phase(BUILDING_INDEX)
             store.index.restore_hnsw_index(target.model_id, target.dim, index_definition)
-    if attribute_rows:
-        progress.phase(ATTACHING_METADATA, len(attribute_rows))
-        unmatched = store.images.attach_attributes(target.id, attribute_rows)
-        summary.metadata_unmatched = sorted(unmatched)
-        summary.metadata_matched = sum(1 for key, _ in attribute_rows if key not in unmatched)
-    summary.seconds = time.perf_counter() - started
-    store.images.finish_run(summary.run_id, summary.added, summary.skipped, summary.reused, summary.failed)
-    if summary.added or summary.reused:
-        relevance.refresh_sample(store, target)  # the baseline of relevance follows the collection's growth
+    if summary.interrupted:
+        summary.seconds = time.perf_counter() - started
+        with suppress(Exception):
+            _finish(store, summary)
+        return summary
+    try:
+        if attribute_rows:
+            progress.phase(ATTACHING_METADATA, len(attribute_rows))
+            unmatched = store.images.attach_attributes(target.id, attribute_rows)
+            summary.metadata_unmatched = sorted(unmatched)
+            summary.metadata_matched = sum(1 for key, _ in attribute_rows if key not in unmatched)
+        summary.words = keywords.after_ingest(store, target, read_ocr=ocr)
+        summary.seconds = time.perf_counter() - started
+        _finish(store, summary)
+        if summary.added or summary.reused:
+            relevance.refresh_sample(store, target)  # the baseline of relevance follows the collection's growth
+    except KeyboardInterrupt:  # the images are stored: say so, as above
+        summary.interrupted = True
+        _settle(store)
+        with suppress(Exception):
+            _finish(store, summary)
     return summary
 
 
-def _changed_files(files: list[Path], known: dict[str, tuple[int, object]]) -> list[Path]:
+def _settle(store: Store) -> None:
+    """After Ctrl-C, which may have come in the middle of a statement or transaction on the run's own connection:
+    end it, so that the summary can still be recorded and the connection closes cleanly."""
+    with suppress(Exception):
+        if store.conn.info.transaction_status == TransactionStatus.ACTIVE:
+            store.conn.cancel_safe(timeout=5)
+    with suppress(Exception):
+        if store.conn.info.transaction_status != TransactionStatus.IDLE:
+            store.conn.rollback()
+
+
+def _finish(store: Store, summary: IngestSummary) -> None:
+    skipped = summary.skipped + summary.by_others + summary.busy + summary.failed_unchanged + summary.forgotten
+    store.images.finish_run(summary.run_id, summary.added, skipped, summary.reused, summary.failed)
+
+
+def _states(files: list[Path]) -> dict[str, tuple[int, datetime]]:
+    """path shown -> (size, mtime) of each file that can be stat'ed (decode() records why another cannot)."""
+    states = {}
+    for path in files:
+        with suppress(OSError):
+            stat = path.stat()
+            states[readable(str(path))] = (stat.st_size, file_mtime(stat))
+    return states
+
+
+def _todo(
+    files: list[Path],
+    states: dict[str, tuple[int, datetime]],
+    known: dict[str, tuple[int, datetime]],
+    failed: dict[str, tuple[int, datetime]],
+    forgotten: set[str],
+    summary: IngestSummary,
+) -> list[Path]:
+    """The files to store: not forgotten, and new or changed since they were stored, or since they failed."""
     todo = []
     for path in files:
-        try:
-            stat = path.stat()
-        except OSError:
-            todo.append(path)  # decode() records why it cannot be read
-            continue
-        if known.get(str(path)) != (stat.st_size, file_mtime(stat)):
+        shown = readable(str(path))
+        state = states.get(shown)
+        if forgotten and path_key(shown) in forgotten:
+            summary.forgotten += 1
+        elif state is not None and known.get(shown) == state:
+            summary.skipped += 1
+        elif state is not None and failed.get(shown) == state:
+            summary.failed_unchanged += 1
+        else:
             todo.append(path)
     return todo
 
 
-class _Models:
-    """The embedders of every model the collection holds, the search model first. Read again after each batch:
-    a `models add` started during this run gets the vectors of the images this run stores from then on."""
+class _Pipeline:
+    """One pass of decoding, embedding and storing batches, accounting each in the summary as it commits."""
 
-    def __init__(self, store: Store, target: Collection) -> None:
-        self._store, self._target = store, target
-        self.embedders: dict[int, Embedder] = {}
-        self.recent: dict[int, dict[str, np.ndarray]] = {}  # see RECENT_VECTORS
+    def __init__(
+        self,
+        store: Store,
+        target: Collection,
+        summary: IngestSummary,
+        models: Models,
+        options: DecodeOptions,
+        progress: Progress,
+        claimer: Claimer,
+        states: dict[str, tuple[int, datetime]],
+    ) -> None:
+        self.store, self.target, self.summary, self.models = store, target, summary, models
+        self.options, self.progress, self.claimer, self.states = options, progress, claimer, states
 
-    def refresh(self) -> None:
-        held = {record.id: record for record, _ in self._store.models.held_models(self._target.id)}
-        held.setdefault(self._target.model_id, ModelRecord(self._target.model_id, self._target.model_name,
-                                                           self._target.pretrained, self._target.dim))  # fmt: skip
-        for model_id in [m for m in self.embedders if m not in held]:
-            del self.embedders[model_id]  # dropped meanwhile
-        for model_id, record in held.items():
-            if model_id not in self.embedders:  # verified first: a replaced checkpoint never stores a vector
-                self.embedders[model_id] = provenance.load_registered(self._store, record)
+    def store_all(self, batches: Iterator[list[Path]], forgotten: frozenset[str]) -> None:
+        writers = BatchWriters(self.store, WRITERS)
+        try:
+            with ThreadPoolExecutor(cpus.available()) as pool, writers:
+                for prepared in prefetched(pool, batches, self.models, self.options):
+                    embedded = embed_batch(self.store, self.target, prepared, self.models, forgotten)
+                    embedded.error_states = {p: self.states[p] for p, _ in embedded.errors if p in self.states}
+                    writers.put(self.target, self.summary.run_id, embedded)
+                    for done, written in writers.finished():
+                        self._account(done, written)
+                    self.models.refresh()
+                writers.wait_all()
+                for done, written in writers.finished():
+                    self._account(done, written)
+        except KeyboardInterrupt:
+            # The batches that committed while the run stopped (BatchWriters gives them a moment) were kept.
+            for done, written in writers.completed():
+                self._account(done, written, release=False)
+            raise
 
-    def input_side(self) -> int:
-        return max(e.input_side() for e in self.embedders.values())
-
-    def current(self) -> dict[int, Embedder]:
-        return dict(self.embedders)
-
-
-@dataclass(frozen=True)
-class _DecodeOptions:
-    keep_gps: bool
-    keep_identifying: bool
-    min_side: int  # the model's input size: decoded pixels are shrunk to no less
-    dicom: DicomOptions = DicomOptions()
-    roots: tuple[Path, ...] = ()  # the files and folders given, resolved: no symlink may lead out of them
-
-
-def _prepare(path: Path, preprocessors: dict[int, Preprocess], options: _DecodeOptions) -> list[_Prepared]:
-    """Decode one file and make each model's input from it, in a decode thread."""
-    shown = readable(path)  # a non-UTF-8 name must reach neither the database nor a terminal as surrogates
-    try:
-        if reason := outside(path, options.roots):
-            return [(shown, None, None, reason)]
-        decoded = decode(
-            path,
-            keep_gps=options.keep_gps,
-            keep_identifying=options.keep_identifying,
-            min_side=options.min_side,
-            dicom_options=options.dicom,
-        )
-        return _inputs(path, decoded, preprocessors)
-    except BadImage as exc:
-        return [(shown, None, None, readable(str(exc)))]
-    except Exception as exc:  # a bug or an exotic file must not end the run; keep the reason
-        return [(shown, None, None, readable(f"unexpected error: {type(exc).__name__}: {exc}"))]
-
-
-def _inputs(path: Path, decoded: Decoded, preprocessors: dict[int, Preprocess]) -> list[_Prepared]:
-    # The other frames of a DICOM file stored frame by frame come in the same batch as the file.
-    shown = readable(path)
-    return [
-        (shown, d.record, {m: p(d.pixels) for m, p in preprocessors.items()}, None) for d in [decoded, *decoded.more]
-    ]
-
-
-def _prefetched(
-    pool: ThreadPoolExecutor, files: list[Path], batch_size: int, models: _Models, options: _DecodeOptions
-) -> Iterator[list[_Prepared]]:
-    """Batches of decoded files; the next batches decode in the pool while the caller embeds this one. Each file
-    gets the input of every model held when its batch was submitted (each model has its own preprocessing).
-
-    Threads, not processes: on 16 cores, 16 decode processes did 799 camera JPEGs/s alone against 249 for threads
-    (the GIL), yet the whole ingest went slower with them, 139-163 images/s against 239 (bench/results)."""
-
-    def submit(paths: list[Path]) -> list[Future[list[_Prepared]]]:
-        preprocessors = {m: e.preprocessor for m, e in models.current().items()}
-        device = gpu_decode.device_for(next(iter(models.current().values())).device)
-        if device is None:
-            return [pool.submit(_prepare, p, preprocessors, options) for p in paths]
-        return gpu_decode.submit_batch(
-            pool, paths, device, keep_gps=options.keep_gps, keep_identifying=options.keep_identifying,
-            min_side=options.min_side, take=lambda p: not outside(p, options.roots),
-            on_cpu=lambda p: _prepare(p, preprocessors, options),
-            prepare=lambda p, d: _inputs(p, d, preprocessors),
-        )  # fmt: skip
-
-    # Two batches queued ahead: the pool never drains while the caller embeds and stores (with one, its threads
-    # idled through each batch's last few files).
-    batches = iter([files[i : i + batch_size] for i in range(0, len(files), batch_size)])
-    pending: deque[list[Future[list[_Prepared]]]] = deque()
-    while True:
-        while len(pending) < PREFETCH_BATCHES and (following := next(batches, None)):
-            pending.append(submit(following))
-        if not pending:
-            return
-        yield [item for f in pending.popleft() for item in f.result()]
-
-
-def _embed(store: Store, target: Collection, batch: list[_Prepared], models: _Models) -> EmbeddedBatch:
-    errors = [(path, reason) for path, _, _, reason in batch if reason is not None]
-    good = [(record, tensors) for _, record, tensors, _ in batch if record is not None and tensors is not None]
-    fresh: set[str] = set()
-    vectors: dict[int, list[np.ndarray]] = {}
-    for model_id, embedder in models.current().items():
-        if all(model_id in tensors for _, tensors in good):  # else held since the batch was decoded: `models add`
-            embedded, computed = _model_vectors(store, model_id, embedder, good, models.recent.setdefault(model_id, {}))
-            vectors[model_id] = embedded
-            if model_id == target.model_id:
-                fresh = computed
-    others = {m: v for m, v in vectors.items() if m != target.model_id}
-    files = len({path for path, *_ in batch})
-    return EmbeddedBatch([r for r, _ in good], vectors[target.model_id], others, errors, fresh, files)
-
-
-def _account(summary: IngestSummary, batch: EmbeddedBatch, written: BatchWritten) -> None:
-    already = written.already
-    summary.watch_hits += written.watch_hits
-    # Another ingest of this collection may have stored some of these files first: they count as unchanged.
-    fresh_written = {r.sha256 for r in batch.records if r.path not in already} & batch.fresh
-    summary.added += len(fresh_written)
-    summary.reused += len(batch.records) - len(already) - len(fresh_written)
-    summary.skipped += len(already)
-    summary.failed += len(batch.errors)
-    summary.errors.extend(batch.errors)
-
-
-def _model_vectors(
-    store: Store,
-    model_id: int,
-    embedder: Embedder,
-    good: list[tuple[ImageRecord, dict[int, object]]],
-    recent: dict[str, np.ndarray],
-) -> tuple[list[np.ndarray], set[str]]:
-    """One model's vector for each record, reusing stored vectors of identical content, and those this run
-    embedded lately (`recent`: their batches may still be in its writers' hands, not yet committed); and the
-    SHA-256s of the contents it embedded."""
-    known = store.images.vectors_by_sha256(model_id, [r.sha256 for r, _ in good])
-    known.update({r.sha256: recent[r.sha256] for r, _ in good if r.sha256 not in known and r.sha256 in recent})
-    # Identical files within the batch are embedded once.
-    fresh: dict[str, object] = {}
-    for record, tensors in good:
-        if record.sha256 not in known:
-            fresh.setdefault(record.sha256, tensors[model_id])
-    if fresh:
-        vectors = dict(zip(fresh, embedder.encode_images(list(fresh.values())), strict=True))
-        known.update(vectors)
-        recent.update(vectors)
-        for sha256 in list(recent)[: max(0, len(recent) - RECENT_VECTORS)]:  # the oldest first
-            del recent[sha256]
-    return [known[r.sha256] for r, _ in good], set(fresh)
+    def _account(self, batch: EmbeddedBatch, written: BatchWritten, release: bool = True) -> None:
+        # The claims first: a Ctrl-C while they are released leaves the batch to BatchWriters.completed(), uncounted.
+        if release:
+            self.claimer.release(batch.paths)
+        self.progress.advance(batch.files)
+        summary, already = self.summary, written.already
+        # Another ingest of this collection may have stored some of these files first.
+        fresh_written = {r.sha256 for r in batch.records if r.path not in already} & batch.fresh
+        summary.watch_hits += written.watch_hits
+        summary.added += len(fresh_written)
+        summary.reused += len(batch.records) - len(already) - len(fresh_written)
+        summary.by_others += len(already)
+        summary.failed += len(batch.errors)
+        summary.forgotten += batch.excluded
+        summary.errors.extend(batch.errors)

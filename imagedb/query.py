@@ -3,6 +3,8 @@
     beach + sunset - people          (shell: imagedb search beach + sunset - people)
     2:"red dress" + ./shoe.jpg       a weight W: before a term scales it
     id:123 - "text overlay"          a stored image by id
+    receipt kw:invoice -kw:draft     keywords: the image's words must hold (kw:) or must not hold (-kw:) them;
+    kw:"lisbon trip"                 a phrase: the words in this order (docs/keywords.md)
 
 Tokens are what a shell passes as arguments; `parse_string` splits one string the way a shell would. Bare
 words next to each other form one text ("a dog on a beach"), so quoting is optional.
@@ -23,6 +25,7 @@ from imagedb.request import Term
 
 _WEIGHT = re.compile(r"^([0-9]+(?:\.[0-9]+)?):(.*)$", re.S)  # ASCII digits: \d takes ² and ١ too
 _ID = re.compile(r"^id:(.*)$", re.S)
+_KEYWORD = re.compile(r"^(-?)kw:(.*)$", re.S)
 # Weights are relative; beyond this a weight says nothing more, and a huge one overflows to infinity.
 MAX_WEIGHT = 1000.0
 
@@ -34,13 +37,25 @@ def parse(tokens: Sequence[str], *, files: bool = True) -> list[Term]:
     """
     terms: list[Term] = []
     sign: float | None = 1.0  # None: an operator is required before the next term
+    operator = False  # the last token was + or -
     merge_text = False  # the previous term is bare text that the next bare word extends
     for position, token in enumerate(tokens, start=1):
         if token in ("+", "-"):
             if sign is not None:
                 where = "start with" if not terms else "have two operators in a row at"
                 raise InvalidInput(f"a query cannot {where} {token!r} (term {position})")
-            sign, merge_text = (1.0 if token == "+" else -1.0), False
+            sign, merge_text, operator = (1.0 if token == "+" else -1.0), False, True
+            continue
+        if match := _KEYWORD.match(token):
+            # A keyword is a condition, not a direction: it needs no operator, and - before it excludes.
+            words = match.group(2).strip()
+            if not any(ch.isalnum() for ch in words):
+                raise InvalidInput(f"kw: needs a word (letters or digits), not {words!r} (term {position})")
+            negative = match.group(1) == "-" or (operator and sign == -1.0)
+            terms.append(Term("keyword", words, -1.0 if negative else 1.0))
+            if operator:
+                sign, operator = None, False
+            merge_text = False
             continue
         weight, body = _weight(token)
         term = _term(body, weight, files)
@@ -51,10 +66,10 @@ def parse(tokens: Sequence[str], *, files: bool = True) -> list[Term]:
                 continue
             raise InvalidInput(f"put + or - between the terms {terms[-1].value!r} and {body!r}")
         terms.append(Term(term.kind, term.value, sign * term.weight))
-        sign, merge_text = None, term.kind == "text" and weight is None
+        sign, merge_text, operator = None, term.kind == "text" and weight is None, False
     if not terms:
         raise InvalidInput("the query is empty: give a text, an image path or id:N")
-    if sign is not None:
+    if operator:
         raise InvalidInput("a query cannot end with an operator")
     return terms
 

@@ -62,10 +62,11 @@ def refresh_sample(store: Store, collection: Collection, *, force: bool = False)
 
 def ensure_sample(store: Store, sampled_count: int | None, collection: Collection) -> None:
     """Draw a sample for a collection that never had one (stored before relevance existed, or by a tool that
-    writes rows itself). A role or server that may not write (a reader, a standby) searches without it."""
+    writes rows itself). A role or server that may not write (a reader, a standby), or a full disk: the search goes
+    on without it."""
     if sampled_count is not None:
         return
-    with suppress(psycopg.errors.InsufficientPrivilege, psycopg.errors.ReadOnlySqlTransaction):
+    with suppress(psycopg.errors.InsufficientPrivilege, psycopg.errors.ReadOnlySqlTransaction, psycopg.errors.DiskFull):
         refresh_sample(store, collection)
 
 

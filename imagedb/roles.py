@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from imagedb.collection import get_collection
 from imagedb.errors import InvalidInput, NotFound
+from imagedb.pg.limits import READER_LIMITS, WRITER_LIMITS, RoleLimits, harden_database, set_role_limits
 from imagedb.store import Store
 from imagedb.store.admin import FORGET_TABLES
 
@@ -17,6 +20,7 @@ READER_FUNCTIONS = (
     "imagedb_nearest(halfvec, text, integer, integer, bigint, text)",
     "imagedb_similar(bigint, integer, integer, text)",
     "imagedb_search_text(text, text, integer, text)",
+    "imagedb_search_hybrid(text, text, integer)",
 )
 # What ingest, tag, dupes, watch and tune write (never dicom_secret: writers hash DICOM UIDs through
 # imagedb_uid_hash). Schema bookkeeping (alembic_version) and the model/collection
@@ -34,15 +38,35 @@ WRITER_TABLES = (
     "relevance_samples",
     "search_tuning",
     "dicom_images",
-    "text_embeddings",  # a writer's text searches are cached too
+    "ingest_claims",  # ingests running at once share the files
+    "forgotten",  # `forget` remembers what ingest must leave out
+    "image_words",  # captions and OCR text; the triggers on images write it as the writer
 )
-WRITER_READ_ONLY = ("alembic_version", "embedding_models", "collections", "collection_models", *READER_VIEWS)
+# The text-query cache too: every search trusts a cached vector, so only the owner writes it (migration 0013); a
+# writer's searches read it, and what they embed is not kept.
+WRITER_READ_ONLY = (
+    "alembic_version",
+    "embedding_models",
+    "collections",
+    "collection_models",
+    "text_embeddings",
+    *READER_VIEWS,
+)
+
+
+# A password must be at least this long: the server answers about a hundred tries a second per connection, and
+# imagedb's roles are reachable over TCP once `db listen` is on (NIST SP 800-63B asks for at least 8, 15 where a
+# password is the only factor; 12 is what a generated one of 16 characters comfortably passes).
+MIN_PASSWORD_LENGTH = 12
+_MIN_DISTINCT = 6  # "aaaaaaaaaaaa" or "121212121212" are not passwords
 
 
 @dataclass(frozen=True)
 class Grant:
     created: bool  # the role did not exist before
     can_log_in: bool  # it has a password (the embedded server asks every login for one)
+    limits: RoleLimits
+    unset: tuple[str, ...] = ()  # limits this server would not let imagedb's role set
 
 
 @dataclass(frozen=True)
@@ -51,33 +75,78 @@ class Forgotten:
     unvacuumed: list[str]  # tables this role may not VACUUM: the deleted rows' bytes stay there until the owner does
 
 
-def grant_reader(store: Store, role: str, password: str | None = None) -> Grant:
-    """SELECT on the BI views and EXECUTE on the SQL searches only; the role is created (LOGIN) if missing."""
-    created = store.admin.grant(role, READER_VIEWS, "SELECT", _checked_password(password))
+def grant_reader(store: Store, role: str, password: str | None = None, limits: RoleLimits = READER_LIMITS) -> Grant:
+    """SELECT on the BI views and EXECUTE on the SQL searches only; the role is created (LOGIN) if missing, and
+    given `limits` (pg/limits.py)."""
+    _check(limits)
+    created = store.admin.grant(role, READER_VIEWS, "SELECT", checked_password(password, role))
     store.admin.grant_execute(role, READER_FUNCTIONS)
-    return Grant(created, store.admin.has_password(role))
+    return _limited(store, role, created, limits)
 
 
-def grant_writer(store: Store, role: str, password: str | None = None) -> Grant:
+def grant_writer(store: Store, role: str, password: str | None = None, limits: RoleLimits = WRITER_LIMITS) -> Grant:
     """What `imagedb ingest`, `search`, `tag`, `dupes`, `watch` and `forget` need, on existing collections and
     models; VACUUM of the tables `forget` touches where the server has the MAINTAIN privilege (PostgreSQL 17+)."""
-    created = store.admin.grant(role, WRITER_TABLES, "SELECT, INSERT, UPDATE, DELETE", _checked_password(password))
+    created = store.admin.grant(role, WRITER_TABLES, "SELECT, INSERT, UPDATE, DELETE", checked_password(password, role))
     store.admin.grant(role, WRITER_READ_ONLY, "SELECT", None)
     store.admin.grant_maintain(role, FORGET_TABLES)
     store.admin.grant_sequences_and_functions(role)
-    return Grant(created, store.admin.has_password(role))
+    return _limited(store, role, created, limits)
 
 
-def _checked_password(password: str | None) -> str | None:
-    if password is not None and (not password or "\x00" in password):
-        raise InvalidInput("a password cannot be empty or contain a NUL character")
+def _check(limits: RoleLimits) -> None:
+    if problem := limits.problem():
+        raise InvalidInput(problem)
+
+
+def _limited(store: Store, role: str, created: bool, limits: RoleLimits) -> Grant:
+    unset = set_role_limits(store.conn, role, limits)
+    if not harden_database(store.conn):
+        unset.append("large objects and temporary tables")
+    return Grant(created, store.admin.has_password(role), limits, tuple(unset))
+
+
+def generate_password() -> str:
+    """A password of 22 random URL-safe characters (about 130 bits)."""
+    return secrets.token_urlsafe(16)
+
+
+def checked_password(password: str | None, role: str = "") -> str | None:
+    """The password, unless it is one a guesser would try early: short, of few characters, or naming the role."""
+    if password is None:
+        return None
+    if "\x00" in password:
+        raise InvalidInput("a password cannot contain a NUL character")
+    weak = None
+    if len(password) < MIN_PASSWORD_LENGTH:
+        weak = f"is shorter than {MIN_PASSWORD_LENGTH} characters"
+    elif len(set(password)) < _MIN_DISTINCT:
+        weak = f"has fewer than {_MIN_DISTINCT} different characters"
+    elif len(role) >= 3 and len(password.lower().replace(role.lower(), "")) < MIN_PASSWORD_LENGTH:
+        weak = "is little more than the role's name"
+    if weak:
+        raise InvalidInput(f"the password {weak}: choose a stronger one, or use --generate-password instead")
     return password
 
 
-def forget(store: Store, collection: str, refs: Sequence[str], *, full: bool = False) -> Forgotten:
-    """Delete the images named by id, path or file name and everything derived from them, then VACUUM."""
+def forget(
+    store: Store, collection: str, refs: Sequence[str], *, full: bool = False, by_content: bool = False
+) -> Forgotten:
+    """Delete the images named by id, path or file name and everything derived from them, then VACUUM. Ingest
+    leaves their files out from then on (`by_content`: any file of the same bytes too), until unforget()."""
     target = get_collection(store, collection)
-    ids, unvacuumed = store.admin.forget(target.id, list(refs), full=full)
+    ids, unvacuumed = store.admin.forget(target.id, list(refs), full=full, by_content=by_content)
     if not ids:
         raise NotFound(f"no image {', '.join(refs)} in collection {collection!r}: give ids, paths or file names")
     return Forgotten(ids, unvacuumed)
+
+
+def unforget(store: Store, collection: str, refs: Sequence[str] | None) -> int:
+    """Let ingest store forgotten files again: refs are paths or content SHA-256s, None all of them. Returns how
+    many; NotFound when none matched."""
+    target = get_collection(store, collection)
+    absolute = [os.path.abspath(os.path.expanduser(r)) for r in refs or []]
+    done = store.exclusions.unforget(target.id, None if refs is None else [*refs, *absolute])
+    if not done:
+        raise NotFound(f"nothing forgotten in collection {collection!r} matches {', '.join(refs or ['*'])}")
+    return done

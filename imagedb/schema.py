@@ -28,7 +28,7 @@ from sqlalchemy import (
     func,
     text,
 )
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import JSONB, TSVECTOR
 
 metadata = MetaData()
 
@@ -98,7 +98,8 @@ images = Table(
     Column("attributes", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
     Column("ingested_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("dhash", BIT(64)),
-    UniqueConstraint("collection_id", "path", name="images_collection_id_path_key"),
+    # Not unique: Citus enforces only keys that include `id`; the writer keeps one row per path (migration 0017)
+    Index("images_collection_id_path_idx", "collection_id", "path"),
     Index("images_sha256_idx", "sha256"),
     Index("images_dhash_hnsw", "dhash", postgresql_using="hnsw", postgresql_ops={"dhash": "bit_hamming_ops"}),
 )
@@ -165,7 +166,34 @@ ingest_errors = Table(
     Column("path", Text, nullable=False),
     Column("reason", Text, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("size_bytes", BigInteger),  # the file as it was when it failed: retried only once it changes
+    Column("mtime", DateTime(timezone=True)),
     Index("ingest_errors_run_id_idx", "run_id"),
+    Index("ingest_errors_path_idx", "path"),
+)
+
+# The files ingests are decoding and storing now; a claim is live while its run holds the session advisory lock
+# (0x1A71, run id), so a crashed run's claims are taken over (store/claims.py).
+ingest_claims = Table(
+    "ingest_claims",
+    metadata,
+    Column("collection_id", Integer, ForeignKey("collections.id", ondelete="CASCADE"), primary_key=True),
+    Column("path", Text, primary_key=True),
+    Column("run_id", BigInteger, ForeignKey("ingest_runs.id", ondelete="CASCADE"), nullable=False),
+    Column("claimed_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
+# What `imagedb forget` removed, which ingest leaves out until `imagedb unforget`: the SHA-256 of the path (never
+# the path itself: forget --full leaves it readable nowhere), and the content's when asked (then the same bytes
+# under any name stay out).
+forgotten = Table(
+    "forgotten",
+    metadata,
+    Column("collection_id", Integer, ForeignKey("collections.id", ondelete="CASCADE"), primary_key=True),
+    Column("path_sha256", Text, primary_key=True),
+    Column("sha256", Text),
+    Column("forgotten_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Index("forgotten_sha256_idx", "collection_id", "sha256"),
 )
 
 duplicate_groups = Table(
@@ -174,7 +202,8 @@ duplicate_groups = Table(
     Column("collection_id", Integer, ForeignKey("collections.id", ondelete="CASCADE"), primary_key=True),
     Column("group_no", Integer, nullable=False),
     Column("image_id", BigInteger, ForeignKey("images.id", ondelete="CASCADE"), primary_key=True),
-    Column("matched_image_id", BigInteger, ForeignKey("images.id", ondelete="CASCADE")),
+    # An image on another shard under Citus: no foreign key; the statements that delete images delete these rows
+    Column("matched_image_id", BigInteger),
     Column(
         "rule",
         Text,
@@ -242,6 +271,15 @@ search_tuning = Table(
     Column("recall_ef_search", Integer),
     Column("recall_count", BigInteger),
     Column("recall_at", DateTime(timezone=True)),
+    # Text queries' own: they sit far from the images (CLIP's modality gap) and need a wider search (tuning.py).
+    Column(
+        "text_ef_search",
+        Integer,
+        CheckConstraint("text_ef_search BETWEEN 1 AND 1000", name="search_tuning_text_ef_search_check"),
+    ),
+    Column("text_recall", Float(53)),
+    Column("text_recall_ef_search", Integer),
+    Column("text_queries", Text),  # what text recall was measured on: "N cached texts" or "N probes"
 )
 
 # The fixed random sample of a collection's images whose scores are the baseline of relevance (imagedb/relevance.py).
@@ -285,4 +323,19 @@ dicom_secret = Table(
     ),
     Column("inner_pad", LargeBinary, nullable=False),
     Column("outer_pad", LargeBinary, nullable=False),
+)
+
+# The words in and around an image for keyword search (imagedb/keywords.py, docs/keywords.md): the caption and
+# keywords read from the file and the OCR text (NULL until read), and `document`, their tsvector with the file
+# name, folders and attributes, which triggers keep current (migration 0018).
+image_words = Table(
+    "image_words",
+    metadata,
+    Column("image_id", BigInteger, ForeignKey("images.id", ondelete="CASCADE"), primary_key=True),
+    Column("caption", Text),
+    Column("ocr_text", Text),
+    Column("ocr_reason", Text),
+    Column("document", TSVECTOR, nullable=False, server_default=text("''::tsvector")),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Index("image_words_document_idx", "document", postgresql_using="gin"),
 )

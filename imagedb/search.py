@@ -35,6 +35,12 @@ class SearchResult:
     date: datetime  # when taken, else the file's time
     relevance: float | None = None  # standard deviations better than an unrelated image's score (relevance.py)
     others: int = 0  # with collapse_duplicates: the other images of its duplicate group, left out
+    # Why it matched, for keyword and hybrid rankings (docs/keywords.md): its 1-based rank among the vector
+    # candidates and among the keyword matches (None: not among them), ts_rank_cd, and the query's words it holds.
+    vector_rank: int | None = None
+    keyword_rank: int | None = None
+    keyword_score: float | None = None
+    matched: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -44,12 +50,14 @@ class Plan:
     target: Collection
     request: SearchRequest  # checked, its filters normalised and the id: terms' images excluded
     stored: dict[int, np.ndarray]  # the vectors of the id: terms, by id
-    ef_search: int  # the request's, else the collection's tuned value
+    ef_search: int  # the request's, else the collection's tuned value (for a query with text, text queries')
     texts: dict[str, np.ndarray] = field(default_factory=dict)  # the text terms' cached vectors (text_embeddings)
     # The texts query_vector() embedded, for nearest() to cache: the same query later needs no model.
     fresh: dict[str, np.ndarray] = field(default_factory=dict)
     # The model's registry row when the plan needs the model: its weights file is verified before embedding.
     weights: ModelRecord | None = None
+    # The words to rank by (keywords alone, or fused with the vector by --hybrid); None: the vector alone.
+    words: str | None = None
 
     @property
     def needs_model(self) -> bool:
@@ -83,7 +91,13 @@ def plan(store: Store, request: SearchRequest) -> Plan:
     filters = _checked(store, target, request.filters)
     tuned = store.tuning.tuning(target)
     relevance.ensure_sample(store, tuned["sampled_count"] if tuned else None, target)
-    terms = request.terms
+    keywords = [t for t in request.terms if t.kind == "keyword"]
+    terms = tuple(t for t in request.terms if t.kind != "keyword")
+    filters = filters.replace(
+        keywords=filters.keywords + tuple(t.value for t in keywords if t.weight > 0),
+        not_keywords=filters.not_keywords + tuple(t.value for t in keywords if t.weight < 0),
+    ).checked()
+    words = _words(request, terms, filters)
     stored: dict[int, np.ndarray] = {}
     for term in terms:
         if term.kind == "id" and int(term.value) not in stored:
@@ -100,21 +114,41 @@ def plan(store: Store, request: SearchRequest) -> Plan:
     needs_model = any(t.kind == "image" or (t.kind == "text" and t.value not in texts) for t in terms)
     return Plan(
         target=target,
-        request=replace(request, filters=filters.replace(exclude=tuple(stored))),
+        request=replace(request, terms=terms, filters=filters.replace(exclude=tuple(stored))),
         stored=stored,
-        ef_search=request.ef_search if request.ef_search is not None else tuning.ef_search_for(tuned),
+        # A query with text in it gets text queries' own tuned ef_search: they sit far from the images (tuning.py).
+        ef_search=request.ef_search
+        if request.ef_search is not None
+        else tuning.ef_search_for(tuned, text=any(t.kind == "text" for t in terms)),
         texts=texts,
         weights=store.models.model_record(target.model_name, target.pretrained) if needs_model else None,
+        words=words,
     )
+
+
+def _words(request: SearchRequest, terms: tuple, filters: Filters) -> str | None:  # type: ignore[type-arg]
+    """What a keyword ranking ranks by: the kw: words when the query has nothing else, and with --hybrid its
+    added texts too; None when the vector alone ranks."""
+    if not terms:
+        return " ".join(filters.keywords)
+    if request.hybrid:
+        texts = [t.value for t in terms if t.kind == "text" and t.weight > 0]
+        return " ".join([*texts, *filters.keywords]) or None
+    return None
 
 
 def nearest(store: Store, plan: Plan, query: np.ndarray) -> list[SearchResult]:
     """The plan's results for the query vector from query_vector(); caches the texts it embedded first."""
     if plan.fresh:
-        # A replica or a role that may not write still searches; the text is embedded again next time.
-        with suppress(psycopg.errors.ReadOnlySqlTransaction, psycopg.errors.InsufficientPrivilege):
+        # A replica, a role that may not write (only the owner writes the cache) or a full disk: the search still
+        # answers; the text is embedded again next time.
+        with suppress(
+            psycopg.errors.ReadOnlySqlTransaction, psycopg.errors.InsufficientPrivilege, psycopg.errors.DiskFull
+        ):
             store.search.cache_texts(plan.target.model_id, plan.fresh)
     request = plan.request
+    if plan.words is not None:
+        return _ranked(store, plan, query if len(query) else None)
     hits = store.search.nearest(
         plan.target,
         query,
@@ -136,10 +170,41 @@ def nearest(store: Store, plan: Plan, query: np.ndarray) -> list[SearchResult]:
         scored = [(h, r) for h, r in scored if r is not None and r >= request.min_relevance]
     if request.sort == "date":
         scored = sorted(scored, key=lambda pair: pair[0].date, reverse=True)
+    # kw: conditions hold for every result: their words are what each matched.
+    words = " ".join(request.filters.keywords) if scored else ""
+    matched = tuple(dict.fromkeys(store.keywords.lexemes(words))) if words else ()
     return [
-        SearchResult(rank, hit.score, hit.image_id, hit.path, hit.date, rel, hit.others)
+        SearchResult(rank, hit.score, hit.image_id, hit.path, hit.date, rel, hit.others, matched=matched)
         for rank, (hit, rel) in enumerate(scored, start=request.offset + 1)
     ]
+
+
+def _ranked(store: Store, plan: Plan, query: np.ndarray | None) -> list[SearchResult]:
+    """Keywords alone (score: ts_rank_cd), or fused with the vector (score: cosine similarity)."""
+    request = plan.request
+    assert plan.words is not None
+    hits = store.keywords.ranked(
+        plan.target, query, plan.words, request.limit, request.offset, request.filters, plan.ef_search
+    )
+    base = relevance.baseline(store, plan.target, query, request.metric) if query is not None else None
+    results = []
+    for h in hits:
+        score = h.score if query is not None else h.keyword_score
+        rel = base.relevance(h.score) if base is not None and h.score is not None else None
+        if query is not None and request.min_score is not None and (h.score is None or h.score < request.min_score):
+            continue
+        if request.min_relevance is not None and (rel is None or rel < request.min_relevance):
+            continue
+        results.append((h, score or 0.0, rel))
+    if request.sort == "date":
+        results.sort(key=lambda r: r[0].date, reverse=True)
+    return [
+        SearchResult(
+            rank, score, h.image_id, h.path, h.date, rel,
+            vector_rank=h.vector_rank, keyword_rank=h.keyword_rank, keyword_score=h.keyword_score, matched=h.matched,
+        )
+        for rank, (h, score, rel) in enumerate(results, start=request.offset + 1)
+    ]  # fmt: skip
 
 
 def _checked(store: Store, target: Collection, filters: Filters) -> Filters:
@@ -168,6 +233,8 @@ def query_vector(plan: Plan) -> np.ndarray:
         load_model(plan)
     vectors: list[np.ndarray] = []
     terms = plan.request.terms
+    if not terms:  # keywords alone: no vector
+        return np.zeros(0, dtype=np.float32)
     texts = sorted({t.value for t in terms if t.kind == "text"} - plan.texts.keys())
     if texts:
         # Rounded as the cache stores them (halfvec), so a first query and its repeats give the same results.

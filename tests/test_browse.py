@@ -175,8 +175,8 @@ def _login(url: str, role: str, password: str) -> str:
 
 def test_an_api_served_as_a_writer_role_browses(store: Store, database_url: str, dated: dict[str, datetime]) -> None:
     role = f"browse_writer_{os.getpid()}"
-    grant_writer(store, role, "pw")
-    client = TestClient(create_app(_login(database_url, role, "pw")), base_url="http://localhost")
+    grant_writer(store, role, "writer-login-pw")
+    client = TestClient(create_app(_login(database_url, role, "writer-login-pw")), base_url="http://localhost")
     # Every filter at once: each one's condition reads its own table (attributes, DICOM codes) as this role.
     every = {"format": "png", "camera": "x", "path": "*", "attr": "k=v", "modality": "CT", "body_part": "HEAD"}
     every |= {"min_width": 1, "min_height": 1, "after": "2001-01-01T00:00:00", "before": "2100-01-01T00:00:00"}

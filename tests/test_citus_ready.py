@@ -8,7 +8,13 @@ columns of co-located tables; a distributed table may reference a reference tabl
 
 from __future__ import annotations
 
-from imagedb.store import Store
+from datetime import datetime, timedelta
+
+import numpy as np
+
+from imagedb.store import ImageRecord, Store
+
+from helpers import fill_synthetic
 
 # The design in docs/scaling.md: the image tables are distributed by image id (co-located, so the joins of a search
 # stay on each shard), the small tables are reference tables copied to every node.
@@ -20,6 +26,7 @@ DISTRIBUTED = {
     "watch_hits": "image_id",
     "relevance_samples": "image_id",
     "dicom_images": "image_id",
+    "image_words": "image_id",
 }
 REFERENCE = {
     "embedding_models",
@@ -32,14 +39,13 @@ REFERENCE = {
     "dicom_secret",
     "collection_models",
     "text_embeddings",
+    "ingest_claims",
+    "forgotten",
 }
 
-# What remains before `create_distributed_table` works; docs/scaling.md lists the same, with the way out of each.
-KNOWN_REMAINING = {
-    "images: unique images_collection_id_path_key (collection_id, path) lacks id",
-    "duplicate_groups: foreign key duplicate_groups_matched_image_id_fkey (matched_image_id) -> images(id)"
-    " is not on the distribution column",
-}
+# Migration 0016 removed the last two (images' unique path key, duplicate_groups.matched_image_id's foreign key);
+# tests/test_citus.py distributes the schema on a real cluster.
+KNOWN_REMAINING: set[str] = set()
 
 
 def _columns(store: Store, table_oid: int, attnums: list[int]) -> list[str]:
@@ -94,7 +100,7 @@ def test_every_table_has_a_place_in_the_distribution_design(store: Store) -> Non
 
 
 def test_unique_and_foreign_keys_include_the_distribution_column(store: Store) -> None:
-    # Exactly the known remainder: a new violation fails, and so does fixing one without updating the list.
+    # None: a new violation fails.
     assert violations(store) == KNOWN_REMAINING
 
 
@@ -117,3 +123,48 @@ def test_watch_hits_still_ignores_a_second_hit_of_the_same_watch_and_image(store
             "INSERT INTO watch_hits (watch_id, image_id, distance) VALUES (1, 1, 3) ON CONFLICT DO NOTHING"
         )
     assert store.conn.execute("SELECT count(*), min(id) FROM watch_hits").fetchone() == (1, 1)
+
+
+def test_the_design_here_is_the_one_imagedb_db_distribute_applies() -> None:
+    from imagedb.store import citus
+
+    assert dict.fromkeys([citus.DISTRIBUTED, *citus.COLOCATED]) == dict.fromkeys(DISTRIBUTED)
+    assert set(citus.REFERENCE) == REFERENCE
+
+
+def test_forget_takes_out_the_group_members_matched_through_a_forgotten_image(store: Store) -> None:
+    # duplicate_groups.matched_image_id has no foreign key now; forget does what its ON DELETE CASCADE did
+    store.conn.execute(
+        "INSERT INTO embedding_models (name, pretrained, dim) VALUES ('m', '', 2);"
+        " INSERT INTO collections (name, model_id) VALUES ('c', 1);"
+        " INSERT INTO images (collection_id, path, sha256, size_bytes, mtime, width, height, format)"
+        "  SELECT 1, '/' || n || '.jpg', 'x', 1, now(), 1, 1, 'JPEG' FROM generate_series(1, 3) n;"
+        " INSERT INTO duplicate_groups (collection_id, group_no, image_id, matched_image_id, rule)"
+        "  VALUES (1, 1, 1, NULL, 'first'), (1, 1, 2, 1, 'sha256'), (1, 1, 3, 2, 'sha256');"
+    )
+    assert store.admin.forget(1, ["1"])[0] == [1]
+    assert store.conn.execute("SELECT image_id FROM duplicate_groups ORDER BY 1").fetchall() == [(3,)]
+
+
+def test_a_changed_file_replaced_by_ingest_takes_out_the_members_matched_through_it(store: Store) -> None:
+
+    collection = fill_synthetic(store, 3, dim=4)
+    first, second = (r[0] for r in store.conn.execute("SELECT id FROM images ORDER BY id LIMIT 2").fetchall())
+    store.conn.execute(
+        "INSERT INTO duplicate_groups (collection_id, group_no, image_id, matched_image_id, rule)"
+        " VALUES (%s, 1, %s, NULL, 'first'), (%s, 1, %s, %s, 'sha256')",
+        (collection.id, first, collection.id, second, first),
+    )
+    path, mtime = store.conn.execute("SELECT path, mtime FROM images WHERE id = %s", (first,)).fetchone()  # type: ignore[misc]
+    assert path in store.images.file_states(collection.id)
+    record = _record(path, mtime + timedelta(seconds=1))
+    run_id = store.images.start_run(collection.id)
+    store.images.write_batch(collection.id, collection.model_id, run_id, [record], [np.ones(4, np.float32) / 2], [])
+    assert store.conn.execute("SELECT count(*) FROM duplicate_groups").fetchone() == (0,)
+
+
+def _record(path: str, mtime: datetime) -> ImageRecord:
+    return ImageRecord(
+        path=path, sha256="f" * 64, size_bytes=1, mtime=mtime, width=1, height=1, format="JPEG", taken_at=None,
+        camera_make=None, camera_model=None, orientation=None, exif={}, thumbnail=b"", thumbnail_size=(1, 1),
+    )  # fmt: skip

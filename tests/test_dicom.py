@@ -390,18 +390,18 @@ def test_a_reader_sees_dicom_catalog_and_nobody_else_the_secret(
     shutil.copyfile(Path(DATA_ROOT, "test_files", "CT_small.dcm"), tmp_path / "a.dcm")
     ingest(store, [tmp_path], collection="ct", model=ModelSpec.parse(tiny_model))
     reader, writer = f"dcm_reader_{os.getpid()}", f"dcm_writer_{os.getpid()}"
-    grant_reader(store, reader, "r-pass")
-    grant_writer(store, writer, "w-pass")
-    with psycopg.connect(_login(database_url, reader, "r-pass"), autocommit=True) as conn:
+    grant_reader(store, reader, "reader-pass-393")
+    grant_writer(store, writer, "writer-pass-394")
+    with psycopg.connect(_login(database_url, reader, "reader-pass-393"), autocommit=True) as conn:
         assert conn.execute("SELECT modality, series_images FROM dicom_catalog").fetchall() == [("CT", 1)]
-        # The tables are in imagedb_internal, which a reader may not use (migration 0015).
+        # The tables are in imagedb_internal, which a reader may not use (migration 0014).
         secret, images = "SELECT * FROM imagedb_internal.dicom_secret", "SELECT * FROM imagedb_internal.dicom_images"
         for statement in (secret, images, "SELECT imagedb_uid_hash('1')"):
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 conn.execute(statement)
     # A writer ingests DICOM (its UIDs hashed through the owner's function) but cannot read the key.
     shutil.copyfile(Path(DATA_ROOT, "test_files", "MR_small.dcm"), tmp_path / "b.dcm")
-    with open_connection(_login(database_url, writer, "w-pass")) as conn:
+    with open_connection(_login(database_url, writer, "writer-pass-394")) as conn:
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             conn.execute("SELECT * FROM dicom_secret")
         summary = ingest(Store(conn), [tmp_path], collection="ct")

@@ -118,8 +118,9 @@ def test_watch_list_catches_flipped_and_turned_copies_and_notifies(
     listener.close()
     hits = store.dupes.watch_hits()
     assert {Path(h["path"]).name for h in hits} == {"astronaut.jpg", "mirrored.jpg", "turned.png"}
-    assert {p["image_id"] for p in payloads} == {h["image_id"] for h in hits[1:]}
-    assert all(p["watch_id"] == watch_id and 0 <= p["distance"] <= 8 for p in payloads)
+    assert [set(p) for p in payloads] == [{"hit_id"}] * 2  # the id alone: a listener reads the hit (watch_feed.py)
+    assert {p["hit_id"] for p in payloads} == {h["id"] for h in hits[1:]}
+    assert all(h["watch_id"] == watch_id and 0 <= h["distance"] <= 8 for h in hits)
     assert store.dupes.watches()[0]["hits"] == 3
 
 

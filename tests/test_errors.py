@@ -23,6 +23,7 @@ from imagedb.errors import (
     DatabaseUnavailable,
     ImagedbError,
     InvalidInput,
+    LockTimeout,
     ModelMismatch,
     ModelUnavailable,
     NotFound,
@@ -30,7 +31,9 @@ from imagedb.errors import (
     ReadOnlyReplica,
     SchemaOutOfDate,
 )
+from imagedb.pg.diskspace import DiskFull
 from imagedb.provenance import CheckpointChanged
+from imagedb.request import ParamError
 
 # The mapping as it was before it moved onto the classes (the CLI's `_mapped`, `serve`'s `Refused`, the API's
 # `_STATUS`): bad usage exits with 2, the rest with 1; a status where one was named, else 400.
@@ -44,10 +47,13 @@ EXPECTED: dict[type[ImagedbError], tuple[int, int]] = {
     ConcurrentChange: (1, 409),
     NotFound: (1, 404),
     InvalidInput: (2, 400),
+    ParamError: (2, 400),  # a bad search field, named as the surface that received it
     ReadOnlyReplica: (1, 400),
     NotReady: (1, 400),
     OriginalChanged: (1, 409),
     CannotListen: (1, 400),
+    DiskFull: (1, 507),
+    LockTimeout: (1, 503),  # another session holds a lock the command needs (pg/limits.py)
 }
 
 

@@ -51,14 +51,14 @@ def test_watch_add_first(fresh_home: Path, photos: Path) -> None:
 
 @pytest.mark.slow
 def test_grant_reader_first(fresh_home: Path) -> None:
-    _run("grant-reader", "first_bi", "--password", "pw-1")
+    _run("grant-reader", "first_bi", "--password", "first-bi-pw-1")
     grants = _read(fresh_home, "SELECT table_name FROM information_schema.role_table_grants WHERE grantee = 'first_bi'")
     assert ("image_catalog",) in grants
 
 
 @pytest.mark.slow
 def test_grant_writer_first(fresh_home: Path) -> None:
-    _run("grant-writer", "first_writer", "--password", "pw-2")
+    _run("grant-writer", "first_writer", "--password", "first-writer-pw-2")
     assert _read(fresh_home, "SELECT rolname FROM pg_roles WHERE rolname = 'first_writer'") == [("first_writer",)]
 
 

@@ -170,13 +170,13 @@ def test_a_role_short_of_connections_still_ingests_everything(
     from imagedb.roles import grant_writer
 
     role = f"limited_{limit}_{os.getpid()}"
-    grant_writer(store, role, "pw")
+    grant_writer(store, role, "writer-login-pw")
     store.conn.execute(sql.SQL("ALTER ROLE {} CONNECTION LIMIT {}").format(sql.Identifier(role), sql.Literal(limit)))
     first = tmp_path / "first"
     first.mkdir()
     shutil.move(photos / "astronaut.jpg", first / "astronaut.jpg")
     ingest(store, [first], collection="limited", model=ModelSpec.parse(tiny_model))  # the owner creates it
-    writer = Store(open_connection(_login(database_url, role, "pw")))
+    writer = Store(open_connection(_login(database_url, role, "writer-login-pw")))
     summary = ingest(writer, [photos], collection="limited", batch_size=2)
     writer.close()
     assert (summary.added + summary.reused, summary.failed) == (11, 0)

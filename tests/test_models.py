@@ -462,7 +462,7 @@ def test_models_add_refuses_the_search_model_and_a_weightless_spec(
 def test_the_migration_keeps_existing_collections_and_their_writers(server_url: str, tmp_path: Path) -> None:
     """A database at the revision before (dicom) with a collection and a writer role: after the upgrade the
     collection holds its model,
-    runs name it, the writer may read the registry and write the text cache; and the downgrade undoes it all."""
+    runs name it, the writer may read the registry and the text cache; and the downgrade undoes it all."""
     from alembic import command
     from sqlalchemy import create_engine
 
@@ -504,7 +504,8 @@ def test_the_migration_keeps_existing_collections_and_their_writers(server_url: 
                 " AND table_name IN ('collection_models', 'text_embeddings') ORDER BY 1, 2",
                 (role,),
             ).fetchall()
-            assert ("collection_models", "SELECT") in grants and ("text_embeddings", "INSERT") in grants
+            assert ("collection_models", "SELECT") in grants and ("text_embeddings", "SELECT") in grants
+            assert ("text_embeddings", "INSERT") not in grants  # the cache is the owner's alone (migration 0013)
         migrate(command.downgrade, "dicom")
         with psycopg.connect(url, autocommit=True) as conn:
             assert conn.execute("SELECT to_regclass('collection_models')").fetchone()[0] is None

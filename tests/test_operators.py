@@ -93,9 +93,9 @@ def test_bi_login_over_tcp_needs_its_password_and_the_superuser_is_refused(liste
     port = _free_port()
     result = _run(listening_home, "db", "listen", f"127.0.0.1:{port}")
     assert result.exit_code == 0, result.output
-    assert _run(listening_home, "grant-reader", "bi_reader", "--password", "s3cret pw").exit_code == 0
-    url = _run(listening_home, "db", "url", "--role", "bi_reader", "--password", "s3cret pw").output.strip()
-    assert url == f"postgresql://bi_reader:s3cret%20pw@127.0.0.1:{port}/imagedb"
+    assert _run(listening_home, "grant-reader", "bi_reader", "--password", "s3cret pw of a BI").exit_code == 0
+    url = _run(listening_home, "db", "url", "--role", "bi_reader", "--password", "s3cret pw of a BI").output.strip()
+    assert url == f"postgresql://bi_reader:s3cret%20pw%20of%20a%20BI@127.0.0.1:{port}/imagedb"
     assert _run(listening_home, "db", "url", "--role", "bi_reader").output.strip() == (
         f"postgresql://bi_reader@127.0.0.1:{port}/imagedb"
     )
@@ -108,7 +108,7 @@ def test_bi_login_over_tcp_needs_its_password_and_the_superuser_is_refused(liste
     # Every later start honours the setting, and the socket URL names the moved socket's port.
     stop_embedded(listening_home)
     assert f"port={port}" in embedded_url(listening_home)
-    with _tcp("127.0.0.1", port, "bi_reader", "s3cret pw") as conn:
+    with _tcp("127.0.0.1", port, "bi_reader", "s3cret pw of a BI") as conn:
         assert conn.execute("SELECT current_user").fetchone() == ("bi_reader",)
     # Listening twice on the same address is a no-op, not an "address in use".
     assert _run(listening_home, "db", "listen", f"127.0.0.1:{port}").exit_code == 0
@@ -116,7 +116,7 @@ def test_bi_login_over_tcp_needs_its_password_and_the_superuser_is_refused(liste
     # Off again: TCP closes, the socket keeps working.
     assert _run(listening_home, "db", "listen", "--off").exit_code == 0
     with pytest.raises(psycopg.OperationalError):
-        _tcp("127.0.0.1", port, "bi_reader", "s3cret pw")
+        _tcp("127.0.0.1", port, "bi_reader", "s3cret pw of a BI")
     assert "listens on its Unix socket only" in _run(listening_home, "db", "url", "--role", "x").output
     assert _run(listening_home, "db", "info").exit_code == 0
 
@@ -187,14 +187,14 @@ def test_listening_beyond_loopback_requires_tls(listening_home: Path) -> None:
             assert result.exit_code == 2 and "built without TLS" in result.output, result.output
         assert load_listen(listening_home) == before
         with pytest.raises(psycopg.OperationalError):
-            _tcp(address, port, "bi_reader", "s3cret pw", sslmode="disable")
+            _tcp(address, port, "bi_reader", "s3cret pw of a BI", sslmode="disable")
         pytest.skip("the bundled PostgreSQL has no TLS: listening beyond loopback is refused (checked above)")
     result = _run(listening_home, "db", "listen", f"0.0.0.0:{port}")
     assert result.exit_code == 0, result.output
     assert (listening_home / "pgdata" / "server.crt").exists()
     with pytest.raises(psycopg.OperationalError, match="no encryption"):
-        _tcp(address, port, "bi_reader", "s3cret pw", sslmode="disable")
-    with _tcp(address, port, "bi_reader", "s3cret pw", sslmode="require") as conn:
+        _tcp(address, port, "bi_reader", "s3cret pw of a BI", sslmode="disable")
+    with _tcp(address, port, "bi_reader", "s3cret pw of a BI", sslmode="require") as conn:
         assert conn.info.pgconn.ssl_in_use
     with pytest.raises(psycopg.OperationalError, match="rejects connection"):
         _tcp(address, port, "postgres", _owner_password(listening_home), sslmode="require")
@@ -203,7 +203,7 @@ def test_listening_beyond_loopback_requires_tls(listening_home: Path) -> None:
     # Off again: TCP closes, the socket keeps working.
     assert _run(listening_home, "db", "listen", "--off").exit_code == 0
     with pytest.raises(psycopg.OperationalError):
-        _tcp("127.0.0.1", port, "bi_reader", "s3cret pw")
+        _tcp("127.0.0.1", port, "bi_reader", "s3cret pw of a BI")
     assert "listens on its Unix socket only" in _run(listening_home, "db", "url", "--role", "x").output
 
 
@@ -236,9 +236,9 @@ def test_every_command_declares_where_its_database_work_goes() -> None:
     reads = {name for name, declared in access.items() if declared == "read"}
     assert writes == {
         "ingest", "tag", "forget", "dupes", "watch add", "grant-reader", "grant-writer", "db reindex", "models add",
-        "models use", "models drop",
+        "models use", "models drop", "unforget", "db repair", "db distribute", "keywords refresh",
     }  # fmt: skip
-    assert reads == {"search", "watch list", "watch hits", "db info", "db check", "models list"}
+    assert reads == {"search", "watch list", "watch hits", "db info", "db check", "models list", "keywords status"}
     assert len(access) > len(writes) + len(reads)  # the others ("none", e.g. db dump) use the database as given
 
 
@@ -306,7 +306,7 @@ def test_a_replica_follows_its_primary_to_a_new_port(primary: Path, tmp_path: Pa
     try:
         port = _free_port()
         assert _run(primary, "db", "listen", f"127.0.0.1:{port}").exit_code == 0
-        assert _run(primary, "grant-reader", "moved_reader", "--password", "pw").exit_code == 0
+        assert _run(primary, "grant-reader", "moved_reader", "--password", "moved-reader-pw").exit_code == 0
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and "moved_reader" not in _roles(folder):
             time.sleep(0.1)

@@ -52,7 +52,7 @@ def test_reader_sees_the_bi_views_and_nothing_else(
         conn.execute("SELECT * FROM duplicate_report")
         for table in ("images", "embeddings", "thumbnails", "watch_hits", "ingest_errors"):
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
-                conn.execute(f"SELECT * FROM imagedb_internal.{table} LIMIT 1")  # its schema since migration 0015
+                conn.execute(f"SELECT * FROM imagedb_internal.{table} LIMIT 1")  # its schema since migration 0014
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             conn.execute("CREATE TABLE mine (x int)")
 

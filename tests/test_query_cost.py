@@ -5,19 +5,24 @@ read or embedded, in one line: exit 2 in the CLI, 400 in the API."""
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
 from fastapi.testclient import TestClient
+from PIL import Image
 
 from imagedb import embed
 from imagedb.api import create_app
 from imagedb.cli import main
 from imagedb.embed import ModelSpec
 from imagedb.errors import InvalidInput
+from imagedb.ingest import ingest
 from imagedb.request import MAX_IMAGE_TERMS, MAX_TERMS, MAX_TEXT_TERMS, SearchRequest, Term
+from imagedb.search import search
+from imagedb.store import Store
 
 
 def _texts(n: int) -> list[str]:
@@ -83,3 +88,28 @@ def test_texts_are_embedded_in_one_batch(tiny_model: str) -> None:
     batch = embedder.encode_texts(texts)
     single = np.stack([embedder.encode_texts([t])[0] for t in texts])
     assert np.allclose(batch, single, atol=1e-4)
+
+
+def test_the_text_count_is_what_the_model_embeds(
+    store: Store, tmp_path: Path, tiny_model: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Texts are embedded by their exact spelling, one row each: "Cat" and "cat" are two rows of the batch (a
+    case-sensitive tokenizer would give them different vectors), so they count as two; a repeat counts once, as it
+    is embedded once. The count refused is the count the model would have been given."""
+    Image.new("RGB", (32, 32), (9, 9, 9)).save(tmp_path / "a.png")
+    ingest(store, [tmp_path], model=ModelSpec.parse(tiny_model))
+    given: list[list[str]] = []
+    original = embed.Embedder.encode_texts
+
+    def counted(self: embed.Embedder, texts: Sequence[str]) -> np.ndarray:
+        given.append(list(texts))
+        return original(self, texts)
+
+    monkeypatch.setattr(embed.Embedder, "encode_texts", counted)
+    variants = ["cat", "Cat", "CAT", "cAt", "caT", "CAt", "cAT", "CaT"][:MAX_TEXT_TERMS]
+    terms = [Term("text", v, 1.0) for v in variants * 2]  # each twice
+    search(store, SearchRequest(terms, limit=1))
+    assert [sorted(batch) for batch in given] == [sorted(set(variants))]  # one batch, each spelling once
+    with pytest.raises(InvalidInput, match=f"{len(variants) + 1} different texts"):
+        search(store, SearchRequest([*terms, Term("text", "cats", 1.0)], limit=1))
+    assert len(given) == 1  # refused before the model

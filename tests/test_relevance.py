@@ -169,13 +169,13 @@ def test_db_check_recall_tune_and_db_info_on_the_server(cli, store: Store) -> No
     checked = cli("db", "check", "--recall", "-c", "synthetic", "--queries", "20")
     assert checked.exit_code == 0, checked.output
     lines = checked.output.splitlines()
-    assert "recall of synthetic (2000 images, 20 stored images as queries):" in lines
+    assert "recall of synthetic (2000 images), image queries (20 made from stored images):" in lines
     assert re.search(r"^\s+100\s+\d\.\d{3}\s+\d+\.\d{2}  <- searches use this$", checked.output, re.M)
     assert "recall@10" in cli("db", "info").output and "at ef_search 100" in cli("db", "info").output
 
     tuned = cli("tune", "-c", "synthetic", "--target-recall", "0.9", "--queries", "20")
     assert tuned.exit_code == 0, tuned.output
-    ef = int(re.search(r"synthetic: ef_search (\d+) \(recall@10 (\S+) >= 0.9", tuned.output).group(1))
+    ef = int(re.search(r"synthetic: image queries: ef_search (\d+) \(recall@10 (\S+) >= 0.9", tuned.output).group(1))
     assert f"ef_search {ef}; recall@10" in cli("db", "info").output
     assert cli("tune", "-c", "synthetic", "--target-recall", "0").exit_code == 2
     assert cli("tune", "-c", "nope").exit_code != 0 and "no collection named 'nope'" in cli("tune", "-c", "nope").output

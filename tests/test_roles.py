@@ -74,8 +74,8 @@ def test_the_owner_password_lives_in_a_private_file_not_in_the_url(server_url: s
 
 def test_a_writer_cannot_touch_schema_bookkeeping(store: Store, database_url: str) -> None:
     role = f"writer_{os.getpid()}"
-    grant_writer(store, role, "pw")
-    with psycopg.connect(_login(database_url, role, "pw"), autocommit=True) as conn:
+    grant_writer(store, role, "writer-login-pw")
+    with psycopg.connect(_login(database_url, role, "writer-login-pw"), autocommit=True) as conn:
         assert conn.execute("SELECT version_num FROM alembic_version").fetchone()[0] == head_revision()
         for statement in (
             "UPDATE alembic_version SET version_num = 'x'",
@@ -146,7 +146,8 @@ def test_forget_full_leaves_no_bytes_in_the_table_files(
         assert "images" in _files_hold(admin, ["images"], needle)  # the test can see it when it is there
         done = forget(store, "default", [target.name], full=True)
         assert len(done.ids) == 1 and done.unvacuumed == []
-        assert _files_hold(admin, ["images", "ingest_errors", "duplicate_groups", "watch_hits"], needle) == []
+        tables = ["images", "ingest_errors", "duplicate_groups", "watch_hits", "forgotten", "ingest_claims"]
+        assert _files_hold(admin, tables, needle) == []
 
 
 def test_forget_by_a_role_that_may_not_vacuum_says_so(
@@ -154,8 +155,8 @@ def test_forget_by_a_role_that_may_not_vacuum_says_so(
 ) -> None:
     ingest(store, [photos], model=ModelSpec.parse(tiny_model))
     role = f"forgetter_{os.getpid()}"
-    grant_writer(store, role, "pw")
-    writer_url = _login(database_url, role, "pw")
+    grant_writer(store, role, "writer-login-pw")
+    writer_url = _login(database_url, role, "writer-login-pw")
     writer = Store(open_connection(writer_url))
     try:  # a writer may VACUUM what forget touches (PostgreSQL 17's MAINTAIN privilege)
         assert forget(writer, "default", ["rocket.jpg"]).unvacuumed == []
@@ -175,7 +176,7 @@ def test_grant_refuses_the_owner(store: Store) -> None:
 
     for grant in (grant_reader, grant_writer):
         with pytest.raises(InvalidInput, match="superuser or the role imagedb runs as"):
-            grant(store, "postgres", "x")
+            grant(store, "postgres", "long enough to pass")
     assert store.conn.execute("SELECT 1").fetchone() == (1,)
 
 
@@ -184,8 +185,8 @@ def test_a_writer_asking_for_a_new_collection_is_told_who_can(
 ) -> None:
     ingest(store, [photos / "coffee.jpg"], model=ModelSpec.parse(tiny_model))
     role = f"newcoll_{os.getpid()}"
-    grant_writer(store, role, "pw")
-    monkeypatch.setenv("IMAGEDB_DATABASE_URL", _login(database_url, role, "pw"))
+    grant_writer(store, role, "writer-login-pw")
+    monkeypatch.setenv("IMAGEDB_DATABASE_URL", _login(database_url, role, "writer-login-pw"))
     result = CliRunner().invoke(main, ["ingest", str(photos / "rocket.jpg"), "-c", "brand-new", "-m", tiny_model])
     assert result.exit_code == 1 and "this role may not create one" in result.output, result.output
     assert [line for line in result.output.splitlines() if line.startswith("Error")] == result.output.splitlines()[-1:]

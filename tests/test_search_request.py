@@ -43,6 +43,9 @@ SAMPLES: dict[str, tuple[str, Any, set[str]]] = {
     "attributes": ("group=a", (("group", "a"),), {"beach.jpg", "hill.jpg"}),
     "modality": ("ct", "ct", {"beach.jpg"}),
     "body_part": ("chest", "chest", {"city.jpg"}),
+    # the words of file names and folders (docs/keywords.md)
+    "keywords": ("holidays", ("holidays",), {"beach.jpg", "hill.jpg"}),
+    "not_keywords": ("holidays", ("holidays",), {"city.jpg", "drawing.png"}),
 }
 EVERYTHING = {"beach.jpg", "hill.jpg", "city.jpg", "drawing.png"}
 

@@ -191,15 +191,15 @@ def service_home() -> Iterator[Path]:
 def test_a_bi_connection_works_again_after_db_start_alone(service_home: Path) -> None:
     port = _free_port()
     assert _run(service_home, "db", "listen", f"127.0.0.1:{port}").exit_code == 0
-    assert _run(service_home, "grant-reader", "bi_after_reboot", "--password", "pw").exit_code == 0
-    with _tcp("127.0.0.1", port, "bi_after_reboot", "pw") as conn:
+    assert _run(service_home, "grant-reader", "bi_after_reboot", "--password", "bi-login-pw-1").exit_code == 0
+    with _tcp("127.0.0.1", port, "bi_after_reboot", "bi-login-pw-1") as conn:
         assert conn.execute("SELECT count(*) FROM image_catalog").fetchone() == (0,)
     assert _run(service_home, "db", "stop").output == "embedded server stopped\n"
     with pytest.raises(psycopg.OperationalError):
-        _tcp("127.0.0.1", port, "bi_after_reboot", "pw")
+        _tcp("127.0.0.1", port, "bi_after_reboot", "bi-login-pw-1")
     started = _run(service_home, "db", "start")
     assert started.exit_code == 0 and f"TCP 127.0.0.1:{port}" in started.output, started.output
-    with _tcp("127.0.0.1", port, "bi_after_reboot", "pw") as conn:
+    with _tcp("127.0.0.1", port, "bi_after_reboot", "bi-login-pw-1") as conn:
         assert conn.execute("SELECT count(*) FROM image_catalog").fetchone() == (0,)
     status = _run(service_home, "db", "status")
     assert status.exit_code == 0 and f"TCP 127.0.0.1:{port}" in status.output
@@ -267,10 +267,10 @@ def test_a_replica_reports_its_receiver_truthfully_to_a_bi_role(primary: Path, s
     folder = server_folder / "replica"
     assert _run(primary, "db", "replica", "create", str(folder)).exit_code == 0
     try:
-        assert _run(primary, "grant-reader", "replica_bi", "--password", "pw").exit_code == 0
+        assert _run(primary, "grant-reader", "replica_bi", "--password", "bi-login-pw-1").exit_code == 0
         port = _free_port()
         assert _run(folder, "db", "listen", f"127.0.0.1:{port}").exit_code == 0
-        url = f"postgresql://replica_bi:pw@127.0.0.1:{port}/imagedb"
+        url = f"postgresql://replica_bi:bi-login-pw-1@127.0.0.1:{port}/imagedb"
         deadline = time.monotonic() + 60
         while True:  # the role comes over from the primary
             try:
@@ -353,3 +353,14 @@ def test_a_home_pg_ctl_cannot_pass_through_its_shell_is_refused_before_anything_
     result = _run(home, "db", "start")
     assert result.exit_code == 2 and "cannot pass through its shell" in result.output, result.output
     assert "Traceback" not in result.output and not home.exists()
+
+
+def test_user_and_system_together_are_refused(tmp_path: Path) -> None:
+    """Both were accepted, the last one winning: a unit for the other manager than the one asked for."""
+    for flags in (["--user", "--system"], ["--system", "--user"]):
+        result = _run(tmp_path / "home", "db", "service", *flags, "--install")
+        assert result.exit_code == 2, result.output
+        assert "--user and --system cannot be used together" in result.output
+    assert not (tmp_path / "home").exists()
+    user = _unit(_run(tmp_path / "home", "db", "service", "--user").output)
+    assert user["WantedBy"] == "default.target"

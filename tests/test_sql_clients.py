@@ -79,7 +79,7 @@ def test_the_psql_recipe_runs_for_a_reader(reader_url: str) -> None:
                              text=True, timeout=60)  # fmt: skip
     assert similar.returncode == 0, similar.stderr
     assert "(10 rows)" in similar.stdout
-    query = "SELECT embedding FROM imagedb_internal.embeddings LIMIT 1"  # the tables' schema (migration 0015)
+    query = "SELECT embedding FROM imagedb_internal.embeddings LIMIT 1"  # the tables' schema (migration 0014)
     vectors = subprocess.run(["bash", "-c", f'psql "$IMAGEDB_URL" -c "{query}"'],
                              env=env, capture_output=True, text=True, timeout=60)  # fmt: skip
     assert vectors.returncode != 0 and "permission denied" in vectors.stderr

@@ -212,7 +212,7 @@ def test_every_view_column_and_imagedb_function_has_a_comment(store: Store) -> N
         "SELECT p.oid::regprocedure::text, obj_description(p.oid, 'pg_proc') FROM pg_proc p"
         " WHERE p.proname LIKE 'imagedb\\_%%' AND p.pronamespace = 'public'::regnamespace"
     ).fetchall()
-    assert len(functions) == 4 and [f for f, text in functions if not text] == []
+    assert len(functions) == 5 and [f for f, text in functions if not text] == []
     columns = store.conn.execute(
         "SELECT count(*) FROM pg_attribute WHERE attrelid = ANY(%s::regclass[]) AND attnum > 0", (list(VIEWS),)
     ).fetchone()[0]

@@ -80,6 +80,13 @@ def test_search_and_upload_in_the_browser(page_url: str, photos: Path, tmp_path:
 
         shot = Path(os.environ.get("IMAGEDB_SCREENSHOT", tmp_path / "results.png"))
         page.screenshot(path=str(shot))
+
+        # Words too: ranked by vector and keywords, each card shows the words it matched (docs/keywords.md).
+        page.check("#hybrid")
+        page.fill("#q", "coffee")
+        page.press("#q", "Enter")
+        expect(page.locator(".card .matched").first).to_have_text("coffee")
+        assert page.locator(".card .name").first.text_content() == "coffee.jpg"
         browser.close()
     assert blocked == []
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

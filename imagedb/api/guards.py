@@ -177,9 +177,9 @@ def token_matches(authorization: str | None, token: str) -> bool:
 
 
 class BearerToken:
-    """With a token, every /api request without it gets 401 before its body is read: FastAPI resolves a route's
-    dependencies (the token check in deps.py among them) only after it has read and spooled a multipart body, so
-    clients without the token could fill the disk with uploads that were refused afterwards."""
+    """With a token, every /api request (and /openapi.json) without it gets 401 before its body is read: FastAPI
+    resolves a route's dependencies (the token check in deps.py among them) only after it has read and spooled a
+    multipart body, so clients without the token could fill the disk with uploads that were refused afterwards."""
 
     def __init__(self, app: ASGIApp, token: str) -> None:
         self.app = app
@@ -189,9 +189,7 @@ class BearerToken:
         if scope["type"] not in ("http", "websocket"):
             return await self.app(scope, receive, send)
         path: str = scope.get("path", "")
-        if (path == "/api" or path.startswith("/api/")) and not token_matches(
-            _header(scope, b"authorization"), self.token
-        ):
+        if _needs_token(path) and not token_matches(_header(scope, b"authorization"), self.token):
             return await send_json(
                 send,
                 401,
@@ -199,6 +197,12 @@ class BearerToken:
                 [(b"www-authenticate", b"Bearer")],
             )
         await self.app(scope, receive, send)
+
+
+def _needs_token(path: str) -> bool:
+    # The schema too: it lists every route and parameter, the registered filters included. The page and its
+    # static files are not the API: they hold no data and ask for the token themselves.
+    return path == "/api" or path.startswith("/api/") or path == "/openapi.json"
 
 
 class BodyTooLarge(Exception):

@@ -16,6 +16,8 @@ from psycopg_pool import PoolTimeout
 from imagedb.api.limits import POOL_TIMEOUT_S, RETRY_AFTER_S, SHOWN_INPUT_CHARS
 from imagedb.api.schemas import Problem
 from imagedb.errors import ImagedbError, ModelUnavailable
+from imagedb.pg.limits import LOCK_TIMEOUT_S
+from imagedb.request import ParamError, surface_name
 
 log = logging.getLogger("imagedb.api")
 
@@ -28,6 +30,8 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 async def library_error(request: Request, exc: ImagedbError) -> JSONResponse:
     status = exc.http_status
     detail = str(exc)
+    if isinstance(exc, ParamError):  # named as the client sent it: min_score, not the CLI's --min-score
+        detail = exc.named(lambda name: surface_name(name, "api"))
     if isinstance(exc, ModelUnavailable):  # its message names checkpoint paths and cache folders
         log.error("model unavailable: %s", exc, exc_info=exc)
         detail = "model unavailable: the server cannot load the collection's model (see the server's log)"
@@ -47,7 +51,11 @@ async def database_gone(request: Request, exc: psycopg.OperationalError) -> JSON
     # PoolTimeout is one too: no working connection within POOL_TIMEOUT_S. The full text (socket paths,
     # host names) goes to the log only.
     log.error("database unavailable: %s", exc, exc_info=exc)
+    if isinstance(exc, psycopg.errors.DiskFull):  # where, and how much is free, only in the log: a server path
+        return JSONResponse({"detail": "the database's disk is full: see the server's log"}, status_code=507)
     reason = f"no connection within {POOL_TIMEOUT_S:g} s" if isinstance(exc, PoolTimeout) else "the connection was lost"
+    if isinstance(exc, psycopg.errors.LockNotAvailable):  # lock_timeout (pg/limits.py): another session holds a table
+        reason = f"another session has held a table this request needs for {LOCK_TIMEOUT_S} s"
     return JSONResponse(
         {"detail": f"database unavailable: {reason}; retry in a few seconds"},
         status_code=503,

@@ -27,6 +27,12 @@ class SearchHit(BaseModel):
     path: str
     date: datetime
     thumbnail: str
+    # Why it matched, for keyword and hybrid rankings (docs/keywords.md): 1-based ranks among the vector candidates
+    # and the keyword matches (None: not among them), ts_rank_cd, and the query's words it holds.
+    vector_rank: int | None = None
+    keyword_rank: int | None = None
+    keyword_score: float | None = None
+    matched: list[str] = []
 
 
 class SearchResponse(BaseModel):

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import psycopg
 from fastapi import HTTPException
 from pgvector.psycopg import register_vector
 from psycopg_pool import ConnectionPool
@@ -22,8 +23,15 @@ from imagedb.api.limits import POOL_TIMEOUT_S
 from imagedb.errors import ImagedbError
 from imagedb.pg.connection import check_pooled, session_options
 from imagedb.pg.database import live_url, open_connection
+from imagedb.pg.limits import set_lock_timeout
 from imagedb.search import Plan, load_model, query_vector
 from imagedb.store import Store
+
+
+def _configure(conn: psycopg.Connection) -> None:
+    """A new pooled connection: the vector types, and lock waits that end (pg/limits.py), as the CLI's."""
+    register_vector(conn)
+    set_lock_timeout(conn)
 
 
 class Database:
@@ -42,7 +50,7 @@ class Database:
                 "autocommit": True,
                 "options": session_options(config.database_url(database_url) or ""),
             },
-            configure=register_vector,
+            configure=_configure,
             check=check_pooled,  # a connection broken by a restart, or from before a restore, is replaced
             timeout=POOL_TIMEOUT_S,
             reconnect_timeout=2 * POOL_TIMEOUT_S,  # give up a retry cycle soon: the next request starts a fresh one

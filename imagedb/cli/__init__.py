@@ -56,17 +56,20 @@ def main(ctx: click.Context, database_url: str | None, home: str | None, verbose
 
 # Each command group in a module of its own; imported here, after `main`, so that `imagedb --help` stays light.
 from imagedb.cli.config import config_group  # noqa: E402
-from imagedb.cli.curate import dupes, forget, tag, watch  # noqa: E402
+from imagedb.cli.curate import dupes, forget, tag, unforget, watch  # noqa: E402
 from imagedb.cli.db import db  # noqa: E402
 from imagedb.cli.ingest import ingest  # noqa: E402
+from imagedb.cli.keywords import keywords  # noqa: E402
 from imagedb.cli.models import models  # noqa: E402
 from imagedb.cli.roles import grant_reader, grant_writer  # noqa: E402
 from imagedb.cli.search import query_terms, search  # noqa: E402
 from imagedb.cli.serve import serve  # noqa: E402
 from imagedb.cli.tune import tune  # noqa: E402
 
-for command in (ingest, search, tag, dupes, watch, forget, grant_reader, grant_writer, serve, db, tune, models,
-                config_group):  # fmt: skip
+_COMMANDS = (ingest, search, tag, dupes, watch, forget, unforget, grant_reader, grant_writer, serve, db, tune, models)
+for command in (*_COMMANDS, config_group):
+    main.add_command(command)
+for command in (keywords,):
     main.add_command(command)
 
 __all__ = ["main", "query_terms"]

@@ -115,7 +115,10 @@ def dupes(
 
 @click.group(cls=Group)
 def watch() -> None:
-    """A watch list for copy detection: later ingests record and NOTIFY copies of watched images."""
+    """A watch list for copy detection: later ingests record and NOTIFY copies of watched images.
+
+    This watches images, not folders: to keep a collection in step with a folder, use `imagedb ingest --watch`.
+    """
 
 
 @watch.command("add", access="write")
@@ -174,6 +177,38 @@ def watch_hits(ctx: click.Context, watch_id: int | None, as_json: bool) -> None:
             )
 
 
+# "none": LISTEN needs the primary, where ingest raises the notifications (a replica refuses it), whatever
+# IMAGEDB_READ_DATABASE_URL says; it writes nothing.
+@watch.command("follow", access="none")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@click.option(
+    "--seconds", type=click.FloatRange(min=0.1), help="Stop after this many seconds [default: until interrupted]."
+)
+@click.pass_context
+def watch_follow(ctx: click.Context, as_json: bool, seconds: float | None) -> None:
+    """Print each new hit as ingests record it (LISTEN imagedb_watch).
+
+    A notification only names a hit's id, and is believed only when watch_hits holds that hit, recorded after this
+    command began: any login may send a notification on the channel, a reader's forged one is dropped.
+    """
+    import time
+
+    from imagedb.watch_feed import WatchFeed
+
+    with _store(ctx) as store:
+        feed = WatchFeed(store)
+        stop = None if seconds is None else time.monotonic() + seconds
+        while stop is None or (left := stop - time.monotonic()) > 0:
+            for r in feed.poll(1.0 if stop is None else min(1.0, left)):
+                if as_json:
+                    click.echo(json.dumps({**r, "found_at": iso(r["found_at"])}))
+                else:
+                    click.echo(
+                        f"watch {r['watch_id']} ({escape(r['label'] or '-')}): image {r['image_id']}"
+                        f" {escape(r['path'])}  distance {r['distance']}"
+                    )
+
+
 @click.command(cls=Command, access="write", short_help="Delete images and everything derived from them.")
 @click.argument("images", nargs=-1, required=True)
 @collection_option
@@ -183,12 +218,19 @@ def watch_hits(ctx: click.Context, watch_id: int | None, as_json: bool) -> None:
     is_flag=True,
     help="VACUUM FULL: rewrite the tables, so no free space in them keeps the old bytes (locks them meanwhile).",
 )
+@click.option(
+    "--content",
+    is_flag=True,
+    help="Also leave out the same bytes under any other name (keeps their SHA-256 in the forgotten table).",
+)
 @click.pass_context
-def forget(ctx: click.Context, images: tuple[str, ...], collection: str, yes: bool, full: bool) -> None:
+def forget(ctx: click.Context, images: tuple[str, ...], collection: str, yes: bool, full: bool, content: bool) -> None:
     """Delete IMAGES (ids, paths or file names) and everything derived from them, then VACUUM.
 
     That is their embeddings, hashes, thumbnails, duplicate-group and watch-hit rows, and the ingest errors of
-    their paths. The images are listed first, then you are asked (unless --yes).
+    their paths. The images are listed first, then you are asked (unless --yes). Later ingests leave their files
+    out (with --content, the same bytes under any name too) until `imagedb unforget`, or `imagedb ingest
+    --include-forgotten`.
     """
     from imagedb.collection import find_stored_images
     from imagedb.roles import forget as run_forget
@@ -202,11 +244,31 @@ def forget(ctx: click.Context, images: tuple[str, ...], collection: str, yes: bo
         if not yes:
             click.confirm("Forget them for good?", abort=True)
         # By path, which names exactly the images listed: a file name could match an image stored meanwhile.
-        done = run_forget(store, collection, [path for _, path in found], full=full)
-    click.echo(f"forgot {len(done.ids)} image(s)")
+        done = run_forget(store, collection, [path for _, path in found], full=full, by_content=content)
+    click.echo(f"forgot {len(done.ids)} image(s); ingest leaves them out until imagedb unforget")
     if done.unvacuumed:
         click.echo(
             f"warning: this role may not VACUUM {', '.join(done.unvacuumed)}: the deleted rows' bytes stay in"
             " those table files until the owner runs VACUUM on them",
             err=True,
         )
+
+
+@click.command(cls=Command, access="write", short_help="Let ingest store forgotten files again.")
+@click.argument("files", nargs=-1)
+@collection_option
+@click.option("--all", "everything", is_flag=True, help="Every forgotten file of the collection.")
+@click.pass_context
+def unforget(ctx: click.Context, files: tuple[str, ...], collection: str, everything: bool) -> None:
+    """Let the next ingest store FILES again (their paths, or content SHA-256s) that `imagedb forget` removed.
+
+    Nothing is stored by this command: run `imagedb ingest` afterwards. Forgotten paths are kept only as their
+    SHA-256, so give each path as it was ingested (a file name alone cannot be matched).
+    """
+    from imagedb.roles import unforget as run_unforget
+
+    if bool(files) == everything:
+        raise click.UsageError("give FILES or --all")
+    with _store(ctx) as store:
+        done = run_unforget(store, collection, None if everything else list(files))
+    click.echo(f"{done} file(s) no longer left out of collection {escape(collection)}")

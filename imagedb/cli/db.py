@@ -49,6 +49,7 @@ def url(ctx: click.Context, role: str | None, password: str | None) -> None:
 def info(ctx: click.Context) -> None:
     """Print server and pgvector versions, schema revision and per-collection counts."""
     from imagedb.cli.tune import info_lines
+    from imagedb.pg.limits import role_limit_lines
     from imagedb.pg.migrate import current_revision, head_revision
 
     with open_store(ctx) as store:
@@ -57,12 +58,13 @@ def info(ctx: click.Context) -> None:
         stats = store.admin.collection_stats()
         replication = replication_lines(store.conn) + tcp_lines(ctx)
         recall = {s["collection"]: info_lines(store, s["collection"], s["images"]) for s in stats}
+        limits = role_limit_lines(store.conn)
     click.echo(f"server: PostgreSQL {server}, pgvector {pgvector}")
     head = head_revision()
     # "revision upgrade" alone read as "needs an upgrade": the revision names are words.
     state = "up to date" if revision == head else f"behind, imagedb needs revision {head}: imagedb db upgrade"
     click.echo(f"schema: {state} (revision {revision})")
-    for line in replication:
+    for line in replication + [escape(line) for line in limits]:
         click.echo(line)
     if not stats:
         click.echo("collections: none yet (imagedb ingest PATH)")
@@ -70,7 +72,7 @@ def info(ctx: click.Context) -> None:
         model = f"{s['model']}:{s['pretrained']}" if s["pretrained"] else s["model"]
         click.echo(
             f"collection {escape(s['collection'])}: {s['images']} images, {s['embeddings']} embeddings,"
-            f" {s['errors']} ingest errors; model {model} (dim {s['dim']})"
+            f" {s['errors']} ingest errors, {s['excluded']} forgotten file(s) left out; model {model} (dim {s['dim']})"
         )
         for line in recall[s["collection"]]:
             click.echo(line)
@@ -180,14 +182,15 @@ def _given(ctx: click.Context, name: str) -> bool:
     default=100,
     show_default=True,
     type=click.IntRange(1, 10_000),
-    help="With --recall: stored images used as queries (each needs one exact scan).",
+    help="With --recall: queries of each kind, image and text (each needs one exact scan).",
 )
 @click.pass_context
 def check(ctx: click.Context, recall: bool, collection: str, queries: int) -> None:
     """Check the stored data: embeddings, thumbnails, hashes, indexes. Exit code 1 when something is wrong.
 
-    With --recall, also measure recall@10 of one collection's index at several ef_search values (stored images
-    as queries, compared with an exact scan); the one searches use is kept for `imagedb db info`.
+    With --recall, also measure recall@10 of one collection's index at several ef_search values against an exact
+    scan, for image queries (made from stored images) and text queries (the cached query texts when there are
+    enough, else text-like probes) apart; the recall at the values searches use is kept for `imagedb db info`.
     """
     from imagedb.provenance import checkpoint_problems
 
@@ -215,6 +218,29 @@ def check(ctx: click.Context, recall: bool, collection: str, queries: int) -> No
 
         for line in recall_check_lines(ctx, collection, queries):
             click.echo(line)
+
+
+@db.command(access="write")
+@click.pass_context
+def repair(ctx: click.Context) -> None:
+    """Remove what `imagedb db check` names for removal: indexes imagedb does not keep (left by an interrupted
+    `db reindex` or `--quantize binary`), cached query texts that searches ignore, and other roles' right to write
+    that cache.
+
+    Indexes go with DROP INDEX CONCURRENTLY: searches and writes go on meanwhile.
+    """
+    with open_store(ctx) as store:
+        revoked = store.admin.revoke_cache_writers()
+        removed = store.leftovers.remove()
+        texts = store.admin.remove_untrusted_texts()
+    if revoked:
+        click.echo(
+            f"the text-query cache is the owner's again: revoked writing it from {escape(', '.join(revoked))}"
+            " and emptied it (their rows could not be told from the owner's)"
+        )
+    for leftover in removed:
+        click.echo(f"removed index {escape(leftover.describe())}")
+    click.echo(f"removed {len(removed)} leftover index(es) and {texts} cached text(s) that searches ignore")
 
 
 @db.command(access="none")
@@ -248,3 +274,22 @@ def restore(ctx: click.Context, file: Path, yes: bool) -> None:
 
 for command in (start, stop, status, service, listen, psql, replica):
     db.add_command(command)
+
+
+@db.command(access="write")
+@click.option(
+    "--shards",
+    type=click.IntRange(1, 1024),
+    help="Shards of the image tables [default: the coordinator's citus.shard_count, 32 unless set].",
+)
+@click.pass_context
+def distribute(ctx: click.Context, shards: int | None) -> None:
+    """Spread the tables over a Citus cluster (IMAGEDB_DATABASE_URL at its coordinator, after `imagedb db upgrade`).
+
+    The image tables are distributed by image id (co-located), the small ones become reference tables on every node
+    (docs/scaling.md). Run once; a second run changes nothing.
+    """
+    with open_store(ctx) as store:
+        placements = store.citus.distribute(shards)
+    for p in placements:
+        click.echo(f"{p.table}: {p.kind}" + (f", {p.shards} shards" if p.kind == "distributed" else ""))

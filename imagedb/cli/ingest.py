@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import shlex
+import signal
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -150,6 +153,37 @@ def printable(text: str) -> str:
     is_flag=True,
     help="Let a new collection's model have no weights (NAME alone): random, for tests only. Refused otherwise.",
 )
+@click.option(
+    "--retry-failed",
+    is_flag=True,
+    help="Try again every file that failed before; by default one is retried only once its size or mtime changed.",
+)
+@click.option(
+    "--include-forgotten",
+    is_flag=True,
+    help="Ingest files `imagedb forget` removed, and stop leaving them out (as `imagedb unforget` does).",
+)
+@click.option(
+    "--watch",
+    "watch_folders",
+    is_flag=True,
+    help="Keep running after the first pass: ingest new and changed files within seconds, and remove deleted ones,"
+    " until Ctrl-C. (Not `imagedb watch`, which is copy detection.)",
+)
+@click.option(
+    "--ocr",
+    is_flag=True,
+    help="Read the text in the new images for keyword search, after they are embedded (the ocr extra:"
+    " pip install 'imagedb[ocr]').",
+)
+@click.option("--poll", is_flag=True, help="With --watch: look for changes by polling (network folders: NFS, SMB).")
+@click.option(
+    "--settle",
+    default=2.0,
+    show_default=True,
+    type=click.FloatRange(0.1, 3600),
+    help="With --watch: seconds a file's size and mtime must stay still before it is ingested (a copy in progress).",
+)
 @click.pass_context
 def ingest(
     ctx: click.Context,
@@ -164,6 +198,12 @@ def ingest(
     keep_phi: bool,
     all_frames: bool,
     allow_random_weights: bool,
+    retry_failed: bool,
+    include_forgotten: bool,
+    watch_folders: bool,
+    poll: bool,
+    settle: float,
+    ocr: bool,
 ) -> None:
     """Add the images in PATHS (files or folders, recursive) to a collection.
 
@@ -171,37 +211,116 @@ def ingest(
     .webp .gif .bmp .tif .tiff .heic .heif .avif), and DICOM (.dcm .dicom, or no suffix and the DICM magic),
     de-identified. Unchanged files are skipped, so rerunning is cheap and resumes
     an interrupted run. Files that cannot be stored (broken, not regular files, names that are not UTF-8) are
-    listed and recorded in the ingest_errors table; the run goes on.
-    """
-    import sys
+    listed and recorded in the ingest_errors table; the run goes on, and later runs try them again only once they
+    change (--retry-failed: all). Files `imagedb forget` removed stay out (--include-forgotten).
 
+    Ingests of the same collection running at once share the files: each decodes and embeds its part, and says
+    what the other runs stored. Ctrl-C (or SIGTERM) stops after the batches being stored commit, prints what was
+    kept and the command that continues.
+
+    --watch keeps watching PATHS for new, changed, moved and deleted images (inotify, or --poll) and keeps the
+    collection in step; it waits out a database restart. `imagedb watch` is another thing: copy detection.
+    """
     from imagedb.attributes import read_rows
     from imagedb.dicom import DicomOptions
     from imagedb.files import check_paths
     from imagedb.ingest import ingest as run_ingest
 
+    if ocr:
+        from imagedb.ocr import require
+
+        require()  # one line saying how to turn it on, before any work
     check_paths(paths)  # a wrong path or metadata file fails here, before the database or the model is touched
     if metadata:
         read_rows(metadata)
+    if (poll or settle != 2.0) and not watch_folders:
+        raise click.UsageError("--poll and --settle go with --watch")
     progress = BarProgress() if sys.stderr.isatty() else PlainProgress()
     announce_after(progress)
-    with _store(ctx) as store:
-        try:
-            summary = run_ingest(
-                store,
-                paths,
-                collection=collection,
-                model=model_spec(model),
-                batch_size=batch_size,
-                keep_gps=keep_gps,
-                keep_identifying=keep_identifying,
-                metadata=metadata,
-                progress=progress,
-                dicom=DicomOptions(keep_dates=keep_dates, keep_phi=keep_phi, all_frames=all_frames),
-                allow_random_weights=allow_random_weights,
-            )
-        finally:
-            progress.close()
+    options: dict[str, Any] = dict(
+        collection=collection,
+        model=model_spec(model),
+        batch_size=batch_size,
+        keep_gps=keep_gps,
+        keep_identifying=keep_identifying,
+        metadata=metadata,
+        dicom=DicomOptions(keep_dates=keep_dates, keep_phi=keep_phi, all_frames=all_frames),
+        allow_random_weights=allow_random_weights,
+        retry_failed=retry_failed,
+        include_forgotten=include_forgotten,
+        ocr=ocr,
+    )
+    stopped = _stop_on_signals()
+    try:
+        if watch_folders:
+            if _watch(ctx, paths, options, progress, poll, settle):
+                ctx.exit(128 + stopped.get("signal", signal.SIGINT))
+            return
+        with _store(ctx) as store:
+            try:
+                summary = run_ingest(store, paths, progress=progress, **options)
+            finally:
+                progress.close()
+    except KeyboardInterrupt:  # before the run began storing (scanning, loading the model), or building the index
+        click.echo(f"interrupted: what was stored is kept; to continue: {_command()}", err=True)
+        ctx.exit(128 + stopped.get("signal", signal.SIGINT))
+    finally:
+        signal.signal(signal.SIGTERM, stopped["previous"])
+    _echo_summary(summary, bool(metadata))
+    if summary.interrupted:
+        ctx.exit(128 + stopped.get("signal", signal.SIGINT))
+
+
+def _stop_on_signals() -> dict[str, Any]:
+    """SIGTERM stops an ingest as Ctrl-C does: with its summary. Returns which signal came, and the old handler."""
+    stopped: dict[str, Any] = {}
+
+    def on_term(signum: int, frame: object) -> None:
+        stopped["signal"] = signum
+        raise KeyboardInterrupt
+
+    stopped["previous"] = signal.signal(signal.SIGTERM, on_term)
+    return stopped
+
+
+def _command() -> str:
+    """The command line this run was started with, to run again."""
+    return shlex.join(["imagedb", *sys.argv[1:]])
+
+
+def _watch(
+    ctx: click.Context, paths: tuple[str, ...], options: dict[str, Any], progress: Any, poll: bool, settle: float
+) -> bool:
+    """Run the watch until Ctrl-C or SIGTERM; returns whether one stopped it."""
+    from imagedb.folder_watch import watch
+    from imagedb.pg.database import open_connection
+    from imagedb.store import Store
+
+    root = ctx.find_root()
+
+    def connect() -> Store:
+        return Store(open_connection(root.obj["database_url"], root.obj["home"]))
+
+    def on_pass(summary: Any) -> None:
+        progress.close()
+        _echo_summary(summary, bool(options.get("metadata")))
+
+    totals = watch(
+        connect, paths, poll=poll, settle_s=settle, progress=progress, on_pass=on_pass, on_status=_status, **options
+    )
+    click.echo(
+        f"watch stopped: added {totals.added}, reused {totals.reused}, removed {totals.removed}, failed"
+        f" {totals.failed} in {totals.passes} pass(es)"
+    )
+    return totals.interrupted
+
+
+def _status(text: str) -> None:
+    click.echo(printable(text), err=True)
+
+
+def _echo_summary(summary: Any, metadata: bool) -> None:
+    """What a run did, as the user reads it: errors, metadata, the counts, and after Ctrl-C how to continue."""
     for path, reason in summary.errors[:20]:
         click.echo(printable(f"failed: {path}: {reason}"), err=True)
     if len(summary.errors) > 20:
@@ -216,9 +335,23 @@ def ingest(
         # Of the images embedded, over the embedding phase, and said so: the total time holds the model load too
         # (seconds), and images reused from identical content cost no embedding at all.
         rate = f" ({summary.added / summary.embedding_seconds:.1f} images/s while embedding)"
+    others = [
+        (summary.by_others, "stored by another ingest running at the same time"),
+        (summary.busy, "skipped: being ingested by another run"),
+        (summary.failed_unchanged, "failed before and unchanged, not retried (--retry-failed)"),
+        (summary.forgotten, "forgotten, left out (imagedb unforget)"),
+    ]
     click.echo(
         f"{summary.collection}: added {summary.added}, reused {summary.reused}, skipped {summary.skipped} unchanged,"
-        f" failed {summary.failed}, watch hits {summary.watch_hits} in {summary.seconds:.1f} s{rate}"
+        f" failed {summary.failed}, watch hits {summary.watch_hits}"
+        + "".join(f", {count} {what}" for count, what in others if count)
+        + f" in {summary.seconds:.1f} s{rate}"
     )
+    if summary.words is not None and summary.words.ocr_read:
+        from imagedb.cli.keywords import report
+
+        report(summary.words)
     if summary.watch_hits:
         click.echo(f"{summary.watch_hits} image(s) look like a watched one: see imagedb watch hits", err=True)
+    if summary.interrupted:
+        click.echo(f"interrupted: the images counted above are stored; to continue: {_command()}", err=True)

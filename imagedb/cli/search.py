@@ -8,7 +8,7 @@ import os
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -17,6 +17,9 @@ from imagedb.cli.support import Command
 from imagedb.cli.support import open_store as _store
 from imagedb.display import escape, iso
 from imagedb.errors import InvalidInput
+
+if TYPE_CHECKING:  # `imagedb --help` does not import the search
+    from imagedb.search import SearchResult
 
 
 class SearchCommand(Command):
@@ -98,6 +101,7 @@ def search(
     metric = wanted.metric
     with _store(ctx) as store:
         results = run_search(store, wanted)
+    ranked_by_words = any(r.keyword_rank is not None or r.vector_rank is not None or r.matched for r in results)
     if as_null:
         click.echo(b"".join(os.fsencode(r.path) + b"\0" for r in results), nl=False)  # bytes: written raw
     elif as_paths:
@@ -116,21 +120,32 @@ def search(
             }
             if collapse_duplicates:
                 row["duplicates"] = r.others
+            if ranked_by_words:  # why it matched (docs/keywords.md)
+                row.update(vector_rank=r.vector_rank, keyword_rank=r.keyword_rank, matched=list(r.matched))
+                row["keyword_score"] = None if r.keyword_score is None else _finite(r.keyword_score, 6)
             click.echo(json.dumps(row, allow_nan=False))  # NaN or Infinity would not be JSON
     elif not results:
         click.echo("no results", err=True)
     else:
         more = "  more" if collapse_duplicates else ""
+        more += f"  {'why':<24}" if ranked_by_words else ""
         # The score column is named by its measure, so a distance is not read as a similarity; cosine's stays "score".
         label, width = _SCORE_COLUMNS[metric]
         click.echo(f"{'rank':>4}  {label:>{width}}  {'relev':>6}  {'id':>8}  {'date':<10}{more}  path")
         for r in results:
             rel = "-" if r.relevance is None else f"{r.relevance:.1f}"
             others = f"  {'+' + str(r.others) if r.others else '':>4}" if collapse_duplicates else ""
+            others += f"  {_why(r):<24}" if ranked_by_words else ""
             click.echo(
                 f"{r.rank:>4}  {r.score:>{width}.3f}  {rel:>6}  {r.image_id:>8}  {r.date:%Y-%m-%d}{others}"
                 f"  {escape(r.path)}"
             )
+
+
+def _why(r: SearchResult) -> str:
+    """Why a result of a keyword or hybrid ranking matched: its ranks and the query's words it holds."""
+    ranks = [f"{name}#{rank}" for name, rank in (("vec", r.vector_rank), ("kw", r.keyword_rank)) if rank]
+    return escape(" ".join([*ranks, ",".join(r.matched)]).strip())
 
 
 # The table's score column per metric: its header and width.

@@ -37,6 +37,7 @@ def serve(ctx: click.Context, host: str | None, port: int | None, token: str | N
 
     from imagedb.api import create_app
     from imagedb.api.bind import bind, check_exposure, url
+    from imagedb.api.connections import server_config
 
     try:
         check_exposure(host, token)
@@ -58,5 +59,5 @@ def serve(ctx: click.Context, host: str | None, port: int | None, token: str | N
         logging.getLogger("imagedb.api").addHandler(handler)
     logging.getLogger("imagedb.api").setLevel(logging.INFO)
     click.echo(f"imagedb on {url(host, port)}", err=True)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
+    server = uvicorn.Server(server_config(app, log_level="warning", access_log=False))
     server.run(sockets=[sock])

@@ -61,16 +61,12 @@ def status(ctx: click.Context) -> None:
 
 
 @click.command(cls=Command, access="none")
-@click.option(
-    "--user/--system",
-    "user_unit",
-    default=True,
-    help="A unit of your own systemd user manager (default), or of the system's, run as the home's owner.",
-)
+@click.option("--user", "user_unit", is_flag=True, help="A unit of your own systemd user manager (the default).")
+@click.option("--system", "system_unit", is_flag=True, help="A unit of the system's, run as the home's owner.")
 @click.option("--install", is_flag=True, help="Write it where systemd reads it and print the commands to enable it.")
 @click.option("--name", default="imagedb", show_default=True, help="The unit's name (NAME.service): one per home.")
 @click.pass_context
-def service(ctx: click.Context, user_unit: bool, install: bool, name: str) -> None:
+def service(ctx: click.Context, user_unit: bool, system_unit: bool, install: bool, name: str) -> None:
     """Print a systemd unit that starts the embedded server at boot (`imagedb db start`) and stops it at shutdown.
 
     \b
@@ -81,7 +77,9 @@ def service(ctx: click.Context, user_unit: bool, install: bool, name: str) -> No
     from imagedb.pg.service import install as write_unit
     from imagedb.pg.service import unit
 
-    made = unit(embedded_home(ctx, "service"), "user" if user_unit else "system", name)
+    if user_unit and system_unit:  # one unit for one manager: the last flag winning would hide a typo
+        raise click.UsageError("--user and --system cannot be used together: choose one")
+    made = unit(embedded_home(ctx, "service"), "system" if system_unit else "user", name)
     if not install:
         click.echo(made.text, nl=False)
         return

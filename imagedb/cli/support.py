@@ -39,6 +39,12 @@ def _mapped(exc: Exception, ctx: click.Context) -> click.ClickException | None:
 
     if isinstance(exc, ImagedbError):
         return click_error(exc, ctx)
+    if isinstance(exc, psycopg.Error):  # a full disk, said as such, also when the server died of it
+        from imagedb.pg.diskspace import disk_full
+
+        root = ctx.find_root().obj or {}
+        if (full := disk_full(exc, root.get("database_url"), root.get("home"))) is not None:
+            return click_error(full, ctx)
     if isinstance(exc, psycopg.errors.ReadOnlySqlTransaction):  # a write the upfront check did not catch
         return click.ClickException(
             "this database is a read-only replica: run write commands on its primary; the replica follows it"
@@ -61,6 +67,10 @@ def click_error(exc: ImagedbError, ctx: click.Context | None = None) -> click.Cl
     """A library error as click shows it, with the exit code its class declares; bad usage with the usage line of
     `ctx`'s command when one is given."""
     message = one_line(str(exc))
+    if hasattr(exc, "named"):  # a search field (request.ParamError), named by its option: --min-score
+        from imagedb.request import surface_name
+
+        message = one_line(exc.named(lambda name: surface_name(name, "cli")))
     if exc.exit_code == USAGE and ctx is not None:
         return click.UsageError(message, ctx)
     error = click.ClickException(message)
@@ -130,6 +140,8 @@ def open_store(ctx: click.Context) -> Iterator[Any]:
     """The store of the database this command uses: reads may go to a replica, writes must reach a primary."""
     import os
 
+    import psycopg
+
     from imagedb import config
     from imagedb.pg.database import open_connection
     from imagedb.pg.replicas import require_primary
@@ -143,4 +155,10 @@ def open_store(ctx: click.Context) -> Iterator[Any]:
     with Store(open_connection(url, root.obj["home"])) as store:
         if access == "write":
             require_primary(store.conn, None if config.database_url(url) else config.home(root.obj["home"]))
-        yield store
+        try:
+            yield store
+        except psycopg.errors.LockNotAvailable as exc:  # a lock wait timed out: say who holds the lock
+            from imagedb.errors import LockTimeout
+            from imagedb.pg.limits import blocker_line
+
+            raise LockTimeout(blocker_line(store.conn)) from exc

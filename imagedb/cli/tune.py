@@ -33,44 +33,70 @@ def recall_table(points: Sequence, in_use: int | None = None) -> list[str]:  # t
     default=100,
     show_default=True,
     type=click.IntRange(1, 10_000),
-    help="Stored images used as queries (each needs one exact scan of the collection).",
+    help="Queries of each kind, image and text (each needs one exact scan of the collection).",
+)
+@click.option(
+    "--max-latency-ms",
+    type=click.FloatRange(0, min_open=True),
+    default=None,
+    help="Accept no ef_search whose median search time is above this (ms); say so if the target needs more.",
 )
 @click.pass_context
-def tune(ctx: click.Context, collection: str, target_recall: float, queries: int) -> None:
-    """Store the smallest ef_search that meets a recall target for a collection.
+def tune(ctx: click.Context, collection: str, target_recall: float, queries: int, max_latency_ms: float | None) -> None:
+    """Store the smallest ef_search that meets a recall target, for image and for text queries.
 
-    Stored images serve as queries; the index's top 10 (as `imagedb search` asks for them) is compared with an
-    exact scan, at growing ef_search. `imagedb search`, the HTTP API and imagedb_nearest() then use the value
-    found. Re-run it when `imagedb db info` says the collection has grown.
+    The index's top 10 (as `imagedb search` asks for them) is compared with an exact scan, at growing ef_search,
+    for image queries (made from stored images) and for text queries apart: the query texts users asked (the
+    text cache) when it holds enough, else text-like probes. Text queries sit far from the images and usually need
+    a larger ef_search, which searches with text then use. `imagedb search`, the HTTP API and imagedb_nearest()
+    use the values found. Re-run it when `imagedb db info` says the collection has grown.
     """
     from imagedb.tuning import tune as run_tune
 
     with open_store(ctx) as store:
-        tuned = run_tune(store, collection, target=target_recall, queries=queries)
-    for line in recall_table(tuned.points):
-        click.echo(line)
-    reached = tuned.points[-1].recall
-    if tuned.met:
-        click.echo(
-            f"{escape(tuned.collection)}: ef_search {tuned.ef_search} (recall@10 {reached:.3f} >= {tuned.target:g}"
-            f" on {tuned.queries} queries, {tuned.size} images); searches use it from now on"
-        )
-    else:
-        click.echo(
-            f"{escape(tuned.collection)}: no ef_search up to {tuned.ef_search} reaches recall@10 {tuned.target:g}"
-            f" (best {reached:.3f}); stored {tuned.ef_search}. Rebuild the index with more links:"
-            " imagedb db reindex --m 32 --ef-construction 128",
-            err=True,
-        )
+        tuned = run_tune(store, collection, target=target_recall, queries=queries, max_latency_ms=max_latency_ms)
+    name = escape(tuned.collection)
+    for kind, choice, source in (
+        ("image", tuned.image, f"{tuned.queries} image queries"),
+        ("text", tuned.text, escape(tuned.text_queries)),
+    ):
+        click.echo(f"{kind} queries ({source}):")
+        for line in recall_table(choice.points):
+            click.echo(line)
+        if choice.met:
+            click.echo(
+                f"{name}: {kind} queries: ef_search {choice.ef_search} (recall@10 {choice.recall:.3f} >="
+                f" {tuned.target:g}, {tuned.size} images); searches use it from now on"
+            )
+        elif choice.limited:
+            click.echo(
+                f"{name}: {kind} queries: cannot reach recall@10 {tuned.target:g} within {tuned.max_latency_ms:g} ms"
+                f" (best {choice.recall:.3f} at ef_search {choice.ef_search}, stored). Allow more time with"
+                " --max-latency-ms, or rebuild the index with more links: imagedb db reindex --m 32 --ef-construction"
+                " 128",
+                err=True,
+            )
+        else:
+            click.echo(
+                f"{name}: {kind} queries: no ef_search up to {choice.ef_search} reaches recall@10 {tuned.target:g}"
+                f" (best {choice.recall:.3f}); stored {choice.ef_search}. Rebuild the index with more links:"
+                " imagedb db reindex --m 32 --ef-construction 128",
+                err=True,
+            )
 
 
 def recall_check_lines(ctx: click.Context, collection: str, queries: int) -> list[str]:
     from imagedb.tuning import check_recall
 
     with open_store(ctx) as store:
-        in_use, points, size = check_recall(store, collection, queries=queries)
-    head = f"recall of {escape(collection)} ({size} images, {min(queries, size)} stored images as queries):"
-    return [head, *recall_table(points, in_use)]
+        checked = check_recall(store, collection, queries=queries)
+    name = escape(collection)
+    return [
+        f"recall of {name} ({checked.size} images), image queries ({checked.queries} made from stored images):",
+        *recall_table(checked.points, checked.in_use),
+        f"recall of {name}, text queries ({escape(checked.text_queries)}):",
+        *recall_table(checked.text_points, checked.text_in_use),
+    ]
 
 
 # Below this many images `imagedb tune` is not suggested: the index search at the default ef_search (100) already
@@ -96,6 +122,11 @@ def info_lines(store, name: str, images: int) -> list[str]:  # type: ignore[no-u
         f"  ef_search {ef}; recall@10 {last.recall:.3f} at ef_search {last.ef_search}, measured {iso(last.at)}"
         f" on {last.size} images"
     )
+    if last.text_recall is not None:
+        line += (
+            f"; text queries: ef_search {ef_search_for(store.tuning.tuning(found), text=True)}, recall@10"
+            f" {last.text_recall:.3f} at ef_search {last.text_ef_search} ({escape(last.text_queries or '')})"
+        )
     if last.stale:
         line += f"; grown {last.grown:.1f}x since: re-tune with imagedb tune -c {escape(name)}"
     return [line]

@@ -7,9 +7,10 @@ import re
 import tempfile
 from pathlib import Path
 
-from imagedb.errors import DatabaseUnavailable, InvalidInput, NotFound
+from imagedb.errors import DatabaseUnavailable, InvalidInput, LockTimeout, NotFound
 from imagedb.pg.cluster import client_output
 from imagedb.pg.connection import connect
+from imagedb.pg.limits import LOCK_TIMEOUT_S, blocker_line, lock_watch
 
 
 def dump(url: str, file: Path) -> None:
@@ -25,11 +26,18 @@ def dump(url: str, file: Path) -> None:
     except OSError as exc:
         raise NotFound(f"cannot write the dump to {file}: {exc.strerror or exc}") from exc
     try:
-        client_output("pg_dump", ["--format=custom", f"--file={partial}", f"--dbname={url}"])  # it fsyncs the file
+        client_output(  # it fsyncs the file
+            "pg_dump",
+            ["--format=custom", f"--file={partial}", f"--dbname={url}", f"--lock-wait-timeout={LOCK_TIMEOUT_S}s"],
+        )
         try:
             os.replace(partial, target)
         except OSError as exc:
             raise NotFound(f"cannot write the dump to {file}: {exc.strerror or exc}") from exc
+    except DatabaseUnavailable as exc:
+        Path(partial).unlink(missing_ok=True)
+        _explain_lock_wait(url, exc)
+        raise
     except BaseException:
         Path(partial).unlink(missing_ok=True)
         raise
@@ -43,14 +51,31 @@ def restore(url: str, file: Path) -> None:
         toc = _contents(file)
         _refuse_missing_grantees(url, file, toc, Path(scratch))
         args = ["--clean", "--if-exists", "--no-owner", "--single-transaction", f"--dbname={url}"]
+        kept = toc
         if not _owns_vector_extension(url):
-            kept = [line for line in toc if not _VECTOR_EXTENSION.search(_entry(line))]  # the one there stays
+            kept = [line for line in kept if not _VECTOR_EXTENSION.search(_entry(line))]  # the one there stays
+        if not _is_superuser(url):
+            # The revokes on large-object functions (pg/limits.py) are a superuser's to make; where this server's
+            # administrator made them already, a plain owner's REVOKE of them would fail the whole restore.
+            kept = [line for line in kept if not _CATALOG_ACL.search(_entry(line))]
+        if kept is not toc:
             args.append(f"--use-list={_listing(kept, Path(scratch) / 'restore.list')}")
-        try:
-            client_output("pg_restore", [*args, str(file)])
-        except DatabaseUnavailable as exc:
-            _explain_missing_role(exc)
-            raise
+        application = f"imagedb restore {os.getpid()}"
+        with lock_watch(url, application) as blocked:
+            try:
+                client_output("pg_restore", [*args, str(file)], application)
+            except DatabaseUnavailable as exc:
+                _explain_missing_role(exc)
+                if blocked:  # cancelled by the watch: its single transaction restored nothing
+                    raise LockTimeout(blocked[0]) from exc
+                raise
+
+
+def _explain_lock_wait(url: str, exc: DatabaseUnavailable) -> None:
+    """pg_dump or pg_restore gave up waiting for a lock: name the session that holds it, as other commands do."""
+    if "lock timeout" in str(exc) or "could not obtain lock" in str(exc):
+        with connect(url) as conn:
+            raise LockTimeout(blocker_line(conn)) from exc
 
 
 def _owns_vector_extension(url: str) -> bool:
@@ -64,6 +89,13 @@ def _owns_vector_extension(url: str) -> bool:
     return bool(row is None or row[0] is None or row[0])
 
 
+def _is_superuser(url: str) -> bool:
+    with connect(url) as conn:
+        row = conn.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user").fetchone()
+    return bool(row and row[0])
+
+
+_CATALOG_ACL = re.compile(r"\bACL pg_catalog ")  # privileges on the server's own functions, in a listing
 _VECTOR_EXTENSION = re.compile(r"\bEXTENSION (- )?vector\b")  # the extension and its comment, in a listing
 _ACL = re.compile(r"\bACL\b")  # GRANT and REVOKE entries, in a listing
 _GRANTEE = re.compile(r"^GRANT .+ TO (\"(?:[^\"]|\"\")+\"|[^\s;]+)(?: WITH GRANT OPTION)?;$", re.MULTILINE)

@@ -39,9 +39,11 @@ def program(name: str) -> str:
     return str(bin_path() / name)
 
 
-def client_output(name: str, args: list[str]) -> str:
-    """What a bundled client program prints; its first error line when it fails."""
-    done = subprocess.run([program(name), *args], capture_output=True, text=True)
+def client_output(name: str, args: list[str], application: str | None = None) -> str:
+    """What a bundled client program prints; its first error line when it fails. `application`: its sessions'
+    application_name (what pg_stat_activity shows)."""
+    env = None if application is None else {**os.environ, "PGAPPNAME": application}
+    done = subprocess.run([program(name), *args], capture_output=True, text=True, env=env)
     if done.returncode != 0:
         lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
         raise DatabaseUnavailable(f"{name} failed: {lines[0] if lines else f'exit code {done.returncode}'}")

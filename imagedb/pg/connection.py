@@ -8,8 +8,9 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
 from imagedb.errors import DatabaseUnavailable
+from imagedb.pg.limits import set_lock_timeout
 
-# imagedb's tables live in a schema readers have no USAGE on (migration 0015), its views and SQL functions in public;
+# imagedb's tables live in a schema readers have no USAGE on (migration 0014), its views and SQL functions in public;
 # imagedb's own sessions find both, and create tables in the first, without relying on the database's setting.
 INTERNAL_SCHEMA = "imagedb_internal"
 SEARCH_PATH = f"{INTERNAL_SCHEMA},public"
@@ -23,9 +24,12 @@ def session_options(url: str) -> str:
 
 
 def connect(url: str) -> psycopg.Connection:
-    """An autocommit connection: every write the store makes is in an explicit transaction (store/base.py)."""
+    """An autocommit connection: every write the store makes is in an explicit transaction (store/base.py). Its lock
+    waits end after pg/limits.py's LOCK_TIMEOUT_S, so that no command waits forever behind another session."""
     try:
-        return psycopg.connect(url, connect_timeout=10, autocommit=True, options=session_options(url))
+        conn = psycopg.connect(url, connect_timeout=10, autocommit=True, options=session_options(url))
+        set_lock_timeout(conn)
+        return conn
     except psycopg.OperationalError as exc:
         raise DatabaseUnavailable(
             f"cannot connect to the database: {_connect_failure(exc)}. Is the server running, and is the URL right?"

@@ -69,6 +69,7 @@ def embedded_url(home: Path, database: str = EMBEDDED_DBNAME) -> str:
         info = apply_listen(home)  # restart on the persisted address if the server runs otherwise
         url = owner_url(home, info.socket_dir, info.port, "postgres")
         with psycopg.connect(url, autocommit=True) as conn:
+            harden_server(conn, pgdata)
             if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,)).fetchone():
                 try:
                     conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
@@ -129,6 +130,31 @@ def _require_passwords(home: Path, socket_dir: object, port: int | None, wanted_
                 out.write(f"*:*:*:{OWNER_ROLE}:{password}\n")
             hba.write_text(wanted_hba)
             conn.execute("SELECT pg_reload_conf()")
+
+
+# What the CIS PostgreSQL benchmark asks of the log: every connection, and a prefix naming the client's address,
+# so that a failed login (FATAL: password authentication failed) says where it came from, on one line a rate
+# limiter such as fail2ban can match (docs/security.md). The address comes before anything the client chooses (its
+# user and application names). The bundled server has no auth_delay module.
+LOG_SETTINGS = {"log_connections": "on", "log_line_prefix": "%m [%p] client=%h user=%u db=%d app=%a "}
+
+
+def harden_server(conn: psycopg.Connection, pgdata: Path) -> None:
+    """Once per data directory: the log settings above (ALTER SYSTEM, then a reload; they need no restart), and no
+    login but the owner's into the server's own databases, where imagedb's revokes (pg/limits.py) do not reach: a
+    reader there could create large objects and temporary tables."""
+    try:
+        if "log_line_prefix" in (pgdata / "postgresql.auto.conf").read_text():
+            return
+    except OSError:
+        pass
+    try:
+        conn.execute("REVOKE CONNECT ON DATABASE postgres, template1 FROM PUBLIC")
+        for name, value in LOG_SETTINGS.items():
+            conn.execute(sql.SQL("ALTER SYSTEM SET {} = {}").format(sql.Identifier(name), sql.Literal(value)))
+        conn.execute("SELECT pg_reload_conf()")
+    except psycopg.errors.ReadOnlySqlTransaction:
+        pass  # a replica: it has its primary's settings and catalogs
 
 
 def set_listen(home: Path, listen: Listen | None, cert: Path | None = None, key: Path | None = None) -> Listen | None:

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import psycopg
 
-from imagedb.errors import DatabaseUnavailable, SchemaOutOfDate, first_line
-from imagedb.pg.connection import session_options, sqlalchemy_url
+from imagedb.errors import DatabaseUnavailable, LockTimeout, SchemaOutOfDate, first_line
+from imagedb.pg.connection import connect, session_options, sqlalchemy_url
+from imagedb.pg.limits import LOCK_TIMEOUT_S, blocker_line
 
 _PACKAGE = Path(__file__).resolve().parent.parent
 MIGRATIONS_DIR = _PACKAGE / "migrations"
@@ -49,9 +50,14 @@ def upgrade(url: str) -> None:
     engine = create_engine(sqlalchemy_url(url), connect_args={"options": session_options(url)})
     try:
         with engine.begin() as conn:
+            # As every connection of imagedb's (pg/limits.py): a migration behind a held table ends, naming it.
+            conn.exec_driver_sql(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT_S}s'")
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "head")
     except OperationalError as exc:
+        if isinstance(exc.orig, psycopg.errors.LockNotAvailable):
+            with connect(url) as conn:
+                raise LockTimeout(blocker_line(conn)) from exc
         raise DatabaseUnavailable(f"cannot migrate the database: {first_line(exc.orig or exc)}") from exc
     except DBAPIError as exc:
         raise SchemaOutOfDate(_migration_failure(exc.orig or exc, url)) from exc

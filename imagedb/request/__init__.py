@@ -43,6 +43,7 @@ from imagedb.request.param import (
     METRICS,
     Api,
     Param,
+    ParamError,
     Term,
     parse_pairs,
     utc_naive,
@@ -50,11 +51,11 @@ from imagedb.request.param import (
 
 
 def _bounded(low: float, high: float, message: str) -> Callable[[Any], Any]:
-    """A check that `value` lies in [low, high]; `message` says so, with {} for the value."""
+    """A check that `value` lies in [low, high]; `message` (a ParamError template) says so, with {value}."""
 
     def check(value: Any) -> Any:
         if not low <= value <= high:
-            raise InvalidInput(message.format(value))
+            raise ParamError(message, value=value)
         return value
 
     return check
@@ -62,7 +63,7 @@ def _bounded(low: float, high: float, message: str) -> Callable[[Any], Any]:
 
 def _finite(value: float) -> float:
     if not np.isfinite(value):
-        raise InvalidInput(f"min_relevance is a number of standard deviations, not {value}")
+        raise ParamError("{min_relevance} is a number of standard deviations, not {value}", value=value)
     return value
 
 
@@ -102,25 +103,26 @@ class SearchRequest:
     )  # fmt: skip
     limit: int = _setting(
         int, 10, flags=("--limit", "-k"), minimum=1, maximum=MAX_LIMIT, show_default=True, help="Results to show.",
-        check=_bounded(1, MAX_LIMIT, f"limit must be between 1 and {MAX_LIMIT}, not {{}}"), api=Api(default=24),
+        check=_bounded(1, MAX_LIMIT, f"{{limit}} must be between 1 and {MAX_LIMIT}, not {{value}}"),
+        api=Api(default=24),
     )  # fmt: skip
     offset: int = _setting(
         int, 0, flags=("--offset",), minimum=0, maximum=MAX_OFFSET, show_default=True, help="Skip this many (paging).",
-        check=_bounded(0, MAX_OFFSET, f"offset must be between 0 and {MAX_OFFSET:,}, not {{}}"),
+        check=_bounded(0, MAX_OFFSET, f"{{offset}} must be between 0 and {MAX_OFFSET:,}, not {{value}}"),
     )  # fmt: skip
     filters: Filters = Filters()  # checked by Filters.checked(); the store turns them into SQL with Filters.clauses()
     min_score: float | None = _setting(
         float, None, flags=("--min-score",), minimum=-1, maximum=1,
         help="Drop results below this score: a cosine similarity, or the Pearson correlation or inner product with"
         " that --metric (with euclidean, use --max-distance).",
-        check=_bounded(-1.0, 1.0, "min_score is a similarity (cosine, Pearson or inner product), between -1 and 1,"
-                       " not {}"),
+        check=_bounded(-1.0, 1.0, "{min_score} is a similarity (cosine, Pearson or inner product), between -1 and"
+                       " 1, not {value}"),
     )  # fmt: skip
     # A distance is a maximum, not a minimum: a threshold of its own, so that no cutoff changes meaning by metric.
     max_distance: float | None = _setting(
         float, None, flags=("--max-distance",), minimum=0, maximum=MAX_DISTANCE, metavar="D",
-        check=_bounded(0.0, MAX_DISTANCE, f"max_distance is a Euclidean distance, between 0 and {MAX_DISTANCE:g},"
-                       " not {}"),
+        check=_bounded(0.0, MAX_DISTANCE, f"{{max_distance}} is a Euclidean distance, between 0 and"
+                       f" {MAX_DISTANCE:g}, not {{value}}"),
         api=Api(description="with metric=euclidean: drop results farther than this"),
         help="With --metric euclidean: drop results farther than this distance (0 to 2, as vectors have length 1).",
     )  # fmt: skip
@@ -147,10 +149,16 @@ class SearchRequest:
         help="Measure to rank and score by: cosine similarity, euclidean distance (lower is better), pearson"
         " correlation or inner product. Pearson re-ranks candidates from the index (docs/search.md).",
     )  # fmt: skip
+    hybrid: bool = _setting(
+        bool, False, flags=("--hybrid",),
+        help="Rank by the texts' vector and by their words (file name, folders, attributes, captions, OCR text)"
+        " together, by reciprocal rank fusion (docs/keywords.md); cosine only.",
+        api=Api(description="rank by vector and keywords together (reciprocal rank fusion)"),
+    )  # fmt: skip
     # None: the collection's tuned value (tuning.py).
     ef_search: int | None = _setting(
         int, None, flags=("--ef-search",), minimum=1, maximum=MAX_EF_SEARCH, api=None,
-        check=_bounded(1, MAX_EF_SEARCH, f"ef_search must be between 1 and {MAX_EF_SEARCH}, not {{}}"),
+        check=_bounded(1, MAX_EF_SEARCH, f"{{ef_search}} must be between 1 and {MAX_EF_SEARCH}, not {{value}}"),
         help="HNSW candidate list size: higher is more exact and slower. Default: the collection's, set by"
         f" `imagedb tune`, else {DEFAULT_EF_SEARCH}.",
     )  # fmt: skip
@@ -172,13 +180,17 @@ class SearchRequest:
         request = replace(self, **changes)
         # A threshold in a measure the search does not score by would filter on numbers it never shows.
         if request.metric in LOWER_IS_BETTER and request.min_score is not None:
-            raise InvalidInput(
-                f"--min-score is a similarity, and --metric {request.metric} scores by distance (lower is better):"
-                " use --max-distance"
+            raise ParamError(
+                "{min_score} is a similarity, and {metric} {chosen} scores by distance (lower is better):"
+                " use {max_distance}",
+                chosen=request.metric,
             )
+        if request.hybrid and (request.metric != "cosine" or request.collapse_duplicates):
+            raise InvalidInput("--hybrid ranks by cosine similarity, without --collapse-duplicates")
         if request.max_distance is not None and request.metric not in LOWER_IS_BETTER:
-            raise InvalidInput(
-                f"--max-distance applies to --metric euclidean only, not {request.metric}: use --min-score"
+            raise ParamError(
+                "{max_distance} applies to {metric} euclidean only, not {chosen}: use {min_score}",
+                chosen=request.metric,
             )
         return request
 
@@ -223,6 +235,16 @@ def params() -> list[Param]:
     return out
 
 
+def surface_name(name: str, surface: Literal["cli", "api"]) -> str:
+    """How a surface names a search's field: the CLI by its long option, the API by its query parameter."""
+    param = next((p for p in params() if p.name == name), None)
+    if param is None:
+        return name
+    if surface == "cli":
+        return next((f for f in param.flags if f.startswith("--")), name)
+    return param.query_name if param.api is not None else name
+
+
 def from_values(terms: Sequence[Term], values: Mapping[str, Any]) -> SearchRequest:
     """The request from what the CLI or the API took, by Param name, each value parsed by its Param. A filter not
     given (None, or empty when repeatable) sets no condition; a setting not given (None) keeps its default."""
@@ -243,6 +265,7 @@ def from_values(terms: Sequence[Term], values: Mapping[str, Any]) -> SearchReque
 __all__ = [
     "DATE_FORMATS", "FILTERS", "FORMAT_ALIASES", "FORMAT_CHOICES", "FORMATS", "IMAGE_DATE", "LOWER_IS_BETTER",
     "MAX_CODE", "MAX_DISTANCE", "MAX_EF_SEARCH", "MAX_ID", "MAX_IMAGE_TERMS", "MAX_LIMIT", "MAX_OFFSET",
-    "MAX_RELEVANCE", "MAX_SIDE", "MAX_TERMS", "MAX_TEXT_TERMS", "METRICS", "Api", "Filters", "Param", "SearchRequest",
-    "Term", "from_values", "params", "parse_pairs", "register", "settings", "utc_naive",
+    "MAX_RELEVANCE", "MAX_SIDE", "MAX_TERMS", "MAX_TEXT_TERMS", "METRICS", "Api", "Filters", "Param", "ParamError",
+    "SearchRequest", "Term", "from_values", "params", "parse_pairs", "register", "settings", "surface_name",
+    "utc_naive",
 ]  # fmt: skip

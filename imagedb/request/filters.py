@@ -18,6 +18,7 @@ from imagedb.request.param import (
     Api,
     Clause,
     Param,
+    ParamError,
     parse_format,
     parse_pairs_tuple,
     utc_naive,
@@ -61,6 +62,31 @@ def _dicom(name: str, value: str) -> Clause:
     return condition.format(sql.Identifier(name), sql.Placeholder(_key(name))), {_key(name): value.strip()}
 
 
+def _keywords(name: str, words: tuple[str, ...]) -> Clause:
+    # keyword_query (migration 0018) cuts the text as documents are cut; the words must stand in this order.
+    negate = "NOT " if name == "not_keywords" else ""
+    clauses, params = [], {}
+    for n, value in enumerate(words):
+        at = _key(name, f"_{n}")
+        clauses.append(
+            sql.SQL(
+                negate + "EXISTS (SELECT 1 FROM image_words w WHERE w.image_id = i.id"
+                " AND w.document @@ keyword_query({}, '<->'))"
+            ).format(sql.Placeholder(at))
+        )
+        params[at] = value
+    return sql.SQL(" AND ").join(clauses), params
+
+
+def _words(values: tuple[str, ...]) -> tuple[str, ...]:
+    for value in values:
+        if not any(ch.isalnum() for ch in value):
+            raise InvalidInput(f"a keyword needs a letter or a digit, not {value!r}")
+        if len(value) > MAX_KEYWORD:
+            raise InvalidInput(f"a keyword has at most {MAX_KEYWORD} characters, not {len(value)}")
+    return values
+
+
 def _attributes(name: str, pairs: tuple[tuple[str, str], ...]) -> Clause:
     clauses, params = [], {}
     for n, (key, value) in enumerate(pairs):
@@ -70,6 +96,7 @@ def _attributes(name: str, pairs: tuple[tuple[str, str], ...]) -> Clause:
     return sql.SQL(" AND ").join(clauses), params
 
 
+MAX_KEYWORD = 1000
 _TAKEN = "Taken (else file time)"
 
 # The filters, in the order of `imagedb search --help`; register() adds one.
@@ -115,6 +142,16 @@ FILTERS: dict[str, Param] = {
         # The stored images a query is made of, left out of its results: set by the library, never typed.
         Param(
             "exclude", int, multiple=True, clause=_condition("i.id <> ALL({})", list), api=None,
+        ),
+        Param(
+            "keywords", str, "Its words (file name, folders, attributes, caption, OCR text) hold this word or phrase;"
+            " repeatable. In a query: kw:WORD or kw:\"A PHRASE\".", ("--keyword",), metavar="WORDS", multiple=True,
+            check=_words, clause=_keywords, api=Api(name="keyword", description="word or phrase, repeatable"),
+        ),
+        Param(
+            "not_keywords", str, "Its words do not hold this word or phrase; repeatable. In a query: -kw:WORD.",
+            ("--not-keyword",), metavar="WORDS", multiple=True, check=_words, clause=_keywords,
+            api=Api(name="not_keyword", description="word or phrase, repeatable"),
         ),
         Param(
             "modality", str, "DICOM modality, any case, e.g. CT, MR, CR, US.", ("--modality",), clause=_dicom,
@@ -181,7 +218,7 @@ class Filters:
             raise InvalidInput("a filter value cannot contain a NUL character")
         checked = Filters(**{p.name: p.check(v) if p.check else v for p, v in self.items()})
         if checked.after and checked.before and checked.after >= checked.before:
-            raise InvalidInput("--after must be earlier than --before")
+            raise ParamError("{after} must be earlier than {before}")
         return checked
 
     def clauses(self) -> tuple[list[sql.Composable], dict[str, Any]]:

@@ -54,11 +54,37 @@ Clause = tuple[sql.Composable, dict[str, Any]]  # a condition on the images row 
 _SAME = object()  # Api.default: the field's own default
 
 
+class ParamError(InvalidInput):
+    """A bad value of a search's fields. The message names them as `{name}` placeholders (their Param names), which
+    each surface fills with its own: the CLI its option (--min-score), the API its query parameter (min_score);
+    str() has the library's keywords. Other placeholders are the `values` given."""
+
+    def __init__(self, template: str, **values: Any) -> None:
+        self.template = template
+        self.values = values
+        super().__init__(self.named(lambda name: name))
+
+    def named(self, name_of: Callable[[str], str]) -> str:
+        try:
+            return self.template.format_map(_Naming(name_of, self.values))
+        except (ValueError, IndexError):  # remade from its own text (a copy of a message with braces in a value)
+            return self.template
+
+
+class _Naming(dict[str, Any]):
+    def __init__(self, name_of: Callable[[str], str], values: dict[str, Any]) -> None:
+        super().__init__(values)
+        self.name_of = name_of
+
+    def __missing__(self, key: str) -> str:
+        return self.name_of(key)
+
+
 @dataclass(frozen=True)
 class Term:
-    """One term of a query (imagedb.query parses them): a text, an image file, or a stored image by id."""
+    """One term of a query (imagedb.query parses them): a text, an image file, a stored image by id, or a keyword."""
 
-    kind: Literal["text", "image", "id"]
+    kind: Literal["text", "image", "id", "keyword"]  # a keyword's weight only says include (+) or exclude (-)
     value: str
     weight: float  # negative for a subtracted term
 

@@ -10,7 +10,9 @@ from psycopg import sql
 
 from imagedb.errors import InvalidInput
 from imagedb.store.base import Part
+from imagedb.store.duplicates import forget_matches
 from imagedb.store.index import HNSW_INDEX_PREFIX
+from imagedb.store.search import TRUSTED_TEXT_ROW
 
 # What forgetting an image deletes rows from: the image, what cascades from it, and its paths' ingest errors.
 # How far from 1 a stored vector's length may be: halfvec rounding moves it by about 0.001.
@@ -24,21 +26,33 @@ FORGET_TABLES = (
     "watch_hits",
     "ingest_errors",
     "dicom_images",
+    "ingest_claims",  # its rows name paths; released claims leave dead rows and index entries until a VACUUM
+    "image_words",
 )
 
 
 class AdminStore(Part):
-    def forget(self, collection_id: int, refs: Sequence[str], *, full: bool = False) -> tuple[list[int], list[str]]:
+    def forget(
+        self, collection_id: int, refs: Sequence[str], *, full: bool = False, remember: bool = True,
+        by_content: bool = False,
+    ) -> tuple[list[int], list[str]]:  # fmt: skip
         """Delete images named by id, path or file name, with everything derived from them (foreign keys
-        cascade to embeddings, thumbnails, duplicate groups and watch hits) and the ingest errors of their
+        cascade to embeddings, thumbnails, duplicate groups and watch hits; a group member matched through one
+        of them leaves its group) and the ingest errors of their
         paths; then VACUUM the tables touched (FULL: rewrite them), so that no live index entry or dead row
-        still holds their data. Returns the ids deleted and the tables PostgreSQL would not let this role vacuum."""
+        still holds their data. `remember`: ingest leaves their files out from now on (`by_content`: any file of the
+        same bytes too; store/exclusions.py). Returns the ids deleted and the tables PostgreSQL would not let this
+        role vacuum."""
         ids = sorted({i for ref in refs for i in self.store.images.image_ids(collection_id, ref)})
         if not ids:
             return [], []
         with self.conn.transaction():
             paths = [r[0] for r in self.conn.execute("SELECT path FROM images WHERE id = ANY(%s)", (ids,))]
+            if remember:
+                self.store.exclusions.remember_forgotten(collection_id, ids, by_hash=by_content)
             self.conn.execute("DELETE FROM images WHERE id = ANY(%s)", (ids,))
+            with self.conn.cursor() as cur:
+                forget_matches(cur, ids)
             self.conn.execute("DELETE FROM ingest_errors WHERE path = ANY(%s)", (paths,))
         return ids, self.vacuum(FORGET_TABLES, full=full)
 
@@ -184,10 +198,10 @@ class AdminStore(Part):
                 "SELECT count(*) FROM embedding_models m WHERE to_regclass(%s || m.id) IS NULL",
             ),
             (
-                "invalid indexes (a build was interrupted: run `imagedb db reindex`)",
-                "SELECT count(*) FROM pg_index x JOIN pg_class c ON c.oid = x.indexrelid"
-                " JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = ANY(current_schemas(false))"
-                " AND NOT x.indisvalid",
+                "cached query texts not of their model's dimension, not of length 1 or under another text's hash,"
+                " which searches ignore (`imagedb db repair` deletes them)",
+                "SELECT count(*) FROM text_embeddings t JOIN embedding_models m ON m.id = t.model_id"
+                f" WHERE NOT {TRUSTED_TEXT_ROW}",
             ),
         ]
         found = []
@@ -196,7 +210,52 @@ class AdminStore(Part):
             count = self.conn.execute(query, params).fetchone()[0]  # type: ignore[index]
             if count:
                 found.append(f"{count} {label}")
+        if writers := self.cache_writers():
+            found.append(
+                f"{len(writers)} role(s) besides the owner may write the text-query cache, which every search"
+                f" trusts: {', '.join(writers)} (`imagedb db repair` revokes it)"
+            )
+        leftovers = self.store.leftovers.indexes()
+        if leftovers:
+            found.append(
+                f"{len(leftovers)} index(es) imagedb does not keep, which every insert still maintains: "
+                + ", ".join(x.describe() for x in leftovers)
+                + " (`imagedb db repair` removes them)"
+            )
         return found
+
+    def cache_writers(self) -> list[str]:
+        """Roles other than its owner that may change text_embeddings (PUBLIC included): the cache is the owner's
+        alone (migration 0013), a GRANT made by hand since undoes that."""
+        rows = self.conn.execute(
+            "SELECT DISTINCT CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE pg_get_userbyid(a.grantee) END"
+            " FROM pg_class c, aclexplode(c.relacl) a WHERE c.oid = 'text_embeddings'::regclass"
+            " AND a.grantee <> c.relowner AND a.privilege_type IN ('INSERT', 'UPDATE', 'DELETE', 'TRUNCATE', 'TRIGGER')"
+        ).fetchall()
+        return sorted(str(r[0]) for r in rows)  # in code-point order, whatever the database's collation
+
+    def revoke_cache_writers(self) -> list[str]:
+        """Take every write privilege on the text-query cache from the roles cache_writers() names, and empty the
+        cache if there were any: their rows cannot be told from the owner's (as migration 0013 does)."""
+        writers = self.cache_writers()
+        if writers:
+            with self.conn.transaction():
+                for role in writers:
+                    grantee = sql.SQL("PUBLIC") if role == "PUBLIC" else sql.Identifier(role)
+                    self.conn.execute(
+                        sql.SQL("REVOKE INSERT, UPDATE, DELETE, TRUNCATE, TRIGGER ON text_embeddings FROM {}").format(
+                            grantee
+                        )
+                    )
+                self.conn.execute("DELETE FROM text_embeddings")
+        return writers
+
+    def remove_untrusted_texts(self) -> int:
+        """Delete the cached query texts that searches ignore (store/search.py TRUSTED_TEXT_ROW); returns how many."""
+        cur = self.conn.execute(
+            f"DELETE FROM text_embeddings t USING embedding_models m WHERE m.id = t.model_id AND NOT {TRUSTED_TEXT_ROW}"
+        )
+        return cur.rowcount
 
     def server_versions(self) -> tuple[str, str]:
         row = self.conn.execute(
@@ -206,12 +265,19 @@ class AdminStore(Part):
 
     def collection_stats(self) -> list[dict[str, Any]]:
         rows = self.conn.execute(
-            "SELECT c.name, m.name, m.pretrained, m.dim,"
-            " (SELECT count(*) FROM images i WHERE i.collection_id = c.id),"
-            " (SELECT count(*) FROM embeddings e JOIN images i ON i.id = e.image_id WHERE i.collection_id = c.id),"
-            " (SELECT count(*) FROM ingest_errors r JOIN ingest_runs u ON u.id = r.run_id"
-            "   WHERE u.collection_id = c.id)"
-            " FROM collections c JOIN embedding_models m ON m.id = c.model_id ORDER BY c.name"
+            # Grouped subqueries, not correlated ones, which Citus cannot run on distributed tables
+            "SELECT c.name, m.name, m.pretrained, m.dim, coalesce(i.n, 0), coalesce(e.n, 0), coalesce(r.n, 0),"
+            " coalesce(f.n, 0)"
+            " FROM collections c JOIN embedding_models m ON m.id = c.model_id"
+            " LEFT JOIN (SELECT collection_id, count(*) AS n FROM images GROUP BY collection_id) i"
+            "  ON i.collection_id = c.id"
+            " LEFT JOIN (SELECT i.collection_id, count(*) AS n FROM embeddings e JOIN images i ON i.id = e.image_id"
+            "  GROUP BY i.collection_id) e ON e.collection_id = c.id"
+            " LEFT JOIN (SELECT u.collection_id, count(*) AS n FROM ingest_errors r JOIN ingest_runs u"
+            "  ON u.id = r.run_id GROUP BY u.collection_id) r ON r.collection_id = c.id"
+            " LEFT JOIN (SELECT collection_id, count(*) AS n FROM forgotten GROUP BY collection_id) f"
+            "  ON f.collection_id = c.id"
+            " ORDER BY c.name"
         ).fetchall()
-        keys = ("collection", "model", "pretrained", "dim", "images", "embeddings", "errors")
+        keys = ("collection", "model", "pretrained", "dim", "images", "embeddings", "errors", "excluded")
         return [dict(zip(keys, r, strict=True)) for r in rows]

@@ -40,7 +40,10 @@ class StoreBase:
         from pgvector.psycopg import register_vector
 
         info = self.conn.info
+        from imagedb.pg.limits import set_lock_timeout
+
         conn = psycopg.connect(info.dsn, password=info.password or None, connect_timeout=10, autocommit=True)
+        set_lock_timeout(conn)  # as the store's own connection (pg/connection.py)
         register_vector(conn)
         return type(self)(conn)
 

@@ -10,6 +10,7 @@ from psycopg import sql
 
 from imagedb.store.base import Part
 from imagedb.store.records import Collection
+from imagedb.store.settings import set_local
 
 # Each image's nearest hashes by Hamming distance; the LATERAL subquery reads the HNSW index once per image.
 HASH_EDGES_SQL = (
@@ -21,10 +22,26 @@ HASH_EDGES_SQL = (
 )
 
 
+def forget_matches(cur: psycopg.Cursor[Any], image_ids: Sequence[int]) -> None:
+    """Take out of their groups the members linked through deleted images: `matched_image_id` has no foreign key
+    (under Citus the matched image is on another shard), so every statement that deletes images calls this in its
+    transaction, as ON DELETE CASCADE did."""
+    if image_ids:
+        cur.execute("DELETE FROM duplicate_groups WHERE matched_image_id = ANY(%s)", (list(image_ids),))
+
+
 class DuplicatesStore(Part):
     def hash_edges(self, collection_id: int, max_distance: int, neighbours: int) -> list[tuple[int, int, float]]:
         """(image, near image, Hamming distance) for each image's nearest hashes, through the HNSW index."""
-        return self._edges(HASH_EDGES_SQL, {"c": collection_id, "k": neighbours, "max": max_distance})
+        params = {"c": collection_id, "k": neighbours, "max": max_distance}
+        if self.store.citus.distributed():
+            return self._edges_each(
+                "SELECT id, dhash FROM images WHERE collection_id = %(c)s AND dhash IS NOT NULL",
+                "SELECT j.id, (j.dhash <~> %(q)s) AS distance FROM images j WHERE j.collection_id = %(c)s"
+                " AND j.id <> %(a)s AND j.dhash IS NOT NULL ORDER BY j.dhash <~> %(q)s LIMIT %(k)s",
+                params,
+            )
+        return self._edges(HASH_EDGES_SQL, params)
 
     def clip_edges(self, collection: Collection, max_distance: float, neighbours: int) -> list[tuple[int, int, float]]:
         """(image, near image, cosine distance) for each image's nearest embeddings, through the HNSW index."""
@@ -38,24 +55,50 @@ class DuplicatesStore(Part):
             "  ORDER BY e.{v} <=> a.{v} LIMIT %(k)s) n"
             " WHERE a.model_id = %(m)s AND n.distance <= %(max)s"
         ).format(v=vector)
-        return self._edges(
-            statement, {"c": collection.id, "m": collection.model_id, "k": neighbours, "max": max_distance}
-        )
+        params = {"c": collection.id, "m": collection.model_id, "k": neighbours, "max": max_distance}
+        if self.store.citus.distributed():
+            return self._edges_each(
+                sql.SQL(
+                    "SELECT e.image_id, e.{v} FROM embeddings e JOIN images i ON i.id = e.image_id"
+                    " WHERE e.model_id = %(m)s AND i.collection_id = %(c)s"
+                ).format(v=vector),
+                sql.SQL(
+                    "SELECT e.image_id, (e.{v} <=> %(q)s) AS distance FROM embeddings e JOIN images i"
+                    " ON i.id = e.image_id WHERE e.model_id = %(m)s AND i.collection_id = %(c)s"
+                    " AND e.image_id <> %(a)s ORDER BY e.{v} <=> %(q)s LIMIT %(k)s"
+                ).format(v=vector),
+                params,
+            )
+        return self._edges(statement, params)
 
     def sha256_edges(self, collection_id: int) -> list[tuple[int, int, float]]:
         """Identical files: each image linked to the first image with the same content."""
         return self._edges(
-            "SELECT id, first_value(id) OVER (PARTITION BY sha256 ORDER BY id), 0 FROM images"
-            " WHERE collection_id = %(c)s AND sha256 IN ("
-            "  SELECT sha256 FROM images WHERE collection_id = %(c)s GROUP BY sha256 HAVING count(*) > 1)",
+            # min(id) by a join, not first_value() over a window by sha256, which Citus cannot push to the shards
+            "SELECT i.id, f.first, 0 FROM images i JOIN ("
+            "  SELECT sha256, min(id) AS first FROM images WHERE collection_id = %(c)s"
+            "  GROUP BY sha256 HAVING count(*) > 1) f ON f.sha256 = i.sha256 WHERE i.collection_id = %(c)s",
             {"c": collection_id},
         )
 
     def _edges(self, statement: str | sql.Composed, params: dict[str, Any]) -> list[tuple[int, int, float]]:
         with self.conn.transaction():
-            self.conn.execute("SELECT set_config('hnsw.iterative_scan', 'relaxed_order', true)")
+            set_local(self.conn, {"hnsw.iterative_scan": "relaxed_order"})
             rows = self.conn.execute(statement, params, prepare=False).fetchall()
         return [(int(a), int(b), float(d)) for a, b, d in rows if a != b]
+
+    def _edges_each(
+        self, sources: str | sql.Composed, neighbours: str | sql.Composed, params: dict[str, Any]
+    ) -> list[tuple[int, int, float]]:
+        """The edges of _edges one image at a time: under Citus the pairwise LATERAL join spans shards, which Citus
+        cannot plan; each image's neighbour query is an index scan on every shard merged by the coordinator."""
+        edges = []
+        with self.conn.transaction():
+            set_local(self.conn, {"hnsw.iterative_scan": "relaxed_order"})
+            for a, value in self.conn.execute(sources, params).fetchall():
+                rows = self.conn.execute(neighbours, {**params, "a": a, "q": value}).fetchall()
+                edges += [(int(a), int(b), float(d)) for b, d in rows if d <= params["max"] and a != b]
+        return edges
 
     def save_duplicate_groups(
         self, collection_id: int, rows: Sequence[tuple[int, int, int | None, str, float | None]]
@@ -117,9 +160,10 @@ class DuplicatesStore(Part):
             "  JOIN watch_hashes h ON h.watch_id = w.id CROSS JOIN images i"
             "  WHERE w.id = %s AND i.dhash IS NOT NULL AND (h.hash <~> i.dhash) <= w.max_distance"
             "  GROUP BY w.id, i.id"
-            "  ON CONFLICT DO NOTHING RETURNING watch_id, image_id, distance)"
-            " SELECT pg_notify('imagedb_watch', json_build_object("
-            "  'watch_id', watch_id, 'image_id', image_id, 'distance', distance)::text) FROM hits",
+            "  ON CONFLICT DO NOTHING RETURNING id)"
+            # Only the hit's id: any login can NOTIFY this channel, so a listener reads the hit from watch_hits
+            # (imagedb/watch_feed.py), which readers cannot write.
+            " SELECT pg_notify('imagedb_watch', json_build_object('hit_id', id)::text) FROM hits",
             (watch_id,),
         )
         return cur.rowcount
@@ -141,3 +185,17 @@ class DuplicatesStore(Part):
         )
         rows = [dict(zip([c.name for c in cur.description or []], r, strict=True)) for r in cur.fetchall()]
         return rows
+
+    def verified_hits(self, ids: Sequence[int], after: int) -> list[dict[str, Any]]:
+        """The stored hits among `ids` (as a notification names them) whose id is above `after`: a notification is
+        believed only as far as watch_hits, which readers cannot write, holds it."""
+        cur = self.conn.execute(
+            "SELECT h.id, h.watch_id, w.label, w.path AS watched_path, h.image_id, i.path, h.distance, h.found_at"
+            " FROM watch_hits h JOIN watches w ON w.id = h.watch_id JOIN images i ON i.id = h.image_id"
+            " WHERE h.id = ANY(%s::bigint[]) AND h.id > %s ORDER BY h.id",
+            (list(ids), after),
+        )
+        return [dict(zip([c.name for c in cur.description or []], r, strict=True)) for r in cur.fetchall()]
+
+    def last_hit_id(self) -> int:
+        return int(self.conn.execute("SELECT coalesce(max(id), 0) FROM watch_hits").fetchone()[0])  # type: ignore[index]

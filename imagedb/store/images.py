@@ -18,6 +18,7 @@ from psycopg.types.json import Jsonb
 from imagedb.errors import ConcurrentChange
 from imagedb.store.base import Part
 from imagedb.store.dicom import insert_dicom_rows
+from imagedb.store.duplicates import forget_matches
 from imagedb.store.records import ImageRecord
 
 
@@ -114,7 +115,7 @@ class ImagesStore(Part):
         run_id: int,
         records: Sequence[ImageRecord],
         vectors: Sequence[np.ndarray],
-        errors: Iterable[tuple[str, str]],
+        errors: Iterable[tuple[Any, ...]],
         other_models: dict[int, Sequence[np.ndarray]] | None = None,
     ) -> BatchWritten:
         """Store one batch, in one transaction up to PATHS_PER_TRANSACTION files (a larger one in several, each of
@@ -150,7 +151,7 @@ class ImagesStore(Part):
         run_id: int,
         records: Sequence[ImageRecord],
         vectors: Sequence[np.ndarray],
-        errors: Iterable[tuple[str, str]],
+        errors: Iterable[tuple[Any, ...]],
         other_models: dict[int, Sequence[np.ndarray]],
     ) -> BatchWritten:
         with self.conn.transaction(), self.conn.cursor() as cur:
@@ -185,9 +186,10 @@ class ImagesStore(Part):
                 by_path = {r.path: n for n, r in enumerate(records)}
                 extra_todo = {m: [vs[by_path[r.path]] for r, _ in todo] for m, vs in extra.items()}
                 hits = self._insert_images(cur, collection_id, model_id, run_id, todo, stored, extra_todo)
+            # (path, reason) or (path, reason, size, mtime): the file as it was, so a rerun retries it once changed
             cur.executemany(
-                "INSERT INTO ingest_errors (run_id, path, reason) VALUES (%s, %s, %s)",
-                [(run_id, path, reason) for path, reason in errors],
+                "INSERT INTO ingest_errors (run_id, path, reason, size_bytes, mtime) VALUES (%s, %s, %s, %s, %s)",
+                [(run_id, *error, *(None,) * (4 - len(error))) for error in errors],
             )
         return BatchWritten(done, hits)
 
@@ -216,20 +218,23 @@ class ImagesStore(Part):
         # A file that changed since the last run is replaced whole, with everything derived from it,
         # but the attributes a user gave it stay.
         cur.execute(
-            "DELETE FROM images WHERE collection_id = %s AND path = ANY(%s)",
+            "DELETE FROM images WHERE collection_id = %s AND path = ANY(%s) RETURNING id",
             (collection_id, [r.path for r, _ in todo if r.path in stored]),
         )
+        gone = [row[0] for row in cur.fetchall()]
         # A changed multi-frame DICOM file takes its former frame rows (path#frame=N) with it, those it has now
         # come back below: a file with fewer frames, or ingested again without --all-frames, leaves none behind.
         cur.execute(
             "DELETE FROM images i USING unnest(%s::text[]) AS f(path) WHERE i.collection_id = %s"
-            " AND starts_with(i.path, f.path || '#frame=') AND NOT i.path = ANY(%s)",
+            " AND starts_with(i.path, f.path || '#frame=') AND NOT i.path = ANY(%s) RETURNING i.id",
             (
                 [r.path for r, _ in todo if r.dicom is not None and "#frame=" not in r.path],
                 collection_id,
                 [r.path for r, _ in todo],
             ),
         )
+        gone += [row[0] for row in cur.fetchall()]
+        forget_matches(cur, gone)
         cur.executemany(
             "INSERT INTO images (collection_id, path, sha256, size_bytes, mtime, width, height, format,"
             " taken_at, camera_make, camera_model, orientation, exif, attributes, dhash)"
@@ -281,9 +286,10 @@ class ImagesStore(Part):
             "  JOIN watches w ON w.id = n.watch_id"
             "  WHERE i.id = ANY(%s) AND i.dhash IS NOT NULL AND n.distance <= w.max_distance"
             "  GROUP BY n.watch_id, i.id"
-            "  ON CONFLICT DO NOTHING RETURNING watch_id, image_id, distance)"
-            " SELECT pg_notify('imagedb_watch', json_build_object("
-            "  'watch_id', watch_id, 'image_id', image_id, 'distance', distance)::text) FROM hits",
+            "  ON CONFLICT DO NOTHING RETURNING id)"
+            # Only the hit's id: any login can NOTIFY this channel, so a listener reads the hit from watch_hits
+            # (imagedb/watch_feed.py), which readers cannot write.
+            " SELECT pg_notify('imagedb_watch', json_build_object('hit_id', id)::text) FROM hits",
             (ids,),
         )
         return cur.rowcount  # one row per hit recorded

@@ -11,7 +11,6 @@ streaming standby replays and that blocked its readers for as long as the old DR
 from __future__ import annotations
 
 import os
-import re
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
@@ -224,7 +223,7 @@ class IndexStore(Part):
                 raise
             # From here two valid indexes exist; the planner uses either, and then the new one alone.
             self.drop_concurrently(name)
-            self._rename(building, name)
+            self.rename(building, name)
         return name
 
     def rebuild_indexes(self, m: int | None = None, ef_construction: int | None = None) -> list[str]:
@@ -234,6 +233,7 @@ class IndexStore(Part):
         # Every model's parameters are checked before any index is built: one refused must leave all unchanged.
         chosen = [(model_id, dim, self._chosen(model_id, m, ef_construction)) for model_id, dim in models]
         try:
+            self.store.leftovers.remove()  # also those of no model's build: a deleted model's, an invalid one's
             return [self.rebuild_hnsw_index(model_id, dim, params) for model_id, dim, params in chosen]
         except psycopg.errors.InsufficientPrivilege as exc:
             raise ImagedbError(
@@ -250,8 +250,10 @@ class IndexStore(Part):
         models = self.conn.execute("SELECT id, dim FROM embedding_models ORDER BY id").fetchall()
         built = []
         try:
+            self.store.leftovers.remove()
             for model_id, dim in models:
                 with self.index_lock(model_id, wait=True):
+                    self.repair_interrupted_build(model_id)
                     self.conn.execute("UPDATE embedding_models SET rerank = NULL WHERE id = %s", (model_id,))
                     self.drop_concurrently(binary_index_name(model_id))
                     if rerank is None:
@@ -277,27 +279,15 @@ class IndexStore(Part):
         return built
 
     def repair_interrupted_build(self, model_id: int) -> None:
-        """Undo what a concurrent build or drop stopped halfway left: INVALID indexes of this model's names are
-        dropped; a valid new index whose old one is gone takes the canonical name."""
-        name = hnsw_index_name(model_id)
-        pattern = f"^{re.escape(name)}(_[a-z0-9]+)?$"  # embeddings_hnsw_1 and _1_next / _1_ccnew, never _10
-        rows = self.conn.execute(
-            "SELECT c.relname, x.indisvalid FROM pg_index x JOIN pg_class c ON c.oid = x.indexrelid"
-            " WHERE x.indrelid = 'embeddings'::regclass AND c.relname ~ %s ORDER BY c.relname",
-            (pattern,),
-        ).fetchall()
-        for relname, valid in rows:
-            if not valid:
-                self.drop_concurrently(relname)
-        building = name + BUILD_SUFFIX
-        if any(r == building and v for r, v in rows) and not any(r == name and v for r, v in rows):
-            self._rename(building, name)
+        """Undo what a concurrent build, swap, drop or quantisation stopped halfway left (store/leftovers.py); the
+        caller holds the model's build lock."""
+        self.store.leftovers.repair_model(model_id)
 
     def drop_concurrently(self, name: str) -> None:
         # Outside any transaction (the connection is in autocommit mode): waits for searches using the index.
         self.conn.execute(sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(sql.Identifier(name)))
 
-    def _rename(self, old: str, new: str) -> None:
+    def rename(self, old: str, new: str) -> None:
         # ALTER INDEX ... RENAME takes SHARE UPDATE EXCLUSIVE on the index (PostgreSQL >= 12): searches and
         # writes go on, and no lock record reaches a standby (tests/test_rebuilds.py checks the lock mode).
         self.conn.execute(sql.SQL("ALTER INDEX {} RENAME TO {}").format(sql.Identifier(old), sql.Identifier(new)))

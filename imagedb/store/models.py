@@ -13,7 +13,7 @@ from psycopg.types.json import Jsonb
 
 from imagedb.errors import ModelMismatch
 from imagedb.store.base import Part
-from imagedb.store.index import BUILD_SUFFIX, DEFAULT_HNSW, _create_sql, hnsw_index_name
+from imagedb.store.index import BUILD_SUFFIX, DEFAULT_HNSW, _create_sql, binary_index_name, hnsw_index_name
 from imagedb.store.records import Collection, HeldModel, ModelRecord
 
 _ADD_LOCK = 0x1A70  # advisory lock class for `models add`; the second key hashes (collection id, model id)
@@ -269,6 +269,7 @@ class ModelsStore(Part):
                 return False
             self.store.index.drop_concurrently(hnsw_index_name(model_id) + BUILD_SUFFIX)
             self.store.index.drop_concurrently(hnsw_index_name(model_id))
+            self.store.index.drop_concurrently(binary_index_name(model_id))
             with self.conn.transaction():
                 if self._model_in_use(model_id):
                     return False  # held again meanwhile: its next use builds the index again

@@ -14,12 +14,22 @@ from imagedb.store import metrics
 from imagedb.store.base import Part
 from imagedb.store.index import binary_expression
 from imagedb.store.records import Collection, Hit
+from imagedb.store.settings import set_local
 
 # How far an iterative index scan may read for a selective filter before giving up (pgvector's default is
 # 20,000): enough for a 1% filter to fill a page of results on a million images.
 MAX_SCAN_TUPLES = 100_000
 # Query texts cached per model (about 1 KB each at 512 dimensions): the oldest beyond this go.
 MAX_CACHED_TEXTS = 100_000
+
+# What a cached text's row must be to be used (t: text_embeddings, m: its embedding_models row): of the model's
+# dimension, of length 1 as embed.py stores every vector (halfvec rounding moves it by about 0.001), and filed
+# under its own text's hash. Only the owner writes the cache (migration 0013); this guards rows from before, or
+# from a hand-made INSERT. `imagedb db check` counts the others and `imagedb db repair` deletes them.
+TRUSTED_TEXT_ROW = (
+    "(vector_dims(t.embedding) = m.dim AND abs(l2_norm(t.embedding) - 1) <= 0.01"
+    " AND t.text_sha256 = sha256(convert_to(t.text, 'UTF8')))"
+)
 
 
 def _nearest_query(
@@ -80,11 +90,13 @@ def _nearest_query(
             "  row_number() OVER (PARTITION BY coalesce(g.group_no::bigint, -n.id) ORDER BY n.distance, n.id) AS r"
             "  FROM nearest n LEFT JOIN duplicate_groups g"
             "  ON g.collection_id = %(collection_id)s AND g.image_id = n.id)"
-            " SELECT id, path, {score} AS score, image_date,"
-            "  CASE WHEN group_no IS NULL THEN 0 ELSE (SELECT count(*) - 1 FROM duplicate_groups d"
-            "   WHERE d.collection_id = %(collection_id)s AND d.group_no = ranked.group_no) END,"
-            "  (SELECT count(*) FROM candidates)"
-            " FROM ranked WHERE r = 1 ORDER BY distance, id LIMIT %(limit)s OFFSET %(offset)s"
+            # The group sizes by a join, not a correlated subquery per row, which Citus cannot run
+            ", sizes AS (SELECT d.group_no, count(*) - 1 AS others FROM duplicate_groups d"
+            "  WHERE d.collection_id = %(collection_id)s AND d.group_no IN (SELECT group_no FROM ranked WHERE r = 1)"
+            "  GROUP BY d.group_no)"
+            " SELECT id, path, {score} AS score, image_date, coalesce(s.others, 0), (SELECT count(*) FROM candidates)"
+            " FROM ranked LEFT JOIN sizes s USING (group_no) WHERE r = 1 ORDER BY distance, id"
+            " LIMIT %(limit)s OFFSET %(offset)s"
         ).format(score=score)
     params.update(
         q=HalfVector(query),
@@ -158,11 +170,14 @@ class SearchStore(Part):
         with self.conn.transaction():
             # Filters (and other collections sharing the model) drop rows after the index scan; an iterative
             # scan keeps reading the index until enough rows pass, up to max_scan_tuples.
-            self.conn.execute("SELECT set_config('hnsw.iterative_scan', 'relaxed_order', true)")
-            self.conn.execute("SELECT set_config('hnsw.max_scan_tuples', %s, true)", (str(MAX_SCAN_TUPLES),))
+            settings: dict[str, str | int] = {
+                "hnsw.iterative_scan": "relaxed_order",
+                "hnsw.max_scan_tuples": MAX_SCAN_TUPLES,
+            }
             ef_search = effective_ef_search(collection, ef_search)
             if ef_search is not None:
-                self.conn.execute("SELECT set_config('hnsw.ef_search', %s, true)", (str(ef_search),))
+                settings["hnsw.ef_search"] = ef_search
+            set_local(self.conn, settings)
             # Not prepared: after five runs PostgreSQL may switch a prepared statement to a generic plan, chosen
             # without the LIMIT and filter values, which need not read the index.
             rows = self.conn.execute(statement, params, prepare=False).fetchall()
@@ -204,10 +219,13 @@ class SearchStore(Part):
         """The stored vectors of these query texts by this model (those embedded before)."""
         if not texts:
             return {}
+        # A row that is not what the model gives (another dimension, not of length 1, another text under this
+        # text's hash) is not used: the text is embedded again and the row replaced (cache_texts).
         rows = self.conn.execute(
-            "SELECT t.text, t.embedding FROM text_embeddings t WHERE t.model_id = %s"
-            " AND t.text_sha256 = ANY(SELECT sha256(convert_to(q, 'UTF8')) FROM unnest(%s::text[]) AS q)",
-            (model_id, texts),
+            "SELECT t.text, t.embedding FROM text_embeddings t JOIN embedding_models m ON m.id = t.model_id"
+            " WHERE t.model_id = %s AND t.text_sha256 = ANY(SELECT sha256(convert_to(q, 'UTF8'))"
+            " FROM unnest(%s::text[]) AS q) AND t.text = ANY(%s::text[]) AND " + TRUSTED_TEXT_ROW,
+            (model_id, texts, texts),
         ).fetchall()
         return {text: vector.to_numpy().astype(np.float32) for text, vector in rows}
 
@@ -220,7 +238,9 @@ class SearchStore(Part):
             self.conn.execute(
                 "INSERT INTO text_embeddings (model_id, text_sha256, text, embedding)"
                 " SELECT %s, sha256(convert_to(q, 'UTF8')), q, v FROM unnest(%s::text[], %s::halfvec[]) AS u(q, v)"
-                " ON CONFLICT DO NOTHING",
+                # A row that was not used (cached_texts) is replaced by what the model gave now.
+                " ON CONFLICT (model_id, text_sha256) DO UPDATE"
+                " SET text = EXCLUDED.text, embedding = EXCLUDED.embedding, created_at = EXCLUDED.created_at",
                 (model_id, list(vectors), [HalfVector(v) for v in vectors.values()]),
             )
             self.conn.execute(

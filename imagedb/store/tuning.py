@@ -12,6 +12,7 @@ from psycopg import sql
 from imagedb.store import metrics
 from imagedb.store.base import Part
 from imagedb.store.records import Collection
+from imagedb.store.settings import set_local
 
 # Advisory lock class for redrawing a relevance sample; the second key is the collection.
 _SAMPLE_LOCK = 0x1A6F
@@ -100,6 +101,15 @@ class TuningStore(Part):
         vectors = np.array([r[1].to_numpy() for r in rows], dtype=np.float32).reshape(len(rows), collection.dim)
         return ids, vectors
 
+    def recent_texts(self, collection: Collection, count: int) -> np.ndarray:
+        """The vectors of the `count` query texts this model embedded most recently (the text cache): what users
+        ask, the text queries of a recall check."""
+        rows = self.conn.execute(
+            "SELECT embedding FROM text_embeddings WHERE model_id = %s ORDER BY created_at DESC, text_sha256 LIMIT %s",
+            (collection.model_id, count),
+        ).fetchall()
+        return np.array([r[0].to_numpy() for r in rows], dtype=np.float32).reshape(len(rows), collection.dim)
+
     def exact_nearest(self, collection: Collection, query: np.ndarray, k: int, exclude: int | None = None) -> list[int]:
         """The true `k` nearest image ids (ties by id), `exclude` left out: a scan of every vector, no index. The
         answer recall is measured against."""
@@ -107,8 +117,7 @@ class TuningStore(Part):
         # cast costs every row a check and a copy (about 12% of the scan: bench/results/exact.txt).
         vector = sql.SQL("e.embedding")
         with self.conn.transaction():
-            self.conn.execute("SELECT set_config('enable_indexscan', 'off', true)")
-            self.conn.execute("SELECT set_config('enable_bitmapscan', 'off', true)")
+            set_local(self.conn, {"enable_indexscan": "off", "enable_bitmapscan": "off"})
             rows = self.conn.execute(
                 sql.SQL(
                     "SELECT i.id FROM embeddings e JOIN images i ON i.id = e.image_id"
@@ -121,23 +130,46 @@ class TuningStore(Part):
         return [int(r[0]) for r in rows]
 
     def save_tuned_ef_search(
-        self, collection: Collection, ef_search: int, target: float, recall: float, count: int
+        self,
+        collection: Collection,
+        ef_search: int,
+        target: float,
+        recall: float,
+        count: int,
+        text: tuple[int, float, str] | None = None,
     ) -> None:
-        """Store the ef_search that `imagedb tune` chose, with the recall it measured at it."""
-        self._upsert_tuning(
-            collection,
-            {
-                "ef_search": ef_search,
-                "target_recall": target,
-                "recall": recall,
-                "recall_ef_search": ef_search,
-                "recall_count": count,
-            },
-        )
+        """Store the ef_search that `imagedb tune` chose, with the recall it measured at it; `text` is text
+        queries' own (ef_search, recall at it, what they were)."""
+        values: dict[str, Any] = {
+            "ef_search": ef_search,
+            "target_recall": target,
+            "recall": recall,
+            "recall_ef_search": ef_search,
+            "recall_count": count,
+        }
+        if text is not None:
+            values |= {
+                "text_ef_search": text[0],
+                "text_recall": text[1],
+                "text_recall_ef_search": text[0],
+                "text_queries": text[2],
+            }
+        self._upsert_tuning(collection, values)
 
-    def save_recall(self, collection: Collection, recall: float, ef_search: int, count: int) -> None:
-        """Store the recall measured at the ef_search searches use (`imagedb db check --recall`)."""
-        self._upsert_tuning(collection, {"recall": recall, "recall_ef_search": ef_search, "recall_count": count})
+    def save_recall(
+        self,
+        collection: Collection,
+        recall: float,
+        ef_search: int,
+        count: int,
+        text: tuple[int, float, str] | None = None,
+    ) -> None:
+        """Store the recall measured at the ef_search searches use (`imagedb db check --recall`); `text` as the
+        text queries' (ef_search in use, recall at it, what they were)."""
+        values: dict[str, Any] = {"recall": recall, "recall_ef_search": ef_search, "recall_count": count}
+        if text is not None:
+            values |= {"text_recall_ef_search": text[0], "text_recall": text[1], "text_queries": text[2]}
+        self._upsert_tuning(collection, values)
 
     def _upsert_tuning(self, collection: Collection, values: dict[str, Any]) -> None:
         columns = [*values, "recall_at"]

@@ -55,6 +55,7 @@ function params() {
   // 0 is "off": every result, however weakly it stands out.
   if (Number($("min-relevance").value) > 0) p.set("min_relevance", $("min-relevance").value);
   if ($("collapse").checked) p.set("collapse_duplicates", "true");
+  if ($("hybrid").checked) p.set("hybrid", "true");
   if ($("modality").value.trim()) p.set("modality", $("modality").value.trim());
   if ($("body_part").value.trim()) p.set("body_part", $("body_part").value.trim());
   for (const [name, value] of Object.entries(chosen)) if (value) p.set(name, value);
@@ -116,6 +117,10 @@ function render(results, what, metric = "cosine") {
     }
     if (r.duplicates > 0) label(caption, "duplicates", `+${r.duplicates}`, `${r.duplicates} duplicate(s) of this image not shown`);
     label(caption, "name", fileName(r.path), shown(r.path));
+    if (r.matched && r.matched.length) {
+      // Why a keyword or hybrid result matched: the query's words it holds, and its ranks in the title.
+      label(caption, "matched", r.matched.join(" "), `words matched; keyword rank ${r.keyword_rank ?? "-"}, vector rank ${r.vector_rank ?? "-"}`);
+    }
     $("grid").append(element);
   }
 }
@@ -327,7 +332,7 @@ $("search").addEventListener("submit", (event) => { event.preventDefault(); refr
 $("file").addEventListener("change", () => { if ($("file").files[0]) searchFile($("file").files[0]); });
 $("close").addEventListener("click", () => $("details").close());
 for (const id of ["collection", "after", "before", "modality", "body_part"]) $(id).addEventListener("change", refresh);
-for (const id of ["sort", "metric", "min-relevance", "collapse"]) $(id).addEventListener("change", () => { if ($("q").value.trim()) searchText(); });
+for (const id of ["sort", "metric", "min-relevance", "collapse", "hybrid"]) $(id).addEventListener("change", () => { if ($("q").value.trim()) searchText(); });
 $("q").addEventListener("search", () => { if (!$("q").value.trim()) browse(); }); // the field's clear button
 $("next-page").addEventListener("click", nextPage);
 // The next page loads as the end of the list comes into view.

@@ -40,7 +40,9 @@ class Search:
             results = search.nearest(s, plan, vector)
         hits = [
             SearchHit(rank=r.rank, score=r.score, relevance=r.relevance, duplicates=r.others, id=r.image_id,
-                      path=r.path, date=r.date, thumbnail=f"/api/images/{r.image_id}/thumbnail")
+                      path=r.path, date=r.date, thumbnail=f"/api/images/{r.image_id}/thumbnail",
+                      vector_rank=r.vector_rank, keyword_rank=r.keyword_rank, keyword_score=r.keyword_score,
+                      matched=list(r.matched))
             for r in results
         ]  # fmt: skip
         metric = plan.request.metric

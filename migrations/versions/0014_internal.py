@@ -25,7 +25,7 @@ import re
 from alembic import op
 
 revision = "internal"
-down_revision = "readers"
+down_revision = "cache"
 branch_labels = None
 depends_on = None
 

@@ -1,0 +1,261 @@
+"""What one login may cost the server, and what an owner command does when another session holds its lock.
+
+Roles made by `imagedb grant-reader` and `grant-writer` get per-role settings (ALTER ROLE ... SET, so they hold in
+every database of the server and for any client): statement and idle-in-transaction timeouts, a connection limit
+and a temporary-file limit. Large objects cannot be created by them (EXECUTE on the creating functions is revoked
+from PUBLIC in imagedb's database), nor temporary tables, which temp_file_limit does not count (TEMPORARY on the
+database is revoked from PUBLIC: imagedb uses none). The defaults, and why, are in docs/security.md.
+
+imagedb's own connections wait at most LOCK_TIMEOUT_S for a lock; when that ends, `blocker_line` names the
+session in the way, from pg_locks and pg_stat_activity.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # psycopg is imported where it is used: `imagedb --help` reads the defaults below without it
+    import psycopg
+
+# A lock wait of imagedb's own connections (owner commands, ingest, searches) ends after this long. Batch writes
+# hold their locks for well under a second; a wait of 10 s is a session holding a table, not a busy moment.
+LOCK_TIMEOUT_S = 10
+
+# Creating large objects: what `lo_from_bytea`, `lo_import` and psql's `\lo_import` (lo_creat over the fastpath)
+# call. A reader or writer who could call them could fill the disk with objects that outlive the session and go
+# into every dump; imagedb stores none.
+LARGE_OBJECT_FUNCTIONS = (
+    "lo_creat(integer)",
+    "lo_create(oid)",
+    "lo_from_bytea(oid, bytea)",
+    "lo_import(text)",
+    "lo_import(text, oid)",
+)
+
+
+# The largest values the options take: a day of statement, and what the server's settings hold (temp_file_limit is
+# an int of kB).
+MAX_TIMEOUT_S = 86_400
+MAX_CONNECTIONS = 10_000
+MAX_TEMP_FILE_MB = (2**31 - 1) // 1024
+
+
+@dataclass(frozen=True)
+class RoleLimits:
+    statement_timeout_s: int  # 0: none
+    idle_in_transaction_s: int  # 0: none
+    connection_limit: int  # -1: none
+    temp_file_limit_mb: int  # -1: none
+
+    def problem(self) -> str | None:
+        """What PostgreSQL would refuse in these limits (checked before anything is granted), or None."""
+        for label, value, low, high in (
+            ("statement timeout", self.statement_timeout_s, 0, MAX_TIMEOUT_S),
+            ("idle-in-transaction timeout", self.idle_in_transaction_s, 0, MAX_TIMEOUT_S),
+            ("connection limit", self.connection_limit, -1, MAX_CONNECTIONS),
+            ("temporary-file limit", self.temp_file_limit_mb, -1, MAX_TEMP_FILE_MB),
+        ):
+            if not low <= value <= high:
+                return f"the {label} must be between {low} and {high}, not {value}"
+        return None
+
+    def adjusted(self, **given: int | None) -> RoleLimits:
+        """These limits with the ones given (not None) in their place."""
+        return replace(self, **{k: v for k, v in given.items() if v is not None})
+
+
+READER_LIMITS = RoleLimits(statement_timeout_s=60, idle_in_transaction_s=60, connection_limit=20,
+                           temp_file_limit_mb=1024)  # fmt: skip
+WRITER_LIMITS = RoleLimits(statement_timeout_s=300, idle_in_transaction_s=60, connection_limit=20,
+                           temp_file_limit_mb=1024)  # fmt: skip
+
+
+def set_role_limits(conn: psycopg.Connection, role: str, limits: RoleLimits) -> list[str]:
+    """Give `role` these limits; returns those the server refused. temp_file_limit may only be set by a superuser
+    (or a role granted SET on it), any of them only by a role with CREATEROLE (ADMIN on the role since PostgreSQL
+    16): on a server where imagedb's role has neither, they are left to its administrator."""
+    import psycopg
+    from psycopg import sql
+
+    name = sql.Identifier(role)
+    settings = {
+        "statement_timeout": f"{limits.statement_timeout_s}s",
+        "idle_in_transaction_session_timeout": f"{limits.idle_in_transaction_s}s",
+        "temp_file_limit": f"{limits.temp_file_limit_mb}MB" if limits.temp_file_limit_mb >= 0 else "-1",
+    }
+    statements = {"connection limit": sql.SQL("ALTER ROLE {} CONNECTION LIMIT {}").format(
+        name, sql.Literal(limits.connection_limit)
+    )}  # fmt: skip
+    for setting, value in settings.items():
+        statements[setting] = sql.SQL("ALTER ROLE {} SET {} = {}").format(
+            name, sql.Identifier(setting), sql.Literal(value)
+        )
+    refused = []
+    with conn.transaction():
+        for what, statement in statements.items():
+            try:
+                with conn.transaction():  # a savepoint: one refused limit leaves the others
+                    conn.execute(statement)
+            except psycopg.errors.InsufficientPrivilege:
+                refused.append(what)
+    return refused
+
+
+def harden_database(conn: psycopg.Connection) -> bool:
+    """In the current database, refuse large-object creation and temporary tables to every role but the owner and
+    superusers; returns False where imagedb's role may not (not a superuser: then the server's administrator
+    decides, docs/security.md says how)."""
+    from psycopg import sql
+
+    if not _is_superuser(conn):
+        return False
+    functions = sql.SQL(", ").join(sql.SQL(f) for f in LARGE_OBJECT_FUNCTIONS)  # constants above, never input
+    database = sql.Identifier(conn.info.dbname)
+    with conn.transaction():
+        conn.execute(sql.SQL("REVOKE EXECUTE ON FUNCTION {} FROM PUBLIC").format(functions))
+        conn.execute(sql.SQL("REVOKE TEMPORARY ON DATABASE {} FROM PUBLIC").format(database))
+    return True
+
+
+def large_objects_refused(conn: psycopg.Connection) -> bool:
+    """Whether PUBLIC (so every role not granted it) is refused lo_from_bytea and lo_creat here."""
+    row = conn.execute(
+        "SELECT NOT has_function_privilege('public', 'lo_from_bytea(oid, bytea)', 'EXECUTE')"
+        " AND NOT has_function_privilege('public', 'lo_creat(integer)', 'EXECUTE')"
+    ).fetchone()
+    return bool(row and row[0])
+
+
+def _is_superuser(conn: psycopg.Connection) -> bool:
+    row = conn.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user").fetchone()
+    return bool(row and row[0])
+
+
+# imagedb's roles, found by what grant-reader (SELECT on image_catalog) and grant-writer (INSERT on embeddings) gave;
+# imagedb's tables are in public or, from the revision `internal` on, in imagedb_internal.
+_ROLE_LIMITS = """
+SELECT r.rolname, kind, r.rolconnlimit,
+       (SELECT array_agg(s) FROM pg_db_role_setting d, unnest(d.setconfig) s
+        WHERE d.setrole = r.oid AND d.setdatabase = 0)
+FROM (SELECT DISTINCT grantee::text AS role, CASE table_name WHEN 'embeddings' THEN 'writer' ELSE 'reader' END AS kind
+      FROM information_schema.role_table_grants
+      WHERE table_schema IN ('public', 'imagedb_internal') AND grantee NOT IN (current_user, 'PUBLIC')
+        AND ((table_name = 'embeddings' AND privilege_type = 'INSERT')
+             OR (table_name = 'image_catalog' AND privilege_type = 'SELECT'))) g
+JOIN pg_roles r ON r.rolname = g.role
+ORDER BY r.rolname, kind DESC
+"""
+_SHOWN = ("statement_timeout", "idle_in_transaction_session_timeout", "temp_file_limit")
+
+
+def role_limit_lines(conn: psycopg.Connection) -> list[str]:
+    """One line per role imagedb granted to: its kind and limits (for `imagedb db info`)."""
+    seen: dict[str, str] = {}
+    for role, kind, connlimit, config in conn.execute(_ROLE_LIMITS).fetchall():
+        if role in seen:
+            continue  # a writer that is also a reader: its writer line says it
+        settings = dict(item.split("=", 1) for item in config or [])
+        shown = [f"{s}={settings.get(s, 'unset')}" for s in _SHOWN]
+        limit = "none" if connlimit < 0 else str(connlimit)
+        seen[role] = f"role {role!r} ({kind}): {', '.join(shown)}, connection limit {limit}"
+    lines = list(seen.values())
+    refused = large_objects_refused(conn)
+    lines.append(f"large objects: {'creation refused to' if refused else 'may be created by'} imagedb's roles")
+    return lines
+
+
+def set_lock_timeout(conn: psycopg.Connection) -> None:
+    """Make this session's lock waits end after LOCK_TIMEOUT_S (an error, which `blocker_line` explains)."""
+    conn.execute("SELECT set_config('lock_timeout', %s, false)", (f"{LOCK_TIMEOUT_S}s",))
+
+
+# Sessions of this database holding a lock granted: the ones not waiting themselves first, those holding an
+# exclusive table lock first, then the oldest transaction. pg_locks is readable by every role; pg_stat_activity
+# shows another role's query and times only to a superuser or pg_read_all_stats.
+_BLOCKERS = """
+SELECT l.pid, a.usename, a.application_name, extract(epoch FROM now() - a.xact_start)::int, a.state,
+       left(regexp_replace(a.query, '\\s+', ' ', 'g'), 60)
+FROM (SELECT pid, bool_or(mode = 'AccessExclusiveLock' AND locktype = 'relation') AS exclusive
+      FROM pg_locks WHERE granted AND pid IS NOT NULL AND pid <> pg_backend_pid()
+        AND (database = (SELECT oid FROM pg_database WHERE datname = current_database())
+             OR locktype IN ('virtualxid', 'transactionid'))
+      GROUP BY pid) l
+JOIN pg_stat_activity a ON a.pid = l.pid
+WHERE a.backend_type = 'client backend' AND a.datname = current_database()
+ORDER BY a.wait_event_type IS NOT DISTINCT FROM 'Lock', l.exclusive DESC, a.xact_start NULLS LAST
+LIMIT 1
+"""
+
+
+def blocker_line(conn: psycopg.Connection) -> str:
+    """What to tell the user when a lock wait of ours timed out: who holds the lock and how to end that session."""
+    import psycopg
+
+    try:
+        row = conn.execute(_BLOCKERS).fetchone()
+    except psycopg.Error:
+        row = None
+    return _line(row)
+
+
+def _line(row: Any) -> str:
+    waited = f"waited {LOCK_TIMEOUT_S} s for a lock another session holds; the command stopped (what it had"
+    waited += " committed before stays, the rest was rolled back)"
+    if row is None:
+        return f"{waited}: see pg_stat_activity, then rerun"
+    pid, role, application, seconds, state, query = row
+    held = f"in a transaction for {seconds} s" if seconds is not None else "in a transaction"
+    what = f", {state}" if state else ""
+    words = f": {query!r}" if query else ""
+    app = f", application {application!r}" if application else ""
+    return (
+        f"{waited}: session {pid} (role {role!r}{app}, {held}{what}{words}) holds it;"
+        f" end it with `SELECT pg_terminate_backend({pid})` as imagedb's role (imagedb db psql), then rerun"
+    )
+
+
+# A session of `application` waiting for a lock since its statement began, longer than LOCK_TIMEOUT_S, and the first
+# session pg_blocking_pids names as in its way.
+_WAITING = """
+SELECT a.pid, b.pid, b.usename, b.application_name, extract(epoch FROM now() - b.xact_start)::int, b.state,
+       left(regexp_replace(b.query, '\\s+', ' ', 'g'), 60)
+FROM pg_stat_activity a, unnest(pg_blocking_pids(a.pid)) AS blocker(pid)
+JOIN pg_stat_activity b ON b.pid = blocker.pid
+WHERE a.application_name = %s AND a.wait_event_type = 'Lock' AND now() - a.state_change > make_interval(secs => %s)
+LIMIT 1
+"""
+
+
+@contextmanager
+def lock_watch(url: str, application: str, poll_s: float = 0.5) -> Iterator[list[str]]:
+    """For client programs that set lock_timeout to 0 themselves (pg_restore's archive header does): while the block
+    runs, their session (named `application`) is cancelled once it has waited LOCK_TIMEOUT_S for a lock, and the
+    list yielded gets the line naming the session in its way."""
+    import psycopg
+
+    found: list[str] = []
+    stop = threading.Event()
+
+    def watch() -> None:
+        try:
+            with psycopg.connect(url, autocommit=True, connect_timeout=10) as conn:
+                while not stop.wait(poll_s):
+                    row = conn.execute(_WAITING, (application, LOCK_TIMEOUT_S)).fetchone()
+                    if row is not None:
+                        found.append(_line(row[1:]))
+                        conn.execute("SELECT pg_cancel_backend(%s)", (row[0],))
+                        return
+        except psycopg.Error:
+            return  # the watch is a help: the program's own outcome stands
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    try:
+        yield found
+    finally:
+        stop.set()
+        thread.join()
