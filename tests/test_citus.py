@@ -311,3 +311,31 @@ def test_a_live_runs_claims_are_kept_and_a_dead_runs_taken_over_through_the_coor
     finally:
         for store in stores:
             store.close()
+
+
+@pytest.mark.slow
+def test_keyword_words_stay_current_through_the_coordinator(citus_url: str, photo_source: Path) -> None:
+    # image_words is co-located with images and kept by the triggers on images, which run on the workers' shards
+    run = _runner(citus_url)
+    folder = photo_source.parent / "citus-words"
+    folder.mkdir(exist_ok=True)
+    photo = folder / "IMG_4711_zanzibar.jpg"
+    photo.write_bytes((photo_source / "camera.jpg").read_bytes())
+    assert "added 0, reused 1" in run("ingest", folder).output
+    found = run("search", "kw:zanzibar", "--paths")
+    assert found.exit_code == 0 and found.output.split() == [str(photo)], found.output
+    assert run("search", "kw:favourite", "--paths").output.strip() == ""
+    tagged = run("tag", photo, "mood=favourite")
+    assert tagged.exit_code == 0, tagged.output
+    assert run("search", "kw:favourite", "--paths").output.split() == [str(photo)]
+    refreshed = run("keywords", "refresh")  # remakes every document: an UPDATE of image_words joined with images
+    assert refreshed.exit_code == 0, refreshed.output
+    assert run("search", "kw:favourite", "--paths").output.split() == [str(photo)]
+    assert "images: " in run("keywords", "status").output
+    with psycopg.connect(citus_url) as conn:
+        rows = conn.execute("SELECT path, keyword_rank, matched FROM imagedb_search_hybrid('favourite', 'default', 3)")
+        assert rows.fetchall() == [(str(photo), 1, ["favourite"])]
+        # every image has its row of words, on the shard of its image
+        assert conn.execute(
+            "SELECT count(*) FROM images i LEFT JOIN image_words w ON w.image_id = i.id WHERE w.image_id IS NULL"
+        ).fetchone() == (0,)

@@ -21,7 +21,15 @@ from imagedb.errors import InvalidInput
 from imagedb.store.base import Part
 
 DISTRIBUTED = "images"  # by id; the tables below by image_id, co-located with it
-COLOCATED = ("embeddings", "thumbnails", "duplicate_groups", "watch_hits", "relevance_samples", "dicom_images")
+COLOCATED = (
+    "embeddings",
+    "thumbnails",
+    "duplicate_groups",
+    "watch_hits",
+    "relevance_samples",
+    "dicom_images",
+    "image_words",
+)
 REFERENCE = (
     "embedding_models",
     "collections",
@@ -105,6 +113,11 @@ class CitusStore(Part):
             if old:
                 raise InvalidInput("the schema predates Citus support: run `imagedb db upgrade` first")
             self.conn.execute("SET LOCAL citus.multi_shard_modify_mode = 'sequential'")
+            # images has triggers that keep image_words (migration 0018), which Citus refuses to distribute without
+            # this. They are safe here: image_words is co-located with images by image id, so a trigger firing on
+            # a shard of images writes the same worker's shard of image_words. Only distributing (and creating or
+            # altering a trigger later) needs it; the triggers fire on the workers without it.
+            self.conn.execute("SET LOCAL citus.enable_unsafe_triggers = on")
             keys = self.conn.execute(
                 "SELECT c.conrelid::regclass::text, c.conname, pg_get_constraintdef(c.oid) FROM pg_constraint c"
                 " WHERE c.contype = 'f' AND c.conrelid = ANY(SELECT to_regclass(t) FROM unnest(%s::text[]) AS t)"
