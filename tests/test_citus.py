@@ -339,3 +339,44 @@ def test_keyword_words_stay_current_through_the_coordinator(citus_url: str, phot
         assert conn.execute(
             "SELECT count(*) FROM images i LEFT JOIN image_words w ON w.image_id = i.id WHERE w.image_id IS NULL"
         ).fetchone() == (0,)
+
+
+@pytest.mark.slow
+def test_a_database_distributed_before_keywords_upgrades_to_them(
+    tmp_path: Path, tiny_model: str, photo_source: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A coordinator distributed at migration 0017 (claims), before image_words: migration 0018 places image_words
+    # beside images and makes the triggers on the distributed images, and ingest then fills the words.
+    from alembic import command
+    from sqlalchemy import create_engine
+
+    from imagedb.pg.connection import connect, sqlalchemy_url
+    from imagedb.pg.migrate import alembic_config
+    from imagedb.store import citus
+
+    if not citus_local.installed():
+        pytest.skip(NO_CITUS)
+    made = citus_local.start(tmp_path, workers=2, port=_free_ports(3))
+    try:
+        url = made.url()
+        cfg = alembic_config()
+        with create_engine(sqlalchemy_url(url)).begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "claims")
+        monkeypatch.setattr(citus, "COLOCATED", tuple(t for t in citus.COLOCATED if t != "image_words"))
+        monkeypatch.setattr(citus, "TABLES", (citus.DISTRIBUTED, *citus.COLOCATED, *citus.REFERENCE))
+        store = Store(connect(url))
+        try:
+            assert store.citus.distribute(2)[0] == citus.Placement("images", "distributed", 2)
+        finally:
+            store.close()
+        monkeypatch.undo()
+        run = _runner(url)
+        result = run("db", "upgrade")
+        assert result.exit_code == 0, result.output
+        placed = run("db", "distribute")  # nothing left to place
+        assert placed.exit_code == 0 and "image_words: distributed, 2 shards" in placed.output, placed.output
+        assert "added 12" in run("ingest", photo_source, "--model", tiny_model).output
+        assert run("search", "kw:hubble", "--paths").output.split() == [str(photo_source / "hubble_deep_field.jpg")]
+    finally:
+        citus_local.stop(tmp_path)

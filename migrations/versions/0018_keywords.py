@@ -18,6 +18,8 @@ Revises: internal
 Create Date: 2026-12-07
 """
 
+import re
+
 from alembic import op
 
 revision = "keywords"
@@ -146,9 +148,26 @@ CREATE TRIGGER images_words_insert AFTER INSERT ON {SCHEMA}.images
 CREATE TRIGGER images_words_update AFTER UPDATE OF path, attributes ON {SCHEMA}.images
     FOR EACH ROW WHEN (OLD.path IS DISTINCT FROM NEW.path OR OLD.attributes IS DISTINCT FROM NEW.attributes)
     EXECUTE FUNCTION {SCHEMA}.images_words();
-
-INSERT INTO {SCHEMA}.image_words (image_id) SELECT id FROM {SCHEMA}.images;
 """
+
+_FILL = f"INSERT INTO {SCHEMA}.image_words (image_id) SELECT id FROM {SCHEMA}.images"
+
+# On a Citus coordinator whose images are distributed already (`imagedb db distribute` at an older schema):
+# image_words is placed like `db distribute` places it (imagedb/store/citus.py), co-located with images by image
+# id, before its foreign key (Citus takes one between distributed tables only once both are placed), and the
+# triggers need citus.enable_unsafe_triggers (they write only the co-located shard, so they are safe here).
+_KEY = f"image_id bigint PRIMARY KEY REFERENCES {SCHEMA}.images (id) ON DELETE CASCADE,"
+assert _KEY in _TABLE
+# One statement at a time: Citus sends a DDL statement's whole query string on to the workers, and a string of
+# several would run the coordinator-only ones (create_distributed_table) there too.
+_CITUS = [
+    "SET LOCAL citus.enable_unsafe_triggers = on",
+    "SET LOCAL citus.multi_shard_modify_mode = 'sequential'",
+    *re.split(r";\s*\n(?=CREATE )", _TABLE.replace(_KEY, "image_id bigint PRIMARY KEY,").strip().rstrip(";")),
+    f"SELECT create_distributed_table('{SCHEMA}.image_words', 'image_id', colocate_with => '{SCHEMA}.images')",
+    f"ALTER TABLE {SCHEMA}.image_words ADD CONSTRAINT image_words_image_id_fkey"
+    f" FOREIGN KEY (image_id) REFERENCES {SCHEMA}.images (id) ON DELETE CASCADE",
+]
 
 _HYBRID = rf"""
 CREATE FUNCTION {HYBRID.replace("(text, text, integer)", "")}(
@@ -239,9 +258,22 @@ END $$;
 """
 
 
+def _images_distributed() -> bool:
+    bind = op.get_bind()
+    if bind.exec_driver_sql("SELECT to_regclass('pg_catalog.pg_dist_partition')").scalar() is None:
+        return False
+    return bool(
+        bind.exec_driver_sql(
+            f"SELECT 1 FROM pg_catalog.pg_dist_partition WHERE logicalrelid = to_regclass('{SCHEMA}.images')"
+        ).scalar()
+    )
+
+
 def upgrade() -> None:
     op.execute(_FUNCTIONS)
-    op.execute(_TABLE)
+    for statement in _CITUS if _images_distributed() else [_TABLE]:
+        op.execute(statement)
+    op.execute(_FILL)
     op.execute(_HYBRID)
     op.execute(_GRANT)
 
