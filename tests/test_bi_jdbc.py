@@ -28,7 +28,7 @@ from helpers import fill_synthetic
 BI_DOC = Path(__file__).resolve().parents[1] / "docs" / "bi.md"
 PASSWORD = "a-bi-password"
 VIEWS = ["collection_stats", "dicom_catalog", "duplicate_report", "image_catalog"]
-SEARCHES = ["imagedb_nearest", "imagedb_search_text", "imagedb_similar"]
+SEARCHES = ["imagedb_nearest", "imagedb_search_hybrid", "imagedb_search_text", "imagedb_similar"]
 
 # Prints one fact a line: "schema S", "table S.T TYPE REMARKS?", "columns S.T N REMARKED", "select S.T ok|refused",
 # "keys S.T", "function S.F REMARKS?".
