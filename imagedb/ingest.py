@@ -163,17 +163,11 @@ def ingest(
         if claimer is not None:
             summary.by_others += claimer.by_others
             summary.busy += claimer.busy
-        if summary.interrupted:
+        try:
+            _wind_down(store, summary, claimer, target, index_definition, progress)
+        except KeyboardInterrupt:  # Ctrl-C just after the last commit: what was committed is still this run's
+            summary.interrupted = True
             _settle(store)
-        usable = not (store.conn.closed or store.conn.broken)
-        if claimer is not None and usable:
-            with suppress(Exception):  # after Ctrl-C; the claims end with the session anyway
-                claimer.close()
-        # Not after Ctrl-C, nor when the database went away: the next run builds the index (or `db reindex`).
-        if not summary.interrupted and usable:
-            if index_definition is not None:
-                progress.phase(BUILDING_INDEX)
-            store.index.restore_hnsw_index(target.model_id, target.dim, index_definition)
     if summary.interrupted:
         summary.seconds = time.perf_counter() - started
         with suppress(Exception):
@@ -196,6 +190,28 @@ def ingest(
         with suppress(Exception):
             _finish(store, summary)
     return summary
+
+
+def _wind_down(
+    store: Store,
+    summary: IngestSummary,
+    claimer: Claimer | None,
+    target: Collection,
+    index_definition: str | None,
+    progress: Progress,
+) -> None:
+    """After the batches: release the claims and put the HNSW index back, except after Ctrl-C or when the
+    database went away (the next run builds the index, or `db reindex`)."""
+    if summary.interrupted:
+        _settle(store)
+    usable = not (store.conn.closed or store.conn.broken)
+    if claimer is not None and usable:
+        with suppress(Exception):  # after Ctrl-C; the claims end with the session anyway
+            claimer.close()
+    if not summary.interrupted and usable:
+        if index_definition is not None:
+            progress.phase(BUILDING_INDEX)
+        store.index.restore_hnsw_index(target.model_id, target.dim, index_definition)
 
 
 def _settle(store: Store) -> None:

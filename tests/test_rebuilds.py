@@ -422,3 +422,23 @@ def test_ctrl_c_during_a_first_bulk_load_stops_without_building_the_index(
     summary = ingest(store, [photos], collection="bulk", bulk_threshold=5)
     assert summary.added + summary.reused + summary.skipped == 12
     assert _model_indexes(store, model_id) == [(hnsw_index_name(model_id), True)]
+
+
+class _CtrlCAtTheIndexBuild(NoProgress):
+    def phase(self, name: str, total: int | None = None, detail: str = "") -> None:
+        if name == "building index":
+            raise KeyboardInterrupt
+
+
+def test_ctrl_c_just_after_the_last_commit_is_a_summary_of_what_was_committed(
+    store: Store, tiny_model: str, photos: Path
+) -> None:
+    """Ctrl-C (or a watch's SIGTERM) landing after the last batch committed, while claims are released and the
+    index put back, once escaped ingest(): the caller counted none of the committed images."""
+    summary = ingest(store, [photos], collection="late", model=ModelSpec.parse(tiny_model), batch_size=2,
+                     bulk_threshold=5, progress=_CtrlCAtTheIndexBuild())  # fmt: skip
+    assert summary.interrupted and summary.added == 12
+    stored = store.conn.execute(
+        "SELECT count(*) FROM images i JOIN collections c ON c.id = i.collection_id WHERE c.name = 'late'"
+    ).fetchone()
+    assert stored == (12,)
