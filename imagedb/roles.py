@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from imagedb.collection import get_collection
 from imagedb.errors import InvalidInput, NotFound
@@ -61,12 +61,39 @@ MIN_PASSWORD_LENGTH = 12
 _MIN_DISTINCT = 6  # "aaaaaaaaaaaa" or "121212121212" are not passwords
 
 
+# What a guesser's list tries first: keyboard rows and digit runs (either way), and the commonest password bases. A
+# password must keep _MIN_REST characters once every such run or word (and each digit) is taken out of it.
+_ROWS = ("1234567890", "qwertyuiop", "asdfghjkl", "zxcvbnm", "abcdefghijklmnopqrstuvwxyz")
+_RUNS = tuple(run for row in _ROWS for run in (row, row[::-1]))
+_COMMON_BASES = (
+    "password", "passwort", "passw0rd", "qwerty", "letmein", "welcome", "admin", "imagedb", "postgres", "secret",
+    "dragon", "monkey", "iloveyou", "login", "master", "sunshine", "football", "changeme", "default", "root", "test",
+)  # fmt: skip
+_MIN_REST = 4
+
+
+def _without(password: str, role: str) -> str:
+    return password.replace(role, "").replace(role[::-1], "")
+
+
+def _strip(password: str, words: Sequence[str]) -> str:
+    """`password` without any piece of at least 4 characters of a run or word (or the whole word), nor digits."""
+    rest = password
+    for word in words:
+        for size in range(len(word), 3, -1):  # longest pieces first
+            for start in range(len(word) - size + 1):
+                rest = rest.replace(word[start : start + size], "")
+        rest = rest.replace(word, "")
+    return "".join(c for c in rest if not c.isdigit())
+
+
 @dataclass(frozen=True)
 class Grant:
     created: bool  # the role did not exist before
     can_log_in: bool  # it has a password (the embedded server asks every login for one)
     limits: RoleLimits
     unset: tuple[str, ...] = ()  # limits this server would not let imagedb's role set
+    promoted: bool = False  # an existing role that could not write before (a reader) and now can
 
 
 @dataclass(frozen=True)
@@ -79,7 +106,7 @@ def grant_reader(store: Store, role: str, password: str | None = None, limits: R
     """SELECT on the BI views and EXECUTE on the SQL searches only; the role is created (LOGIN) if missing, and
     given `limits` (pg/limits.py)."""
     _check(limits)
-    created = store.admin.grant(role, READER_VIEWS, "SELECT", checked_password(password, role))
+    created = store.admin.grant(role, READER_VIEWS, "SELECT", checked_password(password, role), reader=True)
     store.admin.grant_execute(role, READER_FUNCTIONS)
     return _limited(store, role, created, limits)
 
@@ -87,11 +114,13 @@ def grant_reader(store: Store, role: str, password: str | None = None, limits: R
 def grant_writer(store: Store, role: str, password: str | None = None, limits: RoleLimits = WRITER_LIMITS) -> Grant:
     """What `imagedb ingest`, `search`, `tag`, `dupes`, `watch` and `forget` need, on existing collections and
     models; VACUUM of the tables `forget` touches where the server has the MAINTAIN privilege (PostgreSQL 17+)."""
-    created = store.admin.grant(role, WRITER_TABLES, "SELECT, INSERT, UPDATE, DELETE", checked_password(password, role))
+    password = checked_password(password, role)
+    could_write = bool(store.admin.writes_of(role))
+    created = store.admin.grant(role, WRITER_TABLES, "SELECT, INSERT, UPDATE, DELETE", password)
     store.admin.grant(role, WRITER_READ_ONLY, "SELECT", None)
     store.admin.grant_maintain(role, FORGET_TABLES)
     store.admin.grant_sequences_and_functions(role)
-    return _limited(store, role, created, limits)
+    return replace(_limited(store, role, created, limits), promoted=not created and not could_write)
 
 
 def _check(limits: RoleLimits) -> None:
@@ -122,8 +151,10 @@ def checked_password(password: str | None, role: str = "") -> str | None:
         weak = f"is shorter than {MIN_PASSWORD_LENGTH} characters"
     elif len(set(password)) < _MIN_DISTINCT:
         weak = f"has fewer than {_MIN_DISTINCT} different characters"
-    elif len(role) >= 3 and len(password.lower().replace(role.lower(), "")) < MIN_PASSWORD_LENGTH:
+    elif len(role) >= 3 and len(_without(password.lower(), role.lower())) < MIN_PASSWORD_LENGTH:
         weak = "is little more than the role's name"
+    elif len(_strip(password.lower(), (*_RUNS, *_COMMON_BASES))) < _MIN_REST:
+        weak = "is mostly a keyboard or digit run or a common word (with digits)"
     if weak:
         raise InvalidInput(f"the password {weak}: choose a stronger one, or use --generate-password instead")
     return password

@@ -25,7 +25,8 @@ def _role_options(kind: str, defaults: Any) -> Callable[[Callable[..., Any]], Ca
         click.option(
             "--password",
             envvar="IMAGEDB_ROLE_PASSWORD",
-            help="Set the role's password: at least 12 characters, not mostly the role's name"
+            help="Set the role's password: at least 12 characters, not mostly the role's name, a common word or a"
+            " keyboard or digit run (docs/security.md)"
             " [env IMAGEDB_ROLE_PASSWORD].",
         ),
         click.option(
@@ -128,5 +129,11 @@ def grant_reader(ctx: click.Context, role: str, **options: Any) -> None:
 def grant_writer(ctx: click.Context, role: str, **options: Any) -> None:
     """Let ROLE (created if missing) ingest, tag, search and find duplicates in existing collections."""
     grant, generated = _grant(ctx, role, "writer", options)
-    click.echo(f"{'created' if grant.created else 'updated'} role {escape(role)}: read and write imagedb's tables")
+    done = "created" if grant.created else "updated"
+    if grant.promoted:
+        done = "made"
+    click.echo(
+        f"{done} role {escape(role)}{' (a reader or plain role until now) a writer' if grant.promoted else ''}:"
+        " read and write imagedb's tables"
+    )
     _report(role, grant, generated)

@@ -73,7 +73,8 @@ def restore(url: str, file: Path) -> None:
 
 def _explain_lock_wait(url: str, exc: DatabaseUnavailable) -> None:
     """pg_dump or pg_restore gave up waiting for a lock: name the session that holds it, as other commands do."""
-    if "lock timeout" in str(exc) or "could not obtain lock" in str(exc):
+    # pg_dump --lock-wait-timeout waits under a statement_timeout: its LOCK TABLE ends as a statement timeout.
+    if any(s in str(exc) for s in ("lock timeout", "could not obtain lock", "due to statement timeout")):
         with connect(url) as conn:
             raise LockTimeout(blocker_line(conn)) from exc
 

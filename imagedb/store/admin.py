@@ -74,18 +74,34 @@ class AdminStore(Part):
             self.conn.remove_notice_handler(notice)
         return skipped
 
-    def grant(self, role: str, tables: Sequence[str], privileges: str, password: str | None) -> bool:
-        """Give `role` (created with LOGIN when missing) these privileges on these tables and views.
-        Returns whether the role was created."""
+    def grant(
+        self, role: str, tables: Sequence[str], privileges: str, password: str | None, *, reader: bool = False
+    ) -> bool:
+        """Give `role` (created with LOGIN when missing) these privileges on these tables and views; `reader`:
+        refuse a role that may write (a reader reads the views and nothing else). Returns whether it was created."""
         name = sql.Identifier(role)
         with self.conn.transaction():
             exists = self.conn.execute(
-                "SELECT rolsuper OR rolname = current_user FROM pg_roles WHERE rolname = %s", (role,)
+                "SELECT rolsuper OR rolname = current_user, rolreplication FROM pg_roles WHERE rolname = %s", (role,)
             ).fetchone()
             if exists and exists[0]:
                 # Granting to the owner would reset its password (locking every command out) and limit nothing.
                 raise InvalidInput(
                     f"{role} is a superuser or the role imagedb runs as: give the BI or ingest login another name"
+                )
+            if exists and exists[1]:
+                # A replica's login (`db replica create`): a new password would cut the replica off, and the
+                # grants would make `db replica remove` fail to drop it.
+                raise InvalidInput(
+                    f"{role} has the REPLICATION attribute (a replica's login): give the BI or ingest login another"
+                    " name; nothing was changed"
+                )
+            if exists and reader and (writes := self.writes_of(role)):
+                quoted = name.as_string(self.conn)
+                raise InvalidInput(
+                    f"{role} is a writer (it may change {', '.join(writes[:3])}{', ...' if len(writes) > 3 else ''}):"
+                    f" a reader reads the views and nothing else; nothing was changed: drop it first (imagedb db psql:"
+                    f" DROP OWNED BY {quoted}; DROP ROLE {quoted}), or give the BI login another name"
                 )
             if not exists:
                 self.conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(name))
@@ -108,6 +124,18 @@ class AdminStore(Part):
                 )
             )
         return not exists
+
+    def writes_of(self, role: str) -> list[str]:
+        """The tables and views of imagedb this existing role may INSERT, UPDATE or DELETE (a writer's), by name."""
+        rows = self.conn.execute(
+            "SELECT c.relname FROM pg_class c JOIN pg_roles r ON r.rolname = %s"
+            " WHERE c.relnamespace::regnamespace::text IN ('public', 'imagedb_internal')"
+            " AND c.relkind IN ('r', 'v', 'p')"
+            " AND (has_table_privilege(r.oid, c.oid, 'INSERT') OR has_table_privilege(r.oid, c.oid, 'UPDATE')"
+            " OR has_table_privilege(r.oid, c.oid, 'DELETE')) ORDER BY c.relname",
+            (role,),
+        ).fetchall()
+        return [name for (name,) in rows]
 
     def grant_maintain(self, role: str, tables: Sequence[str]) -> bool:
         """Let `role` VACUUM these tables (PostgreSQL 17's MAINTAIN privilege); False on older servers."""
