@@ -163,6 +163,8 @@ def rewrite(
     transaction id `horizon` (None: every snapshot open now): VACUUM FULL copies the rows they can still see.
     Run again (`imagedb forget --full` with nothing left to match) once such a session has ended."""
     deadline = time.monotonic() + wait_s
+    if horizon is None:  # fixed now: sessions starting later see no deleted row, and would never let a busy server pass
+        horizon = store.admin.next_xid()
     older = store.admin.older_snapshot(horizon)
     while older is not None and time.monotonic() < deadline:
         time.sleep(0.2)

@@ -66,15 +66,19 @@ class AdminStore(Part):
         would copy rows deleted before it into the new files; None when there is none. Another role's session
         is seen only by a superuser or pg_read_all_stats."""
         row = self.conn.execute(
-            "WITH h AS (SELECT xid(coalesce(%s::text::xid8, pg_snapshot_xmax(pg_current_snapshot()))) AS x)"
+            "WITH h AS (SELECT xid(%s::text::xid8) AS x)"
             " SELECT a.pid, a.usename, a.application_name, extract(epoch FROM now() - a.xact_start)::int"
             " FROM pg_stat_activity a, h WHERE a.datname = current_database() AND a.pid <> pg_backend_pid()"
             "  AND a.backend_type <> 'autovacuum worker'"
             "  AND (age(a.backend_xmin) > age(h.x) OR age(a.backend_xid) > age(h.x))"
             " ORDER BY a.xact_start NULLS LAST LIMIT 1",
-            (None if horizon is None else str(horizon),),
+            (str(self.next_xid() if horizon is None else horizon),),
         ).fetchone()
         return tuple(row) if row else None
+
+    def next_xid(self) -> int:
+        """The transaction id the next transaction to write will get: every snapshot open now is older."""
+        return int(self.conn.execute("SELECT pg_snapshot_xmax(pg_current_snapshot())::text").fetchone()[0])  # type: ignore[index]
 
     def rewrite_statistics(self, tables: Sequence[str]) -> bool:
         """ANALYZE `tables` (their statistics then hold only live values) and VACUUM FULL pg_statistic, whose old
