@@ -4,12 +4,20 @@ from __future__ import annotations
 
 import os
 import secrets
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from imagedb.collection import get_collection
 from imagedb.errors import InvalidInput, NotFound
-from imagedb.pg.limits import READER_LIMITS, WRITER_LIMITS, RoleLimits, harden_database, set_role_limits
+from imagedb.pg.limits import (
+    LOCK_TIMEOUT_S,
+    READER_LIMITS,
+    WRITER_LIMITS,
+    RoleLimits,
+    harden_database,
+    set_role_limits,
+)
 from imagedb.store import Store
 from imagedb.store.admin import FORGET_TABLES
 
@@ -100,6 +108,10 @@ class Grant:
 class Forgotten:
     ids: list[int]
     unvacuumed: list[str]  # tables this role may not VACUUM: the deleted rows' bytes stay there until the owner does
+    # `full` only: the session whose older snapshot kept the deleted rows in the rewritten files (one line), and
+    # whether pg_statistic could not be rewritten (its old file may hold the paths as sampled values).
+    blocker: str | None = None
+    statistics_kept: bool = False
 
 
 def grant_reader(store: Store, role: str, password: str | None = None, limits: RoleLimits = READER_LIMITS) -> Grant:
@@ -166,10 +178,43 @@ def forget(
     """Delete the images named by id, path or file name and everything derived from them, then VACUUM. Ingest
     leaves their files out from then on (`by_content`: any file of the same bytes too), until unforget()."""
     target = get_collection(store, collection)
-    ids, unvacuumed = store.admin.forget(target.id, list(refs), full=full, by_content=by_content)
+    ids, unvacuumed, horizon = store.admin.forget(target.id, list(refs), full=full, by_content=by_content)
     if not ids:
         raise NotFound(f"no image {', '.join(refs)} in collection {collection!r}: give ids, paths or file names")
-    return Forgotten(ids, unvacuumed)
+    if not full:
+        return Forgotten(ids, unvacuumed)
+    return rewrite(store, ids, horizon)
+
+
+def rewrite(
+    store: Store, ids: list[int] | None = None, horizon: int | None = None, wait_s: float = LOCK_TIMEOUT_S
+) -> Forgotten:
+    """VACUUM FULL the tables forget deletes from, then re-gather their statistics and rewrite pg_statistic, so that
+    no table file keeps a deleted row. First waits up to `wait_s` for sessions whose snapshot is older than
+    transaction id `horizon` (None: every snapshot open now): VACUUM FULL copies the rows they can still see.
+    Run again (`imagedb forget --full` with nothing left to match) once such a session has ended."""
+    deadline = time.monotonic() + wait_s
+    if horizon is None:  # fixed now: sessions starting later see no deleted row, and would never let a busy server pass
+        horizon = store.admin.next_xid()
+    older = store.admin.older_snapshot(horizon)
+    while older is not None and time.monotonic() < deadline:
+        time.sleep(0.2)
+        older = store.admin.older_snapshot(horizon)
+    unvacuumed = store.admin.vacuum(FORGET_TABLES, full=True)
+    kept = not store.admin.rewrite_statistics([t for t in FORGET_TABLES if t not in unvacuumed])
+    return Forgotten(ids or [], unvacuumed, _snapshot_line(older, wait_s) if older else None, kept)
+
+
+def _snapshot_line(row: tuple[object, ...], wait_s: float) -> str:
+    pid, role, application, seconds = row
+    app = f", application {application!r}" if application else ""
+    held = f", in a transaction for {seconds} s" if seconds is not None else ""
+    return (
+        f"waited {wait_s:g} s for session {pid} (role {role!r}{app}{held}), whose snapshot is older than the"
+        f" deletion: the rows are deleted but their bytes may remain in the table files; end it with"
+        f" `SELECT pg_terminate_backend({pid})` as imagedb's role (imagedb db psql), then run `imagedb forget --full`"
+        " again"
+    )
 
 
 def unforget(store: Store, collection: str, refs: Sequence[str] | None) -> int:

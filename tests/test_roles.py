@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import stat
+import threading
+import time
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
@@ -148,6 +150,93 @@ def test_forget_full_leaves_no_bytes_in_the_table_files(
         assert len(done.ids) == 1 and done.unvacuumed == []
         tables = ["images", "ingest_errors", "duplicate_groups", "watch_hits", "forgotten", "ingest_claims"]
         assert _files_hold(admin, tables, needle) == []
+
+
+def _database_files_hold(conn: psycopg.Connection, needle: bytes) -> list[str]:
+    """Which files of the database's folder (every table, index and catalog of it, pg_statistic included) contain
+    `needle`."""
+    conn.execute("CHECKPOINT")
+    datadir = Path(conn.execute("SHOW data_directory").fetchone()[0])
+    oid = conn.execute("SELECT oid FROM pg_database WHERE datname = current_database()").fetchone()[0]
+    return sorted(f.name for f in (datadir / "base" / str(oid)).iterdir() if f.is_file() and needle in f.read_bytes())
+
+
+def _in_stats(conn: psycopg.Connection, path: str) -> bool:
+    return (
+        conn.execute(
+            "SELECT count(*) FROM pg_stats WHERE tablename = 'images' AND attname = 'path'"
+            " AND (histogram_bounds::text::text[] @> ARRAY[%(p)s] OR most_common_vals::text::text[] @> ARRAY[%(p)s])",
+            {"p": path},
+        ).fetchone()[0]
+        > 0
+    )
+
+
+@pytest.mark.slow
+def test_forget_full_leaves_the_path_in_no_statistics(
+    store: Store, photos: Path, tiny_model: str, database_url: str
+) -> None:
+    """ANALYZE had sampled the path into pg_statistic (file 2619), where `forget --full` left it: pg_stats showed
+    it and the catalog's file held it."""
+    target = photos / "secret-name-in-the-stats.jpg"
+    (photos / "coffee.jpg").rename(target)
+    ingest(store, [photos], model=ModelSpec.parse(tiny_model))
+    needle = str(target).encode()
+    with psycopg.connect(database_url, autocommit=True) as admin:
+        admin.execute("ANALYZE images")
+        assert _in_stats(admin, str(target))  # what autoanalyze does after an ingest
+        done = forget(store, "default", [target.name], full=True)
+        assert not _in_stats(admin, str(target))
+        assert _database_files_hold(admin, needle) == []
+        assert done.blocker is None and not done.statistics_kept
+
+
+@pytest.mark.slow
+def test_forget_full_waits_for_an_older_snapshot_and_says_when_it_stays(
+    store: Store, photos: Path, tiny_model: str, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reader's open REPEATABLE READ snapshot (no lock on imagedb's tables) made VACUUM FULL copy the deleted rows
+    into the new files, and forget still said "forgot 1 image(s)"."""
+    target = photos / "secret-name-seen-by-a-reader.jpg"
+    (photos / "coffee.jpg").rename(target)
+    ingest(store, [photos], model=ModelSpec.parse(tiny_model))
+    needle = str(target).encode()
+    role = f"snapshot_{os.getpid()}"
+    grant_reader(store, role, "reader-login-pw")
+    monkeypatch.setenv("IMAGEDB_DATABASE_URL", database_url)
+    command = ["forget", "--yes", "--full", str(target)]
+    with psycopg.connect(_login(database_url, role, "reader-login-pw"), application_name="bi-tool") as reader:
+        reader.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+        reader.execute("SELECT 1")
+        pid = reader.info.backend_pid
+        result = CliRunner().invoke(main, command)
+        assert result.exit_code == 1, result.output
+        assert "forgot" not in result.output and "deleted 1 image(s)" in result.output
+        last = result.output.splitlines()[-1]
+        assert f"session {pid} (role '{role}', application 'bi-tool'" in last, last
+        assert f"SELECT pg_terminate_backend({pid})" in last and "imagedb forget --full" in last
+        with psycopg.connect(database_url, autocommit=True) as admin:
+            assert "images" in _files_hold(admin, ["images"], needle)  # the bytes the line warns of
+        reader.rollback()
+    rerun = CliRunner().invoke(main, command)  # nothing left to match: it rewrites again
+    assert rerun.exit_code == 0 and "rewrote the tables" in rerun.output, rerun.output
+    with psycopg.connect(database_url, autocommit=True) as admin:
+        assert _database_files_hold(admin, needle) == []
+
+
+def test_forget_full_waits_for_a_snapshot_that_ends_meanwhile(
+    store: Store, photos: Path, tiny_model: str, database_url: str
+) -> None:
+    ingest(store, [photos], model=ModelSpec.parse(tiny_model))
+    with psycopg.connect(database_url) as other:
+        other.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+        other.execute("SELECT 1")
+        timer = threading.Timer(1.0, other.rollback)
+        timer.start()
+        started = time.monotonic()
+        done = forget(store, "default", ["rocket.jpg"], full=True)
+        timer.join()
+    assert done.blocker is None and 0.8 < time.monotonic() - started < 10
 
 
 def test_forget_by_a_role_that_may_not_vacuum_says_so(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -13,6 +14,9 @@ from imagedb.cli.options import collection_option
 from imagedb.cli.support import Command, Group
 from imagedb.cli.support import open_store as _store
 from imagedb.display import escape, iso
+
+if TYPE_CHECKING:
+    from imagedb.roles import Forgotten
 
 
 @click.command(cls=Command, access="write")
@@ -216,7 +220,8 @@ def watch_follow(ctx: click.Context, as_json: bool, seconds: float | None) -> No
 @click.option(
     "--full",
     is_flag=True,
-    help="VACUUM FULL: rewrite the tables, so no free space in them keeps the old bytes (locks them meanwhile).",
+    help="VACUUM FULL: rewrite the tables and their statistics, so no free space in them keeps the old bytes (locks"
+    " them meanwhile). With nothing left to match: rewrite again (after a session's older snapshot kept the rows).",
 )
 @click.option(
     "--content",
@@ -233,25 +238,54 @@ def forget(ctx: click.Context, images: tuple[str, ...], collection: str, yes: bo
     --include-forgotten`.
     """
     from imagedb.collection import find_stored_images
+    from imagedb.errors import NotFound
     from imagedb.roles import forget as run_forget
+    from imagedb.roles import rewrite
 
     with _store(ctx) as store:
-        found, missing = find_stored_images(store, collection, images)
+        try:
+            found, missing = find_stored_images(store, collection, images)
+        except NotFound:
+            if not full:
+                raise
+            found, missing = [], list(images)
         for ref in missing:
             click.echo(f"not found: {escape(ref)}", err=True)
+        if not found:  # --full: a rerun after a session's old snapshot kept deleted rows in the rewritten files
+            done = rewrite(store)
+            click.echo("nothing to forget; rewrote the tables forget deletes from")
+            _report_rewrite(ctx, done)
+            return
         click.echo(f"{len(found)} image(s) in collection {escape(collection)}:")
         _echo_images(found)
         if not yes:
             click.confirm("Forget them for good?", abort=True)
         # By path, which names exactly the images listed: a file name could match an image stored meanwhile.
         done = run_forget(store, collection, [path for _, path in found], full=full, by_content=content)
-    click.echo(f"forgot {len(done.ids)} image(s); ingest leaves them out until imagedb unforget")
+    if done.blocker:
+        click.echo(f"deleted {len(done.ids)} image(s); ingest leaves them out until imagedb unforget")
+    else:
+        click.echo(f"forgot {len(done.ids)} image(s); ingest leaves them out until imagedb unforget")
+    _report_rewrite(ctx, done)
+
+
+def _report_rewrite(ctx: click.Context, done: Forgotten) -> None:
+    """Warnings about what a VACUUM could not reach; exit 1 when an older snapshot kept the rows' bytes."""
     if done.unvacuumed:
         click.echo(
             f"warning: this role may not VACUUM {', '.join(done.unvacuumed)}: the deleted rows' bytes stay in"
             " those table files until the owner runs VACUUM on them",
             err=True,
         )
+    if done.statistics_kept:
+        click.echo(
+            "warning: this role may not rewrite pg_statistic: its file may still hold the paths as sampled values"
+            " until a superuser runs `VACUUM FULL pg_statistic` in this database",
+            err=True,
+        )
+    if done.blocker:
+        click.echo(f"Error: {done.blocker}", err=True)
+        ctx.exit(1)
 
 
 @click.command(cls=Command, access="write", short_help="Let ingest store forgotten files again.")

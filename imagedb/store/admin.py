@@ -35,18 +35,20 @@ class AdminStore(Part):
     def forget(
         self, collection_id: int, refs: Sequence[str], *, full: bool = False, remember: bool = True,
         by_content: bool = False,
-    ) -> tuple[list[int], list[str]]:  # fmt: skip
+    ) -> tuple[list[int], list[str], int | None]:  # fmt: skip
         """Delete images named by id, path or file name, with everything derived from them (foreign keys
         cascade to embeddings, thumbnails, duplicate groups and watch hits; a group member matched through one
         of them leaves its group) and the ingest errors of their
         paths; then VACUUM the tables touched (FULL: rewrite them), so that no live index entry or dead row
         still holds their data. `remember`: ingest leaves their files out from now on (`by_content`: any file of the
-        same bytes too; store/exclusions.py). Returns the ids deleted and the tables PostgreSQL would not let this
-        role vacuum."""
+        same bytes too; store/exclusions.py). Returns the ids deleted, the tables PostgreSQL would not let this
+        role vacuum, and the first transaction id after the deleting one (`full`: no VACUUM is run here)."""
         ids = sorted({i for ref in refs for i in self.store.images.image_ids(collection_id, ref)})
         if not ids:
-            return [], []
+            return [], [], None
         with self.conn.transaction():
+            # A snapshot taken before this transaction committed still sees the deleted rows: VACUUM keeps them.
+            deleting = int(self.conn.execute("SELECT pg_current_xact_id()::text").fetchone()[0])  # type: ignore[index]
             paths = [r[0] for r in self.conn.execute("SELECT path FROM images WHERE id = ANY(%s)", (ids,))]
             if remember:
                 self.store.exclusions.remember_forgotten(collection_id, ids, by_hash=by_content)
@@ -54,7 +56,36 @@ class AdminStore(Part):
             with self.conn.cursor() as cur:
                 forget_matches(cur, ids)
             self.conn.execute("DELETE FROM ingest_errors WHERE path = ANY(%s)", (paths,))
-        return ids, self.vacuum(FORGET_TABLES, full=full)
+        if full:  # the caller rewrites, after waiting for the snapshots older than `deleting` (roles.py)
+            return ids, [], deleting + 1
+        return ids, self.vacuum(FORGET_TABLES), deleting + 1
+
+    def older_snapshot(self, horizon: int | None) -> tuple[Any, ...] | None:
+        """A session of this database (pid, role, application, seconds in its transaction) whose snapshot or
+        transaction is older than transaction id `horizon` (None: the next one to be assigned), so that VACUUM FULL
+        would copy rows deleted before it into the new files; None when there is none. Another role's session
+        is seen only by a superuser or pg_read_all_stats."""
+        row = self.conn.execute(
+            "WITH h AS (SELECT xid(%s::text::xid8) AS x)"
+            " SELECT a.pid, a.usename, a.application_name, extract(epoch FROM now() - a.xact_start)::int"
+            " FROM pg_stat_activity a, h WHERE a.datname = current_database() AND a.pid <> pg_backend_pid()"
+            "  AND a.backend_type <> 'autovacuum worker'"
+            "  AND (age(a.backend_xmin) > age(h.x) OR age(a.backend_xid) > age(h.x))"
+            " ORDER BY a.xact_start NULLS LAST LIMIT 1",
+            (str(self.next_xid() if horizon is None else horizon),),
+        ).fetchone()
+        return tuple(row) if row else None
+
+    def next_xid(self) -> int:
+        """The transaction id the next transaction to write will get: every snapshot open now is older."""
+        return int(self.conn.execute("SELECT pg_snapshot_xmax(pg_current_snapshot())::text").fetchone()[0])  # type: ignore[index]
+
+    def rewrite_statistics(self, tables: Sequence[str]) -> bool:
+        """ANALYZE `tables` (their statistics then hold only live values) and VACUUM FULL pg_statistic, whose old
+        file would still hold the values gathered before. False when this role may not rewrite pg_statistic."""
+        if tables:  # an empty list would ANALYZE the whole database
+            self.conn.execute(sql.SQL("ANALYZE {}").format(sql.SQL(", ").join(map(sql.Identifier, tables))))
+        return not self.vacuum(["pg_statistic"], full=True)
 
     def vacuum(self, tables: Sequence[str], *, full: bool = False) -> list[str]:
         """VACUUM (autocommit: it cannot run in a transaction). PostgreSQL skips a table the role may not vacuum
