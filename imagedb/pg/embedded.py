@@ -137,6 +137,10 @@ def _require_passwords(home: Path, socket_dir: object, port: int | None, wanted_
 # limiter such as fail2ban can match (docs/security.md). The address comes before anything the client chooses (its
 # user and application names). The bundled server has no auth_delay module.
 LOG_SETTINGS = {"log_connections": "on", "log_line_prefix": "%m [%p] client=%h user=%u db=%d app=%a "}
+# The NOTIFY queue's bound on disk (pgdata/pg_notify; 8 kB pages): 128 MB instead of PostgreSQL's 8 GB. Any login
+# may NOTIFY, and a listener idle in an open transaction keeps all of it; imagedb's own notifications are hints that
+# a full queue does not fail (imagedb/store/notify.py). PostgreSQL 17 and later; it takes effect at the next start.
+NOTIFY_QUEUE_PAGES = 16384
 
 
 def harden_server(conn: psycopg.Connection, pgdata: Path) -> None:
@@ -144,10 +148,19 @@ def harden_server(conn: psycopg.Connection, pgdata: Path) -> None:
     login but the owner's into the server's own databases, where imagedb's revokes (pg/limits.py) do not reach: a
     reader there could create large objects and temporary tables."""
     try:
-        if "log_line_prefix" in (pgdata / "postgresql.auto.conf").read_text():
-            return
+        auto = (pgdata / "postgresql.auto.conf").read_text()
     except OSError:
+        auto = ""
+    try:
+        if (
+            "max_notify_queue_pages" not in auto
+            and conn.execute("SELECT 1 FROM pg_settings WHERE name = 'max_notify_queue_pages'").fetchone()
+        ):
+            conn.execute(f"ALTER SYSTEM SET max_notify_queue_pages = {NOTIFY_QUEUE_PAGES}")
+    except psycopg.errors.ReadOnlySqlTransaction:
         pass
+    if "log_line_prefix" in auto:
+        return
     try:
         conn.execute("REVOKE CONNECT ON DATABASE postgres, template1 FROM PUBLIC")
         for name, value in LOG_SETTINGS.items():

@@ -9,6 +9,7 @@ import psycopg
 from psycopg import sql
 
 from imagedb.store.base import Part
+from imagedb.store.notify import notify_hits
 from imagedb.store.records import Collection
 from imagedb.store.settings import set_local
 
@@ -145,14 +146,16 @@ class DuplicatesStore(Part):
                 " ON CONFLICT DO NOTHING",
                 [(watch_id, n, h) for n, h in enumerate(hashes)],
             )
-            hits = self._match_stored_images(cur, watch_id)
-        return watch_id, hits
+            hit_ids = self._match_stored_images(cur, watch_id)
+        notify_hits(self.conn, hit_ids)
+        return watch_id, len(hit_ids)
 
     @staticmethod
-    def _match_stored_images(cur: psycopg.Cursor, watch_id: int) -> int:
-        """Record (and announce, on commit) the stored images that already look like a newly watched one: the
-        images of every collection, each compared with the watch's eight orientations. A scan of the hashes, not
-        the index: every image within the distance is wanted, however many. Returns the number of hits."""
+    def _match_stored_images(cur: psycopg.Cursor, watch_id: int) -> list[int]:
+        """Record the stored images that already look like a newly watched one (the caller announces them once
+        committed): the images of every collection, each compared with the watch's eight orientations. A scan of
+        the hashes, not the index: every image within the distance is wanted, however many. Returns the hits'
+        ids."""
         cur.execute(
             "WITH hits AS ("
             "  INSERT INTO watch_hits (watch_id, image_id, distance)"
@@ -161,12 +164,10 @@ class DuplicatesStore(Part):
             "  WHERE w.id = %s AND i.dhash IS NOT NULL AND (h.hash <~> i.dhash) <= w.max_distance"
             "  GROUP BY w.id, i.id"
             "  ON CONFLICT DO NOTHING RETURNING id)"
-            # Only the hit's id: any login can NOTIFY this channel, so a listener reads the hit from watch_hits
-            # (imagedb/watch_feed.py), which readers cannot write.
-            " SELECT pg_notify('imagedb_watch', json_build_object('hit_id', id)::text) FROM hits",
+            " SELECT id FROM hits",
             (watch_id,),
         )
-        return cur.rowcount
+        return [int(hit_id) for (hit_id,) in cur.fetchall()]
 
     def watches(self) -> list[dict[str, Any]]:
         cur = self.conn.execute(

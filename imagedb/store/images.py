@@ -19,6 +19,7 @@ from imagedb.errors import ConcurrentChange
 from imagedb.store.base import Part
 from imagedb.store.dicom import insert_dicom_rows
 from imagedb.store.duplicates import forget_matches
+from imagedb.store.notify import notify_hits
 from imagedb.store.records import ImageRecord
 
 
@@ -180,18 +181,19 @@ class ImagesStore(Part):
             stored = {path: (size, mtime, attributes) for path, size, mtime, attributes in cur.fetchall()}
             done = {r.path for r in records if stored.get(r.path, (None, None, None))[:2] == (r.size_bytes, r.mtime)}
             todo = [(r, v) for r, v in zip(records, vectors, strict=True) if r.path not in done]
-            hits = 0
+            hit_ids: list[int] = []
             if todo:
                 extra = self._held(cur, collection_id, other_models)
                 by_path = {r.path: n for n, r in enumerate(records)}
                 extra_todo = {m: [vs[by_path[r.path]] for r, _ in todo] for m, vs in extra.items()}
-                hits = self._insert_images(cur, collection_id, model_id, run_id, todo, stored, extra_todo)
+                hit_ids = self._insert_images(cur, collection_id, model_id, run_id, todo, stored, extra_todo)
             # (path, reason) or (path, reason, size, mtime): the file as it was, so a rerun retries it once changed
             cur.executemany(
                 "INSERT INTO ingest_errors (run_id, path, reason, size_bytes, mtime) VALUES (%s, %s, %s, %s, %s)",
                 [(run_id, *error, *(None,) * (4 - len(error))) for error in errors],
             )
-        return BatchWritten(done, hits)
+        notify_hits(self.conn, hit_ids)
+        return BatchWritten(done, len(hit_ids))
 
     @staticmethod
     def _held(
@@ -214,7 +216,7 @@ class ImagesStore(Part):
         todo: list[tuple[ImageRecord, np.ndarray]],
         stored: dict[str, tuple[int, datetime, dict[str, Any]]],
         extra: dict[int, list[np.ndarray]],
-    ) -> int:
+    ) -> list[int]:
         # A file that changed since the last run is replaced whole, with everything derived from it,
         # but the attributes a user gave it stay.
         cur.execute(
@@ -276,7 +278,7 @@ class ImagesStore(Part):
             copy.set_types(["bigint", "bytea", "integer", "integer"])
             for image_id, (r, _) in zip(ids, todo, strict=True):
                 copy.write_row((image_id, r.thumbnail, *r.thumbnail_size))
-        # New images that look like a watched one are recorded, and announced to LISTENers when this commits.
+        # New images that look like a watched one are recorded; the caller announces them once committed.
         cur.execute(
             "WITH hits AS ("
             "  INSERT INTO watch_hits (watch_id, image_id, distance)"
@@ -287,12 +289,10 @@ class ImagesStore(Part):
             "  WHERE i.id = ANY(%s) AND i.dhash IS NOT NULL AND n.distance <= w.max_distance"
             "  GROUP BY n.watch_id, i.id"
             "  ON CONFLICT DO NOTHING RETURNING id)"
-            # Only the hit's id: any login can NOTIFY this channel, so a listener reads the hit from watch_hits
-            # (imagedb/watch_feed.py), which readers cannot write.
-            " SELECT pg_notify('imagedb_watch', json_build_object('hit_id', id)::text) FROM hits",
+            " SELECT id FROM hits",
             (ids,),
         )
-        return cur.rowcount  # one row per hit recorded
+        return [int(hit_id) for (hit_id,) in cur.fetchall()]
 
     def finish_run(self, run_id: int, added: int, skipped: int, reused: int, failed: int) -> None:
         with self.conn.transaction():
