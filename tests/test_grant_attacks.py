@@ -98,3 +98,23 @@ def test_a_dump_behind_a_writers_exclusive_lock_names_the_session(
     assert f"session {pid} (role '{writer}'" in result.output
     assert f"SELECT pg_terminate_backend({pid})" in result.output
     assert not list(tmp_path.iterdir())
+
+
+def test_grant_refuses_a_role_with_powers_beyond_what_it_gives(
+    store: Store, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A "reader" in pg_read_all_data read every internal table; one with CREATEROLE made logins: grant-* said
+    "updated role" for both (found by an outside attack)."""
+    member, maker, bypass = _role("m"), _role("c"), _role("b")
+    store.conn.execute(f"CREATE ROLE {member} LOGIN; GRANT pg_read_all_data TO {member}")
+    store.conn.execute(f"CREATE ROLE {maker} LOGIN CREATEROLE")
+    store.conn.execute(f"CREATE ROLE {bypass} LOGIN BYPASSRLS CREATEDB")
+    monkeypatch.setenv("IMAGEDB_DATABASE_URL", database_url)
+    for role, said in ((member, "membership in pg_read_all_data"), (maker, "CREATEROLE"), (bypass, "BYPASSRLS")):
+        for command in ("grant-reader", "grant-writer"):
+            result = CliRunner().invoke(main, [command, role, "--password", PASSWORD])
+            assert result.exit_code == 2, result.output
+            assert said in result.output.splitlines()[-1] and "nothing was changed" in result.output
+        assert _password_hash(store, role) is None
+        select = "SELECT has_table_privilege(%s, 'image_catalog', 'SELECT')"
+        assert store.conn.execute(select, (role,)).fetchone() == (role == member,)  # pg_read_all_data reads it

@@ -105,6 +105,20 @@ class AdminStore(Part):
             self.conn.remove_notice_handler(notice)
         return skipped
 
+    def powers_of(self, role: str) -> list[str]:
+        """The role attributes (CREATEROLE, CREATEDB, BYPASSRLS) and role memberships `role` has beyond what grant-*
+        gives, as they read in SQL."""
+        row = self.conn.execute(
+            "SELECT r.rolcreaterole, r.rolcreatedb, r.rolbypassrls, array(SELECT b.rolname FROM pg_auth_members m"
+            " JOIN pg_roles b ON b.oid = m.roleid WHERE m.member = r.oid ORDER BY 1)"
+            " FROM pg_roles r WHERE r.rolname = %s",
+            (role,),
+        ).fetchone()
+        if row is None:
+            return []
+        attributes = [name for name, has in zip(("CREATEROLE", "CREATEDB", "BYPASSRLS"), row[:3], strict=True) if has]
+        return attributes + [f"membership in {member}" for member in row[3]]
+
     def grant(
         self, role: str, tables: Sequence[str], privileges: str, password: str | None, *, reader: bool = False
     ) -> bool:
@@ -133,6 +147,13 @@ class AdminStore(Part):
                     f"{role} is a writer (it may change {', '.join(writes[:3])}{', ...' if len(writes) > 3 else ''}):"
                     f" a reader reads the views and nothing else; nothing was changed: drop it first (imagedb db psql:"
                     f" DROP OWNED BY {quoted}; DROP ROLE {quoted}), or give the BI login another name"
+                )
+            if exists and (extra := self.powers_of(role)):
+                # What grant-* prints would be untrue: a "reader" in pg_read_all_data reads every table, one with
+                # CREATEROLE makes logins. A BI or ingest login has what grant-* gives and nothing else.
+                raise InvalidInput(
+                    f"{role} also has {', '.join(extra)}: a BI or ingest login gets what grant-* gives and nothing"
+                    " else; nothing was changed: give it another name, or take those away first (imagedb db psql)"
                 )
             if not exists:
                 self.conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(name))
