@@ -232,6 +232,10 @@ def test_no_identifying_value_of_any_header_reaches_the_database(
     store: Store, database_url: str, tiny_model: str, dicom_source: tuple[Path, dict[str, Path]], tmp_path: Path
 ) -> None:
     folder, names = dicom_source
+    # What the database holds before any image (imagedb's own SQL: a limit such as 20000 in a function body) is
+    # not a header value reaching it.
+    (tmp_path / "before").mkdir()
+    shipped = _everything_stored(database_url, store, tmp_path / "before")
     ingest(store, [folder], collection="wheel", model=ModelSpec.parse(tiny_model))
     stored = _everything_stored(database_url, store, tmp_path)
     assert "CT_small" not in stored and "MR_small" not in stored  # the neutral names: the check can see paths
@@ -249,7 +253,7 @@ def test_no_identifying_value_of_any_header_reaches_the_database(
             if v not in kept and v.strip("01")  # runs of 0 and 1 are in any number, and dhash bits are nothing else
         }
         checked += len(values)
-        found = sorted(v for v in values if _appears(v, stored))
+        found = sorted(v for v in values if _appears(v, stored) and not _appears(v, shipped))
         if found:
             leaks[source.name] = found
     assert checked > 1000
