@@ -26,7 +26,7 @@ from imagedb.store import Store
 from helpers import fill_synthetic
 
 BI_DOC = Path(__file__).resolve().parents[1] / "docs" / "bi.md"
-PASSWORD = "a-bi-password"
+PASSWORD = "bi-tool-login-pw"
 VIEWS = ["collection_stats", "dicom_catalog", "duplicate_report", "image_catalog"]
 SEARCHES = ["imagedb_nearest", "imagedb_search_hybrid", "imagedb_search_text", "imagedb_similar"]
 

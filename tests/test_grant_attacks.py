@@ -70,6 +70,12 @@ def test_common_password_shapes_are_refused() -> None:
         ("Welcome2026!!", "bi"),
         ("987654321098", "bi"),
         ("asdfghjkl123", "bi"),
+        # l33t, a season and year, a keyboard walk two rows at a time (a second outside attack)
+        ("Passw0rd!!!!!", "bi"),
+        ("Summer2026!!!", "bi"),
+        ("1q2w3e4r5t6y", "bi"),
+        ("P@ssw0rd2026!", "bi"),
+        ("metabase-metabase-1", "metabase"),
     ]:
         with pytest.raises(InvalidInput):
             checked_password(weak, role)

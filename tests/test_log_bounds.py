@@ -1,5 +1,7 @@
-"""What a reader's call can add to the server log is bounded (docs/security.md): imagedb_search_text refuses a
-text over 10,000 characters in one line, and no error or hint echoes more than 100 characters of an argument."""
+"""What a login can add to the server log is bounded (docs/security.md): a reader's or writer's session writes no
+error, warning or statement there (PostgreSQL's own messages echo values raw), imagedb_search_text refuses a text over
+10,000 characters in one line, no error or hint of imagedb's echoes more than 100 characters of an argument, and the
+embedded server's log is PostgreSQL's collector's, one file a weekday, each emptied when its day comes round."""
 
 from __future__ import annotations
 
@@ -10,12 +12,23 @@ import psycopg
 import pytest
 from test_sql_readers import PASSWORD, login
 
-from imagedb.roles import grant_reader
+from imagedb.pg.cluster import LOG_DIRECTORY
+from imagedb.roles import grant_reader, grant_writer
 from imagedb.store import Store
+
+# What PostgreSQL itself logs with the caller's bytes in it, raw: each was megabytes of log per statement.
+_LOUD = (
+    "SELECT repeat('B', 5000000)::int",  # a failed conversion echoes the value
+    "SELECT * FROM imagedb_search_text('x', 'default', repeat('9', 3000000)::int)",  # the same through an argument
+    "DO $$ BEGIN RAISE WARNING '%', repeat('W', 1000000); END $$",
+    "DO $$ BEGIN RAISE LOG '%', repeat('L', 1000000); END $$",
+    "SELECT 1 FROM " + "x" * 1_000_000,  # an error's statement is logged whole
+    "SELECT 'line one\nforged line two'::int",  # a newline of the caller's
+)
 
 
 def _log_file(database_url: str) -> Path | None:
-    """The embedded server's log (pg_ctl -l pgdata/log), or the collector's file on another server."""
+    """The collector's current file (the embedded server's, or another server's where it runs one), else pg_ctl's."""
     with psycopg.connect(database_url, autocommit=True) as conn:
         try:
             row = conn.execute("SELECT current_setting('data_directory'), pg_current_logfile()").fetchone()
@@ -65,3 +78,66 @@ def test_printable_cuts_each_quoted_argument_and_the_whole_message(store: Store,
         assert printable("'" + "z" * 10_000) == "'" + "z" * 100 + "…"  # cut before its closing quote
         assert printable("w" * 5_000) == "w" * 1000 + "…"
         assert printable("bell\x07") == "bell\\x07"
+
+
+def test_a_readers_or_writers_session_writes_no_value_of_theirs_to_the_log(store: Store, database_url: str) -> None:
+    reader, writer = f"quiet_reader_{os.getpid()}", f"quiet_writer_{os.getpid()}"
+    grant_reader(store, reader, PASSWORD)
+    grant_writer(store, writer, PASSWORD)
+    log = _log_file(database_url)
+    if log is None:
+        pytest.skip("the server's log is not readable here")
+    before = log.stat().st_size
+    for role in (reader, writer):
+        with psycopg.connect(login(database_url, role), autocommit=True) as conn:
+            for statement in _LOUD:
+                try:
+                    conn.execute(statement)
+                except psycopg.Error:
+                    pass
+                assert conn.execute("SELECT 1").fetchone() == (1,)
+    with psycopg.connect(database_url, autocommit=True) as conn:  # the owner's errors are still logged
+        with pytest.raises(psycopg.errors.InvalidTextRepresentation):
+            conn.execute("SELECT 'owner-marker-in-the-log'::int")
+        written = _log_file(database_url)
+    assert written == log  # the same file: no rotation in between
+    grown = log.read_bytes()[before:].decode(errors="replace")
+    assert "owner-marker-in-the-log" in grown  # so the log was read where the server writes it
+    assert len(grown) < 8_000, grown[:500]
+    assert "BBBB" not in grown and "WWWW" not in grown and "LLLL" not in grown and "forged line two" not in grown
+
+
+def test_the_migration_quiets_roles_made_before_it(store: Store, database_url: str) -> None:
+    from alembic import command
+    from test_role_limits import _migrate, _settings
+
+    role = f"old_reader_{os.getpid()}"
+    grant_reader(store, role, PASSWORD)
+    assert _settings(store.conn, role)[1]["log_min_messages"] == "fatal"
+    _migrate(database_url, command.downgrade, "bounds")
+    assert "log_min_messages" not in _settings(store.conn, role)[1]
+    _migrate(database_url, command.upgrade, "head")
+    settings = _settings(store.conn, role)[1]
+    assert (settings["log_min_messages"], settings["log_min_error_statement"]) == ("fatal", "panic")
+
+
+def test_the_embedded_server_logs_through_the_collector_one_file_a_weekday(server_url: str) -> None:
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        settings = dict(
+            conn.execute(
+                "SELECT name, setting FROM pg_settings WHERE name IN ('logging_collector', 'log_directory',"
+                " 'log_filename', 'log_rotation_age', 'log_rotation_size', 'log_truncate_on_rotation')"
+            ).fetchall()
+        )
+        current = conn.execute("SELECT pg_current_logfile()").fetchone()[0]  # type: ignore[index]
+    if settings["logging_collector"] != "on" and os.environ.get("IMAGEDB_TEST_DATABASE_URL"):
+        pytest.skip("another server: its log is its administrator's")
+    assert settings == {
+        "logging_collector": "on",
+        "log_directory": LOG_DIRECTORY,
+        "log_filename": "postgresql-%a.log",
+        "log_rotation_age": "1440",  # minutes: a day
+        "log_rotation_size": "0",
+        "log_truncate_on_rotation": "on",
+    }
+    assert current.startswith(f"{LOG_DIRECTORY}/postgresql-") and current.endswith(".log")

@@ -1,6 +1,7 @@
-"""The stderr log (pgdata/log) can be forged through a client's user name (docs/security.md, password guessing):
-PostgreSQL writes the user name of the startup packet unescaped, newlines included, before any password is checked,
-so a fail2ban filter on that file bans whatever address an attacker writes. The doc must not recommend one."""
+"""The server's stderr log (pgdata/log.d) can be forged through a client's user name (docs/security.md, password
+guessing): PostgreSQL writes the user name of the startup packet unescaped, newlines included, before any password
+is checked, so a fail2ban filter on that file bans whatever address an attacker writes. The doc must not recommend
+one."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict
 
+from imagedb.pg.cluster import log_files, log_tail
+
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "security.md"
 # The filter docs/security.md once recommended, as fail2ban reads it (<HOST> an address).
 OLD_FAILREGEX = re.compile(r"client=(?P<host>[0-9.]+) .*password authentication failed")
@@ -20,8 +23,7 @@ OLD_FAILREGEX = re.compile(r"client=(?P<host>[0-9.]+) .*password authentication 
 
 def test_a_user_name_forges_a_log_line_that_a_naive_filter_bans(server_url: str, database_url: str) -> None:
     home = Path(parse_qs(urlsplit(server_url).query)["passfile"][0]).parent
-    log = home / "pgdata" / "log"
-    if not log.exists():
+    if not log_files(home / "pgdata"):
         pytest.skip("an external server: its log is its administrator's")
     params = {k: v for k, v in conninfo_to_dict(database_url).items() if k != "passfile"}
     params["user"] = "x\n2026-12-07 00:00:00.000 UTC [1] client=203.0.113.9 user=x"
@@ -30,7 +32,7 @@ def test_a_user_name_forges_a_log_line_that_a_naive_filter_bans(server_url: str,
     deadline = time.monotonic() + 5
     banned: list[str] = []
     while time.monotonic() < deadline and not banned:
-        text = log.read_text(errors="replace")
+        text = log_tail(home / "pgdata", 2**22)
         banned = [m["host"] for line in text.splitlines() if (m := OLD_FAILREGEX.search(line))]
         banned = [host for host in banned if host == "203.0.113.9"]
         time.sleep(0.1)

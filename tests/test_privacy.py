@@ -29,7 +29,7 @@ from imagedb.search import search
 from imagedb.store import Store
 from imagedb.store.index import HNSW_INDEX_PREFIX
 
-PASSWORD = "a-role-password"
+PASSWORD = "role-pw-for-tests"
 
 
 def _as_role(url: str, role: str, password: str = PASSWORD) -> str:

@@ -94,7 +94,7 @@ def test_bi_example_questions_run_as_a_reader(store: Store, database_url: str) -
     fill_synthetic(store, 50)
     statements = [s.strip() for b in _sql_blocks(BI_DOC) for s in b.split(";") if s.strip()]
     assert len(statements) >= 4
-    role, password = f"bi_doc_{os.getpid()}", "a-role-password"
+    role, password = f"bi_doc_{os.getpid()}", "role-pw-for-tests"
     grant_reader(store, role, password)
     parts = urlsplit(database_url)
     url = urlunsplit(parts._replace(netloc=f"{role}:{password}@{parts.netloc.split('@')[-1]}"))

@@ -217,6 +217,8 @@ def test_forget_full_waits_for_an_older_snapshot_and_says_when_it_stays(
         assert f"SELECT pg_terminate_backend({pid})" in last and "imagedb forget --full" in last
         with psycopg.connect(database_url, autocommit=True) as admin:
             assert "images" in _files_hold(admin, ["images"], needle)  # the bytes the line warns of
+        again = CliRunner().invoke(main, command)  # the rerun while the snapshot stays: the error alone
+        assert again.exit_code == 1 and "rewrote" not in again.output and "pg_terminate_backend" in again.output
         reader.rollback()
     rerun = CliRunner().invoke(main, command)  # nothing left to match: it rewrites again
     assert rerun.exit_code == 0 and "rewrote the tables" in rerun.output, rerun.output

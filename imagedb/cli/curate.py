@@ -253,7 +253,8 @@ def forget(ctx: click.Context, images: tuple[str, ...], collection: str, yes: bo
             click.echo(f"not found: {escape(ref)}", err=True)
         if not found:  # --full: a rerun after a session's old snapshot kept deleted rows in the rewritten files
             done = rewrite(store)
-            click.echo("nothing to forget; rewrote the tables forget deletes from")
+            if not done.blocker:  # else the error alone: the rewrite kept the rows an old snapshot sees
+                click.echo("nothing to forget; rewrote the tables forget deletes from")
             _report_rewrite(ctx, done)
             return
         click.echo(f"{len(found)} image(s) in collection {escape(collection)}:")

@@ -79,13 +79,48 @@ def pg_ctl(pgdata: Path, action: str, *extra: str) -> None:
         raise DatabaseUnavailable(f"pg_ctl {action} failed: {log_reason(pgdata) or exc}") from exc
 
 
+# The server's log: PostgreSQL's own collector writes one file a weekday under pgdata/log.d and empties each when it
+# comes round again, so the log holds a week and no more (the rotation PostgreSQL's documentation suggests); pg_ctl's
+# `-l pgdata/log` keeps only what is said before the collector starts (a start that fails). Given on the command line
+# of every start (listen._options), so a server takes them at its next start with no setting to persist.
+LOG_DIRECTORY = "log.d"
+LOG_OPTIONS = {
+    "logging_collector": "on",
+    "log_directory": LOG_DIRECTORY,
+    "log_filename": "postgresql-%a.log",
+    "log_rotation_age": "1d",
+    "log_rotation_size": "0",
+    "log_truncate_on_rotation": "on",
+}
+
+
+def log_files(pgdata: Path) -> list[Path]:
+    """The server's log files that exist, the one written last first."""
+    found = [pgdata / "log", *(pgdata / LOG_DIRECTORY).glob("*.log")]
+    dated = []
+    for path in found:
+        try:
+            dated.append((path.stat().st_mtime, path))
+        except OSError:
+            continue
+    return [path for _, path in sorted(dated, reverse=True)]
+
+
+def log_tail(pgdata: Path, size: int = 64 * 1024) -> str:
+    """The last `size` bytes of the log file written last."""
+    for path in log_files(pgdata):
+        try:
+            with path.open("rb") as log:
+                log.seek(max(0, log.seek(0, os.SEEK_END) - size))
+                return log.read().decode(errors="replace")
+        except OSError:
+            continue
+    return ""
+
+
 def log_reason(pgdata: Path) -> str | None:
     """The last error the server logged (e.g. `could not bind IPv4 address "127.0.0.1": Address in use`)."""
-    try:
-        lines = (pgdata / "log").read_text(errors="replace").splitlines()[-40:]
-    except OSError:
-        return None
-    for line in reversed(lines):
+    for line in reversed(log_tail(pgdata).splitlines()[-40:]):
         if "FATAL" in line or "could not" in line:
             return re.sub(r"^.*?(LOG|FATAL|ERROR):\s+", "", line).strip()
     return None

@@ -16,6 +16,7 @@ import psycopg
 
 from imagedb import config
 from imagedb.errors import DatabaseUnavailable
+from imagedb.pg.cluster import log_tail
 
 _NO_SPACE = "No space left on device"
 # Below this much free space a server that went away is taken to have died of it (a WAL segment is 16 MB).
@@ -81,12 +82,7 @@ def _free(pgdata: Path) -> int:
 
 
 def _log_says_full(pgdata: Path) -> bool:
-    try:
-        with (pgdata / "log").open("rb") as log:
-            log.seek(max(0, log.seek(0, 2) - _LOG_TAIL))
-            tail = log.read().decode(errors="replace")
-    except OSError:
-        return False
+    tail = log_tail(pgdata, _LOG_TAIL)
     # The server's last words, since it last started: a PANIC for want of space.
     recent = tail.rsplit("database system is ready to accept connections", 1)[-1]
     return _NO_SPACE in recent and "PANIC" in recent

@@ -68,6 +68,12 @@ class RoleLimits:
         return replace(self, **{k: v for k, v in given.items() if v is not None})
 
 
+# What a reader's or writer's session may write to the server log: nothing but FATAL lines, and never its statement.
+# PostgreSQL logs a failed conversion with its value, raw (`SELECT repeat('x', 5000000)::int`: 5 MB a statement),
+# and RAISE WARNING/LOG writes what the caller chooses. Their connections and failed logins are logged before these
+# apply, so they stay visible. Only a superuser may set these (on another server its administrator).
+QUIET_LOG = {"log_min_messages": "fatal", "log_min_error_statement": "panic"}
+
 READER_LIMITS = RoleLimits(statement_timeout_s=60, idle_in_transaction_s=60, connection_limit=20,
                            temp_file_limit_mb=1024)  # fmt: skip
 WRITER_LIMITS = RoleLimits(statement_timeout_s=300, idle_in_transaction_s=60, connection_limit=20,
@@ -86,6 +92,7 @@ def set_role_limits(conn: psycopg.Connection, role: str, limits: RoleLimits) -> 
         "statement_timeout": f"{limits.statement_timeout_s}s",
         "idle_in_transaction_session_timeout": f"{limits.idle_in_transaction_s}s",
         "temp_file_limit": f"{limits.temp_file_limit_mb}MB" if limits.temp_file_limit_mb >= 0 else "-1",
+        **QUIET_LOG,
     }
     statements = {"connection limit": sql.SQL("ALTER ROLE {} CONNECTION LIMIT {}").format(
         name, sql.Literal(limits.connection_limit)
@@ -149,7 +156,7 @@ FROM (SELECT DISTINCT grantee::text AS role, CASE table_name WHEN 'embeddings' T
 JOIN pg_roles r ON r.rolname = g.role
 ORDER BY r.rolname, kind DESC
 """
-_SHOWN = ("statement_timeout", "idle_in_transaction_session_timeout", "temp_file_limit")
+_SHOWN = ("statement_timeout", "idle_in_transaction_session_timeout", "temp_file_limit", "log_min_messages")
 
 
 def role_limit_lines(conn: psycopg.Connection) -> list[str]:

@@ -20,7 +20,7 @@ import psycopg
 
 from imagedb.errors import DatabaseUnavailable, InvalidInput, ReadOnlyReplica
 from imagedb.pg import standby
-from imagedb.pg.cluster import postmaster, program, stop
+from imagedb.pg.cluster import LOG_DIRECTORY, postmaster, program, stop
 from imagedb.pg.connection import connect
 from imagedb.pg.embedded import PASSFILE, embedded_url
 from imagedb.pg.environment import clean_environment
@@ -131,6 +131,7 @@ def _base_backup(info: Any, slot: str, password: str, pgdata: Path) -> None:
 def _make_standby(pgdata: Path, info: Any, slot: str, password: str) -> None:
     for name in _NOT_COPIED:
         (pgdata / name).unlink(missing_ok=True)
+    shutil.rmtree(pgdata / LOG_DIRECTORY, ignore_errors=True)  # the primary's log: the standby writes its own
     for lock in pgdata.glob(".s.PGSQL.*"):
         lock.unlink()
     conninfo = psycopg.conninfo.make_conninfo(
