@@ -214,3 +214,22 @@ def test_tune_and_db_check_report_text_recall_and_say_when_the_latency_bound_is_
     _cache_texts(store, collection, _unit(_clustered(25, np.random.default_rng(4)) + _gap(np.random.default_rng(4))))
     checked = cli("db", "check", "--recall", "-c", "gap", "--queries", "20")
     assert "recall of gap, text queries (20 cached texts):" in checked.output.splitlines(), checked.output
+
+
+def test_the_sql_text_searches_use_text_queries_own_ef_search(store: Store) -> None:
+    """imagedb_search_text and imagedb_search_hybrid searched text with the image queries' ef_search (revision
+    textef); imagedb_nearest, given any vector, keeps the image queries'."""
+    collection = _fill(store, _clustered(300, np.random.default_rng(4)))
+    text = _unit(_clustered(1, np.random.default_rng(5)))
+    _cache_texts(store, collection, text)
+    store.tuning.save_tuned_ef_search(collection, 40, 0.95, 1.0, 300, (321, 1.0, "20 text-like probes"))
+    for statement, expected in (
+        ("SELECT * FROM imagedb_search_text('query text 0', 'gap', 5)", "321"),
+        ("SELECT * FROM imagedb_search_hybrid('query text 0', 'gap', 5)", "321"),
+        ("SELECT * FROM imagedb_nearest(%s::halfvec, 'gap', 5)", "40"),
+    ):
+        with store.conn.transaction():
+            params = (str(text[0].tolist()),) if "%s" in statement else ()
+            assert len(store.conn.execute(statement, params).fetchall()) == 5
+            ef = store.conn.execute("SELECT current_setting('hnsw.ef_search')").fetchone()[0]  # type: ignore[index]
+            assert ef == expected, statement
