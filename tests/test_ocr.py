@@ -97,3 +97,41 @@ def test_ingest_ocr_reads_after_embedding(database_url: str, store: Store, tmp_p
     assert "added 1" in result.output and "failed 1" in result.output  # the broken file is ingest's to report
     found = search(store, SearchRequest(parse_string("kw:receipt")))
     assert [Path(r.path).name for r in found] == ["receipt.png"] and found[0].matched == ("receipt",)
+
+
+# A CJK font from the system (.ci/run installs Debian's fonts-wqy-microhei); Pillow's bundled font has no CJK glyphs.
+CJK_FONTS = (
+    "/usr/share/fonts/truetype/wqy/wqy-microhei.ttc",
+    "/usr/share/fonts/truetype/wqy/wqy-zenhei.ttc",
+    "/usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc",
+)
+
+
+def drawn_cjk(path: Path, text: str, size: int = 48) -> Path:
+    font = next((f for f in CJK_FONTS if Path(f).exists()), None)
+    if font is None:
+        pytest.skip("no CJK font installed (Debian: apt-get install fonts-wqy-microhei)")
+    image = Image.new("RGB", (40 + size * len(text), size * 3), "white")
+    ImageDraw.Draw(image).text((20, size), text, font=ImageFont.truetype(font, size), fill="black")
+    image.save(path)
+    return path
+
+
+@pytest.mark.slow
+def test_chinese_text_in_an_image_is_read_and_found_by_its_words(
+    store: Store, tmp_path: Path, tiny_model: str
+) -> None:
+    drawn_cjk(tmp_path / "fapiao.png", "增值税发票 4711")  # VAT invoice
+    drawn_cjk(tmp_path / "tram.png", "里斯本有轨电车")  # Lisbon tram
+    drawn(tmp_path / "english.png", "INVOICE 4711")
+    for n in range(3):
+        Image.new("RGB", (64, 64), (40 * n, 90, 200)).save(tmp_path / f"plain{n}.png")
+    ingest(store, [tmp_path], model=ModelSpec.parse(tiny_model))
+    words = WordsSummary()
+    read_text(store, get_collection(store, "default"), words)
+    assert words.ocr_read == 6 and not words.ocr_failed
+    for query, expected in (("kw:发票", "fapiao.png"), ("kw:电车", "tram.png"), ('kw:"有轨电车"', "tram.png")):
+        found = search(store, SearchRequest(parse_string(query)))
+        assert [Path(r.path).name for r in found][:1] == [expected], (query, [r.path for r in found])
+    found = search(store, SearchRequest(parse_string("kw:4711")))
+    assert sorted(Path(r.path).name for r in found) == ["english.png", "fapiao.png"]
