@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import psycopg
 import pytest
+from click.testing import CliRunner
 from test_sql_readers import PASSWORD, login
 
+from imagedb.cli import main
 from imagedb.pg.cluster import LOG_DIRECTORY
 from imagedb.roles import grant_reader, grant_writer
 from imagedb.store import Store
@@ -141,3 +144,7 @@ def test_the_embedded_server_logs_through_the_collector_one_file_a_weekday(serve
         "log_truncate_on_rotation": "on",
     }
     assert current.startswith(f"{LOG_DIRECTORY}/postgresql-") and current.endswith(".log")
+    home = Path(parse_qs(urlsplit(server_url).query)["passfile"][0]).parent
+    info = CliRunner(env={"IMAGEDB_DATABASE_URL": None}).invoke(main, ["--home", str(home), "db", "info"])
+    assert info.exit_code == 0, info.output
+    assert f"log: {home / 'pgdata' / LOG_DIRECTORY} (one file a weekday, a week kept)" in info.output

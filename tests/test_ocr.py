@@ -118,9 +118,7 @@ def drawn_cjk(path: Path, text: str, size: int = 48) -> Path:
 
 
 @pytest.mark.slow
-def test_chinese_text_in_an_image_is_read_and_found_by_its_words(
-    store: Store, tmp_path: Path, tiny_model: str
-) -> None:
+def test_chinese_text_in_an_image_is_read_and_found_by_its_words(store: Store, tmp_path: Path, tiny_model: str) -> None:
     drawn_cjk(tmp_path / "fapiao.png", "增值税发票 4711")  # VAT invoice
     drawn_cjk(tmp_path / "tram.png", "里斯本有轨电车")  # Lisbon tram
     drawn(tmp_path / "english.png", "INVOICE 4711")

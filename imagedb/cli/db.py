@@ -7,7 +7,15 @@ from pathlib import Path
 import click
 
 from imagedb import config
-from imagedb.cli.operators import listen, psql, replica, replication_lines, require_primary_url, role_url, tcp_lines
+from imagedb.cli.operators import (
+    embedded_lines,
+    listen,
+    psql,
+    replica,
+    replication_lines,
+    require_primary_url,
+    role_url,
+)
 from imagedb.cli.server import service, start, status, stop
 from imagedb.cli.support import Group, open_store
 from imagedb.display import escape
@@ -56,7 +64,7 @@ def info(ctx: click.Context) -> None:
         server, pgvector = store.admin.server_versions()
         revision = current_revision(store.conn)
         stats = store.admin.collection_stats()
-        replication = replication_lines(store.conn) + tcp_lines(ctx)
+        replication = replication_lines(store.conn) + embedded_lines(ctx)
         recall = {s["collection"]: info_lines(store, s["collection"], s["images"]) for s in stats}
         limits = role_limit_lines(store.conn)
     click.echo(f"server: PostgreSQL {server}, pgvector {pgvector}")

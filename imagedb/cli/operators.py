@@ -10,6 +10,7 @@ import click
 
 from imagedb import config
 from imagedb.cli.support import Command, Group
+from imagedb.display import escape
 
 
 def embedded_home(ctx: click.Context, what: str) -> Path:
@@ -114,14 +115,21 @@ def replication_lines(conn: Any) -> list[str]:
     return lines
 
 
-def tcp_lines(ctx: click.Context) -> list[str]:
-    """For `db info`: the embedded server's TCP address (none for an external server)."""
+def embedded_lines(ctx: click.Context) -> list[str]:
+    """For `db info`: the embedded server's TCP address and log (nothing for an external server)."""
     if config.database_url(ctx.obj["database_url"]):
         return []
+    from imagedb.pg.cluster import LOG_DIRECTORY
     from imagedb.pg.listen import load_listen
 
-    address = load_listen(config.home(ctx.obj["home"]))
-    return [f"tcp: {address}" if address else "tcp: off (Unix socket only; `imagedb db listen HOST:PORT`)"]
+    home = config.home(ctx.obj["home"])
+    address = load_listen(home)
+    tcp = f"tcp: {address}" if address else "tcp: off (Unix socket only; `imagedb db listen HOST:PORT`)"
+    if (home / "pgdata" / "current_logfiles").exists():  # written by the log collector while it runs
+        log = f"log: {home / 'pgdata' / LOG_DIRECTORY} (one file a weekday, a week kept)"
+    else:
+        log = f"log: {home / 'pgdata' / 'log'} (one file, not rotated until the server restarts: imagedb db stop)"
+    return [tcp, escape(log)]
 
 
 def require_primary_url(ctx: click.Context, url: str) -> None:
