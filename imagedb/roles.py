@@ -18,6 +18,7 @@ from imagedb.pg.limits import (
     harden_database,
     set_role_limits,
 )
+from imagedb.pg.standby import SLOT_PREFIX
 from imagedb.store import Store
 from imagedb.store.admin import FORGET_TABLES
 
@@ -66,6 +67,7 @@ WRITER_READ_ONLY = (
 # imagedb's roles are reachable over TCP once `db listen` is on (NIST SP 800-63B asks for at least 8, 15 where a
 # password is the only factor; 12 is what a generated one of 16 characters comfortably passes).
 MIN_PASSWORD_LENGTH = 12
+MAX_ROLE_BYTES = 63  # PostgreSQL's NAMEDATALEN - 1: a longer name is cut without an error
 # And it must take a guesser this many tries by zxcvbn's estimate (its score 4), which knows what guessers try first:
 # common passwords and words, names, dates and years, keyboard walks, repeats and sequences, l33t and reversals. At a
 # few thousand tries a second (every connection the server allows, guessing) that is weeks; score 3 (10^8) is hours.
@@ -91,13 +93,16 @@ class Forgotten:
     # whether pg_statistic could not be rewritten (its old file may hold the paths as sampled values).
     blocker: str | None = None
     statistics_kept: bool = False
+    # Without `full`: the session whose older snapshot kept VACUUM from removing the deleted rows (one line).
+    kept_by: str | None = None
 
 
 def grant_reader(store: Store, role: str, password: str | None = None, limits: RoleLimits = READER_LIMITS) -> Grant:
     """SELECT on the BI views and EXECUTE on the SQL searches only; the role is created (LOGIN) if missing, and
     given `limits` (pg/limits.py)."""
     _check(limits)
-    created = store.admin.grant(role, READER_VIEWS, "SELECT", checked_password(password, role), reader=True)
+    password = checked_password(password, checked_role(role))
+    created = store.admin.grant(role, READER_VIEWS, "SELECT", password, reader=True)
     store.admin.grant_execute(role, READER_FUNCTIONS)
     return _limited(store, role, created, limits)
 
@@ -105,7 +110,7 @@ def grant_reader(store: Store, role: str, password: str | None = None, limits: R
 def grant_writer(store: Store, role: str, password: str | None = None, limits: RoleLimits = WRITER_LIMITS) -> Grant:
     """What `imagedb ingest`, `search`, `tag`, `dupes`, `watch` and `forget` need, on existing collections and
     models; VACUUM of the tables `forget` touches where the server has the MAINTAIN privilege (PostgreSQL 17+)."""
-    password = checked_password(password, role)
+    password = checked_password(password, checked_role(role))
     could_write = bool(store.admin.writes_of(role))
     created = store.admin.grant(role, WRITER_TABLES, "SELECT, INSERT, UPDATE, DELETE", password)
     store.admin.grant(role, WRITER_READ_ONLY, "SELECT", None)
@@ -131,12 +136,26 @@ def generate_password() -> str:
     return secrets.token_urlsafe(16)
 
 
+def checked_role(role: str) -> str:
+    """The role's name, unless PostgreSQL would change it or it could not log in: longer than 63 bytes (silently
+    cut), control characters (a newline cannot be written in a password file), or a name PostgreSQL reserves (pg_)
+    or pg_hba.conf keeps off every database (a replica's role)."""
+    if not role or len(role.encode()) > MAX_ROLE_BYTES:
+        raise InvalidInput(f"a role's name has 1 to {MAX_ROLE_BYTES} bytes, not {len(role.encode())}")
+    if any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in role):
+        raise InvalidInput("a role's name cannot hold control characters (a newline, a tab)")
+    if role.startswith(("pg_", SLOT_PREFIX)):
+        raise InvalidInput(f"names starting pg_ or {SLOT_PREFIX} are PostgreSQL's or replicas': choose another")
+    return role
+
+
 def checked_password(password: str | None, role: str = "") -> str | None:
     """The password, unless it is one a guesser would try early: short, or guessed in under 10^10 tries."""
     if password is None:
         return None
-    if "\x00" in password:
-        raise InvalidInput("a password cannot contain a NUL character")
+    if any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in password):
+        raise InvalidInput("a password cannot hold control characters (a newline, a tab): it could not be typed or"
+                           " stored in a password file")  # fmt: skip
     weak = None
     if len(password) < MIN_PASSWORD_LENGTH:
         weak = f"is shorter than {MIN_PASSWORD_LENGTH} characters"
@@ -162,7 +181,15 @@ def forget(
     if not ids:
         raise NotFound(f"no image {', '.join(refs)} in collection {collection!r}: give ids, paths or file names")
     if not full:
-        return Forgotten(ids, unvacuumed)
+        older = store.admin.older_snapshot(horizon)
+        kept = None
+        if older is not None:
+            kept = (
+                f"{_session(older)} has a snapshot older than the deletion, so VACUUM could not remove the rows: they"
+                f" stay in the table and index files until it ends; end it with `SELECT pg_terminate_backend"
+                f"({older[0]})` as imagedb's role (imagedb db psql), then run `imagedb forget --full` to rewrite them"
+            )
+        return Forgotten(ids, unvacuumed, kept_by=kept)
     return rewrite(store, ids, horizon)
 
 
@@ -185,12 +212,17 @@ def rewrite(
     return Forgotten(ids or [], unvacuumed, _snapshot_line(older, wait_s) if older else None, kept)
 
 
-def _snapshot_line(row: tuple[object, ...], wait_s: float) -> str:
+def _session(row: tuple[object, ...]) -> str:
     pid, role, application, seconds = row
     app = f", application {application!r}" if application else ""
     held = f", in a transaction for {seconds} s" if seconds is not None else ""
+    return f"session {pid} (role {role!r}{app}{held})"
+
+
+def _snapshot_line(row: tuple[object, ...], wait_s: float) -> str:
+    pid = row[0]
     return (
-        f"waited {wait_s:g} s for session {pid} (role {role!r}{app}{held}), whose snapshot is older than the"
+        f"waited {wait_s:g} s for {_session(row)}, whose snapshot is older than the"
         f" deletion: the rows are deleted but their bytes may remain in the table files; end it with"
         f" `SELECT pg_terminate_backend({pid})` as imagedb's role (imagedb db psql), then run `imagedb forget --full`"
         " again"

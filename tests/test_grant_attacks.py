@@ -24,7 +24,7 @@ def _password_hash(store: Store, role: str) -> str | None:
 def test_grant_refuses_a_replication_role_and_changes_nothing(
     store: Store, database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    role = f"imagedb_replica_{_role('x')}"
+    role = f"streamer_{_role('x')}"  # a replication role of the administrator's, named as they like
     store.conn.execute(f"CREATE ROLE {role} WITH REPLICATION LOGIN PASSWORD 'the-replicas-own-pw'")
     before = _password_hash(store, role)
     monkeypatch.setenv("IMAGEDB_DATABASE_URL", database_url)
@@ -35,6 +35,27 @@ def test_grant_refuses_a_replication_role_and_changes_nothing(
     assert _password_hash(store, role) == before
     assert store.conn.execute("SELECT has_table_privilege(%s, 'images', 'SELECT')", (role,)).fetchone() == (False,)
     store.conn.execute(f"DROP ROLE {role}")  # what `db replica remove` does: nothing granted stands in its way
+
+
+def test_grant_refuses_names_postgresql_would_change_or_never_let_in(store: Store) -> None:
+    """A second outside attack: a 100-character name was cut to 63 without a word, a name with a newline or a
+    password with one (which no password file can hold) was taken, and `imagedb_replica_evil` made a login that
+    pg_hba.conf keeps off every database."""
+    for role, said in (
+        ("r" * 64, "1 to 63 bytes"),
+        ("é" * 32, "1 to 63 bytes"),  # 64 bytes
+        ("", "1 to 63 bytes"),
+        ("bi\nreader", "control characters"),
+        ("imagedb_replica_evil", "replicas'"),
+        ("pg_reader", "PostgreSQL's"),
+    ):
+        with pytest.raises(InvalidInput, match=said):
+            grant_reader(store, role, PASSWORD)
+    for password in ("plum kettle\norbit one", "plum kettle\torbit one", "plum kettle\x7forbit one"):
+        with pytest.raises(InvalidInput, match="control characters"):
+            grant_writer(store, _role("w"), password)
+    assert grant_reader(store, "é" * 31, PASSWORD).created  # 62 bytes: kept whole
+    assert store.conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", ("é" * 31,)).fetchone() == (1,)
 
 
 def test_grant_reader_refuses_a_writer_and_grant_writer_says_a_reader_became_one(

@@ -16,7 +16,7 @@ from imagedb.dupes import add_watches
 from imagedb.embed import ModelSpec
 from imagedb.ingest import ingest
 from imagedb.pg.database import open_connection
-from imagedb.pg.embedded import NOTIFY_QUEUE_PAGES, embedded_url, stop_embedded
+from imagedb.pg.embedded import SERVER_SETTINGS, embedded_url, stop_embedded
 from imagedb.pg.migrate import upgrade
 from imagedb.store import Store
 
@@ -34,7 +34,7 @@ def small_queue_url() -> Iterator[str]:
             pending = conn.execute(
                 "SELECT setting FROM pg_file_settings WHERE name = 'max_notify_queue_pages' AND applied IS NOT NULL"
             ).fetchall()
-            assert pending == [(str(NOTIFY_QUEUE_PAGES),)]
+            assert pending == [(SERVER_SETTINGS["max_notify_queue_pages"],)]
             conn.execute("ALTER SYSTEM SET max_notify_queue_pages = 64")
         stop_embedded(home)
         url = embedded_url(home)

@@ -22,7 +22,7 @@ from imagedb.cli import main
 from imagedb.errors import InvalidInput
 from imagedb.pg.cluster import log_files, log_tail, program
 from imagedb.pg.connection import sqlalchemy_url
-from imagedb.pg.embedded import stop_embedded
+from imagedb.pg.embedded import embedded_url, stop_embedded
 from imagedb.pg.limits import LOCK_TIMEOUT_S, MAX_TEMP_FILE_MB, READER_LIMITS
 from imagedb.pg.migrate import alembic_config
 from imagedb.roles import checked_password, grant_reader, grant_writer
@@ -214,6 +214,39 @@ def _logged(pgdata: Path, wanted: str) -> list[str]:
             return lines
         time.sleep(0.1)
     return []
+
+
+@pytest.mark.slow
+def test_clients_that_never_log_in_are_dropped_soon_and_the_owner_is_told_what_happened(tmp_path: Path) -> None:
+    """A second outside attack: 130 connections that sent a startup packet and never answered the password request
+    held every slot for a minute, and `db info` said it could not start the running server."""
+    home = tmp_path / "home"
+    run = CliRunner(env={"IMAGEDB_DATABASE_URL": None})
+    held: list[socket.socket] = []
+    try:
+        assert run.invoke(main, ["--home", str(home), "db", "info"]).exit_code == 0
+        url = embedded_url(home, "postgres")
+        with psycopg.connect(url) as conn:
+            assert conn.execute("SHOW authentication_timeout").fetchone() == ("10s",)
+            slots = int(conn.execute("SHOW max_connections").fetchone()[0])
+        params = parse_qs(urlsplit(url).query)
+        path = f"{params['host'][0]}/.s.PGSQL.{params.get('port', ['5432'])[0]}"
+        body = b"\x00\x03\x00\x00user\x00nobody\x00database\x00imagedb\x00\x00"
+        for _ in range(slots + 5):
+            client = socket.socket(socket.AF_UNIX)
+            client.connect(path)
+            client.sendall((len(body) + 4).to_bytes(4, "big") + body)  # then silence: no password
+            held.append(client)
+        time.sleep(0.5)
+        refused = run.invoke(main, ["--home", str(home), "db", "info"])
+        assert refused.exit_code != 0 and "is running but refused imagedb's connection" in refused.output
+        assert "could not start" not in refused.output and "Traceback" not in refused.output
+        time.sleep(12)  # authentication_timeout: the server drops them
+        assert run.invoke(main, ["--home", str(home), "db", "info"]).exit_code == 0
+    finally:
+        for client in held:
+            client.close()
+        stop_embedded(home)
 
 
 @pytest.mark.slow

@@ -226,6 +226,29 @@ def test_forget_full_waits_for_an_older_snapshot_and_says_when_it_stays(
         assert _database_files_hold(admin, needle) == []
 
 
+def test_plain_forget_warns_when_an_older_snapshot_keeps_the_rows(
+    store: Store, photos: Path, tiny_model: str, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A second outside attack: `forget` said "forgot 1 image(s)" and nothing else while a reader's open snapshot
+    kept VACUUM from removing the row, whose path then stayed in the table and index files."""
+    ingest(store, [photos], model=ModelSpec.parse(tiny_model))
+    role = f"plainsnap_{os.getpid()}"
+    grant_reader(store, role, "reader-login-pw")
+    monkeypatch.setenv("IMAGEDB_DATABASE_URL", database_url)
+    with psycopg.connect(_login(database_url, role, "reader-login-pw"), application_name="bi-tool") as reader:
+        reader.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+        reader.execute("SELECT 1")
+        pid = reader.info.backend_pid
+        result = CliRunner().invoke(main, ["forget", "--yes", "rocket.jpg"])
+        assert result.exit_code == 0 and "forgot 1 image(s)" in result.output, result.output
+        warning = [line for line in result.output.splitlines() if line.startswith("warning: session")]
+        assert warning and f"session {pid} (role '{role}', application 'bi-tool'" in warning[0], result.output
+        assert "imagedb forget --full" in warning[0]
+        reader.rollback()
+    quiet = CliRunner().invoke(main, ["forget", "--yes", "coffee.jpg"])
+    assert quiet.exit_code == 0 and "warning" not in quiet.output, quiet.output
+
+
 def test_forget_full_waits_for_a_snapshot_that_ends_meanwhile(
     store: Store, photos: Path, tiny_model: str, database_url: str
 ) -> None:

@@ -416,6 +416,25 @@ def test_errors_are_logged_with_a_traceback_and_requests_in_one_line(
     assert "private words" not in caplog.text and "private+words" not in caplog.text
 
 
+def test_a_request_path_is_one_short_line_in_the_log(
+    database_url: str, served: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A second outside attack: 64 KB paths wrote 64 KB of log each, with or without a token, and a %0a in the path
+    forged a line of its own."""
+    logging.disable(logging.NOTSET)
+    caplog.set_level(logging.INFO, logger="imagedb.api")
+    forged = '2026-12-07 06:00:00,000 INFO 203.0.113.9 "GET /api/collections" 200 1 ms'
+    for app in (create_app(database_url), create_app(database_url, token="s3cret")):
+        client = TestClient(app, base_url=LOCAL)
+        assert client.get("/" + "B" * 60_000).status_code in (401, 404)
+        assert client.get("/api/search%0a" + forged.replace(" ", "%20")).status_code in (401, 404, 422)
+    lines = [r.getMessage() for r in caplog.records if r.name == "imagedb.api"]
+    assert len(lines) == 4 and all(len(line) < 400 and "\n" not in line for line in lines), lines
+    assert all("B" * 201 not in line for line in lines) and any("B" * 199 + "…" in line for line in lines)
+    assert not any(line.startswith("2026-12-07") for text in lines for line in text.splitlines()[1:])
+    assert any("/api/search\\n2026" in line for line in lines), lines
+
+
 @pytest.mark.slow
 def test_clients_are_not_told_server_paths(
     database_url: str, served: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture, tiny_model: str

@@ -14,6 +14,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from imagedb.display import escape
+
 log = logging.getLogger("imagedb.api")
 
 Scope = dict[str, Any]
@@ -79,6 +81,16 @@ class SecurityHeaders:
         await self.app(scope, receive, with_headers)
 
 
+# A request's path is the client's: in the log it is escaped (a %0a in it is a newline once decoded) and cut, so a
+# line is one line and a request of 64 KB costs the log no more than a short one.
+LOGGED_PATH = 200
+
+
+def logged_path(path: str) -> str:
+    shown = escape(path[: LOGGED_PATH + 1])
+    return shown[:LOGGED_PATH] + "…" if len(shown) > LOGGED_PATH else shown
+
+
 class AccessLog:
     """One line per request (method, path without the query string, status, milliseconds); any exception that
     escapes the routes is logged with its traceback and answered with a JSON 500 that names only its type."""
@@ -101,14 +113,14 @@ class AccessLog:
         try:
             await self.app(scope, receive, noting)
         except Exception as exc:
-            log.error("%s %s failed", scope["method"], scope["path"], exc_info=exc)
+            log.error("%s %s failed", scope["method"], logged_path(scope["path"]), exc_info=exc)
             if status == 0:
                 status = 500
                 await send_json(send, 500, f"internal error: {type(exc).__name__} (details are in the server's log)")
         finally:
             ms = (time.perf_counter() - started) * 1000
             client = (scope.get("client") or ("-",))[0]
-            log.info('%s "%s %s" %d %.0f ms', client, scope["method"], scope["path"], status, ms)
+            log.info('%s "%s %s" %d %.0f ms', client, scope["method"], logged_path(scope["path"]), status, ms)
 
 
 def host_name(header: str) -> str:

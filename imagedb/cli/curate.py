@@ -278,6 +278,8 @@ def _report_rewrite(ctx: click.Context, done: Forgotten) -> None:
             " those table files until the owner runs VACUUM on them",
             err=True,
         )
+    if done.kept_by:
+        click.echo(f"warning: {done.kept_by}", err=True)
     if done.statistics_kept:
         click.echo(
             "warning: this role may not rewrite pg_statistic: its file may still hold the paths as sampled values"

@@ -18,7 +18,7 @@ import psycopg
 from psycopg import sql
 
 from imagedb.errors import DatabaseUnavailable, InvalidInput, first_line
-from imagedb.pg.cluster import OWNER_ROLE, log_reason, pgserver, postmaster, stop
+from imagedb.pg.cluster import LOG_DIRECTORY, OWNER_ROLE, log_reason, pgserver, postmaster, stop
 from imagedb.pg.environment import ignore_libpq_environment
 from imagedb.pg.listen import (
     HBA_MARKER,
@@ -80,6 +80,15 @@ def embedded_url(home: Path, database: str = EMBEDDED_DBNAME) -> str:
         return owner_url(home, info.socket_dir, info.port, database)
     except (DatabaseUnavailable, InvalidInput):
         raise
+    except psycopg.OperationalError as exc:
+        if postmaster(pgdata) is None:
+            raise DatabaseUnavailable(f"the embedded server in {pgdata} stopped: {first_line(exc)}") from exc
+        # Running, but no connection: every slot taken (clients that connect and never log in hold one each until
+        # authentication_timeout), or the server shutting down.
+        raise DatabaseUnavailable(
+            f"the embedded server in {pgdata} is running but refused imagedb's connection: {first_line(exc)};"
+            f" try again in a few seconds, and see {pgdata / LOG_DIRECTORY} for the clients connecting"
+        ) from exc
     except Exception as exc:  # the wheel raises bare RuntimeError/CalledProcessError/OSError
         raise DatabaseUnavailable(
             f"could not start the embedded PostgreSQL in {home}: {first_line(exc)}"
@@ -133,38 +142,41 @@ def _require_passwords(home: Path, socket_dir: object, port: int | None, wanted_
 
 
 # What the CIS PostgreSQL benchmark asks of the log: every connection, and a prefix naming the client's address,
-# so that a failed login (FATAL: password authentication failed) says where it came from, on one line a rate
-# limiter such as fail2ban can match (docs/security.md). The address comes before anything the client chooses (its
-# user and application names). The bundled server has no auth_delay module.
-LOG_SETTINGS = {"log_connections": "on", "log_line_prefix": "%m [%p] client=%h user=%u db=%d app=%a "}
-# The NOTIFY queue's bound on disk (pgdata/pg_notify; 8 kB pages): 128 MB instead of PostgreSQL's 8 GB. Any login
-# may NOTIFY, and a listener idle in an open transaction keeps all of it; imagedb's own notifications are hints that
-# a full queue does not fail (imagedb/store/notify.py). PostgreSQL 17 and later; it takes effect at the next start.
-NOTIFY_QUEUE_PAGES = 16384
+# so that a failed login (FATAL: password authentication failed) says where it came from (docs/security.md). The
+# address comes before anything the client chooses (its user and application names). The bundled server has no
+# auth_delay module.
+# authentication_timeout: a client that connects and never answers the password request holds a server slot this
+# long (PostgreSQL's default is a minute: 130 such clients kept every login out, the owner's too).
+# max_notify_queue_pages: the NOTIFY queue's bound on disk (pgdata/pg_notify; 8 kB pages), 128 MB instead of 8 GB.
+# Any login may NOTIFY, and a listener idle in an open transaction keeps all of it; imagedb's own notifications are
+# hints that a full queue does not fail (imagedb/store/notify.py). PostgreSQL 17 and later; from the next start.
+SERVER_SETTINGS = {
+    "log_connections": "on",
+    "log_line_prefix": "%m [%p] client=%h user=%u db=%d app=%a ",
+    "authentication_timeout": "10s",
+    "max_notify_queue_pages": "16384",
+}
 
 
 def harden_server(conn: psycopg.Connection, pgdata: Path) -> None:
-    """Once per data directory: the log settings above (ALTER SYSTEM, then a reload; they need no restart), and no
-    login but the owner's into the server's own databases, where imagedb's revokes (pg/limits.py) do not reach: a
-    reader there could create large objects and temporary tables."""
+    """Once per data directory and setting: the settings above where ALTER SYSTEM has not set them (so an operator's
+    own choice stays), then a reload; and, the first time, no login but the owner's into the server's own databases,
+    where imagedb's revokes (pg/limits.py) do not reach: a reader there could create large objects and temporary
+    tables."""
     try:
         auto = (pgdata / "postgresql.auto.conf").read_text()
     except OSError:
         auto = ""
-    try:
-        if (
-            "max_notify_queue_pages" not in auto
-            and conn.execute("SELECT 1 FROM pg_settings WHERE name = 'max_notify_queue_pages'").fetchone()
-        ):
-            conn.execute(f"ALTER SYSTEM SET max_notify_queue_pages = {NOTIFY_QUEUE_PAGES}")
-    except psycopg.errors.ReadOnlySqlTransaction:
-        pass
-    if "log_line_prefix" in auto:
+    missing = {name: value for name, value in SERVER_SETTINGS.items() if f"{name} =" not in auto}
+    if not missing:
         return
+    known = {row[0] for row in conn.execute("SELECT name FROM pg_settings WHERE name = ANY(%s)", (list(missing),))}
     try:
-        conn.execute("REVOKE CONNECT ON DATABASE postgres, template1 FROM PUBLIC")
-        for name, value in LOG_SETTINGS.items():
-            conn.execute(sql.SQL("ALTER SYSTEM SET {} = {}").format(sql.Identifier(name), sql.Literal(value)))
+        if "log_line_prefix" in missing:
+            conn.execute("REVOKE CONNECT ON DATABASE postgres, template1 FROM PUBLIC")
+        for name, value in missing.items():
+            if name in known:  # max_notify_queue_pages is new in PostgreSQL 17
+                conn.execute(sql.SQL("ALTER SYSTEM SET {} = {}").format(sql.Identifier(name), sql.Literal(value)))
         conn.execute("SELECT pg_reload_conf()")
     except psycopg.errors.ReadOnlySqlTransaction:
         pass  # a replica: it has its primary's settings and catalogs

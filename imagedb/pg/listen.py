@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from imagedb.errors import DatabaseUnavailable, InvalidInput
-from imagedb.pg.cluster import LOG_OPTIONS, OWNER_ROLE, bin_path, pg_ctl, postmaster, socket_dir
+from imagedb.pg.cluster import OWNER_ROLE, bin_path, pg_ctl, postmaster, socket_dir, write_defaults
 from imagedb.pg.standby import SLOT_PREFIX
 
 LISTEN_FILE = "listen.json"
@@ -134,11 +134,10 @@ def running_listen(pgdata: Path, info: Any) -> tuple[Listen | None, bool]:
 
 
 def _options(listen: Listen | None, socket_dir: Path) -> str:
-    """The postgres options pg_ctl passes through its shell (hence quoted): the address, and the log's rotation."""
-    log = " ".join(f"-c {name}={shlex.quote(value)}" for name, value in LOG_OPTIONS.items())
+    """The postgres options pg_ctl passes through its shell (hence quoted)."""
     if listen is None:
-        return f'-h "" -k {shlex.quote(str(socket_dir))} {log}'
-    options = f"-h {shlex.quote(listen.host)} -p {listen.port} -k {shlex.quote(str(socket_dir))} {log}"
+        return f'-h "" -k {shlex.quote(str(socket_dir))}'
+    options = f"-h {shlex.quote(listen.host)} -p {listen.port} -k {shlex.quote(str(socket_dir))}"
     return options if listen.loopback else options + " -c ssl=on"
 
 
@@ -158,6 +157,7 @@ def start_if_stopped(home: Path) -> None:
         if listen is not None:
             _write_hba(pgdata, hba_text(listen))
             _prepare_tls(pgdata, listen)
+        write_defaults(pgdata)
         _start(pgdata, "start", listen, socket_dir(pgdata, None))
 
 
@@ -175,6 +175,7 @@ def apply_listen(home: Path) -> Any:
 
     with PostgresServer._lock:
         _prepare_tls(pgdata, listen)
+        write_defaults(pgdata)
         _start(pgdata, "restart", listen, socket_dir(pgdata, info))
     info = postmaster(pgdata)
     if info is None:

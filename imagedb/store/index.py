@@ -10,7 +10,6 @@ streaming standby replays and that blocked its readers for as long as the old DR
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
@@ -19,6 +18,7 @@ from typing import NamedTuple
 import psycopg
 from psycopg import sql
 
+from imagedb import cpus
 from imagedb.errors import ImagedbError, InvalidInput
 from imagedb.store.base import Part
 
@@ -317,11 +317,7 @@ class IndexStore(Part):
             (model_id, model_id),
         ).fetchone()  # type: ignore[misc]
         wanted = int(rows) * (2 * int(dim or 0) + _GRAPH_BYTES_PER_ROW)
-        try:
-            ceiling = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
-        except (ValueError, OSError, AttributeError):
-            ceiling = 1 << 30
-        return min(wanted, ceiling)
+        return min(wanted, cpus.memory() // 4)
 
     @contextmanager
     def _build_memory(self, model_id: int | None = None) -> Iterator[None]:
