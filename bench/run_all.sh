@@ -90,6 +90,8 @@ else
   run text_recall_200000_m16.txt bench/text_recall_bench.py --n 200000 --graph 16x64 --efs 40 100 200 400 640 --tag _m16
   run text_recall_500000.txt bench/text_recall_bench.py --n 500000 --efs 100 200 400 640 --queries 50
   run text_recall_1000000.txt bench/text_recall_bench.py --n 1000000
+  # The embedded server's shared buffers at the million: initdb's 128 MB against imagedb's (loads its own million).
+  run buffers_1000000.txt bench/buffers_bench.py --n 1000000
   # Citus, where it is built into the embedded server (python bench/citus_local.py build SRC); each line says so
   # and does nothing otherwise. A 1-node and a 2-worker cluster at 100k, then 2 shards; then the Citus tests.
   run citus_100000_8shards.txt bench/citus_bench.py --n 100000 --shards 8
