@@ -200,13 +200,14 @@ def check(ctx: click.Context, recall: bool, collection: str, queries: int) -> No
     scan, for image queries (made from stored images) and text queries (the cached query texts when there are
     enough, else text-like probes) apart; the recall at the values searches use is kept for `imagedb db info`.
     """
+    from imagedb.pg.limits import settings_problems
     from imagedb.provenance import checkpoint_problems
 
     unused = [o for o, name in (("-c", "collection"), ("--queries", "queries")) if _given(ctx, name)]
     if unused and not recall:  # said rather than ignored, as reindex does
         raise click.UsageError(f"{' and '.join(unused)} {'are' if len(unused) > 1 else 'is'} for --recall: add it")
     with open_store(ctx) as store:
-        problems = store.admin.problems() + checkpoint_problems(store)
+        problems = store.admin.problems() + checkpoint_problems(store) + settings_problems(store.conn)
         sparse = store.index.sparse_large_indexes()
     if problems:
         raise click.ClickException("; ".join(problems))
@@ -232,15 +233,20 @@ def check(ctx: click.Context, recall: bool, collection: str, queries: int) -> No
 @click.pass_context
 def repair(ctx: click.Context) -> None:
     """Remove what `imagedb db check` names for removal: indexes imagedb does not keep (left by an interrupted
-    `db reindex` or `--quantize binary`), cached query texts that searches ignore, and other roles' right to write
-    that cache.
+    `db reindex` or `--quantize binary`), cached query texts that searches ignore, other roles' right to write
+    that cache, and the oversized session defaults a reader or writer set on itself (grant-*'s limits come back).
 
     Indexes go with DROP INDEX CONCURRENTLY: searches and writes go on meanwhile.
     """
+    from imagedb.pg.limits import reset_settings
+
     with open_store(ctx) as store:
         revoked = store.admin.revoke_cache_writers()
         removed = store.leftovers.remove()
         texts = store.admin.remove_untrusted_texts()
+        reset = reset_settings(store.conn)
+    for role in reset:
+        click.echo(f"reset the session defaults of role {escape(role)} to grant-*'s limits")
     if revoked:
         click.echo(
             f"the text-query cache is the owner's again: revoked writing it from {escape(', '.join(revoked))}"

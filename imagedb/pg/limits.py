@@ -175,6 +175,69 @@ def role_limit_lines(conn: psycopg.Connection) -> list[str]:
     return lines
 
 
+# A role's own session defaults beyond this many bytes: PostgreSQL lets any login run `ALTER ROLE self SET
+# search_path = ...` (also IN DATABASE), storing the value whole in the shared catalog; one reader stored 63 MB so.
+# grant-*'s own settings take under 300 bytes.
+OWN_SETTINGS_BYTES = 4096
+_OWN_SETTINGS = """
+SELECT r.rolname, sum(octet_length(array_to_string(d.setconfig, ''))), array_agg(DISTINCT d.setdatabase)
+FROM pg_db_role_setting d JOIN pg_roles r ON r.oid = d.setrole
+WHERE r.rolname = ANY(%s)
+GROUP BY r.rolname HAVING sum(octet_length(array_to_string(d.setconfig, ''))) > %s
+ORDER BY r.rolname
+"""
+
+
+def oversized_settings(conn: psycopg.Connection) -> list[tuple[str, str, int]]:
+    """imagedb's readers and writers whose session defaults exceed OWN_SETTINGS_BYTES: (role, kind, bytes)."""
+    kinds = _role_kinds(conn)
+    rows = conn.execute(_OWN_SETTINGS, (list(kinds), OWN_SETTINGS_BYTES)).fetchall()
+    return [(role, kinds[role], int(size)) for role, size, _ in rows]
+
+
+def settings_problems(conn: psycopg.Connection) -> list[str]:
+    """For `db check`: one line per role found by oversized_settings."""
+    return [
+        f"role {role!r} ({kind}) stores {size:,} bytes of session defaults of its own (ALTER ROLE ... SET, which"
+        " PostgreSQL lets any login run on itself): `imagedb db repair` resets them to grant-*'s"
+        for role, kind, size in oversized_settings(conn)
+    ]
+
+
+def reset_settings(conn: psycopg.Connection) -> list[str]:
+    """For `db repair`: each role found by oversized_settings loses every session default, in every database, and
+    gets grant-*'s default limits again; the catalog is then rewritten where imagedb's role may (a superuser).
+    Returns the roles reset."""
+    from psycopg import sql
+
+    kinds = _role_kinds(conn)
+    rows = conn.execute(_OWN_SETTINGS, (list(kinds), OWN_SETTINGS_BYTES)).fetchall()
+    for role, _, databases in rows:
+        name = sql.Identifier(role)
+        with conn.transaction():
+            for oid in databases:
+                if int(oid) == 0:
+                    conn.execute(sql.SQL("ALTER ROLE {} RESET ALL").format(name))
+                else:
+                    database = conn.execute("SELECT datname FROM pg_database WHERE oid = %s", (oid,)).fetchone()
+                    if database is not None:
+                        conn.execute(
+                            sql.SQL("ALTER ROLE {} IN DATABASE {} RESET ALL").format(name, sql.Identifier(database[0]))
+                        )
+        set_role_limits(conn, role, WRITER_LIMITS if kinds[role] == "writer" else READER_LIMITS)
+    if rows and _is_superuser(conn):
+        conn.execute("VACUUM FULL pg_db_role_setting")  # gives the space back to the filesystem
+    return [row[0] for row in rows]
+
+
+def _role_kinds(conn: psycopg.Connection) -> dict[str, str]:
+    """imagedb's readers and writers, each with its kind (a writer that is also a reader is a writer)."""
+    kinds: dict[str, str] = {}
+    for role, kind, _, _ in conn.execute(_ROLE_LIMITS).fetchall():
+        kinds.setdefault(role, kind)
+    return kinds
+
+
 def set_lock_timeout(conn: psycopg.Connection) -> None:
     """Make this session's lock waits end after LOCK_TIMEOUT_S (an error, which `blocker_line` explains)."""
     conn.execute("SELECT set_config('lock_timeout', %s, false)", (f"{LOCK_TIMEOUT_S}s",))
