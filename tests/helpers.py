@@ -57,3 +57,11 @@ def wait_for_a_batch_on_the_collection_lock(store: Store, run: subprocess.Popen[
     ).fetchone()[0]:  # type: ignore[index]
         assert run.poll() is None and time.monotonic() < deadline, run.communicate()
         time.sleep(0.05)
+
+
+def sigint_as_on_a_terminal() -> None:
+    """A Popen preexec_fn for a child the test sends SIGINT: a shell's background job (`pytest ... &`) ignores SIGINT
+    and its children inherit that, so Python would install no KeyboardInterrupt handler and Ctrl-C do nothing."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

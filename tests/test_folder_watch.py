@@ -20,6 +20,8 @@ from PIL import Image
 from imagedb.pg.database import open_connection
 from imagedb.store import Store
 
+from helpers import sigint_as_on_a_terminal
+
 
 def _imagedb() -> str:
     found = shutil.which("imagedb", path=str(Path(sys.executable).parent)) or shutil.which("imagedb")
@@ -54,6 +56,7 @@ def _start(folder: Path, env: dict[str, str], *more: str) -> subprocess.Popen[st
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=sigint_as_on_a_terminal,
     )
 
 

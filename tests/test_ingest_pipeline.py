@@ -22,7 +22,7 @@ from imagedb.ingest import ingest
 from imagedb.progress import EMBEDDING
 from imagedb.store import ImageRecord, Store
 
-from helpers import wait_for_a_batch_on_the_collection_lock
+from helpers import sigint_as_on_a_terminal, wait_for_a_batch_on_the_collection_lock
 
 
 def _vectors(store: Store, collection: str) -> dict[str, np.ndarray]:
@@ -214,7 +214,7 @@ def test_ctrl_c_ends_a_run_whose_batches_wait_on_a_lock(
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as on a terminal, even under `&`
+        preexec_fn=sigint_as_on_a_terminal,
     )
     try:
         wait_for_a_batch_on_the_collection_lock(store, run)

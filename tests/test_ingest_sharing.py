@@ -25,6 +25,8 @@ from imagedb.ingest import IngestSummary, ingest
 from imagedb.pg.database import open_connection
 from imagedb.store import Store
 
+from helpers import sigint_as_on_a_terminal
+
 WRITE_LOCK = 0x1A6E  # store/images.py _WRITE_LOCK: held here, it stops every batch of a collection from committing
 
 
@@ -175,7 +177,9 @@ def test_ctrl_c_prints_what_was_kept_and_how_to_continue(
     env = {**os.environ, "IMAGEDB_DATABASE_URL": database_url, "IMAGEDB_MODEL": tiny_model}
     ingest(store, [folder / "img_0000.png"], model=ModelSpec.parse(tiny_model))
     command = [_imagedb(), "ingest", str(folder), "--batch-size", "4"]
-    run = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    run = subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=sigint_as_on_a_terminal
+    )
     _wait_stored(store, 30, run)
     run.send_signal(sent)
     out, err = run.communicate(timeout=60)

@@ -13,6 +13,7 @@ import psycopg
 import pytest
 from click.testing import CliRunner
 from PIL import Image
+from psycopg import sql
 
 from imagedb.cli import main
 from imagedb.dupes import add_watches, find_duplicates
@@ -242,7 +243,8 @@ def test_restore_where_a_role_of_the_dump_is_missing_says_what_to_create(
     assert store.conn.execute("SELECT count(*) FROM images").fetchone()[0] == count  # nothing restored
     # Several missing: all are named at once, before anything is touched, odd names shown as such.
     grant_writer(store, "restore_gone_w")
-    grant_reader(store, 'gone "r"\nx')
+    odd = sql.Identifier('gone "r"\nx')  # made by hand: grant-* refuses such a name
+    store.conn.execute(sql.SQL("CREATE ROLE {}; GRANT SELECT ON public.image_catalog TO {}").format(odd, odd))
     dump(database_url, backup)
     _drop_roles(store, "restore_gone_w", 'gone "r"\nx')
     with pytest.raises(NotFound) as info:
