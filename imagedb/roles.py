@@ -136,12 +136,29 @@ def generate_password() -> str:
     return secrets.token_urlsafe(16)
 
 
+# Names PostgreSQL's grammar takes as something else where a role is named (GRANT ... TO public).
+_RESERVED_ROLES = ("public", "none", "current_role", "current_user", "session_user")
+
+
+def _utf8(text: str) -> bool:
+    """False for a str holding undecodable bytes (a command line's non-UTF-8 arguments arrive as surrogates)."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def checked_role(role: str) -> str:
     """The role's name, unless PostgreSQL would change it or it could not log in: longer than 63 bytes (silently
     cut), control characters (a newline cannot be written in a password file), or a name PostgreSQL reserves (pg_)
     or pg_hba.conf keeps off every database (a replica's role)."""
+    if not _utf8(role):
+        raise InvalidInput("a role's name must be UTF-8 text: it holds bytes that are not")
     if not role or len(role.encode()) > MAX_ROLE_BYTES:
         raise InvalidInput(f"a role's name has 1 to {MAX_ROLE_BYTES} bytes, not {len(role.encode())}")
+    if role.lower() in _RESERVED_ROLES:
+        raise InvalidInput(f"{role!r} is a word PostgreSQL reserves for roles: choose another name")
     if any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in role):
         raise InvalidInput("a role's name cannot hold control characters (a newline, a tab)")
     if role.startswith(("pg_", SLOT_PREFIX)):
@@ -153,6 +170,8 @@ def checked_password(password: str | None, role: str = "") -> str | None:
     """The password, unless it is one a guesser would try early: short, or guessed in under 10^10 tries."""
     if password is None:
         return None
+    if not _utf8(password):
+        raise InvalidInput("a password must be UTF-8 text: it holds bytes that are not")
     if any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in password):
         raise InvalidInput("a password cannot hold control characters (a newline, a tab): it could not be typed or"
                            " stored in a password file")  # fmt: skip
@@ -184,10 +203,10 @@ def forget(
         older = store.admin.older_snapshot(horizon)
         kept = None
         if older is not None:
+            who, end = _holder(older)
             kept = (
-                f"{_session(older)} has a snapshot older than the deletion, so VACUUM could not remove the rows: they"
-                f" stay in the table and index files until it ends; end it with `SELECT pg_terminate_backend"
-                f"({older[0]})` as imagedb's role (imagedb db psql), then run `imagedb forget --full` to rewrite them"
+                f"{who} has a snapshot older than the deletion, so VACUUM could not remove the rows: they stay in the"
+                f" table and index files until it ends; {end}, then run `imagedb forget --full` to rewrite them"
             )
         return Forgotten(ids, unvacuumed, kept_by=kept)
     return rewrite(store, ids, horizon)
@@ -212,20 +231,28 @@ def rewrite(
     return Forgotten(ids or [], unvacuumed, _snapshot_line(older, wait_s) if older else None, kept)
 
 
-def _session(row: tuple[object, ...]) -> str:
+def _holder(row: tuple[object, ...]) -> tuple[str, str]:
+    """Who holds the old snapshot (a row of AdminStore.older_snapshot), and how it lets go."""
     pid, role, application, seconds = row
+    if pid is None:
+        return (
+            f"replica slot {role} (its standby's oldest snapshot, sent back by hot_standby_feedback)",
+            "a running replica lets go within seconds, a stopped one when it runs again or `imagedb db replica"
+            " remove` drops it",
+        )
     app = f", application {application!r}" if application else ""
     held = f", in a transaction for {seconds} s" if seconds is not None else ""
-    return f"session {pid} (role {role!r}{app}{held})"
+    return (
+        f"session {pid} (role {role!r}{app}{held})",
+        f"end it with `SELECT pg_terminate_backend({pid})` as imagedb's role (imagedb db psql)",
+    )
 
 
 def _snapshot_line(row: tuple[object, ...], wait_s: float) -> str:
-    pid = row[0]
+    who, end = _holder(row)
     return (
-        f"waited {wait_s:g} s for {_session(row)}, whose snapshot is older than the"
-        f" deletion: the rows are deleted but their bytes may remain in the table files; end it with"
-        f" `SELECT pg_terminate_backend({pid})` as imagedb's role (imagedb db psql), then run `imagedb forget --full`"
-        " again"
+        f"waited {wait_s:g} s for {who}, whose snapshot is older than the deletion: the rows are deleted but their"
+        f" bytes may remain in the table files; {end}, then run `imagedb forget --full` again"
     )
 
 

@@ -48,12 +48,17 @@ def test_grant_refuses_names_postgresql_would_change_or_never_let_in(store: Stor
         ("bi\nreader", "control characters"),
         ("imagedb_replica_evil", "replicas'"),
         ("pg_reader", "PostgreSQL's"),
+        ("public", "reserves"),
+        ("None", "reserves"),
+        ("a\udcffb", "UTF-8"),  # a non-UTF-8 byte on the command line (a traceback before)
     ):
         with pytest.raises(InvalidInput, match=said):
             grant_reader(store, role, PASSWORD)
     for password in ("plum kettle\norbit one", "plum kettle\torbit one", "plum kettle\x7forbit one"):
         with pytest.raises(InvalidInput, match="control characters"):
             grant_writer(store, _role("w"), password)
+    with pytest.raises(InvalidInput, match="UTF-8"):
+        grant_writer(store, _role("w"), "plum kettle \udcff orbit one")
     assert grant_reader(store, "é" * 31, PASSWORD).created  # 62 bytes: kept whole
     assert store.conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", ("é" * 31,)).fetchone() == (1,)
 

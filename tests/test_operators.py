@@ -300,6 +300,31 @@ def test_a_replica_follows_its_primary_and_refuses_writes(
 
 
 @pytest.mark.slow
+@pytest.mark.slow
+def test_forget_names_a_stopped_replica_whose_slot_keeps_the_rows(
+    primary: Path, tmp_path: Path, tiny_model: str, photos: Path
+) -> None:
+    """A third outside attack: with a replica, `forget --full` said "forgot" while the replica's slot (its
+    hot_standby_feedback snapshot) kept the path in the primary's files, and plain `forget` warned of nothing."""
+    folder = tmp_path / "replica"
+    assert _run(primary, "db", "replica", "create", str(folder)).exit_code == 0
+    try:
+        assert _run(primary, "ingest", str(photos), "--model", tiny_model).exit_code == 0
+        time.sleep(1)
+        _stop_replica(folder)  # its slot keeps the last snapshot it sent back
+        plain = _run(primary, "forget", "--yes", str(photos / "rocket.jpg"))
+        assert plain.exit_code == 0 and "forgot 1 image(s)" in plain.output, plain.output
+        assert "warning: replica slot imagedb_replica_" in plain.output and "db replica remove" in plain.output
+        full = _run(primary, "forget", "--yes", "--full", str(photos / "coffee.jpg"))
+        assert full.exit_code == 1 and "forgot" not in full.output, full.output
+        assert "replica slot imagedb_replica_" in full.output.splitlines()[-1]
+    finally:
+        _stop_replica(folder)
+    assert "removed" in _run(primary, "db", "replica", "remove", str(folder)).output
+    again = _run(primary, "forget", "--yes", "--full", str(photos / "coffee.jpg"))  # nothing left: it rewrites
+    assert again.exit_code == 0 and "rewrote the tables" in again.output, again.output
+
+
 def test_a_replica_follows_its_primary_to_a_new_port(primary: Path, tmp_path: Path) -> None:
     folder = tmp_path / "replica"
     assert _run(primary, "db", "replica", "create", str(folder)).exit_code == 0

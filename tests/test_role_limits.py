@@ -475,31 +475,32 @@ def test_limits_out_of_the_servers_range_are_refused_before_anything_is_granted(
     assert too_big.exit_code == 2
 
 
-def test_a_roles_oversized_session_defaults_are_found_by_check_and_reset_by_repair(
+def test_a_roles_oversized_session_defaults_are_found_by_check_and_removed_by_repair(
     store: Store, database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A second outside attack: a reader's `ALTER ROLE self SET search_path = <63 MB>` (any login may set its own
-    defaults) grew the shared catalog by 63 MB a statement, and `ALTER ROLE self RESET ALL` dropped its timeouts."""
+    """Outside attacks: a reader's `ALTER ROLE self SET search_path = <63 MB>` (any login may set its own defaults)
+    grew the shared catalog by 63 MB a statement; repair then also put grant-*'s default limits over the operator's
+    own (a connection limit of 3 became 20)."""
     role = _role("r")
-    grant_reader(store, role, PASSWORD)
+    grant_reader(store, role, PASSWORD, READER_LIMITS.adjusted(connection_limit=3, statement_timeout_s=900))
     database = store.conn.execute("SELECT current_database()").fetchone()[0]
     with psycopg.connect(_login(database_url, role), autocommit=True) as conn:
-        conn.execute(f"ALTER ROLE {role} RESET ALL")
         conn.execute(f"ALTER ROLE {role} SET search_path = '{'a' * 100_000}'")
         conn.execute(f"ALTER ROLE {role} IN DATABASE {database} SET application_name = '{'b' * 50_000}'")
     monkeypatch.setenv("IMAGEDB_DATABASE_URL", database_url)
-    store.conn.execute("UPDATE images SET dhash = repeat('0', 64)::bit(64)")  # nothing else for check to find
     checked = CliRunner().invoke(main, ["db", "check"])
     assert checked.exit_code == 1 and f"role '{role}' (reader) stores 1" in checked.output, checked.output
     assert "imagedb db repair" in checked.output
     repaired = CliRunner().invoke(main, ["db", "repair"])
-    assert repaired.exit_code == 0 and f"reset the session defaults of role {role}" in repaired.output
+    assert repaired.exit_code == 0, repaired.output
+    assert f"removed the session defaults role {role} set on itself (application_name, search_path)" in repaired.output
     limit, settings = _settings(store.conn, role)
-    assert limit == 20 and settings["statement_timeout"] == "60s" and "search_path" not in settings
-    left = store.conn.execute(
-        "SELECT count(*) FROM pg_db_role_setting d JOIN pg_roles r ON r.oid = d.setrole"
+    assert (limit, settings["statement_timeout"], settings["log_min_messages"]) == (3, "900s", "fatal")
+    assert "search_path" not in settings
+    here = store.conn.execute(
+        "SELECT d.setconfig FROM pg_db_role_setting d JOIN pg_roles r ON r.oid = d.setrole"
         " WHERE r.rolname = %s AND d.setdatabase <> 0",
         (role,),
-    ).fetchone()
-    assert left == (0,)
+    ).fetchall()
+    assert here == [(["log_min_messages=fatal", "log_min_error_statement=panic"],)]
     assert CliRunner().invoke(main, ["db", "check"]).exit_code == 0

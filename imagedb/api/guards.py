@@ -81,14 +81,16 @@ class SecurityHeaders:
         await self.app(scope, receive, with_headers)
 
 
-# A request's path is the client's: in the log it is escaped (a %0a in it is a newline once decoded) and cut, so a
-# line is one line and a request of 64 KB costs the log no more than a short one.
+# What a request line holds is the client's (the method, the path, the address a loopback proxy forwards): in the
+# log each is escaped (a %0a in a path is a newline once decoded) and cut, so a line is one line and a request of
+# 64 KB costs the log no more than a short one.
 LOGGED_PATH = 200
+_LOGGED_WORD = 64
 
 
-def logged_path(path: str) -> str:
-    shown = escape(path[: LOGGED_PATH + 1])
-    return shown[:LOGGED_PATH] + "…" if len(shown) > LOGGED_PATH else shown
+def logged_path(path: str, limit: int = LOGGED_PATH) -> str:
+    shown = escape(path[: limit + 1])
+    return shown[:limit] + "…" if len(shown) > limit else shown
 
 
 class AccessLog:
@@ -113,14 +115,16 @@ class AccessLog:
         try:
             await self.app(scope, receive, noting)
         except Exception as exc:
-            log.error("%s %s failed", scope["method"], logged_path(scope["path"]), exc_info=exc)
+            method = logged_path(scope["method"], _LOGGED_WORD)
+            log.error("%s %s failed", method, logged_path(scope["path"]), exc_info=exc)
             if status == 0:
                 status = 500
                 await send_json(send, 500, f"internal error: {type(exc).__name__} (details are in the server's log)")
         finally:
             ms = (time.perf_counter() - started) * 1000
-            client = (scope.get("client") or ("-",))[0]
-            log.info('%s "%s %s" %d %.0f ms', client, scope["method"], logged_path(scope["path"]), status, ms)
+            client = logged_path(str((scope.get("client") or ("-",))[0]), _LOGGED_WORD)
+            method = logged_path(scope["method"], _LOGGED_WORD)
+            log.info('%s "%s %s" %d %.0f ms', client, method, logged_path(scope["path"]), status, ms)
 
 
 def host_name(header: str) -> str:

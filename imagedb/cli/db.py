@@ -234,7 +234,7 @@ def check(ctx: click.Context, recall: bool, collection: str, queries: int) -> No
 def repair(ctx: click.Context) -> None:
     """Remove what `imagedb db check` names for removal: indexes imagedb does not keep (left by an interrupted
     `db reindex` or `--quantize binary`), cached query texts that searches ignore, other roles' right to write
-    that cache, and the oversized session defaults a reader or writer set on itself (grant-*'s limits come back).
+    that cache, and the oversized session defaults a reader or writer set on itself (the limits grant-* gave it stay).
 
     Indexes go with DROP INDEX CONCURRENTLY: searches and writes go on meanwhile.
     """
@@ -245,8 +245,11 @@ def repair(ctx: click.Context) -> None:
         removed = store.leftovers.remove()
         texts = store.admin.remove_untrusted_texts()
         reset = reset_settings(store.conn)
-    for role in reset:
-        click.echo(f"reset the session defaults of role {escape(role)} to grant-*'s limits")
+    for role, settings in reset.items():
+        click.echo(
+            f"removed the session defaults role {escape(role)} set on itself"
+            f" ({escape(', '.join(sorted(set(settings))))}); the limits grant-* gave it stay"
+        )
     if revoked:
         click.echo(
             f"the text-query cache is the owner's again: revoked writing it from {escape(', '.join(revoked))}"

@@ -119,16 +119,20 @@ def embedded_lines(ctx: click.Context) -> list[str]:
     """For `db info`: the embedded server's TCP address and log (nothing for an external server)."""
     if config.database_url(ctx.obj["database_url"]):
         return []
-    from imagedb.pg.cluster import LOG_DIRECTORY
     from imagedb.pg.listen import load_listen
 
     home = config.home(ctx.obj["home"])
     address = load_listen(home)
     tcp = f"tcp: {address}" if address else "tcp: off (Unix socket only; `imagedb db listen HOST:PORT`)"
-    if (home / "pgdata" / "current_logfiles").exists():  # written by the log collector while it runs
-        log = f"log: {home / 'pgdata' / LOG_DIRECTORY} (one file a weekday, a week kept)"
+    pgdata = home / "pgdata"
+    try:  # written by the log collector while it runs: "stderr log.d/postgresql-Mon.log"
+        current = (pgdata / "current_logfiles").read_text().split(maxsplit=1)[1].strip()
+    except (OSError, IndexError):
+        current = None
+    if current:
+        log = f"log: {pgdata / current} (the collector's file of today; imagedb's settings keep a week)"
     else:
-        log = f"log: {home / 'pgdata' / 'log'} (one file, not rotated until the server restarts: imagedb db stop)"
+        log = f"log: {pgdata / 'log'} (one file, not rotated until the server restarts: imagedb db stop)"
     return [tcp, escape(log)]
 
 

@@ -105,20 +105,57 @@ def server_defaults() -> dict[str, str]:
     return {**LOG_SETTINGS, "shared_buffers": f"{min(max(cpus.memory() // 4 >> 20, low), high)}MB"}
 
 
+# The settings imagedb has written into a data directory, one name a line: each is written once, so an operator's
+# ALTER SYSTEM RESET (or edit) of it sticks.
+WRITTEN = "imagedb_settings"
+# What initdb writes into postgresql.conf itself, which is no operator's choice.
+_INITDB_CHOICES = {"shared_buffers": "128MB"}
+
+
+def unwritten(pgdata: Path, settings: dict[str, str]) -> dict[str, str]:
+    """Those of `settings` imagedb has not written into this data directory before, and that neither configuration
+    file sets (an operator's own choice stays)."""
+    try:
+        done = set((pgdata / WRITTEN).read_text().split())
+    except OSError:
+        done = set()
+    chosen: dict[str, str] = {}
+    for conf in ("postgresql.conf", "postgresql.auto.conf"):
+        try:
+            text = (pgdata / conf).read_text()
+        except OSError:
+            continue
+        for m in re.finditer(r"^\s*(\w+)\s*=\s*'?([^'#\n]*)", text, re.MULTILINE):
+            chosen[m.group(1)] = m.group(2).strip()
+    return {
+        name: value
+        for name, value in settings.items()
+        if name not in done and (name not in chosen or _INITDB_CHOICES.get(name) == chosen[name])
+    }
+
+
+def record_written(pgdata: Path, names: list[str]) -> None:
+    try:
+        with (pgdata / WRITTEN).open("a") as out:
+            out.write("".join(f"{name}\n" for name in names))
+    except OSError:
+        pass  # not this process's to write (another OS user's server): the settings were still set
+
+
 def write_defaults(pgdata: Path) -> None:
-    """Before a start: each of server_defaults() that postgresql.auto.conf (where ALTER SYSTEM writes) does not set
-    yet, written there, so the start takes it and an operator's ALTER SYSTEM still wins."""
+    """Before a start: each of server_defaults() not yet written here (unwritten()), written into
+    postgresql.auto.conf, where ALTER SYSTEM writes, so the start takes it and ALTER SYSTEM can change it."""
     auto = pgdata / "postgresql.auto.conf"
     try:
         text = auto.read_text()
     except OSError:
         return
-    named = {m.group(1) for m in re.finditer(r"^\s*(\w+)\s*=", text, re.MULTILINE)}
-    missing = {name: value for name, value in server_defaults().items() if name not in named}
+    missing = unwritten(pgdata, server_defaults())
     if missing:
         lines = "".join(f"{name} = '{value}'\n" for name, value in missing.items())  # our values: no quote in any
         with auto.open("a") as conf:  # appended in place: the file keeps its owner (the server's user as root)
             conf.write(("" if text.endswith("\n") or not text else "\n") + lines)
+        record_written(pgdata, list(missing))
 
 
 def log_files(pgdata: Path) -> list[Path]:

@@ -18,7 +18,16 @@ import psycopg
 from psycopg import sql
 
 from imagedb.errors import DatabaseUnavailable, InvalidInput, first_line
-from imagedb.pg.cluster import LOG_DIRECTORY, OWNER_ROLE, log_reason, pgserver, postmaster, stop
+from imagedb.pg.cluster import (
+    LOG_DIRECTORY,
+    OWNER_ROLE,
+    log_reason,
+    pgserver,
+    postmaster,
+    record_written,
+    stop,
+    unwritten,
+)
 from imagedb.pg.environment import ignore_libpq_environment
 from imagedb.pg.listen import (
     HBA_MARKER,
@@ -159,15 +168,11 @@ SERVER_SETTINGS = {
 
 
 def harden_server(conn: psycopg.Connection, pgdata: Path) -> None:
-    """Once per data directory and setting: the settings above where ALTER SYSTEM has not set them (so an operator's
-    own choice stays), then a reload; and, the first time, no login but the owner's into the server's own databases,
-    where imagedb's revokes (pg/limits.py) do not reach: a reader there could create large objects and temporary
-    tables."""
-    try:
-        auto = (pgdata / "postgresql.auto.conf").read_text()
-    except OSError:
-        auto = ""
-    missing = {name: value for name, value in SERVER_SETTINGS.items() if f"{name} =" not in auto}
+    """Once per data directory and setting (cluster.unwritten: an operator's own choice, or RESET, stays): the
+    settings above by ALTER SYSTEM, then a reload; and, the first time, no login but the owner's into the server's
+    own databases, where imagedb's revokes (pg/limits.py) do not reach: a reader there could create large objects
+    and temporary tables."""
+    missing = unwritten(pgdata, SERVER_SETTINGS)
     if not missing:
         return
     known = {row[0] for row in conn.execute("SELECT name FROM pg_settings WHERE name = ANY(%s)", (list(missing),))}
@@ -179,7 +184,8 @@ def harden_server(conn: psycopg.Connection, pgdata: Path) -> None:
                 conn.execute(sql.SQL("ALTER SYSTEM SET {} = {}").format(sql.Identifier(name), sql.Literal(value)))
         conn.execute("SELECT pg_reload_conf()")
     except psycopg.errors.ReadOnlySqlTransaction:
-        pass  # a replica: it has its primary's settings and catalogs
+        return  # a replica: it has its primary's settings and catalogs
+    record_written(pgdata, list(missing))
 
 
 def set_listen(home: Path, listen: Listen | None, cert: Path | None = None, key: Path | None = None) -> Listen | None:

@@ -73,6 +73,8 @@ class RoleLimits:
 # and RAISE WARNING/LOG writes what the caller chooses. Their connections and failed logins are logged before these
 # apply, so they stay visible. Only a superuser may set these (on another server its administrator).
 QUIET_LOG = {"log_min_messages": "fatal", "log_min_error_statement": "panic"}
+# What grant-* sets on a role; `db repair` removes a role's other settings of its own and keeps these.
+MANAGED = ("statement_timeout", "idle_in_transaction_session_timeout", "temp_file_limit", *QUIET_LOG)
 
 READER_LIMITS = RoleLimits(statement_timeout_s=60, idle_in_transaction_s=60, connection_limit=20,
                            temp_file_limit_mb=1024)  # fmt: skip
@@ -100,6 +102,13 @@ def set_role_limits(conn: psycopg.Connection, role: str, limits: RoleLimits) -> 
     for setting, value in settings.items():
         statements[setting] = sql.SQL("ALTER ROLE {} SET {} = {}").format(
             name, sql.Identifier(setting), sql.Literal(value)
+        )
+    # Also in imagedb's database, where PostgreSQL applies a role's own settings there first: a bad value the role
+    # stored there (ALTER ROLE self IN DATABASE ... SET) was logged raw at every login before `fatal` took hold.
+    database = sql.Identifier(conn.info.dbname)
+    for setting, value in QUIET_LOG.items():
+        statements[f"{setting} in this database"] = sql.SQL("ALTER ROLE {} IN DATABASE {} SET {} = {}").format(
+            name, database, sql.Identifier(setting), sql.Literal(value)
         )
     refused = []
     with conn.transaction():
@@ -199,35 +208,35 @@ def settings_problems(conn: psycopg.Connection) -> list[str]:
     """For `db check`: one line per role found by oversized_settings."""
     return [
         f"role {role!r} ({kind}) stores {size:,} bytes of session defaults of its own (ALTER ROLE ... SET, which"
-        " PostgreSQL lets any login run on itself): `imagedb db repair` resets them to grant-*'s"
+        " PostgreSQL lets any login run on itself): `imagedb db repair` removes them"
         for role, kind, size in oversized_settings(conn)
     ]
 
 
-def reset_settings(conn: psycopg.Connection) -> list[str]:
-    """For `db repair`: each role found by oversized_settings loses every session default, in every database, and
-    gets grant-*'s default limits again; the catalog is then rewritten where imagedb's role may (a superuser).
-    Returns the roles reset."""
+def reset_settings(conn: psycopg.Connection) -> dict[str, list[str]]:
+    """For `db repair`: each role found by oversized_settings loses the session defaults it set on itself, in every
+    database: all but MANAGED, which keep their values (an operator's own limits included); the catalog is then
+    rewritten where imagedb's role may (a superuser). Returns each role reset with the settings removed."""
     from psycopg import sql
 
-    kinds = _role_kinds(conn)
-    rows = conn.execute(_OWN_SETTINGS, (list(kinds), OWN_SETTINGS_BYTES)).fetchall()
-    for role, _, databases in rows:
+    removed: dict[str, list[str]] = {}
+    for role, _, _ in oversized_settings(conn):
         name = sql.Identifier(role)
+        rows = conn.execute(
+            "SELECT d.setdatabase, db.datname, d.setconfig FROM pg_db_role_setting d"
+            " JOIN pg_roles r ON r.oid = d.setrole LEFT JOIN pg_database db ON db.oid = d.setdatabase"
+            " WHERE r.rolname = %s",
+            (role,),
+        ).fetchall()
         with conn.transaction():
-            for oid in databases:
-                if int(oid) == 0:
-                    conn.execute(sql.SQL("ALTER ROLE {} RESET ALL").format(name))
-                else:
-                    database = conn.execute("SELECT datname FROM pg_database WHERE oid = %s", (oid,)).fetchone()
-                    if database is not None:
-                        conn.execute(
-                            sql.SQL("ALTER ROLE {} IN DATABASE {} RESET ALL").format(name, sql.Identifier(database[0]))
-                        )
-        set_role_limits(conn, role, WRITER_LIMITS if kinds[role] == "writer" else READER_LIMITS)
-    if rows and _is_superuser(conn):
+            for database, datname, config in rows:
+                where = sql.SQL(" IN DATABASE {}").format(sql.Identifier(datname)) if int(database) else sql.SQL("")
+                for setting in sorted({item.split("=", 1)[0] for item in config or []} - set(MANAGED)):
+                    conn.execute(sql.SQL("ALTER ROLE {}{} RESET {}").format(name, where, sql.Identifier(setting)))
+                    removed.setdefault(role, []).append(setting)
+    if removed and _is_superuser(conn):
         conn.execute("VACUUM FULL pg_db_role_setting")  # gives the space back to the filesystem
-    return [row[0] for row in rows]
+    return removed
 
 
 def _role_kinds(conn: psycopg.Connection) -> dict[str, str]:

@@ -47,14 +47,19 @@ def _superuser() -> bool:
 def upgrade() -> None:
     if not _superuser():
         return
+    database = _ident(op.get_bind().exec_driver_sql("SELECT current_database()").scalar_one())
     for role in _roles():
         for name, value in _QUIET.items():
             op.execute(f"ALTER ROLE {_ident(role)} SET {name} = '{value}'")
+            # In this database too, where a role's own settings apply first (a bad one was logged at each login).
+            op.execute(f"ALTER ROLE {_ident(role)} IN DATABASE {database} SET {name} = '{value}'")
 
 
 def downgrade() -> None:
     if not _superuser():
         return
+    database = _ident(op.get_bind().exec_driver_sql("SELECT current_database()").scalar_one())
     for role in _roles():
         for name in _QUIET:
             op.execute(f"ALTER ROLE {_ident(role)} RESET {name}")
+            op.execute(f"ALTER ROLE {_ident(role)} IN DATABASE {database} RESET {name}")
