@@ -138,6 +138,9 @@ def record_written(pgdata: Path, names: list[str]) -> None:
     try:
         with (pgdata / WRITTEN).open("a") as out:
             out.write("".join(f"{name}\n" for name in names))
+        # Readable by the server's OS user (root writes it when the server runs as `pgserver`): a base backup for a
+        # replica reads every file of the data directory.
+        (pgdata / WRITTEN).chmod(0o644)
     except OSError:
         pass  # not this process's to write (another OS user's server): the settings were still set
 

@@ -189,7 +189,7 @@ def role_limit_lines(conn: psycopg.Connection) -> list[str]:
 # grant-*'s own settings take under 300 bytes.
 OWN_SETTINGS_BYTES = 4096
 _OWN_SETTINGS = """
-SELECT r.rolname, sum(octet_length(array_to_string(d.setconfig, ''))), array_agg(DISTINCT d.setdatabase)
+SELECT r.rolname, sum(octet_length(array_to_string(d.setconfig, '')))
 FROM pg_db_role_setting d JOIN pg_roles r ON r.oid = d.setrole
 WHERE r.rolname = ANY(%s)
 GROUP BY r.rolname HAVING sum(octet_length(array_to_string(d.setconfig, ''))) > %s
@@ -201,7 +201,7 @@ def oversized_settings(conn: psycopg.Connection) -> list[tuple[str, str, int]]:
     """imagedb's readers and writers whose session defaults exceed OWN_SETTINGS_BYTES: (role, kind, bytes)."""
     kinds = _role_kinds(conn)
     rows = conn.execute(_OWN_SETTINGS, (list(kinds), OWN_SETTINGS_BYTES)).fetchall()
-    return [(role, kinds[role], int(size)) for role, size, _ in rows]
+    return [(role, kinds[role], int(size)) for role, size in rows]
 
 
 def settings_problems(conn: psycopg.Connection) -> list[str]:
