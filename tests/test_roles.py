@@ -249,6 +249,36 @@ def test_plain_forget_warns_when_an_older_snapshot_keeps_the_rows(
     assert quiet.exit_code == 0 and "warning" not in quiet.output, quiet.output
 
 
+@pytest.mark.slow
+def test_a_writers_forget_sees_a_readers_snapshot(
+    store: Store, photos: Path, tiny_model: str, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """pg_stat_activity hides another role's snapshot from a writer: its `forget` said "forgot 1 image(s)" with no
+    warning, and `forget --full` said it rewrote the tables, while a reader's REPEATABLE READ kept the rows."""
+    target = photos / "secret-name-a-writer-forgets.jpg"
+    (photos / "coffee.jpg").rename(target)
+    ingest(store, [photos], model=ModelSpec.parse(tiny_model))
+    reader_role, writer_role = f"wsnap_reader_{os.getpid()}", f"wsnap_writer_{os.getpid()}"
+    grant_reader(store, reader_role, "reader-login-pw")
+    grant_writer(store, writer_role, "writer-login-pw")
+    monkeypatch.setenv("IMAGEDB_DATABASE_URL", _login(database_url, writer_role, "writer-login-pw"))
+    with psycopg.connect(_login(database_url, reader_role, "reader-login-pw"), application_name="bi-tool") as reader:
+        reader.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+        reader.execute("SELECT 1")
+        pid = reader.info.backend_pid
+        plain = CliRunner().invoke(main, ["forget", "--yes", "rocket.jpg"])
+        assert plain.exit_code == 0 and "forgot 1 image(s)" in plain.output, plain.output
+        assert f"warning: session {pid} (role '{reader_role}', application 'bi-tool'" in plain.output, plain.output
+        full = CliRunner().invoke(main, ["forget", "--yes", "--full", str(target)])
+        assert full.exit_code == 1 and "deleted 1 image(s)" in full.output, full.output
+        assert f"session {pid} (role '{reader_role}'" in full.output and "rewrote" not in full.output
+        reader.rollback()
+    rerun = CliRunner().invoke(main, ["forget", "--yes", "--full", str(target)])
+    assert rerun.exit_code == 0 and "rewrote the tables" in rerun.output, rerun.output
+    with psycopg.connect(database_url, autocommit=True) as admin:
+        assert _database_files_hold(admin, str(target).encode()) == []
+
+
 def test_forget_full_waits_for_a_snapshot_that_ends_meanwhile(
     store: Store, photos: Path, tiny_model: str, database_url: str
 ) -> None:

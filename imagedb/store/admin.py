@@ -64,19 +64,10 @@ class AdminStore(Part):
         """A session of this database (pid, role, application, seconds in its transaction) whose snapshot or
         transaction is older than transaction id `horizon` (None: the next one to be assigned), so that VACUUM FULL
         would copy rows deleted before it into the new files, else a replica's slot holding as old a snapshot
-        (None, slot name, "replica", None); None when there is neither. Another role's session is seen only by a
-        superuser or pg_read_all_stats."""
-        row = self.conn.execute(
-            "WITH h AS (SELECT xid(%s::text::xid8) AS x)"
-            " (SELECT a.pid, a.usename, a.application_name, extract(epoch FROM now() - a.xact_start)::int"
-            "  FROM pg_stat_activity a, h WHERE a.datname = current_database() AND a.pid <> pg_backend_pid()"
-            "   AND a.backend_type <> 'autovacuum worker'"
-            "   AND (age(a.backend_xmin) > age(h.x) OR age(a.backend_xid) > age(h.x))"
-            "  ORDER BY a.xact_start NULLS LAST LIMIT 1)"
-            # A replica's slot: its standby's oldest snapshot, sent back by hot_standby_feedback, holds them too.
-            " UNION ALL (SELECT NULL, s.slot_name, 'replica', NULL FROM pg_replication_slots s, h"
-            "  WHERE s.xmin IS NOT NULL AND age(s.xmin) > age(h.x) ORDER BY age(s.xmin) DESC)"
-            " LIMIT 1",
+        (None, slot name, "replica", None); None when there is neither. Writers see every role's sessions too,
+        where imagedb's role does (a superuser, or a member of pg_read_all_stats)."""
+        row = self.conn.execute(  # migration 0023: it runs as imagedb's role, which sees every session
+            "SELECT * FROM imagedb_older_snapshot(%s::text::xid8)",
             (str(self.next_xid() if horizon is None else horizon),),
         ).fetchone()
         return tuple(row) if row else None
