@@ -149,33 +149,33 @@ def watch(
     for path in given:  # before the first pass, so that nothing changed during it is missed
         observer.schedule(changes, str(path if path.is_dir() else path.parent), recursive=path.is_dir())
     observer.start()
-    store: Store | None = None
     options["loaded_models"] = {}  # each model loaded once, not on every change
+    store: Store | None = None
+    first = True  # the first pass, of everything under `paths`, runs (again) until it ends once
     try:
-        store = connect()
-        first = ingest(store, paths, progress=progress, roots=roots, **options)
-        totals.count(first)
-        if on_pass:
-            on_pass(first)
-        options.pop("metadata", None)  # attached once
-        options.pop("include_forgotten", None)
+        store = connect()  # a database that is not there at all is an error, not waited for
         while not totals.interrupted:
-            time.sleep(TICK_S)
-            ready, gone = changes.take(settle_s)
-            ready = [p for p in ready if _wanted(p, given, files)]
-            gone = [p for p in gone if _under(Path(p), given)]
-            if not ready and not gone:
-                continue
+            ready: list[Path] = []
+            gone: list[str] = []
+            if not first:
+                time.sleep(TICK_S)
+                ready, gone = changes.take(settle_s)
+                ready = [p for p in ready if _wanted(p, given, files)]
+                gone = [p for p in gone if _under(Path(p), given)]
+                if not ready and not gone:
+                    continue
             try:
                 if store is None:
                     store = _reconnect(connect)
                     say("database back: storing the changes seen meanwhile")
+                if first:
+                    _passed(totals, ingest(store, paths, progress=progress, roots=roots, **options), on_pass)
+                    first = False
+                    options.pop("metadata", None)  # attached once
+                    options.pop("include_forgotten", None)
                 if ready:  # before the removals: a renamed file reuses the vector stored under its old name
-                    summary = ingest(store, ready, progress=NoProgress(), roots=roots, **options)
+                    _passed(totals, ingest(store, ready, progress=NoProgress(), roots=roots, **options), on_pass)
                     ready = []
-                    totals.count(summary)
-                    if on_pass:
-                        on_pass(summary)
                 if gone:
                     target = get_collection(store, options.get("collection", DEFAULT_COLLECTION))
                     totals.removed += store.exclusions.remove_files(target.id, gone)
@@ -197,6 +197,12 @@ def watch(
         if store is not None:
             store.close(failing=True)
     return totals
+
+
+def _passed(totals: WatchTotals, summary: IngestSummary, on_pass: Callable[[IngestSummary], None] | None) -> None:
+    totals.count(summary)
+    if on_pass:
+        on_pass(summary)
 
 
 class _Reconnecting(Exception):

@@ -148,3 +148,33 @@ def test_watch_outlives_a_database_restart(tmp_path: Path, tiny_model: str) -> N
         stop_embedded(home)
     assert run.returncode == 128 + signal.SIGINT, (out, err)
     assert "watch stopped: added 2" in out, (out, err)
+
+
+@pytest.mark.slow
+def test_watch_outlives_losing_the_database_during_its_first_pass(
+    store: Store, database_url: str, tmp_path: Path, tiny_model: str
+) -> None:
+    """The first pass was outside the watch's wait for the database: a connection ended during it (a restart, an
+    operator's pg_terminate_backend) ended the watch with "database error: terminating connection ...", exit 1."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for seed in range(120):
+        (folder / f"{seed:03}.png").write_bytes(_png(seed, side=32))
+    env = {**os.environ, "IMAGEDB_DATABASE_URL": database_url, "IMAGEDB_MODEL": tiny_model}
+    run = _start(folder, env, "--batch-size", "4")
+    try:
+        _until(lambda: len(_paths(store)) > 0, run)  # the first batches are stored, the pass goes on
+        store.conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database()"
+            " AND pid <> pg_backend_pid() AND backend_type = 'client backend'"
+        )
+        store.conn.commit()
+        _until(lambda: len(_paths(store)) == 120, run)  # the pass, run again once the database answers
+        (folder / "later.png").write_bytes(_png(500))
+        _until(lambda: len(_paths(store)) == 121, run)
+    finally:
+        run.send_signal(signal.SIGTERM)
+        out, err = run.communicate(timeout=60)
+    assert run.returncode == 128 + signal.SIGTERM, (out, err)
+    assert "database unavailable (terminating connection due to administrator command)" in err, err
+    assert "Traceback" not in err and "watch stopped: added" in out, (out, err)
