@@ -71,10 +71,14 @@ def test_grant_gives_each_role_its_default_limits_and_db_info_shows_them(
     assert info.exit_code == 0, info.output
     assert f"role '{reader}' (reader): statement_timeout=5s" in info.output and "connection limit 3" in info.output
     assert f"role '{writer}' (writer): statement_timeout=300s" in info.output
-    assert "large objects: creation refused to imagedb's roles" in info.output
+    assert "refused to imagedb's roles: lo_creat, lo_create, lo_from_bytea, lo_import, pg_logical_emit" in info.output
 
 
-def test_readers_and_writers_cannot_create_large_objects_or_temporary_tables(store: Store, database_url: str) -> None:
+def test_readers_and_writers_cannot_create_large_objects_or_temporary_tables_or_write_wal(
+    store: Store, database_url: str
+) -> None:
+    """A fourth outside attack: a reader wrote 3.8 GB of WAL in 9 s with pg_logical_emit_message, and a running
+    replica's slot was dropped; it took 235,000 transaction ids a second with pg_current_xact_id."""
     roles = [_role("r"), _role("w")]
     grant_reader(store, roles[0], PASSWORD)
     grant_writer(store, roles[1], PASSWORD)
@@ -88,6 +92,10 @@ def test_readers_and_writers_cannot_create_large_objects_or_temporary_tables(sto
                     "SELECT lo_creat(-1)",
                     "SELECT lo_create(0)",
                     "CREATE TEMP TABLE filler (x text)",
+                    "SELECT pg_logical_emit_message(false, 'p', repeat('x', 1000))",
+                    "SELECT pg_logical_emit_message(true, 'p', '\\x00'::bytea)",
+                    "SELECT pg_current_xact_id()",
+                    "SELECT txid_current()",
                 ):
                     with pytest.raises(psycopg.errors.InsufficientPrivilege):
                         conn.execute(statement)
@@ -144,7 +152,7 @@ def test_the_migration_limits_roles_made_before_it(store: Store, database_url: s
     reader, writer = _role("r"), _role("w")
     grant_reader(store, reader, PASSWORD)
     grant_writer(store, writer, PASSWORD)
-    _migrate(database_url, command.downgrade, _before_limits())  # as an older imagedb left them: no limits
+    _migrate(database_url, command.downgrade, _before("limits"))  # as an older imagedb left them: no limits
     assert _settings(store.conn, reader) == (-1, {})
     assert store.conn.execute("SELECT has_function_privilege('public', 'lo_creat(integer)', 'EXECUTE')").fetchone()[0]
     _migrate(database_url, command.upgrade, "head")
@@ -157,11 +165,25 @@ def test_the_migration_limits_roles_made_before_it(store: Store, database_url: s
             conn.execute("SELECT lo_from_bytea(0, 'x')")
 
 
-def _before_limits() -> str:
+def test_the_migration_refuses_wal_and_transaction_ids_and_downgrades(store: Store, database_url: str) -> None:
+    reader = _role("r")
+    grant_reader(store, reader, PASSWORD)
+    may = "SELECT has_function_privilege('public', %s::regprocedure, 'EXECUTE')"
+    functions = ["pg_current_xact_id()", "txid_current()", "pg_logical_emit_message(boolean, text, text, boolean)"]
+    _migrate(database_url, command.downgrade, _before("wal"))  # as an older imagedb left them
+    assert all(store.conn.execute(may, (f,)).fetchone()[0] for f in functions)
+    _migrate(database_url, command.upgrade, "head")
+    assert not any(store.conn.execute(may, (f,)).fetchone()[0] for f in functions)
+    with psycopg.connect(_login(database_url, reader), autocommit=True) as conn:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="pg_current_xact_id"):
+            conn.execute("SELECT pg_current_xact_id()")
+
+
+def _before(revision: str) -> str:
     """The revision before this one (the lead re-chains migrations when merging branches)."""
     from alembic.script import ScriptDirectory
 
-    return str(ScriptDirectory.from_config(alembic_config()).get_revision("limits").down_revision)
+    return str(ScriptDirectory.from_config(alembic_config()).get_revision(revision).down_revision)
 
 
 def _migrate(url: str, step, revision: str) -> None:  # type: ignore[no-untyped-def]
@@ -366,7 +388,7 @@ def test_an_api_request_behind_a_held_table_gets_a_503_not_a_hang(database_url: 
 def test_a_migration_behind_a_held_table_ends_naming_it(
     store: Store, database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    _migrate(database_url, command.downgrade, _before_limits())
+    _migrate(database_url, command.downgrade, _before("limits"))
     done, thread = _while_held(database_url, ["LOCK TABLE alembic_version IN ACCESS EXCLUSIVE MODE"])
     try:
         pid = store.conn.execute("SELECT pid FROM pg_stat_activity WHERE application_name = 'lock-holder'").fetchone()[
@@ -381,7 +403,7 @@ def test_a_migration_behind_a_held_table_ends_naming_it(
         thread.join()
     assert result.exit_code == 1 and result.output.count("\n") == 1, result.output
     assert took < LOCK_TIMEOUT_S + 10 and f"SELECT pg_terminate_backend({pid})" in result.output
-    assert store.conn.execute("SELECT version_num FROM alembic_version").fetchone()[0] == _before_limits()
+    assert store.conn.execute("SELECT version_num FROM alembic_version").fetchone()[0] == _before("limits")
     assert CliRunner().invoke(main, ["db", "upgrade"]).exit_code == 0
 
 

@@ -279,6 +279,41 @@ def test_a_writers_forget_sees_a_readers_snapshot(
         assert _database_files_hold(admin, str(target).encode()) == []
 
 
+@pytest.mark.slow
+def test_forget_full_waits_for_autovacuums_analyze(
+    store: Store, photos: Path, tiny_model: str, database_url: str
+) -> None:
+    """A fourth outside attack: the check skipped every autovacuum worker, but an ANALYZE holds its snapshot like a
+    session (only a plain VACUUM's is ignored), so `forget --full` said "forgot" while the rewritten files of
+    images, its path index and pg_statistic held the path."""
+    ingest(store, [photos], model=ModelSpec.parse(tiny_model))
+    with psycopg.connect(database_url, autocommit=True) as admin:
+        admin.execute("CREATE SCHEMA analyze_probe")
+        admin.execute("CREATE TABLE analyze_probe.slow (id int, pad text)")
+        admin.execute(  # an ANALYZE that autovacuum starts within a second and that reads a page every 0.1 s
+            "ALTER TABLE analyze_probe.slow SET (autovacuum_analyze_threshold = 0, autovacuum_analyze_scale_factor = 0,"
+            " autovacuum_vacuum_cost_limit = 1, autovacuum_vacuum_cost_delay = 100,"
+            " autovacuum_vacuum_threshold = 2000000000, autovacuum_vacuum_insert_threshold = 2000000000)"
+        )
+        admin.execute("INSERT INTO analyze_probe.slow SELECT g, repeat('p', 1000) FROM generate_series(1, 2000) g")
+        admin.execute("ALTER SYSTEM SET autovacuum_naptime = '1s'")
+        admin.execute("SELECT pg_reload_conf()")
+        try:
+            deadline = time.monotonic() + 60
+            while not admin.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'autovacuum worker'"
+                " AND query LIKE '%%ANALYZE analyze_probe.slow%%' AND backend_xmin IS NOT NULL"
+            ).fetchone()[0]:
+                assert time.monotonic() < deadline, "autovacuum did not analyze the table"
+                time.sleep(0.1)
+            done = forget(store, "default", ["rocket.jpg"], full=True)  # waits 10 s: the ANALYZE takes longer
+            assert done.blocker and "autovacuum: ANALYZE analyze_probe.slow" in done.blocker, done.blocker
+        finally:
+            admin.execute("ALTER SYSTEM RESET autovacuum_naptime")
+            admin.execute("SELECT pg_reload_conf()")
+            admin.execute("DROP SCHEMA analyze_probe CASCADE")
+
+
 def test_forget_full_waits_for_a_snapshot_that_ends_meanwhile(
     store: Store, photos: Path, tiny_model: str, database_url: str
 ) -> None:

@@ -25,15 +25,27 @@ if TYPE_CHECKING:  # psycopg is imported where it is used: `imagedb --help` read
 # hold their locks for well under a second; a wait of 10 s is a session holding a table, not a busy moment.
 LOCK_TIMEOUT_S = 10
 
-# Creating large objects: what `lo_from_bytea`, `lo_import` and psql's `\lo_import` (lo_creat over the fastpath)
-# call. A reader or writer who could call them could fill the disk with objects that outlive the session and go
-# into every dump; imagedb stores none.
-LARGE_OBJECT_FUNCTIONS = (
-    "lo_creat(integer)",
-    "lo_create(oid)",
-    "lo_from_bytea(oid, bytea)",
-    "lo_import(text)",
-    "lo_import(text, oid)",
+# What PUBLIC (every role but the owner and superusers) may not run in imagedb's database, by name: every signature
+# the server has is refused (they differ between versions).
+# - Creating large objects: `lo_from_bytea`, `lo_import` and psql's `\lo_import` (lo_creat over the fastpath).
+#   Objects outlive the session and go into every dump; imagedb stores none.
+# - pg_logical_emit_message writes WAL of any size: a reader wrote 3.8 GB in 9 s, past a running replica's
+#   `--max-wal`, whose slot PostgreSQL then dropped. imagedb uses no logical decoding.
+# - pg_current_xact_id and txid_current take a transaction id each call: one reader used 235,000 a second, which
+#   brings anti-wraparound vacuums every few minutes and, with a snapshot held open, the server's refusal of every
+#   write. imagedb's own code asks pg_current_xact_id_if_assigned, which takes none.
+REFUSED_FUNCTIONS = (
+    "lo_creat",
+    "lo_create",
+    "lo_from_bytea",
+    "lo_import",
+    "pg_logical_emit_message",
+    "pg_current_xact_id",
+    "txid_current",
+)
+_SIGNATURES = (
+    "SELECT oid::regprocedure::text FROM pg_proc"
+    " WHERE proname = ANY(%s) AND pronamespace = 'pg_catalog'::regnamespace ORDER BY 1"
 )
 
 
@@ -122,28 +134,32 @@ def set_role_limits(conn: psycopg.Connection, role: str, limits: RoleLimits) -> 
 
 
 def harden_database(conn: psycopg.Connection) -> bool:
-    """In the current database, refuse large-object creation and temporary tables to every role but the owner and
+    """In the current database, refuse REFUSED_FUNCTIONS and temporary tables to every role but the owner and
     superusers; returns False where imagedb's role may not (not a superuser: then the server's administrator
     decides, docs/security.md says how)."""
     from psycopg import sql
 
     if not _is_superuser(conn):
         return False
-    functions = sql.SQL(", ").join(sql.SQL(f) for f in LARGE_OBJECT_FUNCTIONS)  # constants above, never input
+    # The signatures come from the server's own catalog, for names that are constants above, never input.
+    signatures = [row[0] for row in conn.execute(_SIGNATURES, (list(REFUSED_FUNCTIONS),))]
     database = sql.Identifier(conn.info.dbname)
     with conn.transaction():
+        functions = sql.SQL(", ").join(sql.SQL(s) for s in signatures)  # type: ignore[arg-type]
         conn.execute(sql.SQL("REVOKE EXECUTE ON FUNCTION {} FROM PUBLIC").format(functions))
         conn.execute(sql.SQL("REVOKE TEMPORARY ON DATABASE {} FROM PUBLIC").format(database))
     return True
 
 
-def large_objects_refused(conn: psycopg.Connection) -> bool:
-    """Whether PUBLIC (so every role not granted it) is refused lo_from_bytea and lo_creat here."""
-    row = conn.execute(
-        "SELECT NOT has_function_privilege('public', 'lo_from_bytea(oid, bytea)', 'EXECUTE')"
-        " AND NOT has_function_privilege('public', 'lo_creat(integer)', 'EXECUTE')"
+def functions_public_may_run(conn: psycopg.Connection) -> list[str]:
+    """Which of REFUSED_FUNCTIONS' signatures PUBLIC (so every role not granted it) may still run here."""
+    signatures = [row[0] for row in conn.execute(_SIGNATURES, (list(REFUSED_FUNCTIONS),))]
+    allowed = conn.execute(
+        "SELECT array_agg(s ORDER BY s) FROM unnest(%s::text[]) s"
+        " WHERE has_function_privilege('public', s::regprocedure, 'EXECUTE')",
+        (signatures,),
     ).fetchone()
-    return bool(row and row[0])
+    return list(allowed[0] or []) if allowed else []
 
 
 def _is_superuser(conn: psycopg.Connection) -> bool:
@@ -179,8 +195,11 @@ def role_limit_lines(conn: psycopg.Connection) -> list[str]:
         limit = "none" if connlimit < 0 else str(connlimit)
         seen[role] = f"role {role!r} ({kind}): {', '.join(shown)}, connection limit {limit}"
     lines = list(seen.values())
-    refused = large_objects_refused(conn)
-    lines.append(f"large objects: {'creation refused to' if refused else 'may be created by'} imagedb's roles")
+    allowed = functions_public_may_run(conn)
+    if allowed:
+        lines.append(f"every role may run {', '.join(allowed)} (imagedb's role could not refuse them)")
+    else:
+        lines.append(f"refused to imagedb's roles: {', '.join(REFUSED_FUNCTIONS)}")
     return lines
 
 

@@ -47,8 +47,6 @@ class AdminStore(Part):
         if not ids:
             return [], [], None
         with self.conn.transaction():
-            # A snapshot taken before this transaction committed still sees the deleted rows: VACUUM keeps them.
-            deleting = int(self.conn.execute("SELECT pg_current_xact_id()::text").fetchone()[0])  # type: ignore[index]
             paths = [r[0] for r in self.conn.execute("SELECT path FROM images WHERE id = ANY(%s)", (ids,))]
             if remember:
                 self.store.exclusions.remember_forgotten(collection_id, ids, by_hash=by_content)
@@ -56,6 +54,13 @@ class AdminStore(Part):
             with self.conn.cursor() as cur:
                 forget_matches(cur, ids)
             self.conn.execute("DELETE FROM ingest_errors WHERE path = ANY(%s)", (paths,))
+            # A snapshot taken before this transaction committed still sees the deleted rows: VACUUM keeps them. The
+            # DELETE gave it its id (pg_current_xact_id, which would take one, is refused to imagedb's roles).
+            deleting = int(
+                self.conn.execute(
+                    "SELECT coalesce(pg_current_xact_id_if_assigned(), pg_snapshot_xmax(pg_current_snapshot()))::text"
+                ).fetchone()[0]
+            )  # type: ignore[index]
         if full:  # the caller rewrites, after waiting for the snapshots older than `deleting` (roles.py)
             return ids, [], deleting + 1
         return ids, self.vacuum(FORGET_TABLES), deleting + 1

@@ -5,7 +5,10 @@ session may still see, and VACUUM FULL copies them into the new files). pg_stat_
 snapshot only to a superuser or a member of pg_read_all_stats, so a writer's `forget --full` said "forgot" while a
 reader's REPEATABLE READ kept the rows. The question is now a function that runs as its owner (imagedb's role)
 and that writers may call; it returns a session's pid, role, application and seconds in its transaction, never its
-query. Readers may not call it (REVOKE from PUBLIC); writers get it like the other functions in `public`.
+query. Readers may not call it (REVOKE from PUBLIC); writers get it like the other functions in `public`. An
+autovacuum worker's ANALYZE counts (its snapshot holds deleted rows as a session's does; the check skipped every
+autovacuum worker, and an outside attack had `forget --full` say "forgot" behind one); a plain autovacuum VACUUM
+does not, as PostgreSQL ignores its snapshot.
 
 Revision ID: snapshots
 Revises: textef
@@ -25,9 +28,13 @@ _CREATE = rf"""
 CREATE FUNCTION {FUNCTION}
 RETURNS TABLE (pid integer, role text, application text, seconds integer)
 LANGUAGE sql STABLE STRICT SECURITY DEFINER SET search_path = pg_catalog AS $$
-    (SELECT a.pid, a.usename::text, a.application_name, extract(epoch FROM now() - a.xact_start)::int
+    -- Autovacuum's ANALYZE too; only a plain (lazy) VACUUM's snapshot holds nothing back.
+    (SELECT a.pid, coalesce(a.usename::text, a.backend_type),
+            CASE WHEN a.backend_type = 'autovacuum worker' THEN a.query ELSE a.application_name END,
+            extract(epoch FROM now() - a.xact_start)::int
      FROM pg_stat_activity a
-     WHERE a.datname = current_database() AND a.pid <> pg_backend_pid() AND a.backend_type <> 'autovacuum worker'
+     WHERE a.datname = current_database() AND a.pid <> pg_backend_pid()
+       AND NOT (a.backend_type = 'autovacuum worker' AND a.query NOT LIKE '%ANALYZE%')
        AND (age(a.backend_xmin) > age(xid($1)) OR age(a.backend_xid) > age(xid($1)))
      ORDER BY a.xact_start NULLS LAST LIMIT 1)
     -- A replica's slot: its standby's oldest snapshot, sent back by hot_standby_feedback, holds them too.
