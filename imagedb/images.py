@@ -17,6 +17,7 @@ from imagedb import dicom, exif
 from imagedb.dicom import DicomOptions
 from imagedb.files import MAX_FILE_BYTES, BadImage, file_mtime, read_regular_file
 from imagedb.store import ImageRecord
+from imagedb.store.records import frame_path
 from imagedb.thumbnails import THUMBNAIL_SIZE, make_thumbnail, perceptual_hash
 
 try:  # HEIC/HEIF, as phones write them; Pillow reads AVIF itself (features.check("avif"))
@@ -211,8 +212,8 @@ def _dicom_frame(
         base,
         # Frames other than the middle one are rows of their own, named after the file; their content hash differs
         # too, so that ingest does not give them the embedding of the whole file's first stored frame.
-        path=f"{base.path}#frame={index + 1}" if own_row else base.path,
-        sha256=hashlib.sha256(f"{base.sha256}#frame={index + 1}".encode()).hexdigest() if own_row else base.sha256,
+        path=frame_path(base.path, index + 1) if own_row else base.path,
+        sha256=hashlib.sha256(frame_path(base.sha256, index + 1).encode()).hexdigest() if own_row else base.sha256,
         taken_at=dicom.taken_at(details, ds, options),
         thumbnail=thumbnail,
         thumbnail_size=thumbnail_size,

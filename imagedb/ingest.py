@@ -220,6 +220,10 @@ def _settle(store: Store) -> None:
     with suppress(Exception):
         if store.conn.info.transaction_status == TransactionStatus.ACTIVE:
             store.conn.cancel_safe(timeout=5)
+            # Interrupted between sending a statement and reading its result, the connection stays ACTIVE until
+            # the result (now an error) is read: read it, else nothing more can run on it.
+            while store.conn.pgconn.get_result() is not None:
+                pass
     with suppress(Exception):
         if store.conn.info.transaction_status != TransactionStatus.IDLE:
             store.conn.rollback()

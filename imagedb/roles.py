@@ -236,9 +236,10 @@ def _holder(row: tuple[object, ...]) -> tuple[str, str]:
     pid, role, application, seconds = row
     if pid is None:
         return (
-            f"replica slot {role} (its standby's oldest snapshot, sent back by hot_standby_feedback)",
-            "a running replica lets go within seconds, a stopped one when it runs again or `imagedb db replica"
-            " remove` drops it",
+            f"replica slot {role} (the oldest snapshot on its standby, sent back by hot_standby_feedback)",
+            "a running replica lets go within seconds of its own sessions' transactions ending (end a long one there"
+            " with `SELECT pg_terminate_backend(PID)` in `imagedb --home REPLICA db psql`), a stopped one when it runs"
+            " again or `imagedb db replica remove` drops it",
         )
     app = f", application {application!r}" if application else ""
     held = f", in a transaction for {seconds} s" if seconds is not None else ""

@@ -161,12 +161,14 @@ def test_watch_outlives_losing_the_database_during_its_first_pass(
     for seed in range(120):
         (folder / f"{seed:03}.png").write_bytes(_png(seed, side=32))
     env = {**os.environ, "IMAGEDB_DATABASE_URL": database_url, "IMAGEDB_MODEL": tiny_model}
+    started = store.conn.execute("SELECT clock_timestamp()").fetchone()[0]
     run = _start(folder, env, "--batch-size", "4")
     try:
         _until(lambda: len(_paths(store)) > 0, run)  # the first batches are stored, the pass goes on
-        store.conn.execute(
+        store.conn.execute(  # the watch's connections, no other test's
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database()"
-            " AND pid <> pg_backend_pid() AND backend_type = 'client backend'"
+            " AND pid <> pg_backend_pid() AND backend_type = 'client backend' AND backend_start > %s",
+            (started,),
         )
         store.conn.commit()
         _until(lambda: len(_paths(store)) == 120, run)  # the pass, run again once the database answers
@@ -176,5 +178,5 @@ def test_watch_outlives_losing_the_database_during_its_first_pass(
         run.send_signal(signal.SIGTERM)
         out, err = run.communicate(timeout=60)
     assert run.returncode == 128 + signal.SIGTERM, (out, err)
-    assert "database unavailable (terminating connection due to administrator command)" in err, err
+    assert "database unavailable (" in err and "database back" in err, err  # the words depend on who noticed first
     assert "Traceback" not in err and "watch stopped: added" in out, (out, err)

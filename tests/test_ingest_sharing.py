@@ -242,6 +242,23 @@ def test_forget_keeps_a_file_out_until_unforget(
     assert "0 forgotten file(s) left out" in cli("db", "info")
 
 
+def test_a_file_named_like_a_frame_is_forgotten_alone(store: Store, tmp_path: Path, tiny_model: str) -> None:
+    """A fourth outside attack: paths were cut at the first `#frame=`, so forgetting `a.png#frame=1.png` also left
+    `a.png` out of every later ingest (and shared its lock)."""
+    from imagedb.roles import forget
+
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    Image.new("RGB", (32, 32), (200, 10, 10)).save(folder / "a.png")
+    Image.new("RGB", (32, 32), (10, 200, 10)).save(folder / "a.png#frame=1.png")
+    ingest(store, [folder], model=ModelSpec.parse(tiny_model))
+    forget(store, "default", [str(folder / "a.png#frame=1.png")])
+    os.utime(folder / "a.png", ns=(time.time_ns(), time.time_ns() + 10**9))  # changed: to be stored again
+    again = ingest(store, [folder])
+    assert (again.added + again.reused, again.forgotten) == (1, 1), again
+    assert _count(store, "SELECT count(*) FROM images") == 1
+
+
 def test_unforget_of_nothing_forgotten_is_one_line(database_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("IMAGEDB_DATABASE_URL", database_url)
     result = CliRunner().invoke(main, ["unforget"])

@@ -66,7 +66,7 @@ def parse_address(text: str) -> Listen:
     """HOST:PORT, [IPv6]:PORT or *:PORT, checked: one line naming what is wrong otherwise."""
     match = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d{1,5})|([^:\s\[\]]+):(\d{1,5})", text.strip())
     if not match:
-        raise InvalidInput(f"not a HOST:PORT address: {text!r} (e.g. 127.0.0.1:5433, 0.0.0.0:5433, [::1]:5433)")
+        raise InvalidInput(f"not a HOST:PORT address: {text!r} (e.g. 127.0.0.1:5433 or [::1]:5433)")
     host = match.group(1) or match.group(3)
     port = int(match.group(2) or match.group(4))
     if not 1 <= port <= 65535:
@@ -77,8 +77,8 @@ def parse_address(text: str) -> Listen:
         except ValueError:
             # The address reaches postgres through pg_ctl's shell: IP literals only (or localhost, *), nothing to quote.
             raise InvalidInput(
-                f"not an IP address: {host!r}: give an address of this machine, 0.0.0.0 or * for all of them,"
-                " or 127.0.0.1 for this machine only"
+                f"not an IP address: {host!r}: give an IP address of this machine, such as 127.0.0.1 (this"
+                " machine only)"
             ) from None
     return Listen(host, port)
 

@@ -7,14 +7,15 @@ from collections.abc import Sequence
 from datetime import datetime
 
 from imagedb.store.base import Part
+from imagedb.store.records import FILE_OF_SQL, file_of
 
 # The key of a forgotten file: the SHA-256 of its path (a DICOM frame's is its file's), in SQL and in Python.
-_PATH_KEY_SQL = "encode(sha256(convert_to(split_part(path, '#frame=', 1), 'UTF8')), 'hex')"
+_PATH_KEY_SQL = f"encode(sha256(convert_to({FILE_OF_SQL.format('path')}, 'UTF8')), 'hex')"
 
 
 def path_key(path: str) -> str:
     """What forgotten.path_sha256 holds for a path (as stored: valid UTF-8, see files.readable)."""
-    return hashlib.sha256(path.split("#frame=", 1)[0].encode("utf-8", "surrogateescape")).hexdigest()
+    return hashlib.sha256(file_of(path).encode("utf-8", "surrogateescape")).hexdigest()
 
 
 class ExclusionsStore(Part):
@@ -76,7 +77,7 @@ class ExclusionsStore(Part):
         a watched folder; nothing is remembered, so they come back if they return. Returns how many went."""
         with self.conn.transaction():
             cur = self.conn.execute(
-                "DELETE FROM images i WHERE i.collection_id = %s AND (split_part(i.path, '#frame=', 1) = ANY(%s)"
+                f"DELETE FROM images i WHERE i.collection_id = %s AND ({FILE_OF_SQL.format('i.path')} = ANY(%s)"
                 " OR EXISTS (SELECT 1 FROM unnest(%s::text[]) AS f(p) WHERE starts_with(i.path, f.p || '/')))",
                 (collection_id, list(paths), list(paths)),
             )

@@ -20,7 +20,7 @@ from imagedb.store.base import Part
 from imagedb.store.dicom import insert_dicom_rows
 from imagedb.store.duplicates import forget_matches
 from imagedb.store.notify import notify_hits
-from imagedb.store.records import ImageRecord
+from imagedb.store.records import FILE_OF_SQL, FRAME_MARK, ImageRecord, file_of
 
 
 @dataclass(frozen=True)
@@ -40,8 +40,8 @@ PATHS_PER_TRANSACTION = 256
 
 def _lock_key(path: str) -> str:
     """What a path's lock is named after: its file (a DICOM frame `file#frame=N` shares its file's lock); the
-    same as the SQL of write_batch: split_part(path, '#frame=', 1)."""
-    return path.split("#frame=", 1)[0]
+    same as the SQL of write_batch."""
+    return file_of(path)
 
 
 def _parts(records: Sequence[ImageRecord]) -> list[list[int]]:
@@ -163,7 +163,7 @@ class ImagesStore(Part):
             cur.execute("SELECT pg_advisory_xact_lock_shared(%s, %s)", (_WRITE_LOCK, collection_id))
             cur.execute(
                 "SELECT count(pg_advisory_xact_lock(key)) FROM (SELECT DISTINCT"
-                " hashtextextended(split_part(path, '#frame=', 1), %s) AS key FROM unnest(%s::text[]) AS path"
+                f" hashtextextended({FILE_OF_SQL.format('path')}, %s) AS key FROM unnest(%s::text[]) AS path"
                 " ORDER BY key) AS keys",
                 (collection_id, [r.path for r in records]),
             )
@@ -228,9 +228,10 @@ class ImagesStore(Part):
         # come back below: a file with fewer frames, or ingested again without --all-frames, leaves none behind.
         cur.execute(
             "DELETE FROM images i USING unnest(%s::text[]) AS f(path) WHERE i.collection_id = %s"
-            " AND starts_with(i.path, f.path || '#frame=') AND NOT i.path = ANY(%s) RETURNING i.id",
+            f" AND starts_with(i.path, f.path || '{FRAME_MARK}') AND {FILE_OF_SQL.format('i.path')} = f.path"
+            " AND NOT i.path = ANY(%s) RETURNING i.id",
             (
-                [r.path for r, _ in todo if r.dicom is not None and "#frame=" not in r.path],
+                [r.path for r, _ in todo if r.dicom is not None and file_of(r.path) == r.path],
                 collection_id,
                 [r.path for r, _ in todo],
             ),

@@ -2,12 +2,30 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
 
 # Declared with the rest of a search (request.py), where each filter carries its SQL; the store takes it.
 from imagedb.request import Filters as Filters
+
+# A DICOM frame's row has its own path: its file's, then `#frame=N`. Any other `#frame=` is part of a file's name
+# (`a.png#frame=1.png` is not a frame of `a.png`).
+FRAME_MARK = "#frame="
+_FRAME_SUFFIX = re.compile(r"#frame=[0-9]+\Z")
+# The file a stored path names, in SQL; {} is the path's expression.
+FILE_OF_SQL = "regexp_replace({}, '#frame=[0-9]+$', '')"
+
+
+def frame_path(path: str, frame: int) -> str:
+    """The path of a multi-frame file's frame (1-based)."""
+    return f"{path}{FRAME_MARK}{frame}"
+
+
+def file_of(path: str) -> str:
+    """The file a stored path names: a frame's file, else the path itself (as FILE_OF_SQL)."""
+    return _FRAME_SUFFIX.sub("", path)
 
 
 @dataclass(frozen=True)
