@@ -275,8 +275,11 @@ def test_a_writers_forget_sees_a_readers_snapshot(
         reader.rollback()
     rerun = CliRunner().invoke(main, ["forget", "--yes", "--full", str(target)])
     assert rerun.exit_code == 0 and "rewrote the tables" in rerun.output, rerun.output
+    # A writer may not rewrite pg_statistic, where an autoanalyze may have sampled the path: it says so.
+    assert "may not rewrite pg_statistic" in rerun.output
     with psycopg.connect(database_url, autocommit=True) as admin:
-        assert _database_files_hold(admin, str(target).encode()) == []
+        statistics = str(admin.execute("SELECT pg_relation_filenode('pg_statistic')").fetchone()[0])
+        assert set(_database_files_hold(admin, str(target).encode())) <= {statistics}
 
 
 @pytest.mark.slow
