@@ -257,6 +257,17 @@ def test_a_file_named_like_a_frame_is_forgotten_alone(store: Store, tmp_path: Pa
     again = ingest(store, [folder])
     assert (again.added + again.reused, again.forgotten) == (1, 1), again
     assert _count(store, "SELECT count(*) FROM images") == 1
+    # A verifying attack: a DICOM file named `b.png#frame=1` is a file, not b.png's frame.
+    from pydicom.data import get_testdata_file
+
+    shutil.copy(str(get_testdata_file("MR_small.dcm")), folder / "b.png#frame=1")
+    Image.new("RGB", (32, 32), (10, 10, 200)).save(folder / "b.png")
+    assert ingest(store, [folder, folder / "b.png#frame=1"]).added == 2  # named: a folder's walk leaves it out
+    forget(store, "default", [str(folder / "b.png#frame=1")])
+    os.utime(folder / "b.png", ns=(time.time_ns(), time.time_ns() + 2 * 10**9))
+    last = ingest(store, [folder])
+    assert (last.added + last.reused, last.forgotten) == (1, 1), last  # b.png again; a.png#frame=1.png left out
+    assert _count(store, "SELECT count(*) FROM images") == 2
 
 
 def test_unforget_of_nothing_forgotten_is_one_line(database_url: str, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -33,7 +33,8 @@ LOCK_TIMEOUT_S = 10
 #   `--max-wal`, whose slot PostgreSQL then dropped. imagedb uses no logical decoding.
 # - pg_current_xact_id and txid_current take a transaction id each call: one reader used 235,000 a second, which
 #   brings anti-wraparound vacuums every few minutes and, with a snapshot held open, the server's refusal of every
-#   write. imagedb's own code asks pg_current_xact_id_if_assigned, which takes none.
+#   write. imagedb's own code asks pg_current_xact_id_if_assigned, which takes none. Statements such as NOTIFY still
+#   take one per transaction, which no privilege governs (docs/security.md).
 REFUSED_FUNCTIONS = (
     "lo_creat",
     "lo_create",

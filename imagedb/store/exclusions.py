@@ -7,15 +7,21 @@ from collections.abc import Sequence
 from datetime import datetime
 
 from imagedb.store.base import Part
-from imagedb.store.records import FILE_OF_SQL, file_of
+from imagedb.store.records import FILE_OF_SQL, FRAME_MARK
 
-# The key of a forgotten file: the SHA-256 of its path (a DICOM frame's is its file's), in SQL and in Python.
-_PATH_KEY_SQL = f"encode(sha256(convert_to({FILE_OF_SQL.format('path')}, 'UTF8')), 'hex')"
+# The key of a forgotten file: the SHA-256 of its path. An image row's file is its path, but for a frame of a DICOM
+# file of several frames (dicom_images says so), stored as FILE#frame=N: a file may be named like that itself.
+_ROW_FILE_SQL = (
+    "CASE WHEN EXISTS (SELECT 1 FROM dicom_images d WHERE d.image_id = images.id AND d.frames > 1"
+    f" AND images.path = {FILE_OF_SQL.format('images.path')} || '{FRAME_MARK}' || d.frame)"
+    f" THEN {FILE_OF_SQL.format('images.path')} ELSE images.path END"
+)
+_PATH_KEY_SQL = f"encode(sha256(convert_to({_ROW_FILE_SQL}, 'UTF8')), 'hex')"
 
 
 def path_key(path: str) -> str:
-    """What forgotten.path_sha256 holds for a path (as stored: valid UTF-8, see files.readable)."""
-    return hashlib.sha256(file_of(path).encode("utf-8", "surrogateescape")).hexdigest()
+    """What forgotten.path_sha256 holds for a file's path (as stored: valid UTF-8, see files.readable)."""
+    return hashlib.sha256(path.encode("utf-8", "surrogateescape")).hexdigest()
 
 
 class ExclusionsStore(Part):

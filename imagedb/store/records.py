@@ -13,9 +13,9 @@ from imagedb.request import Filters as Filters
 # A DICOM frame's row has its own path: its file's, then `#frame=N`. Any other `#frame=` is part of a file's name
 # (`a.png#frame=1.png` is not a frame of `a.png`).
 FRAME_MARK = "#frame="
-_FRAME_SUFFIX = re.compile(r"#frame=[0-9]+\Z")
+_FRAME_SUFFIX = re.compile(r"#frame=[1-9][0-9]*\Z")
 # The file a stored path names, in SQL; {} is the path's expression.
-FILE_OF_SQL = "regexp_replace({}, '#frame=[0-9]+$', '')"
+FILE_OF_SQL = "regexp_replace({}, '#frame=[1-9][0-9]*$', '')"
 
 
 def frame_path(path: str, frame: int) -> str:
