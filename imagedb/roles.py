@@ -8,6 +8,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
+import psycopg
+
 from imagedb.collection import get_collection
 from imagedb.errors import InvalidInput, NotFound
 from imagedb.pg.limits import (
@@ -15,6 +17,7 @@ from imagedb.pg.limits import (
     READER_LIMITS,
     WRITER_LIMITS,
     RoleLimits,
+    blocker_line,
     harden_database,
     set_role_limits,
 )
@@ -226,7 +229,10 @@ def rewrite(
     while older is not None and time.monotonic() < deadline:
         time.sleep(0.2)
         older = store.admin.older_snapshot(horizon)
-    unvacuumed = store.admin.vacuum(FORGET_TABLES, full=True)
+    try:
+        unvacuumed = store.admin.vacuum(FORGET_TABLES, full=True)
+    except psycopg.errors.LockNotAvailable:  # a session holds a table: the deletion stands, the rewrite did not run
+        return Forgotten(ids or [], [], blocker_line(store.conn))
     kept = not store.admin.rewrite_statistics([t for t in FORGET_TABLES if t not in unvacuumed])
     return Forgotten(ids or [], unvacuumed, _snapshot_line(older, wait_s) if older else None, kept)
 

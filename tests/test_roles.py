@@ -226,6 +226,28 @@ def test_forget_full_waits_for_an_older_snapshot_and_says_when_it_stays(
         assert _database_files_hold(admin, needle) == []
 
 
+@pytest.mark.slow
+def test_forget_full_behind_a_readers_lock_says_what_it_deleted(
+    store: Store, photos: Path, tiny_model: str, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A verifying attack: a reader holding a lock on images (a read in an open transaction) made `forget --full`
+    end in the lock line alone, without saying the image was deleted (it was, and left out of later ingests)."""
+    ingest(store, [photos], model=ModelSpec.parse(tiny_model))
+    role = f"lockreader_{os.getpid()}"
+    grant_reader(store, role, "reader-login-pw")
+    monkeypatch.setenv("IMAGEDB_DATABASE_URL", database_url)
+    with psycopg.connect(_login(database_url, role, "reader-login-pw"), application_name="bi-tool") as reader:
+        reader.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+        reader.execute("SELECT count(*) FROM image_catalog")
+        pid = reader.info.backend_pid
+        result = CliRunner().invoke(main, ["forget", "--yes", "--full", "rocket.jpg"])
+        reader.rollback()
+    assert result.exit_code == 1, result.output
+    assert "deleted 1 image(s)" in result.output and "forgot" not in result.output, result.output
+    last = result.output.splitlines()[-1]
+    assert "for a lock" in last and f"session {pid}" in last and "pg_terminate_backend" in last, last
+
+
 def test_plain_forget_warns_when_an_older_snapshot_keeps_the_rows(
     store: Store, photos: Path, tiny_model: str, database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
