@@ -394,3 +394,20 @@ def test_a_writer_asking_for_a_new_collection_is_told_who_can(
     result = CliRunner().invoke(main, ["ingest", str(photos / "rocket.jpg"), "-c", "brand-new", "-m", tiny_model])
     assert result.exit_code == 1 and "this role may not create one" in result.output, result.output
     assert [line for line in result.output.splitlines() if line.startswith("Error")] == result.output.splitlines()[-1:]
+
+
+def test_a_readers_url_or_no_url_given_to_imagedb_is_bad_usage(
+    store: Store, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A verifying attack: a reader's URL got "the database schema is at revision none ... run `imagedb db
+    upgrade`" (a reader cannot see the schema's revision), and a string that is no URL "database error", exit 1."""
+    role = f"urlreader_{os.getpid()}"
+    grant_reader(store, role, "reader-login-pw")
+    monkeypatch.setenv("IMAGEDB_DATABASE_URL", _login(database_url, role, "reader-login-pw"))
+    for command in (["db", "info"], ["search", "a cat"]):
+        result = CliRunner().invoke(main, command)
+        assert result.exit_code == 2 and "this login may not read imagedb's tables" in result.output, result.output
+        assert "revision" not in result.output
+    monkeypatch.setenv("IMAGEDB_DATABASE_URL", "not a url")
+    result = CliRunner().invoke(main, ["db", "info"])
+    assert result.exit_code == 2 and "not a database URL" in result.output, result.output

@@ -7,7 +7,7 @@ import os
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
-from imagedb.errors import DatabaseUnavailable
+from imagedb.errors import DatabaseUnavailable, InvalidInput
 from imagedb.pg.limits import set_lock_timeout
 
 # imagedb's tables live in a schema readers have no USAGE on (migration 0014), its views and SQL functions in public;
@@ -33,6 +33,10 @@ def connect(url: str) -> psycopg.Connection:
     except psycopg.OperationalError as exc:
         raise DatabaseUnavailable(
             f"cannot connect to the database: {_connect_failure(exc)}. Is the server running, and is the URL right?"
+        ) from exc
+    except psycopg.ProgrammingError as exc:  # libpq could not parse it
+        raise InvalidInput(
+            f"not a database URL ({str(exc).strip()}): give postgresql://USER@HOST:PORT/DATABASE"
         ) from exc
 
 

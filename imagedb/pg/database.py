@@ -10,9 +10,9 @@ import psycopg
 from pgvector.psycopg import register_vector
 
 from imagedb import config
-from imagedb.errors import ImagedbError, SchemaOutOfDate
+from imagedb.errors import ImagedbError, InvalidInput, SchemaOutOfDate
 from imagedb.pg.cluster import postmaster
-from imagedb.pg.connection import connect, in_recovery
+from imagedb.pg.connection import INTERNAL_SCHEMA, connect, in_recovery
 from imagedb.pg.embedded import EMBEDDED_DBNAME, embedded_url, owner_url
 from imagedb.pg.migrate import current_revision, head_revision, upgrade
 
@@ -60,7 +60,14 @@ def open_connection(explicit_url: str | None = None, home: str | Path | None = N
                 " run `imagedb db upgrade` on its primary, and the replica follows"
             )
         if external:
+            outsider = current is None and _schema_closed_to(conn)
             conn.close()
+            if outsider:
+                raise InvalidInput(
+                    "this login may not read imagedb's tables (a reader from `imagedb grant-reader` searches in SQL,"
+                    " through the views and functions of docs/sql.md): give imagedb's commands the owner's URL or a"
+                    " writer's"
+                )
             raise SchemaOutOfDate(
                 f"the database schema is at revision {current or 'none'}, imagedb needs {head}:"
                 " run `imagedb db upgrade`"
@@ -72,3 +79,12 @@ def open_connection(explicit_url: str | None = None, home: str | Path | None = N
             raise
     register_vector(conn)
     return conn
+
+
+def _schema_closed_to(conn: psycopg.Connection) -> bool:
+    """Whether imagedb's tables are there but this login may not use their schema (a reader's)."""
+    row = conn.execute(
+        "SELECT to_regnamespace(%(s)s) IS NOT NULL AND NOT has_schema_privilege(%(s)s, 'USAGE')",
+        {"s": INTERNAL_SCHEMA},
+    ).fetchone()
+    return bool(row and row[0])
