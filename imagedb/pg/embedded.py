@@ -21,6 +21,7 @@ from imagedb.errors import DatabaseUnavailable, InvalidInput, first_line
 from imagedb.pg.cluster import (
     LOG_DIRECTORY,
     OWNER_ROLE,
+    folders_above_kept_unlisted,
     log_reason,
     pgserver,
     postmaster,
@@ -67,7 +68,7 @@ def embedded_url(home: Path, database: str = EMBEDDED_DBNAME) -> str:
         # pgserver makes the data directory (initdb; as root, the permissions its `pgserver` user needs); imagedb
         # starts the server itself, which then runs on after this process exits, for the next command.
         server = wheel.get_server(pgdata, cleanup_mode=None, start=False)
-        with server._lock:  # two first commands at once: one initdb
+        with server._lock, folders_above_kept_unlisted(pgdata):  # two first commands at once: one initdb
             server.ensure_pgdata_inited()
         start_if_stopped(home)  # on the persisted TCP address, if `db listen` set one
         info = postmaster(pgdata)
